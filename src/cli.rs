@@ -1,0 +1,432 @@
+//! The command line, and the settings it resolves to: CLI > `KEYSYNC_*` environment > config
+//! file > defaults, merged in one tested function.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::LevelFilter;
+use serde::Deserialize;
+
+use crate::duration;
+
+/// The radio's TCP API port.
+pub const DEFAULT_PORT: u16 = 4403;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keysync",
+    version,
+    about = "Keeps a Meshtastic radio's NodeDB stocked with the public keys PKI direct messages need, and shows what its TCP link is doing.",
+    after_help = "Without a subcommand keysync opens the terminal monitor against --host."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// Run without the terminal UI; log to stderr (for systemd).
+    #[arg(long)]
+    pub headless: bool,
+
+    /// Run against the built-in simulated radio with short demo timings.
+    #[arg(long, conflicts_with = "headless")]
+    pub demo: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every mode and subcommand accepts, before or after the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Radio address, HOST[:PORT] (port 4403 when omitted).
+    #[arg(long, global = true, env = "KEYSYNC_HOST", value_name = "HOST[:PORT]")]
+    pub host: Option<String>,
+
+    /// Key store (SQLite). Default: keysync.db in the user's data directory.
+    #[arg(long, global = true, env = "KEYSYNC_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// Config file (TOML). Default: config.toml in the user's config directory, if present.
+    #[arg(long, global = true, env = "KEYSYNC_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// How often to check whether a sync is needed.
+    #[arg(long, global = true, env = "KEYSYNC_SYNC_INTERVAL", value_parser = duration::parse, value_name = "DURATION")]
+    pub sync_interval: Option<Duration>,
+
+    /// How long a full sync stays good while the stored keys do not change.
+    #[arg(long, global = true, env = "KEYSYNC_CACHE_TTL", value_parser = duration::parse, value_name = "DURATION")]
+    pub cache_ttl: Option<Duration>,
+
+    /// Heartbeat period on the radio link; no frame for 3 periods means a stalled link.
+    #[arg(long, global = true, env = "KEYSYNC_HEARTBEAT", value_parser = duration::parse, value_name = "DURATION")]
+    pub heartbeat: Option<Duration>,
+
+    /// Pause between two add_contact pushes.
+    #[arg(long, global = true, env = "KEYSYNC_PUSH_GAP", value_parser = duration::parse, value_name = "DURATION")]
+    pub push_gap: Option<Duration>,
+
+    /// At most this many add_contact pushes per sync run; the rest wait for the next run.
+    #[arg(long, global = true, env = "KEYSYNC_MAX_PUSHES", value_name = "N")]
+    pub max_pushes: Option<u32>,
+
+    /// error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "KEYSYNC_LOG_LEVEL", value_parser = parse_level, value_name = "LEVEL")]
+    pub log_level: Option<LevelFilter>,
+
+    /// Also write the log to this file.
+    #[arg(long, global = true, env = "KEYSYNC_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the simulated radio (firmware 2.7 behaviour) on a TCP port.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4403")]
+    pub listen: SocketAddr,
+    /// Generated nodes on the simulated mesh.
+    #[arg(long, default_value_t = 40)]
+    pub nodes: usize,
+    /// NodeDB capacity, own node included (80 on nRF52, 100 on ESP32, 200 on Linux native).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(2..))]
+    pub capacity: u16,
+    /// Seed for node ids, names and keys.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Close a client that sent nothing for this long.
+    #[arg(long, default_value = "15m", value_parser = duration::parse)]
+    pub idle_timeout: Duration,
+    /// A node announces itself this often ("off" for a quiet mesh).
+    #[arg(long, default_value = "45s", value_parser = parse_optional_duration)]
+    pub announce_every: Duration,
+    /// Firmware version to report.
+    #[arg(long, default_value = "2.7.15.sim")]
+    pub firmware: String,
+    /// Faults and mesh events on a timeline (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+}
+
+fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a log level (error, warn, info, debug, trace)"))
+}
+
+/// A duration, or `off` (zero).
+fn parse_optional_duration(s: &str) -> Result<Duration, String> {
+    match s {
+        "off" | "never" | "0" => Ok(Duration::ZERO),
+        _ => duration::parse(s),
+    }
+}
+
+/// `HOST[:PORT]` with the default port filled in; IPv6 literals may be bare or bracketed.
+pub fn normalize_host(host: &str) -> Result<String, String> {
+    let host = host.trim();
+    if host.is_empty() {
+        return Err("the radio host is empty".into());
+    }
+    if host.parse::<SocketAddr>().is_ok() {
+        return Ok(host.to_string());
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("[{host}]:{DEFAULT_PORT}"));
+    }
+    if host.starts_with('[') && host.ends_with(']') {
+        return Ok(format!("{host}:{DEFAULT_PORT}"));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => match port.parse::<u16>() {
+            Ok(p) if p > 0 && !name.is_empty() => Ok(host.to_string()),
+            _ => Err(format!("{host:?}: {port:?} is not a TCP port")),
+        },
+        Some(_) => Err(format!("{host:?} is not HOST[:PORT]")),
+        None => Ok(format!("{host}:{DEFAULT_PORT}")),
+    }
+}
+
+/// The config file's contents; every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub db: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub sync_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub cache_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub heartbeat: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub push_gap: Option<Duration>,
+    pub max_pushes: Option<u32>,
+    pub log_level: Option<String>,
+    pub log_file: Option<PathBuf>,
+}
+
+/// Settings that are wrong: a usage error (exit 2).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("cannot read config file {path}: {why}")]
+    ConfigRead { path: String, why: String },
+    #[error("config file {path} is not valid: {why}")]
+    ConfigParse { path: String, why: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything resolved; what the modes run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub db: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub sync_interval: Duration,
+    pub cache_ttl: Duration,
+    pub heartbeat: Duration,
+    pub push_gap: Duration,
+    pub max_pushes: u32,
+    pub log_level: LevelFilter,
+    pub log_file: Option<PathBuf>,
+}
+
+impl Settings {
+    pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_PUSH_GAP: Duration = Duration::from_millis(200);
+    pub const DEFAULT_MAX_PUSHES: u32 = 32;
+
+    /// Reads the config file (the one named, or the default one if it exists) and merges.
+    pub fn load(args: &GlobalArgs) -> Result<Self, SettingsError> {
+        let dirs = directories::ProjectDirs::from("org", "keysync", "keysync");
+        let (path, required) = match &args.config {
+            Some(p) => (Some(p.clone()), true),
+            None => (
+                dirs.as_ref().map(|d| d.config_dir().join("config.toml")),
+                false,
+            ),
+        };
+        let file = match &path {
+            Some(p) if required || p.exists() => Some((p.clone(), read_config(p)?)),
+            _ => None,
+        };
+        let default_db = dirs.map_or_else(
+            || PathBuf::from("keysync.db"),
+            |d| d.data_dir().join("keysync.db"),
+        );
+        Self::resolve(args, file, default_db)
+    }
+
+    /// CLI/env (already merged by clap) over the file over the defaults, then validated.
+    pub fn resolve(
+        args: &GlobalArgs,
+        file: Option<(PathBuf, FileConfig)>,
+        default_db: PathBuf,
+    ) -> Result<Self, SettingsError> {
+        let (config_file, file) = match file {
+            Some((p, f)) => (Some(p), f),
+            None => (None, FileConfig::default()),
+        };
+        let host = args
+            .host
+            .clone()
+            .or(file.host)
+            .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
+        let host = normalize_host(&host).map_err(SettingsError::Invalid)?;
+        let log_level = match (args.log_level, file.log_level) {
+            (Some(l), _) => l,
+            (None, Some(s)) => parse_level(&s).map_err(SettingsError::Invalid)?,
+            (None, None) => LevelFilter::Info,
+        };
+        let settings = Self {
+            host,
+            db: args.db.clone().or(file.db).unwrap_or(default_db),
+            config_file,
+            sync_interval: args
+                .sync_interval
+                .or(file.sync_interval)
+                .unwrap_or(Self::DEFAULT_SYNC_INTERVAL),
+            cache_ttl: args
+                .cache_ttl
+                .or(file.cache_ttl)
+                .unwrap_or(Self::DEFAULT_CACHE_TTL),
+            heartbeat: args
+                .heartbeat
+                .or(file.heartbeat)
+                .unwrap_or(Self::DEFAULT_HEARTBEAT),
+            push_gap: args
+                .push_gap
+                .or(file.push_gap)
+                .unwrap_or(Self::DEFAULT_PUSH_GAP),
+            max_pushes: args
+                .max_pushes
+                .or(file.max_pushes)
+                .unwrap_or(Self::DEFAULT_MAX_PUSHES),
+            log_level,
+            log_file: args.log_file.clone().or(file.log_file),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        if self.sync_interval < Duration::from_secs(1) {
+            return Err(SettingsError::Invalid(format!(
+                "--sync-interval {} is too short: at least 1s",
+                fmt(self.sync_interval)
+            )));
+        }
+        if self.cache_ttl < self.sync_interval {
+            return Err(SettingsError::Invalid(format!(
+                "--cache-ttl {} is shorter than --sync-interval {}: every check would find the cache expired and sync, which is what keysync exists to avoid; use a TTL of at least {}",
+                fmt(self.cache_ttl),
+                fmt(self.sync_interval),
+                fmt(self.sync_interval)
+            )));
+        }
+        if !self
+            .cache_ttl
+            .as_millis()
+            .is_multiple_of(self.sync_interval.as_millis())
+        {
+            return Err(SettingsError::Invalid(format!(
+                "--cache-ttl {} is not a multiple of --sync-interval {}: the cache would expire between checks and live longer than it says; try {}",
+                fmt(self.cache_ttl),
+                fmt(self.sync_interval),
+                fmt(self.sync_interval
+                    * u32::try_from(self.cache_ttl.as_millis() / self.sync_interval.as_millis())
+                        .unwrap_or(1))
+            )));
+        }
+        if self.heartbeat < Duration::from_millis(100)
+            || self.heartbeat > Duration::from_secs(5 * 60)
+        {
+            return Err(SettingsError::Invalid(format!(
+                "--heartbeat {} is out of range: between 100ms and 5m (the radio closes idle clients after 15m, proxies after 5m)",
+                fmt(self.heartbeat)
+            )));
+        }
+        if self.max_pushes == 0 {
+            return Err(SettingsError::Invalid(
+                "--max-pushes 0 would never restore a key; use at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::ConfigRead {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| SettingsError::ConfigParse {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &GlobalArgs, file: Option<FileConfig>) -> Result<Settings, SettingsError> {
+        Settings::resolve(
+            args,
+            file.map(|f| (PathBuf::from("c.toml"), f)),
+            PathBuf::from("default.db"),
+        )
+    }
+
+    #[test]
+    fn cli_beats_file_beats_defaults() {
+        let file = FileConfig {
+            host: Some("radio.lan".into()),
+            sync_interval: Some(Duration::from_secs(120)),
+            cache_ttl: Some(Duration::from_secs(600)),
+            db: Some("file.db".into()),
+            ..FileConfig::default()
+        };
+        let args = GlobalArgs {
+            host: Some("10.0.0.5:4000".into()),
+            ..GlobalArgs::default()
+        };
+        let s = resolve(&args, Some(file)).expect("valid");
+        assert_eq!(s.host, "10.0.0.5:4000");
+        assert_eq!(s.db, PathBuf::from("file.db"));
+        assert_eq!(s.sync_interval, Duration::from_secs(120));
+        assert_eq!(s.cache_ttl, Duration::from_secs(600));
+        assert_eq!(s.heartbeat, Settings::DEFAULT_HEARTBEAT);
+        let s = resolve(&GlobalArgs::default(), None).expect("defaults are valid");
+        assert_eq!(s.host, "localhost:4403");
+        assert_eq!(s.db, PathBuf::from("default.db"));
+        assert_eq!(
+            (s.sync_interval, s.cache_ttl),
+            (Duration::from_secs(300), Duration::from_secs(1800))
+        );
+    }
+
+    #[test]
+    fn cache_ttl_shorter_than_interval_is_refused_with_the_reason() {
+        let args = GlobalArgs {
+            sync_interval: Some(Duration::from_secs(300)),
+            cache_ttl: Some(Duration::from_secs(240)),
+            ..GlobalArgs::default()
+        };
+        let err = resolve(&args, None).unwrap_err().to_string();
+        assert!(err.contains("shorter than --sync-interval"), "{err}");
+        let args = GlobalArgs {
+            sync_interval: Some(Duration::from_secs(300)),
+            cache_ttl: Some(Duration::from_secs(420)),
+            ..GlobalArgs::default()
+        };
+        let err = resolve(&args, None).unwrap_err().to_string();
+        assert!(err.contains("not a multiple"), "{err}");
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["keysync", "sim", "--announce-every", "off", "--host", "x"])
+            .expect("parses");
+        let Some(Command::Sim(args)) = cli.command else {
+            panic!("not sim");
+        };
+        assert_eq!(args.announce_every, Duration::ZERO);
+        assert_eq!(cli.global.host.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn hosts_get_the_default_port() {
+        assert_eq!(
+            normalize_host("meshtastic.local").unwrap(),
+            "meshtastic.local:4403"
+        );
+        assert_eq!(normalize_host("10.1.2.3:4000").unwrap(), "10.1.2.3:4000");
+        assert_eq!(normalize_host("::1").unwrap(), "[::1]:4403");
+        assert_eq!(normalize_host("[::1]:5").unwrap(), "[::1]:5");
+        assert!(normalize_host("radio:http").is_err());
+        assert!(normalize_host("").is_err());
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_keys() {
+        let err = toml::from_str::<FileConfig>("hots = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hots"), "{err}");
+        let ok: FileConfig = toml::from_str("cache-ttl = \"1h\"\nmax-pushes = 4").unwrap();
+        assert_eq!(ok.cache_ttl, Some(Duration::from_secs(3600)));
+    }
+}

@@ -1,0 +1,878 @@
+//! The link supervisor: one TCP connection to the radio, kept alive and honest.
+//!
+//! It connects with a timeout and TCP keepalive, downloads the configuration with a random
+//! nonce, then heartbeats and watches for silence. When the link dies it names the cause, backs
+//! off with full jitter, and reconnects. Every state change is stamped with the wall clock and
+//! kept in a bounded timeline. Decoded frames, session starts and ends go out on one ordered
+//! broadcast so that consumers (sync engine, proxy, counters) see them in the order they
+//! happened; writes come in on one queue and are tagged with the session they were meant for,
+//! so nothing meant for a dead connection reaches a new one.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures::{SinkExt, StreamExt};
+use meshtastic::protobufs::{FromRadio, NodeInfo, ToRadio, from_radio};
+use rand::RngExt;
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::Framed;
+
+use super::codec::{ClientCodec, CodecError};
+use super::radio;
+
+/// How many state changes the timeline keeps.
+pub const TIMELINE_LEN: usize = 256;
+/// Closes by the radio within this long of connecting count towards the takeover rule.
+const EARLY_CLOSE: Duration = Duration::from_secs(60);
+/// This many early closes in a row mean another client is using the radio.
+const EARLY_CLOSES_FOR_TAKEOVER: u32 = 3;
+
+/// Reconnect pacing: exponential with full jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// A session up this long resets the attempt count.
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The ceiling for the `attempt`-th consecutive failure (1-based): base doubled, capped.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.base
+            .checked_mul(1 << doublings)
+            .map_or(self.cap, |d| d.min(self.cap))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `host:port` of the radio.
+    pub host: String,
+    pub connect_timeout: Duration,
+    pub heartbeat: Duration,
+    pub config_timeout: Duration,
+    pub backoff: BackoffPolicy,
+    /// How long to stay away once another client is seen to hold the radio.
+    pub takeover_backoff: Duration,
+}
+
+impl LinkConfig {
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            connect_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(60),
+            config_timeout: Duration::from_secs(30),
+            backoff: BackoffPolicy::default(),
+            takeover_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// Nothing listens at the address (the radio is rebooting, or the port is wrong).
+    Refused,
+    /// The TCP connect did not finish in time.
+    ConnectTimeout,
+    /// The radio closed the socket (EOF): another client, idle close, reboot.
+    ClosedByRadio,
+    /// The connection was reset.
+    Reset,
+    /// No frame for three heartbeat intervals on firmware that always answers heartbeats.
+    Stalled,
+    /// `config_complete_id` did not arrive in time.
+    ConfigTimeout,
+    /// The radio said something the protocol does not allow.
+    Protocol(String),
+    /// Any other socket error.
+    Io(String),
+    /// The operator asked for a fresh connection.
+    Requested,
+    /// keysync is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused => f.write_str("connection refused"),
+            Self::ConnectTimeout => f.write_str("connect timed out"),
+            Self::ClosedByRadio => f.write_str("closed by radio"),
+            Self::Reset => f.write_str("connection reset"),
+            Self::Stalled => f.write_str("stalled (no frame for 3 heartbeats)"),
+            Self::ConfigTimeout => f.write_str("config download timed out"),
+            Self::Protocol(why) => write!(f, "protocol error: {why}"),
+            Self::Io(why) => write!(f, "i/o error: {why}"),
+            Self::Requested => f.write_str("reconnect requested"),
+            Self::Shutdown => f.write_str("shut down"),
+        }
+    }
+}
+
+impl CloseCause {
+    fn from_io(err: &io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,
+            io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => Self::ClosedByRadio,
+            io::ErrorKind::TimedOut => Self::ConnectTimeout,
+            _ => Self::Io(err.to_string()),
+        }
+    }
+
+    fn from_codec(err: &CodecError) -> Self {
+        match err {
+            CodecError::Io(e) => Self::from_io(e),
+            CodecError::TooLarge(_) => Self::Protocol(err.to_string()),
+        }
+    }
+}
+
+/// Where the link is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting {
+        attempt: u32,
+    },
+    Configuring,
+    Up,
+    Stalled,
+    Closed(CloseCause),
+    Backoff {
+        attempt: u32,
+        ceiling: Duration,
+        delay: Duration,
+    },
+    /// The radio keeps closing us right after we connect: another client holds it.
+    Contended {
+        delay: Duration,
+    },
+    Stopped,
+}
+
+impl LinkState {
+    pub fn is_up(&self) -> bool {
+        matches!(self, Self::Up)
+    }
+
+    /// One word for status bars and timelines.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Connecting { .. } => "connecting",
+            Self::Configuring => "configuring",
+            Self::Up => "up",
+            Self::Stalled => "stalled",
+            Self::Closed(_) => "closed",
+            Self::Backoff { .. } => "backoff",
+            Self::Contended { .. } => "contended",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
+            Self::Closed(cause) => write!(f, "closed: {cause}"),
+            Self::Backoff { delay, ceiling, .. } => write!(
+                f,
+                "backoff {} (ceiling {})",
+                humantime::format_duration(round_ms(*delay)),
+                humantime::format_duration(*ceiling)
+            ),
+            Self::Contended { delay } => write!(
+                f,
+                "another client is using the radio; retrying in {}",
+                humantime::format_duration(*delay)
+            ),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One state change, stamped with the wall clock for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEvent {
+    pub at: SystemTime,
+    pub state: LinkState,
+}
+
+/// What the link looks like now; published through a `watch`.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub host: String,
+    pub state: LinkState,
+    pub since: SystemTime,
+    /// The latest state changes, oldest first, at most [`TIMELINE_LEN`].
+    pub timeline: VecDeque<LinkEvent>,
+    /// Sessions that reached `Up`.
+    pub sessions: u64,
+    pub last_cause: Option<CloseCause>,
+    /// The radio as of the last handshake.
+    pub radio: Option<RadioInfo>,
+}
+
+/// What the handshake told us about the radio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadioInfo {
+    pub my_node_num: u32,
+    pub firmware: String,
+    pub long_name: String,
+    pub nodes_in_db: usize,
+}
+
+/// Frame counts since start, readable at any time without waiting on the link task.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub heartbeats_out: AtomicU64,
+    pub garbage_bytes: AtomicU64,
+    pub undecodable: AtomicU64,
+}
+
+/// One connection that completed its handshake.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub my_node_num: u32,
+    pub firmware: String,
+    /// The handshake's frames other than other nodes' `node_info`s, in arrival order, for
+    /// replay to downstream clients.
+    pub config: Vec<FromRadio>,
+    /// Every `node_info` of the handshake, own node included: the radio's NodeDB.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// What the link tells its consumers, in order.
+#[derive(Debug, Clone)]
+pub enum LinkNotice {
+    /// The handshake completed.
+    Up(Arc<Session>),
+    /// A decoded frame (including those of the handshake).
+    Frame(Arc<FromRadio>),
+    /// The session ended.
+    Down(CloseCause),
+}
+
+#[derive(Debug)]
+struct Outbound {
+    session: u64,
+    msg: ToRadio,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Reconnect,
+    Shutdown,
+}
+
+/// The link is not up (or went down since the session was taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the radio link is not up")]
+pub struct LinkDown;
+
+/// Writes frames to the radio within one session.
+#[derive(Debug, Clone)]
+pub struct LinkSender {
+    tx: mpsc::Sender<Outbound>,
+    current: Arc<AtomicU64>,
+}
+
+impl LinkSender {
+    /// Queues `msg` for session `session`; fails at once if that session is no longer up.
+    pub async fn send(&self, session: u64, msg: ToRadio) -> Result<(), LinkDown> {
+        if self.current.load(Ordering::Acquire) != session {
+            return Err(LinkDown);
+        }
+        self.tx
+            .send(Outbound { session, msg })
+            .await
+            .map_err(|_| LinkDown)
+    }
+
+    /// The session that is up now, if any.
+    pub fn session(&self) -> Option<u64> {
+        match self.current.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+}
+
+/// The running supervisor.
+#[derive(Debug)]
+pub struct Link {
+    status: watch::Receiver<LinkStatus>,
+    notices: broadcast::Sender<LinkNotice>,
+    sender: LinkSender,
+    control: mpsc::Sender<Control>,
+    counters: Arc<LinkCounters>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts supervising a connection to `config.host`.
+    pub fn spawn(config: LinkConfig) -> Self {
+        let (status_tx, status) = watch::channel(LinkStatus {
+            host: config.host.clone(),
+            state: LinkState::Connecting { attempt: 1 },
+            since: SystemTime::now(),
+            timeline: VecDeque::new(),
+            sessions: 0,
+            last_cause: None,
+            radio: None,
+        });
+        let (notices, _) = broadcast::channel(4096);
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let (control, control_rx) = mpsc::channel(8);
+        let current = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(LinkCounters::default());
+        let supervisor = Supervisor {
+            config,
+            status: status_tx,
+            notices: notices.clone(),
+            outbound: out_rx,
+            control: control_rx,
+            current: current.clone(),
+            counters: counters.clone(),
+            next_session: 0,
+        };
+        let task = tokio::spawn(supervisor.run());
+        Self {
+            status,
+            notices,
+            sender: LinkSender {
+                tx: out_tx,
+                current,
+            },
+            control,
+            counters,
+            task,
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Frames and session changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LinkNotice> {
+        self.notices.subscribe()
+    }
+
+    pub fn sender(&self) -> LinkSender {
+        self.sender.clone()
+    }
+
+    pub fn counters(&self) -> Arc<LinkCounters> {
+        self.counters.clone()
+    }
+
+    /// Drops the current connection (if any) and connects again without waiting out a backoff.
+    pub async fn reconnect(&self) {
+        let _ = self.control.send(Control::Reconnect).await;
+    }
+
+    /// Says goodbye to the radio, closes the socket and waits for the supervisor to end.
+    pub async fn shutdown(self) {
+        let _ = self.control.send(Control::Shutdown).await;
+        let _ = self.task.await;
+    }
+}
+
+/// How one connection attempt ended.
+struct SessionEnd {
+    cause: CloseCause,
+    /// Time from TCP connect to close; `None` if the connect failed.
+    connected_for: Option<Duration>,
+    /// Time spent `Up`.
+    up_for: Duration,
+}
+
+struct Supervisor {
+    config: LinkConfig,
+    status: watch::Sender<LinkStatus>,
+    notices: broadcast::Sender<LinkNotice>,
+    outbound: mpsc::Receiver<Outbound>,
+    control: mpsc::Receiver<Control>,
+    current: Arc<AtomicU64>,
+    counters: Arc<LinkCounters>,
+    next_session: u64,
+}
+
+/// The takeover rule: consecutive closes by the radio shortly after connecting.
+#[derive(Debug, Default)]
+pub struct TakeoverWatch {
+    early_closes: u32,
+}
+
+impl TakeoverWatch {
+    /// Records how a connection ended; true when another client evidently holds the radio.
+    pub fn record(&mut self, cause: &CloseCause, connected_for: Option<Duration>) -> bool {
+        let early = matches!(cause, CloseCause::ClosedByRadio)
+            && connected_for.is_some_and(|d| d < EARLY_CLOSE);
+        if !early {
+            // A refused connect (radio rebooting) says nothing about other clients either way.
+            if !matches!(cause, CloseCause::Refused | CloseCause::ConnectTimeout) {
+                self.early_closes = 0;
+            }
+            return false;
+        }
+        self.early_closes += 1;
+        if self.early_closes >= EARLY_CLOSES_FOR_TAKEOVER {
+            self.early_closes = 0;
+            return true;
+        }
+        false
+    }
+}
+
+enum Wait {
+    Elapsed,
+    Reconnect,
+    Shutdown,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        let mut takeover = TakeoverWatch::default();
+        loop {
+            self.set_state(LinkState::Connecting {
+                attempt: attempt + 1,
+            });
+            let end = match self.connect().await {
+                Ok(stream) => self.session(stream).await,
+                Err(cause) => SessionEnd {
+                    cause,
+                    connected_for: None,
+                    up_for: Duration::ZERO,
+                },
+            };
+            self.current.store(0, Ordering::Release);
+            if end.cause == CloseCause::Shutdown {
+                self.set_state(LinkState::Stopped);
+                return;
+            }
+            if end.connected_for.is_some() {
+                let _ = self.notices.send(LinkNotice::Down(end.cause.clone()));
+            }
+            self.status
+                .send_modify(|s| s.last_cause = Some(end.cause.clone()));
+            self.set_state(LinkState::Closed(end.cause.clone()));
+            if end.cause == CloseCause::Requested {
+                attempt = 0;
+                continue;
+            }
+            if end.up_for >= self.config.backoff.reset_after {
+                attempt = 0;
+            }
+            let delay = if takeover.record(&end.cause, end.connected_for) {
+                let delay = self.config.takeover_backoff;
+                log::warn!(target: "keysync::link",
+                    "the radio closed us {EARLY_CLOSES_FOR_TAKEOVER} times right after connecting: another client is using the radio; waiting {}",
+                    humantime::format_duration(delay));
+                self.set_state(LinkState::Contended { delay });
+                delay
+            } else {
+                attempt = attempt.saturating_add(1);
+                let ceiling = self.config.backoff.ceiling(attempt);
+                let delay = jittered(ceiling);
+                self.set_state(LinkState::Backoff {
+                    attempt,
+                    ceiling,
+                    delay,
+                });
+                delay
+            };
+            match self.wait(delay).await {
+                Wait::Elapsed => {}
+                Wait::Reconnect => attempt = 0,
+                Wait::Shutdown => {
+                    self.set_state(LinkState::Stopped);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits out a backoff, discarding writes meant for sessions that are gone.
+    async fn wait(&mut self, delay: Duration) -> Wait {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = sleep_until(until) => return Wait::Elapsed,
+                c = self.control.recv() => match c {
+                    Some(Control::Reconnect) => return Wait::Reconnect,
+                    Some(Control::Shutdown) | None => return Wait::Shutdown,
+                },
+                Some(stale) = self.outbound.recv() => drop_stale(&stale),
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<TcpStream, CloseCause> {
+        let connect = timeout(
+            self.config.connect_timeout,
+            TcpStream::connect(self.config.host.as_str()),
+        );
+        let stream = tokio::select! {
+            r = connect => match r {
+                Err(_) => return Err(CloseCause::ConnectTimeout),
+                Ok(Err(e)) => return Err(CloseCause::from_io(&e)),
+                Ok(Ok(stream)) => stream,
+            },
+            c = self.control.recv() => return Err(match c {
+                Some(Control::Reconnect) => CloseCause::Requested,
+                Some(Control::Shutdown) | None => CloseCause::Shutdown,
+            }),
+        };
+        if let Err(e) = tune_socket(&stream) {
+            log::debug!(target: "keysync::link", "could not set TCP keepalive: {e}");
+        }
+        Ok(stream)
+    }
+
+    async fn session(&mut self, stream: TcpStream) -> SessionEnd {
+        let connected = Instant::now();
+        self.next_session += 1;
+        let id = self.next_session;
+        let mut framed = Framed::new(stream, ClientCodec::new());
+        let mut seen = (0, 0);
+        let (cause, up_since) = match self.handshake(&mut framed, id, &mut seen).await {
+            Err(cause) => (cause, None),
+            Ok(session) => {
+                let up_since = Instant::now();
+                (
+                    self.serve(&mut framed, session, &mut seen).await,
+                    Some(up_since),
+                )
+            }
+        };
+        self.current.store(0, Ordering::Release);
+        if matches!(cause, CloseCause::Shutdown) {
+            let _ = framed.send(radio::disconnect()).await;
+        }
+        let _ = framed.close().await;
+        SessionEnd {
+            cause,
+            connected_for: Some(connected.elapsed()),
+            up_for: up_since.map_or(Duration::ZERO, |t| t.elapsed()),
+        }
+    }
+
+    /// Sends `want_config_id` and collects the download until its `config_complete_id`.
+    async fn handshake(
+        &mut self,
+        framed: &mut Framed<TcpStream, ClientCodec>,
+        id: u64,
+        seen: &mut (u64, u64),
+    ) -> Result<Arc<Session>, CloseCause> {
+        use from_radio::PayloadVariant as V;
+        self.set_state(LinkState::Configuring);
+        let nonce = radio::config_nonce(|| rand::rng().random());
+        self.write(framed, radio::want_config(nonce)).await?;
+        let deadline = Instant::now() + self.config.config_timeout;
+        let mut session = Session {
+            id,
+            my_node_num: 0,
+            firmware: String::new(),
+            config: Vec::new(),
+            nodes: Vec::new(),
+        };
+        loop {
+            let frame = tokio::select! {
+                () = sleep_until(deadline) => return Err(CloseCause::ConfigTimeout),
+                f = framed.next() => self.received(f, framed, seen)?,
+                c = self.control.recv() => return Err(control_cause(c)),
+                Some(stale) = self.outbound.recv() => { drop_stale(&stale); continue; }
+            };
+            match &frame.payload_variant {
+                Some(V::ConfigCompleteId(n)) if *n == nonce => break,
+                Some(V::MyInfo(info)) => {
+                    session.my_node_num = info.my_node_num;
+                    session.config.push(frame.clone());
+                }
+                Some(V::Metadata(meta)) => {
+                    session.firmware.clone_from(&meta.firmware_version);
+                    session.config.push(frame.clone());
+                }
+                Some(V::NodeInfo(node)) => {
+                    if node.num == session.my_node_num {
+                        session.config.push(frame.clone());
+                    }
+                    session.nodes.push(node.clone());
+                }
+                Some(
+                    V::Config(_)
+                    | V::ModuleConfig(_)
+                    | V::Channel(_)
+                    | V::DeviceuiConfig(_)
+                    | V::FileInfo(_),
+                ) => session.config.push(frame.clone()),
+                _ => {}
+            }
+            let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
+        }
+        if session.my_node_num == 0 {
+            return Err(CloseCause::Protocol(
+                "config download carried no my_info".into(),
+            ));
+        }
+        let own_name = session
+            .nodes
+            .iter()
+            .find(|n| n.num == session.my_node_num)
+            .and_then(|n| n.user.as_ref())
+            .map(|u| u.long_name.clone())
+            .unwrap_or_default();
+        let info = RadioInfo {
+            my_node_num: session.my_node_num,
+            firmware: session.firmware.clone(),
+            long_name: own_name,
+            nodes_in_db: session.nodes.len(),
+        };
+        log::info!(target: "keysync::link",
+            "connected to {} ({}, firmware {}, {} nodes in its NodeDB)",
+            radio::node_id(info.my_node_num),
+            if info.long_name.is_empty() { "unnamed" } else { &info.long_name },
+            if info.firmware.is_empty() { "unknown" } else { &info.firmware },
+            info.nodes_in_db);
+        let session = Arc::new(session);
+        self.current.store(id, Ordering::Release);
+        self.status.send_modify(|s| {
+            s.sessions += 1;
+            s.radio = Some(info);
+        });
+        self.set_state(LinkState::Up);
+        let _ = self.notices.send(LinkNotice::Up(session.clone()));
+        Ok(session)
+    }
+
+    /// The up phase: forward frames, heartbeat, watch for silence, write what consumers send.
+    async fn serve(
+        &mut self,
+        framed: &mut Framed<TcpStream, ClientCodec>,
+        session: Arc<Session>,
+        seen: &mut (u64, u64),
+    ) -> CloseCause {
+        let every = self.config.heartbeat;
+        let watchdog = radio::answers_heartbeats(&session.firmware);
+        if !watchdog {
+            log::info!(target: "keysync::link",
+                "firmware {:?} does not answer heartbeats: silence is not taken as a dead link",
+                session.firmware);
+        }
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        loop {
+            let stall_at = last_rx + every * 3;
+            tokio::select! {
+                f = framed.next() => match self.received(f, framed, seen) {
+                    Ok(frame) => {
+                        last_rx = Instant::now();
+                        let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
+                    }
+                    Err(cause) => return cause,
+                },
+                _ = heartbeat.tick() => {
+                    let nonce = radio::heartbeat_nonce(|| rand::rng().random());
+                    if let Err(cause) = self.write(framed, radio::heartbeat(nonce)).await {
+                        return cause;
+                    }
+                    self.counters.heartbeats_out.fetch_add(1, Ordering::Relaxed);
+                }
+                () = sleep_until(stall_at), if watchdog => {
+                    log::warn!(target: "keysync::link",
+                        "no frame from the radio for {}: the link is stalled",
+                        humantime::format_duration(every * 3));
+                    self.set_state(LinkState::Stalled);
+                    return CloseCause::Stalled;
+                }
+                Some(out) = self.outbound.recv() => {
+                    if out.session != session.id {
+                        drop_stale(&out);
+                    } else if let Err(cause) = self.write(framed, out.msg).await {
+                        return cause;
+                    }
+                }
+                c = self.control.recv() => return control_cause(c),
+            }
+        }
+    }
+
+    /// Turns the next item of the frame stream into a frame or the reason the link ended, and
+    /// folds the codec's discard counts into the counters.
+    fn received(
+        &self,
+        item: Option<Result<FromRadio, io::Error>>,
+        framed: &Framed<TcpStream, ClientCodec>,
+        seen: &mut (u64, u64),
+    ) -> Result<FromRadio, CloseCause> {
+        let stats = framed.codec().stats();
+        let (garbage, undecodable) = (stats.garbage_bytes, stats.undecodable);
+        if garbage > seen.0 {
+            log::debug!(target: "keysync::link", "skipped {} bytes of noise from the radio", garbage - seen.0);
+        }
+        self.counters
+            .garbage_bytes
+            .fetch_add(garbage - seen.0, Ordering::Relaxed);
+        self.counters
+            .undecodable
+            .fetch_add(undecodable - seen.1, Ordering::Relaxed);
+        *seen = (garbage, undecodable);
+        match item {
+            None => Err(CloseCause::ClosedByRadio),
+            Some(Err(e)) => Err(CloseCause::from_io(&e)),
+            Some(Ok(frame)) => {
+                self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                Ok(frame)
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        framed: &mut Framed<TcpStream, ClientCodec>,
+        msg: ToRadio,
+    ) -> Result<(), CloseCause> {
+        framed
+            .send(msg)
+            .await
+            .map_err(|e| CloseCause::from_codec(&e))?;
+        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_state(&self, state: LinkState) {
+        match &state {
+            LinkState::Closed(CloseCause::Shutdown) | LinkState::Stopped => {
+                log::info!(target: "keysync::link", "link {state}");
+            }
+            LinkState::Closed(_) => log::warn!(target: "keysync::link", "link {state}"),
+            _ => log::info!(target: "keysync::link", "link {state}"),
+        }
+        let now = SystemTime::now();
+        self.status.send_modify(|s| {
+            s.state = state.clone();
+            s.since = now;
+            if s.timeline.len() == TIMELINE_LEN {
+                s.timeline.pop_front();
+            }
+            s.timeline.push_back(LinkEvent { at: now, state });
+        });
+    }
+}
+
+fn control_cause(c: Option<Control>) -> CloseCause {
+    match c {
+        Some(Control::Reconnect) => CloseCause::Requested,
+        Some(Control::Shutdown) | None => CloseCause::Shutdown,
+    }
+}
+
+fn drop_stale(out: &Outbound) {
+    log::debug!(target: "keysync::link",
+        "dropped a {} meant for session {}, which is gone",
+        radio::to_radio_kind(&out.msg), out.session);
+}
+
+/// A delay drawn uniformly from `[0, ceiling]` ("full jitter"), so that many gateways that
+/// lost the same radio do not come back in step.
+fn jittered(ceiling: Duration) -> Duration {
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+fn tune_socket(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Waits until the link reports a state for which `pred` holds; for tools and tests.
+pub async fn wait_for_state(
+    status: &mut watch::Receiver<LinkStatus>,
+    mut pred: impl FnMut(&LinkState) -> bool,
+) -> Option<LinkState> {
+    status
+        .wait_for(|s| pred(&s.state))
+        .await
+        .ok()
+        .map(|s| s.state.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_ceiling_doubles_from_one_second_to_a_minute() {
+        let p = BackoffPolicy::default();
+        let ceilings: Vec<u64> = (1..=9).map(|a| p.ceiling(a).as_secs()).collect();
+        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.ceiling(1000), p.cap);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_ceiling() {
+        let ceiling = Duration::from_millis(500);
+        assert!((0..200).all(|_| jittered(ceiling) <= ceiling));
+    }
+
+    #[test]
+    fn three_early_closes_by_the_radio_mean_another_client() {
+        let mut t = TakeoverWatch::default();
+        let early = Some(Duration::from_secs(2));
+        assert!(!t.record(&CloseCause::ClosedByRadio, early));
+        assert!(!t.record(&CloseCause::Refused, None));
+        assert!(!t.record(&CloseCause::ClosedByRadio, early));
+        assert!(t.record(&CloseCause::ClosedByRadio, early));
+        // The streak starts over after the rule fired.
+        assert!(!t.record(&CloseCause::ClosedByRadio, early));
+    }
+
+    #[test]
+    fn a_long_session_or_another_cause_breaks_the_streak() {
+        let mut t = TakeoverWatch::default();
+        let early = Some(Duration::from_secs(2));
+        t.record(&CloseCause::ClosedByRadio, early);
+        t.record(&CloseCause::ClosedByRadio, early);
+        assert!(!t.record(&CloseCause::ClosedByRadio, Some(Duration::from_secs(600))));
+        t.record(&CloseCause::ClosedByRadio, early);
+        t.record(&CloseCause::Stalled, early);
+        assert!(!t.record(&CloseCause::ClosedByRadio, early));
+    }
+}

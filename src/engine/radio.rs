@@ -1,0 +1,306 @@
+//! What keysync says to a radio and what it understands of the answers.
+//!
+//! Builders for every `ToRadio` we send (want_config, heartbeat, add_contact, disconnect) and
+//! the readings we take from `FromRadio` (a node and its key seen in a download or on the mesh).
+
+use meshtastic::Message;
+use meshtastic::protobufs::{
+    AdminMessage, Data, FromRadio, Heartbeat, MeshPacket, NodeInfo, PortNum, SharedContact,
+    ToRadio, User, admin_message, from_radio, mesh_packet, to_radio,
+};
+
+/// `want_config_id` that asks for the configuration without other nodes.
+pub const CONFIG_ONLY_NONCE: u32 = 69_420;
+/// `want_config_id` that asks for the node list only (firmware ≥ 2.6.8).
+pub const NODES_ONLY_NONCE: u32 = 69_421;
+/// Length of a Curve25519 public key.
+pub const KEY_LEN: usize = 32;
+/// The broadcast node number.
+pub const BROADCAST: u32 = 0xFFFF_FFFF;
+
+/// A valid public key: 32 bytes, not all zero.
+pub type PublicKey = [u8; KEY_LEN];
+
+/// The key if `bytes` is one the firmware would accept, otherwise `None`.
+pub fn valid_key(bytes: &[u8]) -> Option<PublicKey> {
+    let key: PublicKey = bytes.try_into().ok()?;
+    (key != [0; KEY_LEN]).then_some(key)
+}
+
+/// The `!hex` form of a node number that Meshtastic shows to people.
+pub fn node_id(num: u32) -> String {
+    format!("!{num:08x}")
+}
+
+/// A nonce for a full config download: random, never one of the special nonces.
+pub fn config_nonce(mut random: impl FnMut() -> u32) -> u32 {
+    loop {
+        let n = random();
+        if n != 0 && n != CONFIG_ONLY_NONCE && n != NODES_ONLY_NONCE {
+            return n;
+        }
+    }
+}
+
+/// A heartbeat nonce: never 1 (since 2.7.23 that makes the radio broadcast its NodeInfo).
+pub fn heartbeat_nonce(mut random: impl FnMut() -> u32) -> u32 {
+    loop {
+        let n = random();
+        if n != 1 {
+            return n;
+        }
+    }
+}
+
+pub fn want_config(nonce: u32) -> ToRadio {
+    ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::WantConfigId(nonce)),
+    }
+}
+
+pub fn heartbeat(nonce: u32) -> ToRadio {
+    ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::Heartbeat(Heartbeat { nonce })),
+    }
+}
+
+pub fn disconnect() -> ToRadio {
+    ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::Disconnect(true)),
+    }
+}
+
+/// A contact to hand to the radio: never without a valid key, because an empty key erases the
+/// one the radio holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub num: u32,
+    pub long_name: String,
+    pub short_name: String,
+    pub hw_model: i32,
+    pub role: i32,
+    pub key: PublicKey,
+}
+
+/// `ToRadio{packet}` carrying `AdminMessage{add_contact}` to our own node (PROTOCOL.md
+/// § add_contact).
+pub fn add_contact(my_node_num: u32, packet_id: u32, contact: &Contact) -> ToRadio {
+    let admin = AdminMessage {
+        session_passkey: Vec::new(),
+        payload_variant: Some(admin_message::PayloadVariant::AddContact(SharedContact {
+            node_num: contact.num,
+            user: Some(User {
+                id: node_id(contact.num),
+                long_name: contact.long_name.clone(),
+                short_name: contact.short_name.clone(),
+                hw_model: contact.hw_model,
+                role: contact.role,
+                public_key: contact.key.to_vec(),
+                ..User::default()
+            }),
+            should_ignore: false,
+            manually_verified: false,
+        })),
+    };
+    ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
+            from: 0,
+            to: my_node_num,
+            channel: 0,
+            id: packet_id,
+            want_ack: false,
+            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+                portnum: PortNum::AdminApp as i32,
+                payload: admin.encode_to_vec(),
+                ..Data::default()
+            })),
+            ..MeshPacket::default()
+        })),
+    }
+}
+
+/// The admin message inside a decoded packet, if it is one.
+pub fn admin_of(packet: &MeshPacket) -> Option<AdminMessage> {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return None;
+    };
+    if data.portnum != PortNum::AdminApp as i32 {
+        return None;
+    }
+    AdminMessage::decode(data.payload.as_slice()).ok()
+}
+
+/// Where a node sighting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `node_info` in a config download: what the radio's NodeDB holds.
+    NodeDb,
+    /// A NODEINFO_APP packet heard on the mesh.
+    Mesh,
+}
+
+/// A node and what it says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub num: u32,
+    pub long_name: String,
+    pub short_name: String,
+    pub hw_model: i32,
+    pub role: i32,
+    /// Raw key bytes as received; may be empty or invalid.
+    pub public_key: Vec<u8>,
+    pub source: Source,
+    pub is_favorite: bool,
+}
+
+impl NodeSeen {
+    pub fn key(&self) -> Option<PublicKey> {
+        valid_key(&self.public_key)
+    }
+
+    fn from_user(num: u32, user: &User, source: Source, is_favorite: bool) -> Self {
+        Self {
+            num,
+            long_name: user.long_name.clone(),
+            short_name: user.short_name.clone(),
+            hw_model: user.hw_model,
+            role: user.role,
+            public_key: user.public_key.clone(),
+            source,
+            is_favorite,
+        }
+    }
+}
+
+/// The node a frame tells us about: a `node_info`, or a NODEINFO_APP packet with a `User`.
+pub fn node_seen(frame: &FromRadio) -> Option<NodeSeen> {
+    match frame.payload_variant.as_ref()? {
+        from_radio::PayloadVariant::NodeInfo(NodeInfo {
+            num,
+            user: Some(user),
+            is_favorite,
+            ..
+        }) => Some(NodeSeen::from_user(
+            *num,
+            user,
+            Source::NodeDb,
+            *is_favorite,
+        )),
+        from_radio::PayloadVariant::Packet(packet) => {
+            let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+                return None;
+            };
+            if data.portnum != PortNum::NodeinfoApp as i32 || packet.from == 0 {
+                return None;
+            }
+            let user = User::decode(data.payload.as_slice()).ok()?;
+            Some(NodeSeen::from_user(packet.from, &user, Source::Mesh, false))
+        }
+        _ => None,
+    }
+}
+
+/// A short name for a frame's kind, for logs and counters.
+pub fn from_radio_kind(frame: &FromRadio) -> &'static str {
+    use from_radio::PayloadVariant as V;
+    match &frame.payload_variant {
+        None => "empty",
+        Some(V::Packet(_)) => "packet",
+        Some(V::MyInfo(_)) => "my_info",
+        Some(V::NodeInfo(_)) => "node_info",
+        Some(V::Config(_)) => "config",
+        Some(V::LogRecord(_)) => "log_record",
+        Some(V::ConfigCompleteId(_)) => "config_complete_id",
+        Some(V::Rebooted(_)) => "rebooted",
+        Some(V::ModuleConfig(_)) => "module_config",
+        Some(V::Channel(_)) => "channel",
+        Some(V::QueueStatus(_)) => "queue_status",
+        Some(V::XmodemPacket(_)) => "xmodem",
+        Some(V::Metadata(_)) => "metadata",
+        Some(V::MqttClientProxyMessage(_)) => "mqtt_proxy",
+        Some(V::FileInfo(_)) => "file_info",
+        Some(V::ClientNotification(_)) => "client_notification",
+        Some(V::DeviceuiConfig(_)) => "deviceui_config",
+    }
+}
+
+/// A short name for a `ToRadio`'s kind, for logs and the simulator's counters.
+pub fn to_radio_kind(msg: &ToRadio) -> &'static str {
+    use to_radio::PayloadVariant as V;
+    match &msg.payload_variant {
+        None => "empty",
+        Some(V::Packet(p)) if admin_of(p).is_some() => "admin",
+        Some(V::Packet(_)) => "packet",
+        Some(V::WantConfigId(_)) => "want_config",
+        Some(V::Disconnect(_)) => "disconnect",
+        Some(V::XmodemPacket(_)) => "xmodem",
+        Some(V::MqttClientProxyMessage(_)) => "mqtt_proxy",
+        Some(V::Heartbeat(_)) => "heartbeat",
+    }
+}
+
+/// `major.minor.patch` of a firmware version string such as `2.7.15.567b8ea`.
+pub fn firmware_version(s: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = s.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Firmware that answers every heartbeat (≥ 2.7.6): silence from it means a dead link.
+pub fn answers_heartbeats(version: &str) -> bool {
+    firmware_version(version).is_some_and(|v| v >= (2, 7, 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_keys_of_wrong_length_or_all_zero() {
+        assert!(valid_key(&[1; 32]).is_some());
+        assert!(valid_key(&[0; 32]).is_none());
+        assert!(valid_key(&[1; 31]).is_none());
+        assert!(valid_key(&[]).is_none());
+    }
+
+    #[test]
+    fn nonces_avoid_the_special_values() {
+        let mut seq = [69_420, 69_421, 0, 7].into_iter();
+        assert_eq!(config_nonce(|| seq.next().unwrap_or(9)), 7);
+        let mut seq = [1, 1, 2].into_iter();
+        assert_eq!(heartbeat_nonce(|| seq.next().unwrap_or(9)), 2);
+    }
+
+    #[test]
+    fn add_contact_round_trips_through_admin_of() {
+        let contact = Contact {
+            num: 0x1234_5678,
+            long_name: "Hill top".into(),
+            short_name: "HT".into(),
+            hw_model: 9,
+            role: 0,
+            key: [7; 32],
+        };
+        let msg = add_contact(42, 1000, &contact);
+        let Some(to_radio::PayloadVariant::Packet(p)) = msg.payload_variant else {
+            panic!("not a packet");
+        };
+        assert_eq!((p.to, p.from, p.id, p.want_ack), (42, 0, 1000, false));
+        let Some(admin_message::PayloadVariant::AddContact(c)) =
+            admin_of(&p).and_then(|a| a.payload_variant)
+        else {
+            panic!("not add_contact");
+        };
+        let user = c.user.unwrap_or_default();
+        assert_eq!(user.id, "!12345678");
+        assert_eq!(user.public_key, vec![7; 32]);
+        assert!(!c.manually_verified && !c.should_ignore);
+    }
+
+    #[test]
+    fn parses_firmware_versions() {
+        assert_eq!(firmware_version("2.7.15.567b8ea"), Some((2, 7, 15)));
+        assert!(answers_heartbeats("2.7.6"));
+        assert!(!answers_heartbeats("2.7.5.abc"));
+        assert!(!answers_heartbeats("garbage"));
+    }
+}

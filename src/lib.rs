@@ -1,0 +1,15 @@
+//! keysync: a terminal monitor for Meshtastic gateways that keeps the radio's NodeDB stocked
+//! with the public keys PKI direct messages need, while sending as little as possible over the
+//! radio's one TCP link.
+//!
+//! - [`engine`]: the link supervisor, frame codec and what we say to a radio; no terminal code.
+//! - [`sim`]: a simulated radio that follows firmware 2.7's TCP API, for demos and tests.
+//! - [`cli`]: flags, environment and config file resolved into [`cli::Settings`].
+//! - [`headless`]: the engine under systemd, logging to stderr.
+
+pub mod cli;
+pub mod duration;
+pub mod engine;
+pub mod headless;
+pub mod logging;
+pub mod sim;

@@ -1,0 +1,66 @@
+//! keysync's entry point: parse the command line, run the chosen mode, map errors to exit
+//! codes (0 ok, 1 runtime failure, 2 usage error).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keysync::cli::{Cli, Command, Settings};
+use keysync::{headless, logging, sim};
+
+const USAGE: u8 = 2;
+const FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("keysync: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keysync: cannot start the async runtime: {e}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Sim(args)) => {
+                init_logs(&settings)?;
+                sim::run_cli(&args).await
+            }
+            None if cli.headless => {
+                init_logs(&settings)?;
+                headless::run(&settings).await
+            }
+            None => {
+                anyhow::bail!(
+                    "the terminal monitor is not built yet; use --headless (or `keysync sim` for a simulated radio)"
+                )
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keysync: {e:#}");
+            ExitCode::from(FAILURE)
+        }
+    }
+}
+
+fn init_logs(settings: &Settings) -> anyhow::Result<()> {
+    logging::init_stderr(settings.log_level, settings.log_file.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open log file {}: {e}",
+            settings
+                .log_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })
+}

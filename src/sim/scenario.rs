@@ -1,0 +1,261 @@
+//! Scripted faults and mesh events for the simulated radio, read from a TOML file.
+//!
+//! ```toml
+//! repeat = "4m"            # optional: run the timeline again every 4 minutes
+//!
+//! [[event]]
+//! at = "30s"
+//! kind = "drop"            # close the client's socket
+//!
+//! [[event]]
+//! at = "1m"
+//! kind = "stall"           # stop answering, keep the socket open
+//! for = "20s"
+//!
+//! [[event]]
+//! at = "2m"
+//! kind = "reboot"          # down for a while, optionally forgetting "keys" or "nodes"
+//! down = "5s"
+//! forget = "keys"
+//! ```
+//! Other kinds: `refuse` (`for`), `garbage` (`bytes`), `key-change` (`node`, an index into
+//! the generated nodes), `new-nodes` (`count`), `announce` (`node`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// Run the timeline again this long after each start.
+    pub repeat: Option<Duration>,
+    /// In time order.
+    pub events: Vec<ScenarioEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioEvent {
+    pub at: Duration,
+    pub fault: Fault,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    repeat: Option<Duration>,
+    #[serde(default)]
+    event: Vec<RawEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawEvent {
+    #[serde(deserialize_with = "duration::deserialize")]
+    at: Duration,
+    kind: String,
+    #[serde(
+        default,
+        rename = "for",
+        deserialize_with = "duration::deserialize_opt"
+    )]
+    duration: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    down: Option<Duration>,
+    forget: Option<Forget>,
+    bytes: Option<usize>,
+    node: Option<usize>,
+    count: Option<usize>,
+}
+
+impl RawEvent {
+    fn into_event(self) -> Result<ScenarioEvent, String> {
+        let at = self.at;
+        let need = |v: Option<usize>, field: &str| {
+            v.ok_or_else(|| {
+                format!(
+                    "event at {}: {} needs `{field}`",
+                    humantime::format_duration(at),
+                    self.kind
+                )
+            })
+        };
+        let need_for = |v: Option<Duration>, field: &str| {
+            v.ok_or_else(|| {
+                format!(
+                    "event at {}: {} needs `{field}`",
+                    humantime::format_duration(at),
+                    self.kind
+                )
+            })
+        };
+        let fault = match self.kind.as_str() {
+            "drop" => Fault::Drop,
+            "stall" => Fault::Stall {
+                duration: need_for(self.duration, "for")?,
+            },
+            "refuse" => Fault::Refuse {
+                duration: need_for(self.duration, "for")?,
+            },
+            "reboot" => Fault::Reboot {
+                down: need_for(self.down, "down")?,
+                forget: self.forget.unwrap_or_default(),
+            },
+            "garbage" => Fault::Garbage {
+                bytes: need(self.bytes, "bytes")?,
+            },
+            "key-change" => Fault::KeyChange {
+                node: need(self.node, "node")?,
+            },
+            "new-nodes" => Fault::NewNodes {
+                count: need(self.count, "count")?,
+            },
+            "announce" => Fault::Announce {
+                node: need(self.node, "node")?,
+            },
+            other => {
+                return Err(format!(
+                    "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce)",
+                    humantime::format_duration(at)
+                ));
+            }
+        };
+        Ok(ScenarioEvent { at, fault })
+    }
+}
+
+/// Which nodes a reboot forgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forget {
+    #[default]
+    Nothing,
+    Keys,
+    Nodes,
+}
+
+/// Something the simulated radio can be made to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the current client's socket.
+    Drop,
+    /// Stop answering the current client (no reads, no writes) but keep its socket open.
+    Stall { duration: Duration },
+    /// Refuse new connections for a while (the listener is closed).
+    Refuse { duration: Duration },
+    /// Drop the client, be unreachable for `down`, come back having forgotten what `forget` says.
+    Reboot { down: Duration, forget: Forget },
+    /// Send random bytes (with a bogus oversize header) to the client between frames.
+    Garbage { bytes: usize },
+    /// Generated node `node` gets a new key and announces it.
+    KeyChange { node: usize },
+    /// `count` new nodes appear and announce themselves.
+    NewNodes { count: usize },
+    /// Generated node `node` announces itself.
+    Announce { node: usize },
+}
+
+impl Fault {
+    /// Happens on the mesh (announcements, key changes) rather than to the client's link.
+    pub fn is_mesh_event(&self) -> bool {
+        matches!(
+            self,
+            Self::KeyChange { .. } | Self::NewNodes { .. } | Self::Announce { .. }
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {path} is not valid: {why}")]
+    Parse { path: String, why: String },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|why| ScenarioError::Parse {
+            path: path.display().to_string(),
+            why,
+        })
+    }
+
+    /// Parses a scenario; the error says which event is wrong and why.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut events = raw
+            .event
+            .into_iter()
+            .map(RawEvent::into_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.at);
+        Ok(Self {
+            repeat: raw.repeat,
+            events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_in_time_order() {
+        let s = Scenario::parse(
+            r#"
+            repeat = "3m"
+            [[event]]
+            at = "1m"
+            kind = "reboot"
+            down = "5s"
+            forget = "keys"
+            [[event]]
+            at = "10s"
+            kind = "stall"
+            for = "20s"
+            [[event]]
+            at = "20s"
+            kind = "key-change"
+            node = 3
+            "#,
+        )
+        .expect("valid scenario");
+        assert_eq!(s.repeat, Some(Duration::from_secs(180)));
+        let kinds: Vec<_> = s.events.iter().map(|e| e.fault.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Fault::Stall {
+                    duration: Duration::from_secs(20)
+                },
+                Fault::KeyChange { node: 3 },
+                Fault::Reboot {
+                    down: Duration::from_secs(5),
+                    forget: Forget::Keys
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_fields() {
+        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"explode\"").unwrap_err();
+        assert!(err.contains("unknown kind \"explode\""), "{err}");
+        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"stall\"").unwrap_err();
+        assert!(err.contains("stall needs `for`"), "{err}");
+        assert!(Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"drop\"\nbogus = 1").is_err());
+        assert!(Scenario::parse("[[event]]\nat = \"soon\"\nkind = \"drop\"").is_err());
+    }
+}
