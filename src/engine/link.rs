@@ -231,6 +231,8 @@ pub struct LinkStatus {
     pub since: SystemTime,
     /// The latest state changes, oldest first, at most [`TIMELINE_LEN`].
     pub timeline: VecDeque<LinkEvent>,
+    /// State changes since start; the last timeline entry is change number `changes`.
+    pub changes: u64,
     /// Sessions that reached `Up`.
     pub sessions: u64,
     pub last_cause: Option<CloseCause>,
@@ -345,6 +347,7 @@ impl Link {
             state: LinkState::Connecting { attempt: 1 },
             since: SystemTime::now(),
             timeline: VecDeque::new(),
+            changes: 0,
             sessions: 0,
             last_cause: None,
             radio: None,
@@ -788,6 +791,7 @@ impl Supervisor {
                 s.timeline.pop_front();
             }
             s.timeline.push_back(LinkEvent { at: now, state });
+            s.changes += 1;
         });
     }
 }
@@ -822,16 +826,17 @@ fn tune_socket(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// Waits until the link reports a state for which `pred` holds; for tools and tests.
-pub async fn wait_for_state(
-    status: &mut watch::Receiver<LinkStatus>,
-    mut pred: impl FnMut(&LinkState) -> bool,
-) -> Option<LinkState> {
-    status
-        .wait_for(|s| pred(&s.state))
-        .await
-        .ok()
-        .map(|s| s.state.clone())
+impl LinkStatus {
+    /// The state changes after change number `after`, with their numbers, oldest first (as
+    /// far as the bounded timeline still holds them).
+    pub fn changes_since(&self, after: u64) -> impl Iterator<Item = (u64, &LinkEvent)> {
+        let first = self.changes - self.timeline.len() as u64 + 1;
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(move |(i, e)| (first + i as u64, e))
+            .filter(move |(n, _)| *n > after)
+    }
 }
 
 #[cfg(test)]

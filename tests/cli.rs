@@ -1,0 +1,176 @@
+//! The binary as an operator meets it: flags, config files, exit codes, the headless link.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+
+use assert_cmd::Command as Cmd;
+use common::{sim_config, start_sim, wait_until};
+
+fn keysync() -> Cmd {
+    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_keysync"));
+    // Keep the operator's real config and environment out of the tests.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYSYNC_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .env("HOME", "/nonexistent-keysync-test");
+    cmd
+}
+
+fn stderr_of(cmd: &mut Cmd) -> (i32, String) {
+    let out = cmd.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_every_option() {
+    let out = keysync().arg("--help").output().expect("runs");
+    assert!(out.status.success());
+    insta::assert_snapshot!("help", String::from_utf8_lossy(&out.stdout));
+    let out = keysync().args(["sim", "--help"]).output().expect("runs");
+    assert!(out.status.success());
+    insta::assert_snapshot!("sim_help", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let (code, err) = stderr_of(keysync().arg("--bogus"));
+    assert_eq!(code, 2);
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+#[test]
+fn bad_duration_says_how_to_write_one() {
+    let (code, err) = stderr_of(keysync().args(["--headless", "--heartbeat", "soon"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("try 90s"), "{err}");
+}
+
+#[test]
+fn cache_ttl_shorter_than_the_interval_is_refused_with_the_reason() {
+    let (code, err) =
+        stderr_of(keysync().args(["--headless", "--sync-interval", "5m", "--cache-ttl", "4m"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("shorter than --sync-interval"), "{err}");
+}
+
+#[test]
+fn env_values_are_validated_like_flags() {
+    let (code, err) = stderr_of(
+        keysync()
+            .arg("--headless")
+            .env("KEYSYNC_HOST", "radio:http"),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("not a TCP port"), "{err}");
+}
+
+#[test]
+fn missing_or_invalid_config_file_is_a_usage_error_naming_the_file() {
+    let (code, err) =
+        stderr_of(keysync().args(["--headless", "--config", "/nonexistent/keysync.toml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/keysync.toml"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "host = \"radio\"\nheartbaet = \"30s\"\n").expect("write");
+    let (code, err) = stderr_of(keysync().arg("--headless").arg("--config").arg(&path));
+    assert_eq!(code, 2);
+    assert!(err.contains("heartbaet"), "{err}");
+}
+
+#[test]
+fn bad_scenario_file_fails_with_its_name_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, "[[event]]\nat = \"1s\"\nkind = \"stall\"\n").expect("write");
+    let (code, err) = stderr_of(
+        keysync()
+            .args(["sim", "--listen", "127.0.0.1:0", "--scenario"])
+            .arg(&path),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("s.toml") && err.contains("stall needs `for`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
+    let sim = start_sim(sim_config(10));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["--headless", "--heartbeat", "1s", "--host"])
+        .arg(sim.addr().to_string())
+        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keysync starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("link up")) {
+        let line = rx
+            .recv_timeout(common::WAIT)
+            .unwrap_or_else(|_| panic!("no 'link up' in {log:#?}"));
+        log.push(line);
+    }
+    assert!(
+        log.iter().any(|l| l.contains("connecting (attempt 1)")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("10 nodes") || l.contains("11 nodes")),
+        "{log:#?}"
+    );
+
+    sim.inject(keysync::sim::Fault::Drop).await;
+    wait_until("a reconnect", || {
+        sim.counters().connections.load(Ordering::Relaxed) == 2
+    })
+    .await;
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("joins")
+        .expect("waits");
+    assert_eq!(status.status.code(), Some(0));
+    assert!(
+        status.stdout.is_empty(),
+        "nothing on stdout in headless mode"
+    );
+    for line in rx.try_iter() {
+        log.push(line);
+    }
+    assert!(
+        log.iter().any(|l| l.contains("closed: closed by radio")),
+        "{log:#?}"
+    );
+    assert!(log.iter().any(|l| l.contains("link stopped")), "{log:#?}");
+    wait_until("the sim to see the disconnect", || {
+        sim.counters().received().get("disconnect") == Some(&1)
+    })
+    .await;
+}

@@ -1,0 +1,316 @@
+//! The link supervisor against the simulated radio over real TCP, one fault at a time.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use keysync::engine::codec::{ClientCodec, frame_bytes};
+use keysync::engine::link::{CloseCause, Link, LinkNotice, LinkState};
+use keysync::engine::radio;
+use keysync::sim::{Fault, Forget};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+#[tokio::test]
+async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
+    let sim = start_sim(sim_config(12));
+    let link = Link::spawn(fast_link(&sim));
+    let mut notices = link.subscribe();
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    let session = loop {
+        match notices.recv().await.expect("notices flow") {
+            LinkNotice::Up(s) => break s,
+            LinkNotice::Frame(_) | LinkNotice::Down(_) => {}
+        }
+    };
+    assert_eq!(session.my_node_num, sim.my_node_num());
+    assert_eq!(session.nodes.len(), 13, "own node + 12");
+    assert!(session.firmware.starts_with("2.7."));
+    // Some generated keys carry the frame magic; they must arrive intact.
+    let with_magic = session
+        .nodes
+        .iter()
+        .filter_map(|n| n.user.as_ref())
+        .filter(|u| u.public_key.windows(2).any(|w| w == [0x94, 0xC3]))
+        .count();
+    assert!(with_magic >= 2, "{with_magic} keys with 94 C3");
+    for node in &session.nodes {
+        assert_eq!(
+            sim.key_of(node.num).map(|k| k.to_vec()),
+            node.user.as_ref().map(|u| u.public_key.clone())
+        );
+    }
+    let info = status.now().radio.clone().expect("radio info");
+    assert_eq!(info.nodes_in_db, 13);
+    link.shutdown().await;
+    wait_until("the sim to see the disconnect", || {
+        sim.counters().received().get("disconnect") == Some(&1)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_named_and_reconnected() {
+    let sim = start_sim(sim_config(5));
+    let link = Link::spawn(fast_link(&sim));
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    sim.inject(Fault::Drop).await;
+    status
+        .next("closed by radio", |s| {
+            *s == LinkState::Closed(CloseCause::ClosedByRadio)
+        })
+        .await;
+    status.next("up again", LinkState::is_up).await;
+    assert_eq!(status.now().sessions, 2);
+    assert_eq!(sim.counters().connections.load(Ordering::Relaxed), 2);
+    assert_eq!(sim.counters().received().get("want_config"), Some(&2));
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
+    let sim = start_sim(sim_config(5));
+    let config = fast_link(&sim);
+    let heartbeat = config.heartbeat;
+    let link = Link::spawn(config);
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    let stalled_at = tokio::time::Instant::now();
+    sim.inject(Fault::Stall {
+        duration: Duration::from_secs(30),
+    })
+    .await;
+    status.next("stalled", |s| *s == LinkState::Stalled).await;
+    // The watchdog fires 3 heartbeats after the last frame, which came before the stall.
+    let took = stalled_at.elapsed();
+    assert!(
+        took <= heartbeat * 3 + Duration::from_secs(2),
+        "stall detected after {took:?}"
+    );
+    status.next("up again", LinkState::is_up).await;
+    assert_eq!(status.now().last_cause, Some(CloseCause::Stalled));
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_connections_back_off_with_growing_jittered_delays() {
+    let sim = start_sim(sim_config(5));
+    let link = Link::spawn(fast_link(&sim));
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    sim.inject(Fault::Refuse {
+        duration: Duration::from_millis(2500),
+    })
+    .await;
+    sim.inject(Fault::Drop).await;
+    status
+        .next("refused", |s| *s == LinkState::Closed(CloseCause::Refused))
+        .await;
+    status.next("up after the refusals", LinkState::is_up).await;
+    let backoffs: Vec<(u32, Duration, Duration)> = states(&status.status)
+        .into_iter()
+        .filter_map(|s| match s {
+            LinkState::Backoff {
+                attempt,
+                ceiling,
+                delay,
+            } => Some((attempt, ceiling, delay)),
+            _ => None,
+        })
+        .collect();
+    assert!(backoffs.len() >= 4, "{backoffs:?}");
+    let ceilings: Vec<u128> = backoffs.iter().map(|b| b.1.as_millis()).collect();
+    assert_eq!(
+        &ceilings[..4],
+        &[50, 100, 200, 400],
+        "doubling from the base"
+    );
+    assert!(ceilings.iter().all(|c| *c <= 400), "capped: {ceilings:?}");
+    assert!(
+        backoffs.iter().all(|(_, c, d)| d <= c),
+        "delay within ceiling"
+    );
+    assert!(
+        backoffs.iter().any(|(_, c, d)| d != c),
+        "jittered: {backoffs:?}"
+    );
+    let attempts: Vec<u32> = backoffs.iter().map(|b| b.0).collect();
+    assert!(
+        attempts.windows(2).all(|w| w[1] == w[0] + 1),
+        "{attempts:?}"
+    );
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
+    let sim = start_sim(sim_config(8));
+    let link = Link::spawn(fast_link(&sim));
+    let mut notices = link.subscribe();
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    sim.inject(Fault::Reboot {
+        down: Duration::from_millis(1500),
+        forget: Forget::Keys,
+    })
+    .await;
+    status
+        .next("refused while down", |s| {
+            *s == LinkState::Closed(CloseCause::Refused)
+        })
+        .await;
+    status.next("up after reboot", LinkState::is_up).await;
+    // The new session's NodeDB has lost every key but our own.
+    let session = loop {
+        match notices.recv().await.expect("notices flow") {
+            LinkNotice::Up(s) if s.id > 1 => break s,
+            _ => {}
+        }
+    };
+    let keyed = session
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.user
+                .as_ref()
+                .is_some_and(|u| radio::valid_key(&u.public_key).is_some())
+        })
+        .count();
+    assert_eq!(keyed, 1, "only the own node keeps its key");
+    link.shutdown().await;
+}
+
+/// A bot that reconnects the moment it is kicked, as the Python client's auto-reconnect does.
+async fn rival_client(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationToken) {
+    while !stop.is_cancelled() {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let hello = frame_bytes(&radio::want_config(4242)).expect("fits");
+        if stream.write_all(&hello).await.is_err() {
+            continue;
+        }
+        let mut frames = FramedRead::new(stream, ClientCodec::new());
+        tokio::select! {
+            () = async { while let Some(Ok(_)) = frames.next().await {} } => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a_fight() {
+    let sim = start_sim(sim_config(5));
+    let config = fast_link(&sim);
+    let link = Link::spawn(config.clone());
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rival = tokio::spawn(rival_client(sim.addr(), stop.clone()));
+    let contended = status
+        .next("contended", |s| matches!(s, LinkState::Contended { .. }))
+        .await;
+    assert_eq!(
+        contended,
+        LinkState::Contended {
+            delay: config.takeover_backoff
+        }
+    );
+    assert!(
+        contended
+            .to_string()
+            .contains("another client is using the radio")
+    );
+    // While contended keysync stays away: the rival keeps the radio.
+    let connections = sim.counters().connections.load(Ordering::Relaxed);
+    let early_closes = states(&status.status)
+        .iter()
+        .filter(|s| **s == LinkState::Closed(CloseCause::ClosedByRadio))
+        .count();
+    assert_eq!(early_closes, 3, "three early closes, then it backs off");
+    stop.cancel();
+    let _ = rival.await;
+    status
+        .next("up after the rival left", LinkState::is_up)
+        .await;
+    assert!(sim.counters().connections.load(Ordering::Relaxed) > connections);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_closing_radio_open() {
+    let mut config = sim_config(5);
+    config.idle_timeout = Duration::from_secs(2);
+    let sim = start_sim(config);
+    let mut link_config = fast_link(&sim);
+    link_config.heartbeat = Duration::from_millis(500);
+    let link = Link::spawn(link_config);
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    // Observe for three idle timeouts: the radio must not close us.
+    wait_until("six heartbeats", || {
+        sim.counters()
+            .received()
+            .get("heartbeat")
+            .copied()
+            .unwrap_or(0)
+            >= 12
+    })
+    .await;
+    assert_eq!(sim.counters().idle_closes.load(Ordering::Relaxed), 0);
+    assert_eq!(status.now().sessions, 1);
+    assert!(status.now().state.is_up());
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
+    // The control for the test above: it proves the sim's idle close is real.
+    let mut config = sim_config(5);
+    config.idle_timeout = Duration::from_secs(1);
+    let sim = start_sim(config);
+    let mut link_config = fast_link(&sim);
+    link_config.heartbeat = Duration::from_secs(60);
+    let link = Link::spawn(link_config);
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    status
+        .next("closed by radio", |s| {
+            *s == LinkState::Closed(CloseCause::ClosedByRadio)
+        })
+        .await;
+    assert_eq!(sim.counters().idle_closes.load(Ordering::Relaxed), 1);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_on_the_wire_never_breaks_the_stream() {
+    let sim = start_sim(sim_config(10));
+    let link = Link::spawn(fast_link(&sim));
+    let counters = link.counters();
+    let mut status = StateWatch::new(link.status());
+    status.next("up", LinkState::is_up).await;
+    for _ in 0..5 {
+        sim.inject(Fault::Garbage { bytes: 300 }).await;
+        sim.inject(Fault::Announce { node: 0 }).await;
+    }
+    wait_until("garbage counted", || {
+        counters.garbage_bytes.load(Ordering::Relaxed) >= 1000
+    })
+    .await;
+    let before = counters.frames_in.load(Ordering::Relaxed);
+    wait_until("heartbeat answers after the garbage", || {
+        counters.frames_in.load(Ordering::Relaxed) >= before + 3
+    })
+    .await;
+    assert_eq!(status.now().sessions, 1, "{:?}", states(&status.status));
+    assert!(status.now().state.is_up());
+    link.shutdown().await;
+}
