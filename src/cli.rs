@@ -85,6 +85,49 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the simulated radio (firmware 2.7 behaviour) on a TCP port.
     Sim(SimArgs),
+    /// Connect, run one forced sync, print its outcome and exit (1 if it failed).
+    Sync(SyncArgs),
+    /// List the stored nodes and keys, or decide on a pending key.
+    Keys(KeysArgs),
+    /// Import keys from another tool's database.
+    Import {
+        #[command(subcommand)]
+        from: ImportSource,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// Run once and exit (the only mode of this subcommand; the monitor and --headless sync
+    /// continuously).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Give up when the radio is not reached within this long.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    pub wait: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<KeysAction>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Trust the pending key of NODE (!hex, hex or decimal).
+    Accept { node: String },
+    /// Refuse the pending key of NODE; the trusted key is pushed back at the next sync.
+    Reject { node: String },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImportSource {
+    /// meshbot's SQLite database (table meshtastic_nodes); the file is only read.
+    Meshbot { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,23 +1,39 @@
-//! The engine: the radio link and (from the sync issue on) the key store and sync runner, on
-//! background tasks. It knows nothing of terminals; it publishes an owned [`Snapshot`] through a
-//! `watch` and takes [`Command`]s on one `mpsc`.
+//! The engine: the radio link, the key store and the sync runner, on background tasks. It
+//! knows nothing of terminals; it publishes an owned [`Snapshot`] through a `watch` and takes
+//! [`Command`]s on one `mpsc`.
 
 pub mod codec;
+pub mod import;
 pub mod link;
 pub mod radio;
+pub mod store;
+pub mod sync;
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use link::{Link, LinkConfig, LinkCounters, LinkStatus};
+use link::{Link, LinkConfig, LinkCounters, LinkNotice, LinkStatus, Session};
+use radio::{NodeSeen, PublicKey, node_id};
+use store::{Learned, NodeRecord, Store, SyncCache};
+use sync::{Mirror, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
+
+/// How many sync reports the snapshot keeps.
+pub const HISTORY_LEN: usize = 100;
 
 /// What the engine needs to run.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub link: LinkConfig,
+    pub sync_interval: Duration,
+    pub sync: SyncSettings,
+    pub db_path: PathBuf,
 }
 
 /// Frame counts since start.
@@ -42,16 +58,71 @@ impl Traffic {
     }
 }
 
+/// Where a stored key stands on the radio, as of the last node list keysync saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RadioKey {
+    /// No node list seen yet.
+    Unknown,
+    InRadio,
+    Missing,
+    /// The radio holds another key for the node.
+    Differs,
+    /// Pushed by the last run; confirmed by the next node list.
+    Pushed,
+}
+
+/// A stored node with its standing on the radio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub record: NodeRecord,
+    pub radio: RadioKey,
+}
+
+/// A sync in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub trigger: Trigger,
+    pub since: SystemTime,
+}
+
+/// The sync side of the snapshot.
+#[derive(Debug, Clone)]
+pub struct SyncStatus {
+    pub last: Option<SyncReport>,
+    /// Oldest first, at most [`HISTORY_LEN`].
+    pub history: VecDeque<SyncReport>,
+    pub running: Option<Running>,
+    pub next_check: Option<SystemTime>,
+    pub cache: Option<SyncCache>,
+    pub interval: Duration,
+    pub ttl: Duration,
+}
+
 /// Everything a view needs, owned, published on every change.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub link: LinkStatus,
     pub traffic: Traffic,
+    pub sync: SyncStatus,
+    pub nodes: Arc<Vec<NodeView>>,
+    /// The last store failure (locked, disk full), if the latest store call failed.
+    pub store_error: Option<String>,
+    pub db_path: PathBuf,
+    /// The answer to the operator's last command, with when.
+    pub notice: Option<(SystemTime, String)>,
 }
 
 /// What the operator (or a test) can ask of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// Sync now, ignoring the cache.
+    ForceSync,
+    /// Forget the last full sync, so the next check syncs.
+    ResetCache,
+    /// Trust the pending key of a node.
+    AcceptKey(u32),
+    /// Refuse the pending key of a node; the trusted key is pushed back at the next sync.
+    RejectKey(u32),
     /// Drop the connection and connect again now.
     Reconnect,
     /// Close the link cleanly and stop.
@@ -80,16 +151,50 @@ impl EngineHandle {
 }
 
 /// Starts the engine on the current tokio runtime.
-pub fn start(config: EngineConfig) -> EngineHandle {
-    let link = Link::spawn(config.link);
+pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
+    let link = Link::spawn(config.link.clone());
     let status = link.status();
+    let notices = link.subscribe();
     let counters = link.counters();
+    let store = StoreHandle::new(store);
     let (snapshot_tx, snapshot) = watch::channel(Snapshot {
         link: status.borrow().clone(),
         traffic: Traffic::read(&counters),
+        sync: SyncStatus {
+            last: None,
+            history: VecDeque::new(),
+            running: None,
+            next_check: Some(SystemTime::now() + config.sync_interval),
+            cache: None,
+            interval: config.sync_interval,
+            ttl: config.sync.cache_ttl,
+        },
+        nodes: Arc::new(Vec::new()),
+        store_error: None,
+        db_path: config.db_path.clone(),
+        notice: None,
     });
     let (commands, command_rx) = mpsc::channel(16);
-    let task = tokio::spawn(run(link, status, counters, snapshot_tx, command_rx));
+    let engine = EngineLoop {
+        config,
+        link,
+        status,
+        notices,
+        counters,
+        store,
+        snapshot: snapshot_tx,
+        commands: command_rx,
+        session: None,
+        sessions_seen: 0,
+        running: None,
+        queued: None,
+        mirror: None,
+        pushed_last: Vec::new(),
+        nodes_dirty: true,
+        link_changes_recorded: 0,
+        own_num: 0,
+    };
+    let task = tokio::spawn(engine.run());
     EngineHandle {
         snapshot,
         commands,
@@ -97,42 +202,431 @@ pub fn start(config: EngineConfig) -> EngineHandle {
     }
 }
 
-async fn run(
+enum Step {
+    Notice(Result<LinkNotice, broadcast::error::RecvError>),
+    LinkChanged(bool),
+    Check,
+    Refresh,
+    Finished(Result<SyncReport, tokio::task::JoinError>),
+    Command(Option<Command>),
+}
+
+struct EngineLoop {
+    config: EngineConfig,
     link: Link,
-    mut status: watch::Receiver<LinkStatus>,
+    status: watch::Receiver<LinkStatus>,
+    notices: broadcast::Receiver<LinkNotice>,
     counters: Arc<LinkCounters>,
+    store: StoreHandle,
     snapshot: watch::Sender<Snapshot>,
-    mut commands: mpsc::Receiver<Command>,
-) {
-    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            changed = status.changed() => {
-                if changed.is_err() {
-                    break;
+    commands: mpsc::Receiver<Command>,
+    session: Option<Arc<Session>>,
+    sessions_seen: u64,
+    running: Option<JoinHandle<SyncReport>>,
+    /// A forced run asked for while another ran, and whether it may use the handshake list.
+    queued: Option<(Trigger, bool)>,
+    mirror: Option<Arc<Mirror>>,
+    pushed_last: Vec<(u32, PublicKey)>,
+    nodes_dirty: bool,
+    link_changes_recorded: u64,
+    /// The radio's own node number, from the handshake's `my_info`.
+    own_num: u32,
+}
+
+async fn join_running(
+    running: Option<&mut JoinHandle<SyncReport>>,
+) -> Result<SyncReport, tokio::task::JoinError> {
+    match running {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl EngineLoop {
+    async fn run(mut self) {
+        let interval = self.config.sync_interval;
+        let mut check = tokio::time::interval_at(Instant::now() + interval, interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        self.refresh_store_view().await;
+        loop {
+            let step = tokio::select! {
+                n = self.notices.recv() => Step::Notice(n),
+                c = self.status.changed() => Step::LinkChanged(c.is_ok()),
+                _ = check.tick() => Step::Check,
+                _ = refresh.tick() => Step::Refresh,
+                r = join_running(self.running.as_mut()) => Step::Finished(r),
+                c = self.commands.recv() => Step::Command(c),
+            };
+            match step {
+                Step::Notice(Ok(notice)) => self.on_notice(notice).await,
+                Step::Notice(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    log::warn!(target: "keysync::engine", "fell {n} frames behind the radio; some node announcements were not learned");
                 }
-                let link_status = status.borrow_and_update().clone();
-                snapshot.send_modify(|s| {
-                    s.link = link_status;
-                    s.traffic = Traffic::read(&counters);
-                });
+                Step::Notice(Err(broadcast::error::RecvError::Closed))
+                | Step::LinkChanged(false)
+                | Step::Command(None | Some(Command::Quit)) => break,
+                Step::LinkChanged(true) => self.on_link_change().await,
+                Step::Check => {
+                    let next = SystemTime::now() + interval;
+                    self.snapshot
+                        .send_modify(|s| s.sync.next_check = Some(next));
+                    if self.running.is_none() && self.session.is_some() {
+                        self.start_run(Trigger::Check, false).await;
+                    } else {
+                        log::debug!(target: "keysync::engine", "check skipped: {}",
+                            if self.session.is_none() { "link down" } else { "a sync is running" });
+                    }
+                }
+                Step::Refresh => self.refresh().await,
+                Step::Finished(result) => {
+                    self.running = None;
+                    match result {
+                        Ok(report) => self.finish(report).await,
+                        Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
+                    }
+                    if let Some((trigger, handshake)) = self.queued.take() {
+                        self.start_run(trigger, handshake).await;
+                    }
+                }
+                Step::Command(Some(cmd)) => self.on_command(cmd).await,
             }
-            _ = refresh.tick() => {
-                let traffic = Traffic::read(&counters);
-                snapshot.send_if_modified(|s| {
-                    let changed = s.traffic != traffic;
-                    s.traffic = traffic;
-                    changed
-                });
+        }
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+        let status = self.status.clone();
+        self.link.shutdown().await;
+        let final_status = status.borrow().clone();
+        self.snapshot.send_modify(|s| s.link = final_status);
+        self.on_link_change().await;
+    }
+
+    async fn on_notice(&mut self, notice: LinkNotice) {
+        match notice {
+            LinkNotice::Up(session) => {
+                self.sessions_seen += 1;
+                let trigger = if self.sessions_seen == 1 {
+                    Trigger::Startup
+                } else {
+                    Trigger::Reconnect
+                };
+                self.session = Some(session);
+                if self.running.is_some() {
+                    self.queued = Some((trigger, true));
+                } else {
+                    self.start_run(trigger, true).await;
+                }
             }
-            cmd = commands.recv() => match cmd {
-                Some(Command::Reconnect) => link.reconnect().await,
-                Some(Command::Quit) | None => break,
-            },
+            LinkNotice::Down(_) => self.session = None,
+            LinkNotice::Frame(frame) => {
+                if let Some(meshtastic::protobufs::from_radio::PayloadVariant::MyInfo(info)) =
+                    &frame.payload_variant
+                {
+                    self.own_num = info.my_node_num;
+                }
+                // The radio's own key is not a contact: it is never learned or pushed.
+                if let Some(seen) = sync::learnable(&frame).filter(|s| s.num != self.own_num) {
+                    self.learn(seen).await;
+                }
+            }
         }
     }
-    link.shutdown().await;
-    let final_status = status.borrow().clone();
-    snapshot.send_modify(|s| s.link = final_status);
+
+    async fn learn(&mut self, seen: NodeSeen) {
+        let now = SystemTime::now();
+        let node = seen.clone();
+        match self.store.call(move |s| s.learn(&node, now)).await {
+            Ok(learned) => {
+                log_learned(&seen, learned);
+                self.nodes_dirty = true;
+                self.clear_store_error();
+            }
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    async fn start_run(&mut self, trigger: Trigger, use_handshake: bool) {
+        let Some(session) = self.session.clone() else {
+            if trigger == Trigger::Operator {
+                let report = link_down_report(trigger, &self.status.borrow().state.to_string());
+                self.finish(report).await;
+            }
+            return;
+        };
+        let job = SyncJob {
+            trigger,
+            session,
+            notices: self.link.subscribe(),
+            sender: self.link.sender(),
+            store: self.store.clone(),
+            settings: self.config.sync,
+            use_handshake,
+            pushed_before: std::mem::take(&mut self.pushed_last),
+        };
+        let since = SystemTime::now();
+        self.snapshot
+            .send_modify(|s| s.sync.running = Some(Running { trigger, since }));
+        self.running = Some(tokio::spawn(sync::run(job)));
+    }
+
+    async fn finish(&mut self, report: SyncReport) {
+        if report.outcome == Outcome::Failed {
+            log::warn!(target: "keysync::sync", "{}", report.summary());
+        } else {
+            log::info!(target: "keysync::sync", "{}", report.summary());
+        }
+        let record = report.record();
+        let saved = self
+            .store
+            .call(move |s| {
+                s.record_run(&record)?;
+                s.cache()
+            })
+            .await;
+        let cache = match saved {
+            Ok(cache) => {
+                self.clear_store_error();
+                cache
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                None
+            }
+        };
+        if let Some(mirror) = &report.mirror {
+            self.mirror = Some(mirror.clone());
+        }
+        self.pushed_last.clone_from(&report.pushed_keys);
+        self.nodes_dirty = true;
+        self.snapshot.send_modify(|s| {
+            s.sync.running = None;
+            s.sync.cache = cache;
+            if s.sync.history.len() == HISTORY_LEN {
+                s.sync.history.pop_front();
+            }
+            s.sync.history.push_back(report.clone());
+            s.sync.last = Some(report);
+        });
+        self.refresh_store_view().await;
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        let message = match cmd {
+            Command::ForceSync if self.running.is_some() => {
+                self.queued = Some((Trigger::Operator, false));
+                "force sync queued behind the running sync".to_string()
+            }
+            Command::ForceSync => {
+                self.start_run(Trigger::Operator, false).await;
+                if self.session.is_some() {
+                    "force sync requested".to_string()
+                } else {
+                    "force sync failed: the radio link is down".to_string()
+                }
+            }
+            Command::ResetCache => match self.store.call(Store::clear_cache).await {
+                Ok(()) => {
+                    self.snapshot.send_modify(|s| s.sync.cache = None);
+                    "cache cleared: next check will sync".to_string()
+                }
+                Err(e) => {
+                    self.store_failed(&e);
+                    format!("cache reset failed: {e}")
+                }
+            },
+            Command::AcceptKey(num) | Command::RejectKey(num) => self.decide_key(cmd, num).await,
+            Command::Reconnect => {
+                self.link.reconnect().await;
+                "reconnecting".to_string()
+            }
+            Command::Quit => return,
+        };
+        log::info!(target: "keysync::engine", "{message}");
+        let now = SystemTime::now();
+        self.snapshot
+            .send_modify(|s| s.notice = Some((now, message)));
+    }
+
+    async fn decide_key(&mut self, cmd: Command, num: u32) -> String {
+        let accept = matches!(cmd, Command::AcceptKey(_));
+        let now = SystemTime::now();
+        let result = self
+            .store
+            .call(move |s| {
+                let r = if accept {
+                    s.accept(num, now)?
+                } else {
+                    s.reject(num, now)?
+                };
+                if r.is_ok() && !accept {
+                    // The trusted key is unchanged, so the fingerprint is too: clear the cache
+                    // so the next check pushes it back over the rejected one.
+                    s.clear_cache()?;
+                }
+                Ok(r)
+            })
+            .await;
+        self.nodes_dirty = true;
+        match result {
+            Ok(Ok(key)) if accept => format!(
+                "accepted the new key of {} ({}): it is trusted now",
+                node_id(num),
+                sync::key_fingerprint(&key)
+            ),
+            Ok(Ok(key)) => {
+                self.snapshot.send_modify(|s| s.sync.cache = None);
+                format!(
+                    "rejected the new key of {} ({}): the trusted key goes back to the radio at the next check",
+                    node_id(num),
+                    sync::key_fingerprint(&key)
+                )
+            }
+            Ok(Err(why)) => why.to_string(),
+            Err(e) => {
+                self.store_failed(&e);
+                format!("could not record the decision: {e}")
+            }
+        }
+    }
+
+    async fn on_link_change(&mut self) {
+        let status = self.status.borrow_and_update().clone();
+        let fresh: Vec<(SystemTime, String, String)> = status
+            .changes_since(self.link_changes_recorded)
+            .map(|(_, e)| (e.at, e.state.label().to_string(), e.state.to_string()))
+            .collect();
+        self.link_changes_recorded = status.changes;
+        let traffic = Traffic::read(&self.counters);
+        self.snapshot.send_modify(|s| {
+            s.link = status;
+            s.traffic = traffic;
+        });
+        if fresh.is_empty() {
+            return;
+        }
+        let saved = self
+            .store
+            .call(move |s| {
+                for (at, state, detail) in &fresh {
+                    s.record_link_event(*at, state, detail)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = saved {
+            self.store_failed(&e);
+        }
+    }
+
+    async fn refresh(&mut self) {
+        let traffic = Traffic::read(&self.counters);
+        self.snapshot.send_if_modified(|s| {
+            let changed = s.traffic != traffic;
+            s.traffic = traffic;
+            changed
+        });
+        if self.nodes_dirty {
+            self.refresh_store_view().await;
+        }
+    }
+
+    /// Reloads the node list (and the cache) from the store into the snapshot.
+    async fn refresh_store_view(&mut self) {
+        self.nodes_dirty = false;
+        let loaded = self.store.call(|s| Ok((s.nodes()?, s.cache()?))).await;
+        let (records, cache) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                self.store_failed(&e);
+                return;
+            }
+        };
+        let nodes: Vec<NodeView> = records
+            .into_iter()
+            .map(|record| {
+                let radio = radio_key(&record, self.mirror.as_deref(), &self.pushed_last);
+                NodeView { record, radio }
+            })
+            .collect();
+        self.snapshot.send_modify(|s| {
+            s.nodes = Arc::new(nodes);
+            s.sync.cache = cache;
+        });
+    }
+
+    fn store_failed(&self, e: &str) {
+        log::error!(target: "keysync::store", "{e}");
+        let message = e.to_string();
+        self.snapshot.send_modify(|s| s.store_error = Some(message));
+    }
+
+    fn clear_store_error(&self) {
+        self.snapshot
+            .send_if_modified(|s| s.store_error.take().is_some());
+    }
+}
+
+fn radio_key(
+    record: &NodeRecord,
+    mirror: Option<&Mirror>,
+    pushed: &[(u32, PublicKey)],
+) -> RadioKey {
+    if pushed.iter().any(|(num, _)| *num == record.num) {
+        return RadioKey::Pushed;
+    }
+    let Some(mirror) = mirror else {
+        return RadioKey::Unknown;
+    };
+    match (mirror.get(&record.num), record.trusted) {
+        (Some(Some(held)), Some(trusted)) if *held == trusted => RadioKey::InRadio,
+        (Some(Some(_)), _) => RadioKey::Differs,
+        _ => RadioKey::Missing,
+    }
+}
+
+fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
+    SyncReport {
+        started_at: SystemTime::now(),
+        trigger,
+        outcome: Outcome::Failed,
+        reason: format!("forced: {}", trigger.label()),
+        fingerprint: [0; 32],
+        known: 0,
+        in_radio: 0,
+        pushed: 0,
+        conflicts: 0,
+        deferred: 0,
+        still_missing: 0,
+        frames_sent: 0,
+        duration: Duration::ZERO,
+        error: Some(format!("the radio link is down ({state})")),
+        pushed_keys: Vec::new(),
+        mirror: None,
+    }
+}
+
+/// Logs what learning a sighting did, when it is news.
+pub fn log_learned(seen: &NodeSeen, learned: Learned) {
+    let who = if seen.long_name.is_empty() {
+        node_id(seen.num)
+    } else {
+        format!("{} ({})", node_id(seen.num), seen.long_name)
+    };
+    let from = match seen.source {
+        radio::Source::NodeDb => "the radio's NodeDB",
+        radio::Source::Mesh => "the mesh",
+        radio::Source::Import => "an import",
+        radio::Source::Downstream => "a downstream client",
+    };
+    match learned {
+        Learned::FirstUse => {
+            log::info!(target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
+        }
+        Learned::Pending { old, new } => log::warn!(target: "keysync::store",
+            "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
+            sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
+        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {}
+    }
 }

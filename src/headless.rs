@@ -1,24 +1,74 @@
-//! `keysync --headless`: the engine without a terminal UI, for systemd. Everything it does goes
-//! to the log on stderr; SIGINT and SIGTERM close the radio link cleanly.
+//! The modes without a terminal UI: `--headless` for systemd, and `sync --once`. Everything
+//! goes to the log on stderr; SIGINT and SIGTERM close the radio link cleanly.
+
+use std::time::Duration;
 
 use crate::cli::Settings;
-use crate::engine::{self, Command, EngineConfig};
+use crate::engine::link::LinkConfig;
+use crate::engine::store::Store;
+use crate::engine::sync::{Outcome, SyncSettings};
+use crate::engine::{self, EngineConfig};
 
 /// The engine's configuration from resolved settings.
 pub fn engine_config(settings: &Settings) -> EngineConfig {
-    let mut link = engine::link::LinkConfig::new(settings.host.clone());
+    let mut link = LinkConfig::new(settings.host.clone());
     link.heartbeat = settings.heartbeat;
-    EngineConfig { link }
+    EngineConfig {
+        link,
+        sync_interval: settings.sync_interval,
+        sync: SyncSettings {
+            cache_ttl: settings.cache_ttl,
+            push_gap: settings.push_gap,
+            max_pushes: settings.max_pushes,
+            ..SyncSettings::default()
+        },
+        db_path: settings.db.clone(),
+    }
 }
 
 /// Runs until SIGINT or SIGTERM, then closes the link and returns.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    log::info!(target: "keysync", "keysync {} headless, radio {}", env!("CARGO_PKG_VERSION"), settings.host);
-    let engine = engine::start(engine_config(settings));
+    let store = Store::open(&settings.db)?;
+    log::info!(target: "keysync",
+        "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
+        env!("CARGO_PKG_VERSION"), settings.host, settings.db.display(),
+        humantime::format_duration(settings.sync_interval), humantime::format_duration(settings.cache_ttl));
+    let engine = engine::start(engine_config(settings), store);
     shutdown_signal().await?;
     log::info!(target: "keysync", "shutting down: closing the radio link");
-    let _ = engine.commands.send(Command::Quit).await;
-    engine.join().await;
+    engine.quit().await;
+    Ok(())
+}
+
+/// `keysync sync --once`: connect, run one forced sync, print its outcome. Fails when the
+/// radio cannot be reached within `wait` or the sync fails.
+pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()> {
+    let store = Store::open(&settings.db)?;
+    let engine = engine::start(engine_config(settings), store);
+    let mut snapshot = engine.snapshot.clone();
+    let finished = tokio::time::timeout(wait, snapshot.wait_for(|s| s.sync.last.is_some()))
+        .await
+        .map(|r| r.map(|s| s.sync.last.clone()));
+    let outcome = match finished {
+        Ok(Ok(report)) => report,
+        _ => None,
+    };
+    let link = snapshot.borrow().link.clone();
+    engine.quit().await;
+    let Some(report) = outcome else {
+        let cause = link
+            .last_cause
+            .map_or_else(|| link.state.to_string(), |c| c.to_string());
+        anyhow::bail!(
+            "could not reach the radio at {} within {}: {cause}",
+            settings.host,
+            humantime::format_duration(wait)
+        );
+    };
+    println!("{}", report.summary());
+    if report.outcome == Outcome::Failed {
+        anyhow::bail!("sync failed");
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - [`headless`]: the engine under systemd, logging to stderr.
 
 pub mod cli;
+pub mod commands;
 pub mod duration;
 pub mod engine;
 pub mod headless;

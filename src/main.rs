@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keysync::cli::{Cli, Command, Settings};
-use keysync::{headless, logging, sim};
+use keysync::{commands, headless, logging, sim};
 
 const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
@@ -31,6 +31,16 @@ fn main() -> ExitCode {
             Some(Command::Sim(args)) => {
                 init_logs(&settings)?;
                 sim::run_cli(&args).await
+            }
+            Some(Command::Sync(args)) => {
+                init_logs(&settings)?;
+                headless::sync_once(&settings, args.wait).await
+            }
+            Some(Command::Keys(args)) => {
+                emit(&commands::keys(&settings, &args)?)
+            }
+            Some(Command::Import { from }) => {
+                emit(&commands::import(&settings, &from)?)
             }
             None if cli.headless => {
                 init_logs(&settings)?;
@@ -63,4 +73,13 @@ fn init_logs(settings: &Settings) -> anyhow::Result<()> {
                 .unwrap_or_default()
         )
     })
+}
+
+/// Writes command output to stdout; a closed pipe (`keysync keys | head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

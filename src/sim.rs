@@ -204,7 +204,8 @@ impl Shared {
 /// Commands for the listener task.
 #[derive(Debug)]
 enum ListenerCmd {
-    Fault(Fault),
+    /// A fault, and who to tell once it took effect.
+    Fault(Fault, tokio::sync::oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -342,7 +343,10 @@ async fn apply(fault: Fault, shared: &Arc<Shared>, control: &mpsc::Sender<Listen
     if fault.is_mesh_event() {
         apply_mesh(shared, fault);
     } else {
-        let _ = control.send(ListenerCmd::Fault(fault)).await;
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if control.send(ListenerCmd::Fault(fault, done)).await.is_ok() {
+            let _ = applied.await;
+        }
     }
 }
 
@@ -433,47 +437,61 @@ async fn listen(
                 }
                 return;
             }
-            Step::Command(Some(ListenerCmd::Fault(fault))) => match fault {
-                Fault::Drop => {
-                    log::info!(target: "keysync::sim", "fault: dropping the client");
-                    if let Some(old) = current.take() {
-                        old.kick.cancel();
-                    }
-                }
-                Fault::Stall { duration } => {
-                    log::info!(target: "keysync::sim", "fault: stalling for {}", humantime::format_duration(duration));
-                    if let Some(c) = &current {
-                        let _ = c.cmds.send(ClientCmd::Stall(duration)).await;
-                    }
-                }
-                Fault::Garbage { bytes } => {
-                    let noise = garbage(&shared, bytes);
-                    log::info!(target: "keysync::sim", "fault: sending {} bytes of garbage", noise.len());
-                    if let Some(c) = &current {
-                        let _ = c.cmds.send(ClientCmd::Garbage(noise)).await;
-                    }
-                }
-                Fault::Refuse { duration } => {
-                    log::info!(target: "keysync::sim", "fault: refusing connections for {}", humantime::format_duration(duration));
-                    listener = None;
-                    back_at = Some(Instant::now() + duration);
-                }
-                Fault::Reboot { down, forget } => {
-                    log::info!(target: "keysync::sim", "fault: rebooting (down {}, forgetting {forget:?})", humantime::format_duration(down));
-                    if let Some(old) = current.take() {
-                        old.kick.cancel();
-                    }
-                    match forget {
-                        Forget::Nothing => {}
-                        Forget::Keys => shared.radio().db.forget_keys(),
-                        Forget::Nodes => shared.radio().db.forget_nodes(),
-                    }
-                    listener = None;
-                    back_at = Some(Instant::now() + down);
-                }
-                mesh_event => apply_mesh(&shared, mesh_event),
-            },
+            Step::Command(Some(ListenerCmd::Fault(fault, done))) => {
+                apply_to_listener(fault, &shared, &mut current, &mut listener, &mut back_at).await;
+                let _ = done.send(());
+            }
         }
+    }
+}
+
+/// Applies a fault that concerns the listener or the connected client.
+async fn apply_to_listener(
+    fault: Fault,
+    shared: &Arc<Shared>,
+    current: &mut Option<Current>,
+    listener: &mut Option<TcpListener>,
+    back_at: &mut Option<Instant>,
+) {
+    match fault {
+        Fault::Drop => {
+            log::info!(target: "keysync::sim", "fault: dropping the client");
+            if let Some(old) = current.take() {
+                old.kick.cancel();
+            }
+        }
+        Fault::Stall { duration } => {
+            log::info!(target: "keysync::sim", "fault: stalling for {}", humantime::format_duration(duration));
+            if let Some(c) = current.as_ref() {
+                let _ = c.cmds.send(ClientCmd::Stall(duration)).await;
+            }
+        }
+        Fault::Garbage { bytes } => {
+            let noise = garbage(shared, bytes);
+            log::info!(target: "keysync::sim", "fault: sending {} bytes of garbage", noise.len());
+            if let Some(c) = current.as_ref() {
+                let _ = c.cmds.send(ClientCmd::Garbage(noise)).await;
+            }
+        }
+        Fault::Refuse { duration } => {
+            log::info!(target: "keysync::sim", "fault: refusing connections for {}", humantime::format_duration(duration));
+            *listener = None;
+            *back_at = Some(Instant::now() + duration);
+        }
+        Fault::Reboot { down, forget } => {
+            log::info!(target: "keysync::sim", "fault: rebooting (down {}, forgetting {forget:?})", humantime::format_duration(down));
+            if let Some(old) = current.take() {
+                old.kick.cancel();
+            }
+            match forget {
+                Forget::Nothing => {}
+                Forget::Keys => shared.radio().db.forget_keys(),
+                Forget::Nodes => shared.radio().db.forget_nodes(),
+            }
+            *listener = None;
+            *back_at = Some(Instant::now() + down);
+        }
+        mesh_event => apply_mesh(shared, mesh_event),
     }
 }
 

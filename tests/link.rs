@@ -18,7 +18,7 @@ use tokio_util::codec::FramedRead;
 #[tokio::test]
 async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
     let sim = start_sim(sim_config(12));
-    let link = Link::spawn(fast_link(&sim));
+    let mut link = Link::spawn(fast_link(&sim));
     let mut notices = link.subscribe();
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
@@ -57,7 +57,7 @@ async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
 #[tokio::test]
 async fn a_dropped_connection_is_named_and_reconnected() {
     let sim = start_sim(sim_config(5));
-    let link = Link::spawn(fast_link(&sim));
+    let mut link = Link::spawn(fast_link(&sim));
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     sim.inject(Fault::Drop).await;
@@ -78,7 +78,7 @@ async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
     let sim = start_sim(sim_config(5));
     let config = fast_link(&sim);
     let heartbeat = config.heartbeat;
-    let link = Link::spawn(config);
+    let mut link = Link::spawn(config);
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     let stalled_at = tokio::time::Instant::now();
@@ -101,7 +101,7 @@ async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
 #[tokio::test]
 async fn refused_connections_back_off_with_growing_jittered_delays() {
     let sim = start_sim(sim_config(5));
-    let link = Link::spawn(fast_link(&sim));
+    let mut link = Link::spawn(fast_link(&sim));
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     sim.inject(Fault::Refuse {
@@ -151,7 +151,7 @@ async fn refused_connections_back_off_with_growing_jittered_delays() {
 #[tokio::test]
 async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
     let sim = start_sim(sim_config(8));
-    let link = Link::spawn(fast_link(&sim));
+    let mut link = Link::spawn(fast_link(&sim));
     let mut notices = link.subscribe();
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
@@ -209,7 +209,7 @@ async fn rival_client(addr: std::net::SocketAddr, stop: tokio_util::sync::Cancel
 async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a_fight() {
     let sim = start_sim(sim_config(5));
     let config = fast_link(&sim);
-    let link = Link::spawn(config.clone());
+    let mut link = Link::spawn(config.clone());
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -251,7 +251,7 @@ async fn heartbeats_keep_an_idle_closing_radio_open() {
     let sim = start_sim(config);
     let mut link_config = fast_link(&sim);
     link_config.heartbeat = Duration::from_millis(500);
-    let link = Link::spawn(link_config);
+    let mut link = Link::spawn(link_config);
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     // Observe for three idle timeouts: the radio must not close us.
@@ -278,7 +278,7 @@ async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
     let sim = start_sim(config);
     let mut link_config = fast_link(&sim);
     link_config.heartbeat = Duration::from_secs(60);
-    let link = Link::spawn(link_config);
+    let mut link = Link::spawn(link_config);
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;
     status
@@ -293,7 +293,7 @@ async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
 #[tokio::test]
 async fn garbage_on_the_wire_never_breaks_the_stream() {
     let sim = start_sim(sim_config(10));
-    let link = Link::spawn(fast_link(&sim));
+    let mut link = Link::spawn(fast_link(&sim));
     let counters = link.counters();
     let mut status = StateWatch::new(link.status());
     status.next("up", LinkState::is_up).await;

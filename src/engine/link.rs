@@ -404,9 +404,9 @@ impl Link {
     }
 
     /// Says goodbye to the radio, closes the socket and waits for the supervisor to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&mut self) {
         let _ = self.control.send(Control::Shutdown).await;
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
     }
 }
 

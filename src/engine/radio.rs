@@ -137,6 +137,10 @@ pub enum Source {
     NodeDb,
     /// A NODEINFO_APP packet heard on the mesh.
     Mesh,
+    /// Imported from another tool's database.
+    Import,
+    /// Sent by a downstream client through the proxy.
+    Downstream,
 }
 
 /// A node and what it says about itself.
@@ -231,6 +235,8 @@ pub fn to_radio_kind(msg: &ToRadio) -> &'static str {
         None => "empty",
         Some(V::Packet(p)) if admin_of(p).is_some() => "admin",
         Some(V::Packet(_)) => "packet",
+        Some(V::WantConfigId(NODES_ONLY_NONCE)) => "want_config_nodes_only",
+        Some(V::WantConfigId(CONFIG_ONLY_NONCE)) => "want_config_config_only",
         Some(V::WantConfigId(_)) => "want_config",
         Some(V::Disconnect(_)) => "disconnect",
         Some(V::XmodemPacket(_)) => "xmodem",

@@ -108,3 +108,95 @@ pub fn states(status: &watch::Receiver<LinkStatus>) -> Vec<LinkState> {
         .map(|e| e.state.clone())
         .collect()
 }
+
+/// A store in a temporary directory, optionally seeded with nodes as if heard on the mesh.
+pub fn seeded_store(
+    dir: &tempfile::TempDir,
+    nodes: &[meshtastic::protobufs::NodeInfo],
+) -> (std::path::PathBuf, keysync::engine::store::Store) {
+    use keysync::engine::radio::{NodeSeen, Source};
+    let path = dir.path().join("keysync.db");
+    let mut store = keysync::engine::store::Store::open(&path).expect("store opens");
+    for n in nodes {
+        let user = n.user.clone().unwrap_or_default();
+        let seen = NodeSeen {
+            num: n.num,
+            long_name: user.long_name,
+            short_name: user.short_name,
+            hw_model: user.hw_model,
+            role: user.role,
+            public_key: user.public_key,
+            source: Source::Mesh,
+            is_favorite: false,
+        };
+        store
+            .learn(&seen, std::time::SystemTime::now())
+            .expect("learns");
+    }
+    (path, store)
+}
+
+/// The first `n` nodes the sim generates for `seed` (after its own node).
+pub fn population(seed: u64, n: usize) -> Vec<meshtastic::protobufs::NodeInfo> {
+    let mut p = keysync::sim::population::Population::new(seed);
+    let _own = p.own_node();
+    (0..n).map(|_| p.next_node()).collect()
+}
+
+/// Engine settings with short timings for tests.
+pub fn fast_engine(
+    sim: &SimHandle,
+    db: std::path::PathBuf,
+    interval: Duration,
+    ttl: Duration,
+) -> keysync::engine::EngineConfig {
+    keysync::engine::EngineConfig {
+        link: fast_link(sim),
+        sync_interval: interval,
+        sync: keysync::engine::sync::SyncSettings {
+            cache_ttl: ttl,
+            push_gap: Duration::from_millis(10),
+            max_pushes: 32,
+            download_timeout: Duration::from_secs(10),
+            queue_timeout: Duration::from_secs(2),
+        },
+        db_path: db,
+    }
+}
+
+/// Waits until the engine has reported `n` sync runs; returns the `n`-th (1-based).
+pub async fn nth_report(
+    snapshot: &mut watch::Receiver<keysync::engine::Snapshot>,
+    n: usize,
+) -> keysync::engine::sync::SyncReport {
+    let found = tokio::time::timeout(WAIT, snapshot.wait_for(|s| s.sync.history.len() >= n))
+        .await
+        .map(|r| r.map(|s| s.sync.history[n - 1].clone()));
+    if let Ok(Ok(report)) = found {
+        return report;
+    }
+    let have: Vec<String> = snapshot
+        .borrow()
+        .sync
+        .history
+        .iter()
+        .map(keysync::engine::sync::SyncReport::summary)
+        .collect();
+    panic!("no sync report #{n}; have {have:#?}");
+}
+
+/// No add_contact with an empty or invalid key reached the radio.
+pub fn assert_no_invalid_contacts(sim: &SimHandle) {
+    let invalid = sim
+        .counters()
+        .invalid_contacts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        invalid, 0,
+        "add_contact with an empty or invalid key was sent"
+    );
+    for c in sim.contacts() {
+        let key = c.user.map(|u| u.public_key).unwrap_or_default();
+        assert!(keysync::engine::radio::valid_key(&key).is_some());
+    }
+}

@@ -1,0 +1,121 @@
+//! The one-shot subcommands that work on the key store: `keys`, `keys accept|reject`,
+//! `import meshbot`.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings};
+use crate::engine::import::import_meshbot;
+use crate::engine::store::{NodeRecord, Store, key_base64, parse_node};
+
+#[derive(Debug, Serialize)]
+struct KeyRow {
+    num: u32,
+    id: String,
+    long_name: String,
+    short_name: String,
+    state: &'static str,
+    key: Option<String>,
+    pending_key: Option<String>,
+    first_seen: String,
+    last_seen: String,
+    pushes: u32,
+}
+
+impl From<&NodeRecord> for KeyRow {
+    fn from(n: &NodeRecord) -> Self {
+        Self {
+            num: n.num,
+            id: n.id(),
+            long_name: n.long_name.clone(),
+            short_name: n.short_name.clone(),
+            state: n.state().map_or("no key", |s| s.as_str()),
+            key: n.trusted.as_ref().map(key_base64),
+            pending_key: n.pending.as_ref().map(key_base64),
+            first_seen: humantime::format_rfc3339_seconds(n.first_seen).to_string(),
+            last_seen: humantime::format_rfc3339_seconds(n.last_seen).to_string(),
+            pushes: n.pushes,
+        }
+    }
+}
+
+/// `keys [--json]` and `keys accept|reject NODE`.
+pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
+    let mut store = Store::open(&settings.db)?;
+    match &args.action {
+        None => {
+            let rows: Vec<KeyRow> = store.nodes()?.iter().map(KeyRow::from).collect();
+            if args.json {
+                Ok(serde_json::to_string_pretty(&rows)? + "\n")
+            } else {
+                Ok(table(&rows))
+            }
+        }
+        Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
+            let num = parse_node(node).map_err(anyhow::Error::msg)?;
+            let accept = matches!(args.action, Some(KeysAction::Accept { .. }));
+            let now = SystemTime::now();
+            let result = if accept {
+                store.accept(num, now)?
+            } else {
+                let r = store.reject(num, now)?;
+                if r.is_ok() {
+                    store.clear_cache()?;
+                }
+                r
+            };
+            let key = result?;
+            Ok(if accept {
+                format!(
+                    "accepted {} for {node}: it is the trusted key now\n",
+                    key_base64(&key)
+                )
+            } else {
+                format!(
+                    "rejected {} for {node}: the trusted key goes back to the radio at the next sync\n",
+                    key_base64(&key)
+                )
+            })
+        }
+    }
+}
+
+fn table(rows: &[KeyRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",
+        "ID", "NAME", "STATE", "KEY", "LAST SEEN", "PUSHES"
+    );
+    for r in rows {
+        let name: String = r.long_name.chars().take(24).collect();
+        let _ = writeln!(
+            out,
+            "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",
+            r.id,
+            name,
+            r.state,
+            r.key.as_deref().unwrap_or("-"),
+            r.last_seen,
+            r.pushes
+        );
+        if let Some(p) = &r.pending_key {
+            let _ = writeln!(out, "{:<10} {:<24} {:<8} {p}", "", "  ↳ offered", "pending");
+        }
+    }
+    let _ = writeln!(out, "{} nodes", rows.len());
+    out
+}
+
+/// `import meshbot PATH`.
+pub fn import(settings: &Settings, from: &ImportSource) -> anyhow::Result<String> {
+    let ImportSource::Meshbot { path } = from;
+    let mut store = Store::open(&settings.db)?;
+    let r = import_meshbot(&mut store, path)?;
+    Ok(format!(
+        "imported {}, unchanged {}, conflicting (pending your decision) {}, skipped-invalid {}\n",
+        r.imported, r.unchanged, r.conflicting, r.skipped_invalid
+    ))
+}

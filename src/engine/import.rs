@@ -1,0 +1,106 @@
+//! Importing keys from other tools' databases. The source is opened read-only and never
+//! changed; every key goes through the same trust rules as a key heard on the mesh.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OpenFlags, types::ValueRef};
+
+use super::radio::{NodeSeen, PublicKey, Source};
+use super::store::{Learned, Store, StoreError, parse_key, parse_node};
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Keys new to the store, now trusted.
+    pub imported: u32,
+    /// Keys the store already trusted.
+    pub unchanged: u32,
+    /// Keys that differ from the trusted one: pending the operator's decision.
+    pub conflicting: u32,
+    /// Rows without a usable node id or key.
+    pub skipped_invalid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {detail}")]
+    Source { path: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key column's value: 32 raw bytes, base64 text or hex text.
+fn key_of(value: ValueRef<'_>) -> Option<PublicKey> {
+    match value {
+        ValueRef::Blob(b) if b.len() == 32 => super::radio::valid_key(b),
+        ValueRef::Blob(b) => std::str::from_utf8(b).ok().and_then(parse_key),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(parse_key),
+        _ => None,
+    }
+}
+
+fn text_of(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Imports meshbot's `meshtastic_nodes(node_id, name, shortName, hwModel, publicKey, ...)`.
+pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, ImportError> {
+    let fail = |detail: String| ImportError::Source {
+        path: source.display().to_string(),
+        detail,
+    };
+    if !source.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    let conn = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut stmt = conn
+        .prepare("SELECT node_id, name, shortName, hwModel, publicKey FROM meshtastic_nodes")
+        .map_err(|e| fail(format!("{e} (expected meshbot's meshtastic_nodes table)")))?;
+    let mut rows = stmt.query([]).map_err(|e| fail(e.to_string()))?;
+    let mut sightings = Vec::new();
+    let mut report = ImportReport::default();
+    while let Some(row) = rows.next().map_err(|e| fail(e.to_string()))? {
+        let num = match row.get_ref(0).map_err(|e| fail(e.to_string()))? {
+            ValueRef::Integer(i) => u32::try_from(i).ok(),
+            other => parse_node(&text_of(other)).ok(),
+        };
+        let key = row.get_ref(4).ok().and_then(key_of);
+        let (Some(num), Some(key)) = (num, key) else {
+            report.skipped_invalid += 1;
+            continue;
+        };
+        let hw_model = match row.get_ref(3) {
+            Ok(ValueRef::Integer(i)) => i32::try_from(i).unwrap_or(0),
+            _ => 0,
+        };
+        sightings.push(NodeSeen {
+            num,
+            long_name: row.get_ref(1).map(text_of).unwrap_or_default(),
+            short_name: row.get_ref(2).map(text_of).unwrap_or_default(),
+            hw_model,
+            role: 0,
+            public_key: key.to_vec(),
+            source: Source::Import,
+            is_favorite: false,
+        });
+    }
+    let now = SystemTime::now();
+    for seen in &sightings {
+        match store.learn(seen, now)? {
+            Learned::FirstUse => report.imported += 1,
+            Learned::Same => report.unchanged += 1,
+            Learned::Pending { .. } | Learned::KnownOther(_) => report.conflicting += 1,
+            Learned::NamesOnly => report.skipped_invalid += 1,
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,1012 @@
+//! The durable key store: every node and public key keysync has learned, the operator's trust
+//! decisions, every sync run and every link change, in one SQLite file (WAL, mode 0600).
+//!
+//! Trust on first use: a node's first valid key is trusted; a different key later is kept as
+//! *pending* until the operator accepts or rejects it. A stored key is never replaced by an
+//! empty or invalid one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
+
+/// The schema version this keysync writes; databases from newer versions are refused.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a write waits for another process's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE nodes (
+        num INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        long_name TEXT NOT NULL DEFAULT '',
+        short_name TEXT NOT NULL DEFAULT '',
+        hw_model INTEGER NOT NULL DEFAULT 0,
+        role INTEGER NOT NULL DEFAULT 0,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        pushes INTEGER NOT NULL DEFAULT 0,
+        last_pushed INTEGER
+     );
+     CREATE TABLE keys (
+        node_num INTEGER NOT NULL REFERENCES nodes(num),
+        key BLOB NOT NULL CHECK (length(key) = 32),
+        state TEXT NOT NULL CHECK (state IN ('trusted', 'pending', 'rejected', 'retired')),
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (node_num, key)
+     );
+     CREATE UNIQUE INDEX one_trusted_key ON keys(node_num) WHERE state = 'trusted';
+     CREATE TABLE key_history (
+        id INTEGER PRIMARY KEY,
+        node_num INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        event TEXT NOT NULL
+     );
+     CREATE INDEX key_history_node ON key_history(node_num, at);
+     CREATE TABLE sync_runs (
+        id INTEGER PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        fingerprint BLOB,
+        known INTEGER NOT NULL,
+        in_radio INTEGER NOT NULL,
+        pushed INTEGER NOT NULL,
+        conflicts INTEGER NOT NULL,
+        deferred INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        error TEXT
+     );
+     CREATE TABLE link_events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL
+     );
+     CREATE TABLE sync_cache (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        fingerprint BLOB NOT NULL,
+        synced_at INTEGER NOT NULL
+     );",
+];
+
+/// Why the store cannot be used. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a keysync database (not SQLite); keysync left it untouched")]
+    NotADatabase { path: PathBuf },
+    #[error(
+        "{path} is corrupt ({detail}); keysync left it untouched — restore a backup or move it away"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{path} was written by a newer keysync (schema {found}, this one knows {supported}); keysync left it untouched"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{path} is locked by another process{holders} and stayed locked for {}s", BUSY_TIMEOUT.as_secs())]
+    Locked { path: PathBuf, holders: String },
+    #[error("cannot open {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("key store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// A key's standing with the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyState {
+    Trusted,
+    Pending,
+    Rejected,
+    /// A trusted key replaced by an accepted new one.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trusted => "trusted",
+            Self::Pending => "pending",
+            Self::Rejected => "rejected",
+            Self::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "trusted" => Self::Trusted,
+            "pending" => Self::Pending,
+            "rejected" => Self::Rejected,
+            _ => Self::Retired,
+        }
+    }
+}
+
+/// What learning a sighting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A new node or a node's first key: trusted on first use.
+    FirstUse,
+    /// The trusted key again.
+    Same,
+    /// A key different from the trusted one, now pending the operator's decision.
+    Pending { old: PublicKey, new: PublicKey },
+    /// A different key that is already pending or was rejected.
+    KnownOther(KeyState),
+    /// No valid key in the message: names and last-seen only.
+    NamesOnly,
+}
+
+/// The trusted key of a node, with what add_contact needs to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub num: u32,
+    pub key: PublicKey,
+    pub long_name: String,
+    pub short_name: String,
+    pub hw_model: i32,
+    pub role: i32,
+}
+
+impl TrustedKey {
+    pub fn contact(&self) -> Contact {
+        Contact {
+            num: self.num,
+            long_name: self.long_name.clone(),
+            short_name: self.short_name.clone(),
+            hw_model: self.hw_model,
+            role: self.role,
+            key: self.key,
+        }
+    }
+}
+
+/// A node as the views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub num: u32,
+    pub long_name: String,
+    pub short_name: String,
+    pub hw_model: i32,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    pub pushes: u32,
+    pub last_pushed: Option<SystemTime>,
+    pub trusted: Option<PublicKey>,
+    pub pending: Option<PublicKey>,
+    pub rejected: u32,
+}
+
+impl NodeRecord {
+    pub fn id(&self) -> String {
+        node_id(self.num)
+    }
+
+    /// The state an operator cares about: pending first, then trusted, then rejected.
+    pub fn state(&self) -> Option<KeyState> {
+        if self.pending.is_some() {
+            Some(KeyState::Pending)
+        } else if self.trusted.is_some() {
+            Some(KeyState::Trusted)
+        } else if self.rejected > 0 {
+            Some(KeyState::Rejected)
+        } else {
+            None
+        }
+    }
+}
+
+/// One entry of a node's key history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub key: PublicKey,
+    pub at: SystemTime,
+    pub source: String,
+    pub event: String,
+}
+
+/// The last full sync, for the skip rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCache {
+    pub fingerprint: [u8; 32],
+    pub synced_at: SystemTime,
+}
+
+/// One sync run as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub started_at: SystemTime,
+    pub outcome: String,
+    pub reason: String,
+    pub fingerprint: Option<[u8; 32]>,
+    pub known: u32,
+    pub in_radio: u32,
+    pub pushed: u32,
+    pub conflicts: u32,
+    pub deferred: u32,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// An operator decision that did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("no node {0} in the key store")]
+    UnknownNode(String),
+    #[error("node {0} has no pending key to accept or reject")]
+    NothingPending(String),
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::NodeDb => "radio",
+        Source::Mesh => "mesh",
+        Source::Import => "import",
+        Source::Downstream => "client",
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the store at `path`. A file that is
+    /// not SQLite, is corrupt or is from a newer keysync is refused before anything is written.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        if path.is_dir() {
+            return Err(StoreError::Open {
+                path,
+                detail: "it is a directory".into(),
+            });
+        }
+        if !path.exists() {
+            create_private(&path).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let store = Self { conn, path };
+        store
+            .conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| store.error(e))?;
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| store.error(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: store.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let check: String = store
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| store.error(e))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path: store.path.clone(),
+                detail: check,
+            });
+        }
+        store
+            .conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| store.error(e))?;
+        store
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| store.error(e))?;
+        store
+            .conn
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(|e| store.error(e))?;
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self, from: i64) -> Result<(), StoreError> {
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+            if version <= from {
+                continue;
+            }
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(|e| self.error(e))?;
+            tx.execute_batch(sql).map_err(|e| self.error(e))?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(|e| self.error(e))?;
+            tx.commit().map_err(|e| self.error(e))?;
+            log::info!(target: "keysync::store", "{}: schema migrated to version {version}", self.path.display());
+        }
+        Ok(())
+    }
+
+    /// Maps a SQLite error to one that names the file and, for locks, who holds it.
+    fn error(&self, e: rusqlite::Error) -> StoreError {
+        let path = self.path.clone();
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => StoreError::NotADatabase { path },
+            Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+                path,
+                detail: e.to_string(),
+            },
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                let holders = lock_holders(&self.path);
+                StoreError::Locked { path, holders }
+            }
+            _ => StoreError::Sqlite { path, source: e },
+        }
+    }
+
+    /// Records what a sighting says about a node and its key, under trust on first use.
+    pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
+        let now_ms = millis(now);
+        let source = source_name(seen.source);
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
+            .optional()
+            .map_err(|e| self.error(e))?
+            .is_some();
+        if exists {
+            // Names only from messages that carry them: a bare update must not blank them.
+            tx.execute(
+                "UPDATE nodes SET
+                    long_name = CASE WHEN ?2 <> '' THEN ?2 ELSE long_name END,
+                    short_name = CASE WHEN ?3 <> '' THEN ?3 ELSE short_name END,
+                    hw_model = CASE WHEN ?4 <> 0 THEN ?4 ELSE hw_model END,
+                    role = ?5,
+                    last_seen = max(last_seen, ?6)
+                 WHERE num = ?1",
+                params![
+                    seen.num,
+                    seen.long_name,
+                    seen.short_name,
+                    seen.hw_model,
+                    seen.role,
+                    now_ms
+                ],
+            )
+            .map_err(|e| self.error(e))?;
+        } else {
+            tx.execute(
+                "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![seen.num, node_id(seen.num), seen.long_name, seen.short_name, seen.hw_model, seen.role, now_ms],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        let Some(key) = seen.key() else {
+            tx.commit().map_err(|e| self.error(e))?;
+            return Ok(Learned::NamesOnly);
+        };
+        let known: Option<String> = tx
+            .query_row(
+                "SELECT state FROM keys WHERE node_num = ?1 AND key = ?2",
+                params![seen.num, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let trusted: Option<PublicKey> = tx
+            .query_row(
+                "SELECT key FROM keys WHERE node_num = ?1 AND state = 'trusted'",
+                [seen.num],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let learned = match (known.as_deref().map(KeyState::parse), trusted) {
+            (Some(state), _) => {
+                tx.execute(
+                    "UPDATE keys SET last_seen = max(last_seen, ?3) WHERE node_num = ?1 AND key = ?2",
+                    params![seen.num, key, now_ms],
+                )
+                .map_err(|e| self.error(e))?;
+                if state == KeyState::Trusted {
+                    Learned::Same
+                } else {
+                    Learned::KnownOther(state)
+                }
+            }
+            (None, None) => {
+                insert_key(&tx, seen.num, &key, "trusted", now_ms, source, "first-use")
+                    .map_err(|e| self.error(e))?;
+                Learned::FirstUse
+            }
+            (None, Some(old)) => {
+                insert_key(&tx, seen.num, &key, "pending", now_ms, source, "changed")
+                    .map_err(|e| self.error(e))?;
+                Learned::Pending { old, new: key }
+            }
+        };
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(learned)
+    }
+
+    /// Every trusted key, by node number.
+    pub fn trusted(&self) -> Result<Vec<TrustedKey>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role
+                 FROM keys k JOIN nodes n ON n.num = k.node_num
+                 WHERE k.state = 'trusted' ORDER BY n.num",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| {
+            Ok(TrustedKey {
+                num: r.get(0)?,
+                key: r.get(1)?,
+                long_name: r.get(2)?,
+                short_name: r.get(3)?,
+                hw_model: r.get(4)?,
+                role: r.get(5)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.error(e))
+    }
+
+    /// Nodes with a pending key (their keys wait for the operator and are not pushed).
+    pub fn pending_nodes(&self) -> Result<Vec<u32>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT node_num FROM keys WHERE state = 'pending' ORDER BY node_num",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Every node with its keys, for listings and the monitor.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT n.num, n.long_name, n.short_name, n.hw_model, n.first_seen, n.last_seen,
+                        n.pushes, n.last_pushed,
+                        (SELECT key FROM keys WHERE node_num = n.num AND state = 'trusted'),
+                        (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
+                         ORDER BY last_seen DESC LIMIT 1),
+                        (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected')
+                 FROM nodes n ORDER BY n.num",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| {
+            Ok(NodeRecord {
+                num: r.get(0)?,
+                long_name: r.get(1)?,
+                short_name: r.get(2)?,
+                hw_model: r.get(3)?,
+                first_seen: from_millis(r.get(4)?),
+                last_seen: from_millis(r.get(5)?),
+                pushes: r.get(6)?,
+                last_pushed: r.get::<_, Option<i64>>(7)?.map(from_millis),
+                trusted: r.get(8)?,
+                pending: r.get(9)?,
+                rejected: r.get(10)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.error(e))
+    }
+
+    /// Every key event of a node, oldest first.
+    pub fn history(&self, num: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, at, source, event FROM key_history WHERE node_num = ?1 ORDER BY at, id",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([num], |r| {
+            Ok(KeyEvent {
+                key: r.get(0)?,
+                at: from_millis(r.get(1)?),
+                source: r.get(2)?,
+                event: r.get(3)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.error(e))
+    }
+
+    /// The operator trusts the pending key: it replaces the trusted one (which is retired).
+    pub fn accept(
+        &mut self,
+        num: u32,
+        now: SystemTime,
+    ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
+        self.decide_pending(num, now, true)
+    }
+
+    /// The operator refuses the pending key: the trusted key stays (and is pushed back).
+    pub fn reject(
+        &mut self,
+        num: u32,
+        now: SystemTime,
+    ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
+        self.decide_pending(num, now, false)
+    }
+
+    fn decide_pending(
+        &mut self,
+        num: u32,
+        now: SystemTime,
+        accept: bool,
+    ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
+        let now_ms = millis(now);
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        let exists = tx
+            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
+            .optional()
+            .map_err(|e| self.error(e))?
+            .is_some();
+        if !exists {
+            return Ok(Err(DecisionError::UnknownNode(node_id(num))));
+        }
+        let pending: Option<PublicKey> = tx
+            .query_row(
+                "SELECT key FROM keys WHERE node_num = ?1 AND state = 'pending' ORDER BY last_seen DESC LIMIT 1",
+                [num],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some(key) = pending else {
+            return Ok(Err(DecisionError::NothingPending(node_id(num))));
+        };
+        let step = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
+            if accept {
+                tx.execute(
+                    "UPDATE keys SET state = 'retired' WHERE node_num = ?1 AND state = 'trusted'",
+                    [num],
+                )?;
+                tx.execute(
+                    "UPDATE keys SET state = 'trusted' WHERE node_num = ?1 AND key = ?2",
+                    params![num, key],
+                )?;
+                // Other keys that were pending too are not what the operator chose.
+                tx.execute(
+                    "UPDATE keys SET state = 'rejected' WHERE node_num = ?1 AND state = 'pending'",
+                    [num],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE keys SET state = 'rejected' WHERE node_num = ?1 AND key = ?2",
+                    params![num, key],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, 'operator', ?4)",
+                params![num, key, now_ms, if accept { "accepted" } else { "rejected" }],
+            )?;
+            Ok(())
+        };
+        step(&tx).map_err(|e| self.error(e))?;
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(Ok(key))
+    }
+
+    /// Counts an add_contact sent for `num`.
+    pub fn note_pushed(&mut self, num: u32, now: SystemTime) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE nodes SET pushes = pushes + 1, last_pushed = ?2 WHERE num = ?1",
+                params![num, millis(now)],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub fn cache(&self) -> Result<Option<SyncCache>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT fingerprint, synced_at FROM sync_cache WHERE id = 1",
+                [],
+                |r| {
+                    Ok(SyncCache {
+                        fingerprint: r.get(0)?,
+                        synced_at: from_millis(r.get(1)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    pub fn set_cache(&mut self, cache: SyncCache) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sync_cache (id, fingerprint, synced_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET fingerprint = ?1, synced_at = ?2",
+                params![cache.fingerprint, millis(cache.synced_at)],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub fn clear_cache(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM sync_cache", [])
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO sync_runs (started_at, outcome, reason, fingerprint, known, in_radio,
+                    pushed, conflicts, deferred, duration_ms, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    millis(run.started_at),
+                    run.outcome,
+                    run.reason,
+                    run.fingerprint,
+                    run.known,
+                    run.in_radio,
+                    run.pushed,
+                    run.conflicts,
+                    run.deferred,
+                    i64::try_from(run.duration.as_millis()).unwrap_or(i64::MAX),
+                    run.error
+                ],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// The latest `limit` runs, newest first.
+    pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT started_at, outcome, reason, fingerprint, known, in_radio, pushed,
+                        conflicts, deferred, duration_ms, error
+                 FROM sync_runs ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([limit], |r| {
+            Ok(RunRecord {
+                started_at: from_millis(r.get(0)?),
+                outcome: r.get(1)?,
+                reason: r.get(2)?,
+                fingerprint: r.get(3)?,
+                known: r.get(4)?,
+                in_radio: r.get(5)?,
+                pushed: r.get(6)?,
+                conflicts: r.get(7)?,
+                deferred: r.get(8)?,
+                duration: Duration::from_millis(u64::try_from(r.get::<_, i64>(9)?).unwrap_or(0)),
+                error: r.get(10)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.error(e))
+    }
+
+    pub fn record_link_event(
+        &mut self,
+        at: SystemTime,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO link_events (at, state, detail) VALUES (?1, ?2, ?3)",
+                params![millis(at), state, detail],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: "ok" for a sound file.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.error(e))
+    }
+}
+
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    num: u32,
+    key: &PublicKey,
+    state: &str,
+    now_ms: i64,
+    source: &str,
+    event: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO keys (node_num, key, state, first_seen, last_seen, source) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+        params![num, key, state, now_ms, source],
+    )?;
+    tx.execute(
+        "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![num, key, now_ms, source, event],
+    )?;
+    Ok(())
+}
+
+/// Creates an empty file readable by its owner only (keys are not secret, but the store says
+/// who talks to whom).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+/// Processes that have `path` open, as " (held by pid 123 keysync, ...)", from /proc.
+fn lock_holders(path: &Path) -> String {
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return String::new();
+    };
+    let me = std::process::id();
+    let mut holders = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target));
+        if holds {
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            holders.push(format!("pid {pid} {}", name.trim()));
+        }
+    }
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (held by {})", holders.join(", "))
+    }
+}
+
+/// Parses a node given by an operator: `!1a2b3c4d`, `0x1a2b3c4d`, hex, or decimal.
+pub fn parse_node(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let hex = t
+        .strip_prefix('!')
+        .or_else(|| t.strip_prefix("0x"))
+        .or_else(|| t.strip_prefix("0X"));
+    let parsed = match hex {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None if t.chars().all(|c| c.is_ascii_digit()) => t.parse().ok(),
+        None if t.len() == 8 => u32::from_str_radix(t, 16).ok(),
+        None => None,
+    };
+    parsed.filter(|n| *n != 0 && *n != u32::MAX).ok_or_else(|| {
+        format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)")
+    })
+}
+
+/// Parses a key given as base64 (44 characters) or hex (64 digits).
+pub fn parse_key(s: &str) -> Option<PublicKey> {
+    use base64::Engine as _;
+    let t = s.trim();
+    let bytes = if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&t[i * 2..i * 2 + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(t).ok()?
+    };
+    valid_key(&bytes)
+}
+
+/// A key as people see it: base64.
+pub fn key_base64(key: &PublicKey) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(num: u32, key: Option<u8>, name: &str) -> NodeSeen {
+        NodeSeen {
+            num,
+            long_name: name.into(),
+            short_name: String::new(),
+            hw_model: 0,
+            role: 0,
+            public_key: key.map(|k| vec![k; 32]).unwrap_or_default(),
+            source: Source::Mesh,
+            is_favorite: false,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("k.db")).expect("opens");
+        (dir, store)
+    }
+
+    #[test]
+    fn first_key_is_trusted_a_different_one_waits_and_a_missing_one_changes_nothing() {
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        assert_eq!(
+            s.learn(&seen(5, Some(1), "a"), t).unwrap(),
+            Learned::FirstUse
+        );
+        assert_eq!(s.learn(&seen(5, Some(1), ""), t).unwrap(), Learned::Same);
+        assert_eq!(
+            s.learn(&seen(5, Some(2), "a"), t).unwrap(),
+            Learned::Pending {
+                old: [1; 32],
+                new: [2; 32]
+            }
+        );
+        assert_eq!(
+            s.learn(&seen(5, Some(2), "a"), t).unwrap(),
+            Learned::KnownOther(KeyState::Pending)
+        );
+        assert_eq!(
+            s.learn(&seen(5, None, "renamed"), t).unwrap(),
+            Learned::NamesOnly
+        );
+        let mut zeros = seen(5, None, "");
+        zeros.public_key = vec![0; 32];
+        assert_eq!(s.learn(&zeros, t).unwrap(), Learned::NamesOnly);
+        let nodes = s.nodes().unwrap();
+        assert_eq!(nodes[0].trusted, Some([1; 32]));
+        assert_eq!(nodes[0].pending, Some([2; 32]));
+        assert_eq!(nodes[0].long_name, "renamed");
+        assert_eq!(s.trusted().unwrap().len(), 1);
+        assert_eq!(s.pending_nodes().unwrap(), vec![5]);
+    }
+
+    #[test]
+    fn accept_swaps_the_trusted_key_and_reject_keeps_it() {
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        s.learn(&seen(5, Some(1), "a"), t).unwrap();
+        s.learn(&seen(5, Some(2), "a"), t).unwrap();
+        s.learn(&seen(6, Some(3), "b"), t).unwrap();
+        s.learn(&seen(6, Some(4), "b"), t).unwrap();
+        assert_eq!(s.accept(5, t).unwrap(), Ok([2; 32]));
+        assert_eq!(s.reject(6, t).unwrap(), Ok([4; 32]));
+        let keys: Vec<_> = s
+            .trusted()
+            .unwrap()
+            .iter()
+            .map(|k| (k.num, k.key))
+            .collect();
+        assert_eq!(keys, vec![(5, [2; 32]), (6, [3; 32])]);
+        assert!(s.pending_nodes().unwrap().is_empty());
+        // A rejected key seen again stays rejected; it does not come back as pending.
+        assert_eq!(
+            s.learn(&seen(6, Some(4), "b"), t).unwrap(),
+            Learned::KnownOther(KeyState::Rejected)
+        );
+        assert_eq!(
+            s.accept(6, t).unwrap(),
+            Err(DecisionError::NothingPending("!00000006".into()))
+        );
+        assert_eq!(
+            s.accept(7, t).unwrap(),
+            Err(DecisionError::UnknownNode("!00000007".into()))
+        );
+        let events: Vec<_> = s.history(5).unwrap().into_iter().map(|e| e.event).collect();
+        assert_eq!(events, ["first-use", "changed", "accepted"]);
+    }
+
+    #[test]
+    fn cache_and_runs_round_trip() {
+        let (_d, mut s) = open();
+        assert_eq!(s.cache().unwrap(), None);
+        let cache = SyncCache {
+            fingerprint: [9; 32],
+            synced_at: UNIX_EPOCH + Duration::from_secs(1000),
+        };
+        s.set_cache(cache).unwrap();
+        assert_eq!(s.cache().unwrap(), Some(cache));
+        s.clear_cache().unwrap();
+        assert_eq!(s.cache().unwrap(), None);
+        let run = RunRecord {
+            started_at: UNIX_EPOCH + Duration::from_secs(5),
+            outcome: "synced".into(),
+            reason: "r".into(),
+            fingerprint: Some([1; 32]),
+            known: 3,
+            in_radio: 2,
+            pushed: 1,
+            conflicts: 0,
+            deferred: 0,
+            duration: Duration::from_millis(40),
+            error: None,
+        };
+        s.record_run(&run).unwrap();
+        assert_eq!(s.recent_runs(5).unwrap(), vec![run]);
+    }
+
+    #[test]
+    fn node_ids_and_keys_parse_in_every_operator_form() {
+        assert_eq!(parse_node("!1a2b3c4d"), Ok(0x1a2b_3c4d));
+        assert_eq!(parse_node("0x1A2B3C4D"), Ok(0x1a2b_3c4d));
+        assert_eq!(parse_node("1a2b3c4d"), Ok(0x1a2b_3c4d));
+        assert_eq!(parse_node("439041101"), Ok(439_041_101));
+        assert!(parse_node("!zz").is_err());
+        assert!(parse_node("0").is_err());
+        let key = [0xAB; 32];
+        assert_eq!(parse_key(&key_base64(&key)), Some(key));
+        assert_eq!(parse_key(&"ab".repeat(32)), Some(key));
+        assert_eq!(parse_key("AAAA"), None);
+    }
+}

@@ -1,0 +1,312 @@
+//! The sync engine against the simulated radio over real TCP; the sim's counters are the
+//! evidence of what went on the wire.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use keysync::engine::radio::valid_key;
+use keysync::engine::store::Store;
+use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::{self, Command, RadioKey};
+use keysync::sim::{Fault, Forget};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn key_of(node: &meshtastic::protobufs::NodeInfo) -> [u8; 32] {
+    valid_key(&node.user.as_ref().expect("user").public_key).expect("valid key")
+}
+
+#[tokio::test]
+async fn startup_forces_a_sync_that_pushes_exactly_what_the_radio_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = population(1, 35);
+    let sim = start_sim(sim_config(30)); // the radio holds the first 30
+    let (db, store) = seeded_store(&dir, &known);
+    let engine = engine::start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    let report = nth_report(&mut snap, 1).await;
+    assert_eq!(report.trigger, Trigger::Startup);
+    assert_eq!(report.outcome, Outcome::Forced);
+    assert_eq!(
+        (
+            report.known,
+            report.in_radio,
+            report.pushed,
+            report.deferred
+        ),
+        (35, 30, 5, 0)
+    );
+    let pushed: BTreeSet<u32> = sim.contacts().iter().map(|c| c.node_num).collect();
+    let lacking: BTreeSet<u32> = known[30..].iter().map(|n| n.num).collect();
+    assert_eq!(pushed, lacking);
+    let flash = sim.counters().flash_writes.load(Ordering::Relaxed);
+    assert_eq!(flash, 5, "one flash write per push, none more");
+    for n in &known {
+        assert_eq!(sim.key_of(n.num), Some(key_of(n)));
+    }
+    // The handshake's node list served as the mirror: no second download.
+    assert_eq!(
+        sim.counters().received().get("want_config_nodes_only"),
+        None
+    );
+    assert_no_invalid_contacts(&sim);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_check_inside_the_ttl_is_skipped_and_sends_nothing_but_heartbeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(20));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db, SEC, 30 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    let first = nth_report(&mut snap, 1).await;
+    assert_eq!(first.outcome, Outcome::Forced);
+    let before = sim.counters().received_besides_heartbeats();
+    let second = nth_report(&mut snap, 2).await;
+    assert_eq!(second.trigger, Trigger::Check);
+    assert_eq!(second.outcome, Outcome::Skipped, "{}", second.summary());
+    assert!(
+        second.reason.contains("fingerprint unchanged"),
+        "{}",
+        second.reason
+    );
+    assert_eq!(second.frames_sent, 0);
+    assert_eq!(
+        sim.counters().received_besides_heartbeats(),
+        before,
+        "only heartbeats during a skipped check: {:?}",
+        sim.counters().received()
+    );
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn after_the_ttl_a_nodes_only_download_syncs_with_zero_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(20));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db, SEC, 2 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    let synced = loop {
+        let n = snap.borrow().sync.history.len() + 1;
+        let r = nth_report(&mut snap, n).await;
+        if r.outcome == Outcome::Synced {
+            break r;
+        }
+        assert!(n < 6, "no synced run after the TTL");
+    };
+    assert!(synced.reason.contains("≥ TTL"), "{}", synced.reason);
+    assert_eq!((synced.pushed, synced.in_radio, synced.known), (0, 20, 20));
+    assert_eq!(synced.frames_sent, 1, "one want_config, nothing else");
+    assert_eq!(
+        sim.counters().received().get("want_config_nodes_only"),
+        Some(&1)
+    );
+    assert_eq!(sim.counters().add_contacts.load(Ordering::Relaxed), 0);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_reboot_that_forgets_keys_is_repaired_by_the_reconnect_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(12));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    let first = nth_report(&mut snap, 1).await;
+    assert_eq!(
+        (first.known, first.pushed),
+        (12, 0),
+        "learned on first use from the handshake"
+    );
+    let flash_before = sim.counters().flash_writes.load(Ordering::Relaxed);
+    sim.inject(Fault::Reboot {
+        down: Duration::from_millis(300),
+        forget: Forget::Keys,
+    })
+    .await;
+    let second = nth_report(&mut snap, 2).await;
+    assert_eq!(second.trigger, Trigger::Reconnect);
+    assert_eq!(second.outcome, Outcome::Forced);
+    assert_eq!((second.in_radio, second.pushed), (0, 12));
+    let mesh = sim.mesh();
+    let forgotten: BTreeSet<u32> = mesh.iter().map(|n| n.num).collect();
+    let pushed: BTreeSet<u32> = second.pushed_keys.iter().map(|(n, _)| *n).collect();
+    assert_eq!(pushed, forgotten);
+    for n in &mesh {
+        assert_eq!(sim.key_of(n.num), Some(key_of(n)), "key restored");
+    }
+    assert_eq!(
+        sim.counters().flash_writes.load(Ordering::Relaxed) - flash_before,
+        12
+    );
+    assert_no_invalid_contacts(&sim);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(6));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db.clone(), SEC, 600 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    let first = nth_report(&mut snap, 1).await;
+    let mesh = sim.mesh();
+    let (x, y) = (mesh[1].num, mesh[2].num);
+    let (x_old, y_old) = (key_of(&mesh[1]), key_of(&mesh[2]));
+
+    // The radio loses its node list; while it is down X and Y re-key and announce, so it
+    // comes back holding their new keys. keysync must not follow on its own.
+    sim.inject(Fault::Reboot {
+        down: Duration::from_millis(800),
+        forget: Forget::Nodes,
+    })
+    .await;
+    sim.inject(Fault::KeyChange { node: 1 }).await;
+    sim.inject(Fault::KeyChange { node: 2 }).await;
+    let mesh = sim.mesh();
+    let x_new = key_of(&mesh[1]);
+    let conflicted = nth_report(&mut snap, 2).await;
+    assert_eq!(conflicted.trigger, Trigger::Reconnect);
+    assert_eq!(conflicted.conflicts, 2, "{}", conflicted.summary());
+    assert_eq!(
+        conflicted.fingerprint, first.fingerprint,
+        "pending keys do not change the fingerprint"
+    );
+    assert!(
+        !conflicted
+            .pushed_keys
+            .iter()
+            .any(|(n, _)| *n == x || *n == y)
+    );
+    assert_eq!(
+        sim.key_of(x),
+        Some(x_new),
+        "new key left alone, not overwritten"
+    );
+    let pending = snap
+        .borrow()
+        .nodes
+        .iter()
+        .filter(|n| n.record.pending.is_some())
+        .count();
+    assert_eq!(pending, 2);
+
+    // Accept X: trusted now, and the radio already holds it, so nothing is pushed.
+    engine
+        .commands
+        .send(Command::AcceptKey(x))
+        .await
+        .expect("engine runs");
+    // Reject Y: the old key goes back.
+    engine
+        .commands
+        .send(Command::RejectKey(y))
+        .await
+        .expect("engine runs");
+    let after = loop {
+        let n = snap.borrow().sync.history.len() + 1;
+        let r = nth_report(&mut snap, n).await;
+        if r.outcome == Outcome::Synced && r.conflicts == 0 {
+            break r;
+        }
+    };
+    assert_eq!(after.pushed_keys, vec![(y, y_old)], "{}", after.summary());
+    assert_eq!(sim.key_of(x), Some(x_new));
+    assert_eq!(sim.key_of(y), Some(y_old));
+    assert_ne!(x_old, x_new);
+    let store = Store::open(&db).expect("reopens");
+    let trusted: Vec<_> = store
+        .trusted()
+        .expect("reads")
+        .into_iter()
+        .map(|k| (k.num, k.key))
+        .collect();
+    assert!(trusted.contains(&(x, x_new)) && trusted.contains(&(y, y_old)));
+    assert_no_invalid_contacts(&sim);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_radio_too_small_for_every_key_gets_at_most_max_pushes_per_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = population(1, 30);
+    let mut config = sim_config(30);
+    config.capacity = 20;
+    let sim = start_sim(config);
+    let (db, store) = seeded_store(&dir, &known);
+    let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
+    settings.sync.max_pushes = 5;
+    let engine = engine::start(settings, store);
+    let mut snap = engine.snapshot.clone();
+    let first = nth_report(&mut snap, 1).await;
+    assert_eq!(first.in_radio, 19, "capacity 20 minus the own node");
+    assert_eq!((first.pushed, first.deferred), (5, 6));
+    assert!(first.reason.contains("deferred"), "{}", first.reason);
+    // Deferred keys keep the cache cold: the next check syncs instead of skipping.
+    let second = nth_report(&mut snap, 2).await;
+    assert_eq!(second.outcome, Outcome::Synced);
+    assert!(second.pushed <= 5);
+    assert!(sim.evictions() >= 5, "pushes into a full NodeDB evict");
+    let rows = snap.borrow().nodes.clone();
+    assert!(rows.iter().any(|n| n.radio == RadioKey::Pushed));
+    assert_no_invalid_contacts(&sim);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn operator_force_sync_downloads_and_reset_cache_makes_the_next_check_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(8));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db, SEC, 600 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    engine
+        .commands
+        .send(Command::ForceSync)
+        .await
+        .expect("engine runs");
+    let forced = loop {
+        let n = snap.borrow().sync.history.len() + 1;
+        let r = nth_report(&mut snap, n).await;
+        if r.trigger == Trigger::Operator {
+            break r;
+        }
+    };
+    assert_eq!(forced.outcome, Outcome::Forced);
+    assert_eq!(
+        sim.counters().received().get("want_config_nodes_only"),
+        Some(&1)
+    );
+    engine
+        .commands
+        .send(Command::ResetCache)
+        .await
+        .expect("engine runs");
+    let notice = tokio::time::timeout(WAIT, snap.wait_for(|s| s.notice.is_some()))
+        .await
+        .map(|r| r.map(|s| s.notice.clone()));
+    let Ok(Ok(Some((_, text)))) = notice else {
+        panic!("no notice for the cache reset");
+    };
+    assert!(
+        text.contains("force sync") || text.contains("cache cleared"),
+        "{text}"
+    );
+    let next = loop {
+        let n = snap.borrow().sync.history.len() + 1;
+        let r = nth_report(&mut snap, n).await;
+        if r.trigger == Trigger::Check {
+            break r;
+        }
+    };
+    assert_eq!(next.outcome, Outcome::Synced, "{}", next.summary());
+    engine.quit().await;
+}
