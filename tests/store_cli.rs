@@ -1,0 +1,376 @@
+//! The key store through the binary: listings, decisions, imports, and every way a database
+//! file can be wrong — each a clear error naming the file, with the file left as it was.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use assert_cmd::Command as Cmd;
+use common::*;
+use keysync::engine::radio::{NodeSeen, Source};
+use keysync::engine::store::{Store, key_base64};
+use rusqlite::Connection;
+
+fn keysync(db: &Path) -> Cmd {
+    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_keysync"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYSYNC_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .arg("--db")
+        .arg(db);
+    cmd
+}
+
+fn run(cmd: &mut Cmd) -> (i32, String, String) {
+    let out = cmd.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn seen(num: u32, key: u8, name: &str) -> NodeSeen {
+    NodeSeen {
+        num,
+        long_name: name.into(),
+        short_name: "X".into(),
+        hw_model: 9,
+        role: 0,
+        public_key: vec![key; 32],
+        source: Source::Mesh,
+        is_favorite: false,
+    }
+}
+
+#[test]
+fn keys_lists_nodes_as_a_table_and_as_json_with_global_options_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        s.learn(&seen(0x1234_abcd, 7, "Ridge Relay"), SystemTime::now())
+            .expect("learns");
+        s.learn(&seen(0x1234_abcd, 8, "Ridge Relay"), SystemTime::now())
+            .expect("learns");
+    }
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("!1234abcd") && out.contains("Ridge Relay") && out.contains("pending"));
+    assert!(out.contains(&key_base64(&[7; 32])));
+    // Global options after the subcommand work as well as before it.
+    let out = Cmd::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["keys", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["id"], "!1234abcd");
+    assert_eq!(rows[0]["state"], "pending");
+    assert_eq!(rows[0]["key"], key_base64(&[7; 32]));
+    assert_eq!(rows[0]["pending_key"], key_base64(&[8; 32]));
+}
+
+#[test]
+fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for (num, name) in [(0x0a0a_0a0a, "a"), (0x0b0b_0b0b, "b")] {
+            s.learn(&seen(num, 1, name), SystemTime::now())
+                .expect("learns");
+            s.learn(&seen(num, 2, name), SystemTime::now())
+                .expect("learns");
+        }
+    }
+    let (code, out, err) = run(keysync(&db).args(["keys", "accept", "!0a0a0a0a"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accepted"), "{out}");
+    let (code, out, _) = run(keysync(&db).args(["keys", "reject", &0x0b0b_0b0bu32.to_string()]));
+    assert_eq!(code, 0);
+    assert!(out.contains("rejected"), "{out}");
+    let (code, _, err) = run(keysync(&db).args(["keys", "accept", "0x0a0a0a0a"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no pending key"), "{err}");
+    let (code, _, err) = run(keysync(&db).args(["keys", "accept", "!nothex"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a node"), "{err}");
+    let (code, _, err) = run(keysync(&db).args(["keys", "reject", "!deadbeef"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no node !deadbeef"), "{err}");
+    let s = Store::open(&db).expect("opens");
+    let trusted: Vec<_> = s
+        .trusted()
+        .expect("reads")
+        .iter()
+        .map(|k| (k.num, k.key[0]))
+        .collect();
+    assert_eq!(trusted, vec![(0x0a0a_0a0a, 2), (0x0b0b_0b0b, 1)]);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("notes.txt");
+    let text = b"shopping list: antenna, coax, 18650 cells\n".repeat(200);
+    std::fs::write(&db, &text).expect("write");
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("notes.txt") && err.contains("not a keysync database"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).expect("read"), text);
+}
+
+#[test]
+fn a_corrupt_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for i in 1..200u32 {
+            s.learn(
+                &seen(
+                    i,
+                    (i % 250) as u8 + 1,
+                    "node with a long name to fill pages",
+                ),
+                SystemTime::now(),
+            )
+            .expect("learns");
+        }
+        s.integrity_check().expect("checks");
+    }
+    // Checkpoint the WAL into the main file, then scribble over the middle of it.
+    Connection::open(&db)
+        .and_then(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")
+        })
+        .expect("checkpoint");
+    let mut bytes = std::fs::read(&db).expect("read");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 2048] {
+        *b = 0x5A;
+    }
+    std::fs::write(&db, &bytes).expect("write");
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("k.db") && (err.contains("corrupt") || err.contains("malformed")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).expect("read"), bytes);
+}
+
+#[test]
+fn a_database_from_a_newer_keysync_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    drop(Store::open(&db).expect("opens"));
+    Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA user_version = 99; PRAGMA wal_checkpoint(TRUNCATE);"))
+        .expect("bump");
+    let before = std::fs::read(&db).expect("read");
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("newer keysync") && err.contains("schema 99"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).expect("read"), before);
+}
+
+#[test]
+fn a_database_path_that_is_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = run(keysync(dir.path()).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(err.contains("is a directory"), "{err}");
+}
+
+#[test]
+fn a_locked_database_waits_then_names_who_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    drop(Store::open(&db).expect("opens"));
+    let holder = Connection::open(&db).expect("opens");
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE hold(x);")
+        .expect("locks");
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(err.contains("locked by another process"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {err}"
+    );
+    holder.execute_batch("ROLLBACK").expect("unlocks");
+}
+
+#[test]
+fn meshbot_import_reads_every_key_encoding_and_id_form_without_touching_the_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("meshbot.db");
+    {
+        let c = Connection::open(&src).expect("creates");
+        c.execute_batch(
+            "CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,
+                hwModel INTEGER, publicKey BLOB, last_updated REAL, snr REAL)",
+        )
+        .expect("schema");
+        let raw = vec![0x11u8; 32];
+        let b64 = key_base64(&[0x22; 32]);
+        let hex = "33".repeat(32);
+        let rows: Vec<(String, rusqlite::types::Value)> = vec![
+            ("!000000a1".into(), raw.into()),
+            ("162".into(), b64.into()), // 0xa2 in decimal
+            ("!000000a3".into(), hex.into()),
+            ("!000000a4".into(), "not a key".to_string().into()), // invalid
+            ("garbage".into(), vec![0x44u8; 32].into()),          // invalid id
+            ("!000000a6".into(), rusqlite::types::Value::Null),   // no key
+        ];
+        for (id, key) in rows {
+            c.execute(
+                "INSERT INTO meshtastic_nodes (node_id, name, shortName, hwModel, publicKey, last_updated)
+                 VALUES (?1, 'Imported ' || ?1, 'IM', 9, ?2, 1700000000.5)",
+                rusqlite::params![id, key],
+            )
+            .expect("row");
+        }
+    }
+    let before = std::fs::read(&src).expect("read");
+    let db = dir.path().join("k.db");
+    {
+        // One node already trusted with a different key: the import must not override it.
+        let mut s = Store::open(&db).expect("opens");
+        s.learn(&seen(0xa3, 0x99, "already known"), SystemTime::now())
+            .expect("learns");
+    }
+    let (code, out, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 2"), "{out}");
+    assert!(
+        out.contains("conflicting (pending your decision) 1"),
+        "{out}"
+    );
+    assert!(out.contains("skipped-invalid 3"), "{out}");
+    assert_eq!(
+        std::fs::read(&src).expect("read"),
+        before,
+        "source untouched"
+    );
+    let s = Store::open(&db).expect("opens");
+    let trusted: Vec<_> = s
+        .trusted()
+        .expect("reads")
+        .iter()
+        .map(|k| (k.num, k.key[0]))
+        .collect();
+    assert_eq!(trusted, vec![(0xa1, 0x11), (0xa2, 0x22), (0xa3, 0x99)]);
+    assert_eq!(s.pending_nodes().expect("reads"), vec![0xa3]);
+
+    let (code, _, err) = run(keysync(&db).args(["import", "meshbot", "/nonexistent/meshbot.db"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/meshbot.db"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_prints_the_forced_outcome_and_fails_when_the_radio_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = population(1, 12);
+    let sim = start_sim(sim_config(10));
+    let (db, store) = seeded_store(&dir, &known);
+    drop(store);
+    let host = sim.addr().to_string();
+    let db2 = db.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db2).args(["sync", "--once", "--host", &host]))
+    })
+    .await
+    .expect("joins");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sync forced"), "{out}");
+    assert!(out.contains("pushed 2"), "{out}");
+    assert_eq!(sim.counters().flash_writes.load(Ordering::Relaxed), 2);
+
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db).args(["sync", "--once", "--wait", "2s", "--host", "127.0.0.1:1"]))
+    })
+    .await
+    .expect("joins");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("could not reach the radio") && err.contains("refused"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_syncs_never_loses_a_trusted_key_or_corrupts_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = population(1, 60);
+    let (db, store) = seeded_store(&dir, &known);
+    drop(store);
+    let sim = start_sim(sim_config(0));
+    for round in 0..3u64 {
+        let before = sim.counters().add_contacts.load(Ordering::Relaxed);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args([
+                "--headless",
+                "--push-gap",
+                "20ms",
+                "--max-pushes",
+                "60",
+                "--host",
+            ])
+            .arg(sim.addr().to_string())
+            .arg("--db")
+            .arg(&db)
+            .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+        // Kill it in the middle of pushing: a few add_contacts in, more to come.
+        let target = before + 3 + round * 5;
+        wait_until("pushes under way", || {
+            sim.counters().add_contacts.load(Ordering::Relaxed) >= target
+        })
+        .await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        sim.inject(keysync::sim::Fault::Reboot {
+            down: Duration::from_millis(50),
+            forget: keysync::sim::Forget::Keys,
+        })
+        .await;
+        let store = Store::open(&db).expect("reopens after kill -9");
+        assert_eq!(store.integrity_check().expect("checks"), "ok");
+        let trusted = store.trusted().expect("reads");
+        assert_eq!(
+            trusted.len(),
+            60,
+            "round {round}: every trusted key survives"
+        );
+        for n in &known {
+            let stored = trusted.iter().find(|k| k.num == n.num).expect("node kept");
+            assert_eq!(
+                stored.key.to_vec(),
+                n.user.as_ref().expect("user").public_key
+            );
+        }
+    }
+    assert_no_invalid_contacts(&sim);
+}
