@@ -190,13 +190,16 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
         Some(x_new),
         "new key left alone, not overwritten"
     );
-    let pending = snap
-        .borrow()
-        .nodes
-        .iter()
-        .filter(|n| n.record.pending.is_some())
-        .count();
-    assert_eq!(pending, 2);
+    wait_until("both pending keys shown", || {
+        let pending = snap
+            .borrow()
+            .nodes
+            .iter()
+            .filter(|n| n.record.pending.is_some())
+            .count();
+        pending == 2
+    })
+    .await;
 
     // Accept X: trusted now, and the radio already holds it, so nothing is pushed.
     engine
@@ -254,8 +257,13 @@ async fn a_radio_too_small_for_every_key_gets_at_most_max_pushes_per_run() {
     assert_eq!(second.outcome, Outcome::Synced);
     assert!(second.pushed <= 5);
     assert!(sim.evictions() >= 5, "pushes into a full NodeDB evict");
-    let rows = snap.borrow().nodes.clone();
-    assert!(rows.iter().any(|n| n.radio == RadioKey::Pushed));
+    wait_until("pushed keys shown as pushed", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.radio == RadioKey::Pushed)
+    })
+    .await;
     assert_no_invalid_contacts(&sim);
     engine.quit().await;
 }
