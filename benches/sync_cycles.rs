@@ -1,0 +1,112 @@
+//! Frames on the wire per sync cycle, against the simulated radio over real TCP: a forced run
+//! that pushes, a skipped check, a synced run after the TTL, an operator's forced run.
+//! Prints a table; run with `cargo bench --bench sync_cycles`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use keysync::engine::link::{BackoffPolicy, LinkConfig};
+use keysync::engine::radio::{NodeSeen, Source};
+use keysync::engine::store::Store;
+use keysync::engine::sync::SyncSettings;
+use keysync::engine::{self, Command, EngineConfig};
+use keysync::sim::population::Population;
+use keysync::sim::{SimConfig, SimCounters, SimHandle};
+
+const KNOWN: usize = 100;
+const IN_RADIO: usize = 90;
+
+fn besides_heartbeats(c: &SimCounters) -> u64 {
+    c.received_besides_heartbeats()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    let mut store = Store::open(&db)?;
+    for _ in 0..KNOWN {
+        let n = population.next_node();
+        let u = n.user.unwrap_or_default();
+        store.learn(
+            &NodeSeen {
+                num: n.num,
+                long_name: u.long_name,
+                short_name: u.short_name,
+                hw_model: u.hw_model,
+                role: u.role,
+                public_key: u.public_key,
+                source: Source::Mesh,
+                is_favorite: false,
+            },
+            SystemTime::now(),
+        )?;
+    }
+    let sim = SimHandle::start(SimConfig {
+        listen: "127.0.0.1:0".parse()?,
+        nodes: IN_RADIO,
+        capacity: 250,
+        announce_every: None,
+        ..SimConfig::default()
+    })?;
+    let config = EngineConfig {
+        link: LinkConfig {
+            heartbeat: Duration::from_secs(30),
+            backoff: BackoffPolicy::default(),
+            ..LinkConfig::new(sim.addr().to_string())
+        },
+        sync_interval: Duration::from_secs(1),
+        sync: SyncSettings {
+            cache_ttl: Duration::from_secs(2),
+            push_gap: Duration::from_millis(5),
+            max_pushes: 32,
+            ..SyncSettings::default()
+        },
+        db_path: db.clone(),
+    };
+    let engine = engine::start(config, store);
+    let mut snap = engine.snapshot.clone();
+    let counters = sim.counters();
+    println!(
+        "{KNOWN} known keys, {IN_RADIO} in the radio; frames keysync sent per cycle (heartbeats excluded)"
+    );
+    println!(
+        "{:<34} {:>9} {:>7} {:>12} {:>10}",
+        "cycle", "frames", "pushes", "flash writes", "duration"
+    );
+    let mut seen = 0;
+    let mut last = (
+        besides_heartbeats(&counters),
+        counters.flash_writes.load(Ordering::Relaxed),
+    );
+    let mut shown = Vec::new();
+    while shown.len() < 4 {
+        snap.wait_for(|s| s.sync.history.len() > seen).await?;
+        let report = snap.borrow().sync.history[seen].clone();
+        seen += 1;
+        let now = (
+            besides_heartbeats(&counters),
+            counters.flash_writes.load(Ordering::Relaxed),
+        );
+        let label = format!("{} ({})", report.outcome, report.trigger.label());
+        if !shown.contains(&label) {
+            println!(
+                "{:<34} {:>9} {:>7} {:>12} {:>10?}",
+                label,
+                now.0 - last.0,
+                report.pushed,
+                now.1 - last.1,
+                report.duration
+            );
+            shown.push(label);
+        }
+        last = now;
+        if shown.len() == 3 {
+            engine.commands.send(Command::ForceSync).await?;
+        }
+    }
+    engine.quit().await;
+    Ok(())
+}
