@@ -283,7 +283,17 @@ impl EngineLoop {
                 Step::Finished(result) => {
                     self.running = None;
                     match result {
-                        Ok(report) => self.finish(report).await,
+                        Ok(report) => {
+                            if matches!(report.outcome, Outcome::Synced | Outcome::Forced) {
+                                // Count checks from the last full sync, so that a TTL of k
+                                // intervals expires exactly at the k-th check after it.
+                                check.reset();
+                                let next = SystemTime::now() + interval;
+                                self.snapshot
+                                    .send_modify(|s| s.sync.next_check = Some(next));
+                            }
+                            self.finish(report).await;
+                        }
                         Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
                     }
                     if let Some((trigger, handshake)) = self.queued.take() {

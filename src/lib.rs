@@ -7,10 +7,14 @@
 //! - [`cli`]: flags, environment and config file resolved into [`cli::Settings`].
 //! - [`headless`]: the engine under systemd, logging to stderr.
 
+pub mod app;
 pub mod cli;
 pub mod commands;
+pub mod demo;
 pub mod duration;
 pub mod engine;
 pub mod headless;
 pub mod logging;
 pub mod sim;
+pub mod tui;
+pub mod ui;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keysync::cli::{Cli, Command, Settings};
-use keysync::{commands, headless, logging, sim};
+use keysync::{commands, headless, logging, sim, tui};
 
 const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
@@ -36,21 +36,13 @@ fn main() -> ExitCode {
                 init_logs(&settings)?;
                 headless::sync_once(&settings, args.wait).await
             }
-            Some(Command::Keys(args)) => {
-                emit(&commands::keys(&settings, &args)?)
-            }
-            Some(Command::Import { from }) => {
-                emit(&commands::import(&settings, &from)?)
-            }
+            Some(Command::Keys(args)) => emit(&commands::keys(&settings, &args)?),
+            Some(Command::Import { from }) => emit(&commands::import(&settings, &from)?),
             None if cli.headless => {
                 init_logs(&settings)?;
                 headless::run(&settings).await
             }
-            None => {
-                anyhow::bail!(
-                    "the terminal monitor is not built yet; use --headless (or `keysync sim` for a simulated radio)"
-                )
-            }
+            None => tui::run(&settings, cli.demo).await,
         }
     });
     match result {

@@ -75,6 +75,16 @@ impl Trigger {
             Self::Check => "periodic check",
         }
     }
+
+    /// One word, for narrow panes.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Reconnect => "reconnect",
+            Self::Operator => "operator",
+            Self::Check => "check",
+        }
+    }
 }
 
 /// Skip or sync, and why in words.

@@ -200,3 +200,4 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
         assert!(keysync::engine::radio::valid_key(&key).is_some());
     }
 }
+pub mod fixture;

@@ -1,0 +1,755 @@
+//! The monitor's state and how input changes it: `App::update(Action) -> Option<Effect>`. No
+//! drawing, no I/O. The key bindings live in one table, [`KEYMAP`], from which dispatch, the
+//! status bar's hints and the help overlay are all derived, so they never disagree.
+
+use std::time::SystemTime;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::engine::store::KeyEvent as KeyHistoryEvent;
+use crate::engine::{Command, NodeView, RadioKey, Snapshot};
+
+/// The four panes, in focus order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Nodes,
+    Sync,
+    Link,
+    Log,
+}
+
+impl Pane {
+    pub const ALL: [Pane; 4] = [Pane::Nodes, Pane::Sync, Pane::Link, Pane::Log];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Nodes => "Nodes",
+            Self::Sync => "Sync",
+            Self::Link => "Link",
+            Self::Log => "Log",
+        }
+    }
+
+    fn next(self) -> Self {
+        let i = Self::ALL.iter().position(|p| *p == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+
+    fn prev(self) -> Self {
+        let i = Self::ALL.iter().position(|p| *p == self).unwrap_or(0);
+        Self::ALL[(i + Self::ALL.len() - 1) % Self::ALL.len()]
+    }
+}
+
+/// How the node table is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// Pending keys first, then missing from the radio, then the rest by last seen.
+    Attention,
+    LastSeen,
+    Name,
+    Id,
+}
+
+impl SortKey {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Attention => "attention",
+            Self::LastSeen => "last seen",
+            Self::Name => "name",
+            Self::Id => "id",
+        }
+    }
+
+    fn next(self) -> Self {
+        match self {
+            Self::Attention => Self::LastSeen,
+            Self::LastSeen => Self::Name,
+            Self::Name => Self::Id,
+            Self::Id => Self::Attention,
+        }
+    }
+}
+
+/// What the operator can do; the keymap maps keys to these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    ForceSync,
+    ResetCache,
+    Reconnect,
+    FocusNext,
+    FocusPrev,
+    ToggleHelp,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+    StartFilter,
+    CycleSort,
+    Accept,
+    Reject,
+    OpenHistory,
+    ZoomIn,
+    ZoomOut,
+    LogTargets,
+    LogLevelUp,
+    LogLevelDown,
+    Escape,
+}
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    In(Pane),
+}
+
+/// One line of the keymap.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    /// How the keys are written in hints and help.
+    pub label: &'static str,
+    /// One or two words for the status bar.
+    pub short: &'static str,
+    pub help: &'static str,
+    pub scope: Scope,
+    pub action: Action,
+    /// Shown in the status bar (when its scope applies).
+    pub hint: bool,
+}
+
+const fn bind(
+    keys: &'static [KeyCode],
+    label: &'static str,
+    short: &'static str,
+    help: &'static str,
+    scope: Scope,
+    action: Action,
+    hint: bool,
+) -> Binding {
+    Binding {
+        keys,
+        label,
+        short,
+        help,
+        scope,
+        action,
+        hint,
+    }
+}
+
+use KeyCode::{BackTab, Char, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up};
+
+/// Every key binding. Ctrl-C always quits as well.
+pub const KEYMAP: &[Binding] = &[
+    bind(
+        &[Char('f')],
+        "f",
+        "force sync",
+        "sync now, ignoring the cache",
+        Scope::Global,
+        Action::ForceSync,
+        true,
+    ),
+    bind(
+        &[Char('c')],
+        "c",
+        "clear cache",
+        "clear cache: next check syncs",
+        Scope::Global,
+        Action::ResetCache,
+        true,
+    ),
+    bind(
+        &[Char('R')],
+        "R",
+        "reconnect",
+        "reconnect to the radio",
+        Scope::Global,
+        Action::Reconnect,
+        false,
+    ),
+    bind(
+        &[Tab],
+        "Tab/S-Tab",
+        "pane",
+        "next / previous pane",
+        Scope::Global,
+        Action::FocusNext,
+        true,
+    ),
+    bind(
+        &[BackTab],
+        "S-Tab",
+        "pane",
+        "",
+        Scope::Global,
+        Action::FocusPrev,
+        false,
+    ),
+    bind(
+        &[Char('+'), Char('=')],
+        "+/-",
+        "zoom",
+        "zoom the link timeline",
+        Scope::Global,
+        Action::ZoomIn,
+        false,
+    ),
+    bind(
+        &[Char('-')],
+        "-",
+        "zoom",
+        "",
+        Scope::Global,
+        Action::ZoomOut,
+        false,
+    ),
+    bind(
+        &[Char('?')],
+        "?",
+        "help",
+        "this help",
+        Scope::Global,
+        Action::ToggleHelp,
+        true,
+    ),
+    bind(
+        &[Char('q')],
+        "q",
+        "quit",
+        "quit; the link closes cleanly",
+        Scope::Global,
+        Action::Quit,
+        true,
+    ),
+    bind(
+        &[Esc],
+        "Esc",
+        "close",
+        "close / cancel / clear filter",
+        Scope::Global,
+        Action::Escape,
+        false,
+    ),
+    bind(
+        &[Up, Char('k')],
+        "↑↓ jk",
+        "select",
+        "select a node",
+        Scope::In(Pane::Nodes),
+        Action::Up,
+        false,
+    ),
+    bind(
+        &[Down, Char('j')],
+        "j",
+        "select",
+        "",
+        Scope::In(Pane::Nodes),
+        Action::Down,
+        false,
+    ),
+    bind(
+        &[PageUp],
+        "PgUp/PgDn",
+        "page",
+        "page through nodes",
+        Scope::In(Pane::Nodes),
+        Action::PageUp,
+        false,
+    ),
+    bind(
+        &[PageDown],
+        "PgDn",
+        "page",
+        "",
+        Scope::In(Pane::Nodes),
+        Action::PageDown,
+        false,
+    ),
+    bind(
+        &[Home, Char('g')],
+        "Home/End",
+        "first/last",
+        "first / last node",
+        Scope::In(Pane::Nodes),
+        Action::Home,
+        false,
+    ),
+    bind(
+        &[End, Char('G')],
+        "End",
+        "last",
+        "",
+        Scope::In(Pane::Nodes),
+        Action::End,
+        false,
+    ),
+    bind(
+        &[Char('/')],
+        "/",
+        "filter",
+        "filter by id or name",
+        Scope::In(Pane::Nodes),
+        Action::StartFilter,
+        true,
+    ),
+    bind(
+        &[Char('s')],
+        "s",
+        "sort",
+        "cycle the sort order",
+        Scope::In(Pane::Nodes),
+        Action::CycleSort,
+        true,
+    ),
+    bind(
+        &[Char('a')],
+        "a",
+        "accept",
+        "accept the pending key",
+        Scope::In(Pane::Nodes),
+        Action::Accept,
+        true,
+    ),
+    bind(
+        &[Char('r')],
+        "r",
+        "reject",
+        "reject the pending key",
+        Scope::In(Pane::Nodes),
+        Action::Reject,
+        true,
+    ),
+    bind(
+        &[Enter],
+        "Enter",
+        "history",
+        "key history of the node",
+        Scope::In(Pane::Nodes),
+        Action::OpenHistory,
+        true,
+    ),
+    bind(
+        &[Char('t')],
+        "t",
+        "targets",
+        "show / hide log targets",
+        Scope::In(Pane::Log),
+        Action::LogTargets,
+        true,
+    ),
+    bind(
+        &[Up, Char('k')],
+        "↑↓ jk",
+        "target",
+        "select a log target",
+        Scope::In(Pane::Log),
+        Action::Up,
+        false,
+    ),
+    bind(
+        &[Down, Char('j')],
+        "j",
+        "target",
+        "",
+        Scope::In(Pane::Log),
+        Action::Down,
+        false,
+    ),
+    bind(
+        &[Right],
+        "←→",
+        "level",
+        "target's level up / down",
+        Scope::In(Pane::Log),
+        Action::LogLevelUp,
+        true,
+    ),
+    bind(
+        &[Left],
+        "←",
+        "level",
+        "",
+        Scope::In(Pane::Log),
+        Action::LogLevelDown,
+        false,
+    ),
+    bind(
+        &[PageUp],
+        "PgUp/PgDn",
+        "scroll",
+        "scroll (Esc: back to live)",
+        Scope::In(Pane::Log),
+        Action::PageUp,
+        true,
+    ),
+    bind(
+        &[PageDown],
+        "PgDn",
+        "scroll",
+        "",
+        Scope::In(Pane::Log),
+        Action::PageDown,
+        false,
+    ),
+];
+
+/// Bindings for the status bar: the global ones first, then the focused pane's.
+pub fn hints(focus: Pane) -> impl Iterator<Item = &'static Binding> {
+    KEYMAP
+        .iter()
+        .filter(|b| b.hint && b.scope == Scope::Global)
+        .chain(
+            KEYMAP
+                .iter()
+                .filter(move |b| b.hint && b.scope == Scope::In(focus)),
+        )
+}
+
+/// What a node table row shows, after filter and sort.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodesState {
+    pub selected: usize,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub sort: Option<SortKey>,
+}
+
+/// A question the operator must answer with y or n.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub accept: bool,
+    pub num: u32,
+    pub question: String,
+}
+
+/// A node's key history, shown over the panes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryView {
+    pub num: u32,
+    pub title: String,
+    pub events: Result<Vec<KeyHistoryEvent>, String>,
+}
+
+/// Timeline windows for `+`/`-`, in minutes.
+pub const ZOOMS: [u64; 6] = [5, 15, 30, 60, 180, 720];
+
+/// Side effects the app asks its runner for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Engine(Command),
+    LoadHistory(u32),
+    Log(tui_logger::TuiWidgetEvent),
+    Quit,
+}
+
+/// The monitor's state besides the engine's snapshot.
+#[derive(Debug)]
+pub struct App {
+    pub focus: Pane,
+    pub nodes: NodesState,
+    pub confirm: Option<Confirm>,
+    pub history: Option<HistoryView>,
+    pub show_help: bool,
+    pub zoom: usize,
+    pub show_log_targets: bool,
+    /// The result of the operator's last action, with when.
+    pub message: Option<(SystemTime, String)>,
+    /// Shown in the header in demo mode.
+    pub demo: Option<String>,
+    pub quit: bool,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+/// Inputs to [`App::update`].
+#[derive(Debug, Clone)]
+pub enum Input {
+    Key(KeyEvent),
+    History(HistoryView),
+}
+
+impl App {
+    pub fn new(demo: Option<String>) -> Self {
+        Self {
+            focus: Pane::Nodes,
+            nodes: NodesState {
+                sort: Some(SortKey::Attention),
+                ..NodesState::default()
+            },
+            confirm: None,
+            history: None,
+            show_help: false,
+            zoom: 2,
+            show_log_targets: false,
+            message: None,
+            demo,
+            quit: false,
+        }
+    }
+
+    /// The timeline window.
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(ZOOMS[self.zoom.min(ZOOMS.len() - 1)] * 60)
+    }
+
+    /// The rows of the node table, filtered and sorted.
+    pub fn visible_nodes<'a>(&self, snapshot: &'a Snapshot) -> Vec<&'a NodeView> {
+        let filter = self.nodes.filter.to_lowercase();
+        let mut rows: Vec<&NodeView> = snapshot
+            .nodes
+            .iter()
+            .filter(|n| {
+                filter.is_empty()
+                    || n.record.id().contains(&filter)
+                    || n.record.long_name.to_lowercase().contains(&filter)
+                    || n.record.short_name.to_lowercase().contains(&filter)
+            })
+            .collect();
+        match self.nodes.sort.unwrap_or(SortKey::Attention) {
+            SortKey::Attention => rows.sort_by_key(|n| {
+                let rank = match (n.record.pending.is_some(), n.radio) {
+                    (true, _) => 0,
+                    (false, RadioKey::Missing | RadioKey::Differs) => 1,
+                    (false, RadioKey::Pushed) => 2,
+                    _ => 3,
+                };
+                (rank, std::cmp::Reverse(n.record.last_seen), n.record.num)
+            }),
+            SortKey::LastSeen => {
+                rows.sort_by_key(|n| (std::cmp::Reverse(n.record.last_seen), n.record.num));
+            }
+            SortKey::Name => rows.sort_by(|a, b| {
+                a.record
+                    .long_name
+                    .to_lowercase()
+                    .cmp(&b.record.long_name.to_lowercase())
+                    .then(a.record.num.cmp(&b.record.num))
+            }),
+            SortKey::Id => rows.sort_by_key(|n| n.record.num),
+        }
+        rows
+    }
+
+    /// The selected node, if any.
+    pub fn selected<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a NodeView> {
+        self.visible_nodes(snapshot)
+            .get(self.nodes.selected)
+            .copied()
+    }
+
+    /// Applies one input; returns what the runner must do.
+    pub fn update(&mut self, input: Input, snapshot: &Snapshot, now: SystemTime) -> Option<Effect> {
+        match input {
+            Input::History(view) => {
+                self.history = Some(view);
+                None
+            }
+            Input::Key(key) => self.key(key, snapshot, now),
+        }
+    }
+
+    fn key(&mut self, key: KeyEvent, snapshot: &Snapshot, now: SystemTime) -> Option<Effect> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return Some(Effect::Quit);
+        }
+        if self.show_help {
+            self.show_help = false;
+            return None;
+        }
+        if self.history.is_some() {
+            if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                self.history = None;
+            }
+            return None;
+        }
+        if let Some(confirm) = self.confirm.take() {
+            if !matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                self.say(now, "cancelled: the key stays pending".into());
+                return None;
+            }
+            let verb = if confirm.accept {
+                "accepting"
+            } else {
+                "rejecting"
+            };
+            let id = crate::engine::radio::node_id(confirm.num);
+            self.say(now, format!("{verb} the new key of {id}"));
+            return Some(Effect::Engine(if confirm.accept {
+                Command::AcceptKey(confirm.num)
+            } else {
+                Command::RejectKey(confirm.num)
+            }));
+        }
+        if self.nodes.editing_filter {
+            self.edit_filter(key.code);
+            return None;
+        }
+        let action = KEYMAP
+            .iter()
+            .find(|b| {
+                b.keys.contains(&key.code)
+                    && (b.scope == Scope::Global || b.scope == Scope::In(self.focus))
+            })
+            .map(|b| b.action)?;
+        self.act(action, snapshot, now)
+    }
+
+    fn edit_filter(&mut self, code: KeyCode) {
+        match code {
+            KeyCode::Enter => self.nodes.editing_filter = false,
+            KeyCode::Esc => {
+                self.nodes.editing_filter = false;
+                self.nodes.filter.clear();
+            }
+            KeyCode::Backspace => {
+                self.nodes.filter.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && self.nodes.filter.chars().count() < 32 => {
+                self.nodes.filter.push(c);
+            }
+            _ => {}
+        }
+        self.nodes.selected = 0;
+    }
+
+    fn say(&mut self, now: SystemTime, text: String) {
+        self.message = Some((now, text));
+    }
+
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per action reads best as one table"
+    )]
+    fn act(&mut self, action: Action, snapshot: &Snapshot, now: SystemTime) -> Option<Effect> {
+        let rows = self.visible_nodes(snapshot).len();
+        let page = 10;
+        match action {
+            Action::Quit => {
+                self.quit = true;
+                return Some(Effect::Quit);
+            }
+            Action::ForceSync => {
+                self.say(now, "force sync requested".into());
+                return Some(Effect::Engine(Command::ForceSync));
+            }
+            Action::ResetCache => {
+                self.say(now, "cache cleared: next check will sync".into());
+                return Some(Effect::Engine(Command::ResetCache));
+            }
+            Action::Reconnect => {
+                self.say(now, "reconnecting to the radio".into());
+                return Some(Effect::Engine(Command::Reconnect));
+            }
+            Action::FocusNext => self.focus = self.focus.next(),
+            Action::FocusPrev => self.focus = self.focus.prev(),
+            Action::ToggleHelp => self.show_help = !self.show_help,
+            Action::ZoomIn => self.zoom = self.zoom.saturating_sub(1),
+            Action::ZoomOut => self.zoom = (self.zoom + 1).min(ZOOMS.len() - 1),
+            Action::Up if self.focus == Pane::Log => {
+                return Some(Effect::Log(tui_logger::TuiWidgetEvent::UpKey));
+            }
+            Action::Down if self.focus == Pane::Log => {
+                return Some(Effect::Log(tui_logger::TuiWidgetEvent::DownKey));
+            }
+            Action::PageUp if self.focus == Pane::Log => {
+                return Some(Effect::Log(tui_logger::TuiWidgetEvent::PrevPageKey));
+            }
+            Action::PageDown if self.focus == Pane::Log => {
+                return Some(Effect::Log(tui_logger::TuiWidgetEvent::NextPageKey));
+            }
+            Action::Up => self.nodes.selected = self.nodes.selected.saturating_sub(1),
+            Action::Down => {
+                self.nodes.selected = (self.nodes.selected + 1).min(rows.saturating_sub(1));
+            }
+            Action::PageUp => self.nodes.selected = self.nodes.selected.saturating_sub(page),
+            Action::PageDown => {
+                self.nodes.selected = (self.nodes.selected + page).min(rows.saturating_sub(1));
+            }
+            Action::Home => self.nodes.selected = 0,
+            Action::End => self.nodes.selected = rows.saturating_sub(1),
+            Action::StartFilter => {
+                self.nodes.editing_filter = true;
+                self.nodes.selected = 0;
+            }
+            Action::CycleSort => {
+                let next = self.nodes.sort.unwrap_or(SortKey::Attention).next();
+                self.nodes.sort = Some(next);
+                self.nodes.selected = 0;
+                self.say(now, format!("nodes sorted by {}", next.label()));
+            }
+            Action::Accept | Action::Reject => {
+                let accept = action == Action::Accept;
+                match self.selected(snapshot) {
+                    Some(node) if node.record.pending.is_some() => {
+                        let key = node
+                            .record
+                            .pending
+                            .map(|k| crate::engine::sync::key_fingerprint(&k))
+                            .unwrap_or_default();
+                        let name = if node.record.long_name.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", node.record.long_name)
+                        };
+                        let question = if accept {
+                            format!(
+                                "accept new key {key} for {}{name}? it becomes trusted [y/n]",
+                                node.record.id()
+                            )
+                        } else {
+                            format!(
+                                "reject new key {key} for {}{name}? the trusted key goes back to the radio [y/n]",
+                                node.record.id()
+                            )
+                        };
+                        self.confirm = Some(Confirm {
+                            accept,
+                            num: node.record.num,
+                            question,
+                        });
+                    }
+                    Some(node) => self.say(now, format!("{} has no pending key", node.record.id())),
+                    None => self.say(now, "no node selected".into()),
+                }
+            }
+            Action::OpenHistory => {
+                if let Some(node) = self.selected(snapshot) {
+                    return Some(Effect::LoadHistory(node.record.num));
+                }
+            }
+            Action::LogTargets => {
+                self.show_log_targets = !self.show_log_targets;
+                return Some(Effect::Log(tui_logger::TuiWidgetEvent::HideKey));
+            }
+            Action::LogLevelUp => return Some(Effect::Log(tui_logger::TuiWidgetEvent::RightKey)),
+            Action::LogLevelDown => return Some(Effect::Log(tui_logger::TuiWidgetEvent::LeftKey)),
+            Action::Escape => {
+                if self.focus == Pane::Log {
+                    return Some(Effect::Log(tui_logger::TuiWidgetEvent::EscapeKey));
+                }
+                self.nodes.filter.clear();
+            }
+        }
+        None
+    }
+
+    /// Keeps the selection inside the rows after the node list changed.
+    pub fn clamp(&mut self, snapshot: &Snapshot) {
+        let rows = self.visible_nodes(snapshot).len();
+        if self.nodes.selected >= rows {
+            self.nodes.selected = rows.saturating_sub(1);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `keysync --demo`: the simulated radio in-process on a free loopback port, running
+//! `assets/demo.toml`, and a temporary key store that already knows some keys the radio lacks —
+//! with short timings, so that everything the monitor shows happens within two minutes.
+
+use std::time::{Duration, SystemTime};
+
+use crate::engine::EngineConfig;
+use crate::engine::link::LinkConfig;
+use crate::engine::radio::{NodeSeen, Source};
+use crate::engine::store::Store;
+use crate::engine::sync::SyncSettings;
+use crate::sim::population::Population;
+use crate::sim::{Scenario, SimConfig, SimHandle};
+
+const SEED: u64 = 7;
+/// Nodes on the simulated mesh (all in the radio's NodeDB at start).
+const MESH_NODES: usize = 40;
+/// Nodes keysync learned earlier that the radio does not hold: the startup sync pushes them.
+const REMEMBERED: usize = 8;
+
+/// A running demo: keep it alive as long as the monitor runs; dropping it removes the store.
+#[derive(Debug)]
+pub struct Demo {
+    pub sim: SimHandle,
+    pub config: EngineConfig,
+    /// The timings, for the header.
+    pub label: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the simulated radio and prepares the store; returns the store to hand the engine.
+    pub fn start() -> anyhow::Result<(Self, Store)> {
+        let scenario = Scenario::parse(include_str!("../assets/demo.toml"))
+            .map_err(|e| anyhow::anyhow!("the built-in demo scenario is invalid: {e}"))?;
+        let sim = SimHandle::start(SimConfig {
+            listen: "127.0.0.1:0".parse()?,
+            nodes: MESH_NODES,
+            seed: SEED,
+            capacity: 80,
+            announce_every: Some(Duration::from_secs(20)),
+            scenario,
+            ..SimConfig::default()
+        })?;
+        let dir = tempfile::Builder::new().prefix("keysync-demo-").tempdir()?;
+        let db = dir.path().join("keysync.db");
+        let mut store = Store::open(&db)?;
+        let mut population = Population::new(SEED);
+        let _own = population.own_node();
+        // The mesh's nodes come first; the last few exist only in keysync's memory.
+        let now = SystemTime::now();
+        for _ in 0..MESH_NODES {
+            population.next_node();
+        }
+        for _ in 0..REMEMBERED {
+            let node = population.next_node();
+            let user = node.user.unwrap_or_default();
+            store.learn(
+                &NodeSeen {
+                    num: node.num,
+                    long_name: user.long_name,
+                    short_name: user.short_name,
+                    hw_model: user.hw_model,
+                    role: user.role,
+                    public_key: user.public_key,
+                    source: Source::Mesh,
+                    is_favorite: false,
+                },
+                now,
+            )?;
+        }
+        let heartbeat = Duration::from_secs(2);
+        let interval = Duration::from_secs(10);
+        let ttl = Duration::from_secs(30);
+        let config = EngineConfig {
+            link: LinkConfig {
+                heartbeat,
+                ..LinkConfig::new(sim.addr().to_string())
+            },
+            sync_interval: interval,
+            sync: SyncSettings {
+                cache_ttl: ttl,
+                push_gap: Duration::from_millis(100),
+                max_pushes: 32,
+                ..SyncSettings::default()
+            },
+            db_path: db,
+        };
+        let label = "heartbeat 2s".to_string();
+        Ok((
+            Self {
+                sim,
+                config,
+                label,
+                _dir: dir,
+            },
+            store,
+        ))
+    }
+}

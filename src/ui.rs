@@ -1,0 +1,353 @@
+//! Pure render functions: the app state, the engine's snapshot and `now` in, a frame out.
+//! Nothing here reads a clock, a file or a socket.
+
+pub mod link;
+pub mod nodes;
+pub mod sync;
+pub mod theme;
+
+use std::time::{Duration, SystemTime};
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+
+use crate::app::{App, KEYMAP, Pane, Scope, hints};
+use crate::duration::compact;
+use crate::engine::Snapshot;
+use theme::{LinkKind, Theme};
+
+/// The smallest terminal the layout is made for.
+pub const MIN_WIDTH: u16 = 80;
+pub const MIN_HEIGHT: u16 = 24;
+
+/// "12s ago", "3m05s ago"; "just now" for times at or after `now`.
+pub fn ago(t: SystemTime, now: SystemTime) -> String {
+    match now.duration_since(t) {
+        Ok(d) if d >= Duration::from_secs(1) => format!("{} ago", compact(d)),
+        _ => "just now".into(),
+    }
+}
+
+/// Cuts `s` to `width` characters, with `…` where it was cut.
+pub fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Cuts a path from the left, keeping its end: `…/data/keysync.db`.
+fn fit_left(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - width.saturating_sub(1)).collect();
+    format!("…{tail}")
+}
+
+/// A bordered pane whose border and title show focus.
+pub fn pane_block<'a>(title: Line<'a>, focused: bool, theme: &Theme) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border(focused))
+        .title(title)
+}
+
+/// Renders the live log into its area; `bool` says whether the pane has focus.
+pub type LogPane<'a> = &'a dyn Fn(&mut Frame<'_>, Rect, bool);
+
+/// The areas of the screen.
+struct Areas {
+    header: Rect,
+    nodes: Rect,
+    sync: Rect,
+    link: Rect,
+    log: Rect,
+    footer: Rect,
+}
+
+fn areas(area: Rect) -> Areas {
+    let body = area.height.saturating_sub(2);
+    let extra = body.saturating_sub(MIN_HEIGHT - 2);
+    let mid = 8 + extra / 3;
+    let log = 6 + extra / 3;
+    let [header, nodes, middle, log, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(body.saturating_sub(mid + log)),
+        Constraint::Length(mid),
+        Constraint::Length(log),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [sync, link] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(middle);
+    Areas {
+        header,
+        nodes,
+        sync,
+        link,
+        log,
+        footer,
+    }
+}
+
+/// Draws the whole screen. `log` renders the live log pane (tui-logger) into its area; tests
+/// pass `None` and get an empty pane.
+pub fn draw(
+    frame: &mut Frame<'_>,
+    app: &App,
+    snapshot: &Snapshot,
+    now: SystemTime,
+    theme: &Theme,
+    log: Option<LogPane<'_>>,
+) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        draw_too_small(frame, area, theme);
+        return;
+    }
+    let a = areas(area);
+    draw_header(frame, a.header, app, snapshot, now, theme);
+    nodes::draw(frame, a.nodes, app, snapshot, now, theme);
+    sync::draw(frame, a.sync, app, snapshot, now, theme);
+    link::draw(frame, a.link, app, snapshot, now, theme);
+    let focused = app.focus == Pane::Log;
+    match log {
+        Some(render) => render(frame, a.log, focused),
+        None => frame.render_widget(
+            pane_block(
+                Line::from(Span::styled(" Log ", theme.title(focused))),
+                focused,
+                theme,
+            ),
+            a.log,
+        ),
+    }
+    draw_footer(frame, a.footer, app, now, theme);
+    if app.history.is_some() {
+        draw_history(frame, area, app, now, theme);
+    }
+    if app.show_help {
+        draw_help(frame, area, theme);
+    }
+}
+
+fn draw_too_small(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
+    let text = vec![
+        Line::from(Span::styled("terminal too small", theme.bad())),
+        Line::from(format!(
+            "{}×{} here; keysync needs at least {MIN_WIDTH}×{MIN_HEIGHT}",
+            area.width, area.height
+        )),
+        Line::from("enlarge the window, or run keysync --headless"),
+        Line::from(Span::styled("q quits", theme.muted())),
+    ];
+    let height = u16::try_from(text.len()).unwrap_or(u16::MAX);
+    let top = area.height.saturating_sub(height) / 2;
+    let rect = Rect::new(area.x, area.y + top, area.width, height.min(area.height));
+    frame.render_widget(
+        Paragraph::new(text)
+            .alignment(Alignment::Center)
+            .wrap(Wrap { trim: true }),
+        rect,
+    );
+}
+
+fn draw_header(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    app: &App,
+    snap: &Snapshot,
+    now: SystemTime,
+    theme: &Theme,
+) {
+    let link = &snap.link;
+    let kind = LinkKind::of(&link.state);
+    let since = now.duration_since(link.since).unwrap_or_default();
+    let state = format!("{} {}", link.state.label().to_uppercase(), compact(since));
+    let mut spans = vec![
+        Span::styled(" keysync ", theme.header()),
+        Span::raw(" "),
+        Span::raw(link.host.clone()),
+        Span::raw(" "),
+        Span::styled(state, theme.link(kind)),
+    ];
+    let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+    let right = match &app.demo {
+        Some(demo) => format!("  DEMO {demo}"),
+        None => String::new(),
+    };
+    let room = usize::from(area.width).saturating_sub(used + right.chars().count() + 6);
+    let db = fit_left(&snap.db_path.display().to_string(), room.max(8));
+    spans.push(Span::styled(format!("  db {db}"), theme.muted()));
+    if !right.is_empty() {
+        spans.push(Span::styled(right, theme.warn()));
+    }
+    if let Some(err) = &snap.store_error {
+        spans.push(Span::styled(format!("  store: {err}"), theme.bad()));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App, now: SystemTime, theme: &Theme) {
+    let width = usize::from(area.width);
+    let line = if let Some(confirm) = &app.confirm {
+        Line::from(Span::styled(fit(&confirm.question, width), theme.pending()))
+    } else if app.nodes.editing_filter {
+        Line::from(vec![
+            Span::styled("filter: ", theme.key()),
+            Span::raw(app.nodes.filter.clone()),
+            Span::styled("▏  Enter keep · Esc clear", theme.muted()),
+        ])
+    } else if let Some((at, text)) = app
+        .message
+        .as_ref()
+        .filter(|(at, _)| now.duration_since(*at).unwrap_or_default() < Duration::from_secs(8))
+    {
+        let _ = at;
+        Line::from(Span::styled(fit(text, width), theme.warn()))
+    } else {
+        let mut spans = Vec::new();
+        let mut used = 0;
+        for b in hints(app.focus) {
+            let piece = b.label.chars().count() + b.short.chars().count() + 3;
+            if used + piece > width {
+                break;
+            }
+            used += piece;
+            spans.push(Span::styled(b.label, theme.key()));
+            spans.push(Span::raw(format!(" {}  ", b.short)));
+        }
+        Line::from(spans)
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// A centred rectangle of at most `w`×`h` inside `area`.
+pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
+    // Bindings with an empty help text are the second key of a pair shown on one line.
+    let mut sections: Vec<Vec<Line<'_>>> = Vec::new();
+    let mut last_scope = None;
+    for b in KEYMAP.iter().filter(|b| !b.help.is_empty()) {
+        if last_scope != Some(b.scope) {
+            let heading = match b.scope {
+                Scope::Global => "Anywhere".to_string(),
+                Scope::In(p) => format!("In the {} pane", p.title()),
+            };
+            sections.push(vec![Line::from(Span::styled(heading, theme.title(false)))]);
+            last_scope = Some(b.scope);
+        }
+        if let Some(section) = sections.last_mut() {
+            section.push(Line::from(vec![
+                Span::styled(format!("{:<10}", b.label), theme.key()),
+                Span::raw(b.help),
+            ]));
+        }
+    }
+    if let Some(first) = sections.first_mut() {
+        first.push(Line::from(vec![
+            Span::styled(format!("{:<10}", "Ctrl-C"), theme.key()),
+            Span::raw("quit"),
+        ]));
+    }
+    let total: usize = sections.iter().map(Vec::len).sum();
+    let footer = Line::from(Span::styled("any key closes this help", theme.muted()));
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border(true))
+        .title(Span::styled(" Keys ", theme.title(true)));
+    if total + 3 <= usize::from(area.height) {
+        let mut lines: Vec<Line<'_>> = sections.into_iter().flatten().collect();
+        lines.push(footer);
+        let height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
+        let rect = centered(area, 50, height);
+        frame.render_widget(Clear, rect);
+        frame.render_widget(Paragraph::new(lines).block(block), rect);
+        return;
+    }
+    // Too tall for the screen: the global keys on the left, the panes' on the right.
+    let mut left: Vec<Line<'_>> = Vec::new();
+    let mut right: Vec<Line<'_>> = Vec::new();
+    for (i, section) in sections.into_iter().enumerate() {
+        if i == 0 {
+            left.extend(section);
+        } else {
+            right.extend(section);
+        }
+    }
+    left.push(Line::raw(""));
+    left.push(footer);
+    let height = u16::try_from(left.len().max(right.len()) + 2).unwrap_or(u16::MAX);
+    let rect = centered(area, 80, height);
+    frame.render_widget(Clear, rect);
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    let [l, r] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    frame.render_widget(Paragraph::new(left), l);
+    frame.render_widget(Paragraph::new(right), r);
+}
+
+fn draw_history(frame: &mut Frame<'_>, area: Rect, app: &App, now: SystemTime, theme: &Theme) {
+    let Some(view) = &app.history else {
+        return;
+    };
+    let mut lines = Vec::new();
+    match &view.events {
+        Err(e) => lines.push(Line::from(Span::styled(e.clone(), theme.bad()))),
+        Ok(events) if events.is_empty() => lines.push(Line::from("no key recorded for this node")),
+        Ok(events) => {
+            for e in events {
+                let style = match e.event.as_str() {
+                    "changed" => theme.pending(),
+                    "rejected" => theme.bad(),
+                    "accepted" | "first-use" => theme.good(),
+                    _ => Style::default(),
+                };
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{:>12} ", ago(e.at, now)), theme.muted()),
+                    Span::styled(format!("{:<9} ", e.event), style),
+                    Span::raw(format!("{} ", crate::engine::sync::key_fingerprint(&e.key))),
+                    Span::styled(
+                        fit(&crate::engine::store::key_base64(&e.key), 20),
+                        theme.muted(),
+                    ),
+                    Span::raw(format!(" via {}", e.source)),
+                ]));
+            }
+        }
+    }
+    lines.push(Line::from(Span::styled("Esc closes", theme.muted())));
+    let height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
+    let rect = centered(area, 76, height.min(area.height.saturating_sub(2)));
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_style(theme.border(true))
+                .title(Span::styled(
+                    format!(" Key history · {} ", view.title),
+                    theme.title(true),
+                )),
+        ),
+        rect,
+    );
+}

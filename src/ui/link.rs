@@ -1,0 +1,351 @@
+//! The link pane: the state now, a timeline bar over the chosen window with the sync runs
+//! marked above it, whether drops followed syncs, and the latest state changes.
+
+use std::time::{Duration, SystemTime};
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use super::sync::outcome_glyph;
+use super::theme::{LinkKind, Theme};
+use super::{ago, fit, pane_block};
+use crate::app::{App, Pane};
+use crate::duration::compact;
+use crate::engine::Snapshot;
+use crate::engine::link::{CloseCause, LinkEvent, LinkState};
+use crate::engine::sync::SyncReport;
+
+/// A drop within this long after a sync that sent frames counts as following it.
+pub const FOLLOWS_WITHIN: Duration = Duration::from_secs(30);
+
+/// A close that the radio or the network caused (not keysync's own shutdown or reconnect).
+fn is_drop(state: &LinkState) -> bool {
+    matches!(state, LinkState::Closed(c) if !matches!(c, CloseCause::Shutdown | CloseCause::Requested))
+}
+
+/// The sentence the original bug hunt lacked: did the drops in the window follow syncs that
+/// put frames on the wire?
+pub fn correlation(
+    timeline: &[&LinkEvent],
+    reports: &[&SyncReport],
+    now: SystemTime,
+    window: Duration,
+) -> String {
+    let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    let drops: Vec<SystemTime> = timeline
+        .iter()
+        .filter(|e| e.at >= start && e.at <= now && is_drop(&e.state))
+        .map(|e| e.at)
+        .collect();
+    if drops.is_empty() {
+        return format!("no drops in the last {}", compact(window));
+    }
+    let followed = drops
+        .iter()
+        .filter(|drop| {
+            reports.iter().any(|r| {
+                let end = r.started_at + r.duration + FOLLOWS_WITHIN;
+                r.frames_sent > 0 && r.started_at <= **drop && **drop <= end
+            })
+        })
+        .count();
+    let n = drops.len();
+    let noun = if n == 1 { "drop" } else { "drops" };
+    if followed == 0 {
+        format!(
+            "no drop followed a sync ({n} {noun} in {})",
+            compact(window)
+        )
+    } else {
+        format!(
+            "{followed} of {n} {noun} followed a sync push within {}",
+            compact(FOLLOWS_WITHIN)
+        )
+    }
+}
+
+fn severity(kind: LinkKind) -> u8 {
+    match kind {
+        LinkKind::None => 0,
+        LinkKind::Up => 1,
+        LinkKind::Connecting => 2,
+        LinkKind::Backoff => 3,
+        LinkKind::Stalled => 4,
+        LinkKind::Down => 5,
+    }
+}
+
+/// What one timeline column shows for the span `[from, to)`: the most severe state in effect
+/// at any moment of it, so that a drop shorter than a column still shows.
+fn state_in(timeline: &[&LinkEvent], from: SystemTime, to: SystemTime) -> LinkKind {
+    let first = timeline.partition_point(|e| e.at <= from);
+    let at_start = first
+        .checked_sub(1)
+        .map_or(LinkKind::None, |i| LinkKind::of(&timeline[i].state));
+    timeline[first..]
+        .iter()
+        .take_while(|e| e.at < to)
+        .map(|e| LinkKind::of(&e.state))
+        .fold(at_start, |worst, k| {
+            if severity(k) > severity(worst) {
+                k
+            } else {
+                worst
+            }
+        })
+}
+
+/// The column of `t` in a window of `width` columns ending at `now`.
+fn column(t: SystemTime, now: SystemTime, window: Duration, width: usize) -> Option<usize> {
+    let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    let offset = t.duration_since(start).ok()?;
+    if offset > window || width == 0 {
+        return None;
+    }
+    let cols = f64::from(u32::try_from(width).unwrap_or(u32::MAX));
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a column index"
+    )]
+    let col = (offset.as_secs_f64() / window.as_secs_f64() * cols) as usize;
+    Some(col.min(width - 1))
+}
+
+/// One glyph per sync run at its column; a run that pushed outranks one that failed, and so on.
+fn marks(reports: &[&SyncReport], now: SystemTime, window: Duration, width: usize) -> String {
+    let rank = |c: char| match c {
+        '▲' => 4,
+        '✗' => 3,
+        '●' | '○' => 2,
+        '·' => 1,
+        _ => 0,
+    };
+    let mut marks = vec![' '; width];
+    for r in reports {
+        if let Some(col) = column(r.started_at, now, window, width) {
+            let g = outcome_glyph(r);
+            if rank(g) > rank(marks[col]) {
+                marks[col] = g;
+            }
+        }
+    }
+    marks.into_iter().collect()
+}
+
+/// The timeline bar: each column shows the worst state of its span.
+fn bar<'a>(
+    events: &[&LinkEvent],
+    now: SystemTime,
+    window: Duration,
+    width: usize,
+    theme: &Theme,
+) -> Line<'a> {
+    let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    let step = window.as_secs_f64() / f64::from(u32::try_from(width.max(1)).unwrap_or(u32::MAX));
+    let mut spans: Vec<Span<'a>> = Vec::new();
+    let mut run: Option<(LinkKind, usize)> = None;
+    for i in 0..u32::try_from(width).unwrap_or(0) {
+        let from = start + Duration::from_secs_f64(step * f64::from(i));
+        let to = (from + Duration::from_secs_f64(step)).min(now);
+        let k = state_in(events, from, to.max(from));
+        match &mut run {
+            Some((kind, n)) if *kind == k => *n += 1,
+            _ => {
+                if let Some((kind, n)) = run.take() {
+                    spans.push(Span::styled(
+                        kind.glyph().to_string().repeat(n),
+                        theme.link(kind),
+                    ));
+                }
+                run = Some((k, 1));
+            }
+        }
+    }
+    if let Some((kind, n)) = run {
+        spans.push(Span::styled(
+            kind.glyph().to_string().repeat(n),
+            theme.link(kind),
+        ));
+    }
+    Line::from(spans)
+}
+
+pub fn draw(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    app: &App,
+    snap: &Snapshot,
+    now: SystemTime,
+    theme: &Theme,
+) {
+    let focused = app.focus == Pane::Link;
+    let window = app.window();
+    let link = &snap.link;
+    let title = Line::from(vec![
+        Span::styled(" Link ", theme.title(focused)),
+        Span::styled(format!("last {} (+/-) ", compact(window)), theme.muted()),
+    ]);
+    let block = pane_block(title, focused, theme);
+    let width = usize::from(area.width.saturating_sub(2));
+    let mut lines = Vec::new();
+
+    let kind = LinkKind::of(&link.state);
+    let since = now.duration_since(link.since).unwrap_or_default();
+    let reconnects = link.sessions.saturating_sub(1);
+    let mut head = vec![
+        Span::styled(
+            fit(&link.state.to_string().to_uppercase(), width / 2),
+            theme.link(kind),
+        ),
+        Span::raw(format!(" {} · {reconnects} reconnects", compact(since))),
+    ];
+    if let Some(cause) = &link.last_cause {
+        head.push(Span::styled(format!(" · last: {cause}"), theme.muted()));
+    }
+    lines.push(Line::from(head));
+
+    let events: Vec<&LinkEvent> = link.timeline.iter().collect();
+    let reports: Vec<&SyncReport> = snap.sync.history.iter().collect();
+    lines.push(Line::from(Span::styled(
+        marks(&reports, now, window, width),
+        theme.warn(),
+    )));
+    lines.push(bar(&events, now, window, width, theme));
+
+    let sentence = correlation(&events, &reports, now, window);
+    let style = if sentence.contains(" of ") {
+        theme.bad()
+    } else {
+        theme.good()
+    };
+    lines.push(Line::from(Span::styled(fit(&sentence, width), style)));
+
+    let rows = usize::from(area.height.saturating_sub(2));
+    for e in link
+        .timeline
+        .iter()
+        .rev()
+        .take(rows.saturating_sub(lines.len()))
+    {
+        let age = ago(e.at, now);
+        lines.push(Line::from(vec![
+            Span::styled(format!("{age:>10} "), theme.muted()),
+            Span::styled(
+                fit(&e.state.to_string(), width.saturating_sub(11)),
+                theme.link(LinkKind::of(&e.state)),
+            ),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sync::{Outcome, Trigger};
+
+    fn refs<T>(items: &[T]) -> Vec<&T> {
+        items.iter().collect()
+    }
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
+    }
+
+    fn drop_at(s: u64) -> LinkEvent {
+        LinkEvent {
+            at: at(s),
+            state: LinkState::Closed(CloseCause::ClosedByRadio),
+        }
+    }
+
+    fn sync_at(s: u64, frames: u32) -> SyncReport {
+        SyncReport {
+            started_at: at(s),
+            trigger: Trigger::Check,
+            outcome: if frames > 0 {
+                Outcome::Synced
+            } else {
+                Outcome::Skipped
+            },
+            reason: String::new(),
+            fingerprint: [0; 32],
+            known: 0,
+            in_radio: 0,
+            pushed: frames.saturating_sub(1),
+            conflicts: 0,
+            deferred: 0,
+            still_missing: 0,
+            frames_sent: frames,
+            duration: Duration::from_secs(2),
+            error: None,
+            pushed_keys: Vec::new(),
+            mirror: None,
+        }
+    }
+
+    #[test]
+    fn counts_drops_within_30s_after_a_sync_that_sent_frames() {
+        let timeline = [drop_at(100), drop_at(500), drop_at(900)];
+        let reports = [sync_at(80, 5), sync_at(480, 0), sync_at(850, 3)];
+        let s = correlation(
+            &refs(&timeline),
+            &refs(&reports),
+            at(1000),
+            Duration::from_secs(1800),
+        );
+        assert_eq!(s, "1 of 3 drops followed a sync push within 30s");
+    }
+
+    #[test]
+    fn says_so_when_no_drop_followed_a_sync_or_there_were_none() {
+        let none: [LinkEvent; 0] = [];
+        let reports = [sync_at(10, 3)];
+        assert_eq!(
+            correlation(
+                &refs(&none),
+                &refs(&reports),
+                at(1000),
+                Duration::from_secs(1800)
+            ),
+            "no drops in the last 30m00s"
+        );
+        let timeline = [drop_at(500)];
+        assert_eq!(
+            correlation(
+                &refs(&timeline),
+                &refs(&reports),
+                at(1000),
+                Duration::from_secs(1800)
+            ),
+            "no drop followed a sync (1 drop in 30m00s)"
+        );
+    }
+
+    #[test]
+    fn own_shutdowns_and_requested_reconnects_are_not_drops() {
+        let timeline = [
+            LinkEvent {
+                at: at(100),
+                state: LinkState::Closed(CloseCause::Requested),
+            },
+            LinkEvent {
+                at: at(200),
+                state: LinkState::Closed(CloseCause::Shutdown),
+            },
+        ];
+        let reports = [sync_at(90, 3)];
+        assert!(
+            correlation(
+                &refs(&timeline),
+                &refs(&reports),
+                at(300),
+                Duration::from_secs(1800)
+            )
+            .starts_with("no drops")
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The monitor's screens, rendered into ratatui's TestBackend from a fixed snapshot at a fixed
+//! `now`, and compared with insta snapshots.
+
+mod common;
+
+use common::fixture::{self, now};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use keysync::app::{App, HistoryView, Input, Pane};
+use keysync::engine::Snapshot;
+use keysync::engine::store::KeyEvent as KeyHistoryEvent;
+use keysync::engine::sync::{Outcome, Trigger};
+use keysync::ui::{self, theme::Theme};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+fn render(app: &App, snap: &Snapshot, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test backend");
+    terminal
+        .draw(|f| ui::draw(f, app, snap, now(), &Theme { no_color: true }, None))
+        .expect("draws");
+    terminal.backend().to_string()
+}
+
+fn key(app: &mut App, snap: &Snapshot, code: KeyCode) {
+    let _ = app.update(
+        Input::Key(KeyEvent::new(code, KeyModifiers::NONE)),
+        snap,
+        now(),
+    );
+}
+
+#[test]
+fn whole_screen_at_80x24() {
+    let snap = fixture::snapshot();
+    insta::assert_snapshot!(render(&App::default(), &snap, 80, 24));
+}
+
+#[test]
+fn whole_screen_at_120x40() {
+    let snap = fixture::snapshot();
+    insta::assert_snapshot!(render(&App::default(), &snap, 120, 40));
+}
+
+#[test]
+fn too_small_terminal_says_so() {
+    let snap = fixture::snapshot();
+    let screen = render(&App::default(), &snap, 70, 20);
+    assert!(screen.contains("terminal too small"));
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn each_sync_outcome_has_its_badge() {
+    for (outcome, trigger, pushed, frames, reason) in [
+        (
+            Outcome::Skipped,
+            Trigger::Check,
+            0,
+            0,
+            "fingerprint unchanged, last full sync 12m00s ago < TTL 30m00s",
+        ),
+        (
+            Outcome::Synced,
+            Trigger::Check,
+            0,
+            1,
+            "last full sync 30m00s ago ≥ TTL 30m00s",
+        ),
+        (
+            Outcome::Forced,
+            Trigger::Reconnect,
+            12,
+            12,
+            "forced: reconnect; node list from the handshake",
+        ),
+        (
+            Outcome::Failed,
+            Trigger::Operator,
+            3,
+            4,
+            "forced: operator request",
+        ),
+    ] {
+        let mut snap = fixture::snapshot();
+        let r = fixture::report(outcome, trigger, 42, pushed, frames, reason);
+        snap.sync.history.push_back(r.clone());
+        snap.sync.last = Some(r);
+        let screen = render(&App::default(), &snap, 80, 24);
+        let badge = outcome.label().to_uppercase();
+        assert!(
+            screen.contains(&format!(" {badge} ")),
+            "{badge} missing:\n{screen}"
+        );
+        insta::assert_snapshot!(format!("sync_{}", outcome.label()), screen);
+    }
+}
+
+#[test]
+fn a_running_sync_shows_while_it_runs() {
+    let screen = render(&App::default(), &fixture::running(), 80, 24);
+    assert!(screen.contains("SYNCING"), "{screen}");
+}
+
+#[test]
+fn link_pane_states_drops_that_followed_a_sync() {
+    let snap = fixture::snapshot();
+    let screen = render(&App::default(), &snap, 120, 40);
+    assert!(
+        screen.contains("2 of 3 drops followed a sync push within 30s"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn pending_key_confirmation_line() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('a'));
+    let screen = render(&app, &snap, 80, 24);
+    assert!(screen.contains("accept new key"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn help_overlay_lists_the_keymap() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('?'));
+    let screen = render(&app, &snap, 80, 24);
+    for b in keysync::app::KEYMAP.iter().filter(|b| b.hint) {
+        assert!(
+            screen.contains(b.help),
+            "help lacks {:?}:\n{screen}",
+            b.help
+        );
+    }
+    insta::assert_snapshot!(render(&app, &snap, 120, 40));
+}
+
+#[test]
+fn key_history_overlay() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    let events = vec![
+        KeyHistoryEvent {
+            key: [3; 32],
+            at: fixture::ago(86_400),
+            source: "radio".into(),
+            event: "first-use".into(),
+        },
+        KeyHistoryEvent {
+            key: [4; 32],
+            at: fixture::ago(4),
+            source: "mesh".into(),
+            event: "changed".into(),
+        },
+    ];
+    let _ = app.update(
+        Input::History(HistoryView {
+            num: 0x0bbd_bba9,
+            title: "!0bbdbba9".into(),
+            events: Ok(events),
+        }),
+        &snap,
+        now(),
+    );
+    insta::assert_snapshot!(render(&app, &snap, 80, 24));
+}
+
+#[test]
+fn filter_and_focus_show_in_the_screen() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('/'));
+    for c in "relay".chars() {
+        key(&mut app, &snap, KeyCode::Char(c));
+    }
+    let screen = render(&app, &snap, 80, 24);
+    assert!(screen.contains("filter: relay"), "{screen}");
+    assert!(
+        screen.contains("Mill Relay 44") && !screen.contains("Cedar Base"),
+        "{screen}"
+    );
+    key(&mut app, &snap, KeyCode::Enter);
+    key(&mut app, &snap, KeyCode::Tab);
+    assert_eq!(app.focus, Pane::Sync);
+    insta::assert_snapshot!(render(&app, &snap, 80, 24));
+}
