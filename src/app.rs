@@ -481,6 +481,8 @@ pub enum Input {
 
 impl App {
     pub fn new(demo: Option<String>) -> Self {
+        // A demo plays out in minutes: start zoomed in on the last 5.
+        let zoom = if demo.is_some() { 0 } else { 2 };
         Self {
             focus: Pane::Nodes,
             nodes: NodesState {
@@ -490,7 +492,7 @@ impl App {
             confirm: None,
             history: None,
             show_help: false,
-            zoom: 2,
+            zoom,
             show_log_targets: false,
             message: None,
             demo,

@@ -20,9 +20,24 @@ use crate::engine::sync::SyncReport;
 /// A drop within this long after a sync that sent frames counts as following it.
 pub const FOLLOWS_WITHIN: Duration = Duration::from_secs(30);
 
-/// A close that the radio or the network caused (not keysync's own shutdown or reconnect).
-fn is_drop(state: &LinkState) -> bool {
-    matches!(state, LinkState::Closed(c) if !matches!(c, CloseCause::Shutdown | CloseCause::Requested))
+/// The times an established link was lost: a close right after `Up` or `Stalled` that keysync
+/// did not ask for. Failed connection attempts (refused while the radio reboots) are not drops.
+fn drops(timeline: &[&LinkEvent]) -> Vec<SystemTime> {
+    let mut was_up = false;
+    let mut out = Vec::new();
+    for e in timeline {
+        match &e.state {
+            LinkState::Up | LinkState::Stalled => was_up = true,
+            LinkState::Closed(cause) => {
+                if was_up && !matches!(cause, CloseCause::Shutdown | CloseCause::Requested) {
+                    out.push(e.at);
+                }
+                was_up = false;
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The sentence the original bug hunt lacked: did the drops in the window follow syncs that
@@ -34,10 +49,9 @@ pub fn correlation(
     window: Duration,
 ) -> String {
     let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
-    let drops: Vec<SystemTime> = timeline
-        .iter()
-        .filter(|e| e.at >= start && e.at <= now && is_drop(&e.state))
-        .map(|e| e.at)
+    let drops: Vec<SystemTime> = drops(timeline)
+        .into_iter()
+        .filter(|at| *at >= start && *at <= now)
         .collect();
     if drops.is_empty() {
         return format!("no drops in the last {}", compact(window));
@@ -200,7 +214,11 @@ pub fn draw(
             fit(&link.state.to_string().to_uppercase(), width / 2),
             theme.link(kind),
         ),
-        Span::raw(format!(" {} · {reconnects} reconnects", compact(since))),
+        Span::raw(format!(
+            " {} · {reconnects} reconnect{}",
+            compact(since),
+            if reconnects == 1 { "" } else { "s" }
+        )),
     ];
     if let Some(cause) = &link.last_cause {
         head.push(Span::styled(format!(" · last: {cause}"), theme.muted()));
@@ -255,6 +273,13 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
     }
 
+    fn up_at(s: u64) -> LinkEvent {
+        LinkEvent {
+            at: at(s),
+            state: LinkState::Up,
+        }
+    }
+
     fn drop_at(s: u64) -> LinkEvent {
         LinkEvent {
             at: at(s),
@@ -289,7 +314,14 @@ mod tests {
 
     #[test]
     fn counts_drops_within_30s_after_a_sync_that_sent_frames() {
-        let timeline = [drop_at(100), drop_at(500), drop_at(900)];
+        let timeline = [
+            up_at(10),
+            drop_at(100),
+            up_at(101),
+            drop_at(500),
+            up_at(501),
+            drop_at(900),
+        ];
         let reports = [sync_at(80, 5), sync_at(480, 0), sync_at(850, 3)];
         let s = correlation(
             &refs(&timeline),
@@ -313,7 +345,7 @@ mod tests {
             ),
             "no drops in the last 30m00s"
         );
-        let timeline = [drop_at(500)];
+        let timeline = [up_at(10), drop_at(500)];
         assert_eq!(
             correlation(
                 &refs(&timeline),
@@ -322,6 +354,25 @@ mod tests {
                 Duration::from_secs(1800)
             ),
             "no drop followed a sync (1 drop in 30m00s)"
+        );
+    }
+
+    #[test]
+    fn refused_reconnect_attempts_are_not_drops() {
+        let refused = LinkEvent {
+            at: at(120),
+            state: LinkState::Closed(CloseCause::Refused),
+        };
+        let timeline = [up_at(10), drop_at(100), refused.clone(), refused];
+        let reports = [sync_at(90, 3)];
+        assert_eq!(
+            correlation(
+                &refs(&timeline),
+                &refs(&reports),
+                at(300),
+                Duration::from_secs(1800)
+            ),
+            "1 of 1 drop followed a sync push within 30s"
         );
     }
 
