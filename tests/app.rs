@@ -1,0 +1,323 @@
+//! `App::update`: every key action, against the fixed snapshot.
+
+mod common;
+
+use common::fixture::{self, now};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use keysync::app::{App, Effect, HistoryView, Input, Pane, SortKey, ZOOMS};
+use keysync::engine::{Command, Snapshot};
+use tui_logger::TuiWidgetEvent;
+
+fn press(app: &mut App, snap: &Snapshot, code: KeyCode) -> Option<Effect> {
+    app.update(
+        Input::Key(KeyEvent::new(code, KeyModifiers::NONE)),
+        snap,
+        now(),
+    )
+}
+
+fn selected_num(app: &App, snap: &Snapshot) -> u32 {
+    app.selected(snap).expect("a selection").record.num
+}
+
+#[test]
+fn q_and_ctrl_c_quit() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('q')),
+        Some(Effect::Quit)
+    );
+    assert!(app.quit);
+    let mut app = App::default();
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert_eq!(
+        app.update(Input::Key(ctrl_c), &snap, now()),
+        Some(Effect::Quit)
+    );
+}
+
+#[test]
+fn f_c_and_shift_r_command_the_engine_and_say_so() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('f')),
+        Some(Effect::Engine(Command::ForceSync))
+    );
+    assert_eq!(
+        app.message.as_ref().map(|m| m.1.as_str()),
+        Some("force sync requested")
+    );
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('c')),
+        Some(Effect::Engine(Command::ResetCache))
+    );
+    assert_eq!(
+        app.message.as_ref().map(|m| m.1.as_str()),
+        Some("cache cleared: next check will sync")
+    );
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('R')),
+        Some(Effect::Engine(Command::Reconnect))
+    );
+}
+
+#[test]
+fn tab_and_shift_tab_cycle_focus_through_the_four_panes() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    let mut seen = vec![app.focus];
+    for _ in 0..4 {
+        press(&mut app, &snap, KeyCode::Tab);
+        seen.push(app.focus);
+    }
+    assert_eq!(
+        seen,
+        [Pane::Nodes, Pane::Sync, Pane::Link, Pane::Log, Pane::Nodes]
+    );
+    press(&mut app, &snap, KeyCode::BackTab);
+    assert_eq!(app.focus, Pane::Log);
+}
+
+#[test]
+fn help_toggles_and_any_key_closes_it_without_acting() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::Char('?'));
+    assert!(app.show_help);
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('f')),
+        None,
+        "the key only closes the help"
+    );
+    assert!(!app.show_help);
+}
+
+#[test]
+fn node_selection_moves_and_stays_in_bounds() {
+    let snap = fixture::snapshot();
+    let rows = app_rows(&snap);
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::Up);
+    assert_eq!(app.nodes.selected, 0);
+    press(&mut app, &snap, KeyCode::Down);
+    press(&mut app, &snap, KeyCode::Char('j'));
+    assert_eq!(app.nodes.selected, 2);
+    press(&mut app, &snap, KeyCode::Char('k'));
+    assert_eq!(app.nodes.selected, 1);
+    press(&mut app, &snap, KeyCode::End);
+    assert_eq!(app.nodes.selected, rows - 1);
+    press(&mut app, &snap, KeyCode::Down);
+    assert_eq!(app.nodes.selected, rows - 1);
+    press(&mut app, &snap, KeyCode::Home);
+    assert_eq!(app.nodes.selected, 0);
+    press(&mut app, &snap, KeyCode::PageDown);
+    assert_eq!(app.nodes.selected, rows - 1);
+    press(&mut app, &snap, KeyCode::PageUp);
+    assert_eq!(app.nodes.selected, 0);
+}
+
+fn app_rows(snap: &Snapshot) -> usize {
+    App::default().visible_nodes(snap).len()
+}
+
+#[test]
+fn pending_keys_sort_first_and_s_cycles_the_order() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    assert!(
+        app.selected(&snap).expect("row").record.pending.is_some(),
+        "attention order puts pending first"
+    );
+    press(&mut app, &snap, KeyCode::Char('s'));
+    assert_eq!(app.nodes.sort, Some(SortKey::LastSeen));
+    press(&mut app, &snap, KeyCode::Char('s'));
+    assert_eq!(app.nodes.sort, Some(SortKey::Name));
+    assert_eq!(
+        app.selected(&snap).expect("row").record.long_name,
+        "Beacon Node 05"
+    );
+    press(&mut app, &snap, KeyCode::Char('s'));
+    assert_eq!(app.nodes.sort, Some(SortKey::Id));
+    assert_eq!(selected_num(&app, &snap), 0xa1);
+    press(&mut app, &snap, KeyCode::Char('s'));
+    assert_eq!(app.nodes.sort, Some(SortKey::Attention));
+}
+
+#[test]
+fn slash_filters_by_id_or_name_and_esc_clears() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::Char('/'));
+    assert!(app.nodes.editing_filter);
+    for c in "reLAYx".chars() {
+        press(&mut app, &snap, KeyCode::Char(c));
+    }
+    press(&mut app, &snap, KeyCode::Backspace);
+    assert_eq!(app.nodes.filter, "reLAY");
+    // While typing, command keys are text: `q` does not quit.
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('q')), None);
+    press(&mut app, &snap, KeyCode::Backspace);
+    press(&mut app, &snap, KeyCode::Enter);
+    assert!(!app.nodes.editing_filter);
+    let names: Vec<_> = app
+        .visible_nodes(&snap)
+        .iter()
+        .map(|n| n.record.long_name.clone())
+        .collect();
+    assert_eq!(names, ["Mill Relay 44"]);
+    press(&mut app, &snap, KeyCode::Char('/'));
+    for c in "!1ff2".chars() {
+        press(&mut app, &snap, KeyCode::Char(c));
+    }
+    press(&mut app, &snap, KeyCode::Esc);
+    assert!(app.nodes.filter.is_empty() && !app.nodes.editing_filter);
+    press(&mut app, &snap, KeyCode::Char('/'));
+    press(&mut app, &snap, KeyCode::Char('c'));
+    press(&mut app, &snap, KeyCode::Enter);
+    press(&mut app, &snap, KeyCode::Esc);
+    assert!(
+        app.nodes.filter.is_empty(),
+        "Esc outside editing clears the filter too"
+    );
+}
+
+#[test]
+fn accept_asks_first_and_y_sends_the_decision() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    let pending = selected_num(&app, &snap);
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
+    let question = app.confirm.as_ref().expect("a question").question.clone();
+    assert!(
+        question.contains("accept new key") && question.contains("!0bbdbba9"),
+        "{question}"
+    );
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('y')),
+        Some(Effect::Engine(Command::AcceptKey(pending)))
+    );
+    assert!(app.confirm.is_none());
+}
+
+#[test]
+fn reject_asks_first_and_anything_but_y_cancels() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::Char('r'));
+    assert!(
+        app.confirm
+            .as_ref()
+            .expect("a question")
+            .question
+            .contains("reject new key")
+    );
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('n')), None);
+    assert!(app.confirm.is_none());
+    assert!(app.message.as_ref().expect("said").1.contains("cancelled"));
+    press(&mut app, &snap, KeyCode::Char('r'));
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('Y')),
+        Some(Effect::Engine(Command::RejectKey(0x0bbd_bba9)))
+    );
+}
+
+#[test]
+fn accept_on_a_node_without_a_pending_key_explains() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::Down);
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
+    assert!(app.confirm.is_none());
+    assert!(
+        app.message
+            .as_ref()
+            .expect("said")
+            .1
+            .contains("has no pending key")
+    );
+}
+
+#[test]
+fn enter_asks_for_the_key_history_and_esc_closes_it() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    let num = selected_num(&app, &snap);
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Enter),
+        Some(Effect::LoadHistory(num))
+    );
+    let _ = app.update(
+        Input::History(HistoryView {
+            num,
+            title: "x".into(),
+            events: Ok(Vec::new()),
+        }),
+        &snap,
+        now(),
+    );
+    assert!(app.history.is_some());
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('f')),
+        None,
+        "keys do not act under the overlay"
+    );
+    press(&mut app, &snap, KeyCode::Esc);
+    assert!(app.history.is_none());
+}
+
+#[test]
+fn plus_and_minus_zoom_the_timeline_within_bounds() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    assert_eq!(app.window().as_secs(), 30 * 60);
+    for _ in 0..10 {
+        press(&mut app, &snap, KeyCode::Char('+'));
+    }
+    assert_eq!(app.window().as_secs(), ZOOMS[0] * 60);
+    for _ in 0..10 {
+        press(&mut app, &snap, KeyCode::Char('-'));
+    }
+    assert_eq!(app.window().as_secs(), ZOOMS[ZOOMS.len() - 1] * 60);
+}
+
+#[test]
+fn log_pane_keys_drive_the_log_widget() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    app.focus = Pane::Log;
+    let cases = [
+        (KeyCode::Char('t'), TuiWidgetEvent::HideKey),
+        (KeyCode::Up, TuiWidgetEvent::UpKey),
+        (KeyCode::Down, TuiWidgetEvent::DownKey),
+        (KeyCode::Right, TuiWidgetEvent::RightKey),
+        (KeyCode::Left, TuiWidgetEvent::LeftKey),
+        (KeyCode::PageUp, TuiWidgetEvent::PrevPageKey),
+        (KeyCode::PageDown, TuiWidgetEvent::NextPageKey),
+        (KeyCode::Esc, TuiWidgetEvent::EscapeKey),
+    ];
+    for (key, event) in cases {
+        assert_eq!(
+            press(&mut app, &snap, key),
+            Some(Effect::Log(event)),
+            "{key:?}"
+        );
+    }
+    assert!(app.show_log_targets);
+    // Node keys do nothing outside the nodes pane.
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
+    assert!(app.confirm.is_none());
+}
+
+#[test]
+fn selection_is_clamped_when_the_node_list_shrinks() {
+    let mut snap = fixture::snapshot();
+    let mut app = App::default();
+    press(&mut app, &snap, KeyCode::End);
+    let mut fewer = (*snap.nodes).clone();
+    fewer.truncate(2);
+    snap.nodes = std::sync::Arc::new(fewer);
+    app.clamp(&snap);
+    assert_eq!(app.nodes.selected, 1);
+}
