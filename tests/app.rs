@@ -286,7 +286,10 @@ fn plus_and_minus_zoom_the_timeline_within_bounds() {
 fn log_pane_keys_drive_the_log_widget() {
     let snap = fixture::snapshot();
     let mut app = App::default();
-    app.focus = Pane::Log;
+    for _ in 0..3 {
+        press(&mut app, &snap, KeyCode::Tab);
+    }
+    assert_eq!(app.focus, Pane::Log);
     let cases = [
         (KeyCode::Char('t'), TuiWidgetEvent::HideKey),
         (KeyCode::Up, TuiWidgetEvent::UpKey),
