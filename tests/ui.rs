@@ -106,7 +106,7 @@ fn link_pane_states_drops_that_followed_a_sync() {
     let snap = fixture::snapshot();
     let screen = render(&App::default(), &snap, 120, 40);
     assert!(
-        screen.contains("1 of 2 drops followed a sync push within 30s"),
+        screen.contains("1 of 2 drops came ≤30s after a sync"),
         "{screen}"
     );
 }

@@ -69,12 +69,12 @@ pub fn correlation(
     let noun = if n == 1 { "drop" } else { "drops" };
     if followed == 0 {
         format!(
-            "no drop followed a sync ({n} {noun} in {})",
+            "no drop came after a sync ({n} {noun} in {})",
             compact(window)
         )
     } else {
         format!(
-            "{followed} of {n} {noun} followed a sync push within {}",
+            "{followed} of {n} {noun} came ≤{} after a sync",
             compact(FOLLOWS_WITHIN)
         )
     }
@@ -329,7 +329,7 @@ mod tests {
             at(1000),
             Duration::from_secs(1800),
         );
-        assert_eq!(s, "1 of 3 drops followed a sync push within 30s");
+        assert_eq!(s, "1 of 3 drops came ≤30s after a sync");
     }
 
     #[test]
@@ -353,7 +353,7 @@ mod tests {
                 at(1000),
                 Duration::from_secs(1800)
             ),
-            "no drop followed a sync (1 drop in 30m00s)"
+            "no drop came after a sync (1 drop in 30m00s)"
         );
     }
 
@@ -372,7 +372,7 @@ mod tests {
                 at(300),
                 Duration::from_secs(1800)
             ),
-            "1 of 1 drop followed a sync push within 30s"
+            "1 of 1 drop came ≤30s after a sync"
         );
     }
 
