@@ -186,3 +186,46 @@ fn filter_and_focus_show_in_the_screen() {
     assert_eq!(app.focus, Pane::Sync);
     insta::assert_snapshot!(render(&app, &snap, 80, 24));
 }
+
+fn render_pane(
+    draw: impl Fn(
+        &mut ratatui::Frame<'_>,
+        ratatui::layout::Rect,
+        &App,
+        &Snapshot,
+        std::time::SystemTime,
+        &Theme,
+    ),
+    snap: &Snapshot,
+    w: u16,
+    h: u16,
+) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test backend");
+    let app = App::default();
+    terminal
+        .draw(|f| draw(f, f.area(), &app, snap, now(), &Theme { no_color: true }))
+        .expect("draws");
+    terminal.backend().to_string()
+}
+
+#[test]
+fn each_pane_on_its_own() {
+    let snap = fixture::snapshot();
+    insta::assert_snapshot!("pane_nodes", render_pane(ui::nodes::draw, &snap, 80, 10));
+    insta::assert_snapshot!("pane_sync", render_pane(ui::sync::draw, &snap, 44, 12));
+    insta::assert_snapshot!("pane_link", render_pane(ui::link::draw, &snap, 60, 12));
+    let mut empty = fixture::snapshot();
+    empty.nodes = std::sync::Arc::new(Vec::new());
+    empty.sync.last = None;
+    empty.sync.history.clear();
+    empty.sync.cache = None;
+    empty.link.timeline.clear();
+    insta::assert_snapshot!(
+        "pane_nodes_empty",
+        render_pane(ui::nodes::draw, &empty, 80, 6)
+    );
+    insta::assert_snapshot!(
+        "pane_sync_first_run_pending",
+        render_pane(ui::sync::draw, &empty, 44, 8)
+    );
+}

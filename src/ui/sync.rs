@@ -113,7 +113,7 @@ fn outcome_lines<'a>(
     let mut lines = Vec::new();
     match last {
         None => lines.push(Line::from(Span::styled(
-            "no sync yet: the first runs when the link is up",
+            "no sync yet: waiting for the radio link",
             theme.muted(),
         ))),
         Some(r) => {
