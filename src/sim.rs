@@ -117,8 +117,12 @@ struct Radio {
     population: Population,
     /// Every generated node, as the mesh knows it (keys may differ from the NodeDB's).
     mesh: Vec<NodeInfo>,
-    /// Every add_contact received, in order.
-    contacts: Vec<SharedContact>,
+    /// Every add_contact received, in order, with when.
+    contacts: Vec<(Instant, SharedContact)>,
+    /// Until when every QueueStatus says the queue is full.
+    queue_full_until: Option<Instant>,
+    /// Until when packets get no QueueStatus.
+    silent_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -248,6 +252,8 @@ impl SimHandle {
                 population,
                 mesh,
                 contacts: Vec::new(),
+                queue_full_until: None,
+                silent_until: None,
             }),
             counters: Arc::new(SimCounters::default()),
             live,
@@ -309,7 +315,22 @@ impl SimHandle {
 
     /// Every add_contact the radio received, in order.
     pub fn contacts(&self) -> Vec<SharedContact> {
-        self.shared.radio().contacts.clone()
+        self.shared
+            .radio()
+            .contacts
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// When each add_contact arrived, in order.
+    pub fn contact_times(&self) -> Vec<Instant> {
+        self.shared
+            .radio()
+            .contacts
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     pub fn evictions(&self) -> u64 {
@@ -356,6 +377,14 @@ fn apply_mesh(shared: &Shared, fault: Fault) {
         Fault::KeyChange { node } => shared.key_change(node),
         Fault::NewNodes { count } => shared.new_nodes(count),
         Fault::Announce { node } => shared.announce(node),
+        Fault::QueueFull { duration } => {
+            log::info!(target: "keysync::sim", "fault: packet queue full for {}", humantime::format_duration(duration));
+            shared.radio().queue_full_until = Some(Instant::now() + duration);
+        }
+        Fault::SilentQueue { duration } => {
+            log::info!(target: "keysync::sim", "fault: no QueueStatus for packets for {}", humantime::format_duration(duration));
+            shared.radio().silent_until = Some(Instant::now() + duration);
+        }
         other => log::warn!(target: "keysync::sim", "{other:?} is not a mesh event"),
     }
 }

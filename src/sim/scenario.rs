@@ -19,7 +19,8 @@
 //! forget = "keys"
 //! ```
 //! Other kinds: `refuse` (`for`), `garbage` (`bytes`), `key-change` (`node`, an index into
-//! the generated nodes), `new-nodes` (`count`), `announce` (`node`).
+//! the generated nodes), `new-nodes` (`count`), `announce` (`node`), `queue-full` (`for`: every
+//! QueueStatus says `free = 0`), `silent-queue` (`for`: packets get no QueueStatus).
 
 use std::path::Path;
 use std::time::Duration;
@@ -118,7 +119,7 @@ impl RawEvent {
             },
             other => {
                 return Err(format!(
-                    "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce)",
+                    "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce, queue-full, silent-queue)",
                     humantime::format_duration(at)
                 ));
             }
@@ -156,6 +157,10 @@ pub enum Fault {
     NewNodes { count: usize },
     /// Generated node `node` announces itself.
     Announce { node: usize },
+    /// The radio's packet queue is full for a while: every QueueStatus says `free = 0`.
+    QueueFull { duration: Duration },
+    /// Packets get no QueueStatus answer for a while (the firmware keeps at most two pending).
+    SilentQueue { duration: Duration },
 }
 
 impl Fault {
@@ -163,7 +168,11 @@ impl Fault {
     pub fn is_mesh_event(&self) -> bool {
         matches!(
             self,
-            Self::KeyChange { .. } | Self::NewNodes { .. } | Self::Announce { .. }
+            Self::KeyChange { .. }
+                | Self::NewNodes { .. }
+                | Self::Announce { .. }
+                | Self::QueueFull { .. }
+                | Self::SilentQueue { .. }
         )
     }
 }

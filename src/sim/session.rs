@@ -145,11 +145,17 @@ impl Client {
 
     fn queue_status(&self, res: i32, mesh_packet_id: u32) -> FromRadio {
         let maxlen = self.shared.config.queue_len;
+        let full = self
+            .shared
+            .radio()
+            .queue_full_until
+            .is_some_and(|t| Instant::now() < t);
+        let free = if full { 0 } else { maxlen };
         FromRadio {
             id: 0,
             payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
                 res,
-                free: maxlen,
+                free,
                 maxlen,
                 mesh_packet_id,
             })),
@@ -173,7 +179,12 @@ impl Client {
         if let Some(admin) = admin_of(packet).filter(|_| to_self) {
             self.admin(admin.payload_variant);
         }
-        Some(self.queue_status(if to_self { RES_TO_SELF } else { 0 }, packet.id))
+        let silent = self
+            .shared
+            .radio()
+            .silent_until
+            .is_some_and(|t| Instant::now() < t);
+        (!silent).then(|| self.queue_status(if to_self { RES_TO_SELF } else { 0 }, packet.id))
     }
 
     fn admin(&self, admin: Option<admin_message::PayloadVariant>) {
@@ -194,7 +205,7 @@ impl Client {
                 node_id(contact.node_num), key.len());
         }
         let mut radio = self.shared.radio();
-        radio.contacts.push(contact.clone());
+        radio.contacts.push((Instant::now(), contact.clone()));
         match radio.db.add_contact(&contact, now_secs()) {
             ContactResult::Stored => {
                 // The firmware saves the whole NodeDB on every add_contact, unthrottled.
