@@ -317,12 +317,24 @@ async fn sync_once_prints_the_forced_outcome_and_fails_when_the_radio_is_unreach
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_syncs_never_loses_a_trusted_key_or_corrupts_the_store() {
+    kill_during_syncs(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 50 kill -9 rounds"]
+async fn kill_9_during_50_syncs() {
+    kill_during_syncs(50).await;
+}
+
+/// Starts `keysync --headless` `rounds` times and kills it with SIGKILL at a different point of
+/// a sync each time; the store must stay sound with every trusted key.
+async fn kill_during_syncs(rounds: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 60);
     let (db, store) = seeded_store(&dir, &known);
     drop(store);
     let sim = start_sim(sim_config(0));
-    for round in 0..3u64 {
+    for round in 0..rounds {
         let before = sim.counters().add_contacts.load(Ordering::Relaxed);
         let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
             .args([
@@ -344,7 +356,7 @@ async fn kill_9_during_syncs_never_loses_a_trusted_key_or_corrupts_the_store() {
         let stderr = child.stderr.take().expect("piped");
         std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
         // Kill it in the middle of pushing: a few add_contacts in, more to come.
-        let target = before + 3 + round * 5;
+        let target = before + 1 + (round * 7) % 50;
         wait_until("pushes under way", || {
             sim.counters().add_contacts.load(Ordering::Relaxed) >= target
         })

@@ -41,6 +41,12 @@ pub fn draw(
         .count();
     let mut title = vec![Span::styled(" Nodes ", theme.title(focused))];
     title.push(Span::raw(format!("{} ", snap.nodes.len())));
+    if rows.len() > usize::from(area.height.saturating_sub(3)) {
+        title.push(Span::styled(
+            format!("· {}/{} ", app.nodes.selected + 1, rows.len()),
+            theme.muted(),
+        ));
+    }
     if pending > 0 {
         title.push(Span::styled(
             format!("· {pending} pending "),
@@ -69,8 +75,17 @@ pub fn draw(
             .chain(wide.then_some("HW"))
             .map(|h| Cell::from(Span::styled(h, theme.muted()))),
     );
+    // Only the rows that fit are built: with 10k stored keys the table stays cheap to draw.
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let first = app
+        .nodes
+        .selected
+        .saturating_sub(visible - 1)
+        .min(rows.len().saturating_sub(visible));
     let body: Vec<Row<'_>> = rows
         .iter()
+        .skip(first)
+        .take(visible)
         .map(|n| row(n, now, theme, name_width, wide))
         .collect();
     let mut widths = vec![
@@ -91,8 +106,8 @@ pub fn draw(
         .block(block)
         .row_highlight_style(theme.selected(focused))
         .column_spacing(1);
-    let mut state =
-        TableState::default().with_selected((!rows.is_empty()).then_some(app.nodes.selected));
+    let mut state = TableState::default()
+        .with_selected((!rows.is_empty()).then_some(app.nodes.selected - first));
     frame.render_stateful_widget(table, area, &mut state);
     if empty {
         let inner = Rect::new(area.x + 2, area.y + 2, area.width.saturating_sub(4), 1);
