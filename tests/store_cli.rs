@@ -386,3 +386,98 @@ async fn kill_during_syncs(rounds: u64) {
     }
     assert_no_invalid_contacts(&sim);
 }
+
+#[test]
+fn importing_a_file_that_is_not_meshbot_s_database_explains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("notes.db");
+    std::fs::write(&src, b"not a database at all").expect("write");
+    let db = dir.path().join("k.db");
+    let (code, _, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
+    assert_eq!(code, 1);
+    assert!(err.contains("notes.db"), "{err}");
+    let empty = dir.path().join("empty.db");
+    Connection::open(&empty)
+        .and_then(|c| c.execute_batch("CREATE TABLE other(x);"))
+        .expect("creates");
+    let (code, _, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&empty));
+    assert_eq!(code, 1);
+    assert!(err.contains("meshtastic_nodes"), "{err}");
+}
+
+/// A tiny tmpfs, unmounted on drop; `None` where mounting is not allowed.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(kib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self { dir })
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing() {
+    let Some(disk) = TinyDisk::mount(160) else {
+        eprintln!("skipping: cannot mount a tmpfs here (needs root); see docs/PERFORMANCE.md");
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let make_source = |name: &str, rows: u32| {
+        let path = work.path().join(name);
+        let c = Connection::open(&path).expect("creates");
+        c.execute_batch(
+            "CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,
+                hwModel INTEGER, publicKey BLOB, last_updated REAL)",
+        )
+        .expect("schema");
+        for i in 0..rows {
+            let mut key = [0u8; 32];
+            for (j, b) in key.iter_mut().enumerate() {
+                *b = u8::try_from((i as usize * 131 + j * 17) % 251).unwrap_or(0) | 1;
+            }
+            c.execute(
+                "INSERT INTO meshtastic_nodes VALUES (?1, ?2, 'N', 9, ?3, 0)",
+                rusqlite::params![
+                    format!("!{:08x}", 0x1000_0000 + i),
+                    format!("Node with a long name {i}"),
+                    key.to_vec()
+                ],
+            )
+            .expect("row");
+        }
+        path
+    };
+    let small = make_source("small.db", 5);
+    let big = make_source("big.db", 5000);
+    let db = disk.dir.path().join("k.db");
+    let (code, out, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&small));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 5"), "{out}");
+    let (code, _, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&big));
+    assert_eq!(code, 1, "the big import cannot fit: {err}");
+    assert!(err.contains("full") && err.contains("k.db"), "{err}");
+    let (code, out, err) = run(keysync(&db).args(["keys", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(5),
+        "the five keys are still there"
+    );
+    let store = Store::open(&db).expect("opens");
+    assert_eq!(store.integrity_check().expect("checks"), "ok");
+}

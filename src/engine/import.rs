@@ -93,9 +93,9 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
             is_favorite: false,
         });
     }
-    let now = SystemTime::now();
-    for seen in &sightings {
-        match store.learn(seen, now)? {
+    // One transaction: an import that cannot finish (a full disk) leaves the store as it was.
+    for learned in store.learn_all(&sightings, SystemTime::now())? {
+        match learned {
             Learned::FirstUse => report.imported += 1,
             Learned::Same => report.unchanged += 1,
             Learned::Pending { .. } | Learned::KnownOther(_) => report.conflicting += 1,

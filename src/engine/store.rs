@@ -96,6 +96,10 @@ pub enum StoreError {
     },
     #[error("{path} is locked by another process{holders} and stayed locked for {}s", BUSY_TIMEOUT.as_secs())]
     Locked { path: PathBuf, holders: String },
+    #[error(
+        "the disk holding {path} is full; the change was rolled back and nothing stored was lost — free some space and retry"
+    )]
+    DiskFull { path: PathBuf },
     #[error("cannot open {path}: {detail}")]
     Open { path: PathBuf, detail: String },
     #[error("key store {path}: {source}")]
@@ -377,6 +381,7 @@ impl Store {
                 path,
                 detail: e.to_string(),
             },
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull { path },
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
                 let holders = lock_holders(&self.path);
                 StoreError::Locked { path, holders }
@@ -387,12 +392,42 @@ impl Store {
 
     /// Records what a sighting says about a node and its key, under trust on first use.
     pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
-        let now_ms = millis(now);
-        let source = source_name(seen.source);
         let tx = self
             .conn
             .unchecked_transaction()
             .map_err(|e| self.error(e))?;
+        let learned = self.learn_in(&tx, seen, now)?;
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(learned)
+    }
+
+    /// Learns many sightings in one transaction: all of them or, on failure (a full disk),
+    /// none.
+    pub fn learn_all(
+        &mut self,
+        seen: &[NodeSeen],
+        now: SystemTime,
+    ) -> Result<Vec<Learned>, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        let learned = seen
+            .iter()
+            .map(|s| self.learn_in(&tx, s, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(learned)
+    }
+
+    fn learn_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        seen: &NodeSeen,
+        now: SystemTime,
+    ) -> Result<Learned, StoreError> {
+        let now_ms = millis(now);
+        let source = source_name(seen.source);
         let exists: bool = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
             .optional()
@@ -427,7 +462,6 @@ impl Store {
             .map_err(|e| self.error(e))?;
         }
         let Some(key) = seen.key() else {
-            tx.commit().map_err(|e| self.error(e))?;
             return Ok(Learned::NamesOnly);
         };
         let known: Option<String> = tx
@@ -470,7 +504,6 @@ impl Store {
                 Learned::Pending { old, new: key }
             }
         };
-        tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
     }
 

@@ -471,9 +471,7 @@ async fn execute(
     let (trusted, pending) = job
         .store
         .call(move |s| {
-            for node in &seen {
-                s.learn(node, now)?;
-            }
+            s.learn_all(&seen, now)?;
             Ok((s.trusted()?, s.pending_nodes()?))
         })
         .await?;
