@@ -494,12 +494,12 @@ impl Store {
                 }
             }
             (None, None) => {
-                insert_key(&tx, seen.num, &key, "trusted", now_ms, source, "first-use")
+                insert_key(tx, seen.num, &key, "trusted", now_ms, source, "first-use")
                     .map_err(|e| self.error(e))?;
                 Learned::FirstUse
             }
             (None, Some(old)) => {
-                insert_key(&tx, seen.num, &key, "pending", now_ms, source, "changed")
+                insert_key(tx, seen.num, &key, "pending", now_ms, source, "changed")
                     .map_err(|e| self.error(e))?;
                 Learned::Pending { old, new: key }
             }
