@@ -16,8 +16,11 @@ use keysync::sim::{SimConfig, SimCounters, SimHandle};
 const KNOWN: usize = 100;
 const IN_RADIO: usize = 90;
 
-fn besides_heartbeats(c: &SimCounters) -> u64 {
-    c.received_besides_heartbeats()
+fn besides_heartbeats(c: &SimCounters) -> (u64, u64) {
+    (
+        c.received_besides_heartbeats(),
+        c.bytes_besides_heartbeats.load(Ordering::Relaxed),
+    )
 }
 
 #[tokio::main]
@@ -73,8 +76,8 @@ async fn main() -> anyhow::Result<()> {
         "{KNOWN} known keys, {IN_RADIO} in the radio; frames keysync sent per cycle (heartbeats excluded)"
     );
     println!(
-        "{:<34} {:>9} {:>7} {:>12} {:>10}",
-        "cycle", "frames", "pushes", "flash writes", "duration"
+        "{:<30} {:>7} {:>7} {:>7} {:>12} {:>10}",
+        "cycle", "frames", "bytes", "pushes", "flash writes", "duration"
     );
     let mut seen = 0;
     let mut last = (
@@ -93,9 +96,10 @@ async fn main() -> anyhow::Result<()> {
         let label = format!("{} ({})", report.outcome, report.trigger.label());
         if !shown.contains(&label) {
             println!(
-                "{:<34} {:>9} {:>7} {:>12} {:>10?}",
+                "{:<30} {:>7} {:>7} {:>7} {:>12} {:>10.1?}",
                 label,
-                now.0 - last.0,
+                now.0.0 - last.0.0,
+                now.0.1 - last.0.1,
                 report.pushed,
                 now.1 - last.1,
                 report.duration

@@ -70,6 +70,10 @@ impl Default for SimConfig {
 pub struct SimCounters {
     received: Mutex<BTreeMap<&'static str, u64>>,
     pub connections: AtomicU64,
+    /// Bytes of complete frames received from clients (header included).
+    pub bytes_received: AtomicU64,
+    /// Bytes received other than in heartbeats.
+    pub bytes_besides_heartbeats: AtomicU64,
     pub add_contacts: AtomicU64,
     /// add_contact messages whose key was empty or invalid (each one erases a key on a radio).
     pub invalid_contacts: AtomicU64,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::{SinkExt, StreamExt};
+use meshtastic::Message;
 use meshtastic::protobufs::{
     Channel, ChannelSettings, Config, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
     MeshPacket, ModuleConfig, MyNodeInfo, QueueStatus, ToRadio, admin_message, channel, config,
@@ -116,6 +117,14 @@ impl Client {
     async fn handle(&mut self, msg: ToRadio, conn: &mut Conn) -> bool {
         let kind = to_radio_kind(&msg);
         self.shared.counters.count(kind);
+        let bytes = msg.encoded_len() as u64 + 4;
+        let counters = &self.shared.counters;
+        counters.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        if kind != "heartbeat" {
+            counters
+                .bytes_besides_heartbeats
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
                 let frames = self.download(nonce);
