@@ -52,6 +52,7 @@ fn engine_config(sim: &SimHandle, db: PathBuf) -> EngineConfig {
             ..SyncSettings::default()
         },
         db_path: db,
+        proxy: None,
     }
 }
 

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             ..SyncSettings::default()
         },
         db_path: db.clone(),
+        proxy: None,
     };
     let engine = engine::start(config, store);
     let mut snap = engine.snapshot.clone();

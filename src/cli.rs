@@ -79,6 +79,23 @@ pub struct GlobalArgs {
     /// Also write the log to this file.
     #[arg(long, global = true, env = "KEYSYNC_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// Serve the gateway's bot and apps on this address, as a proxy for the radio's one TCP slot
+    /// (e.g. 127.0.0.1:4404).
+    #[arg(long, global = true, env = "KEYSYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// At most this many downstream clients at once.
+    #[arg(long, global = true, env = "KEYSYNC_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
+
+    /// Keep downstream clients connected through a radio outage this long.
+    #[arg(long, global = true, env = "KEYSYNC_DOWNSTREAM_GRACE", value_parser = duration::parse, value_name = "DURATION")]
+    pub downstream_grace: Option<Duration>,
+
+    /// Forward admin messages from downstream clients that are not on loopback.
+    #[arg(long, global = true, env = "KEYSYNC_ALLOW_REMOTE_ADMIN")]
+    pub allow_remote_admin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +230,11 @@ pub struct FileConfig {
     pub max_pushes: Option<u32>,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub max_clients: Option<usize>,
+    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    pub downstream_grace: Option<Duration>,
+    pub allow_remote_admin: Option<bool>,
 }
 
 /// Settings that are wrong: a usage error (exit 2).
@@ -239,6 +261,10 @@ pub struct Settings {
     pub max_pushes: u32,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub max_clients: usize,
+    pub downstream_grace: Duration,
+    pub allow_remote_admin: bool,
 }
 
 impl Settings {
@@ -316,6 +342,13 @@ impl Settings {
                 .unwrap_or(Self::DEFAULT_MAX_PUSHES),
             log_level,
             log_file: args.log_file.clone().or(file.log_file),
+            listen: args.listen.or(file.listen),
+            max_clients: args.max_clients.or(file.max_clients).unwrap_or(8),
+            downstream_grace: args
+                .downstream_grace
+                .or(file.downstream_grace)
+                .unwrap_or(Duration::from_secs(30)),
+            allow_remote_admin: args.allow_remote_admin || file.allow_remote_admin.unwrap_or(false),
         };
         settings.validate()?;
         Ok(settings)
@@ -358,6 +391,12 @@ impl Settings {
                 "--heartbeat {} is out of range: between 100ms and 5m (the radio closes idle clients after 15m, proxies after 5m)",
                 fmt(self.heartbeat)
             )));
+        }
+        if self.max_clients == 0 {
+            return Err(SettingsError::Invalid(
+                "--max-clients 0 would refuse every downstream client; leave out --listen instead"
+                    .into(),
+            ));
         }
         if self.max_pushes == 0 {
             return Err(SettingsError::Invalid(

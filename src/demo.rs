@@ -85,6 +85,7 @@ impl Demo {
                 ..SyncSettings::default()
             },
             db_path: db,
+            proxy: None,
         };
         let label = "heartbeat 2s".to_string();
         Ok((

@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub sync_interval: Duration,
     pub sync: SyncSettings,
     pub db_path: PathBuf,
+    /// Serve downstream clients (`--listen`).
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 /// Frame counts since start.
@@ -110,6 +112,10 @@ pub struct Snapshot {
     pub db_path: PathBuf,
     /// The answer to the operator's last command, with when.
     pub notice: Option<(SystemTime, String)>,
+    /// Where downstream clients connect, in proxy mode.
+    pub proxy_addr: Option<std::net::SocketAddr>,
+    /// Downstream clients connected through the proxy.
+    pub clients: Vec<crate::proxy::ClientView>,
 }
 
 /// What the operator (or a test) can ask of the engine.
@@ -151,8 +157,29 @@ impl EngineHandle {
 }
 
 /// Starts the engine on the current tokio runtime.
+///
+/// # Panics
+/// When `config.proxy` is set and its address cannot be bound; use [`try_start`] for an error.
 pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
+    match try_start(config, store) {
+        Ok(handle) => handle,
+        Err(e) => panic!("cannot start the engine: {e}"),
+    }
+}
+
+/// Starts the engine; fails when the proxy's listen address cannot be bound.
+pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
     let link = Link::spawn(config.link.clone());
+    let (learned_tx, learned) = mpsc::channel(256);
+    let proxy = match &config.proxy {
+        Some(p) => Some(crate::proxy::spawn(
+            p.clone(),
+            link.subscribe(),
+            link.sender(),
+            learned_tx,
+        )?),
+        None => None,
+    };
     let status = link.status();
     let notices = link.subscribe();
     let counters = link.counters();
@@ -173,6 +200,8 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
         store_error: None,
         db_path: config.db_path.clone(),
         notice: None,
+        proxy_addr: proxy.as_ref().map(|p| p.addr),
+        clients: Vec::new(),
     });
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
@@ -193,13 +222,15 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
         nodes_dirty: true,
         link_changes_recorded: 0,
         own_num: 0,
+        learned,
+        clients: proxy.map(|p| p.clients),
     };
     let task = tokio::spawn(engine.run());
-    EngineHandle {
+    Ok(EngineHandle {
         snapshot,
         commands,
         task,
-    }
+    })
 }
 
 enum Step {
@@ -209,6 +240,7 @@ enum Step {
     Refresh,
     Finished(Result<SyncReport, tokio::task::JoinError>),
     Command(Option<Command>),
+    Learned(NodeSeen),
 }
 
 struct EngineLoop {
@@ -231,6 +263,9 @@ struct EngineLoop {
     link_changes_recorded: u64,
     /// The radio's own node number, from the handshake's `my_info`.
     own_num: u32,
+    /// Keys downstream clients handed to the radio.
+    learned: mpsc::Receiver<NodeSeen>,
+    clients: Option<watch::Receiver<Vec<crate::proxy::ClientView>>>,
 }
 
 async fn join_running(
@@ -258,6 +293,7 @@ impl EngineLoop {
                 _ = refresh.tick() => Step::Refresh,
                 r = join_running(self.running.as_mut()) => Step::Finished(r),
                 c = self.commands.recv() => Step::Command(c),
+                Some(seen) = self.learned.recv() => Step::Learned(seen),
             };
             match step {
                 Step::Notice(Ok(notice)) => self.on_notice(notice).await,
@@ -301,6 +337,7 @@ impl EngineLoop {
                     }
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
+                Step::Learned(seen) => self.learn(seen).await,
             }
         }
         if let Some(running) = self.running.take() {
@@ -532,9 +569,14 @@ impl EngineLoop {
 
     async fn refresh(&mut self) {
         let traffic = Traffic::read(&self.counters);
+        let clients = self.clients.as_ref().map(|c| c.borrow().clone());
         self.snapshot.send_if_modified(|s| {
-            let changed = s.traffic != traffic;
+            let mut changed = s.traffic != traffic;
             s.traffic = traffic;
+            if let Some(clients) = clients {
+                changed |= s.clients != clients;
+                s.clients = clients;
+            }
             changed
         });
         if self.nodes_dirty {

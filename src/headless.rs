@@ -23,6 +23,12 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
             ..SyncSettings::default()
         },
         db_path: settings.db.clone(),
+        proxy: settings.listen.map(|listen| crate::proxy::ProxyConfig {
+            listen,
+            max_clients: settings.max_clients,
+            downstream_grace: settings.downstream_grace,
+            allow_remote_admin: settings.allow_remote_admin,
+        }),
     }
 }
 
@@ -33,7 +39,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
         env!("CARGO_PKG_VERSION"), settings.host, settings.db.display(),
         humantime::format_duration(settings.sync_interval), humantime::format_duration(settings.cache_ttl));
-    let engine = engine::start(engine_config(settings), store);
+    let engine = engine::try_start(engine_config(settings), store).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for downstream clients on {}: {e}",
+            settings.listen.map(|a| a.to_string()).unwrap_or_default()
+        )
+    })?;
+    if let Some(addr) = engine.snapshot.borrow().proxy_addr {
+        log::info!(target: "keysync", "point the gateway's bot at {addr} (TCPInterface(hostname=\"{}\", portNumber={}))", addr.ip(), addr.port());
+    }
     shutdown_signal().await?;
     log::info!(target: "keysync", "shutting down: closing the radio link");
     engine.quit().await;

@@ -61,7 +61,13 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
     };
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;
-    let engine = engine::start(config, store);
+    let listen = config.proxy.as_ref().map(|p| p.listen);
+    let engine = engine::try_start(config, store).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for downstream clients on {}: {e}",
+            listen.map(|a| a.to_string()).unwrap_or_default()
+        )
+    })?;
     let terminal = ratatui::try_init()?;
     let guard = TerminalGuard;
     let label = demo.as_ref().map(|d| d.label.clone());

@@ -236,6 +236,8 @@ pub fn snapshot() -> Snapshot {
         store_error: None,
         db_path: PathBuf::from("/home/pi/.local/share/keysync/keysync.db"),
         notice: None,
+        proxy_addr: None,
+        clients: Vec::new(),
     }
 }
 

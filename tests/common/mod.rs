@@ -161,6 +161,7 @@ pub fn fast_engine(
             queue_timeout: Duration::from_secs(2),
         },
         db_path: db,
+        proxy: None,
     }
 }
 

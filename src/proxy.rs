@@ -1,0 +1,595 @@
+//! Proxy mode (`--listen`): keysync owns the radio's one TCP slot and serves the gateway's bot
+//! and apps as if it were the radio.
+//!
+//! - A downstream `want_config_id` is answered from the upstream handshake plus the current node
+//!   list, in firmware order — never forwarded (full downloads of a large NodeDB drop links).
+//! - Live frames from the radio fan out to every configured client through a bounded queue per
+//!   client (the oldest dropped and counted, like the radio's own 32-frame queue); keysync's own
+//!   traffic (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
+//! - Downstream packets go upstream in order through one paced writer; the QueueStatus that
+//!   answers one goes back to the client that sent it.
+//! - Downstream heartbeats are answered by keysync only while the radio link is up.
+//! - add_contact with an empty or invalid key is dropped (it would erase the key on the radio);
+//!   one with a valid key is forwarded and learned under the usual trust rules. Other admin
+//!   messages pass from loopback clients only, unless `--allow-remote-admin`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::{SinkExt, StreamExt};
+use meshtastic::protobufs::{
+    ClientNotification, FromRadio, MeshPacket, NodeInfo, QueueStatus, ToRadio, admin_message,
+    from_radio, log_record, to_radio,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::codec::RadioCodec;
+use crate::engine::link::{LinkNotice, LinkSender, Session};
+use crate::engine::radio::{
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, node_id, valid_key,
+};
+
+/// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
+pub const CLIENT_QUEUE: usize = 32;
+/// Downstream packets held while the radio link is down.
+const HELD_PACKETS: usize = 32;
+/// How long a client's config request waits for the first upstream handshake.
+const CONFIG_WAIT: Duration = Duration::from_secs(30);
+/// Gap between two downstream packets sent upstream, so several clients cannot burst the
+/// radio's 16-slot queue.
+const UPSTREAM_GAP: Duration = Duration::from_millis(50);
+/// Packet ids awaiting their QueueStatus; past this the map is cleared (answers are not
+/// guaranteed, so entries must not pile up).
+const PENDING_IDS: usize = 512;
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub max_clients: usize,
+    /// Keep clients connected through a radio outage this long; close them after.
+    pub downstream_grace: Duration,
+    pub allow_remote_admin: bool,
+}
+
+/// One downstream client, for the monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    pub addr: SocketAddr,
+    pub since: SystemTime,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub dropped: u64,
+    pub last_activity: SystemTime,
+}
+
+#[derive(Debug)]
+struct ClientStats {
+    addr: SocketAddr,
+    since: SystemTime,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    dropped: AtomicU64,
+    last_activity: Mutex<SystemTime>,
+}
+
+impl ClientStats {
+    fn touch(&self) {
+        *lock(&self.last_activity) = SystemTime::now();
+    }
+
+    fn view(&self) -> ClientView {
+        ClientView {
+            addr: self.addr,
+            since: self.since,
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            last_activity: *lock(&self.last_activity),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the upstream side knows: the handshake and the current node list.
+#[derive(Debug, Default)]
+struct Upstream {
+    session: Option<Arc<Session>>,
+    /// Node number → latest node_info, in first-seen order.
+    nodes: Vec<NodeInfo>,
+    up: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ProxyConfig,
+    upstream: Mutex<Upstream>,
+    session_ready: watch::Sender<bool>,
+    /// Live frames for configured clients.
+    live: broadcast::Sender<Arc<FromRadio>>,
+    /// Packet id → the client that sent it, for routing QueueStatus.
+    pending_ids: Mutex<HashMap<u32, mpsc::Sender<FromRadio>>>,
+    clients: Mutex<Vec<Arc<ClientStats>>>,
+    views: watch::Sender<Vec<ClientView>>,
+    learned: mpsc::Sender<NodeSeen>,
+    outbound: mpsc::Sender<(Arc<ClientStats>, MeshPacketOrOther)>,
+    /// Cancelled to close every client (a long radio outage).
+    close_all: Mutex<CancellationToken>,
+}
+
+/// What a client sends upstream.
+#[derive(Debug, Clone)]
+enum MeshPacketOrOther {
+    Packet(MeshPacket),
+    Other(ToRadio),
+}
+
+impl Shared {
+    fn publish_views(&self) {
+        let views = lock(&self.clients).iter().map(|c| c.view()).collect();
+        self.views.send_replace(views);
+    }
+}
+
+/// The running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub clients: watch::Receiver<Vec<ClientView>>,
+}
+
+/// Binds `config.listen` and serves downstream clients from the link's notices and sender.
+/// Keys that clients hand to the radio with add_contact come out on `learned`.
+pub fn spawn(
+    config: ProxyConfig,
+    notices: broadcast::Receiver<LinkNotice>,
+    sender: LinkSender,
+    learned: mpsc::Sender<NodeSeen>,
+) -> std::io::Result<Proxy> {
+    let listener = std::net::TcpListener::bind(config.listen)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    let (views, clients) = watch::channel(Vec::new());
+    let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
+    let shared = Arc::new(Shared {
+        config,
+        upstream: Mutex::new(Upstream::default()),
+        session_ready: watch::channel(false).0,
+        live: broadcast::channel(CLIENT_QUEUE).0,
+        pending_ids: Mutex::new(HashMap::new()),
+        clients: Mutex::new(Vec::new()),
+        views,
+        learned,
+        outbound,
+        close_all: Mutex::new(CancellationToken::new()),
+    });
+    log::info!(target: "keysync::proxy", "serving downstream clients on {addr}");
+    tokio::spawn(follow_upstream(shared.clone(), notices));
+    tokio::spawn(write_upstream(outbound_rx, sender));
+    tokio::spawn(accept(shared.clone(), listener));
+    tokio::spawn(refresh_views(shared));
+    Ok(Proxy { addr, clients })
+}
+
+async fn refresh_views(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.publish_views();
+    }
+}
+
+/// Tracks the upstream session and node list, routes QueueStatus, fans out live frames, and
+/// closes clients after a long outage.
+async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<LinkNotice>) {
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let grace_left = down_since.map(|t| {
+            (t + shared.config.downstream_grace).saturating_duration_since(Instant::now())
+        });
+        let notice = match grace_left {
+            Some(left) => timeout(left, notices.recv()).await,
+            None => Ok(notices.recv().await),
+        };
+        let Ok(notice) = notice else {
+            log::warn!(target: "keysync::proxy",
+                "the radio has been away longer than {}: closing downstream clients so they reconnect and see the truth",
+                humantime::format_duration(shared.config.downstream_grace));
+            let token = std::mem::take(&mut *lock(&shared.close_all));
+            token.cancel();
+            down_since = None;
+            continue;
+        };
+        match notice {
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                log::warn!(target: "keysync::proxy", "fell {n} frames behind the radio");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(LinkNotice::Up(session)) => {
+                down_since = None;
+                let mut up = lock(&shared.upstream);
+                up.nodes.clone_from(&session.nodes);
+                up.session = Some(session);
+                up.up = true;
+                drop(up);
+                shared.session_ready.send_replace(true);
+            }
+            Ok(LinkNotice::Down(_)) => {
+                lock(&shared.upstream).up = false;
+                down_since = Some(Instant::now());
+            }
+            Ok(LinkNotice::Frame(frame)) => on_frame(&shared, frame),
+        }
+    }
+}
+
+fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
+    use from_radio::PayloadVariant as V;
+    match &frame.payload_variant {
+        Some(V::NodeInfo(node)) => upsert(&mut lock(&shared.upstream).nodes, node.clone()),
+        Some(V::QueueStatus(q)) => {
+            // Only answers to a client's packet go back, to that client alone.
+            let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
+            if let Some(client) = client {
+                let _ = client.try_send((*frame).clone());
+            }
+        }
+        Some(V::ConfigCompleteId(_)) | None => {}
+        Some(V::Packet(packet)) => {
+            if let Some(seen) = crate::engine::radio::node_seen(&frame) {
+                let mut up = lock(&shared.upstream);
+                if let Some(node) = up.nodes.iter_mut().find(|n| n.num == seen.num) {
+                    // Mirror the firmware: names follow the announcement, a stored key stays.
+                    if let Some(user) = node.user.as_mut() {
+                        user.long_name.clone_from(&seen.long_name);
+                        user.short_name.clone_from(&seen.short_name);
+                        if valid_key(&user.public_key).is_none() {
+                            user.public_key.clone_from(&seen.public_key);
+                        }
+                    }
+                    node.last_heard = packet.rx_time;
+                }
+            }
+            if lock(&shared.upstream).up {
+                let _ = shared.live.send(frame);
+            }
+        }
+        Some(_) => {
+            if lock(&shared.upstream).up {
+                let _ = shared.live.send(frame);
+            }
+        }
+    }
+}
+
+fn upsert(nodes: &mut Vec<NodeInfo>, node: NodeInfo) {
+    match nodes.iter_mut().find(|n| n.num == node.num) {
+        Some(slot) => *slot = node,
+        None => nodes.push(node),
+    }
+}
+
+/// The one writer towards the radio: downstream packets in order, paced, held (bounded) while
+/// the link is down.
+async fn write_upstream(
+    mut outbound: mpsc::Receiver<(Arc<ClientStats>, MeshPacketOrOther)>,
+    sender: LinkSender,
+) {
+    let mut held: VecDeque<ToRadio> = VecDeque::new();
+    loop {
+        let next = if held.is_empty() {
+            match outbound.recv().await {
+                Some((_, item)) => Some(into_to_radio(item)),
+                None => return,
+            }
+        } else {
+            None
+        };
+        if let Some(msg) = next {
+            held.push_back(msg);
+        }
+        // Drain what queued up meanwhile into the hold, keeping it bounded.
+        while let Ok((_, item)) = outbound.try_recv() {
+            if held.len() == HELD_PACKETS {
+                held.pop_front();
+                log::warn!(target: "keysync::proxy", "dropped the oldest held downstream packet: the radio is away and {HELD_PACKETS} are waiting");
+            }
+            held.push_back(into_to_radio(item));
+        }
+        let Some(session) = sender.session() else {
+            sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let Some(msg) = held.front().cloned() else {
+            continue;
+        };
+        if sender.send(session, msg).await.is_ok() {
+            held.pop_front();
+            sleep(UPSTREAM_GAP).await;
+        } else {
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn into_to_radio(item: MeshPacketOrOther) -> ToRadio {
+    match item {
+        MeshPacketOrOther::Packet(p) => ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(p)),
+        },
+        MeshPacketOrOther::Other(msg) => msg,
+    }
+}
+
+async fn accept(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(target: "keysync::proxy", "accept failed: {e}");
+                sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let count = lock(&shared.clients).len();
+        if count >= shared.config.max_clients {
+            log::warn!(target: "keysync::proxy", "refused {peer}: already {count} clients (--max-clients)");
+            tokio::spawn(refuse(stream, shared.config.max_clients));
+            continue;
+        }
+        let stats = Arc::new(ClientStats {
+            addr: peer,
+            since: SystemTime::now(),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            last_activity: Mutex::new(SystemTime::now()),
+        });
+        lock(&shared.clients).push(stats.clone());
+        shared.publish_views();
+        log::info!(target: "keysync::proxy", "client {peer} connected");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let why = serve(&shared, stream, stats.clone()).await;
+            lock(&shared.clients).retain(|c| !Arc::ptr_eq(c, &stats));
+            shared.publish_views();
+            let v = stats.view();
+            log::info!(target: "keysync::proxy",
+                "client {peer} left ({why}); {} frames in, {} out, {} dropped", v.frames_in, v.frames_out, v.dropped);
+        });
+    }
+}
+
+/// Tells a client it was refused, then closes.
+async fn refuse(stream: TcpStream, max: usize) {
+    let mut conn = Framed::new(stream, RadioCodec::new());
+    let note = FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::ClientNotification(
+            ClientNotification {
+                level: log_record::Level::Error as i32,
+                message: format!("keysync: too many clients (at most {max}); try again later"),
+                ..ClientNotification::default()
+            },
+        )),
+    };
+    let _ = timeout(Duration::from_secs(2), conn.send(note)).await;
+}
+
+fn queue_status_free() -> FromRadio {
+    FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
+            res: 0,
+            free: 16,
+            maxlen: 16,
+            mesh_packet_id: 0,
+        })),
+    }
+}
+
+/// One downstream client, until it leaves.
+async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>) -> &'static str {
+    let _ = stream.set_nodelay(true);
+    let loopback = stats.addr.ip().is_loopback();
+    let (mut sink, mut source) = Framed::new(stream, RadioCodec::new()).split();
+    // Everything for this client goes through one bounded writer task, so a client that does
+    // not read only stalls itself.
+    let (direct, mut direct_rx) = mpsc::channel::<FromRadio>(CLIENT_QUEUE);
+    let mut live = shared.live.subscribe();
+    let configured = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let close = lock(&shared.close_all).clone();
+    let writer_stats = stats.clone();
+    let writer_configured = configured.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                d = direct_rx.recv() => match d {
+                    Some(f) => f,
+                    None => return,
+                },
+                l = live.recv(), if writer_configured.load(Ordering::Relaxed) => match l {
+                    Ok(f) => (*f).clone(),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        writer_stats.dropped.fetch_add(n, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if sink.send(frame).await.is_err() {
+                return;
+            }
+            writer_stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let why = loop {
+        let item = tokio::select! {
+            () = close.cancelled() => break "the radio stayed away past the grace period",
+            item = source.next() => item,
+        };
+        let msg = match item {
+            None => break "closed",
+            Some(Err(_)) => break "socket error",
+            Some(Ok(msg)) => msg,
+        };
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        stats.touch();
+        match msg.payload_variant {
+            Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
+                let Some(frames) = replay(shared, nonce).await else {
+                    break "the radio's configuration never arrived";
+                };
+                for frame in frames {
+                    if direct.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                if nonce != NODES_ONLY_NONCE {
+                    configured.store(true, Ordering::Relaxed);
+                }
+            }
+            // Answered only while the radio is really there, so the client's own watchdog sees
+            // the truth.
+            Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
+                let _ = direct.try_send(queue_status_free());
+            }
+            Some(to_radio::PayloadVariant::Packet(packet))
+                if admit(shared, &packet, loopback, stats.addr) =>
+            {
+                if packet.id != 0 {
+                    let mut pending = lock(&shared.pending_ids);
+                    if pending.len() >= PENDING_IDS {
+                        pending.clear();
+                    }
+                    pending.insert(packet.id, direct.clone());
+                }
+                let _ = shared
+                    .outbound
+                    .send((stats.clone(), MeshPacketOrOther::Packet(packet)))
+                    .await;
+            }
+            // A heartbeat while the radio is away, or a packet the filter dropped.
+            Some(to_radio::PayloadVariant::Heartbeat(_) | to_radio::PayloadVariant::Packet(_)) => {}
+            Some(to_radio::PayloadVariant::Disconnect(_)) => break "said disconnect",
+            Some(other) => {
+                let _ = shared
+                    .outbound
+                    .send((
+                        stats.clone(),
+                        MeshPacketOrOther::Other(ToRadio {
+                            payload_variant: Some(other),
+                        }),
+                    ))
+                    .await;
+            }
+            None => {}
+        }
+    };
+    writer.abort();
+    why
+}
+
+/// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.
+fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> bool {
+    let Some(admin) = admin_of(packet) else {
+        return true;
+    };
+    if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
+        let user = contact.user.clone().unwrap_or_default();
+        if valid_key(&user.public_key).is_none() {
+            log::warn!(target: "keysync::proxy",
+                "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",
+                node_id(contact.node_num), user.public_key.len());
+            return false;
+        }
+        let _ = shared.learned.try_send(NodeSeen {
+            num: contact.node_num,
+            long_name: user.long_name,
+            short_name: user.short_name,
+            hw_model: user.hw_model,
+            role: user.role,
+            public_key: user.public_key,
+            source: Source::Downstream,
+            is_favorite: true,
+        });
+        return true;
+    }
+    if !loopback && !shared.config.allow_remote_admin {
+        log::warn!(target: "keysync::proxy",
+            "dropped an admin message from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
+        return false;
+    }
+    true
+}
+
+/// The frames of a config download for `nonce`, from what the upstream handshake delivered and
+/// the current node list; waits (bounded) for the first handshake.
+async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
+    let mut ready = shared.session_ready.subscribe();
+    timeout(CONFIG_WAIT, ready.wait_for(|r| *r))
+        .await
+        .ok()?
+        .ok()?;
+    let up = lock(&shared.upstream);
+    let session = up.session.clone()?;
+    let own = session.my_node_num;
+    let frame = |v: from_radio::PayloadVariant| FromRadio {
+        id: 0,
+        payload_variant: Some(v),
+    };
+    let others: Vec<NodeInfo> = up.nodes.iter().filter(|n| n.num != own).cloned().collect();
+    let own_node = up.nodes.iter().find(|n| n.num == own).cloned();
+    drop(up);
+    let mut out = Vec::new();
+    if nonce == NODES_ONLY_NONCE {
+        out.extend(own_node.map(|n| frame(from_radio::PayloadVariant::NodeInfo(n))));
+        out.extend(
+            others
+                .into_iter()
+                .map(|n| frame(from_radio::PayloadVariant::NodeInfo(n))),
+        );
+        out.push(frame(from_radio::PayloadVariant::ConfigCompleteId(nonce)));
+        return Some(out);
+    }
+    let with_nodes = nonce != CONFIG_ONLY_NONCE;
+    let count = 1 + if with_nodes { others.len() } else { 0 };
+    let mut files = Vec::new();
+    for f in &session.config {
+        match &f.payload_variant {
+            Some(from_radio::PayloadVariant::MyInfo(info)) => {
+                let mut info = info.clone();
+                info.nodedb_count = u32::try_from(count).unwrap_or(u32::MAX);
+                out.push(frame(from_radio::PayloadVariant::MyInfo(info)));
+            }
+            Some(from_radio::PayloadVariant::NodeInfo(_)) => {
+                if let Some(n) = &own_node {
+                    out.push(frame(from_radio::PayloadVariant::NodeInfo(n.clone())));
+                }
+            }
+            Some(from_radio::PayloadVariant::FileInfo(_)) => files.push(f.clone()),
+            _ => out.push(f.clone()),
+        }
+    }
+    if with_nodes {
+        out.extend(
+            others
+                .into_iter()
+                .map(|n| frame(from_radio::PayloadVariant::NodeInfo(n))),
+        );
+    }
+    out.extend(files);
+    out.push(frame(from_radio::PayloadVariant::ConfigCompleteId(nonce)));
+    Some(out)
+}
