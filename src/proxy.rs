@@ -480,9 +480,11 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                     .send((stats.clone(), MeshPacketOrOther::Packet(packet)))
                     .await;
             }
-            // A heartbeat while the radio is away, or a packet the filter dropped.
-            Some(to_radio::PayloadVariant::Heartbeat(_) | to_radio::PayloadVariant::Packet(_)) => {}
             Some(to_radio::PayloadVariant::Disconnect(_)) => break "said disconnect",
+            // Nothing, a heartbeat while the radio is away, or a packet the filter dropped.
+            None
+            | Some(to_radio::PayloadVariant::Heartbeat(_) | to_radio::PayloadVariant::Packet(_)) => {
+            }
             Some(other) => {
                 let _ = shared
                     .outbound
@@ -494,7 +496,6 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                     ))
                     .await;
             }
-            None => {}
         }
     };
     writer.abort();
