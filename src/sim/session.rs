@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use futures::{SinkExt, StreamExt};
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    Channel, ChannelSettings, Config, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
-    MeshPacket, ModuleConfig, MyNodeInfo, QueueStatus, ToRadio, admin_message, channel, config,
-    from_radio, module_config, to_radio,
+    Channel, ChannelSettings, Config, Data, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
+    MeshPacket, ModuleConfig, MyNodeInfo, PortNum, QueueStatus, ToRadio, admin_message, channel,
+    config, from_radio, mesh_packet, module_config, to_radio,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -185,6 +185,9 @@ impl Client {
         }
         let my_num = self.shared.radio().db.my_node_num();
         let to_self = packet.to == my_num || packet.to == 0;
+        if let Some(text) = text_of(packet) {
+            echo(&self.shared, packet.from, &text);
+        }
         if let Some(admin) = admin_of(packet).filter(|_| to_self) {
             self.admin(admin.payload_variant);
         }
@@ -365,4 +368,49 @@ fn module_configs() -> Vec<ModuleConfig> {
         payload_variant: Some(m),
     })
     .collect()
+}
+
+/// The text of a TEXT_MESSAGE_APP packet.
+fn text_of(packet: &MeshPacket) -> Option<String> {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return None;
+    };
+    (data.portnum == PortNum::TextMessageApp as i32)
+        .then(|| String::from_utf8_lossy(&data.payload).into_owned())
+}
+
+/// A node on the mesh answers a text message shortly after, as a person (or a bot) would, so
+/// clients see traffic coming back.
+fn echo(shared: &Arc<Shared>, to: u32, text: &str) {
+    let (from, id) = {
+        let mut radio = shared.radio();
+        let from = radio.mesh.first().map_or(0x1234_5678, |n| n.num);
+        (from, radio.population.packet_id())
+    };
+    let reply = FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::Packet(MeshPacket {
+            from,
+            to: if to == 0 {
+                crate::engine::radio::BROADCAST
+            } else {
+                to
+            },
+            id,
+            rx_time: now_secs(),
+            hop_limit: 3,
+            hop_start: 3,
+            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+                portnum: PortNum::TextMessageApp as i32,
+                payload: format!("echo: {text}").into_bytes(),
+                ..Data::default()
+            })),
+            ..MeshPacket::default()
+        })),
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        sleep(std::time::Duration::from_millis(150)).await;
+        let _ = shared.live.send(reply);
+    });
 }

@@ -1,0 +1,295 @@
+//! Proxy mode: keysync owns the radio's one TCP slot and serves downstream clients, against the
+//! simulated radio over real TCP.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use keysync::engine::radio::{self, Contact};
+use keysync::engine::{self, EngineHandle};
+use keysync::proxy::ProxyConfig;
+use keysync::sim::{Fault, SimHandle};
+use meshtastic::protobufs::{FromRadio, ToRadio, from_radio};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// The client side of a raw connection: writes ToRadio, reads FromRadio.
+type Client = Framed<TcpStream, keysync::engine::codec::ClientCodec>;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn proxied(sim: &SimHandle, dir: &tempfile::TempDir) -> EngineHandle {
+    let (db, store) = seeded_store(dir, &[]);
+    let mut config = fast_engine(sim, db, 60 * SEC, 600 * SEC);
+    config.proxy = Some(ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        max_clients: 3,
+        downstream_grace: Duration::from_secs(30),
+        allow_remote_admin: false,
+    });
+    engine::try_start(config, store).expect("proxy binds")
+}
+
+async fn connect(engine: &EngineHandle) -> Client {
+    let addr = engine.snapshot.borrow().proxy_addr.expect("proxy address");
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connects to the proxy");
+    Framed::new(stream, keysync::engine::codec::ClientCodec::new())
+}
+
+/// Sends want_config and collects the download up to its config_complete_id.
+async fn download(client: &mut Client, nonce: u32) -> Vec<FromRadio> {
+    client.send(radio::want_config(nonce)).await.expect("sends");
+    let mut frames = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("download in time")
+            .expect("stream open")
+            .expect("decodes");
+        let done = matches!(frame.payload_variant, Some(from_radio::PayloadVariant::ConfigCompleteId(n)) if n == nonce);
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn config_replay_answers_downstream_without_asking_the_radio() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(25));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let before = sim.counters().received_besides_heartbeats();
+    let mut client = connect(&engine).await;
+    let full = download(&mut client, 777).await;
+    let nodes = full
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.payload_variant,
+                Some(from_radio::PayloadVariant::NodeInfo(_))
+            )
+        })
+        .count();
+    assert_eq!(nodes, 26, "own node + 25");
+    assert!(
+        matches!(full[0].payload_variant, Some(from_radio::PayloadVariant::MyInfo(ref m)) if m.nodedb_count == 26)
+    );
+    let config_only = download(&mut client, radio::CONFIG_ONLY_NONCE).await;
+    let nodes = config_only
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.payload_variant,
+                Some(from_radio::PayloadVariant::NodeInfo(_))
+            )
+        })
+        .count();
+    assert_eq!(nodes, 1, "69420: own node only");
+    let nodes_only = download(&mut client, radio::NODES_ONLY_NONCE).await;
+    assert_eq!(
+        nodes_only.len(),
+        27,
+        "69421: node infos and the complete id, nothing else"
+    );
+    assert_eq!(
+        sim.counters().received_besides_heartbeats(),
+        before,
+        "the replays sent nothing upstream: {:?}",
+        sim.counters().received()
+    );
+    assert_eq!(sim.counters().connections.load(Ordering::Relaxed), 1);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_one_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(5));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    download(&mut client, 99).await;
+    let own = sim.my_node_num();
+    let mut erase = radio::add_contact(
+        own,
+        4001,
+        &Contact {
+            num: 0x0bad_0001,
+            long_name: "eraser".into(),
+            short_name: "ER".into(),
+            hw_model: 0,
+            role: 0,
+            key: [1; 32],
+        },
+    );
+    // Blank the key in the encoded message, as a buggy bot would send it.
+    if let Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(p)) =
+        erase.payload_variant.as_mut()
+    {
+        let mut admin = radio::admin_of(p).expect("admin");
+        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
+            admin.payload_variant.as_mut()
+        {
+            if let Some(u) = c.user.as_mut() {
+                u.public_key.clear();
+            }
+        }
+        if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
+            p.payload_variant.as_mut()
+        {
+            d.payload = meshtastic::Message::encode_to_vec(&admin);
+        }
+    }
+    client.send(erase).await.expect("sends");
+    let good = radio::add_contact(
+        own,
+        4002,
+        &Contact {
+            num: 0x0600_d001,
+            long_name: "Good Node".into(),
+            short_name: "GN".into(),
+            hw_model: 9,
+            role: 0,
+            key: [0x77; 32],
+        },
+    );
+    client.send(good).await.expect("sends");
+    wait_until("the valid contact at the radio", || {
+        sim.counters().add_contacts.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(sim.contacts()[0].node_num, 0x0600_d001);
+    assert_no_invalid_contacts(&sim);
+    wait_until("the valid key learned", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == 0x0600_d001 && n.record.trusted == Some([0x77; 32]))
+    })
+    .await;
+    // Its QueueStatus came back to this client.
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(f)) = client.next().await {
+            if matches!(f.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(q)) if q.mesh_packet_id == 4002) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered.ok(), Some(true));
+    engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_does_not_delay_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(40));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    // The stuck client asks for everything and never reads a byte (with a tiny receive window).
+    let addr = engine.snapshot.borrow().proxy_addr.expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let mut stuck = socket.connect(addr).await.expect("connects");
+    let hello = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, &hello)
+        .await
+        .expect("writes");
+    let mut live = connect(&engine).await;
+    download(&mut live, 6).await;
+    let reader = tokio::spawn(async move {
+        let mut frames = 0u64;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(3), live.next()).await
+        {
+            frames += 1;
+        }
+        frames
+    });
+    // About a megabyte of announcements, in bursts the radio's own queue can carry.
+    let mut sent = 0u64;
+    for _ in 0..300 {
+        for i in 0..30 {
+            sim.inject(Fault::Announce { node: i }).await;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let received = reader.await.expect("reader joins");
+    let radio_dropped = sim.counters().dropped_to_client.load(Ordering::Relaxed);
+    assert!(
+        received + radio_dropped >= sent * 9 / 10,
+        "the reading client got {received} of {sent} (the radio itself dropped {radio_dropped})"
+    );
+    let seen = tokio::time::timeout(
+        WAIT,
+        snap.wait_for(|s| s.clients.iter().any(|c| c.dropped > 0)),
+    )
+    .await
+    .is_ok();
+    assert!(seen, "clients: {:#?}", snap.borrow().clients);
+    assert!(snap.borrow().link.state.is_up());
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_answered_only_while_the_radio_is_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    download(&mut client, 11).await;
+    client.send(radio::heartbeat(5)).await.expect("sends");
+    let answer = tokio::time::timeout(WAIT, client.next()).await;
+    assert!(matches!(
+        answer,
+        Ok(Some(Ok(FromRadio {
+            payload_variant: Some(from_radio::PayloadVariant::QueueStatus(_)),
+            ..
+        })))
+    ));
+    sim.inject(Fault::Reboot {
+        down: Duration::from_secs(3),
+        forget: keysync::sim::Forget::Nothing,
+    })
+    .await;
+    wait_until("the link down", || !snap.borrow().link.state.is_up()).await;
+    client.send(radio::heartbeat(6)).await.expect("sends");
+    let silence = tokio::time::timeout(Duration::from_millis(800), async {
+        loop {
+            match client.next().await {
+                Some(Ok(FromRadio {
+                    payload_variant: Some(from_radio::PayloadVariant::QueueStatus(_)),
+                    ..
+                })) => return true,
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        silence.is_err(),
+        "no heartbeat answer while the radio is away"
+    );
+    // The client stays connected through the short outage.
+    let _: ToRadio = radio::heartbeat(7);
+    wait_until("the link back", || snap.borrow().link.state.is_up()).await;
+    client
+        .send(radio::heartbeat(8))
+        .await
+        .expect("still connected");
+    engine.quit().await;
+}
