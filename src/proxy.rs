@@ -403,8 +403,8 @@ fn queue_status_free() -> FromRadio {
 async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>) -> &'static str {
     let _ = stream.set_nodelay(true);
     // A kernel buffer of about the radio's own queue (32 frames of at most 516 bytes) keeps the
-    // per-client backlog bounded: a client that stops reading
-    // stalls its own writer soon, and then loses the oldest live frames, as on the radio.
+    // per-client backlog bounded: a client that stops reading stalls its own writer soon, and
+    // then loses the oldest live frames, as on the radio.
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_QUEUE * 516);
     let loopback = stats.addr.ip().is_loopback();
     let (mut sink, mut source) = Framed::new(stream, RadioCodec::new()).split();

@@ -136,12 +136,11 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
         erase.payload_variant.as_mut()
     {
         let mut admin = radio::admin_of(p).expect("admin");
-        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
-            admin.payload_variant.as_mut()
+        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(
+            meshtastic::protobufs::SharedContact { user: Some(u), .. },
+        )) = admin.payload_variant.as_mut()
         {
-            if let Some(u) = c.user.as_mut() {
-                u.public_key.clear();
-            }
+            u.public_key.clear();
         }
         if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
             p.payload_variant.as_mut()
