@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use keysync::sim::population::Population;
 
@@ -41,35 +42,57 @@ impl Drop for Sim {
 
 /// Starts `keysync sim` on a port the OS picks and reads the address from its log.
 fn start_sim(nodes: usize) -> Sim {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
-        .args([
-            "sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--announce-every",
-            "off",
-            "--seed",
-            "1",
-        ])
-        .args(["--nodes", &nodes.to_string()])
+    let (child, addr, _log) = spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--announce-every",
+                "off",
+                "--seed",
+                "1",
+            ])
+            .args(["--nodes", &nodes.to_string()]),
+        " listening on ",
+    );
+    Sim { child, addr }
+}
+
+/// Spawns `cmd`, reads its stderr until a line contains `marker`, and returns the address that
+/// follows the marker; the rest of the log keeps being collected.
+fn spawn_logged(cmd: &mut Command, marker: &str) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut child = cmd
+        .env("XDG_CONFIG_HOME", "/nonexistent")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("keysync sim starts");
+        .expect("keysync starts");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
     let addr = loop {
         let line = lines
             .next()
-            .expect("sim logs its address before exiting")
+            .expect("keysync logs its address before exiting")
             .expect("utf-8 log");
-        if let Some(rest) = line.split(" listening on ").nth(1) {
-            break rest.split(':').take(2).collect::<Vec<_>>().join(":");
+        log.lock().expect("log").push(line.clone());
+        if let Some(rest) = line.split(marker).nth(1) {
+            let host: String = rest.chars().take_while(|c| *c != ':').collect();
+            let port: String = rest[host.len() + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            break format!("{host}:{port}");
         }
     };
-    // Keep draining the log so the sim never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Sim { child, addr }
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().expect("log").push(line);
+        }
+    });
+    (child, addr, log)
 }
 
 fn run_client(cli: &PathBuf, host: &str, arg: &str) -> String {
@@ -126,4 +149,121 @@ fn python_client_lists_every_simulated_node_and_the_owner() {
     let info = run_client(&cli, &host, "--info");
     assert!(info.contains("Owner: keysync sim (SIM)"), "{info}");
     assert!(info.contains("2.7.15"), "--info shows the firmware: {info}");
+}
+
+fn python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+#[test]
+fn two_python_clients_share_the_radio_through_the_proxy() {
+    let Some(cli) = meshtastic_cli() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Python meshtastic client is missing under CI: .ci/run must install it"
+        );
+        eprintln!(
+            "skipping: the Python meshtastic client is not installed (pip install meshtastic)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim_child, sim_addr, sim_log) = spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync")).args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--announce-every",
+            "2s",
+            "--nodes",
+            "20",
+        ]),
+        " listening on ",
+    );
+    let _sim = Sim {
+        child: sim_child,
+        addr: sim_addr.clone(),
+    };
+    let (keysync_child, proxy_addr, keysync_log) = spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args(["--headless", "--listen", "127.0.0.1:0", "--heartbeat", "2s"])
+            .args([
+                "--sync-interval",
+                "2s",
+                "--cache-ttl",
+                "4s",
+                "--host",
+                &sim_addr,
+            ])
+            .arg("--db")
+            .arg(dir.path().join("k.db")),
+        "point the gateway's bot at ",
+    );
+    let _keysync = Sim {
+        child: keysync_child,
+        addr: proxy_addr.clone(),
+    };
+    let (host, port) = proxy_addr.split_once(':').expect("host:port");
+
+    // Both clients at once: the CLI listing nodes, the bot exchanging a message.
+    let bot = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bot.py"))
+        .args([host, port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the bot starts");
+    let table = run_client(&cli, &proxy_addr, "--nodes");
+    let bot = bot.wait_with_output().expect("the bot ends");
+    let bot_out = String::from_utf8_lossy(&bot.stdout).into_owned();
+    assert!(
+        bot.status.success(),
+        "the bot failed: {bot_out}\n{}",
+        String::from_utf8_lossy(&bot.stderr)
+    );
+    assert!(bot_out.contains("nodes=21"), "{bot_out}");
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    for node in (0..20).map(|_| population.next_node()) {
+        let id = node.user.expect("user").id;
+        assert!(
+            table.contains(&id),
+            "--nodes through the proxy lacks {id}:\n{table}"
+        );
+    }
+
+    let connects = sim_log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|l| l.contains("connected"))
+        .count();
+    assert_eq!(
+        connects,
+        1,
+        "the radio saw one TCP client the whole time: {:#?}",
+        sim_log.lock().expect("log")
+    );
+    let log = keysync_log.lock().expect("log").clone();
+    assert!(log.iter().any(|l| l.contains("sync forced")), "{log:#?}");
+    assert!(
+        log.iter().filter(|l| l.contains("sync ")).count() >= 2,
+        "syncs ran meanwhile: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("keysync::proxy") && l.contains("connected"))
+            .count()
+            >= 2,
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("link closed")),
+        "the radio link held: {log:#?}"
+    );
 }
