@@ -227,15 +227,7 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
         String::from_utf8_lossy(&bot.stderr)
     );
     assert!(bot_out.contains("nodes=21"), "{bot_out}");
-    let mut population = Population::new(1);
-    let _own = population.own_node();
-    for node in (0..20).map(|_| population.next_node()) {
-        let id = node.user.expect("user").id;
-        assert!(
-            table.contains(&id),
-            "--nodes through the proxy lacks {id}:\n{table}"
-        );
-    }
+    assert_lists_generated_nodes(&table, 20);
 
     let connects = sim_log
         .lock()
@@ -266,4 +258,17 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
         !log.iter().any(|l| l.contains("link closed")),
         "the radio link held: {log:#?}"
     );
+}
+
+/// `table` (the CLI's `--nodes`) lists the first `n` nodes the sim generates for seed 1.
+fn assert_lists_generated_nodes(table: &str, n: usize) {
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    for node in (0..n).map(|_| population.next_node()) {
+        let id = node.user.expect("user").id;
+        assert!(
+            table.contains(&id),
+            "--nodes through the proxy lacks {id}:\n{table}"
+        );
+    }
 }
