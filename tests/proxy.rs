@@ -292,3 +292,141 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
         .expect("still connected");
     engine.quit().await;
 }
+
+fn proxied_with(
+    sim: &SimHandle,
+    dir: &tempfile::TempDir,
+    max_clients: usize,
+    grace: Duration,
+) -> EngineHandle {
+    let (db, store) = seeded_store(dir, &[]);
+    let mut config = fast_engine(sim, db, 60 * SEC, 600 * SEC);
+    config.proxy = Some(ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        max_clients,
+        downstream_grace: grace,
+        allow_remote_admin: false,
+    });
+    engine::try_start(config, store).expect("proxy binds")
+}
+
+#[tokio::test]
+async fn a_client_beyond_max_clients_is_told_why_and_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied_with(&sim, &dir, 1, Duration::from_secs(30));
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut first = connect(&engine).await;
+    download(&mut first, 1).await;
+    let mut second = connect(&engine).await;
+    let told = tokio::time::timeout(WAIT, second.next())
+        .await
+        .expect("an answer in time");
+    let Some(Ok(FromRadio {
+        payload_variant: Some(from_radio::PayloadVariant::ClientNotification(note)),
+        ..
+    })) = told
+    else {
+        panic!("expected a notification, got {told:?}");
+    };
+    assert!(
+        note.message.contains("too many clients"),
+        "{}",
+        note.message
+    );
+    let closed = tokio::time::timeout(WAIT, second.next())
+        .await
+        .expect("closed in time");
+    assert!(closed.is_none(), "the refused client is closed");
+    // The first client is unaffected.
+    first
+        .send(radio::heartbeat(3))
+        .await
+        .expect("still connected");
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_reconnect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied_with(&sim, &dir, 4, Duration::from_secs(30));
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    download(&mut client, 1).await;
+    sim.inject(Fault::Reboot {
+        down: Duration::from_millis(800),
+        forget: keysync::sim::Forget::Nothing,
+    })
+    .await;
+    wait_until("the link down", || !snap.borrow().link.state.is_up()).await;
+    let before = sim
+        .counters()
+        .received()
+        .get("packet")
+        .copied()
+        .unwrap_or(0);
+    let text = meshtastic::protobufs::MeshPacket {
+        to: radio::BROADCAST,
+        id: 5151,
+        payload_variant: Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
+            meshtastic::protobufs::Data {
+                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
+                payload: b"sent while the radio was away".to_vec(),
+                ..meshtastic::protobufs::Data::default()
+            },
+        )),
+        ..meshtastic::protobufs::MeshPacket::default()
+    };
+    client
+        .send(ToRadio {
+            payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+                text,
+            )),
+        })
+        .await
+        .expect("the client stays connected through the outage");
+    wait_until("the held packet delivered", || {
+        sim.counters()
+            .received()
+            .get("packet")
+            .copied()
+            .unwrap_or(0)
+            > before
+    })
+    .await;
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn clients_are_closed_when_the_radio_stays_away_past_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied_with(&sim, &dir, 4, Duration::from_millis(500));
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    download(&mut client, 1).await;
+    sim.inject(Fault::Reboot {
+        down: Duration::from_secs(5),
+        forget: keysync::sim::Forget::Nothing,
+    })
+    .await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match client.next().await {
+                None | Some(Err(_)) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        closed.ok(),
+        Some(true),
+        "the client was closed after the grace period"
+    );
+    engine.quit().await;
+}
