@@ -229,3 +229,20 @@ fn each_pane_on_its_own() {
         render_pane(ui::sync::draw, &empty, 44, 8)
     );
 }
+
+#[test]
+fn link_pane_lists_proxy_clients() {
+    let mut snap = fixture::snapshot();
+    snap.proxy_addr = Some("127.0.0.1:4404".parse().expect("addr"));
+    snap.clients = vec![keysync::proxy::ClientView {
+        addr: "127.0.0.1:51234".parse().expect("addr"),
+        since: fixture::ago(300),
+        frames_in: 12,
+        frames_out: 340,
+        dropped: 3,
+        last_activity: fixture::ago(2),
+    }];
+    let screen = render(&App::default(), &snap, 120, 40);
+    assert!(screen.contains("proxy 127.0.0.1:4404 · 1 client"), "{screen}");
+    assert!(screen.contains("127.0.0.1:51234 5m00s in 12 out 340 drop 3"), "{screen}");
+}

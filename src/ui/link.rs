@@ -241,6 +241,26 @@ pub fn draw(
     };
     lines.push(Line::from(Span::styled(fit(&sentence, width), style)));
 
+    if let Some(addr) = snap.proxy_addr {
+        let n = snap.clients.len();
+        lines.push(Line::from(vec![
+            Span::styled(format!("proxy {addr}"), theme.key()),
+            Span::raw(format!(" · {n} client{}", if n == 1 { "" } else { "s" })),
+        ]));
+        for c in &snap.clients {
+            let detail = format!(
+                " ⇄ {} {} in {} out {} drop {} · {}",
+                c.addr,
+                compact(now.duration_since(c.since).unwrap_or_default()),
+                c.frames_in,
+                c.frames_out,
+                c.dropped,
+                ago(c.last_activity, now)
+            );
+            let style = if c.dropped > 0 { theme.warn() } else { theme.text() };
+            lines.push(Line::from(Span::styled(fit(&detail, width), style)));
+        }
+    }
     let rows = usize::from(area.height.saturating_sub(2));
     for e in link
         .timeline
