@@ -169,19 +169,18 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
 
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
-    let link = Link::spawn(config.link.clone());
+    let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
     let proxy = match &config.proxy {
         Some(p) => Some(crate::proxy::spawn(
             p.clone(),
-            link.subscribe(),
+            proxy_notices,
             link.sender(),
             learned_tx,
         )?),
         None => None,
     };
     let status = link.status();
-    let notices = link.subscribe();
     let counters = link.counters();
     let store = StoreHandle::new(store);
     let (snapshot_tx, snapshot) = watch::channel(Snapshot {

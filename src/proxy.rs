@@ -118,7 +118,7 @@ struct Shared {
     /// Live frames for configured clients.
     live: broadcast::Sender<Arc<FromRadio>>,
     /// Packet id → the client that sent it, for routing QueueStatus.
-    pending_ids: Mutex<HashMap<u32, mpsc::Sender<FromRadio>>>,
+    pending_ids: Mutex<HashMap<u32, mpsc::Sender<Vec<FromRadio>>>>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
     views: watch::Sender<Vec<ClientView>>,
     learned: mpsc::Sender<NodeSeen>,
@@ -242,7 +242,7 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
             if let Some(client) = client {
-                let _ = client.try_send((*frame).clone());
+                let _ = client.try_send(vec![(*frame).clone()]);
             }
         }
         Some(V::ConfigCompleteId(_)) | None => {}
@@ -407,37 +407,21 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     // then loses the oldest live frames, as on the radio.
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_QUEUE * 516);
     let loopback = stats.addr.ip().is_loopback();
-    let (mut sink, mut source) = Framed::new(stream, RadioCodec::new()).split();
+    let (sink, mut source) = Framed::new(stream, RadioCodec::new()).split();
     // Everything for this client goes through one bounded writer task, so a client that does
     // not read only stalls itself.
-    let (direct, mut direct_rx) = mpsc::channel::<FromRadio>(CLIENT_QUEUE);
-    let mut live = shared.live.subscribe();
+    // A replay goes as one batch, written with a single flush.
+    let (direct, direct_rx) = mpsc::channel::<Vec<FromRadio>>(CLIENT_QUEUE);
+    let live = shared.live.subscribe();
     let configured = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let close = lock(&shared.close_all).clone();
-    let writer_stats = stats.clone();
-    let writer_configured = configured.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let frame = tokio::select! {
-                d = direct_rx.recv() => match d {
-                    Some(f) => f,
-                    None => return,
-                },
-                l = live.recv(), if writer_configured.load(Ordering::Relaxed) => match l {
-                    Ok(f) => (*f).clone(),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        writer_stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if sink.send(frame).await.is_err() {
-                return;
-            }
-            writer_stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let writer = tokio::spawn(write_client(
+        sink,
+        direct_rx,
+        live,
+        configured.clone(),
+        stats.clone(),
+    ));
     let why = loop {
         let item = tokio::select! {
             () = close.cancelled() => break "the radio stayed away past the grace period",
@@ -455,10 +439,8 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                 let Some(frames) = replay(shared, nonce).await else {
                     break "the radio's configuration never arrived";
                 };
-                for frame in frames {
-                    if direct.send(frame).await.is_err() {
-                        break;
-                    }
+                if direct.send(frames).await.is_err() {
+                    break "the client's writer stopped";
                 }
                 if nonce != NODES_ONLY_NONCE {
                     configured.store(true, Ordering::Relaxed);
@@ -467,7 +449,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             // Answered only while the radio is really there, so the client's own watchdog sees
             // the truth.
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
-                let _ = direct.try_send(queue_status_free());
+                let _ = direct.try_send(vec![queue_status_free()]);
             }
             Some(to_radio::PayloadVariant::Packet(packet))
                 if admit(shared, &packet, loopback, stats.addr) =>
@@ -504,6 +486,66 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     };
     writer.abort();
     why
+}
+
+/// The one writer towards a client: replies and replays, and live frames once the client is
+/// configured. Frames wait in a queue of [`CLIENT_QUEUE`] while the socket is busy; a client
+/// that does not read loses the oldest, counted — it never holds up the radio or the others.
+async fn write_client(
+    mut sink: futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
+    mut direct_rx: mpsc::Receiver<Vec<FromRadio>>,
+    mut live: broadcast::Receiver<Arc<FromRadio>>,
+    configured: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<ClientStats>,
+) {
+    enum Event {
+        Direct(Option<Vec<FromRadio>>),
+        Live(Result<Arc<FromRadio>, broadcast::error::RecvError>),
+        Written(bool),
+    }
+    let mut queue: VecDeque<FromRadio> = VecDeque::new();
+    loop {
+        let event = tokio::select! {
+            d = direct_rx.recv() => Event::Direct(d),
+            l = live.recv(), if configured.load(Ordering::Relaxed) => Event::Live(l),
+            ok = write_queued(&mut sink, &mut queue, &stats), if !queue.is_empty() => Event::Written(ok),
+        };
+        match event {
+            Event::Direct(None)
+            | Event::Written(false)
+            | Event::Live(Err(broadcast::error::RecvError::Closed)) => return,
+            // A replay is never cut: the client asked for all of it.
+            Event::Direct(Some(batch)) => queue.extend(batch),
+            Event::Live(Ok(frame)) => {
+                if queue.len() >= CLIENT_QUEUE {
+                    queue.pop_front();
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                queue.push_back((*frame).clone());
+            }
+            Event::Live(Err(broadcast::error::RecvError::Lagged(n))) => {
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            Event::Written(true) => {}
+        }
+    }
+}
+
+/// Writes the queued frames and flushes; a frame leaves the queue only once it is in the
+/// codec's buffer, so cancelling this loses nothing. False when the client is gone.
+async fn write_queued(
+    sink: &mut futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
+    queue: &mut VecDeque<FromRadio>,
+    stats: &ClientStats,
+) -> bool {
+    while let Some(frame) = queue.front().cloned() {
+        if sink.feed(frame).await.is_err() {
+            return false;
+        }
+        queue.pop_front();
+        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+    sink.flush().await.is_ok()
 }
 
 /// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.

@@ -243,6 +243,12 @@ fn link_pane_lists_proxy_clients() {
         last_activity: fixture::ago(2),
     }];
     let screen = render(&App::default(), &snap, 120, 40);
-    assert!(screen.contains("proxy 127.0.0.1:4404 · 1 client"), "{screen}");
-    assert!(screen.contains("127.0.0.1:51234 5m00s in 12 out 340 drop 3"), "{screen}");
+    assert!(
+        screen.contains("proxy 127.0.0.1:4404 · 1 client"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("127.0.0.1:51234 5m00s in 12 out 340 drop 3"),
+        "{screen}"
+    );
 }

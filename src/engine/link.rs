@@ -342,6 +342,16 @@ pub struct Link {
 impl Link {
     /// Starts supervising a connection to `config.host`.
     pub fn spawn(config: LinkConfig) -> Self {
+        let (link, []) = Self::spawn_subscribed::<0>(config);
+        link
+    }
+
+    /// Starts supervising, with `N` subscriptions taken before the supervisor runs, so that
+    /// none of them can miss the first handshake (on a multi-threaded runtime the link can be
+    /// up before a later `subscribe` call).
+    pub fn spawn_subscribed<const N: usize>(
+        config: LinkConfig,
+    ) -> (Self, [broadcast::Receiver<LinkNotice>; N]) {
         let (status_tx, status) = watch::channel(LinkStatus {
             host: config.host.clone(),
             state: LinkState::Connecting { attempt: 1 },
@@ -353,6 +363,7 @@ impl Link {
             radio: None,
         });
         let (notices, _) = broadcast::channel(4096);
+        let receivers = std::array::from_fn(|_| notices.subscribe());
         let (out_tx, out_rx) = mpsc::channel(64);
         let (control, control_rx) = mpsc::channel(8);
         let current = Arc::new(AtomicU64::new(0));
@@ -368,7 +379,7 @@ impl Link {
             next_session: 0,
         };
         let task = tokio::spawn(supervisor.run());
-        Self {
+        let link = Self {
             status,
             notices,
             sender: LinkSender {
@@ -378,7 +389,8 @@ impl Link {
             control,
             counters,
             task,
-        }
+        };
+        (link, receivers)
     }
 
     pub fn status(&self) -> watch::Receiver<LinkStatus> {

@@ -257,7 +257,11 @@ pub fn draw(
                 c.dropped,
                 ago(c.last_activity, now)
             );
-            let style = if c.dropped > 0 { theme.warn() } else { theme.text() };
+            let style = if c.dropped > 0 {
+                theme.warn()
+            } else {
+                theme.text()
+            };
             lines.push(Line::from(Span::styled(fit(&detail, width), style)));
         }
     }

@@ -183,7 +183,15 @@ pub async fn nth_report(
         .iter()
         .map(keysync::engine::sync::SyncReport::summary)
         .collect();
-    panic!("no sync report #{n}; have {have:#?}");
+    let timeline: Vec<String> = snapshot
+        .borrow()
+        .link
+        .timeline
+        .iter()
+        .map(|e| e.state.to_string())
+        .collect();
+    let running = snapshot.borrow().sync.running;
+    panic!("no sync report #{n}; have {have:#?}; running {running:?}; link: {timeline:?}");
 }
 
 /// No add_contact with an empty or invalid key reached the radio.
