@@ -32,18 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let mut store = Store::open(&db)?;
     for _ in 0..KNOWN {
         let n = population.next_node();
-        let u = n.user.unwrap_or_default();
         store.learn(
-            &NodeSeen {
-                num: n.num,
-                long_name: u.long_name,
-                short_name: u.short_name,
-                hw_model: u.hw_model,
-                role: u.role,
-                public_key: u.public_key,
-                source: Source::Mesh,
-                is_favorite: false,
-            },
+            &NodeSeen::from_node_info(&n, Source::Mesh),
             SystemTime::now(),
         )?;
     }

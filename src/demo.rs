@@ -54,20 +54,7 @@ impl Demo {
         }
         for _ in 0..REMEMBERED {
             let node = population.next_node();
-            let user = node.user.unwrap_or_default();
-            store.learn(
-                &NodeSeen {
-                    num: node.num,
-                    long_name: user.long_name,
-                    short_name: user.short_name,
-                    hw_model: user.hw_model,
-                    role: user.role,
-                    public_key: user.public_key,
-                    source: Source::Mesh,
-                    is_favorite: false,
-                },
-                now,
-            )?;
+            store.learn(&NodeSeen::from_node_info(&node, Source::Mesh), now)?;
         }
         let heartbeat = Duration::from_secs(2);
         let interval = Duration::from_secs(10);

@@ -639,22 +639,9 @@ fn radio_key(
 
 fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     SyncReport {
-        started_at: SystemTime::now(),
-        trigger,
-        outcome: Outcome::Failed,
         reason: format!("forced: {}", trigger.label()),
-        fingerprint: [0; 32],
-        known: 0,
-        in_radio: 0,
-        pushed: 0,
-        conflicts: 0,
-        deferred: 0,
-        still_missing: 0,
-        frames_sent: 0,
-        duration: Duration::ZERO,
         error: Some(format!("the radio link is down ({state})")),
-        pushed_keys: Vec::new(),
-        mirror: None,
+        ..SyncReport::new(trigger, SystemTime::now())
     }
 }
 

@@ -157,20 +157,13 @@ impl Shared {
         drop(radio);
         log::info!(target: "keysync::sim", "{} ({}) announces itself: {outcome:?}", node_id(node.num), user.long_name);
         self.counters.announcements.fetch_add(1, Ordering::Relaxed);
-        let packet = MeshPacket {
-            from: node.num,
-            to: BROADCAST,
+        let packet = mesh_packet(
+            node.num,
+            BROADCAST,
             id,
-            rx_time: now_secs(),
-            hop_limit: 3,
-            hop_start: 3,
-            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
-                portnum: PortNum::NodeinfoApp as i32,
-                payload: user.encode_to_vec(),
-                ..Data::default()
-            })),
-            ..MeshPacket::default()
-        };
+            PortNum::NodeinfoApp,
+            user.encode_to_vec(),
+        );
         let _ = self.live.send(FromRadio {
             id: 0,
             payload_variant: Some(from_radio::PayloadVariant::Packet(packet)),
@@ -206,6 +199,24 @@ impl Shared {
         for index in first..first + count {
             self.announce(index);
         }
+    }
+}
+
+/// A packet heard on the mesh, as the radio hands it to its client.
+fn mesh_packet(from: u32, to: u32, id: u32, portnum: PortNum, payload: Vec<u8>) -> MeshPacket {
+    MeshPacket {
+        from,
+        to,
+        id,
+        rx_time: now_secs(),
+        hop_limit: 3,
+        hop_start: 3,
+        payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+            portnum: portnum as i32,
+            payload,
+            ..Data::default()
+        })),
+        ..MeshPacket::default()
     }
 }
 

@@ -162,6 +162,16 @@ impl NodeSeen {
         valid_key(&self.public_key)
     }
 
+    /// What a `node_info` says about its node, as if it came from `source`.
+    pub fn from_node_info(node: &NodeInfo, source: Source) -> Self {
+        Self::from_user(
+            node.num,
+            &node.user.clone().unwrap_or_default(),
+            source,
+            node.is_favorite,
+        )
+    }
+
     fn from_user(num: u32, user: &User, source: Source, is_favorite: bool) -> Self {
         Self {
             num,

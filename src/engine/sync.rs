@@ -263,6 +263,28 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    /// A report that has not run yet: failed until the run says otherwise.
+    pub fn new(trigger: Trigger, started_at: SystemTime) -> Self {
+        Self {
+            started_at,
+            trigger,
+            outcome: Outcome::Failed,
+            reason: String::new(),
+            fingerprint: [0; 32],
+            known: 0,
+            in_radio: 0,
+            pushed: 0,
+            conflicts: 0,
+            deferred: 0,
+            still_missing: 0,
+            frames_sent: 0,
+            duration: Duration::ZERO,
+            error: None,
+            pushed_keys: Vec::new(),
+            mirror: None,
+        }
+    }
+
     pub fn record(&self) -> RunRecord {
         RunRecord {
             started_at: self.started_at,
@@ -389,24 +411,7 @@ pub async fn run(mut job: SyncJob) -> SyncReport {
         started: Instant::now(),
         frames_sent: 0,
     };
-    let mut report = SyncReport {
-        started_at: state.started_at,
-        trigger: job.trigger,
-        outcome: Outcome::Failed,
-        reason: String::new(),
-        fingerprint: [0; 32],
-        known: 0,
-        in_radio: 0,
-        pushed: 0,
-        conflicts: 0,
-        deferred: 0,
-        still_missing: 0,
-        frames_sent: 0,
-        duration: Duration::ZERO,
-        error: None,
-        pushed_keys: Vec::new(),
-        mirror: None,
-    };
+    let mut report = SyncReport::new(job.trigger, state.started_at);
     let result = execute(&mut job, &mut report, state).await;
     if let Err(error) = result {
         report.outcome = Outcome::Failed;

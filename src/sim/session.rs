@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use futures::{SinkExt, StreamExt};
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    Channel, ChannelSettings, Config, Data, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
+    Channel, ChannelSettings, Config, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
     MeshPacket, ModuleConfig, MyNodeInfo, PortNum, QueueStatus, ToRadio, admin_message, channel,
     config, from_radio, mesh_packet, module_config, to_radio,
 };
@@ -389,24 +389,17 @@ fn echo(shared: &Arc<Shared>, to: u32, text: &str) {
     };
     let reply = FromRadio {
         id: 0,
-        payload_variant: Some(from_radio::PayloadVariant::Packet(MeshPacket {
+        payload_variant: Some(from_radio::PayloadVariant::Packet(super::mesh_packet(
             from,
-            to: if to == 0 {
+            if to == 0 {
                 crate::engine::radio::BROADCAST
             } else {
                 to
             },
             id,
-            rx_time: now_secs(),
-            hop_limit: 3,
-            hop_start: 3,
-            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
-                portnum: PortNum::TextMessageApp as i32,
-                payload: format!("echo: {text}").into_bytes(),
-                ..Data::default()
-            })),
-            ..MeshPacket::default()
-        })),
+            PortNum::TextMessageApp,
+            format!("echo: {text}").into_bytes(),
+        ))),
     };
     let shared = shared.clone();
     tokio::spawn(async move {

@@ -118,17 +118,7 @@ pub fn seeded_store(
     let path = dir.path().join("keysync.db");
     let mut store = keysync::engine::store::Store::open(&path).expect("store opens");
     for n in nodes {
-        let user = n.user.clone().unwrap_or_default();
-        let seen = NodeSeen {
-            num: n.num,
-            long_name: user.long_name,
-            short_name: user.short_name,
-            hw_model: user.hw_model,
-            role: user.role,
-            public_key: user.public_key,
-            source: Source::Mesh,
-            is_favorite: false,
-        };
+        let seen = NodeSeen::from_node_info(n, Source::Mesh);
         store
             .learn(&seen, std::time::SystemTime::now())
             .expect("learns");
