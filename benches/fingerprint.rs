@@ -18,6 +18,7 @@ fn keys(n: u32) -> Vec<TrustedKey> {
                 short_name: String::new(),
                 hw_model: 0,
                 role: 0,
+                last_seen: std::time::SystemTime::UNIX_EPOCH,
             }
         })
         .collect()

@@ -163,6 +163,8 @@ pub struct TrustedKey {
     pub short_name: String,
     pub hw_model: i32,
     pub role: i32,
+    /// When the node was last heard: recently heard nodes are pushed first.
+    pub last_seen: SystemTime,
 }
 
 impl TrustedKey {
@@ -512,7 +514,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role
+                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen
                  FROM keys k JOIN nodes n ON n.num = k.node_num
                  WHERE k.state = 'trusted' ORDER BY n.num",
             )
@@ -525,6 +527,7 @@ impl Store {
                 short_name: r.get(3)?,
                 hw_model: r.get(4)?,
                 role: r.get(5)?,
+                last_seen: from_millis(r.get(6)?),
             })
         })
         .and_then(Iterator::collect)

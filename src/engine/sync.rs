@@ -172,7 +172,7 @@ pub struct Delta {
 }
 
 /// Compares the trusted keys with the radio's mirror. `own` (the radio's own node) is never
-/// pushed.
+/// pushed. Missing keys come before mismatched ones, the most recently heard node first.
 pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, own: u32) -> Delta {
     let mut d = Delta::default();
     let mut missing = Vec::new();
@@ -197,8 +197,11 @@ pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, o
         .map(|(num, _)| *num)
         .collect();
     d.unknown_to_store.sort_unstable();
-    missing.sort_by_key(|k| k.num);
-    mismatched.sort_by_key(|k| k.num);
+    // The most recently heard first: when `max_pushes` defers some, the nodes likeliest to
+    // exchange direct messages get their keys back first.
+    let order = |k: &TrustedKey| (std::cmp::Reverse(k.last_seen), k.num);
+    missing.sort_by_key(order);
+    mismatched.sort_by_key(order);
     d.missing = missing.len();
     d.mismatched = mismatched.len();
     d.push = missing;
@@ -663,6 +666,7 @@ mod tests {
             short_name: String::new(),
             hw_model: 0,
             role: 0,
+            last_seen: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -785,6 +789,17 @@ mod tests {
         assert_eq!((d.missing, d.mismatched, d.present), (2, 1, 1));
         assert_eq!(d.conflicts, vec![4]);
         assert_eq!(d.unknown_to_store, vec![7]);
+    }
+
+    #[test]
+    fn recently_heard_nodes_are_pushed_first() {
+        let mut old = key(1, 1);
+        old.last_seen = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let mut recent = key(2, 2);
+        recent.last_seen = SystemTime::UNIX_EPOCH + Duration::from_secs(500);
+        let d = delta(&[old, recent], &BTreeSet::new(), &Mirror::new(), 0);
+        let order: Vec<u32> = d.push.iter().map(|k| k.num).collect();
+        assert_eq!(order, vec![2, 1]);
     }
 
     #[test]
