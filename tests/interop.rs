@@ -28,6 +28,21 @@ fn meshtastic_cli() -> Option<PathBuf> {
     on_path.then(|| PathBuf::from("meshtastic"))
 }
 
+/// The client, or `None` (test skipped) outside CI; under `CI=true` a missing client fails.
+fn required_cli() -> Option<PathBuf> {
+    let cli = meshtastic_cli();
+    if cli.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Python meshtastic client is missing under CI: .ci/run must install it"
+        );
+        eprintln!(
+            "skipping: the Python meshtastic client is not installed (pip install meshtastic)"
+        );
+    }
+    cli
+}
+
 struct Sim {
     child: Child,
     addr: String,
@@ -114,14 +129,7 @@ fn run_client(cli: &PathBuf, host: &str, arg: &str) -> String {
 
 #[test]
 fn python_client_lists_every_simulated_node_and_the_owner() {
-    let Some(cli) = meshtastic_cli() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the Python meshtastic client is missing under CI: .ci/run must install it"
-        );
-        eprintln!(
-            "skipping: the Python meshtastic client is not installed (pip install meshtastic)"
-        );
+    let Some(cli) = required_cli() else {
         return;
     };
     let sim = start_sim(40);
@@ -162,14 +170,7 @@ fn python() -> PathBuf {
 
 #[test]
 fn two_python_clients_share_the_radio_through_the_proxy() {
-    let Some(cli) = meshtastic_cli() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the Python meshtastic client is missing under CI: .ci/run must install it"
-        );
-        eprintln!(
-            "skipping: the Python meshtastic client is not installed (pip install meshtastic)"
-        );
+    let Some(cli) = required_cli() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -22,15 +22,7 @@ type Client = Framed<TcpStream, keysync::engine::codec::ClientCodec>;
 const SEC: Duration = Duration::from_secs(1);
 
 fn proxied(sim: &SimHandle, dir: &tempfile::TempDir) -> EngineHandle {
-    let (db, store) = seeded_store(dir, &[]);
-    let mut config = fast_engine(sim, db, 60 * SEC, 600 * SEC);
-    config.proxy = Some(ProxyConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        max_clients: 3,
-        downstream_grace: Duration::from_secs(30),
-        allow_remote_admin: false,
-    });
-    engine::try_start(config, store).expect("proxy binds")
+    proxied_with(sim, dir, 3, Duration::from_secs(30))
 }
 
 async fn connect(engine: &EngineHandle) -> Client {
