@@ -174,3 +174,29 @@ async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
     })
     .await;
 }
+
+#[test]
+fn a_listen_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, err) = stderr_of(
+        keysync()
+            .args([
+                "--headless",
+                "--host",
+                "127.0.0.1:9",
+                "--listen",
+                &addr,
+                "--db",
+            ])
+            .arg(dir.path().join("k.db")),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot listen for downstream clients") && err.contains(&addr),
+        "{err}"
+    );
+    let (code, err) = stderr_of(keysync().args(["--headless", "--listen", "localhost"]));
+    assert_eq!(code, 2, "{err}");
+}
