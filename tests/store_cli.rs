@@ -303,8 +303,13 @@ async fn sync_once_prints_the_forced_outcome_and_fails_when_the_radio_is_unreach
     assert!(out.contains("pushed 2"), "{out}");
     assert_eq!(sim.counters().flash_writes.load(Ordering::Relaxed), 2);
 
+    // A port nobody listens on: bound by us a moment ago, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run(keysync(&db).args(["sync", "--once", "--wait", "2s", "--host", "127.0.0.1:1"]))
+        run(keysync(&db).args(["sync", "--once", "--wait", "2s", "--host", &closed]))
     })
     .await
     .expect("joins");
