@@ -476,13 +476,20 @@ async fn execute(
         })
         .collect();
     let now = SystemTime::now();
-    let (trusted, pending) = job
+    let (learned, trusted, pending) = job
         .store
         .call(move |s| {
-            s.learn_all(&seen, now)?;
-            Ok((s.trusted()?, s.pending_nodes()?))
+            let learned = s.learn_all(&seen, now)?;
+            Ok((
+                seen.into_iter().zip(learned).collect::<Vec<_>>(),
+                s.trusted()?,
+                s.pending_nodes()?,
+            ))
         })
         .await?;
+    for (sighting, outcome) in &learned {
+        super::log_learned(sighting, *outcome);
+    }
     let pending: BTreeSet<u32> = pending.into_iter().collect();
     let fp = fingerprint(&trusted);
     report.fingerprint = fp;
@@ -649,9 +656,11 @@ async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), String> {
     }
 }
 
-/// Is `seen` a learnable sighting from the mesh or the radio?
+/// A sighting on the mesh (a NODEINFO_APP announcement) that the engine learns as it comes.
+/// The radio's `node_info`s are not: they only arrive in downloads, and the sync run that asked
+/// for a download (or took the handshake's list) learns them all in one transaction.
 pub fn learnable(frame: &FromRadio) -> Option<NodeSeen> {
-    radio::node_seen(frame).filter(|s| matches!(s.source, Source::Mesh | Source::NodeDb))
+    radio::node_seen(frame).filter(|s| s.source == Source::Mesh)
 }
 
 #[cfg(test)]
