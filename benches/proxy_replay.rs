@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes: NODES,
-        capacity: NODES + 1,
+        capacity: Some(NODES + 1),
         announce_every: None,
         ..SimConfig::default()
     })?;

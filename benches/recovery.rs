@@ -34,7 +34,7 @@ fn sim(nodes: usize) -> anyhow::Result<SimHandle> {
     Ok(SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes,
-        capacity: nodes + 1,
+        capacity: Some(nodes + 1),
         announce_every: None,
         ..SimConfig::default()
     })?)

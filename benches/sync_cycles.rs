@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes: IN_RADIO,
-        capacity: 250,
+        capacity: Some(250),
         announce_every: None,
         ..SimConfig::default()
     })?;

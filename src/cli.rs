@@ -155,9 +155,10 @@ pub struct SimArgs {
     /// Generated nodes on the simulated mesh.
     #[arg(long, default_value_t = 40)]
     pub nodes: usize,
-    /// NodeDB capacity, own node included (80 on nRF52, 100 on ESP32, 200 on Linux native).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(2..))]
-    pub capacity: u16,
+    /// NodeDB capacity, own node included [default: the hardware's: nrf52 80 (120 from 2.8),
+    /// esp32 100, esp32s3 250, linux 200]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..))]
+    pub capacity: Option<u16>,
     /// Seed for node ids, names and keys.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -167,12 +168,30 @@ pub struct SimArgs {
     /// A node announces itself this often ("off" for a quiet mesh).
     #[arg(long, default_value = "45s", value_parser = parse_optional_duration)]
     pub announce_every: Duration,
-    /// Firmware version to report.
-    #[arg(long, default_value = "2.7.15.sim")]
+    /// Firmware version whose behaviour to follow and report (2.5.6 … 2.7.26, 2.8).
+    #[arg(long, default_value = "2.7.26", value_parser = parse_firmware)]
     pub firmware: String,
+    /// Hardware family: NodeDB capacity and queue towards the client (nrf52, esp32, esp32s3,
+    /// linux).
+    #[arg(long, default_value = "linux")]
+    pub hw: crate::sim::Hw,
+    /// The radio's device role (client, client_base, router).
+    #[arg(long, default_value = "client")]
+    pub role: crate::sim::SimRole,
+    /// How long a crashed radio stays away before it accepts clients again.
+    #[arg(long, default_value = "8s", value_parser = duration::parse)]
+    pub reboot_time: Duration,
+    /// A managed radio (`security.is_managed`): admin messages from clients are ignored.
+    #[arg(long)]
+    pub managed: bool,
     /// Faults and mesh events on a timeline (TOML).
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+}
+
+fn parse_firmware(s: &str) -> Result<String, String> {
+    s.parse::<crate::sim::profile::Firmware>()?;
+    Ok(s.to_owned())
 }
 
 fn parse_level(s: &str) -> Result<LevelFilter, String> {

@@ -37,7 +37,7 @@ impl Demo {
             listen: "127.0.0.1:0".parse()?,
             nodes: MESH_NODES,
             seed: SEED,
-            capacity: 80,
+            capacity: Some(80),
             announce_every: Some(Duration::from_secs(20)),
             scenario,
             ..SimConfig::default()

@@ -1,13 +1,16 @@
-//! The simulated radio: a TCP server that behaves like Meshtastic firmware 2.7 on its client
-//! API (PROTOCOL.md), with a NodeDB of fixed capacity, nodes that announce themselves, and
-//! scripted faults. `keysync sim` runs it standalone; `--demo` and the tests run it in-process.
+//! The simulated radio: a TCP server that behaves like Meshtastic firmware on its client API
+//! (PROTOCOL.md), version by version (`profile.rs`), with a NodeDB of fixed capacity that
+//! crashes or refuses when overfilled, nodes that announce themselves, operators who ignore and
+//! remove nodes, and scripted faults. `keysync sim` runs it standalone; `--demo` and the tests
+//! run it in-process.
 
 pub mod nodedb;
 pub mod population;
+pub mod profile;
 pub mod scenario;
 mod session;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,18 +19,22 @@ use std::time::Duration;
 
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    Data, FromRadio, MeshPacket, NodeInfo, PortNum, SharedContact, from_radio, mesh_packet,
+    Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing, SharedContact, User, from_radio,
+    mesh_packet, routing,
 };
+use routing::Error as RoutingError;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::radio::{BROADCAST, node_id, valid_key};
-use nodedb::{Heard, NodeDb};
+pub use nodedb::Protected;
+use nodedb::{Heard, NodeDb, RawNames};
 use population::{Population, now_secs};
-pub use scenario::{Fault, Forget, Scenario, ScenarioEvent};
+pub use profile::{Hw, Profile, Rule, SimRole, WhenFull};
+pub use scenario::{Fault, Forget, OperatorAction, Scenario, ScenarioEvent};
 
 /// How the simulated radio is set up.
 #[derive(Debug, Clone)]
@@ -36,17 +43,28 @@ pub struct SimConfig {
     /// Generated nodes on the simulated mesh.
     pub nodes: usize,
     pub seed: u64,
-    /// NodeDB capacity, own node included.
-    pub capacity: usize,
-    /// Close a client that sent no complete frame for this long (firmware ≥ 2.7.21: 15 min).
+    /// NodeDB capacity, own node included; `None` takes the hardware's (`Profile::capacity`).
+    pub capacity: Option<usize>,
+    /// Close a client that sent no complete frame for this long (firmware ≥ 2.7.21: 15 min;
+    /// older firmware never closes an idle client).
     pub idle_timeout: Duration,
     /// A random known node announces itself this often; `None` for a quiet mesh.
     pub announce_every: Option<Duration>,
-    /// Reported in `metadata.firmware_version`.
-    pub firmware: String,
+    /// Firmware version, hardware family and role: which rules the radio follows.
+    pub profile: Profile,
     pub scenario: Scenario,
     /// The radio's queue for packets from the client (`maxlen`).
     pub queue_len: u32,
+    /// How long a crashed radio stays away before it accepts clients again.
+    pub reboot_time: Duration,
+    /// `security.is_managed`: admin messages from the client are ignored (AdminModule.cpp).
+    pub managed: bool,
+}
+
+impl SimConfig {
+    pub fn capacity(&self) -> usize {
+        self.capacity.unwrap_or_else(|| self.profile.capacity())
+    }
 }
 
 impl Default for SimConfig {
@@ -55,12 +73,14 @@ impl Default for SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4403)),
             nodes: 40,
             seed: 1,
-            capacity: 100,
+            capacity: None,
             idle_timeout: Duration::from_secs(15 * 60),
             announce_every: Some(Duration::from_secs(45)),
-            firmware: "2.7.15.sim".into(),
+            profile: Profile::default(),
             scenario: Scenario::default(),
             queue_len: 16,
+            reboot_time: Duration::from_secs(8),
+            managed: false,
         }
     }
 }
@@ -83,6 +103,20 @@ pub struct SimCounters {
     /// Live frames a slow client lost from its 32-frame queue.
     pub dropped_to_client: AtomicU64,
     pub announcements: AtomicU64,
+    /// Times the radio crashed on a full NodeDB with nothing evictable (2.7.x).
+    pub crashes: AtomicU64,
+    /// New nodes a full NodeDB refused (2.8).
+    pub refused_nodes: AtomicU64,
+    /// Client packets the radio sent on to the mesh.
+    pub mesh_sent: AtomicU64,
+    /// Client packets over a per-connection rate limit (PhoneAPI.cpp).
+    pub rate_limited: AtomicU64,
+    /// DMs refused with PKI_SEND_FAIL_PUBLIC_KEY.
+    pub pki_send_fails: AtomicU64,
+    /// Admin messages the radio did not act on (unknown to its firmware, or a managed radio).
+    pub ignored_admin: AtomicU64,
+    /// Operator decisions applied (ignore, remove, favourite, unfavourite).
+    pub operator_actions: AtomicU64,
 }
 
 impl SimCounters {
@@ -123,19 +157,38 @@ struct Radio {
     mesh: Vec<NodeInfo>,
     /// Every add_contact received, in order, with when.
     contacts: Vec<(Instant, SharedContact)>,
+    /// The last packets sent on to the mesh (bounded), oldest first.
+    sent: VecDeque<MeshPacket>,
     /// Until when every QueueStatus says the queue is full.
     queue_full_until: Option<Instant>,
     /// Until when packets get no QueueStatus.
     silent_until: Option<Instant>,
+    /// Rebooting (after a crash or a reboot fault): the radio hears nothing.
+    down: bool,
 }
+
+/// How many sent packets the radio remembers for tests.
+const SENT_KEPT: usize = 1000;
 
 #[derive(Debug)]
 struct Shared {
     config: SimConfig,
     radio: Mutex<Radio>,
     counters: Arc<SimCounters>,
-    /// Live traffic towards the client: the firmware's 32-frame queue, oldest dropped.
+    /// Live traffic towards the client: the firmware's client queue, oldest dropped.
     live: broadcast::Sender<FromRadio>,
+    /// The radio crashed: the listener drops the client and stays away for the reboot.
+    crashed: Notify,
+}
+
+/// How a node heard on the mesh presents itself.
+enum Sighting {
+    /// A NODEINFO_APP packet carrying its `User`.
+    NodeInfo,
+    /// A NODEINFO_APP packet whose names are not valid UTF-8.
+    BadUtf8,
+    /// Any other packet (position, telemetry, text…): no user, no key.
+    Packet(PortNum),
 }
 
 impl Shared {
@@ -143,34 +196,125 @@ impl Shared {
         lock(&self.radio)
     }
 
-    /// A node announces itself on NODEINFO_APP: the radio updates its NodeDB under the key
-    /// rules and forwards the packet to the client either way.
-    fn announce(&self, index: usize) {
+    fn profile(&self) -> &Profile {
+        &self.config.profile
+    }
+
+    /// Generated node `index` sends a packet that this radio hears. The radio updates its
+    /// NodeDB under the firmware's rules (which may evict, refuse or crash) and forwards the
+    /// packet to the client.
+    fn hear(&self, index: usize, how: &Sighting) {
         let mut radio = self.radio();
+        if radio.down {
+            return;
+        }
         let Some(node) = radio.mesh.get(index).cloned() else {
-            log::warn!(target: "keysync::sim", "no generated node #{index} to announce");
+            log::warn!(target: "keysync::sim", "no generated node #{index} to hear from");
             return;
         };
+        let num = node.num;
+        if radio.db.get(num).is_some_and(|n| n.is_ignored) {
+            // Router.cpp: packets from an ignored node are dropped before anything else.
+            log::debug!(target: "keysync::sim", "ignoring a packet from ignored node {}", node_id(num));
+            return;
+        }
         let user = node.user.clone().unwrap_or_default();
-        let outcome = radio.db.heard(node.num, &user, now_secs());
+        let (portnum, payload, outcome) = match how {
+            Sighting::NodeInfo => {
+                let dropped = self.profile().has(Rule::KeyMismatchDropped);
+                let outcome = radio.db.heard(num, &user, None, now_secs(), dropped);
+                (PortNum::NodeinfoApp, user.encode_to_vec(), outcome)
+            }
+            Sighting::BadUtf8 => {
+                let raw = bad_utf8_names(&user);
+                let payload = user_with_raw_names(&user, &raw);
+                let outcome = if self.profile().has(Rule::Utf8Validated) {
+                    // NodeDB.cpp updateUser (≥ 2.7.23): names that are not UTF-8 are not stored.
+                    Heard::Updated
+                } else {
+                    let lossy = User {
+                        long_name: String::from_utf8_lossy(&raw.long_name).into_owned(),
+                        short_name: String::from_utf8_lossy(&raw.short_name).into_owned(),
+                        ..user.clone()
+                    };
+                    let dropped = self.profile().has(Rule::KeyMismatchDropped);
+                    radio.db.heard(num, &lossy, Some(raw), now_secs(), dropped)
+                };
+                (PortNum::NodeinfoApp, payload, outcome)
+            }
+            Sighting::Packet(portnum) => {
+                let outcome = radio.db.heard_packet(num, now_secs());
+                (*portnum, portnum_payload(*portnum), outcome)
+            }
+        };
+        if outcome == Heard::NoRoom && self.no_room(&mut radio, num) == WhenFull::Crash {
+            return;
+        }
         let id = radio.population.packet_id();
         drop(radio);
-        log::info!(target: "keysync::sim", "{} ({}) announces itself: {outcome:?}", node_id(node.num), user.long_name);
+        log::info!(target: "keysync::sim", "{} ({}) heard on {}: {outcome:?}",
+            node_id(num), sanitize(&user.long_name), portnum.as_str_name());
         self.counters.announcements.fetch_add(1, Ordering::Relaxed);
-        let packet = mesh_packet(
-            node.num,
-            BROADCAST,
-            id,
-            PortNum::NodeinfoApp,
-            user.encode_to_vec(),
-        );
-        let _ = self.live.send(FromRadio {
-            id: 0,
-            payload_variant: Some(from_radio::PayloadVariant::Packet(packet)),
-        });
+        self.to_client(mesh_packet(num, BROADCAST, id, portnum, payload));
         if outcome == Heard::KeyMismatch {
-            log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(node.num));
+            log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
         }
+    }
+
+    /// A new node arrived and nothing can be evicted (NodeDB.cpp getOrCreateMeshNode): 2.7.x
+    /// writes past the end of its node array and the radio reboots; 2.8 refuses the node.
+    fn no_room(&self, radio: &mut Radio, num: u32) -> WhenFull {
+        let protected = radio.db.protected();
+        let when = self.profile().when_full();
+        match when {
+            WhenFull::Refuse => {
+                self.counters.refused_nodes.fetch_add(1, Ordering::Relaxed);
+                log::warn!(target: "keysync::sim",
+                    "NodeDB full ({} entries, {} protected: {} favourite, {} ignored, {} verified): refusing new node {}",
+                    radio.db.len(), protected.total, protected.favourite, protected.ignored,
+                    protected.verified, node_id(num));
+            }
+            WhenFull::Crash => {
+                self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                log::error!(target: "keysync::sim",
+                    "CRASH: node {} does not fit a NodeDB of {} entries with {} protected ({} favourite, {} ignored, {} verified); meshNodes->at({}) is out of range, firmware {} aborts and reboots with the NodeDB last written to flash",
+                    node_id(num), radio.db.len(), protected.total, protected.favourite,
+                    protected.ignored, protected.verified, radio.db.len(),
+                    self.profile().firmware.reported);
+                radio.down = true;
+                radio.db.restore_from_flash();
+                self.crashed.notify_one();
+            }
+        }
+        when
+    }
+
+    /// saveNodeDatabaseToDisk: every add_contact and every operator decision writes the whole
+    /// NodeDB, unthrottled (NodeDB.cpp).
+    fn write_flash(&self, radio: &mut Radio) {
+        radio.db.save_to_flash();
+        self.counters.flash_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the radio's operator decides (phone app or CLI; AdminModule.cpp).
+    fn operator(&self, action: OperatorAction, num: u32) -> bool {
+        let mut radio = self.radio();
+        let done = match action {
+            OperatorAction::Ignore => radio.db.ignore(num),
+            OperatorAction::Remove => radio.db.remove(num),
+            OperatorAction::Favorite => radio.db.set_favourite(num, true),
+            OperatorAction::Unfavorite => radio.db.set_favourite(num, false),
+        };
+        if done {
+            self.write_flash(&mut radio);
+            self.counters
+                .operator_actions
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!(target: "keysync::sim", "operator: {} {}; NodeDB written to flash", action.name(), node_id(num));
+        } else {
+            log::info!(target: "keysync::sim", "operator: {} {}: no such node", action.name(), node_id(num));
+        }
+        done
     }
 
     fn key_change(&self, index: usize) {
@@ -183,10 +327,10 @@ impl Shared {
             };
             user.public_key = key.to_vec();
         }
-        self.announce(index);
+        self.hear(index, &Sighting::NodeInfo);
     }
 
-    fn new_nodes(&self, count: usize) {
+    fn new_nodes(&self, count: usize, portnum: Option<PortNum>) {
         let first = {
             let mut radio = self.radio();
             let first = radio.mesh.len();
@@ -196,9 +340,97 @@ impl Shared {
             }
             first
         };
+        let how = portnum.map_or(Sighting::NodeInfo, Sighting::Packet);
         for index in first..first + count {
-            self.announce(index);
+            self.hear(index, &how);
         }
+    }
+
+    /// The firmware's answer to a DM it could not encrypt (Router.cpp, ≥ 2.7.19).
+    fn dm_fail(&self, to: u32, request_id: u32) {
+        self.counters.pki_send_fails.fetch_add(1, Ordering::Relaxed);
+        log::info!(target: "keysync::sim", "DM to {} refused: PKI_SEND_FAIL_PUBLIC_KEY", node_id(to));
+        self.to_client(self.routing_error(RoutingError::PkiSendFailPublicKey, request_id));
+    }
+
+    /// A routing error for a client packet, as the radio reports it to the client.
+    fn routing_error(&self, error: RoutingError, request_id: u32) -> MeshPacket {
+        let (my, id) = {
+            let mut radio = self.radio();
+            (radio.db.my_node_num(), radio.population.packet_id())
+        };
+        let routing = Routing {
+            variant: Some(routing::Variant::ErrorReason(error as i32)),
+        };
+        let mut packet = mesh_packet(my, my, id, PortNum::RoutingApp, routing.encode_to_vec());
+        if let Some(mesh_packet::PayloadVariant::Decoded(data)) = packet.payload_variant.as_mut() {
+            data.request_id = request_id;
+        }
+        packet
+    }
+
+    fn to_client(&self, packet: MeshPacket) {
+        let _ = self.live.send(FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::Packet(packet)),
+        });
+    }
+}
+
+/// A name for logs: no control characters from the mesh reach a terminal.
+fn sanitize(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Names that are not UTF-8, as broken firmware and apps have sent them (firmware #7260).
+fn bad_utf8_names(user: &User) -> RawNames {
+    let mut long_name = user.long_name.as_bytes().to_vec();
+    long_name.truncate(30);
+    long_name.extend_from_slice(&[0xFF, 0xFE, b'!']);
+    RawNames {
+        long_name,
+        short_name: vec![0xC3, 0x28, b'x'],
+    }
+}
+
+/// A `User` encoded with raw name bytes (protobuf fields 2 and 3 appended; the last value of a
+/// field wins, so the encoded names are the raw ones).
+pub(crate) fn user_with_raw_names(user: &User, raw: &RawNames) -> Vec<u8> {
+    let plain = User {
+        long_name: String::new(),
+        short_name: String::new(),
+        ..user.clone()
+    };
+    let mut out = plain.encode_to_vec();
+    length_delimited(&mut out, 2, &raw.long_name);
+    length_delimited(&mut out, 3, &raw.short_name);
+    out
+}
+
+/// Appends one length-delimited protobuf field.
+pub(crate) fn length_delimited(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    varint(out, u64::from(field << 3 | 2));
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let low = u8::try_from(v & 0x7F).unwrap_or_default();
+        v >>= 7;
+        if v == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+/// A plausible payload for a packet on `portnum`; its content does not matter to keysync.
+fn portnum_payload(portnum: PortNum) -> Vec<u8> {
+    match portnum {
+        PortNum::TextMessageApp => b"hello from the mesh".to_vec(),
+        _ => Vec::new(),
     }
 }
 
@@ -250,14 +482,21 @@ impl SimHandle {
     pub fn start(config: SimConfig) -> io::Result<Self> {
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
+        let profile = config.profile.clone();
+        let capacity = config.capacity();
         let mut population = Population::new(config.seed);
-        let own = population.own_node();
-        let mut db = NodeDb::new(own, config.capacity);
+        let mut own = population.own_node();
+        if let Some(user) = own.user.as_mut() {
+            user.hw_model = profile.hw.hw_model() as i32;
+            user.role = profile.role.role() as i32;
+        }
+        let mut db = NodeDb::new(own, capacity, profile.contact_rules());
         let mesh: Vec<NodeInfo> = (0..config.nodes).map(|_| population.next_node()).collect();
-        for node in mesh.iter().take(config.capacity.saturating_sub(1)) {
+        for node in mesh.iter().take(capacity.saturating_sub(1)) {
             db.insert(node.clone());
         }
-        let (live, _) = broadcast::channel(32);
+        db.save_to_flash();
+        let (live, _) = broadcast::channel(profile.client_queue());
         let announce_every = config.announce_every;
         let scenario = config.scenario.clone();
         let shared = Arc::new(Shared {
@@ -267,15 +506,19 @@ impl SimHandle {
                 population,
                 mesh,
                 contacts: Vec::new(),
+                sent: VecDeque::new(),
                 queue_full_until: None,
                 silent_until: None,
+                down: false,
             }),
             counters: Arc::new(SimCounters::default()),
             live,
+            crashed: Notify::new(),
         });
         log::info!(target: "keysync::sim",
-            "simulated radio {} listening on {addr}: {} nodes on the mesh, NodeDB capacity {}, firmware {}",
-            node_id(shared.radio().db.my_node_num()), shared.config.nodes, shared.config.capacity, shared.config.firmware);
+            "simulated radio {} listening on {addr}: {} nodes on the mesh, {}",
+            node_id(shared.radio().db.my_node_num()), shared.config.nodes,
+            profile.describe(capacity));
         let (control, control_rx) = mpsc::channel(16);
         let mut tasks = vec![tokio::spawn(listen(listener, shared.clone(), control_rx))];
         if let Some(every) = announce_every {
@@ -352,6 +595,64 @@ impl SimHandle {
         self.shared.radio().db.evictions()
     }
 
+    /// Entries the radio's eviction may not take, by reason.
+    pub fn protected(&self) -> Protected {
+        self.shared.radio().db.protected()
+    }
+
+    /// The NodeDB's capacity, own node included.
+    pub fn capacity(&self) -> usize {
+        self.shared.radio().db.capacity()
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.shared.config.profile
+    }
+
+    /// The last packets the radio sent on to the mesh, oldest first.
+    pub fn sent(&self) -> Vec<MeshPacket> {
+        self.shared.radio().sent.iter().cloned().collect()
+    }
+
+    /// Whether the radio is rebooting (after a crash or a reboot fault).
+    pub fn is_down(&self) -> bool {
+        self.shared.radio().down
+    }
+
+    /// The operator decides on node `num` (as the phone app or CLI would); false when the
+    /// radio does not know the node.
+    pub fn operator(&self, action: OperatorAction, num: u32) -> bool {
+        self.shared.operator(action, num)
+    }
+
+    /// A packet from node `num` on `portnum` reaches the radio; a node it does not know is
+    /// created (keyless), which may evict, refuse or crash. For nodes outside the generated
+    /// mesh, the node is added to it first.
+    pub fn hear_from(&self, num: u32, portnum: PortNum) {
+        let index = {
+            let mut radio = self.shared.radio();
+            if let Some(i) = radio.mesh.iter().position(|n| n.num == num) {
+                i
+            } else {
+                radio.mesh.push(NodeInfo {
+                    num,
+                    user: Some(User {
+                        id: node_id(num),
+                        ..User::default()
+                    }),
+                    ..NodeInfo::default()
+                });
+                radio.mesh.len() - 1
+            }
+        };
+        let how = if portnum == PortNum::NodeinfoApp {
+            Sighting::NodeInfo
+        } else {
+            Sighting::Packet(portnum)
+        };
+        self.shared.hear(index, &how);
+    }
+
     /// Applies a fault or mesh event now.
     pub async fn inject(&self, fault: Fault) {
         apply(fault, &self.shared, &self.control).await;
@@ -390,8 +691,32 @@ async fn apply(fault: Fault, shared: &Arc<Shared>, control: &mpsc::Sender<Listen
 fn apply_mesh(shared: &Shared, fault: Fault) {
     match fault {
         Fault::KeyChange { node } => shared.key_change(node),
-        Fault::NewNodes { count } => shared.new_nodes(count),
-        Fault::Announce { node } => shared.announce(node),
+        Fault::NewNodes { count, portnum } => shared.new_nodes(count, portnum),
+        Fault::Announce { node } => shared.hear(node, &Sighting::NodeInfo),
+        Fault::Heard { node, portnum } => shared.hear(node, &Sighting::Packet(portnum)),
+        Fault::BadUtf8Name { node } => shared.hear(node, &Sighting::BadUtf8),
+        Fault::DmFail { node } => {
+            let (to, id) = {
+                let mut radio = shared.radio();
+                let to = radio.mesh.get(node).map(|n| n.num);
+                (to, radio.population.packet_id())
+            };
+            match to {
+                Some(to) => shared.dm_fail(to, id),
+                None => log::warn!(target: "keysync::sim", "no generated node #{node} for dm-fail"),
+            }
+        }
+        Fault::Operator { action, node } => {
+            let num = shared.radio().mesh.get(node).map(|n| n.num);
+            match num {
+                Some(num) => {
+                    shared.operator(action, num);
+                }
+                None => {
+                    log::warn!(target: "keysync::sim", "no generated node #{node} to {}", action.name())
+                }
+            }
+        }
         Fault::QueueFull { duration } => {
             log::info!(target: "keysync::sim", "fault: packet queue full for {}", humantime::format_duration(duration));
             shared.radio().queue_full_until = Some(Instant::now() + duration);
@@ -438,6 +763,7 @@ async fn listen(
         let step = tokio::select! {
             accepted = accept_on(listener.as_ref()) => Step::Accepted(accepted),
             () = rebind_at(back_at) => Step::Rebind,
+            () = shared.crashed.notified() => Step::Crashed,
             cmd = control.recv() => Step::Command(cmd),
         };
         match step {
@@ -462,11 +788,19 @@ async fn listen(
                 ));
                 current = Some(Current { kick, cmds, task });
             }
+            Step::Crashed => {
+                if let Some(old) = current.take() {
+                    old.kick.cancel();
+                }
+                listener = None;
+                back_at = Some(Instant::now() + shared.config.reboot_time);
+            }
             Step::Rebind => {
                 back_at = None;
                 match bind(addr) {
                     Ok(l) => {
                         log::info!(target: "keysync::sim", "accepting connections again on {addr}");
+                        shared.radio().down = false;
                         listener = Some(l);
                     }
                     Err(e) => {
@@ -527,11 +861,14 @@ async fn apply_to_listener(
             if let Some(old) = current.take() {
                 old.kick.cancel();
             }
+            let mut radio = shared.radio();
+            radio.down = true;
             match forget {
                 Forget::Nothing => {}
-                Forget::Keys => shared.radio().db.forget_keys(),
-                Forget::Nodes => shared.radio().db.forget_nodes(),
+                Forget::Keys => radio.db.forget_keys(),
+                Forget::Nodes => radio.db.forget_nodes(),
             }
+            drop(radio);
             *listener = None;
             *back_at = Some(Instant::now() + down);
         }
@@ -542,6 +879,7 @@ async fn apply_to_listener(
 enum Step {
     Accepted(io::Result<(tokio::net::TcpStream, SocketAddr)>),
     Rebind,
+    Crashed,
     Command(Option<ListenerCmd>),
 }
 
@@ -590,7 +928,7 @@ async fn announce_loop(shared: Arc<Shared>, every: Duration) {
         }
         // Walk the mesh in a stride so successive announcements come from different nodes.
         next = (next + 7) % count;
-        shared.announce(next);
+        shared.hear(next, &Sighting::NodeInfo);
     }
 }
 
@@ -617,6 +955,13 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
     m.insert("invalid_contacts", SimCounters::get(&c.invalid_contacts));
     m.insert("flash_writes", SimCounters::get(&c.flash_writes));
     m.insert("idle_closes", SimCounters::get(&c.idle_closes));
+    m.insert("crashes", SimCounters::get(&c.crashes));
+    m.insert("refused_nodes", SimCounters::get(&c.refused_nodes));
+    m.insert("mesh_sent", SimCounters::get(&c.mesh_sent));
+    m.insert("rate_limited", SimCounters::get(&c.rate_limited));
+    m.insert("pki_send_fails", SimCounters::get(&c.pki_send_fails));
+    m.insert("ignored_admin", SimCounters::get(&c.ignored_admin));
+    m.insert("operator_actions", SimCounters::get(&c.operator_actions));
     m
 }
 
@@ -626,22 +971,29 @@ pub async fn run_cli(args: &crate::cli::SimArgs) -> anyhow::Result<()> {
         Some(path) => Scenario::load(path)?,
         None => Scenario::default(),
     };
+    let profile = Profile::new(&args.firmware, args.hw, args.role).map_err(anyhow::Error::msg)?;
     let config = SimConfig {
         listen: args.listen,
         nodes: args.nodes,
         seed: args.seed,
-        capacity: usize::from(args.capacity),
+        capacity: args.capacity.map(usize::from),
         idle_timeout: args.idle_timeout,
         announce_every: (!args.announce_every.is_zero()).then_some(args.announce_every),
-        firmware: args.firmware.clone(),
+        profile,
         scenario,
+        reboot_time: args.reboot_time,
+        managed: args.managed,
         ..SimConfig::default()
     };
     let sim = SimHandle::start(config)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     crate::headless::shutdown_signal().await?;
     let counters = sim.counters();
-    log::info!(target: "keysync::sim", "stopping; counters: {:?}", snapshot(&counters));
+    let protected = sim.protected();
+    log::info!(target: "keysync::sim",
+        "stopping; counters: {:?}; NodeDB {} of {} entries, {} protected ({} favourite, {} ignored, {} verified), {} evictions",
+        snapshot(&counters), sim.nodedb().len(), sim.capacity(), protected.total,
+        protected.favourite, protected.ignored, protected.verified, sim.evictions());
     sim.shutdown().await;
     Ok(())
 }

@@ -156,7 +156,7 @@ fn python_client_lists_every_simulated_node_and_the_owner() {
 
     let info = run_client(&cli, &host, "--info");
     assert!(info.contains("Owner: keysync sim (SIM)"), "{info}");
-    assert!(info.contains("2.7.15"), "--info shows the firmware: {info}");
+    assert!(info.contains("2.7.26"), "--info shows the firmware: {info}");
 }
 
 fn python() -> PathBuf {

@@ -12,7 +12,7 @@ use keysync::engine::radio::valid_key;
 use keysync::engine::store::Store;
 use keysync::engine::sync::{Outcome, Trigger};
 use keysync::engine::{self, Command, RadioKey};
-use keysync::sim::{Fault, Forget};
+use keysync::sim::{Fault, Forget, OperatorAction};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -161,13 +161,16 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
     let (x, y) = (mesh[1].num, mesh[2].num);
     let (x_old, y_old) = (key_of(&mesh[1]), key_of(&mesh[2]));
 
-    // The radio loses its node list; while it is down X and Y re-key and announce, so it
-    // comes back holding their new keys. keysync must not follow on its own.
-    sim.inject(Fault::Reboot {
-        down: Duration::from_millis(800),
-        forget: Forget::Nodes,
+    // While keysync is away (refused, dropped), the radio's operator removes X and Y, and they
+    // re-key and announce, so the radio holds their new keys. keysync must not follow on its
+    // own.
+    sim.inject(Fault::Refuse {
+        duration: Duration::from_millis(800),
     })
     .await;
+    sim.inject(Fault::Drop).await;
+    assert!(sim.operator(OperatorAction::Remove, x));
+    assert!(sim.operator(OperatorAction::Remove, y));
     sim.inject(Fault::KeyChange { node: 1 }).await;
     sim.inject(Fault::KeyChange { node: 2 }).await;
     let mesh = sim.mesh();
@@ -241,7 +244,7 @@ async fn a_radio_too_small_for_every_key_gets_at_most_max_pushes_per_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 30);
     let mut config = sim_config(30);
-    config.capacity = 20;
+    config.capacity = Some(20);
     let sim = start_sim(config);
     let (db, store) = seeded_store(&dir, &known);
     let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);

@@ -1,28 +1,52 @@
-//! The simulated radio's NodeDB, with the firmware's capacity, eviction and key rules
-//! (PROTOCOL.md § Nodes and keys, § add_contact).
+//! The simulated radio's NodeDB, with the firmware's capacity, eviction, key and operator rules
+//! (PROTOCOL.md § Nodes and keys, § add_contact, § Operator decisions, § When the NodeDB is
+//! full). Everything here is from firmware `src/mesh/NodeDB.cpp` unless a comment says otherwise.
 
 use meshtastic::protobufs::{NodeInfo, SharedContact, User};
 
-use crate::engine::radio::valid_key;
+use super::profile::ContactRules;
+use crate::engine::radio::{node_id, valid_key};
 
-/// What happened to a NodeInfo heard on the mesh.
+/// What happened to a node heard on the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heard {
     Added,
     Updated,
-    /// "Public Key mismatch, dropping NodeInfo".
+    /// "Public Key mismatch, dropping NodeInfo" (updateUser, ≥ 2.7.6).
     KeyMismatch,
     /// A keyless NodeInfo for a node with a stored key.
     KeylessDropped,
+    /// The node is new and nothing in the NodeDB can be evicted (getOrCreateMeshNode).
+    NoRoom,
 }
 
-/// What an add_contact did.
+/// What an add_contact did (addFromContact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContactResult {
     /// Stored (and written to flash).
     Stored,
     /// The stored node is manually verified and the contact is not: dropped whole.
     DroppedVerified,
+    /// The node is new and nothing in the NodeDB can be evicted.
+    NoRoom,
+}
+
+/// Entries that eviction may not take (getOrCreateMeshNode): the hazard's measure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protected {
+    pub favourite: usize,
+    pub ignored: usize,
+    pub verified: usize,
+    /// Entries with any of the three (own node excluded).
+    pub total: usize,
+}
+
+/// Names exactly as a node sent them, when they are not valid UTF-8 (firmware before 2.7.23
+/// stored them so; PROTOCOL.md § Names are not always valid UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawNames {
+    pub long_name: Vec<u8>,
+    pub short_name: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +54,7 @@ struct Entry {
     info: NodeInfo,
     /// Order of last hearing, for eviction (the firmware uses `last_heard`).
     heard: u64,
+    raw_names: Option<RawNames>,
 }
 
 /// A NodeDB of fixed capacity; the own node counts towards it and is never evicted.
@@ -38,16 +63,21 @@ pub struct NodeDb {
     own: NodeInfo,
     others: Vec<Entry>,
     capacity: usize,
+    rules: ContactRules,
+    /// The NodeDB as last saved (saveNodeDatabaseToDisk): what a crash comes back with.
+    flash: Vec<Entry>,
     clock: u64,
     evictions: u64,
 }
 
 impl NodeDb {
-    pub fn new(own: NodeInfo, capacity: usize) -> Self {
+    pub fn new(own: NodeInfo, capacity: usize, rules: ContactRules) -> Self {
         Self {
             own,
             others: Vec::new(),
             capacity: capacity.max(2),
+            rules,
+            flash: Vec::new(),
             clock: 0,
             evictions: 0,
         }
@@ -61,14 +91,19 @@ impl NodeDb {
         self.own.num
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Every node, own node first.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         std::iter::once(&self.own).chain(self.others.iter().map(|e| &e.info))
     }
 
-    /// Nodes other than our own, in storage order.
-    pub fn others(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.others.iter().map(|e| &e.info)
+    /// Nodes other than our own, in storage order, with their raw names where those are not
+    /// valid UTF-8.
+    pub fn others(&self) -> impl Iterator<Item = (&NodeInfo, Option<&RawNames>)> {
+        self.others.iter().map(|e| (&e.info, e.raw_names.as_ref()))
     }
 
     pub fn get(&self, num: u32) -> Option<&NodeInfo> {
@@ -87,88 +122,201 @@ impl NodeDb {
         self.evictions
     }
 
-    /// Puts a node straight in (initial population); evicts if full.
-    pub fn insert(&mut self, info: NodeInfo) {
-        if info.num == self.own.num {
-            return;
+    /// Entries eviction may not take.
+    pub fn protected(&self) -> Protected {
+        let mut p = Protected::default();
+        for e in &self.others {
+            let i = &e.info;
+            p.favourite += usize::from(i.is_favorite);
+            p.ignored += usize::from(i.is_ignored);
+            p.verified += usize::from(i.is_key_manually_verified);
+            p.total += usize::from(is_protected(i));
         }
-        self.clock += 1;
-        if let Some(e) = self.others.iter_mut().find(|e| e.info.num == info.num) {
-            e.info = info;
-            e.heard = self.clock;
-            return;
-        }
-        self.make_room();
-        self.others.push(Entry {
-            info,
-            heard: self.clock,
-        });
+        p
     }
 
-    /// A NodeInfo heard on the mesh, under the firmware's key rules.
-    pub fn heard(&mut self, num: u32, user: &User, last_heard: u32) -> Heard {
+    /// Puts a node straight in (initial population); false when there is no room.
+    pub fn insert(&mut self, info: NodeInfo) -> bool {
+        if info.num == self.own.num {
+            return false;
+        }
+        self.clock += 1;
+        if let Some(e) = self.entry_mut(info.num) {
+            e.info = info;
+            return true;
+        }
+        if self.make_room().is_err() {
+            return false;
+        }
+        self.push(info, None);
+        true
+    }
+
+    /// A NodeInfo heard on the mesh (updateUser), under the firmware's key rules.
+    /// `key_mismatch_dropped`: firmware ≥ 2.7.6 keeps the stored key.
+    pub fn heard(
+        &mut self,
+        num: u32,
+        user: &User,
+        raw_names: Option<RawNames>,
+        last_heard: u32,
+        key_mismatch_dropped: bool,
+    ) -> Heard {
         if num == self.own.num {
             return Heard::Updated;
         }
         self.clock += 1;
         let clock = self.clock;
-        if let Some(e) = self.others.iter_mut().find(|e| e.info.num == num) {
+        if let Some(e) = self.entry_mut(num) {
             let stored = e.info.user.as_ref().and_then(|u| valid_key(&u.public_key));
             match (stored, valid_key(&user.public_key)) {
-                (Some(old), Some(new)) if old != new => return Heard::KeyMismatch,
+                (Some(old), Some(new)) if old != new && key_mismatch_dropped => {
+                    return Heard::KeyMismatch;
+                }
                 (Some(_), None) => return Heard::KeylessDropped,
                 _ => {}
             }
-            e.info.user = Some(user.clone());
+            // An ignored node stays ignored and keyless (set_ignored_node erased its key).
+            let mut user = user.clone();
+            if e.info.is_ignored {
+                user.public_key.clear();
+            }
+            e.info.user = Some(user);
             e.info.last_heard = last_heard;
             e.heard = clock;
+            e.raw_names = raw_names;
             return Heard::Updated;
         }
-        self.make_room();
-        self.others.push(Entry {
-            info: NodeInfo {
+        if self.make_room().is_err() {
+            return Heard::NoRoom;
+        }
+        self.push(
+            NodeInfo {
                 num,
                 user: Some(user.clone()),
                 last_heard,
                 ..NodeInfo::default()
             },
-            heard: clock,
-        });
+            raw_names,
+        );
         Heard::Added
     }
 
-    /// add_contact: replace the whole user, mark favourite. An empty key erases the stored one.
-    pub fn add_contact(&mut self, contact: &SharedContact, last_heard: u32) -> ContactResult {
-        let user = contact.user.clone().unwrap_or_default();
+    /// Any other packet from `num` (updateFrom via getOrCreateMeshNode): an unknown sender gets
+    /// a new entry without a user or key, which may evict another node.
+    pub fn heard_packet(&mut self, num: u32, last_heard: u32) -> Heard {
+        if num == self.own.num {
+            return Heard::Updated;
+        }
         self.clock += 1;
         let clock = self.clock;
-        if let Some(e) = self
-            .others
-            .iter_mut()
-            .find(|e| e.info.num == contact.node_num)
-        {
-            if e.info.is_key_manually_verified && !contact.manually_verified {
-                return ContactResult::DroppedVerified;
-            }
-            e.info.user = Some(user);
-            e.info.is_favorite = true;
-            e.info.is_key_manually_verified = contact.manually_verified;
+        if let Some(e) = self.entry_mut(num) {
+            e.info.last_heard = last_heard;
             e.heard = clock;
+            return Heard::Updated;
+        }
+        if self.make_room().is_err() {
+            return Heard::NoRoom;
+        }
+        self.push(
+            NodeInfo {
+                num,
+                last_heard,
+                ..NodeInfo::default()
+            },
+            None,
+        );
+        Heard::Added
+    }
+
+    /// add_contact (addFromContact): the whole user is replaced by the contact's
+    /// (ConvertToUserLite: `is_unmessagable`, `macaddr`, `is_licensed` reset when omitted); the
+    /// node becomes favourite (not on a CLIENT_BASE from 2.7.14) and, on 2.6.8 – 2.7.11,
+    /// manually verified. An empty key erases the stored one.
+    pub fn add_contact(&mut self, contact: &SharedContact, last_heard: u32) -> ContactResult {
+        let mut user = contact.user.clone().unwrap_or_default();
+        user.id = node_id(contact.node_num);
+        let rules = self.rules;
+        let verified = rules.always_verified || contact.manually_verified;
+        self.clock += 1;
+        let clock = self.clock;
+        if contact.node_num == self.own.num {
             return ContactResult::Stored;
         }
-        self.make_room();
-        self.others.push(Entry {
-            info: NodeInfo {
+        if let Some(e) = self.entry_mut(contact.node_num) {
+            if rules.verified_keeps_key && e.info.is_key_manually_verified && !verified {
+                let stored = e.info.user.as_ref().map(|u| u.public_key.as_slice());
+                if stored != Some(user.public_key.as_slice()) {
+                    return ContactResult::DroppedVerified;
+                }
+            }
+            e.info.user = Some(user);
+            e.info.last_heard = last_heard;
+            e.heard = clock;
+            e.raw_names = None;
+            if rules.favourite {
+                e.info.is_favorite = true;
+            }
+            if verified {
+                e.info.is_key_manually_verified = true;
+            }
+            return ContactResult::Stored;
+        }
+        if self.make_room().is_err() {
+            return ContactResult::NoRoom;
+        }
+        self.push(
+            NodeInfo {
                 num: contact.node_num,
                 user: Some(user),
                 last_heard,
-                is_favorite: true,
-                is_key_manually_verified: contact.manually_verified,
+                is_favorite: rules.favourite,
+                is_key_manually_verified: verified,
                 ..NodeInfo::default()
             },
-            heard: clock,
-        });
+            None,
+        );
         ContactResult::Stored
+    }
+
+    /// set_ignored_node (AdminModule.cpp): the node is ignored, unfavourited, and its key is
+    /// erased. False when the node is unknown.
+    pub fn ignore(&mut self, num: u32) -> bool {
+        let Some(e) = self.entry_mut(num) else {
+            return false;
+        };
+        e.info.is_ignored = true;
+        e.info.is_favorite = false;
+        if let Some(u) = e.info.user.as_mut() {
+            u.public_key.clear();
+        }
+        true
+    }
+
+    /// remove_by_nodenum (AdminModule.cpp → NodeDB::removeNodeByNum).
+    pub fn remove(&mut self, num: u32) -> bool {
+        let before = self.others.len();
+        self.others.retain(|e| e.info.num != num);
+        before != self.others.len()
+    }
+
+    /// set_favorite_node / remove_favorite_node (AdminModule.cpp).
+    pub fn set_favourite(&mut self, num: u32, favourite: bool) -> bool {
+        let Some(e) = self.entry_mut(num) else {
+            return false;
+        };
+        e.info.is_favorite = favourite;
+        true
+    }
+
+    /// saveNodeDatabaseToDisk: what a crash will come back with.
+    pub fn save_to_flash(&mut self) {
+        self.flash.clone_from(&self.others);
+    }
+
+    /// A crash: everything since the last flash write is gone.
+    pub fn restore_from_flash(&mut self) {
+        self.others.clone_from(&self.flash);
     }
 
     /// Reboot without keys: every other node's key is gone.
@@ -185,45 +333,58 @@ impl NodeDb {
         self.others.clear();
     }
 
+    fn entry_mut(&mut self, num: u32) -> Option<&mut Entry> {
+        self.others.iter_mut().find(|e| e.info.num == num)
+    }
+
+    fn push(&mut self, info: NodeInfo, raw_names: Option<RawNames>) {
+        self.others.push(Entry {
+            info,
+            heard: self.clock,
+            raw_names,
+        });
+    }
+
     /// Evicts until one more node fits: first the oldest non-favourite node without a key, then
-    /// the oldest node that is not favourite, ignored or manually verified.
-    fn make_room(&mut self) {
+    /// the oldest node that is not favourite, ignored or manually verified. There is no other
+    /// fallback in the firmware: with nothing evictable, there is no room.
+    fn make_room(&mut self) -> Result<(), NoRoom> {
         while self.len() >= self.capacity {
             let keyless = |e: &&Entry| {
-                !e.info.is_favorite
+                !is_protected(&e.info)
                     && e.info
                         .user
                         .as_ref()
                         .is_none_or(|u| valid_key(&u.public_key).is_none())
             };
-            let evictable = |e: &&Entry| {
-                !e.info.is_favorite && !e.info.is_ignored && !e.info.is_key_manually_verified
-            };
+            let evictable = |e: &&Entry| !is_protected(&e.info);
             let victim = self
                 .others
                 .iter()
                 .filter(keyless)
                 .min_by_key(|e| e.heard)
                 .or_else(|| self.others.iter().filter(evictable).min_by_key(|e| e.heard))
-                .map(|e| e.info.num);
-            let Some(num) = victim else {
-                // Everything is protected: the firmware then refuses new nodes; we overwrite the
-                // oldest to keep going, as the firmware's fallback does.
-                if let Some(pos) = (0..self.others.len()).min_by_key(|&i| self.others[i].heard) {
-                    self.others.remove(pos);
-                    self.evictions += 1;
-                }
-                continue;
-            };
-            self.others.retain(|e| e.info.num != num);
+                .map(|e| e.info.num)
+                .ok_or(NoRoom)?;
+            self.others.retain(|e| e.info.num != victim);
             self.evictions += 1;
         }
+        Ok(())
     }
+}
+
+/// Nothing in a full NodeDB can be evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom;
+
+fn is_protected(info: &NodeInfo) -> bool {
+    info.is_favorite || info.is_ignored || info.is_key_manually_verified
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::profile::{Hw, Profile, SimRole};
 
     fn user(key: u8) -> User {
         User {
@@ -240,75 +401,186 @@ mod tests {
         }
     }
 
+    fn rules(firmware: &str) -> ContactRules {
+        Profile::new(firmware, Hw::Linux, SimRole::Client)
+            .expect("valid")
+            .contact_rules()
+    }
+
+    fn db(capacity: usize, firmware: &str) -> NodeDb {
+        NodeDb::new(own(), capacity, rules(firmware))
+    }
+
+    fn contact(num: u32, key: u8) -> SharedContact {
+        SharedContact {
+            node_num: num,
+            user: Some(user(key)),
+            ..SharedContact::default()
+        }
+    }
+
+    fn hear(db: &mut NodeDb, num: u32, key: u8) -> Heard {
+        db.heard(num, &user(key), None, 0, true)
+    }
+
     #[test]
     fn evicts_keyless_nodes_before_keyed_ones_and_never_favourites() {
-        let mut db = NodeDb::new(own(), 4);
-        db.heard(10, &user(1), 0);
-        db.heard(11, &user(0), 0);
-        db.heard(12, &user(2), 0);
+        let mut db = db(4, "2.7.26");
+        hear(&mut db, 10, 1);
+        hear(&mut db, 11, 0);
+        hear(&mut db, 12, 2);
         assert_eq!(db.len(), 4);
-        db.heard(13, &user(3), 0);
+        hear(&mut db, 13, 3);
         assert!(db.get(11).is_none(), "keyless node goes first");
-        db.add_contact(
-            &SharedContact {
-                node_num: 10,
-                user: Some(user(1)),
-                ..SharedContact::default()
-            },
-            0,
-        );
-        db.heard(14, &user(4), 0);
+        db.add_contact(&contact(10, 1), 0);
+        hear(&mut db, 14, 4);
         assert!(db.get(10).is_some(), "favourite stays");
         assert!(db.get(12).is_none(), "oldest keyed non-favourite goes");
         assert_eq!(db.evictions(), 2);
     }
 
     #[test]
+    fn a_full_nodedb_of_protected_nodes_has_no_room_and_overwrites_nothing() {
+        // getOrCreateMeshNode has no fallback: the caller crashes (2.7) or refuses (2.8).
+        let mut db = db(3, "2.7.26");
+        db.add_contact(&contact(10, 1), 0);
+        db.add_contact(&contact(11, 2), 0);
+        assert_eq!(db.protected().favourite, 2);
+        assert_eq!(db.heard_packet(12, 0), Heard::NoRoom);
+        assert_eq!(hear(&mut db, 12, 3), Heard::NoRoom);
+        assert_eq!(db.add_contact(&contact(12, 3), 0), ContactResult::NoRoom);
+        assert!(db.get(10).is_some() && db.get(11).is_some());
+        assert_eq!(db.evictions(), 0);
+    }
+
+    #[test]
+    fn any_packet_from_an_unknown_node_creates_a_keyless_entry_that_may_evict() {
+        // updateFrom → getOrCreateMeshNode for every received packet, not only NodeInfo.
+        let mut db = db(3, "2.7.26");
+        hear(&mut db, 10, 1);
+        hear(&mut db, 11, 2);
+        assert_eq!(db.heard_packet(20, 5), Heard::Added);
+        assert!(db.get(10).is_none(), "oldest keyed node evicted");
+        let created = db.get(20).expect("created");
+        assert!(created.user.is_none() && created.last_heard == 5);
+    }
+
+    #[test]
     fn drops_mismatched_and_keyless_nodeinfo_for_a_keyed_node() {
-        let mut db = NodeDb::new(own(), 10);
-        db.heard(10, &user(1), 0);
-        assert_eq!(db.heard(10, &user(2), 0), Heard::KeyMismatch);
-        assert_eq!(db.heard(10, &user(0), 0), Heard::KeylessDropped);
+        let mut db = db(10, "2.7.26");
+        hear(&mut db, 10, 1);
+        assert_eq!(hear(&mut db, 10, 2), Heard::KeyMismatch);
+        assert_eq!(hear(&mut db, 10, 0), Heard::KeylessDropped);
+        let key = |db: &NodeDb| {
+            db.get(10)
+                .and_then(|n| n.user.clone())
+                .map(|u| u.public_key)
+        };
+        assert_eq!(key(&db), Some(vec![1; 32]));
+        // Before 2.7.6 a different key replaced the stored one.
+        assert_eq!(db.heard(10, &user(2), None, 0, false), Heard::Updated);
+        assert_eq!(key(&db), Some(vec![2; 32]));
+    }
+
+    #[test]
+    fn add_contact_replaces_the_whole_user_and_an_empty_key_erases() {
+        let mut db = db(10, "2.7.26");
+        let mut rich = user(1);
+        rich.is_unmessagable = Some(true);
+        rich.is_licensed = true;
+        #[expect(deprecated, reason = "the firmware still resets it; the sim must too")]
+        {
+            rich.macaddr = vec![1, 2, 3, 4, 5, 6];
+        }
+        db.heard(10, &rich, None, 0, true);
+        assert_eq!(db.add_contact(&contact(10, 1), 0), ContactResult::Stored);
+        let stored = db.get(10).and_then(|n| n.user.clone()).expect("user");
+        // ConvertToUserLite: fields the contact omits are reset, not kept.
+        assert_eq!(stored.is_unmessagable, None);
+        #[expect(deprecated, reason = "the firmware still resets it; the sim must too")]
+        let macaddr_reset = stored.macaddr.is_empty();
+        assert!(!stored.is_licensed && macaddr_reset);
+        assert_eq!(stored.id, "!0000000a");
+        db.add_contact(&contact(10, 0), 0);
+        let stored = db.get(10).and_then(|n| n.user.clone()).expect("user");
+        assert!(stored.public_key.is_empty(), "an empty key erases");
+    }
+
+    #[test]
+    fn add_contact_marks_verified_on_2_6_8_to_2_7_11_whatever_the_contact_says() {
+        let mut old = db(10, "2.7.11");
+        old.add_contact(&contact(10, 1), 0);
+        let n = old.get(10).expect("stored");
+        assert!(n.is_favorite && n.is_key_manually_verified);
+        // A later push with another key still replaces it: verification is not checked there.
+        assert_eq!(old.add_contact(&contact(10, 2), 0), ContactResult::Stored);
+        assert_eq!(old.protected().verified, 1);
+    }
+
+    #[test]
+    fn from_2_7_12_an_unverified_contact_for_a_verified_node_is_dropped_only_if_the_key_differs() {
+        let mut db = db(10, "2.7.12");
+        db.add_contact(&contact(10, 1), 0);
+        assert!(!db.get(10).expect("stored").is_key_manually_verified);
+        let verified = SharedContact {
+            manually_verified: true,
+            ..contact(10, 1)
+        };
+        db.add_contact(&verified, 0);
+        assert!(db.get(10).expect("stored").is_key_manually_verified);
+        assert_eq!(db.add_contact(&contact(10, 1), 0), ContactResult::Stored);
         assert_eq!(
-            db.get(10).unwrap().user.as_ref().unwrap().public_key,
-            vec![1; 32]
+            db.add_contact(&contact(10, 2), 0),
+            ContactResult::DroppedVerified
+        );
+        assert!(
+            db.get(10).expect("kept").is_key_manually_verified,
+            "an unverified push never clears verification"
         );
     }
 
     #[test]
-    fn add_contact_with_empty_key_erases_and_verified_nodes_refuse_unverified() {
-        let mut db = NodeDb::new(own(), 10);
-        db.heard(10, &user(1), 0);
-        let empty = SharedContact {
-            node_num: 10,
-            user: Some(user(0)),
-            ..SharedContact::default()
-        };
-        assert_eq!(db.add_contact(&empty, 0), ContactResult::Stored);
+    fn add_contact_on_a_client_base_from_2_7_14_does_not_favourite() {
+        let rules = Profile::new("2.7.14", Hw::Esp32, SimRole::ClientBase)
+            .expect("valid")
+            .contact_rules();
+        let mut db = NodeDb::new(own(), 10, rules);
+        db.add_contact(&contact(10, 1), 77);
+        let n = db.get(10).expect("stored");
+        assert!(!n.is_favorite && n.last_heard == 77);
+        assert_eq!(db.protected().total, 0);
+    }
+
+    #[test]
+    fn ignoring_erases_the_key_and_removing_deletes_the_node() {
+        let mut db = db(10, "2.7.26");
+        hear(&mut db, 10, 1);
+        hear(&mut db, 11, 2);
+        db.add_contact(&contact(10, 1), 0);
+        assert!(db.ignore(10));
+        let n = db.get(10).expect("kept");
+        assert!(n.is_ignored && !n.is_favorite);
+        assert!(n.user.as_ref().is_some_and(|u| u.public_key.is_empty()));
+        // A NodeInfo heard later does not bring the key back.
+        hear(&mut db, 10, 1);
         assert!(
             db.get(10)
-                .unwrap()
-                .user
-                .as_ref()
-                .unwrap()
-                .public_key
-                .is_empty()
+                .and_then(|n| n.user.clone())
+                .is_some_and(|u| u.public_key.is_empty())
         );
-        let verified = SharedContact {
-            node_num: 10,
-            user: Some(user(3)),
-            manually_verified: true,
-            ..SharedContact::default()
-        };
-        db.add_contact(&verified, 0);
-        let unverified = SharedContact {
-            node_num: 10,
-            user: Some(user(4)),
-            ..SharedContact::default()
-        };
-        assert_eq!(
-            db.add_contact(&unverified, 0),
-            ContactResult::DroppedVerified
-        );
+        assert!(db.remove(11));
+        assert!(db.get(11).is_none());
+        assert!(!db.remove(11));
+        assert!(db.set_favourite(10, true) && !db.set_favourite(99, true));
+    }
+
+    #[test]
+    fn a_crash_comes_back_with_the_nodedb_as_last_written_to_flash() {
+        let mut db = db(10, "2.7.26");
+        db.add_contact(&contact(10, 1), 0);
+        db.save_to_flash();
+        hear(&mut db, 11, 2);
+        db.restore_from_flash();
+        assert!(db.get(10).is_some() && db.get(11).is_none());
     }
 }

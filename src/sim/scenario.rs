@@ -19,12 +19,19 @@
 //! forget = "keys"
 //! ```
 //! Other kinds: `refuse` (`for`), `garbage` (`bytes`), `key-change` (`node`, an index into
-//! the generated nodes), `new-nodes` (`count`), `announce` (`node`), `queue-full` (`for`: every
-//! QueueStatus says `free = 0`), `silent-queue` (`for`: packets get no QueueStatus).
+//! the generated nodes), `new-nodes` (`count`, optional `portnum`: they arrive as plain packets
+//! on that port instead of NodeInfo), `announce` (`node`), `heard` (`node`, `portnum`: a packet
+//! that creates the node if the radio does not know it), `bad-utf8-name` (`node` announces
+//! names that are not UTF-8), `dm-fail` (`node`: the radio reports PKI_SEND_FAIL_PUBLIC_KEY for
+//! a DM to it), the operator's `ignore`, `remove`, `favorite`, `unfavorite` (`node`),
+//! `queue-full` (`for`: every QueueStatus says `free = 0`), `silent-queue` (`for`: packets get
+//! no QueueStatus). Ports: `text`, `position`, `nodeinfo`, `telemetry`, `waypoint`, `alert`,
+//! `traceroute`, or a protobuf name such as `RANGE_TEST_APP`.
 
 use std::path::Path;
 use std::time::Duration;
 
+use meshtastic::protobufs::PortNum;
 use serde::Deserialize;
 
 use crate::duration;
@@ -70,6 +77,7 @@ struct RawEvent {
     bytes: Option<usize>,
     node: Option<usize>,
     count: Option<usize>,
+    portnum: Option<String>,
 }
 
 impl RawEvent {
@@ -113,18 +121,92 @@ impl RawEvent {
             },
             "new-nodes" => Fault::NewNodes {
                 count: need(self.count, "count")?,
+                portnum: self.portnum.as_deref().map(parse_portnum).transpose()?,
             },
             "announce" => Fault::Announce {
                 node: need(self.node, "node")?,
             },
-            other => {
-                return Err(format!(
-                    "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce, queue-full, silent-queue)",
-                    humantime::format_duration(at)
-                ));
-            }
+            "heard" => Fault::Heard {
+                node: need(self.node, "node")?,
+                portnum: parse_portnum(self.portnum.as_deref().unwrap_or("position"))?,
+            },
+            "bad-utf8-name" => Fault::BadUtf8Name {
+                node: need(self.node, "node")?,
+            },
+            "dm-fail" => Fault::DmFail {
+                node: need(self.node, "node")?,
+            },
+            "queue-full" => Fault::QueueFull {
+                duration: need_for(self.duration, "for")?,
+            },
+            "silent-queue" => Fault::SilentQueue {
+                duration: need_for(self.duration, "for")?,
+            },
+            other => match OperatorAction::parse(other) {
+                Some(action) => Fault::Operator {
+                    action,
+                    node: need(self.node, "node")?,
+                },
+                None => {
+                    return Err(format!(
+                        "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce, heard, bad-utf8-name, dm-fail, ignore, remove, favorite, unfavorite, queue-full, silent-queue)",
+                        humantime::format_duration(at)
+                    ));
+                }
+            },
         };
         Ok(ScenarioEvent { at, fault })
+    }
+}
+
+/// A port by its short name (`position`) or protobuf name (`POSITION_APP`).
+fn parse_portnum(s: &str) -> Result<PortNum, String> {
+    let short = match s {
+        "text" => Some(PortNum::TextMessageApp),
+        "position" => Some(PortNum::PositionApp),
+        "nodeinfo" => Some(PortNum::NodeinfoApp),
+        "telemetry" => Some(PortNum::TelemetryApp),
+        "waypoint" => Some(PortNum::WaypointApp),
+        "alert" => Some(PortNum::AlertApp),
+        "traceroute" => Some(PortNum::TracerouteApp),
+        _ => None,
+    };
+    short
+        .or_else(|| PortNum::from_str_name(s))
+        .ok_or_else(|| format!("{s:?} is not a port (text, position, nodeinfo, telemetry, waypoint, alert, traceroute, or a name like POSITION_APP)"))
+}
+
+/// What the radio's operator decides about a node (AdminModule.cpp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// set_ignored_node: ignored, and the key is erased.
+    Ignore,
+    /// remove_by_nodenum: the node is deleted.
+    Remove,
+    /// set_favorite_node.
+    Favorite,
+    /// remove_favorite_node.
+    Unfavorite,
+}
+
+impl OperatorAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ignore" => Some(Self::Ignore),
+            "remove" => Some(Self::Remove),
+            "favorite" => Some(Self::Favorite),
+            "unfavorite" => Some(Self::Unfavorite),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ignore => "ignore",
+            Self::Remove => "remove",
+            Self::Favorite => "favorite",
+            Self::Unfavorite => "unfavorite",
+        }
     }
 }
 
@@ -153,10 +235,22 @@ pub enum Fault {
     Garbage { bytes: usize },
     /// Generated node `node` gets a new key and announces it.
     KeyChange { node: usize },
-    /// `count` new nodes appear and announce themselves.
-    NewNodes { count: usize },
+    /// `count` new nodes appear and announce themselves, or with `portnum`, send a plain packet
+    /// on that port (the radio creates them keyless).
+    NewNodes {
+        count: usize,
+        portnum: Option<PortNum>,
+    },
     /// Generated node `node` announces itself.
     Announce { node: usize },
+    /// Generated node `node` sends a packet on `portnum`; an unknown node is created keyless.
+    Heard { node: usize, portnum: PortNum },
+    /// Generated node `node` announces names that are not valid UTF-8.
+    BadUtf8Name { node: usize },
+    /// The radio reports PKI_SEND_FAIL_PUBLIC_KEY for a client's DM to generated node `node`.
+    DmFail { node: usize },
+    /// The radio's operator decides about generated node `node`.
+    Operator { action: OperatorAction, node: usize },
     /// The radio's packet queue is full for a while: every QueueStatus says `free = 0`.
     QueueFull { duration: Duration },
     /// Packets get no QueueStatus answer for a while (the firmware keeps at most two pending).
@@ -171,6 +265,10 @@ impl Fault {
             Self::KeyChange { .. }
                 | Self::NewNodes { .. }
                 | Self::Announce { .. }
+                | Self::Heard { .. }
+                | Self::BadUtf8Name { .. }
+                | Self::DmFail { .. }
+                | Self::Operator { .. }
                 | Self::QueueFull { .. }
                 | Self::SilentQueue { .. }
         )
@@ -256,6 +354,69 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn parses_mesh_and_operator_events() {
+        let s = Scenario::parse(
+            r#"
+            [[event]]
+            at = "1s"
+            kind = "heard"
+            node = 2
+            portnum = "telemetry"
+            [[event]]
+            at = "2s"
+            kind = "new-nodes"
+            count = 5
+            portnum = "POSITION_APP"
+            [[event]]
+            at = "3s"
+            kind = "ignore"
+            node = 4
+            [[event]]
+            at = "4s"
+            kind = "dm-fail"
+            node = 1
+            [[event]]
+            at = "5s"
+            kind = "bad-utf8-name"
+            node = 3
+            [[event]]
+            at = "6s"
+            kind = "queue-full"
+            for = "2s"
+            "#,
+        )
+        .expect("valid scenario");
+        let kinds: Vec<_> = s.events.iter().map(|e| e.fault.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Fault::Heard {
+                    node: 2,
+                    portnum: PortNum::TelemetryApp
+                },
+                Fault::NewNodes {
+                    count: 5,
+                    portnum: Some(PortNum::PositionApp)
+                },
+                Fault::Operator {
+                    action: OperatorAction::Ignore,
+                    node: 4
+                },
+                Fault::DmFail { node: 1 },
+                Fault::BadUtf8Name { node: 3 },
+                Fault::QueueFull {
+                    duration: Duration::from_secs(2)
+                },
+            ]
+        );
+        let err = Scenario::parse(
+            "[[event]]\nat = \"1s\"\nkind = \"heard\"\nnode = 1\nportnum = \"smoke\"",
+        )
+        .unwrap_err();
+        assert!(err.contains("not a port"), "{err}");
     }
 
     #[test]

@@ -1,17 +1,20 @@
-//! One client connection to the simulated radio: config downloads, heartbeats, packets and
-//! add_contact, idle close, and the faults aimed at the client.
+//! One client connection to the simulated radio (firmware `src/mesh/PhoneAPI.cpp` unless a
+//! comment says otherwise): config downloads, heartbeats, packets with the per-connection rate
+//! limits, admin messages (add_contact and the operator's decisions), idle close, and the
+//! faults aimed at the client. What each firmware version does comes from its [`Profile`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use meshtastic::Message;
 use meshtastic::protobufs::{
     Channel, ChannelSettings, Config, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
-    MeshPacket, ModuleConfig, MyNodeInfo, PortNum, QueueStatus, ToRadio, admin_message, channel,
-    config, from_radio, mesh_packet, module_config, to_radio,
+    MeshPacket, ModuleConfig, MyNodeInfo, NodeInfo, PortNum, QueueStatus, SharedContact, ToRadio,
+    admin_message, channel, config, from_radio, mesh_packet, module_config, to_radio,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,18 +23,23 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::nodedb::ContactResult;
+use super::nodedb::{ContactResult, RawNames};
 use super::population::now_secs;
-use super::{ClientCmd, Shared};
+use super::profile::{Profile, Rule};
+use super::{ClientCmd, OperatorAction, RoutingError, SENT_KEPT, Shared, length_delimited};
 use crate::engine::codec::RadioCodec;
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of, node_id, to_radio_kind, valid_key,
+    BROADCAST, CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of, node_id, to_radio_kind, valid_key,
 };
 
-/// The firmware answers a packet addressed to itself with this `res` on 2.7.x.
-const RES_TO_SELF: i32 = 35;
 /// The firmware ignores a packet whose id repeats one of the last this many.
 const RECENT_IDS: usize = 20;
+/// PhoneAPI.cpp: one text per connection every 2 s (≥ 2.7.9, else RATE_LIMIT_EXCEEDED).
+const TEXT_GAP: Duration = Duration::from_secs(2);
+/// PhoneAPI.cpp: position, telemetry, waypoint and alert, one per 10 s per connection.
+const POSITION_GAP: Duration = Duration::from_secs(10);
+/// PhoneAPI.cpp: one traceroute per 30 s per connection.
+const TRACEROUTE_GAP: Duration = Duration::from_secs(30);
 
 type Conn = Framed<TcpStream, RadioCodec>;
 
@@ -41,6 +49,54 @@ struct Client {
     recent_ids: VecDeque<u32>,
     /// Live traffic flows only after a full or config-only download completed.
     configured: bool,
+    /// When this connection last sent a packet of each rate-limited kind.
+    last_sent: [Option<Instant>; 3],
+}
+
+/// The per-connection rate limits of PhoneAPI.cpp, by kind of packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limited {
+    Text,
+    Position,
+    Traceroute,
+}
+
+impl Limited {
+    fn of(portnum: i32) -> Option<Self> {
+        let p = PortNum::try_from(portnum).ok()?;
+        match p {
+            PortNum::TextMessageApp => Some(Self::Text),
+            PortNum::PositionApp
+            | PortNum::TelemetryApp
+            | PortNum::WaypointApp
+            | PortNum::AlertApp => Some(Self::Position),
+            PortNum::TracerouteApp => Some(Self::Traceroute),
+            _ => None,
+        }
+    }
+
+    fn gap(self) -> Duration {
+        match self {
+            Self::Text => TEXT_GAP,
+            Self::Position => POSITION_GAP,
+            Self::Traceroute => TRACEROUTE_GAP,
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the radio does with a client packet.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Sent on to the mesh (or handled, when addressed to the radio): QueueStatus `res = 0`.
+    Accepted,
+    /// Over a limit and dropped silently: QueueStatus `res = 0`, so the sender believes it went.
+    DroppedQuietly,
+    /// Refused with a routing error to the client, and no QueueStatus.
+    Refused(RoutingError),
 }
 
 pub(super) async fn serve(
@@ -59,6 +115,13 @@ pub(super) async fn serve(
         shared: shared.clone(),
         recent_ids: VecDeque::new(),
         configured: false,
+        last_sent: [None; 3],
+    };
+    // Only firmware ≥ 2.7.21 closes an idle client.
+    let idle = if shared.config.profile.has(Rule::IdleClose) {
+        idle
+    } else {
+        Duration::MAX / 4
     };
     let mut last_rx = Instant::now();
     let why = loop {
@@ -130,16 +193,27 @@ impl Client {
                 let frames = self.download(nonce);
                 log::debug!(target: "keysync::sim", "{}: config download {nonce} ({} frames)", self.peer, frames.len());
                 for frame in frames {
-                    if conn.feed(frame).await.is_err() {
+                    let sent = match frame {
+                        Outgoing::Frame(f) => conn.feed(*f).await.is_ok(),
+                        // A frame keysync's types cannot hold: written as bytes.
+                        Outgoing::Raw(bytes) => {
+                            conn.flush().await.is_ok()
+                                && conn.get_mut().write_all(&bytes).await.is_ok()
+                        }
+                    };
+                    if !sent {
                         return false;
                     }
                 }
-                if nonce != NODES_ONLY_NONCE {
+                if !self.is_nodes_only(nonce) {
                     self.configured = true;
                 }
                 conn.flush().await.is_ok()
             }
-            Some(to_radio::PayloadVariant::Heartbeat(_)) => {
+            // 2.7.6+ answers every heartbeat; older firmware answers nothing.
+            Some(to_radio::PayloadVariant::Heartbeat(_))
+                if self.profile().has(Rule::HeartbeatAnswered) =>
+            {
                 let status = self.queue_status(0, 0);
                 conn.send(status).await.is_ok()
             }
@@ -171,7 +245,16 @@ impl Client {
         }
     }
 
-    /// A packet from the client; returns the QueueStatus answer, if any.
+    fn profile(&self) -> &Profile {
+        &self.shared.config.profile
+    }
+
+    /// 69421 is a nodes-only download only where the firmware knows it (≥ 2.6.8).
+    fn is_nodes_only(&self, nonce: u32) -> bool {
+        nonce == NODES_ONLY_NONCE && self.profile().has(Rule::NodesOnlyDownload)
+    }
+
+    /// A packet from the client; returns the answer, if any.
     fn packet(&mut self, packet: &MeshPacket) -> Option<FromRadio> {
         if packet.id != 0 && self.recent_ids.contains(&packet.id) {
             log::debug!(target: "keysync::sim", "ignoring repeated packet id {:08x}", packet.id);
@@ -185,26 +268,133 @@ impl Client {
         }
         let my_num = self.shared.radio().db.my_node_num();
         let to_self = packet.to == my_num || packet.to == 0;
-        if let Some(text) = text_of(packet) {
-            echo(&self.shared, packet.from, &text);
-        }
-        if let Some(admin) = admin_of(packet).filter(|_| to_self) {
-            self.admin(admin.payload_variant);
+        let verdict = if to_self {
+            if let Some(admin) = admin_of(packet) {
+                self.admin(admin.payload_variant);
+            }
+            Verdict::Accepted
+        } else {
+            self.send_on(packet)
+        };
+        let counters = &self.shared.counters;
+        match verdict {
+            Verdict::Refused(error) => {
+                if error == RoutingError::PkiSendFailPublicKey {
+                    self.shared.dm_fail(packet.to, packet.id);
+                } else {
+                    counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .to_client(self.shared.routing_error(error, packet.id));
+                }
+                return None;
+            }
+            Verdict::DroppedQuietly => {
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Accepted => {}
         }
         let silent = self
             .shared
             .radio()
             .silent_until
             .is_some_and(|t| Instant::now() < t);
-        (!silent).then(|| self.queue_status(if to_self { RES_TO_SELF } else { 0 }, packet.id))
+        // Router.cpp returns ERRNO_OK for packets to the own node too: `res = 0` on every version.
+        (!silent).then(|| self.queue_status(0, packet.id))
     }
 
+    /// A client packet for the mesh: the per-connection limits, the PKI rule, then it goes out.
+    fn send_on(&mut self, packet: &MeshPacket) -> Verdict {
+        let now = Instant::now();
+        let portnum = match &packet.payload_variant {
+            Some(mesh_packet::PayloadVariant::Decoded(data)) => data.portnum,
+            _ => 0,
+        };
+        if let Some(kind) = Limited::of(portnum) {
+            let limited = kind != Limited::Text || self.profile().has(Rule::TextRateLimit);
+            let last = &mut self.last_sent[kind.slot()];
+            if limited && last.is_some_and(|t| now < t + kind.gap()) {
+                log::info!(target: "keysync::sim", "{}: {kind:?} packet {:08x} over the per-connection limit", self.peer, packet.id);
+                return if kind == Limited::Text {
+                    Verdict::Refused(RoutingError::RateLimitExceeded)
+                } else {
+                    Verdict::DroppedQuietly
+                };
+            }
+            *last = Some(now);
+        }
+        let unicast = packet.to != BROADCAST;
+        if unicast && self.profile().has(Rule::PkiSendFail) {
+            let keyed = self
+                .shared
+                .radio()
+                .db
+                .get(packet.to)
+                .and_then(|n| n.user.as_ref())
+                .is_some_and(|u| valid_key(&u.public_key).is_some());
+            if !keyed {
+                return Verdict::Refused(RoutingError::PkiSendFailPublicKey);
+            }
+        }
+        self.shared
+            .counters
+            .mesh_sent
+            .fetch_add(1, Ordering::Relaxed);
+        {
+            let mut radio = self.shared.radio();
+            if radio.sent.len() == SENT_KEPT {
+                radio.sent.pop_front();
+            }
+            radio.sent.push_back(packet.clone());
+        }
+        if let Some(text) = text_of(packet) {
+            echo(&self.shared, packet.from, &text);
+        }
+        Verdict::Accepted
+    }
+
+    /// An admin message to the radio itself (AdminModule.cpp).
     fn admin(&self, admin: Option<admin_message::PayloadVariant>) {
-        let Some(admin_message::PayloadVariant::AddContact(contact)) = admin else {
+        use admin_message::PayloadVariant as A;
+        let counters = &self.shared.counters;
+        if let Some(A::AddContact(_)) = &admin {
+            counters.add_contacts.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(admin) = admin else {
             return;
         };
+        if self.shared.config.managed {
+            counters.ignored_admin.fetch_add(1, Ordering::Relaxed);
+            log::info!(target: "keysync::sim", "{}: admin message ignored: the radio is managed", self.peer);
+            return;
+        }
+        match admin {
+            A::AddContact(contact) if self.profile().has(Rule::AddContact) => {
+                self.add_contact(&contact);
+            }
+            A::AddContact(_) => {
+                // Field 66 is unknown before 2.6.8: nanopb skips it, the message does nothing.
+                counters.ignored_admin.fetch_add(1, Ordering::Relaxed);
+                log::info!(target: "keysync::sim", "{}: admin field add_contact unknown to firmware {}; ignored",
+                    self.peer, self.profile().firmware.reported);
+            }
+            A::SetIgnoredNode(num) => {
+                self.shared.operator(OperatorAction::Ignore, num);
+            }
+            A::RemoveByNodenum(num) => {
+                self.shared.operator(OperatorAction::Remove, num);
+            }
+            A::SetFavoriteNode(num) => {
+                self.shared.operator(OperatorAction::Favorite, num);
+            }
+            A::RemoveFavoriteNode(num) => {
+                self.shared.operator(OperatorAction::Unfavorite, num);
+            }
+            _ => {}
+        }
+    }
+
+    fn add_contact(&self, contact: &SharedContact) {
         let counters = &self.shared.counters;
-        counters.add_contacts.fetch_add(1, Ordering::Relaxed);
         let key = contact
             .user
             .as_ref()
@@ -218,41 +408,67 @@ impl Client {
         }
         let mut radio = self.shared.radio();
         radio.contacts.push((Instant::now(), contact.clone()));
-        match radio.db.add_contact(&contact, now_secs()) {
+        match radio.db.add_contact(contact, now_secs()) {
             ContactResult::Stored => {
-                // The firmware saves the whole NodeDB on every add_contact, unthrottled.
-                counters.flash_writes.fetch_add(1, Ordering::Relaxed);
-                log::info!(target: "keysync::sim", "add_contact {}: stored, favourite, NodeDB written to flash", node_id(contact.node_num));
+                if contact.should_ignore {
+                    radio.db.ignore(contact.node_num);
+                }
+                self.shared.write_flash(&mut radio);
+                let rules = self.profile().contact_rules();
+                log::info!(target: "keysync::sim", "add_contact {}: stored{}{}{}, NodeDB written to flash",
+                    node_id(contact.node_num),
+                    if rules.favourite { ", favourite" } else { ", not favourite (CLIENT_BASE)" },
+                    if rules.always_verified { ", manually verified" } else { "" },
+                    if contact.should_ignore { ", ignored" } else { "" });
             }
             ContactResult::DroppedVerified => {
-                log::info!(target: "keysync::sim", "add_contact {}: dropped (node is manually verified)", node_id(contact.node_num));
+                log::info!(target: "keysync::sim", "add_contact {}: dropped (node is manually verified, key differs)", node_id(contact.node_num));
+            }
+            ContactResult::NoRoom => {
+                self.shared.no_room(&mut radio, contact.node_num);
             }
         }
     }
 
     /// The frames of a config download for `nonce`, in firmware order.
-    fn download(&self, nonce: u32) -> Vec<FromRadio> {
+    fn download(&self, nonce: u32) -> Vec<Outgoing> {
         use from_radio::PayloadVariant as V;
-        let frame = |v: V| FromRadio {
-            id: 0,
-            payload_variant: Some(v),
+        let frame = |v: V| {
+            Outgoing::Frame(Box::new(FromRadio {
+                id: 0,
+                payload_variant: Some(v),
+            }))
         };
         let radio = self.shared.radio();
         let mut own = radio.db.own().clone();
         own.is_favorite = true;
         own.last_heard = now_secs();
-        let others: Vec<_> = radio.db.others().cloned().collect();
+        let others: Vec<Outgoing> = radio
+            .db
+            .others()
+            .map(|(n, raw)| match raw {
+                Some(raw) => Outgoing::Raw(node_info_with_raw_names(n, raw)),
+                None => frame(V::NodeInfo(n.clone())),
+            })
+            .collect();
+        let total = radio.db.len();
         drop(radio);
 
+        let profile = self.profile();
         let mut out = Vec::new();
-        if nonce == NODES_ONLY_NONCE {
+        if self.is_nodes_only(nonce) {
             out.push(frame(V::NodeInfo(own)));
-            out.extend(others.into_iter().map(|n| frame(V::NodeInfo(n))));
+            out.extend(others);
             out.push(frame(V::ConfigCompleteId(nonce)));
             return out;
         }
         let with_nodes = nonce != CONFIG_ONLY_NONCE;
-        let nodedb_count = 1 + if with_nodes { others.len() } else { 0 };
+        // The NodeDB's total, also in a config-only download (≥ 2.7.4).
+        let nodedb_count = if profile.has(Rule::NodedbCount) {
+            u32::try_from(total).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
         let own_key = own
             .user
             .as_ref()
@@ -262,38 +478,77 @@ impl Client {
             my_node_num: own.num,
             reboot_count: 3,
             min_app_version: 30_200,
-            pio_env: "native".into(),
-            nodedb_count: u32::try_from(nodedb_count).unwrap_or(u32::MAX),
+            pio_env: profile.hw.pio_env().into(),
+            nodedb_count,
             ..MyNodeInfo::default()
         })));
         out.push(frame(V::DeviceuiConfig(DeviceUiConfig::default())));
         out.push(frame(V::NodeInfo(own.clone())));
         out.push(frame(V::Metadata(DeviceMetadata {
-            firmware_version: self.shared.config.firmware.clone(),
+            firmware_version: profile.firmware.reported.clone(),
             device_state_version: 24,
             has_wifi: true,
             has_pkc: true,
-            hw_model: own.user.as_ref().map_or(0, |u| u.hw_model),
-            role: own.user.as_ref().map_or(0, |u| u.role),
+            hw_model: profile.hw.hw_model() as i32,
+            role: profile.role.role() as i32,
             ..DeviceMetadata::default()
         })));
         out.extend(channels().into_iter().map(|c| frame(V::Channel(c))));
-        out.extend(configs(own_key).into_iter().map(|c| frame(V::Config(c))));
+        let security = config::SecurityConfig {
+            public_key: own_key,
+            is_managed: self.shared.config.managed,
+            ..config::SecurityConfig::default()
+        };
+        out.extend(
+            configs(profile, security)
+                .into_iter()
+                .map(|c| frame(V::Config(c))),
+        );
         out.extend(
             module_configs()
                 .into_iter()
                 .map(|m| frame(V::ModuleConfig(m))),
         );
         if with_nodes {
-            out.extend(others.into_iter().map(|n| frame(V::NodeInfo(n))));
+            out.extend(others);
         }
         out.push(frame(V::FileInfo(FileInfo {
             file_name: "/prefs/nodes.proto".into(),
-            size_bytes: u32::try_from(nodedb_count * 180).unwrap_or(u32::MAX),
+            size_bytes: u32::try_from(total * 180).unwrap_or(u32::MAX),
         })));
         out.push(frame(V::ConfigCompleteId(nonce)));
         out
     }
+}
+
+/// A frame on its way to the client.
+enum Outgoing {
+    Frame(Box<FromRadio>),
+    /// A whole frame, header included, that keysync's types cannot express (names that are not
+    /// UTF-8).
+    Raw(Vec<u8>),
+}
+
+/// `FromRadio{node_info}` whose user's names are the raw bytes the node sent.
+fn node_info_with_raw_names(info: &NodeInfo, raw: &RawNames) -> Vec<u8> {
+    let user = info.user.clone().unwrap_or_default();
+    let without_user = NodeInfo {
+        user: None,
+        ..info.clone()
+    };
+    let mut node = without_user.encode_to_vec();
+    length_delimited(&mut node, 2, &super::user_with_raw_names(&user, raw));
+    let mut from_radio = Vec::new();
+    length_delimited(&mut from_radio, 4, &node);
+    let mut frame = bytes::BytesMut::new();
+    frame.extend_from_slice(&[0x94, 0xC3]);
+    frame.extend_from_slice(
+        &u16::try_from(from_radio.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&from_radio);
+    frame.to_vec()
 }
 
 /// The eight channel slots: a primary with the default key, the rest disabled.
@@ -314,10 +569,13 @@ fn channels() -> Vec<Channel> {
         .collect()
 }
 
-fn configs(own_key: Vec<u8>) -> Vec<Config> {
+fn configs(profile: &Profile, security: config::SecurityConfig) -> Vec<Config> {
     use config::PayloadVariant as C;
     [
-        C::Device(config::DeviceConfig::default()),
+        C::Device(config::DeviceConfig {
+            role: profile.role.role() as i32,
+            ..config::DeviceConfig::default()
+        }),
         C::Position(config::PositionConfig::default()),
         C::Power(config::PowerConfig::default()),
         C::Network(config::NetworkConfig {
@@ -333,10 +591,7 @@ fn configs(own_key: Vec<u8>) -> Vec<Config> {
             ..config::LoRaConfig::default()
         }),
         C::Bluetooth(config::BluetoothConfig::default()),
-        C::Security(config::SecurityConfig {
-            public_key: own_key,
-            ..config::SecurityConfig::default()
-        }),
+        C::Security(security),
         C::Sessionkey(config::SessionkeyConfig::default()),
     ]
     .into_iter()
@@ -391,11 +646,7 @@ fn echo(shared: &Arc<Shared>, to: u32, text: &str) {
         id: 0,
         payload_variant: Some(from_radio::PayloadVariant::Packet(super::mesh_packet(
             from,
-            if to == 0 {
-                crate::engine::radio::BROADCAST
-            } else {
-                to
-            },
+            if to == 0 { BROADCAST } else { to },
             id,
             PortNum::TextMessageApp,
             format!("echo: {text}").into_bytes(),

@@ -1,0 +1,491 @@
+//! Firmware profiles: which behaviour the simulated radio shows for a firmware version, a
+//! hardware family and a device role. Every rule names the firmware source file it comes from
+//! (github.com/meshtastic/firmware, `src/`), so a reader can check it against the tag.
+
+use std::fmt;
+use std::str::FromStr;
+
+use meshtastic::protobufs::HardwareModel;
+use meshtastic::protobufs::config::device_config::Role;
+
+/// `major.minor.patch`, ordered.
+pub type Version = (u32, u32, u32);
+
+/// A firmware behaviour that exists only in some versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// AdminMessage.add_contact (field 66) is handled; before, the field is unknown and the
+    /// message is ignored.
+    AddContact,
+    /// want_config_id 69421 returns the node list only; before, it is an ordinary nonce.
+    NodesOnlyDownload,
+    /// add_contact sets "key manually verified" whatever the contact says.
+    ContactAlwaysVerified,
+    /// add_contact honours `manually_verified`; an unverified contact with a different key for
+    /// a verified node is dropped whole.
+    VerifiedKeepsItsKey,
+    /// `my_info.nodedb_count` carries the NodeDB's total, also in a config-only download.
+    NodedbCount,
+    /// Every heartbeat is answered with a QueueStatus.
+    HeartbeatAnswered,
+    /// A NodeInfo whose key differs from the stored one is dropped.
+    KeyMismatchDropped,
+    /// Texts from one connection: one per 2 s, else a routing error RATE_LIMIT_EXCEEDED.
+    TextRateLimit,
+    /// A favourite makes a CLIENT_BASE rebroadcast like a router for that node.
+    ClientBaseFavouriteRoutes,
+    /// add_contact on a CLIENT_BASE does not favourite; it only refreshes `last_heard`.
+    ClientBaseNoFavourite,
+    /// A DM to a node without a key is refused with PKI_SEND_FAIL_PUBLIC_KEY.
+    PkiSendFail,
+    /// A client that sent no complete frame for 15 minutes is closed.
+    IdleClose,
+    /// Names with invalid UTF-8 are no longer stored as they came.
+    Utf8Validated,
+    /// A full NodeDB with nothing evictable refuses the new node (before: writes past the end
+    /// of the node array and the radio crashes).
+    RefuseWhenFull,
+}
+
+/// One row of the version table: a rule, the versions that have it, and where it is written.
+struct Row {
+    rule: Rule,
+    since: Version,
+    /// Last version that has it, inclusive.
+    until: Option<Version>,
+    source: &'static str,
+}
+
+const fn row(rule: Rule, since: Version, until: Option<Version>, source: &'static str) -> Row {
+    Row {
+        rule,
+        since,
+        until,
+        source,
+    }
+}
+
+/// The one table that maps a firmware version to its behaviour.
+const RULES: &[Row] = &[
+    row(
+        Rule::AddContact,
+        (2, 6, 8),
+        None,
+        "modules/AdminModule.cpp handleReceivedProtobuf: add_contact_tag",
+    ),
+    row(
+        Rule::NodesOnlyDownload,
+        (2, 6, 8),
+        None,
+        "mesh/PhoneAPI.cpp handleStartConfig: SPECIAL_NONCE_ONLY_NODES",
+    ),
+    row(
+        Rule::ContactAlwaysVerified,
+        (2, 6, 8),
+        Some((2, 7, 11)),
+        "mesh/NodeDB.cpp addFromContact: NODEINFO_BITFIELD_IS_KEY_MANUALLY_VERIFIED set unconditionally",
+    ),
+    row(
+        Rule::VerifiedKeepsItsKey,
+        (2, 7, 12),
+        None,
+        "mesh/NodeDB.cpp addFromContact: manually_verified honoured, key conflict dropped",
+    ),
+    row(
+        Rule::NodedbCount,
+        (2, 7, 4),
+        None,
+        "mesh/PhoneAPI.cpp getFromRadio STATE_SEND_MY_INFO: myNodeInfo.nodedb_count",
+    ),
+    row(
+        Rule::HeartbeatAnswered,
+        (2, 7, 6),
+        None,
+        "mesh/PhoneAPI.cpp handleToRadio heartbeat_tag: heartbeatReceived → QueueStatus",
+    ),
+    row(
+        Rule::KeyMismatchDropped,
+        (2, 7, 6),
+        None,
+        "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\"",
+    ),
+    row(
+        Rule::TextRateLimit,
+        (2, 7, 9),
+        None,
+        "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE rate limit, RATE_LIMIT_EXCEEDED",
+    ),
+    row(
+        Rule::ClientBaseFavouriteRoutes,
+        (2, 7, 10),
+        Some((2, 7, 13)),
+        "mesh/FloodingRouter.cpp isRebroadcaster: CLIENT_BASE and favourite",
+    ),
+    row(
+        Rule::ClientBaseNoFavourite,
+        (2, 7, 14),
+        None,
+        "mesh/NodeDB.cpp addFromContact: CLIENT_BASE keeps is_favorite, refreshes last_heard",
+    ),
+    row(
+        Rule::PkiSendFail,
+        (2, 7, 19),
+        None,
+        "mesh/Router.cpp send: no public key → PKI_SEND_FAIL_PUBLIC_KEY",
+    ),
+    row(
+        Rule::IdleClose,
+        (2, 7, 21),
+        None,
+        "mesh/api/ServerAPI.cpp / PhoneAPI.cpp checkConnectionTimeout: 15 min",
+    ),
+    row(
+        Rule::Utf8Validated,
+        (2, 7, 23),
+        None,
+        "mesh/NodeDB.cpp updateUser: names checked for valid UTF-8",
+    ),
+    row(
+        Rule::RefuseWhenFull,
+        (2, 8, 0),
+        None,
+        "mesh/NodeDB.cpp getOrCreateMeshNode: returns NULL when nothing is evictable (PR #10705)",
+    ),
+];
+
+/// The hardware family: it sets the NodeDB capacity and the queue towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hw {
+    Nrf52,
+    Esp32,
+    Esp32s3,
+    #[default]
+    Linux,
+}
+
+impl Hw {
+    pub const ALL: [Hw; 4] = [Hw::Nrf52, Hw::Esp32, Hw::Esp32s3, Hw::Linux];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hw::Nrf52 => "nrf52",
+            Hw::Esp32 => "esp32",
+            Hw::Esp32s3 => "esp32s3",
+            Hw::Linux => "linux",
+        }
+    }
+
+    /// `MAX_NUM_NODES` (mesh/mesh-pb-constants.h; Linux: `MaxNodes` in config.yaml).
+    pub fn capacity(self, version: Version) -> usize {
+        match self {
+            Hw::Nrf52 if version >= (2, 8, 0) => 120,
+            Hw::Nrf52 => 80,
+            Hw::Esp32 => 100,
+            Hw::Esp32s3 => 250,
+            Hw::Linux => 200,
+        }
+    }
+
+    /// `MAX_RX_TOPHONE` (mesh/mesh-pb-constants.h): frames waiting for the client.
+    pub fn client_queue(self) -> usize {
+        match self {
+            Hw::Esp32 => 8,
+            _ => 32,
+        }
+    }
+
+    /// What the radio reports as its hardware (`User.hw_model`, `metadata.hw_model`).
+    pub fn hw_model(self) -> HardwareModel {
+        match self {
+            Hw::Nrf52 => HardwareModel::Rak4631,
+            Hw::Esp32 => HardwareModel::Tbeam,
+            Hw::Esp32s3 => HardwareModel::HeltecV3,
+            Hw::Linux => HardwareModel::Portduino,
+        }
+    }
+
+    /// `my_info.pio_env`: the build environment.
+    pub fn pio_env(self) -> &'static str {
+        match self {
+            Hw::Nrf52 => "rak4631",
+            Hw::Esp32 => "tbeam",
+            Hw::Esp32s3 => "heltec-v3",
+            Hw::Linux => "native",
+        }
+    }
+}
+
+impl FromStr for Hw {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Hw::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("{s:?} is not a hardware family (nrf52, esp32, esp32s3, linux)"))
+    }
+}
+
+impl fmt::Display for Hw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The radio's own device role, as far as it changes the client API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimRole {
+    #[default]
+    Client,
+    ClientBase,
+    Router,
+}
+
+impl SimRole {
+    pub fn role(self) -> Role {
+        match self {
+            SimRole::Client => Role::Client,
+            SimRole::ClientBase => Role::ClientBase,
+            SimRole::Router => Role::Router,
+        }
+    }
+}
+
+impl FromStr for SimRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "client" => Ok(SimRole::Client),
+            "client_base" => Ok(SimRole::ClientBase),
+            "router" => Ok(SimRole::Router),
+            _ => Err(format!("{s:?} is not a role (client, client_base, router)")),
+        }
+    }
+}
+
+/// A firmware version as given on the command line: `2.7.26`, `2.8`, `2.7.15.567b8ea`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    pub version: Version,
+    /// What `metadata.firmware_version` says.
+    pub reported: String,
+}
+
+impl FromStr for Firmware {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a firmware version (like 2.7.26 or 2.8)");
+        let mut parts = s.trim().split('.');
+        let mut number = || -> Result<Option<u32>, String> {
+            match parts.next() {
+                None => Ok(None),
+                Some(p) => p.parse().map(Some).map_err(|_| bad()),
+            }
+        };
+        let major = number()?.ok_or_else(bad)?;
+        let minor = number()?.ok_or_else(bad)?;
+        // A build suffix (`.567b8ea`, `.sim`) may follow the patch number.
+        let patch = s
+            .trim()
+            .split('.')
+            .nth(2)
+            .map_or(Ok(0), |p| p.parse::<u32>().map_err(|_| bad()))?;
+        let version = (major, minor, patch);
+        let reported = if s.trim().split('.').count() >= 4 {
+            s.trim().to_owned()
+        } else {
+            format!("{major}.{minor}.{patch}.sim")
+        };
+        Ok(Firmware { version, reported })
+    }
+}
+
+/// Everything the simulated radio needs to know to behave like one firmware on one board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub firmware: Firmware,
+    pub hw: Hw,
+    pub role: SimRole,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            firmware: Firmware {
+                version: (2, 7, 26),
+                reported: "2.7.26.sim".into(),
+            },
+            hw: Hw::default(),
+            role: SimRole::default(),
+        }
+    }
+}
+
+impl Profile {
+    pub fn new(firmware: &str, hw: Hw, role: SimRole) -> Result<Self, String> {
+        Ok(Self {
+            firmware: firmware.parse()?,
+            hw,
+            role,
+        })
+    }
+
+    /// Whether this firmware has `rule`.
+    pub fn has(&self, rule: Rule) -> bool {
+        Self::row(rule).is_some_and(|r| {
+            self.firmware.version >= r.since
+                && r.until.is_none_or(|until| self.firmware.version <= until)
+        })
+    }
+
+    /// The firmware file a rule comes from, for log lines.
+    pub fn source(rule: Rule) -> &'static str {
+        Self::row(rule).map_or("", |r| r.source)
+    }
+
+    fn row(rule: Rule) -> Option<&'static Row> {
+        RULES.iter().find(|r| r.rule == rule)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.hw.capacity(self.firmware.version)
+    }
+
+    pub fn client_queue(&self) -> usize {
+        self.hw.client_queue()
+    }
+
+    pub fn is_client_base(&self) -> bool {
+        self.role == SimRole::ClientBase
+    }
+
+    /// What add_contact does to the stored node on this profile.
+    pub fn contact_rules(&self) -> ContactRules {
+        ContactRules {
+            always_verified: self.has(Rule::ContactAlwaysVerified),
+            verified_keeps_key: self.has(Rule::VerifiedKeepsItsKey),
+            favourite: !(self.is_client_base() && self.has(Rule::ClientBaseNoFavourite)),
+        }
+    }
+
+    /// What the radio does when a new node arrives and nothing can be evicted.
+    pub fn when_full(&self) -> WhenFull {
+        if self.has(Rule::RefuseWhenFull) {
+            WhenFull::Refuse
+        } else {
+            WhenFull::Crash
+        }
+    }
+
+    /// A line for logs: `firmware 2.7.26.sim on nrf52 (capacity 80, client queue 32)`.
+    pub fn describe(&self, capacity: usize) -> String {
+        format!(
+            "firmware {} on {} as {:?} (NodeDB capacity {capacity}, client queue {})",
+            self.firmware.reported,
+            self.hw,
+            self.role,
+            self.client_queue()
+        )
+    }
+}
+
+/// How add_contact treats the stored node (NodeDB.cpp addFromContact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactRules {
+    pub always_verified: bool,
+    pub verified_keeps_key: bool,
+    pub favourite: bool,
+}
+
+impl Default for ContactRules {
+    fn default() -> Self {
+        Profile::default().contact_rules()
+    }
+}
+
+/// What a full NodeDB with nothing evictable does (NodeDB.cpp getOrCreateMeshNode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// 2.7.x: `meshNodes->at(numMeshNodes++)` past the end; the radio aborts and reboots.
+    Crash,
+    /// 2.8: the new node is refused.
+    Refuse,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(v: &str) -> Profile {
+        Profile::new(v, Hw::Nrf52, SimRole::Client).expect("valid version")
+    }
+
+    #[test]
+    fn add_contact_and_nodes_only_exist_from_2_6_8() {
+        // AdminModule.cpp / PhoneAPI.cpp: neither exists in 2.6.7.
+        assert!(!profile("2.6.7").has(Rule::AddContact));
+        assert!(!profile("2.6.7").has(Rule::NodesOnlyDownload));
+        assert!(profile("2.6.8").has(Rule::AddContact));
+        assert!(profile("2.6.8").has(Rule::NodesOnlyDownload));
+        assert!(!profile("2.5.6").has(Rule::AddContact));
+    }
+
+    #[test]
+    fn contacts_are_always_verified_from_2_6_8_to_2_7_11_only() {
+        // NodeDB.cpp addFromContact.
+        assert!(profile("2.6.8").contact_rules().always_verified);
+        assert!(profile("2.7.11").contact_rules().always_verified);
+        assert!(!profile("2.7.12").contact_rules().always_verified);
+        assert!(profile("2.7.12").contact_rules().verified_keeps_key);
+        assert!(!profile("2.7.11").contact_rules().verified_keeps_key);
+    }
+
+    #[test]
+    fn client_base_favourites_route_until_2_7_13_and_are_not_made_from_2_7_14() {
+        let base = |v| Profile::new(v, Hw::Esp32, SimRole::ClientBase).expect("valid");
+        assert!(base("2.7.10").has(Rule::ClientBaseFavouriteRoutes));
+        assert!(base("2.7.13").contact_rules().favourite);
+        assert!(!base("2.7.14").contact_rules().favourite);
+        assert!(!base("2.7.9").has(Rule::ClientBaseFavouriteRoutes));
+        // A plain client favourites on every version with add_contact.
+        assert!(profile("2.7.26").contact_rules().favourite);
+    }
+
+    #[test]
+    fn a_full_nodedb_crashes_2_7_and_refuses_on_2_8() {
+        assert_eq!(profile("2.7.26").when_full(), WhenFull::Crash);
+        assert_eq!(profile("2.7.4").when_full(), WhenFull::Crash);
+        assert_eq!(profile("2.8").when_full(), WhenFull::Refuse);
+    }
+
+    #[test]
+    fn capacity_and_client_queue_follow_the_hardware() {
+        // mesh-pb-constants.h MAX_NUM_NODES and MAX_RX_TOPHONE.
+        assert_eq!(profile("2.7.26").capacity(), 80);
+        assert_eq!(profile("2.8").capacity(), 120);
+        let esp32 = Profile::new("2.7.4", Hw::Esp32, SimRole::Client).expect("valid");
+        assert_eq!((esp32.capacity(), esp32.client_queue()), (100, 8));
+        assert_eq!(profile("2.7.26").client_queue(), 32);
+    }
+
+    #[test]
+    fn versions_parse_with_or_without_patch_and_suffix() {
+        let f: Firmware = "2.8".parse().expect("valid");
+        assert_eq!((f.version, f.reported.as_str()), ((2, 8, 0), "2.8.0.sim"));
+        let f: Firmware = "2.7.15.567b8ea".parse().expect("valid");
+        assert_eq!(
+            (f.version, f.reported.as_str()),
+            ((2, 7, 15), "2.7.15.567b8ea")
+        );
+        assert!("two".parse::<Firmware>().is_err());
+        assert!("2".parse::<Firmware>().is_err());
+        assert!("2.x.1".parse::<Firmware>().is_err());
+    }
+
+    #[test]
+    fn every_rule_has_one_row_with_a_source() {
+        for row in RULES {
+            assert!(!row.source.is_empty());
+            assert_eq!(RULES.iter().filter(|r| r.rule == row.rule).count(), 1);
+        }
+    }
+}
