@@ -228,18 +228,18 @@ impl Shared {
             Sighting::BadUtf8 => {
                 let raw = bad_utf8_names(&user);
                 let payload = user_with_raw_names(&user, &raw);
-                let outcome = if self.profile().has(Rule::Utf8Validated) {
-                    // NodeDB.cpp updateUser (≥ 2.7.23): names that are not UTF-8 are not stored.
-                    Heard::Updated
-                } else {
-                    let lossy = User {
-                        long_name: String::from_utf8_lossy(&raw.long_name).into_owned(),
-                        short_name: String::from_utf8_lossy(&raw.short_name).into_owned(),
-                        ..user.clone()
-                    };
-                    let dropped = self.profile().has(Rule::KeyMismatchDropped);
-                    radio.db.heard(num, &lossy, Some(raw), now_secs(), dropped)
+                // Stored with each invalid byte as `?`: sanitized for good from 2.7.23
+                // (meshUtils.cpp sanitizeUtf8); before that the raw bytes are kept and sent.
+                let sanitized = User {
+                    long_name: sanitize_utf8(&raw.long_name),
+                    short_name: sanitize_utf8(&raw.short_name),
+                    ..user.clone()
                 };
+                let keep_raw = (!self.profile().has(Rule::Utf8Validated)).then_some(raw);
+                let dropped = self.profile().has(Rule::KeyMismatchDropped);
+                let outcome = radio
+                    .db
+                    .heard(num, &sanitized, keep_raw, now_secs(), dropped);
                 (PortNum::NodeinfoApp, payload, outcome)
             }
             Sighting::Packet(portnum) => {
@@ -380,6 +380,26 @@ impl Shared {
 /// A name for logs: no control characters from the mesh reach a terminal.
 fn sanitize(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// meshUtils.cpp sanitizeUtf8: every byte that is not part of valid UTF-8 becomes `?`.
+pub fn sanitize_utf8(mut bytes: &[u8]) -> String {
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                out.push_str(valid);
+                return out;
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let bad = e.error_len().unwrap_or(rest.len());
+                out.extend(std::iter::repeat_n('?', bad));
+                bytes = rest.get(bad..).unwrap_or_default();
+            }
+        }
+    }
 }
 
 /// Names that are not UTF-8, as broken firmware and apps have sent them (firmware #7260).
@@ -713,7 +733,7 @@ fn apply_mesh(shared: &Shared, fault: Fault) {
                     shared.operator(action, num);
                 }
                 None => {
-                    log::warn!(target: "keysync::sim", "no generated node #{node} to {}", action.name())
+                    log::warn!(target: "keysync::sim", "no generated node #{node} to {}", action.name());
                 }
             }
         }

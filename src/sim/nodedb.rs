@@ -234,15 +234,18 @@ impl NodeDb {
     /// node becomes favourite (not on a CLIENT_BASE from 2.7.14) and, on 2.6.8 – 2.7.11,
     /// manually verified. An empty key erases the stored one.
     pub fn add_contact(&mut self, contact: &SharedContact, last_heard: u32) -> ContactResult {
-        let mut user = contact.user.clone().unwrap_or_default();
-        user.id = node_id(contact.node_num);
         let rules = self.rules;
-        let verified = rules.always_verified || contact.manually_verified;
-        self.clock += 1;
-        let clock = self.clock;
         if contact.node_num == self.own.num {
             return ContactResult::Stored;
         }
+        if contact.should_ignore && rules.should_ignore {
+            return self.ignore_contact(contact.node_num);
+        }
+        let mut user = contact.user.clone().unwrap_or_default();
+        user.id = node_id(contact.node_num);
+        let verified = rules.always_verified || contact.manually_verified;
+        self.clock += 1;
+        let clock = self.clock;
         if let Some(e) = self.entry_mut(contact.node_num) {
             if rules.verified_keeps_key && e.info.is_key_manually_verified && !verified {
                 let stored = e.info.user.as_ref().map(|u| u.public_key.as_slice());
@@ -251,8 +254,10 @@ impl NodeDb {
                 }
             }
             e.info.user = Some(user);
-            e.info.last_heard = last_heard;
-            e.heard = clock;
+            if rules.refresh_last_heard {
+                e.info.last_heard = last_heard;
+                e.heard = clock;
+            }
             e.raw_names = None;
             if rules.favourite {
                 e.info.is_favorite = true;
@@ -279,18 +284,47 @@ impl NodeDb {
         ContactResult::Stored
     }
 
-    /// set_ignored_node (AdminModule.cpp): the node is ignored, unfavourited, and its key is
+    /// set_ignored_node (AdminModule.cpp): the node is ignored and, until 2.7.x, its key is
     /// erased. False when the node is unknown.
     pub fn ignore(&mut self, num: u32) -> bool {
+        let erase = self.rules.ignore_erases_key;
         let Some(e) = self.entry_mut(num) else {
             return false;
         };
         e.info.is_ignored = true;
-        e.info.is_favorite = false;
-        if let Some(u) = e.info.user.as_mut() {
+        if erase && let Some(u) = e.info.user.as_mut() {
             u.public_key.clear();
         }
         true
+    }
+
+    /// add_contact with `should_ignore` (addFromContact, 2.6.12+): the node is created if
+    /// needed, ignored, its key zeroed, and from 2.7.14 unfavourited.
+    fn ignore_contact(&mut self, num: u32) -> ContactResult {
+        if self.entry_mut(num).is_none() {
+            if self.make_room().is_err() {
+                return ContactResult::NoRoom;
+            }
+            self.clock += 1;
+            self.push(
+                NodeInfo {
+                    num,
+                    ..NodeInfo::default()
+                },
+                None,
+            );
+        }
+        let unfavourite = self.rules.ignore_unfavourites;
+        if let Some(e) = self.entry_mut(num) {
+            e.info.is_ignored = true;
+            if unfavourite {
+                e.info.is_favorite = false;
+            }
+            if let Some(u) = e.info.user.as_mut() {
+                u.public_key.clear();
+            }
+        }
+        ContactResult::Stored
     }
 
     /// remove_by_nodenum (AdminModule.cpp → NodeDB::removeNodeByNum).
@@ -345,13 +379,15 @@ impl NodeDb {
         });
     }
 
-    /// Evicts until one more node fits: first the oldest non-favourite node without a key, then
-    /// the oldest node that is not favourite, ignored or manually verified. There is no other
-    /// fallback in the firmware: with nothing evictable, there is no room.
+    /// Evicts until one more node fits: first the oldest node without a key that is neither
+    /// favourite nor ignored (this pass does not look at "verified"), then the oldest node that
+    /// is not favourite, ignored or manually verified. There is no other fallback in the
+    /// firmware: with nothing evictable, there is no room.
     fn make_room(&mut self) -> Result<(), NoRoom> {
         while self.len() >= self.capacity {
             let keyless = |e: &&Entry| {
-                !is_protected(&e.info)
+                !e.info.is_favorite
+                    && !e.info.is_ignored
                     && e.info
                         .user
                         .as_ref()
@@ -507,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn add_contact_marks_verified_on_2_6_8_to_2_7_11_whatever_the_contact_says() {
+    fn add_contact_marks_verified_on_2_6_9_to_2_7_11_whatever_the_contact_says() {
         let mut old = db(10, "2.7.11");
         old.add_contact(&contact(10, 1), 0);
         let n = old.get(10).expect("stored");
@@ -559,7 +595,8 @@ mod tests {
         db.add_contact(&contact(10, 1), 0);
         assert!(db.ignore(10));
         let n = db.get(10).expect("kept");
-        assert!(n.is_ignored && !n.is_favorite);
+        // set_ignored_node leaves the favourite bit alone.
+        assert!(n.is_ignored && n.is_favorite);
         assert!(n.user.as_ref().is_some_and(|u| u.public_key.is_empty()));
         // A NodeInfo heard later does not bring the key back.
         hear(&mut db, 10, 1);
@@ -572,6 +609,46 @@ mod tests {
         assert!(db.get(11).is_none());
         assert!(!db.remove(11));
         assert!(db.set_favourite(10, true) && !db.set_favourite(99, true));
+    }
+
+    #[test]
+    fn should_ignore_in_a_contact_ignores_and_erases_instead_of_storing_the_key() {
+        let mut db = db(10, "2.7.26");
+        hear(&mut db, 10, 1);
+        db.add_contact(&contact(10, 1), 0);
+        let ignore = SharedContact {
+            should_ignore: true,
+            ..contact(10, 1)
+        };
+        assert_eq!(db.add_contact(&ignore, 0), ContactResult::Stored);
+        let n = db.get(10).expect("kept");
+        assert!(n.is_ignored && !n.is_favorite, "2.7.14+ also unfavourites");
+        assert!(n.user.as_ref().is_some_and(|u| u.public_key.is_empty()));
+        // 2.8 keeps the key of an ignored node.
+        let mut develop = self::db(10, "2.8");
+        hear(&mut develop, 10, 1);
+        develop.ignore(10);
+        assert!(
+            develop
+                .get(10)
+                .and_then(|n| n.user.clone())
+                .is_some_and(|u| u.public_key.len() == 32)
+        );
+    }
+
+    #[test]
+    fn the_keyless_pass_of_eviction_does_not_spare_verified_nodes() {
+        // getOrCreateMeshNode's first pass checks favourite, ignored and key only.
+        let mut db = db(3, "2.7.26");
+        let verified_keyless = SharedContact {
+            manually_verified: true,
+            ..contact(10, 0)
+        };
+        db.add_contact(&verified_keyless, 0);
+        db.set_favourite(10, false);
+        hear(&mut db, 11, 2);
+        assert_eq!(hear(&mut db, 12, 3), Heard::Added);
+        assert!(db.get(10).is_none(), "verified but keyless: evicted first");
     }
 
     #[test]

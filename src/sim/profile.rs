@@ -19,19 +19,31 @@ pub enum Rule {
     AddContact,
     /// want_config_id 69421 returns the node list only; before, it is an ordinary nonce.
     NodesOnlyDownload,
-    /// add_contact sets "key manually verified" whatever the contact says.
+    /// add_contact sets "key manually verified" whatever the contact says (from 2.6.9: 2.6.8
+    /// does not set it at all).
     ContactAlwaysVerified,
+    /// add_contact with `should_ignore` ignores the node and erases its key.
+    ContactShouldIgnore,
+    /// add_contact refreshes `last_heard` on every role (from 2.7.14 only on CLIENT_BASE).
+    ContactRefreshesLastHeard,
     /// add_contact honours `manually_verified`; an unverified contact with a different key for
     /// a verified node is dropped whole.
     VerifiedKeepsItsKey,
     /// `my_info.nodedb_count` carries the NodeDB's total, also in a config-only download.
     NodedbCount,
-    /// Every heartbeat is answered with a QueueStatus.
+    /// Every heartbeat is answered with a QueueStatus (2.7.4 – 2.7.5 only when something else
+    /// is queued, which the simulator treats as never).
     HeartbeatAnswered,
     /// A NodeInfo whose key differs from the stored one is dropped.
     KeyMismatchDropped,
-    /// Texts from one connection: one per 2 s, else a routing error RATE_LIMIT_EXCEEDED.
+    /// Position, telemetry, waypoint and alert from one connection: one per 10 s per port, else
+    /// dropped with a QueueStatus `res = 0` (the 2.6.7 – 2.7.0 limiter tested a constant and
+    /// never fired; 2.5.x limited positions to one per 5 s).
+    PositionRateLimit,
+    /// Texts from one connection: one per 2 s; the excess is dropped with QueueStatus `res = 0`.
     TextRateLimit,
+    /// A text over the limit is also answered with a routing error RATE_LIMIT_EXCEEDED.
+    TextRateLimitError,
     /// A favourite makes a CLIENT_BASE rebroadcast like a router for that node.
     ClientBaseFavouriteRoutes,
     /// add_contact on a CLIENT_BASE does not favourite; it only refreshes `last_heard`.
@@ -40,8 +52,10 @@ pub enum Rule {
     PkiSendFail,
     /// A client that sent no complete frame for 15 minutes is closed.
     IdleClose,
-    /// Names with invalid UTF-8 are no longer stored as they came.
+    /// Names with invalid UTF-8 are sanitized: each invalid byte becomes `?`.
     Utf8Validated,
+    /// set_ignored_node keeps the key (2.8; before, it erases it).
+    IgnoreKeepsKey,
     /// A full NodeDB with nothing evictable refuses the new node (before: writes past the end
     /// of the node array and the radio crashes).
     RefuseWhenFull,
@@ -81,15 +95,27 @@ const RULES: &[Row] = &[
     ),
     row(
         Rule::ContactAlwaysVerified,
-        (2, 6, 8),
+        (2, 6, 9),
         Some((2, 7, 11)),
-        "mesh/NodeDB.cpp addFromContact: NODEINFO_BITFIELD_IS_KEY_MANUALLY_VERIFIED set unconditionally",
+        "mesh/NodeDB.cpp addFromContact: verified bit set unconditionally (#6858)",
+    ),
+    row(
+        Rule::ContactShouldIgnore,
+        (2, 6, 12),
+        None,
+        "mesh/NodeDB.cpp addFromContact: should_ignore → is_ignored, key zeroed (#7044)",
+    ),
+    row(
+        Rule::ContactRefreshesLastHeard,
+        (2, 6, 8),
+        Some((2, 7, 13)),
+        "mesh/NodeDB.cpp addFromContact: last_heard = getValidTime (from 2.7.14 CLIENT_BASE only, #8495)",
     ),
     row(
         Rule::VerifiedKeepsItsKey,
         (2, 7, 12),
         None,
-        "mesh/NodeDB.cpp addFromContact: manually_verified honoured, key conflict dropped",
+        "mesh/NodeDB.cpp addFromContact: manually_verified honoured, key conflict dropped (#8180)",
     ),
     row(
         Rule::NodedbCount,
@@ -101,7 +127,7 @@ const RULES: &[Row] = &[
         Rule::HeartbeatAnswered,
         (2, 7, 6),
         None,
-        "mesh/PhoneAPI.cpp handleToRadio heartbeat_tag: heartbeatReceived → QueueStatus",
+        "mesh/PhoneAPI.cpp getFromRadio: heartbeatReceived checked first → QueueStatus (#7506)",
     ),
     row(
         Rule::KeyMismatchDropped,
@@ -110,10 +136,22 @@ const RULES: &[Row] = &[
         "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\"",
     ),
     row(
-        Rule::TextRateLimit,
-        (2, 7, 9),
+        Rule::PositionRateLimit,
+        (2, 7, 1),
         None,
-        "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE rate limit, RATE_LIMIT_EXCEEDED",
+        "mesh/PhoneAPI.cpp handleToRadioPacket: lastPortNumToRadio, TEN_SECONDS_MS",
+    ),
+    row(
+        Rule::TextRateLimit,
+        (2, 7, 1),
+        None,
+        "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE_APP, TWO_SECONDS_MS",
+    ),
+    row(
+        Rule::TextRateLimitError,
+        (2, 7, 4),
+        None,
+        "mesh/PhoneAPI.cpp handleToRadioPacket: sendRoutingErrorResponse(RATE_LIMIT_EXCEEDED)",
     ),
     row(
         Rule::ClientBaseFavouriteRoutes,
@@ -131,7 +169,7 @@ const RULES: &[Row] = &[
         Rule::PkiSendFail,
         (2, 7, 19),
         None,
-        "mesh/Router.cpp send: no public key → PKI_SEND_FAIL_PUBLIC_KEY",
+        "mesh/Router.cpp perhapsEncode: no key for a DM → PKI_SEND_FAIL_PUBLIC_KEY (#9485)",
     ),
     row(
         Rule::IdleClose,
@@ -143,7 +181,13 @@ const RULES: &[Row] = &[
         Rule::Utf8Validated,
         (2, 7, 23),
         None,
-        "mesh/NodeDB.cpp updateUser: names checked for valid UTF-8",
+        "mesh/TypeConversions.cpp ConvertToUserLite → meshUtils.cpp sanitizeUtf8",
+    ),
+    row(
+        Rule::IgnoreKeepsKey,
+        (2, 8, 0),
+        None,
+        "modules/AdminModule.cpp set_ignored_node (develop): key kept, satellite stores erased",
     ),
     row(
         Rule::RefuseWhenFull,
@@ -175,10 +219,12 @@ impl Hw {
         }
     }
 
-    /// `MAX_NUM_NODES` (mesh/mesh-pb-constants.h; Linux: `MaxNodes` in config.yaml).
+    /// `MAX_NUM_NODES` (mesh/mesh-pb-constants.h; ESP32-S3 with 16 MB flash; Linux:
+    /// `MaxNodes` in config.yaml, variants/native/portduino/variant.h).
     pub fn capacity(self, version: Version) -> usize {
+        let develop = version >= (2, 8, 0);
         match self {
-            Hw::Nrf52 if version >= (2, 8, 0) => 120,
+            Hw::Nrf52 | Hw::Esp32 if develop => 120,
             Hw::Nrf52 => 80,
             Hw::Esp32 => 100,
             Hw::Esp32s3 => 250,
@@ -186,11 +232,15 @@ impl Hw {
         }
     }
 
-    /// `MAX_RX_TOPHONE` (mesh/mesh-pb-constants.h): frames waiting for the client.
-    pub fn client_queue(self) -> usize {
+    /// `MAX_RX_TOPHONE` (mesh/mesh-pb-constants.h): frames waiting for the client. Portduino
+    /// uses `maxtophone`.
+    pub fn client_queue(self, version: Version) -> usize {
+        let develop = version >= (2, 8, 0);
         match self {
             Hw::Esp32 => 8,
-            _ => 32,
+            Hw::Linux => 100,
+            Hw::Nrf52 if develop => 16,
+            Hw::Nrf52 | Hw::Esp32s3 => 32,
         }
     }
 
@@ -351,7 +401,7 @@ impl Profile {
     }
 
     pub fn client_queue(&self) -> usize {
-        self.hw.client_queue()
+        self.hw.client_queue(self.firmware.version)
     }
 
     pub fn is_client_base(&self) -> bool {
@@ -364,6 +414,12 @@ impl Profile {
             always_verified: self.has(Rule::ContactAlwaysVerified),
             verified_keeps_key: self.has(Rule::VerifiedKeepsItsKey),
             favourite: !(self.is_client_base() && self.has(Rule::ClientBaseNoFavourite)),
+            should_ignore: self.has(Rule::ContactShouldIgnore),
+            refresh_last_heard: self.has(Rule::ContactRefreshesLastHeard)
+                || (self.is_client_base() && self.has(Rule::ClientBaseNoFavourite)),
+            ignore_unfavourites: self.has(Rule::ClientBaseNoFavourite),
+            ignore_erases_key: !self.has(Rule::IgnoreKeepsKey),
+            sanitize_utf8: self.has(Rule::Utf8Validated),
         }
     }
 
@@ -389,11 +445,24 @@ impl Profile {
 }
 
 /// How add_contact treats the stored node (NodeDB.cpp addFromContact).
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent firmware switches, each a row of the version table"
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContactRules {
     pub always_verified: bool,
     pub verified_keeps_key: bool,
     pub favourite: bool,
+    /// `should_ignore` ignores the node (2.6.12+); before, the flag is not read.
+    pub should_ignore: bool,
+    pub refresh_last_heard: bool,
+    /// `should_ignore` also unfavourites (2.7.14+).
+    pub ignore_unfavourites: bool,
+    /// set_ignored_node and `should_ignore` zero the key (until 2.7.x).
+    pub ignore_erases_key: bool,
+    /// Names go through sanitizeUtf8 (2.7.23+).
+    pub sanitize_utf8: bool,
 }
 
 impl Default for ContactRules {
@@ -432,7 +501,9 @@ mod tests {
     #[test]
     fn contacts_are_always_verified_from_2_6_8_to_2_7_11_only() {
         // NodeDB.cpp addFromContact.
-        assert!(profile("2.6.8").contact_rules().always_verified);
+        // 2.6.8 itself does not set the bit; 2.6.9 (#6858) does.
+        assert!(!profile("2.6.8").contact_rules().always_verified);
+        assert!(profile("2.6.9").contact_rules().always_verified);
         assert!(profile("2.7.11").contact_rules().always_verified);
         assert!(!profile("2.7.12").contact_rules().always_verified);
         assert!(profile("2.7.12").contact_rules().verified_keeps_key);
@@ -465,6 +536,10 @@ mod tests {
         let esp32 = Profile::new("2.7.4", Hw::Esp32, SimRole::Client).expect("valid");
         assert_eq!((esp32.capacity(), esp32.client_queue()), (100, 8));
         assert_eq!(profile("2.7.26").client_queue(), 32);
+        let linux = Profile::new("2.7.26", Hw::Linux, SimRole::Client).expect("valid");
+        assert_eq!((linux.capacity(), linux.client_queue()), (200, 100));
+        let s3 = Profile::new("2.7.26", Hw::Esp32s3, SimRole::Client).expect("valid");
+        assert_eq!((s3.capacity(), s3.client_queue()), (250, 32));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! limits, admin messages (add_contact and the operator's decisions), idle close, and the
 //! faults aimed at the client. What each firmware version does comes from its [`Profile`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,11 +49,12 @@ struct Client {
     recent_ids: VecDeque<u32>,
     /// Live traffic flows only after a full or config-only download completed.
     configured: bool,
-    /// When this connection last sent a packet of each rate-limited kind.
-    last_sent: [Option<Instant>; 3],
+    /// When this connection last had a packet accepted on each rate-limited port
+    /// (`lastPortNumToRadio`, per connection and per port).
+    last_sent: HashMap<i32, Instant>,
 }
 
-/// The per-connection rate limits of PhoneAPI.cpp, by kind of packet.
+/// The per-connection rate limits of PhoneAPI.cpp handleToRadioPacket, by kind of packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Limited {
     Text,
@@ -62,14 +63,19 @@ enum Limited {
 }
 
 impl Limited {
-    fn of(portnum: i32) -> Option<Self> {
+    /// The limit that applies to `portnum` on `profile`, if any.
+    fn of(portnum: i32, profile: &Profile) -> Option<Self> {
         let p = PortNum::try_from(portnum).ok()?;
         match p {
-            PortNum::TextMessageApp => Some(Self::Text),
+            PortNum::TextMessageApp if profile.has(Rule::TextRateLimit) => Some(Self::Text),
             PortNum::PositionApp
             | PortNum::TelemetryApp
             | PortNum::WaypointApp
-            | PortNum::AlertApp => Some(Self::Position),
+            | PortNum::AlertApp
+                if profile.has(Rule::PositionRateLimit) =>
+            {
+                Some(Self::Position)
+            }
             PortNum::TracerouteApp => Some(Self::Traceroute),
             _ => None,
         }
@@ -82,10 +88,6 @@ impl Limited {
             Self::Traceroute => TRACEROUTE_GAP,
         }
     }
-
-    fn slot(self) -> usize {
-        self as usize
-    }
 }
 
 /// What the radio does with a client packet.
@@ -93,9 +95,10 @@ impl Limited {
 enum Verdict {
     /// Sent on to the mesh (or handled, when addressed to the radio): QueueStatus `res = 0`.
     Accepted,
-    /// Over a limit and dropped silently: QueueStatus `res = 0`, so the sender believes it went.
-    DroppedQuietly,
-    /// Refused with a routing error to the client, and no QueueStatus.
+    /// Over a limit and dropped: QueueStatus `res = 0`, so the sender believes it went; with a
+    /// routing error too where the firmware sends one.
+    OverLimit(Option<RoutingError>),
+    /// Refused with a routing error to the client (Router.cpp abortSendAndNak).
     Refused(RoutingError),
 }
 
@@ -115,7 +118,7 @@ pub(super) async fn serve(
         shared: shared.clone(),
         recent_ids: VecDeque::new(),
         configured: false,
-        last_sent: [None; 3],
+        last_sent: HashMap::new(),
     };
     // Only firmware ≥ 2.7.21 closes an idle client.
     let idle = if shared.config.profile.has(Rule::IdleClose) {
@@ -278,18 +281,16 @@ impl Client {
         };
         let counters = &self.shared.counters;
         match verdict {
-            Verdict::Refused(error) => {
-                if error == RoutingError::PkiSendFailPublicKey {
-                    self.shared.dm_fail(packet.to, packet.id);
-                } else {
-                    counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            Verdict::Refused(_) => {
+                self.shared.dm_fail(packet.to, packet.id);
+                return None;
+            }
+            Verdict::OverLimit(error) => {
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if let Some(error) = error {
                     self.shared
                         .to_client(self.shared.routing_error(error, packet.id));
                 }
-                return None;
-            }
-            Verdict::DroppedQuietly => {
-                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
             Verdict::Accepted => {}
         }
@@ -309,21 +310,28 @@ impl Client {
             Some(mesh_packet::PayloadVariant::Decoded(data)) => data.portnum,
             _ => 0,
         };
-        if let Some(kind) = Limited::of(portnum) {
-            let limited = kind != Limited::Text || self.profile().has(Rule::TextRateLimit);
-            let last = &mut self.last_sent[kind.slot()];
-            if limited && last.is_some_and(|t| now < t + kind.gap()) {
+        if let Some(kind) = Limited::of(portnum, self.profile()) {
+            let last = self.last_sent.get(&portnum);
+            if last.is_some_and(|t| now < *t + kind.gap()) {
                 log::info!(target: "keysync::sim", "{}: {kind:?} packet {:08x} over the per-connection limit", self.peer, packet.id);
-                return if kind == Limited::Text {
-                    Verdict::Refused(RoutingError::RateLimitExceeded)
-                } else {
-                    Verdict::DroppedQuietly
-                };
+                let error = (kind == Limited::Text && self.profile().has(Rule::TextRateLimitError))
+                    .then_some(RoutingError::RateLimitExceeded);
+                return Verdict::OverLimit(error);
             }
-            *last = Some(now);
+            // Only an accepted packet moves the limit on.
+            self.last_sent.insert(portnum, now);
         }
+        // Router.cpp perhapsEncode: a DM on a port that PKI covers needs the peer's key.
+        let pki_port = ![
+            PortNum::TracerouteApp,
+            PortNum::NodeinfoApp,
+            PortNum::RoutingApp,
+            PortNum::PositionApp,
+        ]
+        .into_iter()
+        .any(|p| p as i32 == portnum);
         let unicast = packet.to != BROADCAST;
-        if unicast && self.profile().has(Rule::PkiSendFail) {
+        if unicast && pki_port && self.profile().has(Rule::PkiSendFail) {
             let keyed = self
                 .shared
                 .radio()

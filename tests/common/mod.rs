@@ -200,3 +200,4 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
     }
 }
 pub mod fixture;
+pub mod raw;

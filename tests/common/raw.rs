@@ -1,0 +1,187 @@
+//! A bare client of the radio's TCP API: our codec on a real socket and nothing of keysync's
+//! engine, so tests can drive the simulated radio exactly as any client could.
+
+use std::net::SocketAddr;
+
+use futures::{SinkExt, StreamExt};
+use keysync::engine::codec::ClientCodec;
+use keysync::engine::radio::{admin_of, want_config};
+use meshtastic::Message;
+use meshtastic::protobufs::{
+    AdminMessage, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus, Routing, ToRadio,
+    admin_message, from_radio, mesh_packet, routing, to_radio,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use super::WAIT;
+
+pub struct RawClient {
+    conn: Framed<TcpStream, ClientCodec>,
+    next_id: u32,
+    /// Every frame received so far, in order.
+    pub seen: Vec<FromRadio>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("radio accepts");
+        Self {
+            conn: Framed::new(stream, ClientCodec::new()),
+            next_id: 0x1000,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Frames the codec could not decode so far (e.g. names that are not UTF-8).
+    pub fn undecodable(&self) -> u64 {
+        self.conn.codec().stats().undecodable
+    }
+
+    pub async fn send(&mut self, msg: ToRadio) {
+        self.conn.send(msg).await.expect("radio takes the frame");
+    }
+
+    /// The next frame, or `None` when the radio closed the connection.
+    pub async fn recv(&mut self) -> Option<FromRadio> {
+        match tokio::time::timeout(WAIT, self.conn.next()).await {
+            Ok(Some(Ok(frame))) => {
+                self.seen.push(frame.clone());
+                Some(frame)
+            }
+            Ok(Some(Err(_)) | None) => None,
+            Err(elapsed) => panic!("the radio sent nothing for {WAIT:?} ({elapsed})"),
+        }
+    }
+
+    /// The next frame that `pred` picks, skipping others; panics if the radio closes first.
+    pub async fn recv_until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&FromRadio) -> bool,
+    ) -> FromRadio {
+        loop {
+            let frame = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {what}"));
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// A whole config download for `nonce`: every frame up to its `config_complete_id`.
+    pub async fn download(&mut self, nonce: u32) -> Vec<FromRadio> {
+        self.send(want_config(nonce)).await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await.expect("the radio finishes the download");
+            let done = matches!(frame.payload_variant, Some(from_radio::PayloadVariant::ConfigCompleteId(n)) if n == nonce);
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// Waits until the radio closes the connection; the frames that came before.
+    pub async fn closed(&mut self) -> Vec<FromRadio> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.recv().await {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// Sends a packet; returns its id.
+    pub async fn packet(&mut self, to: u32, portnum: PortNum, payload: Vec<u8>) -> u32 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
+                to,
+                id,
+                payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+                    portnum: portnum as i32,
+                    payload,
+                    ..Data::default()
+                })),
+                ..MeshPacket::default()
+            })),
+        })
+        .await;
+        id
+    }
+
+    /// Sends an admin message to the radio's own node `my`; returns the packet id.
+    pub async fn admin(&mut self, my: u32, admin: admin_message::PayloadVariant) -> u32 {
+        let payload = AdminMessage {
+            payload_variant: Some(admin),
+            ..AdminMessage::default()
+        }
+        .encode_to_vec();
+        self.packet(my, PortNum::AdminApp, payload).await
+    }
+
+    /// The QueueStatus for packet `id`.
+    pub async fn queue_status(&mut self, id: u32) -> QueueStatus {
+        match self
+            .recv_until("a QueueStatus", |f| {
+                matches!(&f.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(q)) if q.mesh_packet_id == id)
+            })
+            .await
+            .payload_variant
+        {
+            Some(from_radio::PayloadVariant::QueueStatus(q)) => q,
+            _ => unreachable!("picked a QueueStatus"),
+        }
+    }
+}
+
+/// The node_infos of a download, in order.
+pub fn node_infos(frames: &[FromRadio]) -> Vec<NodeInfo> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::NodeInfo(n)) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `my_node_num` from a full download.
+pub fn my_node_num(frames: &[FromRadio]) -> u32 {
+    frames
+        .iter()
+        .find_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.my_node_num),
+            _ => None,
+        })
+        .expect("a full download starts with my_info")
+}
+
+/// The routing error and request id a frame carries, if it is a routing packet.
+pub fn routing_error(frame: &FromRadio) -> Option<(routing::Error, u32)> {
+    let Some(from_radio::PayloadVariant::Packet(p)) = &frame.payload_variant else {
+        return None;
+    };
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &p.payload_variant else {
+        return None;
+    };
+    if data.portnum != PortNum::RoutingApp as i32 {
+        return None;
+    }
+    let routing = Routing::decode(data.payload.as_slice()).ok()?;
+    match routing.variant? {
+        routing::Variant::ErrorReason(e) => {
+            Some((routing::Error::try_from(e).ok()?, data.request_id))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a frame is a packet whose admin payload is there (for filtering).
+pub fn is_admin(frame: &ToRadio) -> bool {
+    matches!(&frame.payload_variant, Some(to_radio::PayloadVariant::Packet(p)) if admin_of(p).is_some())
+}

@@ -1,0 +1,545 @@
+//! The simulated radio behaves like the firmware version it claims, hazards included
+//! (PROTOCOL.md; each test names the firmware rule). Driven over real TCP by a bare client, not
+//! through keysync, so what is asserted is the radio's behaviour alone.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::raw::{RawClient, my_node_num, node_infos, routing_error};
+use common::{sim_config, start_sim, wait_until};
+use keysync::engine::radio::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, heartbeat};
+use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
+use meshtastic::protobufs::{
+    FromRadio, PortNum, SharedContact, admin_message::PayloadVariant as Admin, from_radio,
+    mesh_packet, routing,
+};
+
+fn profile(firmware: &str, hw: Hw) -> Profile {
+    Profile::new(firmware, hw, SimRole::Client).expect("valid profile")
+}
+
+fn firmware_sim(firmware: &str, hw: Hw, nodes: usize) -> SimConfig {
+    SimConfig {
+        profile: profile(firmware, hw),
+        reboot_time: Duration::from_secs(2),
+        ..sim_config(nodes)
+    }
+}
+
+/// Connects and runs a full download; returns the client and the radio's node number.
+async fn connected(sim: &SimHandle) -> (RawClient, u32) {
+    let mut client = RawClient::connect(sim.addr()).await;
+    let frames = client.download(7).await;
+    (client, my_node_num(&frames))
+}
+
+/// Pushes every node the radio holds back to it with add_contact, as a careless client would.
+async fn favourite_everything(sim: &SimHandle, client: &mut RawClient, my: u32) {
+    for node in sim.nodedb().into_iter().skip(1) {
+        let id = client
+            .admin(
+                my,
+                Admin::AddContact(SharedContact {
+                    node_num: node.num,
+                    user: node.user.clone(),
+                    ..SharedContact::default()
+                }),
+            )
+            .await;
+        let status = client.queue_status(id).await;
+        assert_eq!(
+            status.res, 0,
+            "Router.cpp: ERRNO_OK for packets to the own node"
+        );
+    }
+}
+
+/// A node of the generated mesh that the radio does not hold.
+fn unknown_node(sim: &SimHandle) -> u32 {
+    let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+    sim.mesh()
+        .iter()
+        .map(|n| n.num)
+        .find(|n| !held.contains(n))
+        .expect("the mesh is larger than the NodeDB")
+}
+
+fn counter(
+    sim: &SimHandle,
+    pick: impl Fn(&keysync::sim::SimCounters) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    pick(&sim.counters()).load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_2_7_26_nrf52_full_of_favourites_crashes_at_the_next_unknown_node_and_again_after_reboot()
+{
+    // NodeDB.cpp getOrCreateMeshNode (2.7.x): nothing evictable → meshNodes->at() past the end.
+    let sim = start_sim(firmware_sim("2.7.26", Hw::Nrf52, 100));
+    assert_eq!(sim.capacity(), 80, "MAX_NUM_NODES on nRF52");
+    let (mut client, my) = connected(&sim).await;
+    favourite_everything(&sim, &mut client, my).await;
+    let protected = sim.protected();
+    assert_eq!((protected.favourite, protected.total), (79, 79));
+    assert_eq!(
+        counter(&sim, |c| &c.flash_writes),
+        79,
+        "one flash write per add_contact"
+    );
+
+    sim.hear_from(unknown_node(&sim), PortNum::PositionApp);
+    client.closed().await;
+    assert_eq!(counter(&sim, |c| &c.crashes), 1);
+    assert!(sim.is_down());
+    assert!(
+        tokio::net::TcpStream::connect(sim.addr()).await.is_err(),
+        "a rebooting radio refuses connections"
+    );
+
+    wait_until("the radio is back", || !sim.is_down()).await;
+    let mut client = RawClient::connect(sim.addr()).await;
+    let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    assert_eq!(
+        nodes.len(),
+        80,
+        "back with the NodeDB as last written to flash"
+    );
+    assert!(nodes.iter().skip(1).all(|n| n.is_favorite));
+    sim.hear_from(unknown_node(&sim), PortNum::TelemetryApp);
+    client.closed().await;
+    assert_eq!(
+        counter(&sim, |c| &c.crashes),
+        2,
+        "and again at the next unknown node"
+    );
+    assert_eq!(sim.evictions(), 0);
+}
+
+#[tokio::test]
+async fn a_2_8_radio_full_of_favourites_refuses_the_new_node_and_stays_up() {
+    // NodeDB.cpp getOrCreateMeshNode on develop (PR #10705): returns NULL instead.
+    let sim = start_sim(firmware_sim("2.8", Hw::Nrf52, 130));
+    assert_eq!(sim.capacity(), 120);
+    let (mut client, my) = connected(&sim).await;
+    favourite_everything(&sim, &mut client, my).await;
+    let stranger = unknown_node(&sim);
+    sim.hear_from(stranger, PortNum::PositionApp);
+    let packet = client
+        .recv_until("the stranger's packet", |f| {
+            matches!(&f.payload_variant, Some(from_radio::PayloadVariant::Packet(p)) if p.from == stranger)
+        })
+        .await;
+    assert!(packet.payload_variant.is_some());
+    assert_eq!(counter(&sim, |c| &c.refused_nodes), 1);
+    assert_eq!(counter(&sim, |c| &c.crashes), 0);
+    assert!(sim.nodedb().iter().all(|n| n.num != stranger));
+    // The link is still up.
+    let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    assert_eq!(nodes.len(), 120);
+}
+
+#[tokio::test]
+async fn before_2_6_8_add_contact_is_ignored_and_69421_is_a_full_download() {
+    // AdminModule.cpp has no add_contact before 2.6.8; PhoneAPI.cpp no SPECIAL_NONCE_ONLY_NODES.
+    let sim = start_sim(firmware_sim("2.6.7", Hw::Esp32, 10));
+    let (mut client, my) = connected(&sim).await;
+    let frames = client.download(NODES_ONLY_NONCE).await;
+    assert!(
+        frames.iter().any(|f| matches!(
+            f.payload_variant,
+            Some(from_radio::PayloadVariant::MyInfo(_))
+        )),
+        "69421 is an ordinary nonce: my_info, config and all"
+    );
+    assert!(frames.iter().any(|f| matches!(
+        f.payload_variant,
+        Some(from_radio::PayloadVariant::Channel(_))
+    )));
+    let target = sim.nodedb()[1].clone();
+    let before = sim.key_of(target.num);
+    let mut user = target.user.clone().unwrap_or_default();
+    user.public_key = vec![9; 32];
+    let id = client
+        .admin(
+            my,
+            Admin::AddContact(SharedContact {
+                node_num: target.num,
+                user: Some(user),
+                ..SharedContact::default()
+            }),
+        )
+        .await;
+    assert_eq!(client.queue_status(id).await.res, 0);
+    assert_eq!(
+        sim.key_of(target.num),
+        before,
+        "field 66 is unknown: nothing changes"
+    );
+    assert_eq!(counter(&sim, |c| &c.flash_writes), 0);
+    assert_eq!(counter(&sim, |c| &c.ignored_admin), 1);
+}
+
+#[tokio::test]
+async fn from_2_6_8_69421_sends_the_node_list_only() {
+    let sim = start_sim(firmware_sim("2.6.8", Hw::Esp32, 10));
+    let mut client = RawClient::connect(sim.addr()).await;
+    let frames = client.download(NODES_ONLY_NONCE).await;
+    assert_eq!(
+        frames.len(),
+        1 + 10 + 1,
+        "own node, ten others, config_complete_id"
+    );
+    let first = node_infos(&frames)[0].clone();
+    assert!(first.is_favorite && first.num == sim.my_node_num());
+}
+
+#[tokio::test]
+async fn heartbeats_are_answered_from_2_7_6_and_not_by_2_7_4() {
+    // PhoneAPI.cpp getFromRadio: heartbeatReceived checked first from 2.7.6 (#7506).
+    for (firmware, answered) in [("2.7.4", false), ("2.7.6", true)] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Esp32, 3));
+        let (mut client, _) = connected(&sim).await;
+        client.send(heartbeat(42)).await;
+        let id = client
+            .packet(0xFFFF_FFFF, PortNum::RangeTestApp, b"x".to_vec())
+            .await;
+        let first = client.recv().await.expect("an answer");
+        let Some(from_radio::PayloadVariant::QueueStatus(q)) = first.payload_variant else {
+            panic!("{firmware}: expected a QueueStatus, got {first:?}");
+        };
+        let for_heartbeat = q.mesh_packet_id == 0;
+        assert_eq!(for_heartbeat, answered, "{firmware}");
+        assert!(for_heartbeat || q.mesh_packet_id == id);
+    }
+}
+
+#[tokio::test]
+async fn nodedb_count_is_the_total_also_in_a_config_only_download_from_2_7_4() {
+    for (firmware, expect_total) in [("2.7.26", true), ("2.7.3", false)] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Linux, 12));
+        let mut client = RawClient::connect(sim.addr()).await;
+        let frames = client.download(CONFIG_ONLY_NONCE).await;
+        let count = frames
+            .iter()
+            .find_map(|f| match &f.payload_variant {
+                Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.nodedb_count),
+                _ => None,
+            })
+            .expect("my_info");
+        let expected = if expect_total { 13 } else { 0 };
+        assert_eq!(count, expected, "{firmware}");
+        assert!(
+            node_infos(&frames).len() == 1,
+            "config only: own node alone"
+        );
+    }
+}
+
+#[tokio::test]
+async fn add_contact_marks_the_node_verified_on_2_7_11_and_a_managed_radio_ignores_it() {
+    // NodeDB.cpp addFromContact (2.6.9 – 2.7.11); AdminModule.cpp is_managed.
+    let sim = start_sim(firmware_sim("2.7.11", Hw::Esp32, 5));
+    let (mut client, my) = connected(&sim).await;
+    let target = sim.nodedb()[1].clone();
+    let id = client
+        .admin(
+            my,
+            Admin::AddContact(SharedContact {
+                node_num: target.num,
+                user: target.user.clone(),
+                manually_verified: false,
+                ..SharedContact::default()
+            }),
+        )
+        .await;
+    client.queue_status(id).await;
+    let stored = sim
+        .nodedb()
+        .into_iter()
+        .find(|n| n.num == target.num)
+        .expect("kept");
+    assert!(stored.is_favorite && stored.is_key_manually_verified);
+    assert_eq!(sim.protected().verified, 1);
+
+    let managed = start_sim(SimConfig {
+        managed: true,
+        ..firmware_sim("2.7.26", Hw::Esp32, 5)
+    });
+    let (mut client, my) = connected(&managed).await;
+    let target = managed.nodedb()[1].clone();
+    let id = client
+        .admin(
+            my,
+            Admin::AddContact(SharedContact {
+                node_num: target.num,
+                user: target.user.clone(),
+                ..SharedContact::default()
+            }),
+        )
+        .await;
+    client.queue_status(id).await;
+    assert_eq!(
+        managed.protected().favourite,
+        0,
+        "a managed radio ignores client admin"
+    );
+    assert_eq!(counter(&managed, |c| &c.flash_writes), 0);
+}
+
+#[tokio::test]
+async fn operator_decisions_ignore_remove_and_favourite_as_the_admin_module_does() {
+    let sim = start_sim(firmware_sim("2.7.26", Hw::Linux, 6));
+    let (mut client, my) = connected(&sim).await;
+    let nodes = sim.nodedb();
+    let (a, b, c) = (nodes[1].num, nodes[2].num, nodes[3].num);
+    for admin in [
+        Admin::SetIgnoredNode(a),
+        Admin::RemoveByNodenum(b),
+        Admin::SetFavoriteNode(c),
+    ] {
+        let id = client.admin(my, admin).await;
+        client.queue_status(id).await;
+    }
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    let ignored = list
+        .iter()
+        .find(|n| n.num == a)
+        .expect("ignored, not removed");
+    assert!(ignored.is_ignored);
+    assert!(
+        ignored
+            .user
+            .as_ref()
+            .is_some_and(|u| u.public_key.is_empty()),
+        "key erased"
+    );
+    assert!(list.iter().all(|n| n.num != b), "removed");
+    assert!(list.iter().any(|n| n.num == c && n.is_favorite));
+    assert!(sim.operator(OperatorAction::Unfavorite, c));
+    assert_eq!(
+        counter(&sim, |c| &c.flash_writes),
+        4,
+        "each decision writes flash"
+    );
+
+    // Router.cpp: a packet from an ignored node is dropped, not forwarded.
+    let forwarded = counter(&sim, |c| &c.announcements);
+    sim.hear_from(a, PortNum::NodeinfoApp);
+    assert_eq!(counter(&sim, |c| &c.announcements), forwarded);
+    assert!(
+        sim.key_of(a).is_none(),
+        "hearing it again does not bring the key back"
+    );
+}
+
+#[tokio::test]
+async fn any_packet_from_an_unknown_node_creates_a_keyless_entry_that_evicts() {
+    // NodeDB.cpp updateFrom → getOrCreateMeshNode, for every packet, not only NodeInfo.
+    let sim = start_sim(SimConfig {
+        capacity: Some(6),
+        ..firmware_sim("2.7.26", Hw::Linux, 8)
+    });
+    let (mut client, _) = connected(&sim).await;
+    let stranger = unknown_node(&sim);
+    sim.hear_from(stranger, PortNum::TelemetryApp);
+    client
+        .recv_until("the telemetry packet", |f| {
+            matches!(&f.payload_variant, Some(from_radio::PayloadVariant::Packet(p)) if p.from == stranger)
+        })
+        .await;
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    let created = list.iter().find(|n| n.num == stranger).expect("created");
+    assert!(
+        created.user.is_none(),
+        "no user and no key from a telemetry packet"
+    );
+    assert_eq!(sim.evictions(), 1, "a keyed node made room");
+}
+
+fn text_ids_refused(frames: &[FromRadio], error: routing::Error) -> Vec<u32> {
+    frames
+        .iter()
+        .filter_map(routing_error)
+        .filter(|(e, _)| *e == error)
+        .map(|(_, id)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn per_connection_rate_limits_follow_phoneapi() {
+    // PhoneAPI.cpp handleToRadioPacket: text 2 s (RATE_LIMIT_EXCEEDED from 2.7.4), position
+    // and telemetry 10 s per port, dropped with res = 0.
+    let sim = start_sim(firmware_sim("2.7.26", Hw::Linux, 3));
+    let (mut client, _) = connected(&sim).await;
+    let all = 0xFFFF_FFFF;
+    let t1 = client
+        .packet(all, PortNum::TextMessageApp, b"one".to_vec())
+        .await;
+    assert_eq!(client.queue_status(t1).await.res, 0);
+    let t2 = client
+        .packet(all, PortNum::TextMessageApp, b"two".to_vec())
+        .await;
+    assert_eq!(client.queue_status(t2).await.res, 0);
+    let p1 = client.packet(all, PortNum::PositionApp, vec![]).await;
+    client.queue_status(p1).await;
+    let p2 = client.packet(all, PortNum::PositionApp, vec![]).await;
+    assert_eq!(
+        client.queue_status(p2).await.res,
+        0,
+        "the sender believes it went out"
+    );
+    let tel = client.packet(all, PortNum::TelemetryApp, vec![]).await;
+    client.queue_status(tel).await;
+    if !client.seen.iter().any(|f| routing_error(f).is_some()) {
+        client
+            .recv_until("the routing error", |f| routing_error(f).is_some())
+            .await;
+    }
+    let seen = client.seen.clone();
+    assert_eq!(
+        text_ids_refused(&seen, routing::Error::RateLimitExceeded),
+        vec![t2]
+    );
+    assert_eq!(counter(&sim, |c| &c.rate_limited), 2);
+    assert_eq!(
+        counter(&sim, |c| &c.mesh_sent),
+        3,
+        "text, position, telemetry (another port)"
+    );
+
+    // The limits belong to the connection: a new one starts afresh.
+    drop(client);
+    let (mut again, _) = connected(&sim).await;
+    let t3 = again
+        .packet(all, PortNum::TextMessageApp, b"three".to_vec())
+        .await;
+    again.queue_status(t3).await;
+    assert_eq!(counter(&sim, |c| &c.mesh_sent), 4);
+}
+
+#[tokio::test]
+async fn a_dm_to_a_node_without_a_key_fails_with_pki_send_fail_from_2_7_19() {
+    // Router.cpp perhapsEncode (#9485); before, the DM goes out without PKI.
+    for (firmware, refused) in [("2.7.26", true), ("2.7.15", false)] {
+        let sim = start_sim(SimConfig {
+            capacity: Some(4),
+            ..firmware_sim(firmware, Hw::Linux, 8)
+        });
+        let (mut client, _) = connected(&sim).await;
+        let keyless = unknown_node(&sim);
+        let id = client
+            .packet(keyless, PortNum::TextMessageApp, b"hi".to_vec())
+            .await;
+        if refused {
+            let frame = client
+                .recv_until("a routing error", |f| routing_error(f).is_some())
+                .await;
+            assert_eq!(
+                routing_error(&frame),
+                Some((routing::Error::PkiSendFailPublicKey, id))
+            );
+            assert_eq!(counter(&sim, |c| &c.mesh_sent), 0, "{firmware}");
+        } else {
+            client.queue_status(id).await;
+            assert_eq!(counter(&sim, |c| &c.mesh_sent), 1, "{firmware}");
+        }
+        // A DM to a node whose key the radio holds goes out on every version.
+        let keyed = sim.nodedb()[1].num;
+        let id = client
+            .packet(keyed, PortNum::PrivateApp, b"hi".to_vec())
+            .await;
+        client.queue_status(id).await;
+        assert!(sim.sent().iter().any(|p| p.id == id), "{firmware}");
+    }
+    // The scenario action reports it for a DM a client sent.
+    let sim = start_sim(firmware_sim("2.7.26", Hw::Linux, 3));
+    let (mut client, _) = connected(&sim).await;
+    sim.inject(Fault::DmFail { node: 1 }).await;
+    let frame = client
+        .recv_until("a routing error", |f| routing_error(f).is_some())
+        .await;
+    assert!(matches!(
+        routing_error(&frame),
+        Some((routing::Error::PkiSendFailPublicKey, _))
+    ));
+}
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_sent_raw_before_2_7_23_and_sanitized_after() {
+    // Before 2.7.23 the firmware stores and sends the bytes (firmware #7260); from 2.7.23
+    // sanitizeUtf8 turns each invalid byte into '?'.
+    let sim = start_sim(firmware_sim("2.7.15", Hw::Linux, 3));
+    let (mut client, _) = connected(&sim).await;
+    sim.inject(Fault::BadUtf8Name { node: 0 }).await;
+    let frame = client
+        .recv_until("the announcement", |f| {
+            matches!(
+                f.payload_variant,
+                Some(from_radio::PayloadVariant::Packet(_))
+            )
+        })
+        .await;
+    let Some(from_radio::PayloadVariant::Packet(p)) = frame.payload_variant else {
+        unreachable!()
+    };
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = p.payload_variant else {
+        panic!("decoded packet");
+    };
+    assert!(
+        data.payload.windows(2).any(|w| w == [0xFF, 0xFE]),
+        "raw bytes on the air"
+    );
+    let before = client.undecodable();
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    assert_eq!(
+        client.undecodable() - before,
+        1,
+        "prost refuses the node_info: the hazard"
+    );
+    assert_eq!(list.len(), 3, "own node and the two others that decode");
+
+    let sim = start_sim(firmware_sim("2.7.23", Hw::Linux, 3));
+    let (mut client, _) = connected(&sim).await;
+    sim.inject(Fault::BadUtf8Name { node: 0 }).await;
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    assert_eq!(client.undecodable(), 0);
+    let first = sim.mesh()[0].num;
+    let name = list
+        .iter()
+        .find(|n| n.num == first)
+        .and_then(|n| n.user.as_ref())
+        .map(|u| u.long_name.clone())
+        .expect("stored");
+    assert!(name.ends_with("??!"), "{name}");
+}
+
+#[tokio::test]
+async fn the_hardware_sets_capacity_and_the_client_queue() {
+    for (hw, capacity) in [
+        (Hw::Nrf52, 80),
+        (Hw::Esp32, 100),
+        (Hw::Esp32s3, 250),
+        (Hw::Linux, 200),
+    ] {
+        let sim = start_sim(firmware_sim("2.7.26", hw, 1));
+        assert_eq!(sim.capacity(), capacity, "{hw}");
+        let frames = RawClient::connect(sim.addr()).await.download(9).await;
+        let env = frames.iter().find_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.pio_env.clone()),
+            _ => None,
+        });
+        assert_eq!(env.as_deref(), Some(hw_env(hw)));
+    }
+    assert_eq!(profile("2.7.26", Hw::Esp32).client_queue(), 8);
+}
+
+fn hw_env(hw: Hw) -> &'static str {
+    match hw {
+        Hw::Nrf52 => "rak4631",
+        Hw::Esp32 => "tbeam",
+        Hw::Esp32s3 => "heltec-v3",
+        Hw::Linux => "native",
+    }
+}
