@@ -57,6 +57,11 @@ impl Drop for Sim {
 
 /// Starts `keysync sim` on a port the OS picks and reads the address from its log.
 fn start_sim(nodes: usize) -> Sim {
+    start_sim_as(nodes, "2.7.26", "linux")
+}
+
+/// `start_sim` with a firmware profile (`--firmware`, `--hw`).
+fn start_sim_as(nodes: usize, firmware: &str, hw: &str) -> Sim {
     let (child, addr, _log) = spawn_logged(
         Command::new(env!("CARGO_BIN_EXE_keysync"))
             .args([
@@ -68,7 +73,8 @@ fn start_sim(nodes: usize) -> Sim {
                 "--seed",
                 "1",
             ])
-            .args(["--nodes", &nodes.to_string()]),
+            .args(["--nodes", &nodes.to_string()])
+            .args(["--firmware", firmware, "--hw", hw]),
         " listening on ",
     );
     Sim { child, addr }
@@ -133,13 +139,27 @@ fn python_client_lists_every_simulated_node_and_the_owner() {
         return;
     };
     let sim = start_sim(40);
+    lists_every_node_and_the_owner(&cli, &sim, "2.7.26");
+}
+
+#[test]
+fn python_client_reads_a_2_6_7_esp32_radio() {
+    // Before 2.6.8: no nodedb_count, no nodes-only download, no heartbeat answers.
+    let Some(cli) = required_cli() else {
+        return;
+    };
+    let sim = start_sim_as(40, "2.6.7", "esp32");
+    lists_every_node_and_the_owner(&cli, &sim, "2.6.7");
+}
+
+fn lists_every_node_and_the_owner(cli: &PathBuf, sim: &Sim, firmware: &str) {
     let host = sim.addr.clone();
 
     let mut population = Population::new(1);
     let own = population.own_node();
     let nodes: Vec<_> = (0..40).map(|_| population.next_node()).collect();
 
-    let table = run_client(&cli, &host, "--nodes");
+    let table = run_client(cli, &host, "--nodes");
     for node in std::iter::once(&own).chain(&nodes) {
         let user = node.user.as_ref().expect("generated nodes have users");
         assert!(
@@ -154,9 +174,9 @@ fn python_client_lists_every_simulated_node_and_the_owner() {
         );
     }
 
-    let info = run_client(&cli, &host, "--info");
+    let info = run_client(cli, &host, "--info");
     assert!(info.contains("Owner: keysync sim (SIM)"), "{info}");
-    assert!(info.contains("2.7.26"), "--info shows the firmware: {info}");
+    assert!(info.contains(firmware), "--info shows the firmware: {info}");
 }
 
 fn python() -> PathBuf {
