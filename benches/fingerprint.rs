@@ -19,6 +19,8 @@ fn keys(n: u32) -> Vec<TrustedKey> {
                 hw_model: 0,
                 role: 0,
                 last_seen: std::time::SystemTime::UNIX_EPOCH,
+                pinned: false,
+                last_dm: None,
             }
         })
         .collect()

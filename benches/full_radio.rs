@@ -46,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
     let mut store = Store::open(&db)?;
     for _ in 0..keys {
         let n = population.next_node();
-        store.learn(&NodeSeen::from_node_info(&n, Source::Mesh), SystemTime::now())?;
+        store.learn(
+            &NodeSeen::from_node_info(&n, Source::Mesh),
+            SystemTime::now(),
+        )?;
     }
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,

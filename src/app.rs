@@ -91,6 +91,7 @@ pub enum Action {
     CycleSort,
     Accept,
     Reject,
+    TogglePin,
     OpenHistory,
     ZoomIn,
     ZoomOut,
@@ -327,6 +328,15 @@ pub const KEYMAP: &[Binding] = &[
         true,
     ),
     bind(
+        &[Char('p')],
+        "p",
+        "pin",
+        "pin or unpin (keeps a slot)",
+        Scope::In(Pane::Nodes),
+        Action::TogglePin,
+        true,
+    ),
+    bind(
         &[Enter],
         "Enter",
         "history",
@@ -522,9 +532,10 @@ impl App {
             SortKey::Attention => rows.sort_by_key(|n| {
                 let rank = match (n.record.pending.is_some(), n.radio) {
                     (true, _) => 0,
-                    (false, RadioKey::Missing | RadioKey::Differs) => 1,
-                    (false, RadioKey::Pushed) => 2,
-                    _ => 3,
+                    (false, RadioKey::Differs | RadioKey::CannotKeep) => 1,
+                    (false, RadioKey::Pushed | RadioKey::Removed) => 2,
+                    _ if n.record.pinned => 3,
+                    _ => 4,
                 };
                 (rank, std::cmp::Reverse(n.record.last_seen), n.record.num)
             }),
@@ -726,6 +737,15 @@ impl App {
                     None => self.say(now, "no node selected".into()),
                 }
             }
+            Action::TogglePin => match self.selected(snapshot) {
+                Some(node) => {
+                    return Some(Effect::Engine(Command::Pin(
+                        node.record.num,
+                        !node.record.pinned,
+                    )));
+                }
+                None => self.say(now, "no node selected".into()),
+            },
             Action::OpenHistory => {
                 if let Some(node) = self.selected(snapshot) {
                     return Some(Effect::LoadHistory(node.record.num));

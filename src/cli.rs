@@ -64,13 +64,31 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "KEYSYNC_HEARTBEAT", value_parser = duration::parse, value_name = "DURATION")]
     pub heartbeat: Option<Duration>,
 
-    /// Pause between two add_contact pushes.
+    /// Pause between two flash writes on the radio (add_contact, unfavourite) [default: 1s].
     #[arg(long, global = true, env = "KEYSYNC_PUSH_GAP", value_parser = duration::parse, value_name = "DURATION")]
     pub push_gap: Option<Duration>,
 
     /// At most this many add_contact pushes per sync run; the rest wait for the next run.
     #[arg(long, global = true, env = "KEYSYNC_MAX_PUSHES", value_name = "N")]
     pub max_pushes: Option<u32>,
+
+    /// At most this many flash writes (pushes and slots given back) per hour [default: 60].
+    #[arg(
+        long,
+        global = true,
+        env = "KEYSYNC_MAX_FLASH_WRITES",
+        value_name = "N"
+    )]
+    pub max_flash_writes: Option<u32>,
+
+    /// Favourites keysync may hold on the radio [default: half the capacity minus what others
+    /// protect; clamped to always leave evictable room].
+    #[arg(long, global = true, env = "KEYSYNC_KEY_SLOTS", value_name = "N")]
+    pub key_slots: Option<u32>,
+
+    /// The radio's NodeDB capacity, when its hardware does not tell (80 nRF52, 100 ESP32, …).
+    #[arg(long, global = true, env = "KEYSYNC_RADIO_CAPACITY", value_name = "N")]
+    pub radio_capacity: Option<u32>,
 
     /// error, warn, info, debug or trace.
     #[arg(long, global = true, env = "KEYSYNC_LOG_LEVEL", value_parser = parse_level, value_name = "LEVEL")]
@@ -139,6 +157,10 @@ pub enum KeysAction {
     Accept { node: String },
     /// Refuse the pending key of NODE; the trusted key is pushed back at the next sync.
     Reject { node: String },
+    /// Pin NODE: it always keeps a slot on the radio.
+    Pin { node: String },
+    /// Unpin NODE: it competes for a slot like any other.
+    Unpin { node: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -247,6 +269,9 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub push_gap: Option<Duration>,
     pub max_pushes: Option<u32>,
+    pub max_flash_writes: Option<u32>,
+    pub key_slots: Option<u32>,
+    pub radio_capacity: Option<u32>,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
@@ -278,6 +303,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub push_gap: Duration,
     pub max_pushes: u32,
+    pub max_flash_writes: u32,
+    pub key_slots: Option<u32>,
+    pub radio_capacity: Option<u32>,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
@@ -290,8 +318,10 @@ impl Settings {
     pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
     pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
-    pub const DEFAULT_PUSH_GAP: Duration = Duration::from_millis(200);
+    /// The QueueStatus comes before the radio's flash write is done: a second apart.
+    pub const DEFAULT_PUSH_GAP: Duration = Duration::from_secs(1);
     pub const DEFAULT_MAX_PUSHES: u32 = 32;
+    pub const DEFAULT_MAX_FLASH_WRITES: u32 = 60;
 
     /// Reads the config file (the one named, or the default one if it exists) and merges.
     pub fn load(args: &GlobalArgs) -> Result<Self, SettingsError> {
@@ -359,6 +389,12 @@ impl Settings {
                 .max_pushes
                 .or(file.max_pushes)
                 .unwrap_or(Self::DEFAULT_MAX_PUSHES),
+            max_flash_writes: args
+                .max_flash_writes
+                .or(file.max_flash_writes)
+                .unwrap_or(Self::DEFAULT_MAX_FLASH_WRITES),
+            key_slots: args.key_slots.or(file.key_slots),
+            radio_capacity: args.radio_capacity.or(file.radio_capacity),
             log_level,
             log_file: args.log_file.clone().or(file.log_file),
             listen: args.listen.or(file.listen),
@@ -415,6 +451,19 @@ impl Settings {
             return Err(SettingsError::Invalid(
                 "--max-clients 0 would refuse every downstream client; leave out --listen instead"
                     .into(),
+            ));
+        }
+        if self.max_flash_writes == 0 {
+            return Err(SettingsError::Invalid(
+                "--max-flash-writes 0 would never restore a key; use at least 1".into(),
+            ));
+        }
+        if self
+            .radio_capacity
+            .is_some_and(|n| !(2..=10_000).contains(&n))
+        {
+            return Err(SettingsError::Invalid(
+                "--radio-capacity must be between 2 and 10000 (80 on nRF52, 100 on ESP32)".into(),
             ));
         }
         if self.max_pushes == 0 {

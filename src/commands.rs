@@ -22,6 +22,9 @@ struct KeyRow {
     first_seen: String,
     last_seen: String,
     pushes: u32,
+    pinned: bool,
+    keysync_favourite: bool,
+    removed_from_radio: bool,
 }
 
 impl From<&NodeRecord> for KeyRow {
@@ -37,6 +40,9 @@ impl From<&NodeRecord> for KeyRow {
             first_seen: humantime::format_rfc3339_seconds(n.first_seen).to_string(),
             last_seen: humantime::format_rfc3339_seconds(n.last_seen).to_string(),
             pushes: n.pushes,
+            pinned: n.pinned,
+            keysync_favourite: n.our_favourite,
+            removed_from_radio: n.removed_at.is_some(),
         }
     }
 }
@@ -52,6 +58,18 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             } else {
                 Ok(table(&rows))
             }
+        }
+        Some(KeysAction::Pin { node } | KeysAction::Unpin { node }) => {
+            let num = parse_node(node).map_err(anyhow::Error::msg)?;
+            let pin = matches!(args.action, Some(KeysAction::Pin { .. }));
+            if !store.set_pinned(num, pin)? {
+                anyhow::bail!("{node} is not a stored node");
+            }
+            Ok(if pin {
+                format!("pinned {node}: it keeps a slot on the radio\n")
+            } else {
+                format!("unpinned {node}\n")
+            })
         }
         Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
             let num = parse_node(node).map_err(anyhow::Error::msg)?;

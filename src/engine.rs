@@ -4,25 +4,28 @@
 
 pub mod codec;
 pub mod import;
+pub mod lenient;
 pub mod link;
+pub mod plan;
 pub mod radio;
 pub mod store;
 pub mod sync;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use link::{Link, LinkConfig, LinkCounters, LinkNotice, LinkStatus, Session};
+use plan::{Mirror, RadioTraits};
 use radio::{NodeSeen, PublicKey, node_id};
 use store::{Learned, NodeRecord, Store, SyncCache};
-use sync::{Mirror, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
+use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
 
 /// How many sync reports the snapshot keeps.
 pub const HISTORY_LEN: usize = 100;
@@ -66,11 +69,18 @@ pub enum RadioKey {
     /// No node list seen yet.
     Unknown,
     InRadio,
+    /// Stored, not on the radio: a normal state for keys outside the working set.
     Missing,
     /// The radio holds another key for the node.
     Differs,
     /// Pushed by the last run; confirmed by the next node list.
     Pushed,
+    /// The radio's operator ignored the node: never pushed.
+    Ignored,
+    /// Someone removed it from the radio: not pushed until heard again.
+    Removed,
+    /// The radio lost its push: backing off.
+    CannotKeep,
 }
 
 /// A stored node with its standing on the radio.
@@ -118,6 +128,32 @@ pub struct Snapshot {
     pub clients: Vec<crate::proxy::ClientView>,
 }
 
+/// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
+/// lacks it, and answers on `done` when the DM may go (at once when nothing is needed).
+#[derive(Debug)]
+pub struct KeyNeed {
+    pub num: u32,
+    pub packet_id: u32,
+    pub done: oneshot::Sender<()>,
+}
+
+/// A node whose push the radio lost: it is not pushed again until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    until: SystemTime,
+    times: u32,
+}
+
+/// How long a lost push backs off, the first time; it doubles up to a day.
+const BACKOFF_BASE: Duration = Duration::from_secs(30 * 60);
+const BACKOFF_CAP: Duration = Duration::from_secs(24 * 3600);
+/// A node that triggered a lazy push does not trigger another for this long.
+const LAZY_AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
+/// DMs through the proxy remembered to map a PKI_SEND_FAIL_PUBLIC_KEY back to its node.
+const DM_IDS_KEPT: usize = 64;
+/// Pushes in one run that all never landed: the radio ignores add_contact.
+const IGNORED_AFTER: usize = 3;
+
 /// What the operator (or a test) can ask of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -129,6 +165,8 @@ pub enum Command {
     AcceptKey(u32),
     /// Refuse the pending key of a node; the trusted key is pushed back at the next sync.
     RejectKey(u32),
+    /// Pin a node (it always has a slot on the radio), or unpin it.
+    Pin(u32, bool),
     /// Drop the connection and connect again now.
     Reconnect,
     /// Close the link cleanly and stop.
@@ -171,15 +209,18 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
+    let (needs_tx, needs) = mpsc::channel(64);
     let proxy = match &config.proxy {
         Some(p) => Some(crate::proxy::spawn(
             p.clone(),
             proxy_notices,
             link.sender(),
             learned_tx,
+            needs_tx,
         )?),
         None => None,
     };
+    let (pushed_tx, pushed) = mpsc::unbounded_channel();
     let status = link.status();
     let counters = link.counters();
     let store = StoreHandle::new(store);
@@ -223,6 +264,18 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         own_num: 0,
         learned,
         clients: proxy.map(|p| p.clients),
+        traits: None,
+        urgent_tx: None,
+        lazy_queue: Vec::new(),
+        lazy_asked: HashMap::new(),
+        backoff: HashMap::new(),
+        pushes_ignored: None,
+        trusted: HashSet::new(),
+        dm_ids: VecDeque::new(),
+        waiters: Vec::new(),
+        needs,
+        pushed_tx,
+        pushed,
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -240,6 +293,8 @@ enum Step {
     Finished(Result<SyncReport, tokio::task::JoinError>),
     Command(Option<Command>),
     Learned(NodeSeen),
+    Need(KeyNeed),
+    Pushed(u32),
 }
 
 struct EngineLoop {
@@ -256,6 +311,27 @@ struct EngineLoop {
     running: Option<JoinHandle<SyncReport>>,
     /// A forced run asked for while another ran, and whether it may use the handshake list.
     queued: Option<(Trigger, bool)>,
+    /// What the radio's firmware and hardware allow, from the last handshake.
+    traits: Option<RadioTraits>,
+    /// Hands urgent nodes to the running job, so they go ahead of its bulk fill.
+    urgent_tx: Option<mpsc::Sender<u32>>,
+    /// Needs that showed while a run that cannot take them was running.
+    lazy_queue: Vec<(u32, Trigger)>,
+    /// When each node last triggered a lazy push.
+    lazy_asked: HashMap<u32, SystemTime>,
+    backoff: HashMap<u32, Backoff>,
+    /// Pushing stopped: the radio ignored this many pushes in a row.
+    pushes_ignored: Option<usize>,
+    /// Nodes with a trusted key.
+    trusted: HashSet<u32>,
+    /// Recent DMs from proxy clients: packet id → destination.
+    dm_ids: VecDeque<(u32, u32)>,
+    /// Proxy DMs waiting for their key to be pushed.
+    waiters: Vec<(u32, oneshot::Sender<()>)>,
+    needs: mpsc::Receiver<KeyNeed>,
+    /// The running job says which keys it pushed, as it goes.
+    pushed_tx: mpsc::UnboundedSender<u32>,
+    pushed: mpsc::UnboundedReceiver<u32>,
     mirror: Option<Arc<Mirror>>,
     pushed_last: Vec<(u32, PublicKey)>,
     nodes_dirty: bool,
@@ -293,6 +369,8 @@ impl EngineLoop {
                 r = join_running(self.running.as_mut()) => Step::Finished(r),
                 c = self.commands.recv() => Step::Command(c),
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
+                Some(need) = self.needs.recv() => Step::Need(need),
+                Some(num) = self.pushed.recv() => Step::Pushed(num),
             };
             match step {
                 Step::Notice(Ok(notice)) => self.on_notice(notice).await,
@@ -308,7 +386,7 @@ impl EngineLoop {
                     self.snapshot
                         .send_modify(|s| s.sync.next_check = Some(next));
                     if self.running.is_none() && self.session.is_some() {
-                        self.start_run(Trigger::Check, false).await;
+                        self.start_run(Trigger::Check, false, Vec::new()).await;
                     } else {
                         log::debug!(target: "keysync::engine", "check skipped: {}",
                             if self.session.is_none() { "link down" } else { "a sync is running" });
@@ -331,12 +409,20 @@ impl EngineLoop {
                         }
                         Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
                     }
+                    self.answer_waiters(|_| true);
                     if let Some((trigger, handshake)) = self.queued.take() {
-                        self.start_run(trigger, handshake).await;
+                        self.start_run(trigger, handshake, Vec::new()).await;
+                    } else if !self.lazy_queue.is_empty() {
+                        let queued = std::mem::take(&mut self.lazy_queue);
+                        let trigger = queued[0].1;
+                        let nums = queued.into_iter().map(|(n, _)| n).collect();
+                        self.start_run(trigger, false, nums).await;
                     }
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
                 Step::Learned(seen) => self.learn(seen).await,
+                Step::Need(need) => self.on_need(need).await,
+                Step::Pushed(num) => self.answer_waiters(|n| n == num),
             }
         }
         if let Some(running) = self.running.take() {
@@ -358,25 +444,179 @@ impl EngineLoop {
                 } else {
                     Trigger::Reconnect
                 };
+                self.traits = Some(self.radio_traits(&session));
                 self.session = Some(session);
                 if self.running.is_some() {
                     self.queued = Some((trigger, true));
                 } else {
-                    self.start_run(trigger, true).await;
+                    self.start_run(trigger, true, Vec::new()).await;
                 }
             }
-            LinkNotice::Down(_) => self.session = None,
+            LinkNotice::Down(_) => {
+                self.session = None;
+                self.answer_waiters(|_| true);
+            }
             LinkNotice::Frame(frame) => {
-                if let Some(meshtastic::protobufs::from_radio::PayloadVariant::MyInfo(info)) =
-                    &frame.payload_variant
-                {
-                    self.own_num = info.my_node_num;
+                use meshtastic::protobufs::from_radio::PayloadVariant as V;
+                match &frame.payload_variant {
+                    Some(V::MyInfo(info)) => self.own_num = info.my_node_num,
+                    Some(V::Packet(packet)) if self.session.is_some() => {
+                        self.on_packet(packet).await;
+                    }
+                    _ => {}
                 }
                 // The radio's own key is not a contact: it is never learned or pushed.
                 if let Some(seen) = sync::learnable(&frame).filter(|s| s.num != self.own_num) {
                     self.learn(seen).await;
                 }
             }
+        }
+    }
+
+    /// What the handshake says the radio can take, said once per connection.
+    fn radio_traits(&self, session: &Session) -> RadioTraits {
+        let facts = radio::HandshakeFacts::of(&session.config);
+        let capacity = self.config.sync.radio_capacity.map(|n| n as usize);
+        let traits = RadioTraits::new(
+            &session.firmware,
+            facts.hw_model,
+            &facts.pio_env,
+            facts.client_base,
+            facts.managed,
+            capacity,
+        );
+        log::info!(target: "keysync::sync",
+            "radio NodeDB capacity {} ({})", traits.capacity, traits.capacity_source);
+        if let Some(blocked) = traits.blocked() {
+            log::warn!(target: "keysync::sync", "{blocked}");
+        }
+        if traits.marks_verified {
+            log::warn!(target: "keysync::sync",
+                "firmware {} marks every pushed key \"manually verified\" and protects it for good (2.6.9 – 2.7.11): keysync counts each push as a slot it cannot give back",
+                session.firmware);
+        }
+        if !traits.favourites {
+            log::info!(target: "keysync::sync",
+                "CLIENT_BASE on firmware {}: add_contact does not favourite, pushed nodes stay evictable", session.firmware);
+        }
+        traits
+    }
+
+    /// A packet the radio forwarded: it tells what the radio now holds, and may show a need.
+    async fn on_packet(&mut self, packet: &meshtastic::protobufs::MeshPacket) {
+        let from = packet.from;
+        if from == 0 || from == self.own_num {
+            if let Some(request) = radio::pki_send_failed(packet) {
+                self.on_dm_failed(request).await;
+            }
+            return;
+        }
+        let now = SystemTime::now();
+        if packet.to == self.own_num {
+            // A DM to the gateway: the sender is a partner that deserves a slot.
+            let _ = self.store.call(move |s| s.note_dm(from, now)).await;
+        }
+        let heard = radio::heard_key(packet);
+        let Some(mirror) = self.mirror.as_mut() else {
+            return;
+        };
+        let node = Arc::make_mut(mirror).entry(from).or_default();
+        if node.ignored {
+            return;
+        }
+        // The firmware keeps a stored key against a different one, and drops a keyless
+        // NodeInfo for a keyed node; a packet from an unknown node creates it keyless.
+        if node.key.is_none() {
+            node.key = heard;
+        }
+        let lacks_key = node.key.is_none();
+        match self.store.call(move |s| s.note_heard(from, now)).await {
+            Ok(_) => self.nodes_dirty = true,
+            Err(e) => self.store_failed(&e),
+        }
+        if lacks_key && self.trusted.contains(&from) {
+            self.need(from, Trigger::Heard).await;
+        }
+    }
+
+    async fn on_dm_failed(&mut self, request: u32) {
+        match self
+            .dm_ids
+            .iter()
+            .find(|(id, _)| *id == request)
+            .map(|(_, to)| *to)
+        {
+            Some(to) => {
+                log::warn!(target: "keysync::sync", "the radio could not encrypt a DM to {}: it lacks the key", node_id(to));
+                if let Some(m) = self.mirror.as_mut()
+                    && let Some(node) = Arc::make_mut(m).get_mut(&to)
+                {
+                    node.key = None;
+                }
+                self.lazy_asked.remove(&to);
+                self.need(to, Trigger::DmFailed).await;
+            }
+            None => log::warn!(target: "keysync::sync",
+                "a DM sent by another client (packet {request:08x}) failed for lack of a key; keysync cannot tell to whom"),
+        }
+    }
+
+    /// A proxy client's DM: push the destination's key first when the radio lacks it.
+    async fn on_need(&mut self, need: KeyNeed) {
+        if self.dm_ids.len() == DM_IDS_KEPT {
+            self.dm_ids.pop_front();
+        }
+        self.dm_ids.push_back((need.packet_id, need.num));
+        let now = SystemTime::now();
+        let num = need.num;
+        let _ = self.store.call(move |s| s.note_dm(num, now)).await;
+        let lacks = self
+            .mirror
+            .as_ref()
+            .is_some_and(|m| m.get(&num).is_none_or(|n| n.key.is_none() && !n.ignored));
+        if !(lacks && self.trusted.contains(&num) && self.session.is_some()) {
+            let _ = need.done.send(());
+            return;
+        }
+        self.waiters.push((num, need.done));
+        self.lazy_asked.remove(&num);
+        self.need(num, Trigger::ClientDm).await;
+    }
+
+    /// Answers the proxy DMs waiting for nodes that `pick` selects.
+    fn answer_waiters(&mut self, pick: impl Fn(u32) -> bool) {
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(n, _)| pick(*n));
+        self.waiters = wait;
+        for (_, done) in ready {
+            let _ = done.send(());
+        }
+    }
+
+    /// A node needs its key on the radio now: ahead of any bulk fill in progress.
+    async fn need(&mut self, num: u32, trigger: Trigger) {
+        let now = SystemTime::now();
+        if self.backoff.get(&num).is_some_and(|b| b.until > now) {
+            return;
+        }
+        if self
+            .lazy_asked
+            .get(&num)
+            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < LAZY_AGAIN_AFTER)
+        {
+            return;
+        }
+        self.lazy_asked.insert(num, now);
+        if let Some(tx) = &self.urgent_tx
+            && tx.try_send(num).is_ok()
+        {
+            return;
+        }
+        if self.running.is_some() {
+            self.lazy_queue.push((num, trigger));
+        } else {
+            self.start_run(trigger, false, vec![num]).await;
         }
     }
 
@@ -393,7 +633,7 @@ impl EngineLoop {
         }
     }
 
-    async fn start_run(&mut self, trigger: Trigger, use_handshake: bool) {
+    async fn start_run(&mut self, trigger: Trigger, use_handshake: bool, urgent: Vec<u32>) {
         let Some(session) = self.session.clone() else {
             if trigger == Trigger::Operator {
                 let report = link_down_report(trigger, &self.status.borrow().state.to_string());
@@ -401,6 +641,27 @@ impl EngineLoop {
             }
             return;
         };
+        let nodes = match (&self.mirror, trigger.is_lazy()) {
+            (Some(mirror), true) => NodeSource::Current(mirror.clone()),
+            _ if use_handshake => NodeSource::Handshake,
+            _ => NodeSource::Download,
+        };
+        if trigger == Trigger::Operator {
+            self.pushes_ignored = None;
+        }
+        let now = SystemTime::now();
+        let backing_off: BTreeSet<u32> = self
+            .backoff
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(n, _)| *n)
+            .collect();
+        let (urgent_tx, urgent_rx) = mpsc::channel(64);
+        self.urgent_tx = Some(urgent_tx);
+        let traits = self
+            .traits
+            .clone()
+            .unwrap_or_else(|| self.radio_traits(&session));
         let job = SyncJob {
             trigger,
             session,
@@ -408,8 +669,19 @@ impl EngineLoop {
             sender: self.link.sender(),
             store: self.store.clone(),
             settings: self.config.sync,
-            use_handshake,
-            pushed_before: std::mem::take(&mut self.pushed_last),
+            nodes,
+            traits,
+            // A lazy run does not download, so it cannot verify the last run's pushes.
+            pushed_before: if trigger.is_lazy() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.pushed_last)
+            },
+            backing_off,
+            urgent,
+            urgent_rx: Some(urgent_rx),
+            pushes_ignored: self.pushes_ignored,
+            pushed_tx: Some(self.pushed_tx.clone()),
         };
         let since = SystemTime::now();
         self.snapshot
@@ -441,10 +713,16 @@ impl EngineLoop {
                 None
             }
         };
+        self.urgent_tx = None;
         if let Some(mirror) = &report.mirror {
             self.mirror = Some(mirror.clone());
         }
-        self.pushed_last.clone_from(&report.pushed_keys);
+        self.note_lost(&report);
+        if report.trigger.is_lazy() {
+            self.pushed_last.extend(report.pushed_keys.iter().copied());
+        } else {
+            self.pushed_last.clone_from(&report.pushed_keys);
+        }
         self.nodes_dirty = true;
         self.snapshot.send_modify(|s| {
             s.sync.running = None;
@@ -458,6 +736,34 @@ impl EngineLoop {
         self.refresh_store_view().await;
     }
 
+    /// Pushes the radio lost back off; a run whose pushes all vanished stops pushing.
+    fn note_lost(&mut self, report: &SyncReport) {
+        let now = SystemTime::now();
+        for num in &report.lost {
+            let times = self.backoff.get(num).map_or(0, |b| b.times);
+            let wait = BACKOFF_BASE
+                .saturating_mul(1 << times.min(6))
+                .min(BACKOFF_CAP);
+            self.backoff.insert(
+                *num,
+                Backoff {
+                    until: now + wait,
+                    times: times + 1,
+                },
+            );
+            log::warn!(target: "keysync::sync",
+                "the radio cannot keep the key of {}: not pushed again for {}", node_id(*num), humantime::format_duration(wait));
+        }
+        let checked = report.lost.len();
+        let landed = report.mirror.is_some() && checked == 0;
+        if checked >= IGNORED_AFTER && report.in_radio == 0 && report.pushed == 0 {
+            self.pushes_ignored = Some(checked);
+            log::error!(target: "keysync::sync", "{}", plan::Blocked::PushesIgnored(checked));
+        } else if landed {
+            self.backoff.retain(|_, b| b.until > now);
+        }
+    }
+
     async fn on_command(&mut self, cmd: Command) {
         let message = match cmd {
             Command::ForceSync if self.running.is_some() => {
@@ -465,7 +771,7 @@ impl EngineLoop {
                 "force sync queued behind the running sync".to_string()
             }
             Command::ForceSync => {
-                self.start_run(Trigger::Operator, false).await;
+                self.start_run(Trigger::Operator, false, Vec::new()).await;
                 if self.session.is_some() {
                     "force sync requested".to_string()
                 } else {
@@ -483,6 +789,21 @@ impl EngineLoop {
                 }
             },
             Command::AcceptKey(num) | Command::RejectKey(num) => self.decide_key(cmd, num).await,
+            Command::Pin(num, pin) => {
+                let result = self.store.call(move |s| s.set_pinned(num, pin)).await;
+                self.nodes_dirty = true;
+                match result {
+                    Ok(true) if pin => {
+                        format!("{} pinned: it keeps a slot on the radio", node_id(num))
+                    }
+                    Ok(true) => format!("{} unpinned", node_id(num)),
+                    Ok(false) => format!("{} is not a stored node", node_id(num)),
+                    Err(e) => {
+                        self.store_failed(&e);
+                        format!("could not pin {}: {e}", node_id(num))
+                    }
+                }
+            }
             Command::Reconnect => {
                 self.link.reconnect().await;
                 "reconnecting".to_string()
@@ -594,10 +915,22 @@ impl EngineLoop {
                 return;
             }
         };
+        self.trusted = records
+            .iter()
+            .filter(|r| r.trusted.is_some())
+            .map(|r| r.num)
+            .collect();
+        let now = SystemTime::now();
         let nodes: Vec<NodeView> = records
             .into_iter()
             .map(|record| {
-                let radio = radio_key(&record, self.mirror.as_deref(), &self.pushed_last);
+                let backing_off = self.backoff.get(&record.num).is_some_and(|b| b.until > now);
+                let radio = radio_key(
+                    &record,
+                    self.mirror.as_deref(),
+                    &self.pushed_last,
+                    backing_off,
+                );
                 NodeView { record, radio }
             })
             .collect();
@@ -623,16 +956,27 @@ fn radio_key(
     record: &NodeRecord,
     mirror: Option<&Mirror>,
     pushed: &[(u32, PublicKey)],
+    backing_off: bool,
 ) -> RadioKey {
+    let on_radio = mirror.and_then(|m| m.get(&record.num));
+    if on_radio.is_some_and(|n| n.ignored) {
+        return RadioKey::Ignored;
+    }
+    if backing_off {
+        return RadioKey::CannotKeep;
+    }
+    if record.removed_at.is_some() {
+        return RadioKey::Removed;
+    }
     if pushed.iter().any(|(num, _)| *num == record.num) {
         return RadioKey::Pushed;
     }
     let Some(mirror) = mirror else {
         return RadioKey::Unknown;
     };
-    match (mirror.get(&record.num), record.trusted) {
-        (Some(Some(held)), Some(trusted)) if *held == trusted => RadioKey::InRadio,
-        (Some(Some(_)), _) => RadioKey::Differs,
+    match (mirror.get(&record.num).and_then(|n| n.key), record.trusted) {
+        (Some(held), Some(trusted)) if held == trusted => RadioKey::InRadio,
+        (Some(_), _) => RadioKey::Differs,
         _ => RadioKey::Missing,
     }
 }
@@ -645,13 +989,37 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     }
 }
 
-/// Logs what learning a sighting did, when it is news.
-pub fn log_learned(seen: &NodeSeen, learned: Learned) {
-    let who = if seen.long_name.is_empty() {
+/// Logs what learning a whole node list did: one line for the keys trusted on first use (each
+/// at DEBUG), a warning for each different key.
+pub fn log_learned_all(learned: &[(NodeSeen, Learned)]) {
+    let first_use = learned
+        .iter()
+        .filter(|(_, l)| matches!(l, Learned::FirstUse))
+        .count();
+    for (seen, outcome) in learned {
+        if matches!(outcome, Learned::FirstUse) {
+            log::debug!(target: "keysync::store", "learned the key of {} from the radio's NodeDB (trusted on first use)", who(seen));
+        } else {
+            log_learned(seen, *outcome);
+        }
+    }
+    if first_use > 0 {
+        log::info!(target: "keysync::store",
+            "learned {first_use} keys from the radio's NodeDB (trusted on first use)");
+    }
+}
+
+fn who(seen: &NodeSeen) -> String {
+    if seen.long_name.is_empty() {
         node_id(seen.num)
     } else {
         format!("{} ({})", node_id(seen.num), seen.long_name)
-    };
+    }
+}
+
+/// Logs what learning a sighting did, when it is news.
+pub fn log_learned(seen: &NodeSeen, learned: Learned) {
+    let who = who(seen);
     let from = match seen.source {
         radio::Source::NodeDb => "the radio's NodeDB",
         radio::Source::Mesh => "the mesh",

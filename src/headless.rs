@@ -20,6 +20,9 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
             cache_ttl: settings.cache_ttl,
             push_gap: settings.push_gap,
             max_pushes: settings.max_pushes,
+            max_flash_writes: settings.max_flash_writes,
+            key_slots: settings.key_slots,
+            radio_capacity: settings.radio_capacity,
             ..SyncSettings::default()
         },
         db_path: settings.db.clone(),

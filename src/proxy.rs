@@ -155,6 +155,7 @@ pub fn spawn(
     notices: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
     learned: mpsc::Sender<NodeSeen>,
+    needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) -> std::io::Result<Proxy> {
     let listener = std::net::TcpListener::bind(config.listen)?;
     listener.set_nonblocking(true)?;
@@ -176,7 +177,7 @@ pub fn spawn(
     });
     log::info!(target: "keysync::proxy", "serving downstream clients on {addr}");
     tokio::spawn(follow_upstream(shared.clone(), notices));
-    tokio::spawn(write_upstream(outbound_rx, sender));
+    tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
     tokio::spawn(accept(shared.clone(), listener));
     tokio::spawn(refresh_views(shared));
     Ok(Proxy { addr, clients })
@@ -283,8 +284,10 @@ fn upsert(nodes: &mut Vec<NodeInfo>, node: NodeInfo) {
 /// The one writer towards the radio: downstream packets in order, paced, held (bounded) while
 /// the link is down.
 async fn write_upstream(
+    shared: Arc<Shared>,
     mut outbound: mpsc::Receiver<(Arc<ClientStats>, MeshPacketOrOther)>,
     sender: LinkSender,
+    needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) {
     let mut held: VecDeque<ToRadio> = VecDeque::new();
     loop {
@@ -314,12 +317,42 @@ async fn write_upstream(
         let Some(msg) = held.front().cloned() else {
             continue;
         };
+        let own = lock(&shared.upstream)
+            .session
+            .as_ref()
+            .map_or(0, |s| s.my_node_num);
+        key_first(&msg, own, &needs).await;
         if sender.send(session, msg).await.is_ok() {
             held.pop_front();
             sleep(UPSTREAM_GAP).await;
         } else {
             sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// How long a client's DM waits for its destination's key to be pushed.
+const KEY_WAIT: Duration = Duration::from_secs(5);
+
+/// A DM to a node whose key the radio lacks goes out encrypted the first time: the engine
+/// pushes the key first (at most [`KEY_WAIT`]), then the DM follows.
+async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::engine::KeyNeed>) {
+    let Some(to_radio::PayloadVariant::Packet(packet)) = &msg.payload_variant else {
+        return;
+    };
+    if !crate::engine::radio::is_pki_dm(packet, own) {
+        return;
+    }
+    let (done, answered) = tokio::sync::oneshot::channel();
+    let need = crate::engine::KeyNeed {
+        num: packet.to,
+        packet_id: packet.id,
+        done,
+    };
+    if needs.send(need).await.is_ok() && tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
+        log::warn!(target: "keysync::proxy",
+            "the key of {} was not pushed within {}: the DM goes as it is",
+            crate::engine::radio::node_id(packet.to), humantime::format_duration(KEY_WAIT));
     }
 }
 

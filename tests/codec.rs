@@ -204,6 +204,9 @@ fn radio_side_decodes_what_the_client_side_encodes() {
         hw_model: 9,
         role: 0,
         key: key_with_magic().try_into().expect("32 bytes"),
+        is_unmessagable: None,
+        is_licensed: false,
+        macaddr: Vec::new(),
     };
     let msgs = vec![
         radio::want_config(12345),

@@ -121,6 +121,7 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
             hw_model: 0,
             role: 0,
             key: [1; 32],
+            ..Contact::default()
         },
     );
     // Blank the key in the encoded message, as a buggy bot would send it.
@@ -151,6 +152,7 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
             hw_model: 9,
             role: 0,
             key: [0x77; 32],
+            ..Contact::default()
         },
     );
     client.send(good).await.expect("sends");

@@ -348,6 +348,9 @@ async fn kill_during_syncs(rounds: u64) {
                 "20ms",
                 "--max-pushes",
                 "60",
+                // Robustness, not the flash budget, is under test: every round pushes.
+                "--max-flash-writes",
+                "100000",
                 "--host",
             ])
             .arg(sim.addr().to_string())

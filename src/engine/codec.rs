@@ -9,6 +9,7 @@
 use std::io;
 use std::marker::PhantomData;
 
+use super::lenient::Lenient;
 use bytes::{Buf, BufMut, BytesMut};
 use meshtastic::Message;
 use meshtastic::protobufs::{FromRadio, ToRadio};
@@ -34,6 +35,8 @@ pub struct CodecStats {
     pub oversize_headers: u64,
     /// Well-framed payloads that were not a valid protobuf of the expected type.
     pub undecodable: u64,
+    /// Frames decoded only after names that are not UTF-8 were made lossy.
+    pub repaired: u64,
     /// Bytes of an unfinished frame left when the stream ended.
     pub truncated_at_eof: u64,
 }
@@ -117,7 +120,7 @@ fn hunt_header(src: &mut BytesMut, stats: &mut CodecStats) -> Option<usize> {
     }
 }
 
-impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
+impl<In: Lenient, Out> Decoder for FrameCodec<In, Out> {
     type Item = In;
     type Error = io::Error;
 
@@ -132,12 +135,18 @@ impl<In: Message + Default, Out> Decoder for FrameCodec<In, Out> {
             }
             src.advance(HEADER_LEN);
             let payload = src.split_to(len);
-            match In::decode(payload.freeze()) {
+            match In::decode(payload.as_ref()) {
                 Ok(msg) => {
                     self.stats.frames += 1;
                     return Ok(Some(msg));
                 }
                 Err(err) => {
+                    if let Some(msg) = In::repaired(&payload) {
+                        self.stats.frames += 1;
+                        self.stats.repaired += 1;
+                        log::debug!(target: "keysync::codec", "decoded a {len}-byte frame with names that are not UTF-8 leniently");
+                        return Ok(Some(msg));
+                    }
                     self.stats.undecodable += 1;
                     log::debug!(target: "keysync::codec", "skipped undecodable {len}-byte frame: {err}");
                 }

@@ -4,6 +4,8 @@
 //! the readings we take from `FromRadio` (a node and its key seen in a download or on the mesh).
 
 use meshtastic::Message;
+
+pub use super::lenient::decode_user;
 use meshtastic::protobufs::{
     AdminMessage, Data, FromRadio, Heartbeat, MeshPacket, NodeInfo, PortNum, SharedContact,
     ToRadio, User, admin_message, from_radio, mesh_packet, to_radio,
@@ -72,7 +74,7 @@ pub fn disconnect() -> ToRadio {
 
 /// A contact to hand to the radio: never without a valid key, because an empty key erases the
 /// one the radio holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contact {
     pub num: u32,
     pub long_name: String,
@@ -80,27 +82,75 @@ pub struct Contact {
     pub hw_model: i32,
     pub role: i32,
     pub key: PublicKey,
+    /// Fields the radio's own record of the node may carry: add_contact replaces the whole
+    /// user, so a push sends them back as they were.
+    pub is_unmessagable: Option<bool>,
+    pub is_licensed: bool,
+    pub macaddr: Vec<u8>,
+}
+
+/// The firmware's field limits (mesh.options): longer names are cut where keysync composes.
+pub const LONG_NAME_MAX: usize = 39;
+pub const SHORT_NAME_MAX: usize = 4;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// `ToRadio{packet}` carrying `AdminMessage{add_contact}` to our own node (PROTOCOL.md
 /// § add_contact).
 pub fn add_contact(my_node_num: u32, packet_id: u32, contact: &Contact) -> ToRadio {
-    let admin = AdminMessage {
-        session_passkey: Vec::new(),
-        payload_variant: Some(admin_message::PayloadVariant::AddContact(SharedContact {
+    admin_packet(
+        my_node_num,
+        packet_id,
+        admin_message::PayloadVariant::AddContact(SharedContact {
             node_num: contact.num,
-            user: Some(User {
-                id: node_id(contact.num),
-                long_name: contact.long_name.clone(),
-                short_name: contact.short_name.clone(),
-                hw_model: contact.hw_model,
-                role: contact.role,
-                public_key: contact.key.to_vec(),
-                ..User::default()
-            }),
+            user: Some(contact_user(contact)),
             should_ignore: false,
             manually_verified: false,
-        })),
+        }),
+    )
+}
+
+#[expect(
+    deprecated,
+    reason = "macaddr is still stored by the firmware; a push keeps it"
+)]
+fn contact_user(contact: &Contact) -> User {
+    User {
+        id: node_id(contact.num),
+        long_name: truncate_utf8(&contact.long_name, LONG_NAME_MAX).to_owned(),
+        short_name: truncate_utf8(&contact.short_name, SHORT_NAME_MAX).to_owned(),
+        macaddr: contact.macaddr.iter().copied().take(6).collect(),
+        hw_model: contact.hw_model,
+        is_licensed: contact.is_licensed,
+        role: contact.role,
+        public_key: contact.key.to_vec(),
+        is_unmessagable: contact.is_unmessagable,
+    }
+}
+
+/// `ToRadio{packet}` carrying `AdminMessage{remove_favorite_node}`: gives a slot back.
+pub fn remove_favorite(my_node_num: u32, packet_id: u32, num: u32) -> ToRadio {
+    admin_packet(
+        my_node_num,
+        packet_id,
+        admin_message::PayloadVariant::RemoveFavoriteNode(num),
+    )
+}
+
+fn admin_packet(my_node_num: u32, packet_id: u32, admin: admin_message::PayloadVariant) -> ToRadio {
+    let admin = AdminMessage {
+        session_passkey: Vec::new(),
+        payload_variant: Some(admin),
     };
     ToRadio {
         payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
@@ -207,7 +257,7 @@ pub fn node_seen(frame: &FromRadio) -> Option<NodeSeen> {
             if data.portnum != PortNum::NodeinfoApp as i32 || packet.from == 0 {
                 return None;
             }
-            let user = User::decode(data.payload.as_slice()).ok()?;
+            let user = decode_user(&data.payload)?;
             Some(NodeSeen::from_user(packet.from, &user, Source::Mesh, false))
         }
         _ => None,
@@ -266,6 +316,93 @@ pub fn answers_heartbeats(version: &str) -> bool {
     firmware_version(version).is_some_and(|v| v >= (2, 7, 6))
 }
 
+/// What the handshake's configuration frames say about the radio, beyond its version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandshakeFacts {
+    pub hw_model: i32,
+    pub pio_env: String,
+    pub client_base: bool,
+    /// `security.is_managed`: the radio ignores admin messages from clients.
+    pub managed: bool,
+}
+
+impl HandshakeFacts {
+    pub fn of(frames: &[FromRadio]) -> Self {
+        use meshtastic::protobufs::config::PayloadVariant as C;
+        use meshtastic::protobufs::config::device_config::Role;
+        let mut facts = Self::default();
+        for frame in frames {
+            match &frame.payload_variant {
+                Some(from_radio::PayloadVariant::Metadata(m)) => {
+                    facts.hw_model = m.hw_model;
+                    facts.client_base |= m.role == Role::ClientBase as i32;
+                }
+                Some(from_radio::PayloadVariant::MyInfo(m)) => {
+                    facts.pio_env.clone_from(&m.pio_env);
+                }
+                Some(from_radio::PayloadVariant::Config(c)) => match &c.payload_variant {
+                    Some(C::Security(sec)) => facts.managed = sec.is_managed,
+                    Some(C::Device(dev)) => {
+                        facts.client_base |= dev.role == Role::ClientBase as i32;
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        facts
+    }
+}
+
+/// The request id of a routing error PKI_SEND_FAIL_PUBLIC_KEY: the radio could not encrypt a
+/// DM for lack of the peer's key (firmware ≥ 2.7.19, Router.cpp).
+pub fn pki_send_failed(packet: &MeshPacket) -> Option<u32> {
+    use meshtastic::protobufs::{Routing, routing};
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return None;
+    };
+    if data.portnum != PortNum::RoutingApp as i32 {
+        return None;
+    }
+    let routing = Routing::decode(data.payload.as_slice()).ok()?;
+    matches!(
+        routing.variant,
+        Some(routing::Variant::ErrorReason(e)) if e == routing::Error::PkiSendFailPublicKey as i32
+    )
+    .then_some(data.request_id)
+}
+
+/// The key a NODEINFO_APP packet announces, if it carries a valid one.
+pub fn heard_key(packet: &MeshPacket) -> Option<PublicKey> {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return None;
+    };
+    if data.portnum != PortNum::NodeinfoApp as i32 {
+        return None;
+    }
+    let user = decode_user(&data.payload)?;
+    valid_key(&user.public_key)
+}
+
+/// A direct message on a port the firmware encrypts with PKI (Router.cpp perhapsEncode): to one
+/// node, not the radio itself, and not traceroute, NodeInfo, routing or position.
+pub fn is_pki_dm(packet: &MeshPacket, own: u32) -> bool {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return false;
+    };
+    let exempt = [
+        PortNum::TracerouteApp,
+        PortNum::NodeinfoApp,
+        PortNum::RoutingApp,
+        PortNum::PositionApp,
+        PortNum::AdminApp,
+    ];
+    packet.to != BROADCAST
+        && packet.to != 0
+        && packet.to != own
+        && !exempt.iter().any(|p| *p as i32 == data.portnum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +432,9 @@ mod tests {
             hw_model: 9,
             role: 0,
             key: [7; 32],
+            is_unmessagable: None,
+            is_licensed: false,
+            macaddr: Vec::new(),
         };
         let msg = add_contact(42, 1000, &contact);
         let Some(to_radio::PayloadVariant::Packet(p)) = msg.payload_variant else {
@@ -310,6 +450,39 @@ mod tests {
         assert_eq!(user.id, "!12345678");
         assert_eq!(user.public_key, vec![7; 32]);
         assert!(!c.manually_verified && !c.should_ignore);
+    }
+
+    #[test]
+    fn a_contact_with_huge_names_still_fits_the_radio_s_frame() {
+        let contact = Contact {
+            num: 1,
+            long_name: "é".repeat(300),
+            short_name: "🦊🦊🦊".into(),
+            hw_model: 9,
+            role: 0,
+            key: [7; 32],
+            is_unmessagable: Some(true),
+            is_licensed: true,
+            macaddr: vec![1; 64],
+        };
+        let msg = add_contact(42, 1000, &contact);
+        assert!(msg.encoded_len() + 4 <= 512);
+        let Some(to_radio::PayloadVariant::Packet(p)) = msg.payload_variant else {
+            panic!("not a packet");
+        };
+        let Some(admin_message::PayloadVariant::AddContact(c)) =
+            admin_of(&p).and_then(|a| a.payload_variant)
+        else {
+            panic!("not add_contact");
+        };
+        let user = c.user.unwrap_or_default();
+        assert_eq!(
+            user.long_name.len(),
+            38,
+            "39 bytes cut at a character boundary"
+        );
+        assert_eq!(user.short_name, "🦊");
+        assert_eq!(user.is_unmessagable, Some(true));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! *pending* until the operator accepts or rejects it. A stored key is never replaced by an
 //! empty or invalid one.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
 
 /// The schema version this keysync writes; databases from newer versions are refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a write waits for another process's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,7 +76,38 @@ const MIGRATIONS: &[&str] = &[
         fingerprint BLOB NOT NULL,
         synced_at INTEGER NOT NULL
      );",
+    // 2: the need-driven sync: pins, direct-message partners, the favourites keysync made on
+    // the radio, nodes someone removed from it, and the flash writes keysync caused.
+    "ALTER TABLE nodes ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN last_dm INTEGER;
+     ALTER TABLE nodes ADD COLUMN our_favourite INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN removed_at INTEGER;
+     CREATE TABLE flash_writes (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        node_num INTEGER NOT NULL,
+        kind TEXT NOT NULL
+     );
+     CREATE INDEX flash_writes_at ON flash_writes(at);",
 ];
+
+/// A flash write keysync causes on the radio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashWrite {
+    /// add_contact; `favourite` when the firmware makes the node a favourite.
+    Push { favourite: bool },
+    /// remove_favorite_node: a slot given back.
+    Unfavourite,
+}
+
+impl FlashWrite {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Push { .. } => "add_contact",
+            Self::Unfavourite => "unfavourite",
+        }
+    }
+}
 
 /// Why the store cannot be used. Each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +197,10 @@ pub struct TrustedKey {
     pub role: i32,
     /// When the node was last heard: recently heard nodes are pushed first.
     pub last_seen: SystemTime,
+    /// The operator pinned it: it always has a slot on the radio.
+    pub pinned: bool,
+    /// When it last exchanged a direct message with the gateway.
+    pub last_dm: Option<SystemTime>,
 }
 
 impl TrustedKey {
@@ -176,6 +212,9 @@ impl TrustedKey {
             hw_model: self.hw_model,
             role: self.role,
             key: self.key,
+            is_unmessagable: None,
+            is_licensed: false,
+            macaddr: Vec::new(),
         }
     }
 }
@@ -194,6 +233,12 @@ pub struct NodeRecord {
     pub trusted: Option<PublicKey>,
     pub pending: Option<PublicKey>,
     pub rejected: u32,
+    pub pinned: bool,
+    pub last_dm: Option<SystemTime>,
+    /// keysync made it a favourite on the radio (and may give the slot back).
+    pub our_favourite: bool,
+    /// Someone removed it from the radio; it is not pushed again until heard.
+    pub removed_at: Option<SystemTime>,
 }
 
 impl NodeRecord {
@@ -514,7 +559,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen
+                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
+                        n.pinned, n.last_dm
                  FROM keys k JOIN nodes n ON n.num = k.node_num
                  WHERE k.state = 'trusted' ORDER BY n.num",
             )
@@ -528,6 +574,8 @@ impl Store {
                 hw_model: r.get(4)?,
                 role: r.get(5)?,
                 last_seen: from_millis(r.get(6)?),
+                pinned: r.get(7)?,
+                last_dm: r.get::<_, Option<i64>>(8)?.map(from_millis),
             })
         })
         .and_then(Iterator::collect)
@@ -557,7 +605,8 @@ impl Store {
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'trusted'),
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
                          ORDER BY last_seen DESC LIMIT 1),
-                        (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected')
+                        (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
+                        n.pinned, n.last_dm, n.our_favourite, n.removed_at
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
@@ -574,6 +623,10 @@ impl Store {
                 trusted: r.get(8)?,
                 pending: r.get(9)?,
                 rejected: r.get(10)?,
+                pinned: r.get(11)?,
+                last_dm: r.get::<_, Option<i64>>(12)?.map(from_millis),
+                our_favourite: r.get(13)?,
+                removed_at: r.get::<_, Option<i64>>(14)?.map(from_millis),
             })
         })
         .and_then(Iterator::collect)
@@ -678,6 +731,126 @@ impl Store {
         step(&tx).map_err(|e| self.error(e))?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(Ok(key))
+    }
+
+    /// Pins or unpins a node (it always gets a slot on the radio); false when unknown.
+    pub fn set_pinned(&mut self, num: u32, pinned: bool) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE nodes SET pinned = ?2 WHERE num = ?1",
+                params![num, pinned],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(changed > 0)
+    }
+
+    /// A direct message went between the gateway and `num`.
+    pub fn note_dm(&mut self, num: u32, now: SystemTime) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE nodes SET last_dm = ?2 WHERE num = ?1",
+                params![num, millis(now)],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// `num` was heard (any packet): it is recent again, and no longer held back as removed.
+    /// False when the store does not know the node.
+    pub fn note_heard(&mut self, num: u32, now: SystemTime) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE nodes SET last_seen = max(last_seen, ?2), removed_at = NULL WHERE num = ?1",
+                params![num, millis(now)],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(changed > 0)
+    }
+
+    /// The nodes keysync made favourite on the radio.
+    pub fn our_favourites(&self) -> Result<BTreeSet<u32>, StoreError> {
+        self.nums("SELECT num FROM nodes WHERE our_favourite = 1")
+    }
+
+    /// Nodes someone removed from the radio, not heard since.
+    pub fn removed(&self) -> Result<BTreeSet<u32>, StoreError> {
+        self.nums("SELECT num FROM nodes WHERE removed_at IS NOT NULL")
+    }
+
+    fn nums(&self, sql: &str) -> Result<BTreeSet<u32>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Records that keysync's favourite `num` is no longer one: given back, unfavourited by
+    /// someone, or (`removed`) gone from the radio.
+    pub fn drop_favourite(
+        &mut self,
+        num: u32,
+        removed: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE nodes SET our_favourite = 0, removed_at = coalesce(?2, removed_at) WHERE num = ?1",
+                params![num, removed.map(millis)],
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// A flash write keysync caused on the radio (`kind`: add_contact, unfavourite); a push
+    /// that made the node favourite marks it as keysync's.
+    pub fn note_flash_write(
+        &mut self,
+        num: u32,
+        kind: FlashWrite,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.error(e))?;
+        tx.execute(
+            "INSERT INTO flash_writes (at, node_num, kind) VALUES (?1, ?2, ?3)",
+            params![millis(now), num, kind.as_str()],
+        )
+        .map_err(|e| self.error(e))?;
+        match kind {
+            FlashWrite::Push { favourite } => tx.execute(
+                "UPDATE nodes SET pushes = pushes + 1, last_pushed = ?2,
+                    our_favourite = (our_favourite OR ?3) WHERE num = ?1",
+                params![num, millis(now), favourite],
+            ),
+            FlashWrite::Unfavourite => tx.execute(
+                "UPDATE nodes SET our_favourite = 0 WHERE num = ?1",
+                params![num],
+            ),
+        }
+        .map_err(|e| self.error(e))?;
+        // A day of history is plenty for an hourly budget.
+        tx.execute(
+            "DELETE FROM flash_writes WHERE at < ?1",
+            params![millis(now) - 86_400_000],
+        )
+        .map_err(|e| self.error(e))?;
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// Flash writes keysync caused since `since`.
+    pub fn flash_writes_since(&self, since: SystemTime) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM flash_writes WHERE at >= ?1",
+                params![millis(since)],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Counts an add_contact sent for `num`.

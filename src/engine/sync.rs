@@ -1,11 +1,12 @@
 //! The sync rule and the sync runner.
 //!
-//! Pure parts first — [`fingerprint`], [`decide`], [`delta`] — tested with plain values. Then
-//! [`run`], which only moves data: it gets the radio's node list (from the handshake it just
-//! did, or a nodes-only download), pushes the trusted keys the radio lacks or holds differently
-//! with `add_contact`, one at a time, paced by QueueStatus and a gap, and reports.
+//! Pure parts first — [`fingerprint`], [`decide`], and the plan in `plan.rs` — tested with
+//! plain values. Then [`run`], which only moves data: it gets the radio's node list (from the
+//! handshake it just did, a nodes-only download, or the engine's live picture for a lazy push),
+//! plans with the slot and flash budgets, carries the plan out one write at a time paced by
+//! QueueStatus and a gap, and reports.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -13,12 +14,13 @@ use std::time::{Duration, SystemTime};
 use meshtastic::protobufs::{FromRadio, NodeInfo, from_radio};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, timeout_at};
 
 use super::link::{LinkNotice, LinkSender, Session};
+use super::plan::{self, Mirror, Op, PlanInput, RadioNode, RadioTraits};
 use super::radio::{self, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, valid_key};
-use super::store::{RunRecord, Store, StoreError, SyncCache, TrustedKey};
+use super::store::{FlashWrite, RunRecord, Store, StoreError, SyncCache, TrustedKey};
 use crate::duration::compact;
 
 /// SHA-256 over the trusted `(node number, key)` pairs, sorted by node number.
@@ -60,11 +62,23 @@ pub enum Trigger {
     Operator,
     /// The periodic check.
     Check,
+    /// A packet from a node whose key the radio lacks (the firmware created it keyless).
+    Heard,
+    /// The radio refused a DM with PKI_SEND_FAIL_PUBLIC_KEY.
+    DmFailed,
+    /// A proxy client is about to send a DM to a node whose key the radio lacks.
+    ClientDm,
 }
 
 impl Trigger {
+    /// Ignores the cache: startup, reconnect, operator.
     pub fn is_forced(self) -> bool {
-        !matches!(self, Self::Check)
+        matches!(self, Self::Startup | Self::Reconnect | Self::Operator)
+    }
+
+    /// A push for a need that showed now, ahead of any bulk fill.
+    pub fn is_lazy(self) -> bool {
+        matches!(self, Self::Heard | Self::DmFailed | Self::ClientDm)
     }
 
     pub fn label(self) -> &'static str {
@@ -73,6 +87,9 @@ impl Trigger {
             Self::Reconnect => "reconnect",
             Self::Operator => "operator request",
             Self::Check => "periodic check",
+            Self::Heard => "heard without its key",
+            Self::DmFailed => "DM failed for lack of a key",
+            Self::ClientDm => "a client's DM needs the key",
         }
     }
 
@@ -83,6 +100,9 @@ impl Trigger {
             Self::Reconnect => "reconnect",
             Self::Operator => "operator",
             Self::Check => "check",
+            Self::Heard => "heard",
+            Self::DmFailed => "dm-fail",
+            Self::ClientDm => "client dm",
         }
     }
 }
@@ -142,71 +162,24 @@ pub fn decide(
     }
 }
 
-/// The radio's NodeDB as last seen: node number → its key, if it holds a valid one.
-pub type Mirror = HashMap<u32, Option<PublicKey>>;
-
-/// A mirror from `node_info`s.
+/// The radio's NodeDB as node records, from `node_info`s.
 pub fn mirror_of<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>) -> Mirror {
     nodes
         .into_iter()
         .map(|n| {
             let key = n.user.as_ref().and_then(|u| valid_key(&u.public_key));
-            (n.num, key)
+            (
+                n.num,
+                RadioNode {
+                    key,
+                    favourite: n.is_favorite,
+                    ignored: n.is_ignored,
+                    verified: n.is_key_manually_verified,
+                    user: n.user.clone(),
+                },
+            )
         })
         .collect()
-}
-
-/// What a sync must do to make the radio hold every trusted key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
-    /// Missing keys first, then keys the radio holds differently; by node number within each.
-    pub push: Vec<TrustedKey>,
-    pub missing: usize,
-    pub mismatched: usize,
-    /// Trusted keys the radio already holds.
-    pub present: usize,
-    /// Nodes whose key waits for the operator: nothing is pushed for them.
-    pub conflicts: Vec<u32>,
-    /// Radio nodes with a valid key the store does not trust or hold as pending.
-    pub unknown_to_store: Vec<u32>,
-}
-
-/// Compares the trusted keys with the radio's mirror. `own` (the radio's own node) is never
-/// pushed. Missing keys come before mismatched ones, the most recently heard node first.
-pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, own: u32) -> Delta {
-    let mut d = Delta::default();
-    let mut missing = Vec::new();
-    let mut mismatched = Vec::new();
-    for key in trusted.iter().filter(|k| k.num != own) {
-        if pending.contains(&key.num) {
-            d.conflicts.push(key.num);
-            continue;
-        }
-        match mirror.get(&key.num) {
-            Some(Some(held)) if *held == key.key => d.present += 1,
-            Some(Some(_)) => mismatched.push(key.clone()),
-            Some(None) | None => missing.push(key.clone()),
-        }
-    }
-    let trusted_nums: BTreeSet<u32> = trusted.iter().map(|k| k.num).collect();
-    d.unknown_to_store = mirror
-        .iter()
-        .filter(|(num, key)| {
-            key.is_some() && **num != own && !trusted_nums.contains(num) && !pending.contains(num)
-        })
-        .map(|(num, _)| *num)
-        .collect();
-    d.unknown_to_store.sort_unstable();
-    // The most recently heard first: when `max_pushes` defers some, the nodes likeliest to
-    // exchange direct messages get their keys back first.
-    let order = |k: &TrustedKey| (std::cmp::Reverse(k.last_seen), k.num);
-    missing.sort_by_key(order);
-    mismatched.sort_by_key(order);
-    d.missing = missing.len();
-    d.mismatched = mismatched.len();
-    d.push = missing;
-    d.push.extend(mismatched);
-    d
 }
 
 /// How a run ended.
@@ -235,6 +208,29 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Why a run failed: a typed value inside the engine, words only in the report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}")]
+    Store(String),
+    #[error("the node list download timed out after {after} ({received} nodes received)")]
+    DownloadTimeout { after: String, received: usize },
+    #[error("fell {0} frames behind the link during the download")]
+    Lagged(u64),
+    #[error("the link stopped")]
+    LinkStopped,
+    #[error("link lost {during}: {cause}")]
+    LinkLost { during: &'static str, cause: String },
+    #[error("the link reconnected {during}")]
+    Reconnected { during: &'static str },
+    #[error("{cause} after {done} of {total} writes")]
+    Send {
+        cause: String,
+        done: usize,
+        total: usize,
+    },
+}
+
 /// One sync run, as reported to the views and recorded in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncReport {
@@ -248,13 +244,19 @@ pub struct SyncReport {
     /// Trusted keys the radio held when the run looked.
     pub in_radio: u32,
     pub pushed: u32,
+    /// Slots given back (remove_favorite_node).
+    pub released: u32,
     /// Nodes whose key waits for the operator.
     pub conflicts: u32,
-    /// Keys left for the next run by `max_pushes`.
+    /// Pushes the working set needs that wait for the flash budget, `max_pushes` or a slot.
     pub deferred: u32,
+    /// Trusted keys outside the working set that the radio does not hold: a normal state.
+    pub stored_only: u32,
     /// Keys pushed by an earlier run that the radio still lacks (managed radio, verified
     /// conflict, or refused).
     pub still_missing: u32,
+    /// Nodes whose push was lost by the radio: they back off.
+    pub lost: Vec<u32>,
     /// Frames this run put on the wire.
     pub frames_sent: u32,
     pub duration: Duration,
@@ -263,6 +265,13 @@ pub struct SyncReport {
     pub pushed_keys: Vec<(u32, PublicKey)>,
     /// The radio's node list this run looked at (empty when skipped or failed early).
     pub mirror: Option<Arc<Mirror>>,
+    /// The slot budget and working set in words, when the run planned.
+    pub plan: Option<String>,
+    /// Why nothing can be pushed to this radio, if so.
+    pub blocked: Option<String>,
+    /// Slots keysync may fill, and protected entries on the radio after the run.
+    pub slots: u32,
+    pub protected_after: u32,
 }
 
 impl SyncReport {
@@ -277,14 +286,21 @@ impl SyncReport {
             known: 0,
             in_radio: 0,
             pushed: 0,
+            released: 0,
             conflicts: 0,
             deferred: 0,
+            stored_only: 0,
             still_missing: 0,
+            lost: Vec::new(),
             frames_sent: 0,
             duration: Duration::ZERO,
             error: None,
             pushed_keys: Vec::new(),
             mirror: None,
+            plan: None,
+            blocked: None,
+            slots: 0,
+            protected_after: 0,
         }
     }
 
@@ -321,8 +337,17 @@ impl SyncReport {
             " — {}; known {}, in radio {}, pushed {}, conflicts {}, deferred {}",
             self.reason, self.known, self.in_radio, self.pushed, self.conflicts, self.deferred
         );
+        if self.released > 0 {
+            let _ = write!(line, ", slots given back {}", self.released);
+        }
+        if self.stored_only > 0 {
+            let _ = write!(line, ", stored only {}", self.stored_only);
+        }
         if self.still_missing > 0 {
             let _ = write!(line, ", still missing after a push {}", self.still_missing);
+        }
+        if let Some(blocked) = &self.blocked {
+            let _ = write!(line, "; {blocked}");
         }
         let _ = write!(
             line,
@@ -338,22 +363,33 @@ impl SyncReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncSettings {
     pub cache_ttl: Duration,
+    /// At least this long between two flash writes: the QueueStatus comes before the radio's
+    /// write is done.
     pub push_gap: Duration,
     pub max_pushes: u32,
     /// How long a nodes-only download may take.
     pub download_timeout: Duration,
     /// How long to wait for the QueueStatus that answers one add_contact.
     pub queue_timeout: Duration,
+    /// Flash writes (pushes and slots given back) keysync may cause per hour.
+    pub max_flash_writes: u32,
+    /// `--key-slots`: protected entries keysync may hold; `None` for half the capacity.
+    pub key_slots: Option<u32>,
+    /// `--radio-capacity`: the radio's NodeDB size when the hardware does not tell.
+    pub radio_capacity: Option<u32>,
 }
 
 impl Default for SyncSettings {
     fn default() -> Self {
         Self {
             cache_ttl: Duration::from_secs(30 * 60),
-            push_gap: Duration::from_millis(200),
+            push_gap: Duration::from_secs(1),
             max_pushes: 32,
             download_timeout: Duration::from_secs(30),
             queue_timeout: Duration::from_secs(3),
+            max_flash_writes: 60,
+            key_slots: None,
+            radio_capacity: None,
         }
     }
 }
@@ -383,6 +419,25 @@ impl StoreHandle {
         .await
         .map_err(|e| format!("store task failed: {e}"))?
     }
+
+    /// [`call`](Self::call) for the sync runner: a store failure as a [`SyncError`].
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, SyncError> {
+        self.call(f).await.map_err(SyncError::Store)
+    }
+}
+
+/// Where a run gets the radio's node list.
+#[derive(Debug, Clone)]
+pub enum NodeSource {
+    /// The handshake the link just did (no second download).
+    Handshake,
+    /// A nodes-only download (69421), or a full one on firmware before 2.6.8.
+    Download,
+    /// The engine's current picture of the radio, kept by live packets: a lazy push.
+    Current(Arc<Mirror>),
 }
 
 /// Everything one run needs, owned, so that it can run on its own task.
@@ -395,10 +450,20 @@ pub struct SyncJob {
     pub sender: LinkSender,
     pub store: StoreHandle,
     pub settings: SyncSettings,
-    /// Use the session's handshake node list instead of a fresh download.
-    pub use_handshake: bool,
+    pub nodes: NodeSource,
+    pub traits: RadioTraits,
     /// Keys pushed by the previous run, to verify they arrived.
     pub pushed_before: Vec<(u32, PublicKey)>,
+    /// Nodes backing off after the radio lost their push.
+    pub backing_off: BTreeSet<u32>,
+    /// Nodes that need a key now; more may arrive on `urgent_rx` while the run pushes, and go
+    /// ahead of the rest.
+    pub urgent: Vec<u32>,
+    pub urgent_rx: Option<mpsc::Receiver<u32>>,
+    /// Pushing stopped because earlier pushes never landed.
+    pub pushes_ignored: Option<usize>,
+    /// Told each node whose key was pushed, as soon as the radio took it.
+    pub pushed_tx: Option<mpsc::UnboundedSender<u32>>,
 }
 
 struct RunState {
@@ -418,7 +483,7 @@ pub async fn run(mut job: SyncJob) -> SyncReport {
     let result = execute(&mut job, &mut report, state).await;
     if let Err(error) = result {
         report.outcome = Outcome::Failed;
-        report.error = Some(error);
+        report.error = Some(error.to_string());
     }
     report
 }
@@ -427,46 +492,41 @@ async fn execute(
     job: &mut SyncJob,
     report: &mut SyncReport,
     mut state: RunState,
-) -> Result<(), String> {
-    let ttl = job.settings.cache_ttl;
+) -> Result<(), SyncError> {
     let trigger = job.trigger;
-    let (trusted, cache) = job.store.call(|s| Ok((s.trusted()?, s.cache()?))).await?;
+    let (trusted, cache) = job.store.run(|s| Ok((s.trusted()?, s.cache()?))).await?;
     let fp = fingerprint(&trusted);
     report.fingerprint = fp;
     report.known = count(trusted.len());
-    match decide(cache.as_ref(), &fp, SystemTime::now(), ttl, trigger) {
-        Decision::Skip { reason } => {
-            report.outcome = Outcome::Skipped;
-            report.reason = reason;
-            report.duration = state.started.elapsed();
-            return Ok(());
-        }
-        Decision::Sync { forced, reason } => {
-            report.outcome = if forced {
-                Outcome::Forced
-            } else {
-                Outcome::Synced
-            };
-            report.reason = reason;
-        }
+    if !settle(job, report, cache.as_ref(), &fp) {
+        report.duration = state.started.elapsed();
+        return Ok(());
     }
 
-    let nodes = if job.use_handshake {
-        report.reason.push_str("; node list from the handshake");
-        job.session.nodes.clone()
-    } else {
-        let nodes = download(job, &mut state).await;
-        report.frames_sent = state.frames_sent;
-        report.duration = state.started.elapsed();
-        nodes?
-    };
-    let mirror = mirror_of(&nodes);
     let own = job.session.my_node_num;
+    let (mut mirror, fresh) = match job.nodes.clone() {
+        NodeSource::Handshake => {
+            report.reason.push_str("; node list from the handshake");
+            (
+                mirror_of(&job.session.nodes),
+                Some(job.session.nodes.clone()),
+            )
+        }
+        NodeSource::Download => {
+            let nodes = download(job, &mut state).await;
+            report.frames_sent = state.frames_sent;
+            report.duration = state.started.elapsed();
+            let nodes = nodes?;
+            (mirror_of(&nodes), Some(nodes))
+        }
+        NodeSource::Current(mirror) => (Mirror::clone(&mirror), None),
+    };
 
     // What the radio holds feeds the store first: new keys are trusted on first use, and a
-    // different key becomes pending before the delta is taken, so it is never overwritten.
-    let seen: Vec<NodeSeen> = nodes
+    // different key becomes pending before the plan is made, so it is never overwritten.
+    let seen: Vec<NodeSeen> = fresh
         .iter()
+        .flatten()
         .filter(|n| n.num != own)
         .filter_map(|n| {
             radio::node_seen(&FromRadio {
@@ -476,56 +536,65 @@ async fn execute(
         })
         .collect();
     let now = SystemTime::now();
-    let (learned, trusted, pending) = job
+    let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+    let (learned, trusted, pending, ours, removed, writes) = job
         .store
-        .call(move |s| {
+        .run(move |s| {
             let learned = s.learn_all(&seen, now)?;
             Ok((
                 seen.into_iter().zip(learned).collect::<Vec<_>>(),
                 s.trusted()?,
                 s.pending_nodes()?,
+                s.our_favourites()?,
+                s.removed()?,
+                s.flash_writes_since(hour_ago)?,
             ))
         })
         .await?;
-    for (sighting, outcome) in &learned {
-        super::log_learned(sighting, *outcome);
-    }
+    super::log_learned_all(&learned);
     let pending: BTreeSet<u32> = pending.into_iter().collect();
     let fp = fingerprint(&trusted);
     report.fingerprint = fp;
     report.known = count(trusted.len());
-    let d = delta(&trusted, &pending, &mirror, own);
-    report.in_radio = count(d.present);
-    report.conflicts = count(d.conflicts.len());
-    report.still_missing = count(
-        job.pushed_before
+
+    let mut ours = if fresh.is_some() {
+        reconcile_favourites(job, &mirror, ours, now, report).await?
+    } else {
+        ours
+    };
+    let the_plan = plan_run(
+        job, &trusted, &pending, &mirror, &ours, &removed, writes, report,
+    );
+    let applied = apply(
+        job,
+        the_plan.ops,
+        &mut mirror,
+        &mut ours,
+        &mut state,
+        report,
+    )
+    .await;
+    report.frames_sent = state.frames_sent;
+    report.protected_after = count(
+        mirror
             .iter()
-            .filter(|(num, key)| mirror.get(num).copied().flatten() != Some(*key))
+            .filter(|(n, r)| **n != own && r.is_protected())
             .count(),
     );
-    if report.still_missing > 0 {
-        log::warn!(target: "keysync::sync",
-            "{} keys pushed last run are still not in the radio: is it managed (security.is_managed), are those nodes manually verified, or did it refuse?",
-            report.still_missing);
-    }
-    let max = usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX);
-    let (now_push, later) = d.push.split_at(d.push.len().min(max));
-    report.deferred = count(later.len());
     report.mirror = Some(Arc::new(mirror));
-
-    let pushed = push_all(job, now_push, &mut state, report).await;
-    report.frames_sent = state.frames_sent;
-    pushed?;
-    if report.deferred == 0 {
+    applied?;
+    if trigger.is_lazy() {
+        // A lazy push answers one need; the cache belongs to the full picture.
+    } else if report.deferred == 0 {
         let cache = SyncCache {
             fingerprint: fp,
             synced_at: SystemTime::now(),
         };
-        job.store.call(move |s| s.set_cache(cache)).await?;
+        job.store.run(move |s| s.set_cache(cache)).await?;
     } else {
         let _ = write!(
             report.reason,
-            "; {} keys deferred to the next run",
+            "; {} pushes of the working set wait",
             report.deferred
         );
     }
@@ -533,44 +602,212 @@ async fn execute(
     Ok(())
 }
 
+/// Decides whether the run syncs, and says why in the report; false when it is skipped.
+fn settle(
+    job: &SyncJob,
+    report: &mut SyncReport,
+    cache: Option<&SyncCache>,
+    fp: &Fingerprint,
+) -> bool {
+    let trigger = job.trigger;
+    let decision = if trigger.is_lazy() {
+        Decision::Sync {
+            forced: false,
+            reason: format!(
+                "key needed now: {} ({})",
+                plan::ids(&job.urgent),
+                trigger.label()
+            ),
+        }
+    } else {
+        decide(
+            cache,
+            fp,
+            SystemTime::now(),
+            job.settings.cache_ttl,
+            trigger,
+        )
+    };
+    match decision {
+        Decision::Skip { reason } => {
+            report.outcome = Outcome::Skipped;
+            report.reason = reason;
+            false
+        }
+        Decision::Sync { forced, reason } => {
+            report.outcome = if forced {
+                Outcome::Forced
+            } else {
+                Outcome::Synced
+            };
+            report.reason = reason;
+            true
+        }
+    }
+}
+
+/// Plans the run with the budgets and puts the plan's counts in the report.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the plan's inputs, each from its own source"
+)]
+fn plan_run(
+    job: &SyncJob,
+    trusted: &[TrustedKey],
+    pending: &BTreeSet<u32>,
+    mirror: &Mirror,
+    ours: &BTreeSet<u32>,
+    removed: &BTreeSet<u32>,
+    writes: usize,
+    report: &mut SyncReport,
+) -> plan::Plan {
+    let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
+    held_back.extend(removed.iter().filter(|n| !job.urgent.contains(n)));
+    held_back.extend(report.lost.iter().copied());
+    let max_writes = usize::try_from(job.settings.max_flash_writes).unwrap_or(usize::MAX);
+    let the_plan = plan::plan(&PlanInput {
+        trusted,
+        pending,
+        mirror,
+        own: job.session.my_node_num,
+        traits: &job.traits,
+        key_slots: job.settings.key_slots.map(|n| n as usize),
+        ours,
+        held_back: &held_back,
+        urgent: &job.urgent,
+        flash_left: max_writes.saturating_sub(writes),
+        max_pushes: usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX),
+        pushes_ignored: job.pushes_ignored,
+    });
+    report.in_radio = count(the_plan.present);
+    report.conflicts = count(the_plan.conflicts.len());
+    report.stored_only = count(the_plan.stored_only);
+    report.deferred = count(the_plan.deferred());
+    report.slots = count(the_plan.budget.slots);
+    report.protected_after = count(the_plan.protected_after);
+    report.blocked = the_plan.blocked.as_ref().map(ToString::to_string);
+    report.plan = Some(plan::describe(&the_plan));
+    if let Some(clamped) = &the_plan.budget.clamped {
+        log::warn!(target: "keysync::sync", "{clamped}");
+    }
+    if the_plan.deferred_flash > 0 {
+        log::warn!(target: "keysync::sync",
+            "flash budget spent ({writes} writes in the last hour, at most {max_writes}): {} pushes wait",
+            the_plan.deferred_flash);
+    }
+    the_plan
+}
+
+/// keysync's favourites against a fresh node list: one that vanished was removed by someone
+/// (a favourite is never evicted), one that lost its favourite was released by someone. Also
+/// finds the last run's pushes that the radio did not keep. Returns the favourites it holds.
+async fn reconcile_favourites(
+    job: &SyncJob,
+    mirror: &Mirror,
+    ours: BTreeSet<u32>,
+    now: SystemTime,
+    report: &mut SyncReport,
+) -> Result<BTreeSet<u32>, SyncError> {
+    let r = plan::reconcile(&ours, mirror, job.traits.capacity);
+    let removed_now = if r.reset {
+        Vec::new()
+    } else {
+        r.removed.clone()
+    };
+    if r.reset {
+        log::warn!(target: "keysync::sync",
+            "the radio's NodeDB was reset ({} nodes left): restoring the working set", mirror.len());
+    } else if !r.removed.is_empty() {
+        log::warn!(target: "keysync::sync",
+            "{} removed from the radio by someone (keysync's favourites are never evicted): not pushed again until heard",
+            plan::ids(&r.removed));
+    }
+    let gone: Vec<u32> = r
+        .removed
+        .iter()
+        .chain(&r.released_by_others)
+        .copied()
+        .collect();
+    if !gone.is_empty() {
+        job.store
+            .run(move |s| {
+                for num in gone {
+                    let at = removed_now.contains(&num).then_some(now);
+                    s.drop_favourite(num, at)?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    report.lost = lost_pushes(&job.pushed_before, mirror);
+    report.still_missing = count(report.lost.len());
+    if !report.lost.is_empty() {
+        log::warn!(target: "keysync::sync",
+            "{} pushed last run still not in the radio: it cannot keep them (managed, verified conflict or refused); they back off",
+            plan::ids(&report.lost));
+    }
+    Ok(r.held)
+}
+
+/// Keys pushed by the last run that the node list still lacks.
+fn lost_pushes(pushed: &[(u32, PublicKey)], mirror: &Mirror) -> Vec<u32> {
+    pushed
+        .iter()
+        .filter(|(num, key)| mirror.get(num).and_then(|n| n.key) != Some(*key))
+        .map(|(num, _)| *num)
+        .collect()
+}
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// A nodes-only download: own node_info, the others, `config_complete_id = 69421`.
-async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInfo>, String> {
+/// The node list: a nodes-only download (own node_info, the others, `config_complete_id =
+/// 69421`), or on firmware without it a full download with a fresh nonce.
+async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInfo>, SyncError> {
+    let nonce = if job.traits.can_take_contacts {
+        NODES_ONLY_NONCE
+    } else {
+        radio::config_nonce(|| rand::rng().random())
+    };
     job.sender
-        .send(job.session.id, radio::want_config(NODES_ONLY_NONCE))
+        .send(job.session.id, radio::want_config(nonce))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SyncError::Send {
+            cause: e.to_string(),
+            done: 0,
+            total: 1,
+        })?;
     state.frames_sent += 1;
     let deadline = Instant::now() + job.settings.download_timeout;
     let mut nodes = Vec::new();
     loop {
         let notice = match timeout_at(deadline, job.notices.recv()).await {
             Err(_) => {
-                return Err(format!(
-                    "nodes-only download timed out after {} ({} nodes received)",
-                    compact(job.settings.download_timeout),
-                    nodes.len()
-                ));
+                return Err(SyncError::DownloadTimeout {
+                    after: compact(job.settings.download_timeout),
+                    received: nodes.len(),
+                });
             }
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                return Err(format!(
-                    "fell {n} frames behind the link during the download"
-                ));
-            }
-            Ok(Err(broadcast::error::RecvError::Closed)) => return Err("the link stopped".into()),
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => return Err(SyncError::Lagged(n)),
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Err(SyncError::LinkStopped),
             Ok(Ok(notice)) => notice,
         };
         match notice {
             LinkNotice::Down(cause) => {
-                return Err(format!("link lost during the download: {cause}"));
+                return Err(SyncError::LinkLost {
+                    during: "during the download",
+                    cause: cause.to_string(),
+                });
             }
-            LinkNotice::Up(_) => return Err("the link reconnected during the download".into()),
+            LinkNotice::Up(_) => {
+                return Err(SyncError::Reconnected {
+                    during: "during the download",
+                });
+            }
             LinkNotice::Frame(frame) => match &frame.payload_variant {
                 Some(from_radio::PayloadVariant::NodeInfo(node)) => nodes.push(node.clone()),
-                Some(from_radio::PayloadVariant::ConfigCompleteId(NODES_ONLY_NONCE)) => {
+                Some(from_radio::PayloadVariant::ConfigCompleteId(n)) if *n == nonce => {
                     return Ok(nodes);
                 }
                 _ => {}
@@ -579,17 +816,30 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
     }
 }
 
-/// Sends each add_contact, one at a time, paced by the radio's QueueStatus and the push gap.
-async fn push_all(
+/// Carries out the plan one write at a time, paced by the radio's QueueStatus and the push gap
+/// (at least one gap between two flash writes). A node that needs its key now (`urgent_rx`)
+/// goes ahead of the rest.
+async fn apply(
     job: &mut SyncJob,
-    keys: &[TrustedKey],
+    ops: Vec<Op>,
+    mirror: &mut Mirror,
+    ours: &mut BTreeSet<u32>,
     state: &mut RunState,
     report: &mut SyncReport,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     let own = job.session.my_node_num;
+    let mut queue: std::collections::VecDeque<Op> = ops.into();
+    let total = queue.len();
+    let mut done = 0;
     let mut recent_ids: Vec<u32> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        if i > 0 {
+    loop {
+        for op in urgent_ops(job, mirror, ours).await?.into_iter().rev() {
+            queue.push_front(op);
+        }
+        let Some(op) = queue.pop_front() else {
+            return Ok(());
+        };
+        if done > 0 {
             tokio::time::sleep(job.settings.push_gap).await;
         }
         let id = loop {
@@ -599,26 +849,120 @@ async fn push_all(
             }
         };
         recent_ids.push(id);
-        let msg = radio::add_contact(own, id, &key.contact());
+        let msg = match &op {
+            Op::Push(contact) => radio::add_contact(own, id, contact),
+            Op::Release(num) => radio::remove_favorite(own, id, *num),
+        };
         job.sender
             .send(job.session.id, msg)
             .await
-            .map_err(|e| format!("{e} after {} of {} pushes", report.pushed, keys.len()))?;
+            .map_err(|e| SyncError::Send {
+                cause: e.to_string(),
+                done,
+                total,
+            })?;
         state.frames_sent += 1;
-        report.pushed += 1;
-        report.pushed_keys.push((key.num, key.key));
-        let num = key.num;
+        done += 1;
+        let num = op.num();
         let now = SystemTime::now();
-        job.store.call(move |s| s.note_pushed(num, now)).await?;
-        log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(key.num), key.long_name);
+        let favourite = job.traits.favourites;
+        let write = match &op {
+            Op::Push(contact) => {
+                report.pushed += 1;
+                report.pushed_keys.push((num, contact.key));
+                let node = mirror.entry(num).or_default();
+                node.key = Some(contact.key);
+                node.favourite |= favourite;
+                node.verified |= job.traits.marks_verified;
+                if favourite {
+                    ours.insert(num);
+                }
+                log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(num), contact.long_name);
+                FlashWrite::Push { favourite }
+            }
+            Op::Release(_) => {
+                report.released += 1;
+                if let Some(node) = mirror.get_mut(&num) {
+                    node.favourite = false;
+                }
+                ours.remove(&num);
+                log::info!(target: "keysync::sync", "remove_favorite_node {} sent: slot given back", radio::node_id(num));
+                FlashWrite::Unfavourite
+            }
+        };
+        job.store
+            .run(move |s| s.note_flash_write(num, write, now))
+            .await?;
         wait_for_queue(job, id).await?;
+        if let (Op::Push(_), Some(tx)) = (&op, &job.pushed_tx) {
+            let _ = tx.send(num);
+        }
     }
-    Ok(())
+}
+
+/// Plans pushes for nodes that became urgent while the run was under way.
+async fn urgent_ops(
+    job: &mut SyncJob,
+    mirror: &Mirror,
+    ours: &BTreeSet<u32>,
+) -> Result<Vec<Op>, SyncError> {
+    let Some(rx) = job.urgent_rx.as_mut() else {
+        return Ok(Vec::new());
+    };
+    let mut urgent = Vec::new();
+    while let Ok(num) = rx.try_recv() {
+        if !urgent.contains(&num) {
+            urgent.push(num);
+        }
+    }
+    if urgent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = SystemTime::now();
+    let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+    let (trusted, pending, writes) = job
+        .store
+        .run(move |s| {
+            Ok((
+                s.trusted()?,
+                s.pending_nodes()?,
+                s.flash_writes_since(hour_ago)?,
+            ))
+        })
+        .await?;
+    let trusted: Vec<TrustedKey> = trusted
+        .into_iter()
+        .filter(|k| urgent.contains(&k.num) || ours.contains(&k.num))
+        .collect();
+    let pending: BTreeSet<u32> = pending.into_iter().collect();
+    let flash_left = usize::try_from(job.settings.max_flash_writes)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(writes);
+    let p = plan::plan(&PlanInput {
+        trusted: &trusted,
+        pending: &pending,
+        mirror,
+        own: job.session.my_node_num,
+        traits: &job.traits,
+        key_slots: job.settings.key_slots.map(|n| n as usize),
+        ours,
+        held_back: &job.backing_off,
+        urgent: &urgent,
+        flash_left,
+        max_pushes: urgent.len(),
+        pushes_ignored: job.pushes_ignored,
+    });
+    log::info!(target: "keysync::sync", "{} need their key now: ahead of the rest", plan::ids(&urgent));
+    // Only what the urgent nodes need: their pushes and the slots freed for them.
+    Ok(p.ops
+        .into_iter()
+        .filter(|op| matches!(op, Op::Release(_)) || urgent.contains(&op.num()))
+        .collect())
 }
 
 /// Waits for the QueueStatus answering packet `id`, and while the radio's queue is full, for
 /// one with room. Neither is guaranteed to come: each wait ends after `queue_timeout`.
-async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), String> {
+async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), SyncError> {
     let deadline = Instant::now() + job.settings.queue_timeout;
     let mut answered = false;
     loop {
@@ -631,12 +975,21 @@ async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), String> {
                 return Ok(());
             }
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(broadcast::error::RecvError::Closed)) => return Err("the link stopped".into()),
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Err(SyncError::LinkStopped),
             Ok(Ok(notice)) => notice,
         };
         match notice {
-            LinkNotice::Down(cause) => return Err(format!("link lost while pushing: {cause}")),
-            LinkNotice::Up(_) => return Err("the link reconnected while pushing".into()),
+            LinkNotice::Down(cause) => {
+                return Err(SyncError::LinkLost {
+                    during: "while pushing",
+                    cause: cause.to_string(),
+                });
+            }
+            LinkNotice::Up(_) => {
+                return Err(SyncError::Reconnected {
+                    during: "while pushing",
+                });
+            }
             LinkNotice::Frame(frame) => {
                 let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant
                 else {
@@ -676,6 +1029,8 @@ mod tests {
             hw_model: 0,
             role: 0,
             last_seen: SystemTime::UNIX_EPOCH,
+            pinned: false,
+            last_dm: None,
         }
     }
 
@@ -765,60 +1120,5 @@ mod tests {
                 "{trigger:?}"
             );
         }
-    }
-
-    #[test]
-    fn delta_pushes_missing_then_mismatched_and_holds_back_conflicts() {
-        let trusted = [
-            key(1, 1),
-            key(2, 2),
-            key(3, 3),
-            key(4, 4),
-            key(5, 5),
-            key(99, 9),
-        ];
-        let mirror: Mirror = [
-            (1, Some([1; 32])),     // present
-            (2, None),              // node known to the radio, key lost (reboot)
-            (3, Some([0xEE; 32])),  // radio holds another key
-            (4, Some([0xDD; 32])),  // another key, but ours is pending a decision
-            (7, Some([7; 32])),     // the radio knows a key the store does not
-            (99, Some([0xAA; 32])), // own node: never pushed
-        ]
-        .into_iter()
-        .collect();
-        let pending: BTreeSet<u32> = [4].into_iter().collect();
-        let d = delta(&trusted, &pending, &mirror, 99);
-        let pushed: Vec<u32> = d.push.iter().map(|k| k.num).collect();
-        assert_eq!(
-            pushed,
-            vec![2, 5, 3],
-            "missing (2, 5) before mismatched (3)"
-        );
-        assert_eq!((d.missing, d.mismatched, d.present), (2, 1, 1));
-        assert_eq!(d.conflicts, vec![4]);
-        assert_eq!(d.unknown_to_store, vec![7]);
-    }
-
-    #[test]
-    fn recently_heard_nodes_are_pushed_first() {
-        let mut old = key(1, 1);
-        old.last_seen = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
-        let mut recent = key(2, 2);
-        recent.last_seen = SystemTime::UNIX_EPOCH + Duration::from_secs(500);
-        let d = delta(&[old, recent], &BTreeSet::new(), &Mirror::new(), 0);
-        let order: Vec<u32> = d.push.iter().map(|k| k.num).collect();
-        assert_eq!(order, vec![2, 1]);
-    }
-
-    #[test]
-    fn nothing_to_push_when_the_radio_holds_everything() {
-        let trusted = [key(1, 1), key(2, 2)];
-        let mirror: Mirror = [(1, Some([1; 32])), (2, Some([2; 32]))]
-            .into_iter()
-            .collect();
-        let d = delta(&trusted, &BTreeSet::new(), &mirror, 0);
-        assert!(d.push.is_empty());
-        assert_eq!(d.present, 2);
     }
 }

@@ -313,26 +313,15 @@ mod tests {
 
     fn sync_at(s: u64, frames: u32) -> SyncReport {
         SyncReport {
-            started_at: at(s),
-            trigger: Trigger::Check,
             outcome: if frames > 0 {
                 Outcome::Synced
             } else {
                 Outcome::Skipped
             },
-            reason: String::new(),
-            fingerprint: [0; 32],
-            known: 0,
-            in_radio: 0,
             pushed: frames.saturating_sub(1),
-            conflicts: 0,
-            deferred: 0,
-            still_missing: 0,
             frames_sent: frames,
             duration: Duration::from_secs(2),
-            error: None,
-            pushed_keys: Vec::new(),
-            mirror: None,
+            ..SyncReport::new(Trigger::Check, at(s))
         }
     }
 

@@ -18,9 +18,12 @@ pub fn radio_label(r: RadioKey) -> &'static str {
     match r {
         RadioKey::Unknown => "?",
         RadioKey::InRadio => "in radio",
-        RadioKey::Missing => "missing",
+        RadioKey::Missing => "stored",
         RadioKey::Differs => "differs",
         RadioKey::Pushed => "pushed",
+        RadioKey::Ignored => "ignored",
+        RadioKey::Removed => "removed",
+        RadioKey::CannotKeep => "can't keep",
     }
 }
 
@@ -138,10 +141,10 @@ fn row<'a>(n: &NodeView, now: SystemTime, theme: &Theme, name_width: usize, wide
         None => Span::styled("no key", theme.muted()),
     };
     let radio_style = match n.radio {
-        RadioKey::Missing | RadioKey::Differs => theme.bad(),
+        RadioKey::Differs | RadioKey::CannotKeep => theme.bad(),
         RadioKey::InRadio => theme.good(),
-        RadioKey::Pushed => theme.warn(),
-        RadioKey::Unknown => theme.muted(),
+        RadioKey::Pushed | RadioKey::Removed => theme.warn(),
+        RadioKey::Unknown | RadioKey::Missing | RadioKey::Ignored => theme.muted(),
     };
     let seen = compact(now.duration_since(r.last_seen).unwrap_or_default());
     let mut cells = vec![

@@ -148,6 +148,25 @@ fn outcome_lines<'a>(
                     ),
                     Span::raw(format!(" · known {} · in radio {}", r.known, r.in_radio)),
                 ]));
+                if r.plan.is_some() {
+                    lines.push(Line::from(Span::styled(
+                        fit(
+                            &format!(
+                                "slots {} · protected {} · stored only {}{}",
+                                r.slots,
+                                r.protected_after,
+                                r.stored_only,
+                                if r.released > 0 {
+                                    format!(" · gave back {}", r.released)
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            inner_width,
+                        ),
+                        theme.muted(),
+                    )));
+                }
                 lines.push(Line::from(vec![
                     Span::styled(
                         format!("conflicts {}", r.conflicts),
@@ -177,11 +196,20 @@ fn outcome_lines<'a>(
             }
             if r.still_missing > 0 {
                 lines.push(Line::from(Span::styled(
-                    format!(
-                        "{} pushed keys still missing (managed radio?)",
-                        r.still_missing
+                    fit(
+                        &format!(
+                            "the radio cannot keep {} pushed keys: backing off",
+                            r.still_missing
+                        ),
+                        inner_width,
                     ),
                     theme.bad(),
+                )));
+            }
+            if let Some(blocked) = &r.blocked {
+                lines.push(Line::from(Span::styled(
+                    fit(blocked, inner_width),
+                    theme.warn(),
                 )));
             }
             lines.push(Line::from(Span::styled(

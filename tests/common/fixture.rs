@@ -42,6 +42,10 @@ fn node(
             trusted: Some([key; 32]),
             pending: pending.map(|p| [p; 32]),
             rejected: 0,
+            pinned: false,
+            last_dm: None,
+            our_favourite: false,
+            removed_at: None,
         },
         radio,
     }
@@ -56,23 +60,22 @@ pub fn report(
     reason: &str,
 ) -> SyncReport {
     SyncReport {
-        started_at: ago(secs_ago),
-        trigger,
-        outcome,
         reason: reason.into(),
         fingerprint: [0x1f; 32],
         known: 48,
         in_radio: 48 - pushed,
         pushed,
         conflicts: 1,
-        deferred: 0,
-        still_missing: 0,
+        stored_only: 3,
+        slots: 40,
+        protected_after: 12,
+        plan: Some("slots 40 of capacity 100".into()),
         frames_sent: frames,
         duration: Duration::from_millis(740),
         error: (outcome == Outcome::Failed)
             .then(|| "link lost while pushing: closed by radio".to_string()),
-        pushed_keys: Vec::new(),
-        mirror: None,
+        outcome,
+        ..SyncReport::new(trigger, ago(secs_ago))
     }
 }
 

@@ -149,6 +149,9 @@ pub fn fast_engine(
             max_pushes: 32,
             download_timeout: Duration::from_secs(10),
             queue_timeout: Duration::from_secs(2),
+            // Tests of the flash budget set their own; the rest must not run into it.
+            max_flash_writes: 10_000,
+            ..keysync::engine::sync::SyncSettings::default()
         },
         db_path: db,
         proxy: None,

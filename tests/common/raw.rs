@@ -33,9 +33,14 @@ impl RawClient {
         }
     }
 
-    /// Frames the codec could not decode so far (e.g. names that are not UTF-8).
+    /// Frames the codec could not decode so far.
     pub fn undecodable(&self) -> u64 {
         self.conn.codec().stats().undecodable
+    }
+
+    /// Frames decoded only leniently (names that are not UTF-8).
+    pub fn repaired(&self) -> u64 {
+        self.conn.codec().stats().repaired
     }
 
     pub async fn send(&mut self, msg: ToRadio) {

@@ -1,0 +1,1018 @@
+//! The need-driven sync plan: which keys deserve a slot on the radio, which of keysync's own
+//! favourites to give back, and in what order — all pure, on plain values.
+//!
+//! The radio is a small cache and the store is the truth (PROTOCOL.md § When the NodeDB is
+//! full): every add_contact makes the node a favourite that is never evicted (on 2.6.9 – 2.7.11
+//! also "manually verified"), and a 2.7.x radio whose NodeDB is all protected crashes at the
+//! next unknown node. So keysync keeps its own protected entries within a **slot budget** that
+//! always leaves evictable room, fills the slots with a **working set** (pinned nodes, nodes
+//! that need a key now, direct-message partners, then the most recently heard), and spends at
+//! most a **flash budget** of writes per hour.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use meshtastic::protobufs::{HardwareModel, User};
+
+use super::radio::{Contact, PublicKey, firmware_version, node_id};
+use super::store::TrustedKey;
+
+/// A node as the radio's NodeDB holds it (from a node list, kept current by live packets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RadioNode {
+    pub key: Option<PublicKey>,
+    pub favourite: bool,
+    pub ignored: bool,
+    pub verified: bool,
+    /// The radio's own user record of the node, when it has one: what a push must keep.
+    pub user: Option<User>,
+}
+
+impl RadioNode {
+    /// Eviction may not take it (NodeDB.cpp getOrCreateMeshNode).
+    pub fn is_protected(&self) -> bool {
+        self.favourite || self.ignored || self.verified
+    }
+}
+
+/// The radio's NodeDB as last seen: node number → what it holds.
+pub type Mirror = HashMap<u32, RadioNode>;
+
+/// Always leave at least this share of the NodeDB evictable (and at least [`MIN_HEADROOM`]).
+const HEADROOM_SHARE: usize = 5;
+const MIN_HEADROOM: usize = 4;
+
+/// How many protected entries keysync may hold on the radio, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub capacity: usize,
+    /// Entries that must stay evictable: the protected count never goes above
+    /// `capacity − headroom`.
+    pub headroom: usize,
+    /// Protected entries keysync did not make (the operator's favourites, ignored nodes,
+    /// verified keys).
+    pub others_protected: usize,
+    /// Slots keysync may fill with its own favourites.
+    pub slots: usize,
+    /// Set when a requested `--key-slots` was clamped: says why.
+    pub clamped: Option<String>,
+}
+
+impl Budget {
+    /// Default: at most half the capacity minus what others protect; `key_slots` overrides,
+    /// clamped so that `capacity − headroom` is never passed.
+    pub fn new(capacity: usize, others_protected: usize, key_slots: Option<usize>) -> Self {
+        let headroom = (capacity / HEADROOM_SHARE).max(MIN_HEADROOM).min(capacity);
+        let ceiling = capacity
+            .saturating_sub(headroom)
+            .saturating_sub(others_protected);
+        let default = (capacity / 2).saturating_sub(others_protected).min(ceiling);
+        let (slots, clamped) = match key_slots {
+            Some(asked) if asked > ceiling => (
+                ceiling,
+                Some(format!(
+                    "--key-slots {asked} clamped to {ceiling}: capacity {capacity} − headroom {headroom} − {others_protected} protected by others"
+                )),
+            ),
+            Some(asked) => (asked, None),
+            None => (default, None),
+        };
+        Self {
+            capacity,
+            headroom,
+            others_protected,
+            slots,
+            clamped,
+        }
+    }
+
+    /// The most protected entries the radio may hold.
+    pub fn protected_ceiling(&self) -> usize {
+        self.capacity.saturating_sub(self.headroom)
+    }
+}
+
+/// Why keysync pushes nothing to this radio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// Firmware before 2.6.8 has no add_contact.
+    OldFirmware(String),
+    /// `security.is_managed`: admin messages from the client are ignored.
+    Managed,
+    /// Pushes were sent and never landed: the radio ignores them.
+    PushesIgnored(usize),
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OldFirmware(v) => write!(
+                f,
+                "firmware {v} cannot take keys from a client (needs 2.6.8): watching only"
+            ),
+            Self::Managed => f.write_str(
+                "the radio is managed (security.is_managed): it ignores add_contact, so nothing is pushed",
+            ),
+            Self::PushesIgnored(n) => write!(
+                f,
+                "the radio ignored the last {n} pushes (managed, or refusing contacts): pushing stopped until a forced sync"
+            ),
+        }
+    }
+}
+
+/// What the radio's firmware and hardware mean for pushes.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one radio, each from its own source"
+)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadioTraits {
+    pub firmware: String,
+    /// NodeDB capacity, and where the figure comes from.
+    pub capacity: usize,
+    pub capacity_source: String,
+    /// add_contact and nodes-only downloads exist (≥ 2.6.8).
+    pub can_take_contacts: bool,
+    /// add_contact also marks the key manually verified (2.6.9 – 2.7.11).
+    pub marks_verified: bool,
+    /// add_contact makes the node favourite (not on a CLIENT_BASE from 2.7.14).
+    pub favourites: bool,
+    pub managed: bool,
+}
+
+impl RadioTraits {
+    /// From the handshake: firmware version, hardware model, build environment, role and
+    /// `security.is_managed`; `capacity_override` is `--radio-capacity`.
+    pub fn new(
+        firmware: &str,
+        hw_model: i32,
+        pio_env: &str,
+        client_base: bool,
+        managed: bool,
+        capacity_override: Option<usize>,
+    ) -> Self {
+        let version = firmware_version(firmware);
+        let at_least = |v: (u32, u32, u32)| version.is_some_and(|have| have >= v);
+        let develop = at_least((2, 8, 0));
+        let (capacity, capacity_source) = match capacity_override {
+            Some(n) => (n, "--radio-capacity".to_owned()),
+            None => capacity_of(hw_model, pio_env, develop),
+        };
+        Self {
+            firmware: firmware.to_owned(),
+            capacity,
+            capacity_source,
+            can_take_contacts: at_least((2, 6, 8)),
+            marks_verified: at_least((2, 6, 9)) && !at_least((2, 7, 12)),
+            favourites: !(client_base && at_least((2, 7, 14))),
+            managed,
+        }
+    }
+
+    /// Why nothing may be pushed, if so.
+    pub fn blocked(&self) -> Option<Blocked> {
+        if !self.can_take_contacts {
+            let shown = if self.firmware.is_empty() {
+                "unknown".to_owned()
+            } else {
+                self.firmware.clone()
+            };
+            return Some(Blocked::OldFirmware(shown));
+        }
+        self.managed.then_some(Blocked::Managed)
+    }
+}
+
+/// MAX_NUM_NODES by board family (firmware mesh/mesh-pb-constants.h). ESP32-S3 boards hold
+/// 100, 200 or 250 by flash size, which the client API does not tell: assume the smallest.
+fn capacity_of(hw_model: i32, pio_env: &str, develop: bool) -> (usize, String) {
+    use HardwareModel as H;
+    let model = HardwareModel::try_from(hw_model).unwrap_or(H::Unset);
+    let name = model.as_str_name();
+    let nrf52 = [
+        H::Rak4631,
+        H::TEcho,
+        H::TEchoPlus,
+        H::TEchoLite,
+        H::NanoG2Ultra,
+        H::WioWm1110,
+        H::Rak2560,
+        H::Nrf52Unknown,
+        H::Nrf52840Pca10059,
+        H::Nrf52PromicroDiy,
+        H::HeltecMeshNodeT114,
+        H::TrackerT1000E,
+        H::WismeshTap,
+        H::WismeshTapV2,
+        H::WismeshTag,
+        H::XiaoNrf52Kit,
+        H::ThinknodeM1,
+        H::ThinknodeM3,
+        H::SeeedSolarNode,
+        H::SeeedWioTrackerL1,
+        H::SeeedWioTrackerL1Eink,
+        H::HeltecMeshPocket,
+        H::HeltecMeshSolar,
+        H::Canaryone,
+        H::Rak3401,
+    ];
+    let esp32s3 = [
+        H::HeltecV3,
+        H::HeltecWslV3,
+        H::HeltecV4,
+        H::TloraT3S3,
+        H::LilygoTbeamS3Core,
+        H::StationG2,
+        H::HeltecWirelessTracker,
+        H::HeltecWirelessTrackerV10,
+        H::HeltecWirelessTrackerV2,
+        H::HeltecWirelessPaper,
+        H::HeltecWirelessPaperV10,
+        H::TDeck,
+        H::TDeckPro,
+        H::TWatchS3,
+        H::SensecapIndicator,
+        H::SeeedXiaoS3,
+        H::HeltecVisionMasterT190,
+        H::HeltecVisionMasterE213,
+        H::HeltecVisionMasterE290,
+        H::Esp32S3Pico,
+        H::TLoraPager,
+        H::ThinknodeM2,
+        H::ThinknodeM5,
+        H::Rak3312,
+    ];
+    if model == H::Portduino || pio_env == "native" {
+        return (200, "Linux native (MaxNodes default)".into());
+    }
+    if nrf52.contains(&model) || pio_env.starts_with("rak4631") || pio_env.contains("nrf52") {
+        let n = if develop { 120 } else { 80 };
+        return (n, format!("{name}: nRF52"));
+    }
+    if esp32s3.contains(&model) {
+        return (
+            100,
+            format!("{name}: ESP32-S3, flash size unknown, assuming the smallest"),
+        );
+    }
+    if model == H::Unset {
+        return (
+            80,
+            "unknown hardware: assuming 80 (set --radio-capacity)".into(),
+        );
+    }
+    let n = if develop { 120 } else { 100 };
+    (n, format!("{name}: ESP32 or other"))
+}
+
+/// Where keysync's own favourites stand on the radio now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Still protected on the radio because of keysync.
+    pub held: BTreeSet<u32>,
+    /// Gone from the node list although a favourite cannot be evicted: someone removed them.
+    pub removed: Vec<u32>,
+    /// Still listed but no longer protected: someone unfavourited them.
+    pub released_by_others: Vec<u32>,
+    /// Every one of them vanished together with nearly the whole NodeDB: a reset, not removals.
+    pub reset: bool,
+}
+
+/// Compares keysync's favourites with the node list.
+pub fn reconcile(ours: &BTreeSet<u32>, mirror: &Mirror, capacity: usize) -> Reconciled {
+    let mut r = Reconciled::default();
+    for num in ours {
+        match mirror.get(num) {
+            Some(node) if node.favourite || node.verified => {
+                r.held.insert(*num);
+            }
+            Some(_) => r.released_by_others.push(*num),
+            None => r.removed.push(*num),
+        }
+    }
+    let nearly_empty = mirror.len() <= (capacity / 10).max(2);
+    if !r.removed.is_empty() && r.held.is_empty() && nearly_empty {
+        r.reset = true;
+    }
+    r
+}
+
+/// One step the sync takes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `remove_favorite_node`: give one of keysync's slots back.
+    Release(u32),
+    /// `add_contact` with the trusted key.
+    Push(Contact),
+}
+
+impl Op {
+    pub fn num(&self) -> u32 {
+        match self {
+            Self::Release(n) => *n,
+            Self::Push(c) => c.num,
+        }
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub trusted: &'a [TrustedKey],
+    /// Nodes with a key waiting for the operator.
+    pub pending: &'a BTreeSet<u32>,
+    pub mirror: &'a Mirror,
+    pub own: u32,
+    pub traits: &'a RadioTraits,
+    pub key_slots: Option<usize>,
+    /// Keysync's favourites that the radio still protects (see [`reconcile`]).
+    pub ours: &'a BTreeSet<u32>,
+    /// Nodes not to push now: removed by someone and not heard since, or backing off after
+    /// the radio lost a push.
+    pub held_back: &'a BTreeSet<u32>,
+    /// Nodes that need their key now (heard without one, a failed DM, a client's DM): first.
+    pub urgent: &'a [u32],
+    /// Flash writes left in this hour.
+    pub flash_left: usize,
+    pub max_pushes: usize,
+    /// Pushing stopped because earlier pushes never landed.
+    pub pushes_ignored: Option<usize>,
+}
+
+/// What a sync will do and what it leaves, with the reasons counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub budget: Budget,
+    pub ops: Vec<Op>,
+    /// The nodes that deserve a slot, best first.
+    pub working: Vec<u32>,
+    /// Trusted keys the radio holds.
+    pub present: usize,
+    /// Trusted keys outside the working set that the radio lacks: a normal state.
+    pub stored_only: usize,
+    /// Nodes whose key waits for the operator (nothing new is pushed for them; the trusted key
+    /// goes back only where the radio holds none).
+    pub conflicts: Vec<u32>,
+    /// Nodes the radio's operator ignored: never pushed.
+    pub ignored: usize,
+    pub held_back: usize,
+    /// Pushes the working set needs that wait: no flash budget left, over `max_pushes`, or no
+    /// slot to free.
+    pub deferred_flash: usize,
+    pub deferred_max: usize,
+    pub deferred_slots: usize,
+    pub blocked: Option<Blocked>,
+    /// Protected entries on the radio after the plan, as far as keysync can tell.
+    pub protected_after: usize,
+}
+
+impl Plan {
+    pub fn pushes(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o, Op::Push(_))).count()
+    }
+
+    pub fn releases(&self) -> usize {
+        self.ops.len() - self.pushes()
+    }
+
+    pub fn deferred(&self) -> usize {
+        self.deferred_flash + self.deferred_max + self.deferred_slots
+    }
+}
+
+/// How a trusted key stands against the radio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Present,
+    Missing,
+    /// The radio holds another key.
+    Differs,
+    Ignored,
+}
+
+fn standing(key: &TrustedKey, mirror: &Mirror) -> Standing {
+    match mirror.get(&key.num) {
+        Some(n) if n.ignored => Standing::Ignored,
+        Some(RadioNode {
+            key: Some(held), ..
+        }) if *held == key.key => Standing::Present,
+        Some(RadioNode { key: Some(_), .. }) => Standing::Differs,
+        _ => Standing::Missing,
+    }
+}
+
+/// The order of need: pinned, urgent, direct-message partners, then the most recently heard.
+fn rank(key: &TrustedKey, urgent: &[u32]) -> (u8, std::cmp::Reverse<std::time::SystemTime>, u32) {
+    let class = if key.pinned {
+        0
+    } else if urgent.contains(&key.num) {
+        1
+    } else if key.last_dm.is_some() {
+        2
+    } else {
+        3
+    };
+    let recency = key
+        .last_dm
+        .map_or(key.last_seen, |dm| dm.max(key.last_seen));
+    (class, std::cmp::Reverse(recency), key.num)
+}
+
+/// The contact to push: the radio's own user record of the node where it has one (so
+/// `is_unmessagable`, `macaddr`, `is_licensed` and the names survive; add_contact replaces the
+/// whole user), else the store's, always with the trusted key.
+pub fn contact_for(key: &TrustedKey, radio: Option<&RadioNode>) -> Contact {
+    let mut contact = key.contact();
+    if let Some(user) = radio.and_then(|n| n.user.as_ref()) {
+        if !user.long_name.is_empty() {
+            contact.long_name.clone_from(&user.long_name);
+        }
+        if !user.short_name.is_empty() {
+            contact.short_name.clone_from(&user.short_name);
+        }
+        if user.hw_model != 0 {
+            contact.hw_model = user.hw_model;
+        }
+        contact.role = user.role;
+        contact.is_unmessagable = user.is_unmessagable;
+        contact.is_licensed = user.is_licensed;
+        #[expect(
+            deprecated,
+            reason = "the firmware still stores it; a push must keep it"
+        )]
+        contact.macaddr.clone_from(&user.macaddr);
+    }
+    contact
+}
+
+/// Plans one sync: the working set, the slot budget, what to give back and what to push.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let traits = input.traits;
+    let mirror = input.mirror;
+    let protected_now = mirror
+        .iter()
+        .filter(|(num, n)| **num != input.own && n.is_protected())
+        .count();
+    let others_protected = protected_now.saturating_sub(input.ours.len());
+    let budget = Budget::new(traits.capacity, others_protected, input.key_slots);
+    let mut plan = Plan {
+        budget,
+        ops: Vec::new(),
+        working: Vec::new(),
+        present: 0,
+        stored_only: 0,
+        conflicts: Vec::new(),
+        ignored: 0,
+        held_back: 0,
+        deferred_flash: 0,
+        deferred_max: 0,
+        deferred_slots: 0,
+        blocked: traits
+            .blocked()
+            .or_else(|| input.pushes_ignored.map(Blocked::PushesIgnored)),
+        protected_after: protected_now,
+    };
+
+    let mut candidates = classify(input, &mut plan);
+    // The working set ranks every trusted key, present ones included: a present key of a
+    // needed node holds its place without costing a write.
+    let mut ranked: Vec<&TrustedKey> = input
+        .trusted
+        .iter()
+        .filter(|k| k.num != input.own && standing(k, mirror) != Standing::Ignored)
+        .collect();
+    ranked.sort_by_key(|k| rank(k, input.urgent));
+    plan.working = ranked
+        .iter()
+        .take(plan.budget.slots)
+        .map(|k| k.num)
+        .collect();
+    let working: BTreeSet<u32> = plan.working.iter().copied().collect();
+    candidates.sort_by_key(|k| rank(k, input.urgent));
+    let (wanted, outside): (Vec<&TrustedKey>, Vec<&TrustedKey>) = candidates
+        .into_iter()
+        .partition(|k| working.contains(&k.num));
+    plan.stored_only = outside.len();
+    if plan.blocked.is_some() {
+        plan.stored_only += wanted.len();
+        return plan;
+    }
+
+    // Keysync's favourites outside the working set, least needed first: what can be given
+    // back. On 2.6.9 – 2.7.11 the push also made them "verified", which no admin message
+    // undoes: giving the favourite back frees nothing there.
+    let mut releasable: Vec<u32> = ranked
+        .iter()
+        .rev()
+        .map(|k| k.num)
+        .filter(|n| input.ours.contains(n) && !working.contains(n))
+        .collect();
+    let ranked_nums: BTreeSet<u32> = ranked.iter().map(|k| k.num).collect();
+    releasable.extend(
+        input
+            .ours
+            .iter()
+            .filter(|n| !ranked_nums.contains(n) && !working.contains(n)),
+    );
+    if traits.marks_verified {
+        releasable.clear();
+    }
+    let mut budget = Schedule {
+        ops: Vec::new(),
+        releasable: releasable.into(),
+        ours: input.ours.len(),
+        protected: protected_now,
+        flash: input.flash_left,
+        slots: plan.budget.slots,
+        ceiling: plan.budget.protected_ceiling(),
+    };
+    // Over budget already (the operator protected more since): give back down to it.
+    while budget.over(0) && budget.flash > 0 && budget.release_one() {}
+    let protects = traits.favourites || traits.marks_verified;
+    let mut pushes = 0;
+    for key in wanted {
+        if budget.flash == 0 {
+            plan.deferred_flash += 1;
+        } else if pushes == input.max_pushes {
+            plan.deferred_max += 1;
+        } else {
+            let adds = protects && !mirror.get(&key.num).is_some_and(RadioNode::is_protected);
+            if budget.make_room(adds) {
+                budget.push(contact_for(key, mirror.get(&key.num)), adds);
+                pushes += 1;
+            } else {
+                plan.deferred_slots += 1;
+            }
+        }
+    }
+    plan.protected_after = budget.protected;
+    plan.ops = budget.ops;
+    plan
+}
+
+/// Counts where the trusted keys stand and returns those the radio lacks (or holds
+/// differently) that may be pushed.
+fn classify<'a>(input: &PlanInput<'a>, plan: &mut Plan) -> Vec<&'a TrustedKey> {
+    let mut candidates = Vec::new();
+    for key in input.trusted.iter().filter(|k| k.num != input.own) {
+        let pending = input.pending.contains(&key.num);
+        if pending {
+            plan.conflicts.push(key.num);
+        }
+        match standing(key, input.mirror) {
+            Standing::Present => plan.present += 1,
+            Standing::Ignored => plan.ignored += 1,
+            // The radio holds the key that waits for the operator: leave it to them.
+            Standing::Differs if pending => {}
+            Standing::Missing | Standing::Differs => {
+                if input.held_back.contains(&key.num) {
+                    plan.held_back += 1;
+                } else {
+                    candidates.push(key);
+                }
+            }
+        }
+    }
+    candidates
+}
+
+/// The writes of a plan as they are scheduled, with the counts they move.
+struct Schedule {
+    ops: Vec<Op>,
+    /// keysync's favourites that may be given back, least needed first.
+    releasable: std::collections::VecDeque<u32>,
+    ours: usize,
+    protected: usize,
+    flash: usize,
+    slots: usize,
+    ceiling: usize,
+}
+
+impl Schedule {
+    /// Whether `adding` more protected entries would pass a budget.
+    fn over(&self, adding: usize) -> bool {
+        self.ours + adding > self.slots || self.protected + adding > self.ceiling
+    }
+
+    /// Gives one slot back; false when there is none to give.
+    fn release_one(&mut self) -> bool {
+        let Some(num) = self.releasable.pop_front() else {
+            return false;
+        };
+        self.ops.push(Op::Release(num));
+        self.flash -= 1;
+        self.ours -= 1;
+        self.protected -= 1;
+        true
+    }
+
+    /// Frees a slot for a push that protects its node (keeping a write for the push itself).
+    fn make_room(&mut self, adds: bool) -> bool {
+        if !adds {
+            return true;
+        }
+        while self.over(1) && self.flash > 1 && self.release_one() {}
+        !self.over(1)
+    }
+
+    fn push(&mut self, contact: Contact, adds: bool) {
+        self.ops.push(Op::Push(contact));
+        self.flash -= 1;
+        if adds {
+            self.ours += 1;
+            self.protected += 1;
+        }
+    }
+}
+
+/// A line for logs and the Sync pane.
+pub fn describe(plan: &Plan) -> String {
+    let b = &plan.budget;
+    let mut s = format!(
+        "slots {} of capacity {} ({} protected by others, headroom {}); working set {}, in radio {}, stored only {}",
+        b.slots,
+        b.capacity,
+        b.others_protected,
+        b.headroom,
+        plan.working.len(),
+        plan.present,
+        plan.stored_only
+    );
+    if plan.deferred() > 0 {
+        use fmt::Write as _;
+        let _ = write!(
+            s,
+            "; waiting: {} (flash budget {}, max pushes {}, no slot {})",
+            plan.deferred(),
+            plan.deferred_flash,
+            plan.deferred_max,
+            plan.deferred_slots
+        );
+    }
+    s
+}
+
+/// Names of nodes, for log lines.
+pub fn ids(nums: &[u32]) -> String {
+    nums.iter()
+        .map(|n| node_id(*n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn key(num: u32, heard: u64) -> TrustedKey {
+        TrustedKey {
+            num,
+            key: [u8::try_from(num % 250).unwrap_or(1) + 1; 32],
+            long_name: format!("n{num}"),
+            short_name: String::new(),
+            hw_model: 0,
+            role: 0,
+            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(heard),
+            pinned: false,
+            last_dm: None,
+        }
+    }
+
+    fn traits(firmware: &str, capacity: usize) -> RadioTraits {
+        RadioTraits::new(firmware, 0, "", false, false, Some(capacity))
+    }
+
+    fn held(key: &TrustedKey, favourite: bool) -> RadioNode {
+        RadioNode {
+            key: Some(key.key),
+            favourite,
+            ..RadioNode::default()
+        }
+    }
+
+    struct Case {
+        trusted: Vec<TrustedKey>,
+        mirror: Mirror,
+        traits: RadioTraits,
+        ours: BTreeSet<u32>,
+        held_back: BTreeSet<u32>,
+        pending: BTreeSet<u32>,
+        urgent: Vec<u32>,
+        flash_left: usize,
+        key_slots: Option<usize>,
+    }
+
+    impl Case {
+        fn new(n: u32, capacity: usize) -> Self {
+            Self {
+                trusted: (1..=n).map(|i| key(i, u64::from(i))).collect(),
+                mirror: Mirror::new(),
+                traits: traits("2.7.26", capacity),
+                ours: BTreeSet::new(),
+                held_back: BTreeSet::new(),
+                pending: BTreeSet::new(),
+                urgent: Vec::new(),
+                flash_left: 60,
+                key_slots: None,
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            plan(&PlanInput {
+                trusted: &self.trusted,
+                pending: &self.pending,
+                mirror: &self.mirror,
+                own: 0,
+                traits: &self.traits,
+                key_slots: self.key_slots,
+                ours: &self.ours,
+                held_back: &self.held_back,
+                urgent: &self.urgent,
+                flash_left: self.flash_left,
+                max_pushes: 1000,
+                pushes_ignored: None,
+            })
+        }
+    }
+
+    fn pushed(plan: &Plan) -> Vec<u32> {
+        plan.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Push(c) => Some(c.num),
+                Op::Release(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_default_budget_is_half_the_capacity_minus_what_others_protect() {
+        let b = Budget::new(100, 10, None);
+        assert_eq!((b.slots, b.headroom, b.protected_ceiling()), (40, 20, 80));
+        let b = Budget::new(80, 0, Some(500));
+        assert_eq!(b.slots, 64);
+        assert!(
+            b.clamped
+                .as_deref()
+                .is_some_and(|w| w.contains("clamped to 64"))
+        );
+        assert_eq!(Budget::new(80, 70, None).slots, 0, "nothing left to take");
+    }
+
+    #[test]
+    fn more_keys_than_the_radio_holds_fill_only_the_budget_with_the_most_recently_heard() {
+        let case = Case::new(300, 100);
+        let plan = case.plan();
+        assert_eq!(plan.pushes(), 50);
+        assert_eq!(pushed(&plan)[0], 300, "most recently heard first");
+        assert_eq!(
+            plan.stored_only, 250,
+            "stored, not on radio: a normal state"
+        );
+        assert!(plan.protected_after <= plan.budget.protected_ceiling());
+        assert_eq!(
+            plan.deferred(),
+            0,
+            "the rest is outside the working set, not deferred"
+        );
+    }
+
+    #[test]
+    fn a_stocked_working_set_needs_no_op_however_many_keys_are_stored() {
+        let mut case = Case::new(300, 100);
+        for k in case.trusted.iter().rev().take(50) {
+            case.mirror.insert(k.num, held(k, true));
+            case.ours.insert(k.num);
+        }
+        let plan = case.plan();
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+        assert_eq!(plan.present, 50);
+    }
+
+    #[test]
+    fn pinned_then_urgent_then_dm_partners_then_recent() {
+        let mut case = Case::new(10, 8);
+        case.key_slots = Some(3);
+        case.trusted[0].pinned = true; // node 1, heard longest ago
+        case.trusted[1].last_dm = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+        case.urgent = vec![3];
+        let plan = case.plan();
+        assert_eq!(plan.working, vec![1, 3, 2]);
+        assert_eq!(pushed(&plan), vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn a_full_budget_gives_back_the_least_needed_of_its_own_favourites_first() {
+        let mut case = Case::new(10, 20);
+        case.key_slots = Some(3);
+        for num in [1, 2, 3] {
+            let k = case.trusted[num as usize - 1].clone();
+            case.mirror.insert(num, held(&k, true));
+            case.ours.insert(num);
+        }
+        case.urgent = vec![9];
+        let plan = case.plan();
+        assert_eq!(
+            plan.ops[0],
+            Op::Release(1),
+            "oldest heard of ours goes first"
+        );
+        assert_eq!(pushed(&plan), vec![9, 10, 8]);
+        assert_eq!(plan.releases(), 3);
+        assert!(plan.protected_after <= 3);
+    }
+
+    #[test]
+    fn operator_favourites_are_never_given_back_and_shrink_the_budget() {
+        let mut case = Case::new(10, 20);
+        for num in [1, 2] {
+            let k = case.trusted[num as usize - 1].clone();
+            case.mirror.insert(num, held(&k, true));
+        }
+        let plan = case.plan();
+        assert!(plan.ops.iter().all(|o| !matches!(o, Op::Release(_))));
+        assert_eq!(plan.budget.others_protected, 2);
+        assert_eq!(plan.budget.slots, 8);
+    }
+
+    #[test]
+    fn ignored_nodes_are_never_pushed() {
+        let mut case = Case::new(3, 20);
+        case.mirror.insert(
+            3,
+            RadioNode {
+                ignored: true,
+                ..RadioNode::default()
+            },
+        );
+        case.urgent = vec![3];
+        let plan = case.plan();
+        assert_eq!(pushed(&plan), vec![2, 1]);
+        assert_eq!(plan.ignored, 1);
+    }
+
+    #[test]
+    fn held_back_nodes_wait_and_the_flash_budget_caps_the_writes() {
+        let mut case = Case::new(10, 100);
+        case.held_back = [10].into_iter().collect();
+        case.flash_left = 3;
+        let plan = case.plan();
+        assert_eq!(pushed(&plan), vec![9, 8, 7]);
+        assert_eq!((plan.held_back, plan.deferred_flash), (1, 6));
+    }
+
+    #[test]
+    fn a_pending_key_keeps_the_trusted_one_on_the_radio() {
+        let mut case = Case::new(2, 20);
+        case.pending = [1, 2].into_iter().collect();
+        // Node 1: the radio holds the new (pending) key — the operator decides. Node 2: the
+        // radio forgot it after a reboot — the trusted key goes back.
+        case.mirror.insert(
+            1,
+            RadioNode {
+                key: Some([0xEE; 32]),
+                ..RadioNode::default()
+            },
+        );
+        let plan = case.plan();
+        assert_eq!(plan.conflicts, vec![1, 2]);
+        assert_eq!(pushed(&plan), vec![2]);
+    }
+
+    #[test]
+    fn firmware_gates_block_every_push() {
+        let mut case = Case::new(5, 20);
+        case.traits = traits("2.6.7", 100);
+        let plan = case.plan();
+        assert!(plan.ops.is_empty());
+        assert!(matches!(plan.blocked, Some(Blocked::OldFirmware(_))));
+        assert!(
+            plan.blocked
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains("needs 2.6.8"))
+        );
+        case.traits = RadioTraits::new("2.7.26", 0, "", false, true, Some(100));
+        assert_eq!(case.plan().blocked, Some(Blocked::Managed));
+    }
+
+    #[test]
+    fn on_2_7_11_pushes_are_verified_for_good_so_nothing_is_given_back() {
+        let mut case = Case::new(10, 20);
+        case.traits = traits("2.7.11", 20);
+        assert!(case.traits.marks_verified);
+        case.key_slots = Some(2);
+        for num in [1, 2] {
+            let k = case.trusted[num as usize - 1].clone();
+            let mut node = held(&k, true);
+            node.verified = true;
+            case.mirror.insert(num, node);
+            case.ours.insert(num);
+        }
+        let plan = case.plan();
+        assert_eq!(plan.releases(), 0);
+        assert_eq!(plan.pushes(), 0);
+        assert!(plan.deferred_slots > 0);
+    }
+
+    #[test]
+    fn a_client_base_on_2_7_14_does_not_protect_pushed_nodes() {
+        let t = RadioTraits::new("2.7.14", 0, "", true, false, Some(20));
+        assert!(!t.favourites);
+        let mut case = Case::new(30, 20);
+        case.traits = t;
+        let plan = case.plan();
+        assert_eq!(plan.protected_after, 0);
+    }
+
+    #[test]
+    fn capacity_comes_from_the_hardware() {
+        let t = RadioTraits::new(
+            "2.7.26",
+            HardwareModel::Rak4631 as i32,
+            "",
+            false,
+            false,
+            None,
+        );
+        assert_eq!(t.capacity, 80);
+        let t = RadioTraits::new(
+            "2.8.0",
+            HardwareModel::Rak4631 as i32,
+            "",
+            false,
+            false,
+            None,
+        );
+        assert_eq!(t.capacity, 120);
+        let t = RadioTraits::new(
+            "2.7.4",
+            HardwareModel::Tbeam as i32,
+            "tbeam",
+            false,
+            false,
+            None,
+        );
+        assert_eq!(t.capacity, 100);
+        let t = RadioTraits::new(
+            "2.7.26",
+            HardwareModel::Portduino as i32,
+            "native",
+            false,
+            false,
+            None,
+        );
+        assert_eq!(t.capacity, 200);
+        let t = RadioTraits::new("2.7.26", 0, "", false, false, None);
+        assert!(t.capacity_source.contains("--radio-capacity"));
+    }
+
+    #[test]
+    fn reconcile_tells_removal_from_release_and_reset() {
+        let ours: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
+        let mut mirror = Mirror::new();
+        mirror.insert(
+            1,
+            RadioNode {
+                favourite: true,
+                ..RadioNode::default()
+            },
+        );
+        mirror.insert(2, RadioNode::default());
+        for n in 10..40 {
+            mirror.insert(n, RadioNode::default());
+        }
+        let r = reconcile(&ours, &mirror, 100);
+        assert_eq!(r.held, [1].into_iter().collect());
+        assert_eq!(r.released_by_others, vec![2]);
+        assert_eq!(r.removed, vec![3]);
+        assert!(!r.reset);
+        let r = reconcile(&ours, &Mirror::new(), 100);
+        assert!(r.reset, "all gone with the whole NodeDB: a reset");
+    }
+
+    #[test]
+    fn a_push_keeps_the_radio_s_own_user_fields() {
+        let k = key(5, 1);
+        let radio = RadioNode {
+            key: None,
+            user: Some(User {
+                long_name: "Radio Name".into(),
+                is_unmessagable: Some(true),
+                is_licensed: true,
+                role: 2,
+                ..User::default()
+            }),
+            ..RadioNode::default()
+        };
+        let c = contact_for(&k, Some(&radio));
+        assert_eq!(c.long_name, "Radio Name");
+        assert_eq!(
+            (c.is_unmessagable, c.is_licensed, c.role),
+            (Some(true), true, 2)
+        );
+        assert_eq!(c.key, k.key, "always the trusted key");
+    }
+}
