@@ -11,7 +11,7 @@ use common::*;
 use keysync::engine::radio::valid_key;
 use keysync::engine::store::Store;
 use keysync::engine::sync::{Outcome, Trigger};
-use keysync::engine::{self, Command, RadioKey};
+use keysync::engine::{self, Command};
 use keysync::sim::{Fault, Forget, OperatorAction};
 
 const SEC: Duration = Duration::from_secs(1);

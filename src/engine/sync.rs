@@ -583,23 +583,35 @@ async fn execute(
     );
     report.mirror = Some(Arc::new(mirror));
     applied?;
-    if trigger.is_lazy() {
+    if !trigger.is_lazy() {
         // A lazy push answers one need; the cache belongs to the full picture.
-    } else if report.deferred == 0 {
+        settle_cache(job, fp, report).await?;
+    }
+    report.duration = state.started.elapsed();
+    Ok(())
+}
+
+/// A run that left nothing of the working set waiting makes the cache fresh; otherwise the
+/// reason says what waits, and the next check syncs.
+async fn settle_cache(
+    job: &SyncJob,
+    fp: Fingerprint,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if report.deferred == 0 {
         let cache = SyncCache {
             fingerprint: fp,
             synced_at: SystemTime::now(),
         };
-        job.store.run(move |s| s.set_cache(cache)).await?;
+        job.store.run(move |s| s.set_cache(cache)).await
     } else {
         let _ = write!(
             report.reason,
             "; {} pushes of the working set wait",
             report.deferred
         );
+        Ok(())
     }
-    report.duration = state.started.elapsed();
-    Ok(())
 }
 
 /// Decides whether the run syncs, and says why in the report; false when it is skipped.

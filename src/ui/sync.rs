@@ -149,23 +149,7 @@ fn outcome_lines<'a>(
                     Span::raw(format!(" · known {} · in radio {}", r.known, r.in_radio)),
                 ]));
                 if r.plan.is_some() {
-                    lines.push(Line::from(Span::styled(
-                        fit(
-                            &format!(
-                                "slots {} · protected {} · stored only {}{}",
-                                r.slots,
-                                r.protected_after,
-                                r.stored_only,
-                                if r.released > 0 {
-                                    format!(" · gave back {}", r.released)
-                                } else {
-                                    String::new()
-                                }
-                            ),
-                            inner_width,
-                        ),
-                        theme.muted(),
-                    )));
+                    lines.push(plan_line(r, inner_width, theme));
                 }
                 lines.push(Line::from(vec![
                     Span::styled(
@@ -220,6 +204,20 @@ fn outcome_lines<'a>(
     }
 
     lines
+}
+
+/// The slot budget and what it left: slots, protected entries, keys stored only.
+fn plan_line<'a>(r: &SyncReport, width: usize, theme: &Theme) -> Line<'a> {
+    let gave_back = if r.released > 0 {
+        format!(" · gave back {}", r.released)
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "slots {} · protected {} · stored only {}{gave_back}",
+        r.slots, r.protected_after, r.stored_only
+    );
+    Line::from(Span::styled(fit(&text, width), theme.muted()))
 }
 
 fn cache_line<'a>(snap: &Snapshot, now: SystemTime, theme: &Theme, width: usize) -> Line<'a> {
