@@ -290,7 +290,7 @@ enum Step {
     LinkChanged(bool),
     Check,
     Refresh,
-    Finished(Result<SyncReport, tokio::task::JoinError>),
+    Finished(Box<Result<SyncReport, tokio::task::JoinError>>),
     Command(Option<Command>),
     Learned(NodeSeen),
     Need(KeyNeed),
@@ -366,7 +366,7 @@ impl EngineLoop {
                 c = self.status.changed() => Step::LinkChanged(c.is_ok()),
                 _ = check.tick() => Step::Check,
                 _ = refresh.tick() => Step::Refresh,
-                r = join_running(self.running.as_mut()) => Step::Finished(r),
+                r = join_running(self.running.as_mut()) => Step::Finished(Box::new(r)),
                 c = self.commands.recv() => Step::Command(c),
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
                 Some(need) = self.needs.recv() => Step::Need(need),
@@ -395,7 +395,7 @@ impl EngineLoop {
                 Step::Refresh => self.refresh().await,
                 Step::Finished(result) => {
                     self.running = None;
-                    match result {
+                    match *result {
                         Ok(report) => {
                             if matches!(report.outcome, Outcome::Synced | Outcome::Forced) {
                                 // Count checks from the last full sync, so that a TTL of k
@@ -422,7 +422,11 @@ impl EngineLoop {
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
                 Step::Learned(seen) => self.learn(seen).await,
                 Step::Need(need) => self.on_need(need).await,
-                Step::Pushed(num) => self.answer_waiters(|n| n == num),
+                Step::Pushed(num) => {
+                    // Its need is met: a later loss of the key is a new need.
+                    self.lazy_asked.remove(&num);
+                    self.answer_waiters(|n| n == num);
+                }
             }
         }
         if let Some(running) = self.running.take() {
@@ -723,6 +727,9 @@ impl EngineLoop {
         } else {
             self.pushed_last.clone_from(&report.pushed_keys);
         }
+        // A slot given back may be evicted: its key missing later is no loss of a push.
+        self.pushed_last
+            .retain(|(num, _)| !report.released_nums.contains(num));
         self.nodes_dirty = true;
         self.snapshot.send_modify(|s| {
             s.sync.running = None;
@@ -962,11 +969,11 @@ fn radio_key(
     if on_radio.is_some_and(|n| n.ignored) {
         return RadioKey::Ignored;
     }
-    if backing_off {
-        return RadioKey::CannotKeep;
-    }
     if record.removed_at.is_some() {
         return RadioKey::Removed;
+    }
+    if backing_off {
+        return RadioKey::CannotKeep;
     }
     if pushed.iter().any(|(num, _)| *num == record.num) {
         return RadioKey::Pushed;

@@ -157,8 +157,8 @@ struct Radio {
     mesh: Vec<NodeInfo>,
     /// Every add_contact received, in order, with when.
     contacts: Vec<(Instant, SharedContact)>,
-    /// The last packets sent on to the mesh (bounded), oldest first.
-    sent: VecDeque<MeshPacket>,
+    /// The last packets sent on to the mesh (bounded), oldest first, with when.
+    sent: VecDeque<(Instant, MeshPacket)>,
     /// Until when every QueueStatus says the queue is full.
     queue_full_until: Option<Instant>,
     /// Until when packets get no QueueStatus.
@@ -631,7 +631,23 @@ impl SimHandle {
 
     /// The last packets the radio sent on to the mesh, oldest first.
     pub fn sent(&self) -> Vec<MeshPacket> {
-        self.shared.radio().sent.iter().cloned().collect()
+        self.shared
+            .radio()
+            .sent
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// When each of [`sent`](Self::sent) went out.
+    pub fn sent_times(&self) -> Vec<Instant> {
+        self.shared.radio().sent.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// How often node `num` lost a key the radio held for it (eviction, ignore, removal,
+    /// reboot): a second push of the same key is only warranted after a loss.
+    pub fn key_losses(&self, num: u32) -> u32 {
+        self.shared.radio().db.key_losses(num)
     }
 
     /// Whether the radio is rebooting (after a crash or a reboot fault).

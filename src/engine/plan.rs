@@ -1016,3 +1016,56 @@ mod tests {
         assert_eq!(c.key, k.key, "always the trusted key");
     }
 }
+#[cfg(test)]
+mod urgent_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn an_urgent_node_with_every_slot_taken_frees_the_least_needed_first() {
+        let mk = |num: u32| TrustedKey {
+            num,
+            key: [u8::try_from(num % 200).unwrap_or(1) + 1; 32],
+            long_name: String::new(),
+            short_name: String::new(),
+            hw_model: 0,
+            role: 0,
+            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(num)),
+            pinned: false,
+            last_dm: None,
+        };
+        let trusted: Vec<TrustedKey> = (1..=41).map(mk).collect();
+        let mut mirror = Mirror::new();
+        let mut ours = BTreeSet::new();
+        for k in &trusted[..40] {
+            mirror.insert(
+                k.num,
+                RadioNode {
+                    key: Some(k.key),
+                    favourite: true,
+                    ..RadioNode::default()
+                },
+            );
+            ours.insert(k.num);
+        }
+        let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(80));
+        let p = plan(&PlanInput {
+            trusted: &trusted,
+            pending: &BTreeSet::new(),
+            mirror: &mirror,
+            own: 0,
+            traits: &traits,
+            key_slots: None,
+            ours: &ours,
+            held_back: &BTreeSet::new(),
+            urgent: &[41],
+            flash_left: 10,
+            max_pushes: 1,
+            pushes_ignored: None,
+        });
+        assert_eq!(
+            p.ops,
+            vec![Op::Release(1), Op::Push(contact_for(&trusted[40], None))]
+        );
+    }
+}

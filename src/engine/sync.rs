@@ -250,6 +250,11 @@ pub struct SyncReport {
     pub conflicts: u32,
     /// Pushes the working set needs that wait for the flash budget, `max_pushes` or a slot.
     pub deferred: u32,
+    /// Of those, the ones only `max_pushes` held back: the next check takes them, so the cache
+    /// stays cold. (A spent flash budget or a full slot budget is not helped by syncing sooner.)
+    pub deferred_max: u32,
+    /// Nodes whose slot was given back in this run.
+    pub released_nums: Vec<u32>,
     /// Trusted keys outside the working set that the radio does not hold: a normal state.
     pub stored_only: u32,
     /// Keys pushed by an earlier run that the radio still lacks (managed radio, verified
@@ -289,6 +294,8 @@ impl SyncReport {
             released: 0,
             conflicts: 0,
             deferred: 0,
+            deferred_max: 0,
+            released_nums: Vec::new(),
             stored_only: 0,
             still_missing: 0,
             lost: Vec::new(),
@@ -562,18 +569,18 @@ async fn execute(
     } else {
         ours
     };
-    let the_plan = plan_run(
-        job, &trusted, &pending, &mirror, &ours, &removed, writes, report,
-    );
-    let applied = apply(
-        job,
-        the_plan.ops,
-        &mut mirror,
-        &mut ours,
-        &mut state,
-        report,
-    )
-    .await;
+    let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
+    held_back.extend(removed.iter().filter(|n| !job.urgent.contains(n)));
+    held_back.extend(report.lost.iter().copied());
+    let inputs = Inputs {
+        urgent: job.urgent.clone(),
+        trusted,
+        pending,
+        held_back,
+        writes,
+        pushes: 0,
+    };
+    let applied = apply(job, inputs, &mut mirror, &mut ours, &mut state, report).await;
     report.frames_sent = state.frames_sent;
     report.protected_after = count(
         mirror
@@ -598,7 +605,7 @@ async fn settle_cache(
     fp: Fingerprint,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    if report.deferred == 0 {
+    if report.deferred_max == 0 {
         let cache = SyncCache {
             fingerprint: fp,
             synced_at: SystemTime::now(),
@@ -607,8 +614,8 @@ async fn settle_cache(
     } else {
         let _ = write!(
             report.reason,
-            "; {} pushes of the working set wait",
-            report.deferred
+            "; {} pushes of the working set wait for the next run",
+            report.deferred_max
         );
         Ok(())
     }
@@ -658,56 +665,61 @@ fn settle(
     }
 }
 
-/// Plans the run with the budgets and puts the plan's counts in the report.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the plan's inputs, each from its own source"
-)]
-fn plan_run(
-    job: &SyncJob,
-    trusted: &[TrustedKey],
-    pending: &BTreeSet<u32>,
-    mirror: &Mirror,
-    ours: &BTreeSet<u32>,
-    removed: &BTreeSet<u32>,
+/// What a run plans from, kept current as it writes.
+struct Inputs {
+    trusted: Vec<TrustedKey>,
+    pending: BTreeSet<u32>,
+    held_back: BTreeSet<u32>,
+    /// Nodes that need their key now, first.
+    urgent: Vec<u32>,
+    /// Flash writes in the last hour, this run's included.
     writes: usize,
-    report: &mut SyncReport,
-) -> plan::Plan {
-    let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
-    held_back.extend(removed.iter().filter(|n| !job.urgent.contains(n)));
-    held_back.extend(report.lost.iter().copied());
+    /// Pushes this run made.
+    pushes: usize,
+}
+
+/// Plans from where things stand now.
+fn plan_step(job: &SyncJob, inputs: &Inputs, mirror: &Mirror, ours: &BTreeSet<u32>) -> plan::Plan {
     let max_writes = usize::try_from(job.settings.max_flash_writes).unwrap_or(usize::MAX);
-    let the_plan = plan::plan(&PlanInput {
-        trusted,
-        pending,
+    let max_pushes = usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX);
+    plan::plan(&PlanInput {
+        trusted: &inputs.trusted,
+        pending: &inputs.pending,
         mirror,
         own: job.session.my_node_num,
         traits: &job.traits,
         key_slots: job.settings.key_slots.map(|n| n as usize),
         ours,
-        held_back: &held_back,
-        urgent: &job.urgent,
-        flash_left: max_writes.saturating_sub(writes),
-        max_pushes: usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX),
+        held_back: &inputs.held_back,
+        urgent: &inputs.urgent,
+        flash_left: max_writes.saturating_sub(inputs.writes),
+        max_pushes: max_pushes.saturating_sub(inputs.pushes),
         pushes_ignored: job.pushes_ignored,
-    });
-    report.in_radio = count(the_plan.present);
-    report.conflicts = count(the_plan.conflicts.len());
-    report.stored_only = count(the_plan.stored_only);
-    report.deferred = count(the_plan.deferred());
-    report.slots = count(the_plan.budget.slots);
-    report.protected_after = count(the_plan.protected_after);
-    report.blocked = the_plan.blocked.as_ref().map(ToString::to_string);
-    report.plan = Some(plan::describe(&the_plan));
-    if let Some(clamped) = &the_plan.budget.clamped {
+    })
+}
+
+/// What the radio held when the run planned: the report's picture and the warnings.
+fn report_start(job: &SyncJob, first: &plan::Plan, writes: usize, report: &mut SyncReport) {
+    report.in_radio = count(first.present);
+    report.conflicts = count(first.conflicts.len());
+    report.slots = count(first.budget.slots);
+    report.blocked = first.blocked.as_ref().map(ToString::to_string);
+    report.plan = Some(plan::describe(first));
+    if let Some(clamped) = &first.budget.clamped {
         log::warn!(target: "keysync::sync", "{clamped}");
     }
-    if the_plan.deferred_flash > 0 {
+    if first.deferred_flash > 0 {
         log::warn!(target: "keysync::sync",
-            "flash budget spent ({writes} writes in the last hour, at most {max_writes}): {} pushes wait",
-            the_plan.deferred_flash);
+            "flash budget spent ({writes} writes in the last hour, at most {}): {} pushes wait",
+            job.settings.max_flash_writes, first.deferred_flash);
     }
-    the_plan
+}
+
+/// What the run left: what waits, and what stays stored only.
+fn report_end(last: &plan::Plan, report: &mut SyncReport) {
+    report.stored_only = count(last.stored_only);
+    report.deferred = count(last.deferred());
+    report.deferred_max = count(last.deferred_max);
 }
 
 /// keysync's favourites against a fresh node list: one that vanished was removed by someone
@@ -751,7 +763,11 @@ async fn reconcile_favourites(
             })
             .await?;
     }
-    report.lost = lost_pushes(&job.pushed_before, mirror);
+    // A push that vanished with its node was removed by someone, not lost by the radio.
+    report.lost = lost_pushes(&job.pushed_before, mirror)
+        .into_iter()
+        .filter(|n| !r.removed.contains(n))
+        .collect();
     report.still_missing = count(report.lost.len());
     if !report.lost.is_empty() {
         log::warn!(target: "keysync::sync",
@@ -829,26 +845,35 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
 }
 
 /// Carries out the plan one write at a time, paced by the radio's QueueStatus and the push gap
-/// (at least one gap between two flash writes). A node that needs its key now (`urgent_rx`)
-/// goes ahead of the rest.
+/// (at least one gap between two flash writes). Before each write the plan is made again from
+/// where things stand, so a node that needs its key now (`urgent_rx`) goes ahead of the rest and
+/// every write counts against the same budgets.
 async fn apply(
     job: &mut SyncJob,
-    ops: Vec<Op>,
+    mut inputs: Inputs,
     mirror: &mut Mirror,
     ours: &mut BTreeSet<u32>,
     state: &mut RunState,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
     let own = job.session.my_node_num;
-    let mut queue: std::collections::VecDeque<Op> = ops.into();
-    let total = queue.len();
-    let mut done = 0;
     let mut recent_ids: Vec<u32> = Vec::new();
+    let mut done = 0;
     loop {
-        for op in urgent_ops(job, mirror, ours).await?.into_iter().rev() {
-            queue.push_front(op);
+        if let Some(rx) = job.urgent_rx.as_mut() {
+            while let Ok(num) = rx.try_recv() {
+                if !inputs.urgent.contains(&num) {
+                    log::info!(target: "keysync::sync", "{} needs its key now: ahead of the rest", radio::node_id(num));
+                    inputs.urgent.insert(0, num);
+                }
+            }
         }
-        let Some(op) = queue.pop_front() else {
+        let step = plan_step(job, &inputs, mirror, ours);
+        if done == 0 {
+            report_start(job, &step, inputs.writes, report);
+        }
+        report_end(&step, report);
+        let Some(op) = step.ops.into_iter().next() else {
             return Ok(());
         };
         if done > 0 {
@@ -871,37 +896,18 @@ async fn apply(
             .map_err(|e| SyncError::Send {
                 cause: e.to_string(),
                 done,
-                total,
+                total: done + 1,
             })?;
         state.frames_sent += 1;
         done += 1;
+        inputs.writes += 1;
         let num = op.num();
+        let write = record_op(job, &op, mirror, ours, report);
+        if matches!(op, Op::Push(_)) {
+            inputs.pushes += 1;
+            inputs.urgent.retain(|n| *n != num);
+        }
         let now = SystemTime::now();
-        let favourite = job.traits.favourites;
-        let write = match &op {
-            Op::Push(contact) => {
-                report.pushed += 1;
-                report.pushed_keys.push((num, contact.key));
-                let node = mirror.entry(num).or_default();
-                node.key = Some(contact.key);
-                node.favourite |= favourite;
-                node.verified |= job.traits.marks_verified;
-                if favourite {
-                    ours.insert(num);
-                }
-                log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(num), contact.long_name);
-                FlashWrite::Push { favourite }
-            }
-            Op::Release(_) => {
-                report.released += 1;
-                if let Some(node) = mirror.get_mut(&num) {
-                    node.favourite = false;
-                }
-                ours.remove(&num);
-                log::info!(target: "keysync::sync", "remove_favorite_node {} sent: slot given back", radio::node_id(num));
-                FlashWrite::Unfavourite
-            }
-        };
         job.store
             .run(move |s| s.note_flash_write(num, write, now))
             .await?;
@@ -912,64 +918,41 @@ async fn apply(
     }
 }
 
-/// Plans pushes for nodes that became urgent while the run was under way.
-async fn urgent_ops(
-    job: &mut SyncJob,
-    mirror: &Mirror,
-    ours: &BTreeSet<u32>,
-) -> Result<Vec<Op>, SyncError> {
-    let Some(rx) = job.urgent_rx.as_mut() else {
-        return Ok(Vec::new());
-    };
-    let mut urgent = Vec::new();
-    while let Ok(num) = rx.try_recv() {
-        if !urgent.contains(&num) {
-            urgent.push(num);
+/// What a write did to the radio, as keysync keeps track of it.
+fn record_op(
+    job: &SyncJob,
+    op: &Op,
+    mirror: &mut Mirror,
+    ours: &mut BTreeSet<u32>,
+    report: &mut SyncReport,
+) -> FlashWrite {
+    let num = op.num();
+    let favourite = job.traits.favourites;
+    match op {
+        Op::Push(contact) => {
+            report.pushed += 1;
+            report.pushed_keys.push((num, contact.key));
+            let node = mirror.entry(num).or_default();
+            node.key = Some(contact.key);
+            node.favourite |= favourite;
+            node.verified |= job.traits.marks_verified;
+            if favourite {
+                ours.insert(num);
+            }
+            log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(num), contact.long_name);
+            FlashWrite::Push { favourite }
+        }
+        Op::Release(_) => {
+            report.released += 1;
+            report.released_nums.push(num);
+            if let Some(node) = mirror.get_mut(&num) {
+                node.favourite = false;
+            }
+            ours.remove(&num);
+            log::info!(target: "keysync::sync", "remove_favorite_node {} sent: slot given back", radio::node_id(num));
+            FlashWrite::Unfavourite
         }
     }
-    if urgent.is_empty() {
-        return Ok(Vec::new());
-    }
-    let now = SystemTime::now();
-    let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-    let (trusted, pending, writes) = job
-        .store
-        .run(move |s| {
-            Ok((
-                s.trusted()?,
-                s.pending_nodes()?,
-                s.flash_writes_since(hour_ago)?,
-            ))
-        })
-        .await?;
-    let trusted: Vec<TrustedKey> = trusted
-        .into_iter()
-        .filter(|k| urgent.contains(&k.num) || ours.contains(&k.num))
-        .collect();
-    let pending: BTreeSet<u32> = pending.into_iter().collect();
-    let flash_left = usize::try_from(job.settings.max_flash_writes)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(writes);
-    let p = plan::plan(&PlanInput {
-        trusted: &trusted,
-        pending: &pending,
-        mirror,
-        own: job.session.my_node_num,
-        traits: &job.traits,
-        key_slots: job.settings.key_slots.map(|n| n as usize),
-        ours,
-        held_back: &job.backing_off,
-        urgent: &urgent,
-        flash_left,
-        max_pushes: urgent.len(),
-        pushes_ignored: job.pushes_ignored,
-    });
-    log::info!(target: "keysync::sync", "{} need their key now: ahead of the rest", plan::ids(&urgent));
-    // Only what the urgent nodes need: their pushes and the slots freed for them.
-    Ok(p.ops
-        .into_iter()
-        .filter(|op| matches!(op, Op::Release(_)) || urgent.contains(&op.num()))
-        .collect())
 }
 
 /// Waits for the QueueStatus answering packet `id`, and while the radio's queue is full, for

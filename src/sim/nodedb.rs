@@ -68,6 +68,8 @@ pub struct NodeDb {
     flash: Vec<Entry>,
     clock: u64,
     evictions: u64,
+    /// How often each node lost a key it held (eviction, erasure, removal, forgetting).
+    losses: std::collections::HashMap<u32, u32>,
 }
 
 impl NodeDb {
@@ -80,6 +82,7 @@ impl NodeDb {
             flash: Vec::new(),
             clock: 0,
             evictions: 0,
+            losses: std::collections::HashMap::new(),
         }
     }
 
@@ -120,6 +123,17 @@ impl NodeDb {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// How often `num` lost a key the NodeDB held for it.
+    pub fn key_losses(&self, num: u32) -> u32 {
+        self.losses.get(&num).copied().unwrap_or(0)
+    }
+
+    fn lose_key(&mut self, num: u32, held: bool) {
+        if held {
+            *self.losses.entry(num).or_default() += 1;
+        }
     }
 
     /// Entries eviction may not take.
@@ -292,9 +306,12 @@ impl NodeDb {
             return false;
         };
         e.info.is_ignored = true;
+        let mut lost = false;
         if erase && let Some(u) = e.info.user.as_mut() {
+            lost = valid_key(&u.public_key).is_some();
             u.public_key.clear();
         }
+        self.lose_key(num, lost);
         true
     }
 
@@ -329,8 +346,10 @@ impl NodeDb {
 
     /// remove_by_nodenum (AdminModule.cpp → NodeDB::removeNodeByNum).
     pub fn remove(&mut self, num: u32) -> bool {
+        let held = self.get(num).is_some_and(has_key);
         let before = self.others.len();
         self.others.retain(|e| e.info.num != num);
+        self.lose_key(num, held);
         before != self.others.len()
     }
 
@@ -355,15 +374,24 @@ impl NodeDb {
 
     /// Reboot without keys: every other node's key is gone.
     pub fn forget_keys(&mut self) {
+        let keyed: Vec<u32> = self
+            .others()
+            .filter(|(n, _)| has_key(n))
+            .map(|(n, _)| n.num)
+            .collect();
         for e in &mut self.others {
             if let Some(u) = e.info.user.as_mut() {
                 u.public_key.clear();
             }
         }
+        for num in keyed {
+            self.lose_key(num, true);
+        }
     }
 
     /// NodeDB reset: only the own node is left.
     pub fn forget_nodes(&mut self) {
+        self.forget_keys();
         self.others.clear();
     }
 
@@ -402,7 +430,9 @@ impl NodeDb {
                 .or_else(|| self.others.iter().filter(evictable).min_by_key(|e| e.heard))
                 .map(|e| e.info.num)
                 .ok_or(NoRoom)?;
+            let held = self.get(victim).is_some_and(has_key);
             self.others.retain(|e| e.info.num != victim);
+            self.lose_key(victim, held);
             self.evictions += 1;
         }
         Ok(())
@@ -412,6 +442,12 @@ impl NodeDb {
 /// Nothing in a full NodeDB can be evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoRoom;
+
+fn has_key(info: &NodeInfo) -> bool {
+    info.user
+        .as_ref()
+        .is_some_and(|u| valid_key(&u.public_key).is_some())
+}
 
 fn is_protected(info: &NodeInfo) -> bool {
     info.is_favorite || info.is_ignored || info.is_key_manually_verified

@@ -352,7 +352,7 @@ impl Client {
             if radio.sent.len() == SENT_KEPT {
                 radio.sent.pop_front();
             }
-            radio.sent.push_back(packet.clone());
+            radio.sent.push_back((Instant::now(), packet.clone()));
         }
         if let Some(text) = text_of(packet) {
             echo(&self.shared, packet.from, &text);
