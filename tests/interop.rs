@@ -117,20 +117,7 @@ fn spawn_logged(cmd: &mut Command, marker: &str) -> (Child, String, Arc<Mutex<Ve
 }
 
 fn run_client(cli: &PathBuf, host: &str, arg: &str) -> String {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(cli)
-        .args(["--host", host, arg])
-        .output()
-        .expect("the meshtastic client runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "meshtastic {arg} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    run_client_args(cli, host, &[arg])
 }
 
 #[test]
@@ -292,4 +279,140 @@ fn assert_lists_generated_nodes(table: &str, n: usize) {
             "--nodes through the proxy lacks {id}:\n{table}"
         );
     }
+}
+
+/// A real Python client sends a DM through the proxy to a node whose key the radio (2.7.26,
+/// which refuses DMs without a key) lacks and keysync trusts: the key goes to the radio first,
+/// then the DM, which goes out encrypted the first time.
+#[test]
+fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
+    let Some(cli) = required_cli() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = runtime
+        .block_on(async {
+            keysync::sim::SimHandle::start(keysync::sim::SimConfig {
+                listen: "127.0.0.1:0".parse().expect("loopback"),
+                nodes: 40,
+                capacity: Some(20),
+                announce_every: None,
+                ..keysync::sim::SimConfig::default()
+            })
+        })
+        .expect("the sim binds");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    let mesh: Vec<_> = (0..40).map(|_| population.next_node()).collect();
+    {
+        let mut store = keysync::engine::store::Store::open(&db).expect("store");
+        for n in &mesh {
+            let seen = keysync::engine::radio::NodeSeen::from_node_info(
+                n,
+                keysync::engine::radio::Source::Mesh,
+            );
+            store
+                .learn(&seen, std::time::SystemTime::now())
+                .expect("learns");
+        }
+    }
+    // The node with the highest number outside the radio: last in keysync's working set order,
+    // so the startup sync does not push it.
+    let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+    let target = mesh
+        .iter()
+        .map(|n| n.num)
+        .filter(|n| !held.contains(n))
+        .max()
+        .expect("a node outside the radio");
+    let (keysync_child, proxy_addr, keysync_log) = spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args(["--headless", "--listen", "127.0.0.1:0", "--heartbeat", "2s"])
+            .args(["--radio-capacity", "20", "--push-gap", "50ms"])
+            .arg("--host")
+            .arg(sim.addr().to_string())
+            .arg("--db")
+            .arg(&db),
+        "point the gateway's bot at ",
+    );
+    let _keysync = Sim {
+        child: keysync_child,
+        addr: proxy_addr.clone(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !keysync_log
+        .lock()
+        .expect("log")
+        .iter()
+        .any(|l| l.contains("sync forced"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no startup sync");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        sim.key_of(target).is_none(),
+        "the radio lacks the key before the DM"
+    );
+    let dest = format!("!{target:08x}");
+    run_client_args(
+        &cli,
+        &proxy_addr,
+        &["--sendtext", "hello over PKI", "--dest", &dest],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dm_sent = || {
+        sim.sent()
+            .iter()
+            .zip(sim.sent_times())
+            .find(|(p, _)| p.to == target)
+            .map(|(_, t)| t)
+    };
+    while dm_sent().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DM never reached the radio: {:#?}",
+            keysync_log.lock().expect("log")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pushed = sim
+        .contacts()
+        .iter()
+        .zip(sim.contact_times())
+        .find(|(c, _)| c.node_num == target)
+        .map(|(_, t)| t)
+        .expect("add_contact for the DM's destination");
+    assert!(
+        pushed < dm_sent().expect("sent"),
+        "the key went to the radio before the DM"
+    );
+    let counters = sim.counters();
+    assert_eq!(
+        counters
+            .pki_send_fails
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no DM refused for lack of a key"
+    );
+    drop(runtime);
+}
+
+fn run_client_args(cli: &PathBuf, host: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(cli)
+        .args(["--host", host])
+        .args(args)
+        .output()
+        .expect("the meshtastic client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "meshtastic {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
