@@ -306,18 +306,7 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
     let mut population = Population::new(1);
     let _own = population.own_node();
     let mesh: Vec<_> = (0..40).map(|_| population.next_node()).collect();
-    {
-        let mut store = keysync::engine::store::Store::open(&db).expect("store");
-        for n in &mesh {
-            let seen = keysync::engine::radio::NodeSeen::from_node_info(
-                n,
-                keysync::engine::radio::Source::Mesh,
-            );
-            store
-                .learn(&seen, std::time::SystemTime::now())
-                .expect("learns");
-        }
-    }
+    trust_all(&db, &mesh);
     // The node with the highest number outside the radio: last in keysync's working set order,
     // so the startup sync does not push it.
     let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
@@ -341,16 +330,13 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
         child: keysync_child,
         addr: proxy_addr.clone(),
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !keysync_log
-        .lock()
-        .expect("log")
-        .iter()
-        .any(|l| l.contains("sync forced"))
-    {
-        assert!(std::time::Instant::now() < deadline, "no startup sync");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for("the startup sync", || {
+        keysync_log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("sync forced"))
+    });
     assert!(
         sim.key_of(target).is_none(),
         "the radio lacks the key before the DM"
@@ -361,7 +347,6 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
         &proxy_addr,
         &["--sendtext", "hello over PKI", "--dest", &dest],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let dm_sent = || {
         sim.sent()
             .iter()
@@ -369,14 +354,7 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
             .find(|(p, _)| p.to == target)
             .map(|(_, t)| t)
     };
-    while dm_sent().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the DM never reached the radio: {:#?}",
-            keysync_log.lock().expect("log")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for("the DM at the radio", || dm_sent().is_some());
     let pushed = sim
         .contacts()
         .iter()
@@ -397,6 +375,32 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
         "no DM refused for lack of a key"
     );
     drop(runtime);
+}
+
+/// Trusts every node of `mesh` in a store at `db`, as if heard on the mesh.
+fn trust_all(db: &std::path::Path, mesh: &[meshtastic::protobufs::NodeInfo]) {
+    let mut store = keysync::engine::store::Store::open(db).expect("store");
+    for n in mesh {
+        let seen = keysync::engine::radio::NodeSeen::from_node_info(
+            n,
+            keysync::engine::radio::Source::Mesh,
+        );
+        store
+            .learn(&seen, std::time::SystemTime::now())
+            .expect("learns");
+    }
+}
+
+/// Polls `cond` (another process is doing the work) for at most 30 s.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn run_client_args(cli: &PathBuf, host: &str, args: &[&str]) -> String {
