@@ -17,6 +17,8 @@ const SEED: u64 = 7;
 const MESH_NODES: usize = 40;
 /// Nodes keysync learned earlier that the radio does not hold: the startup sync pushes them.
 const REMEMBERED: usize = 8;
+/// Of those, pinned by the operator.
+const PINNED: usize = 2;
 
 /// A running demo: keep it alive as long as the monitor runs; dropping it removes the store.
 #[derive(Debug)]
@@ -35,9 +37,17 @@ impl Demo {
             .map_err(|e| anyhow::anyhow!("the built-in demo scenario is invalid: {e}"))?;
         let sim = SimHandle::start(SimConfig {
             listen: "127.0.0.1:0".parse()?,
-            nodes: MESH_NODES,
             seed: SEED,
-            capacity: Some(80),
+            // A RAK4631 on 2.7.26: 80 nodes, the hardware tells keysync so.
+            profile: crate::sim::Profile::new(
+                "2.7.26",
+                crate::sim::Hw::Nrf52,
+                crate::sim::SimRole::Client,
+            )
+            .map_err(anyhow::Error::msg)?,
+            // The last few nodes are on the mesh but not in the radio: keysync knows them.
+            nodes: MESH_NODES + REMEMBERED,
+            in_radio: Some(MESH_NODES),
             announce_every: Some(Duration::from_secs(20)),
             scenario,
             ..SimConfig::default()
@@ -47,14 +57,18 @@ impl Demo {
         let mut store = Store::open(&db)?;
         let mut population = Population::new(SEED);
         let _own = population.own_node();
-        // The mesh's nodes come first; the last few exist only in keysync's memory.
+        // The radio holds the mesh's first nodes; the last few it does not, but keysync
+        // remembers them — two of them pinned, so the startup sync pushes those.
         let now = SystemTime::now();
         for _ in 0..MESH_NODES {
             population.next_node();
         }
-        for _ in 0..REMEMBERED {
+        for i in 0..REMEMBERED {
             let node = population.next_node();
             store.learn(&NodeSeen::from_node_info(&node, Source::Mesh), now)?;
+            if i < PINNED {
+                store.set_pinned(node.num, true)?;
+            }
         }
         let heartbeat = Duration::from_secs(2);
         let interval = Duration::from_secs(10);

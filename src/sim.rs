@@ -42,6 +42,8 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// Generated nodes on the simulated mesh.
     pub nodes: usize,
+    /// How many of them the NodeDB holds at start (the first ones); `None`: as many as fit.
+    pub in_radio: Option<usize>,
     pub seed: u64,
     /// NodeDB capacity, own node included; `None` takes the hardware's (`Profile::capacity`).
     pub capacity: Option<usize>,
@@ -72,6 +74,7 @@ impl Default for SimConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4403)),
             nodes: 40,
+            in_radio: None,
             seed: 1,
             capacity: None,
             idle_timeout: Duration::from_secs(15 * 60),
@@ -512,7 +515,11 @@ impl SimHandle {
         }
         let mut db = NodeDb::new(own, capacity, profile.contact_rules());
         let mesh: Vec<NodeInfo> = (0..config.nodes).map(|_| population.next_node()).collect();
-        for node in mesh.iter().take(capacity.saturating_sub(1)) {
+        let in_radio = config
+            .in_radio
+            .unwrap_or(usize::MAX)
+            .min(capacity.saturating_sub(1));
+        for node in mesh.iter().take(in_radio) {
             db.insert(node.clone());
         }
         db.save_to_flash();
