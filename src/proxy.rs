@@ -587,6 +587,16 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
         return true;
     };
     if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
+        if contact.should_ignore {
+            // The firmware ignores the node and erases its key: an operator's decision about
+            // the radio, not a key to learn.
+            let allowed = loopback || shared.config.allow_remote_admin;
+            log::warn!(target: "keysync::proxy",
+                "{peer} asks the radio to ignore {} (add_contact with should_ignore): {}",
+                node_id(contact.node_num),
+                if allowed { "forwarded, not learned" } else { "dropped: admin is allowed from loopback clients only" });
+            return allowed;
+        }
         let user = contact.user.clone().unwrap_or_default();
         if valid_key(&user.public_key).is_none() {
             log::warn!(target: "keysync::proxy",

@@ -426,3 +426,61 @@ async fn clients_are_closed_when_the_radio_stays_away_past_the_grace_period() {
     );
     engine.quit().await;
 }
+
+#[tokio::test]
+async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(5));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    download(&mut client, 99).await;
+    let target = sim.nodedb()[2].clone();
+    let stranger_key = [0x42; 32];
+    let mut ignore = radio::add_contact(
+        sim.my_node_num(),
+        4100,
+        &Contact {
+            num: target.num,
+            key: stranger_key,
+            ..Contact::default()
+        },
+    );
+    if let Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(p)) =
+        ignore.payload_variant.as_mut()
+    {
+        let mut admin = radio::admin_of(p).expect("admin");
+        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
+            admin.payload_variant.as_mut()
+        {
+            c.should_ignore = true;
+        }
+        if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
+            p.payload_variant.as_mut()
+        {
+            d.payload = meshtastic::Message::encode_to_vec(&admin);
+        }
+    }
+    client.send(ignore).await.expect("sends");
+    wait_until("the radio ignores the node", || {
+        sim.nodedb()
+            .iter()
+            .any(|n| n.num == target.num && n.is_ignored)
+    })
+    .await;
+    assert!(sim.key_of(target.num).is_none(), "the firmware erased it");
+    let stored = snap
+        .borrow()
+        .nodes
+        .iter()
+        .find(|n| n.record.num == target.num)
+        .map(|n| (n.record.trusted, n.record.pending));
+    let original = radio::valid_key(&target.user.expect("user").public_key);
+    assert_eq!(
+        stored,
+        Some((original, None)),
+        "the key in the ignore message is not learned"
+    );
+    engine.quit().await;
+}
