@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::lenient::length_delimited;
 use crate::engine::radio::{BROADCAST, node_id, valid_key};
 pub use nodedb::Protected;
 use nodedb::{Heard, NodeDb, RawNames};
@@ -428,25 +429,6 @@ pub(crate) fn user_with_raw_names(user: &User, raw: &RawNames) -> Vec<u8> {
     length_delimited(&mut out, 2, &raw.long_name);
     length_delimited(&mut out, 3, &raw.short_name);
     out
-}
-
-/// Appends one length-delimited protobuf field.
-pub(crate) fn length_delimited(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(out, u64::from(field << 3 | 2));
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let low = u8::try_from(v & 0x7F).unwrap_or_default();
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
 }
 
 /// A plausible payload for a packet on `portnum`; its content does not matter to keysync.

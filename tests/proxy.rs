@@ -33,6 +33,26 @@ async fn connect(engine: &EngineHandle) -> Client {
     Framed::new(stream, keysync::engine::codec::ClientCodec::new())
 }
 
+/// Changes the contact inside an encoded add_contact, as a client could send it.
+fn edit_contact(msg: &mut ToRadio, edit: impl FnOnce(&mut meshtastic::protobufs::SharedContact)) {
+    let Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(p)) =
+        msg.payload_variant.as_mut()
+    else {
+        panic!("not a packet");
+    };
+    let mut admin = radio::admin_of(p).expect("admin");
+    if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
+        admin.payload_variant.as_mut()
+    {
+        edit(c);
+    }
+    if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
+        p.payload_variant.as_mut()
+    {
+        d.payload = meshtastic::Message::encode_to_vec(&admin);
+    }
+}
+
 /// Sends want_config and collects the download up to its config_complete_id.
 async fn download(client: &mut Client, nonce: u32) -> Vec<FromRadio> {
     client.send(radio::want_config(nonce)).await.expect("sends");
@@ -125,22 +145,11 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
         },
     );
     // Blank the key in the encoded message, as a buggy bot would send it.
-    if let Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(p)) =
-        erase.payload_variant.as_mut()
-    {
-        let mut admin = radio::admin_of(p).expect("admin");
-        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(
-            meshtastic::protobufs::SharedContact { user: Some(u), .. },
-        )) = admin.payload_variant.as_mut()
-        {
+    edit_contact(&mut erase, |c| {
+        if let Some(u) = c.user.as_mut() {
             u.public_key.clear();
         }
-        if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
-            p.payload_variant.as_mut()
-        {
-            d.payload = meshtastic::Message::encode_to_vec(&admin);
-        }
-    }
+    });
     client.send(erase).await.expect("sends");
     let good = radio::add_contact(
         own,
@@ -447,21 +456,7 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
             ..Contact::default()
         },
     );
-    if let Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(p)) =
-        ignore.payload_variant.as_mut()
-    {
-        let mut admin = radio::admin_of(p).expect("admin");
-        if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
-            admin.payload_variant.as_mut()
-        {
-            c.should_ignore = true;
-        }
-        if let Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) =
-            p.payload_variant.as_mut()
-        {
-            d.payload = meshtastic::Message::encode_to_vec(&admin);
-        }
-    }
+    edit_contact(&mut ignore, |c| c.should_ignore = true);
     client.send(ignore).await.expect("sends");
     wait_until("the radio ignores the node", || {
         sim.nodedb()

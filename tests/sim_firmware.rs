@@ -38,16 +38,7 @@ async fn connected(sim: &SimHandle) -> (RawClient, u32) {
 /// Pushes every node the radio holds back to it with add_contact, as a careless client would.
 async fn favourite_everything(sim: &SimHandle, client: &mut RawClient, my: u32) {
     for node in sim.nodedb().into_iter().skip(1) {
-        let id = client
-            .admin(
-                my,
-                Admin::AddContact(SharedContact {
-                    node_num: node.num,
-                    user: node.user.clone(),
-                    ..SharedContact::default()
-                }),
-            )
-            .await;
+        let id = client.contact(my, &node).await;
         let status = client.queue_status(id).await;
         assert_eq!(
             status.res, 0,
@@ -269,16 +260,7 @@ async fn add_contact_marks_the_node_verified_on_2_7_11_and_a_managed_radio_ignor
     });
     let (mut client, my) = connected(&managed).await;
     let target = managed.nodedb()[1].clone();
-    let id = client
-        .admin(
-            my,
-            Admin::AddContact(SharedContact {
-                node_num: target.num,
-                user: target.user.clone(),
-                ..SharedContact::default()
-            }),
-        )
-        .await;
+    let id = client.contact(my, &target).await;
     client.queue_status(id).await;
     assert_eq!(
         managed.protected().favourite,

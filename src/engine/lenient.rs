@@ -66,6 +66,13 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
+/// Appends one length-delimited protobuf field (a string, bytes or sub-message).
+pub fn length_delimited(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    write_varint(out, u64::from(field << 3 | 2));
+    write_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
 fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let low = u8::try_from(v & 0x7F).unwrap_or_default();
@@ -111,11 +118,7 @@ fn repair(buf: &[u8], spec: &Spec) -> Option<Vec<u8>> {
                     None
                 };
                 match replaced {
-                    Some(bytes) => {
-                        write_varint(&mut out, key);
-                        write_varint(&mut out, bytes.len() as u64);
-                        out.extend_from_slice(&bytes);
-                    }
+                    Some(bytes) => length_delimited(&mut out, field, &bytes),
                     None => out.extend_from_slice(buf.get(start..pos)?),
                 }
             }
@@ -133,9 +136,7 @@ mod tests {
 
     fn with_raw_long_name(user: &User, raw: &[u8]) -> Vec<u8> {
         let mut bytes = user.encode_to_vec();
-        bytes.push(0x12);
-        write_varint(&mut bytes, raw.len() as u64);
-        bytes.extend_from_slice(raw);
+        length_delimited(&mut bytes, 2, raw);
         bytes
     }
 
@@ -168,13 +169,9 @@ mod tests {
             ..NodeInfo::default()
         }
         .encode_to_vec();
-        let user_bytes = with_raw_long_name(&user, b"\xc3\x28");
-        node.push(0x12);
-        write_varint(&mut node, user_bytes.len() as u64);
-        node.extend_from_slice(&user_bytes);
-        let mut frame = vec![0x22];
-        write_varint(&mut frame, node.len() as u64);
-        frame.extend_from_slice(&node);
+        length_delimited(&mut node, 2, &with_raw_long_name(&user, b"\xc3\x28"));
+        let mut frame = Vec::new();
+        length_delimited(&mut frame, 4, &node);
         assert!(FromRadio::decode(frame.as_slice()).is_err());
         let repaired = FromRadio::repaired(&frame).expect("repaired");
         let Some(from_radio::PayloadVariant::NodeInfo(n)) = repaired.payload_variant else {

@@ -201,10 +201,7 @@ impl NodeDb {
             e.raw_names = raw_names;
             return Heard::Updated;
         }
-        if self.make_room().is_err() {
-            return Heard::NoRoom;
-        }
-        self.push(
+        self.create(
             NodeInfo {
                 num,
                 user: Some(user.clone()),
@@ -212,8 +209,7 @@ impl NodeDb {
                 ..NodeInfo::default()
             },
             raw_names,
-        );
-        Heard::Added
+        )
     }
 
     /// Any other packet from `num` (updateFrom via getOrCreateMeshNode): an unknown sender gets
@@ -229,17 +225,22 @@ impl NodeDb {
             e.heard = clock;
             return Heard::Updated;
         }
-        if self.make_room().is_err() {
-            return Heard::NoRoom;
-        }
-        self.push(
+        self.create(
             NodeInfo {
                 num,
                 last_heard,
                 ..NodeInfo::default()
             },
             None,
-        );
+        )
+    }
+
+    /// A new entry (getOrCreateMeshNode), if eviction makes room for it.
+    fn create(&mut self, info: NodeInfo, raw_names: Option<RawNames>) -> Heard {
+        if self.make_room().is_err() {
+            return Heard::NoRoom;
+        }
+        self.push(info, raw_names);
         Heard::Added
     }
 

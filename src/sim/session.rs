@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use super::nodedb::{ContactResult, RawNames};
 use super::population::now_secs;
 use super::profile::{Profile, Rule};
-use super::{ClientCmd, OperatorAction, RoutingError, SENT_KEPT, Shared, length_delimited};
+use super::{ClientCmd, OperatorAction, RoutingError, SENT_KEPT, Shared};
 use crate::engine::codec::RadioCodec;
+use crate::engine::lenient::length_delimited;
 use crate::engine::radio::{
     BROADCAST, CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of, node_id, to_radio_kind, valid_key,
 };

@@ -8,8 +8,8 @@ use keysync::engine::codec::ClientCodec;
 use keysync::engine::radio::{admin_of, want_config};
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    AdminMessage, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus, Routing, ToRadio,
-    admin_message, from_radio, mesh_packet, routing, to_radio,
+    AdminMessage, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus, Routing,
+    SharedContact, ToRadio, admin_message, from_radio, mesh_packet, routing, to_radio,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -127,6 +127,17 @@ impl RawClient {
         }
         .encode_to_vec();
         self.packet(my, PortNum::AdminApp, payload).await
+    }
+
+    /// add_contact with the node's own user record, as a careless client pushes; the packet id.
+    pub async fn contact(&mut self, my: u32, node: &NodeInfo) -> u32 {
+        let contact = SharedContact {
+            node_num: node.num,
+            user: node.user.clone(),
+            ..SharedContact::default()
+        };
+        self.admin(my, admin_message::PayloadVariant::AddContact(contact))
+            .await
     }
 
     /// The QueueStatus for packet `id`.
