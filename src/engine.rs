@@ -761,12 +761,10 @@ impl EngineLoop {
             log::warn!(target: "keysync::sync",
                 "the radio cannot keep the key of {}: not pushed again for {}", node_id(*num), humantime::format_duration(wait));
         }
-        let checked = report.lost.len();
-        let landed = report.mirror.is_some() && checked == 0;
-        if checked >= IGNORED_AFTER && report.in_radio == 0 && report.pushed == 0 {
-            self.pushes_ignored = Some(checked);
-            log::error!(target: "keysync::sync", "{}", plan::Blocked::PushesIgnored(checked));
-        } else if landed {
+        if pushes_never_land(report.verified_pushes, report.lost.len()) {
+            self.pushes_ignored = Some(report.lost.len());
+            log::error!(target: "keysync::sync", "{}", plan::Blocked::PushesIgnored(report.lost.len()));
+        } else {
             self.backoff.retain(|_, b| b.until > now);
         }
     }
@@ -988,6 +986,12 @@ fn radio_key(
     }
 }
 
+/// Every one of at least [`IGNORED_AFTER`] pushes checked against a node list was missing: the
+/// radio ignores add_contact (a managed radio that does not say so, or one refusing contacts).
+fn pushes_never_land(checked: usize, lost: usize) -> bool {
+    checked >= IGNORED_AFTER && lost == checked
+}
+
 fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     SyncReport {
         reason: format!("forced: {}", trigger.label()),
@@ -1041,5 +1045,22 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned) {
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
             sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
         Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_that_all_vanish_stop_pushing_but_a_few_losses_back_off_only() {
+        assert!(pushes_never_land(3, 3));
+        assert!(pushes_never_land(10, 10));
+        assert!(
+            !pushes_never_land(10, 9),
+            "one landed: the radio takes contacts"
+        );
+        assert!(!pushes_never_land(2, 2), "too few to tell");
+        assert!(!pushes_never_land(0, 0));
     }
 }

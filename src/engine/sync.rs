@@ -262,6 +262,8 @@ pub struct SyncReport {
     pub still_missing: u32,
     /// Nodes whose push was lost by the radio: they back off.
     pub lost: Vec<u32>,
+    /// Pushes of the previous run checked against this run's node list.
+    pub verified_pushes: usize,
     /// Frames this run put on the wire.
     pub frames_sent: u32,
     pub duration: Duration,
@@ -299,6 +301,7 @@ impl SyncReport {
             stored_only: 0,
             still_missing: 0,
             lost: Vec::new(),
+            verified_pushes: 0,
             frames_sent: 0,
             duration: Duration::ZERO,
             error: None,
@@ -763,6 +766,7 @@ async fn reconcile_favourites(
             })
             .await?;
     }
+    report.verified_pushes = job.pushed_before.len();
     // A push that vanished with its node was removed by someone, not lost by the radio.
     report.lost = lost_pushes(&job.pushed_before, mirror)
         .into_iter()
