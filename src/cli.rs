@@ -118,7 +118,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the simulated radio (firmware 2.7 behaviour) on a TCP port.
+    /// Run the simulated radio on a TCP port, behaving like the firmware version and board given.
     Sim(SimArgs),
     /// Connect, run one forced sync, print its outcome and exit (1 if it failed).
     Sync(SyncArgs),
