@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings};
 use crate::engine::import::import_meshbot;
+use crate::engine::radio::printable;
 use crate::engine::store::{NodeRecord, Store, key_base64, parse_node};
 
 #[derive(Debug, Serialize)]
@@ -90,7 +91,7 @@ fn table(rows: &[KeyRow]) -> String {
         "ID", "NAME", "STATE", "KEY", "LAST SEEN", "PUSHES"
     );
     for r in rows {
-        let name: String = r.long_name.chars().take(24).collect();
+        let name: String = printable(&r.long_name).chars().take(24).collect();
         let _ = writeln!(
             out,
             "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",

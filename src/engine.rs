@@ -385,7 +385,7 @@ impl EngineLoop {
         let node = seen.clone();
         match self.store.call(move |s| s.learn(&node, now)).await {
             Ok(learned) => {
-                log_learned(&seen, learned);
+                log_learned(&seen, learned, log::Level::Info);
                 self.nodes_dirty = true;
                 self.clear_store_error();
             }
@@ -645,13 +645,11 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     }
 }
 
-/// Logs what learning a sighting did, when it is news.
-pub fn log_learned(seen: &NodeSeen, learned: Learned) {
-    let who = if seen.long_name.is_empty() {
-        node_id(seen.num)
-    } else {
-        format!("{} ({})", node_id(seen.num), seen.long_name)
-    };
+/// Logs what learning a sighting did, when it is news. A key trusted on first use is logged at
+/// `first_use` level: info for one heard on the mesh, debug inside a bulk learn that logs its own
+/// summary.
+pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
+    let who = radio::node_label(seen.num, &seen.long_name);
     let from = match seen.source {
         radio::Source::NodeDb => "the radio's NodeDB",
         radio::Source::Mesh => "the mesh",
@@ -660,11 +658,27 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned) {
     };
     match learned {
         Learned::FirstUse => {
-            log::info!(target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
+            log::log!(target: "keysync::store", first_use, "learned the key of {who} from {from} (trusted on first use)");
         }
         Learned::Pending { old, new } => log::warn!(target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
             sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
         Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {}
+    }
+}
+
+/// Logs a bulk learn (the radio's node list): each node at debug, one summary at info.
+pub fn log_learned_in_bulk(learned: &[(NodeSeen, Learned)]) {
+    for (seen, outcome) in learned {
+        log_learned(seen, *outcome, log::Level::Debug);
+    }
+    let first_use = learned
+        .iter()
+        .filter(|(_, l)| *l == Learned::FirstUse)
+        .count();
+    if first_use > 0 {
+        log::info!(target: "keysync::store",
+            "learned {first_use} {} from the radio's NodeDB (trusted on first use)",
+            if first_use == 1 { "key" } else { "keys" });
     }
 }

@@ -486,3 +486,89 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let store = Store::open(&db).expect("opens");
     assert_eq!(store.integrity_check().expect("checks"), "ok");
 }
+
+const HOSTILE_NAME: &str = "Evil\x1b]0;TITLE\x07\x1b[2J\n2026-01-01T00:00:00Z ERROR keysync forged";
+
+/// No byte that a terminal acts on (ESC, BEL, CR, C1 …), and no line that the name started.
+fn assert_inert(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters reached the output: {text:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR")),
+        "a name forged a line: {text}"
+    );
+}
+
+#[test]
+fn keys_prints_hostile_node_names_without_their_escape_sequences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        s.learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
+            .expect("learns");
+    }
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert_inert(&out);
+    assert_eq!(out.lines().count(), 3, "header, one node, total: {out}");
+    assert!(out.contains("Evil]0;TITLE[2J2026"), "{out}");
+    // JSON escapes them instead, and keeps the name as stored.
+    let (code, out, _) = run(keysync(&db).args(["keys", "--json"]));
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(rows[0]["long_name"], HOSTILE_NAME);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(0));
+    let (db, mut store) = seeded_store(&dir, &[]);
+    store
+        .learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
+        .expect("learns");
+    drop(store);
+    let host = sim.addr().to_string();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
+    })
+    .await
+    .expect("joins");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("add_contact !1234abcd (Evil]0;TITLE[2J2026"),
+        "the push of the hostile node is logged: {err}"
+    );
+    assert_inert(&err);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_learning_many_keys_logs_one_summary_at_info_and_each_node_at_debug() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(40));
+    let (db, store) = seeded_store(&dir, &[]);
+    drop(store);
+    let host = sim.addr().to_string();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
+    })
+    .await
+    .expect("joins");
+    assert_eq!(code, 0, "{err}");
+    let per_node: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("learned the key of"))
+        .collect();
+    let summary: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("learned 40 keys from the radio's NodeDB"))
+        .collect();
+    assert_eq!((per_node.len(), summary.len()), (40, 1), "{err}");
+    assert!(per_node.iter().all(|l| l.contains(" DEBUG ")), "{err}");
+    assert!(summary[0].contains(" INFO "), "{err}");
+}

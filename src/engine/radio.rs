@@ -32,6 +32,35 @@ pub fn node_id(num: u32) -> String {
     format!("!{num:08x}")
 }
 
+/// Text from outside (a node's name, a radio's firmware string) as it may reach a terminal or
+/// a log line: control characters — C0 (ESC, BEL, CR, LF, …), DEL, C1 — and the bidirectional
+/// overrides that reorder what follows are dropped. A name is data; it must not retitle or
+/// clear a terminal, nor start a forged log line.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(is_hostile) {
+        s.chars()
+            .filter(|c| !is_hostile(*c))
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+fn is_hostile(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A node as a log line names it: `!1a2b3c4d (Ridge Relay)`, its name made [`printable`].
+pub fn node_label(num: u32, long_name: &str) -> String {
+    let name = printable(long_name);
+    if name.trim().is_empty() {
+        node_id(num)
+    } else {
+        format!("{} ({name})", node_id(num))
+    }
+}
+
 /// A nonce for a full config download: random, never one of the special nonces.
 pub fn config_nonce(mut random: impl FnMut() -> u32) -> u32 {
     loop {
@@ -310,6 +339,20 @@ mod tests {
         assert_eq!(user.id, "!12345678");
         assert_eq!(user.public_key, vec![7; 32]);
         assert!(!c.manually_verified && !c.should_ignore);
+    }
+
+    #[test]
+    fn names_lose_escape_sequences_bells_newlines_and_bidi_overrides() {
+        assert_eq!(
+            printable("a\x1b]0;TITLE\x07b\x1b[2J\n2026 ERROR keysync forged\r\u{9b}\u{202e}z"),
+            "a]0;TITLEb[2J2026 ERROR keysync forgedz"
+        );
+        assert!(matches!(
+            printable("Ridge Relay ⛰"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(node_label(0x1234_abcd, "\x07"), "!1234abcd");
+        assert_eq!(node_label(0x1234_abcd, "Hut\n"), "!1234abcd (Hut)");
     }
 
     #[test]

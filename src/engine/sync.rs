@@ -487,9 +487,7 @@ async fn execute(
             ))
         })
         .await?;
-    for (sighting, outcome) in &learned {
-        super::log_learned(sighting, *outcome);
-    }
+    super::log_learned_in_bulk(&learned);
     let pending: BTreeSet<u32> = pending.into_iter().collect();
     let fp = fingerprint(&trusted);
     report.fingerprint = fp;
@@ -610,7 +608,7 @@ async fn push_all(
         let num = key.num;
         let now = SystemTime::now();
         job.store.call(move |s| s.note_pushed(num, now)).await?;
-        log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(key.num), key.long_name);
+        log::info!(target: "keysync::sync", "add_contact {} sent", radio::node_label(key.num, &key.long_name));
         wait_for_queue(job, id).await?;
     }
     Ok(())
