@@ -572,3 +572,99 @@ async fn sync_once_learning_many_keys_logs_one_summary_at_info_and_each_node_at_
     assert!(per_node.iter().all(|l| l.contains(" DEBUG ")), "{err}");
     assert!(summary[0].contains(" INFO "), "{err}");
 }
+
+/// A meshbot database with `n` nodes (ids from `first`), every key valid.
+fn meshbot_db(path: &Path, first: u32, n: u32) {
+    let c = Connection::open(path).expect("creates");
+    c.execute_batch(
+        "CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,
+            hwModel INTEGER, publicKey BLOB)",
+    )
+    .expect("schema");
+    for num in first..first + n {
+        c.execute(
+            "INSERT INTO meshtastic_nodes VALUES (?1, 'Imported', 'IM', 9, ?2)",
+            rusqlite::params![format!("!{num:08x}"), vec![0x5au8; 32]],
+        )
+        .expect("row");
+    }
+}
+
+#[test]
+fn two_processes_writing_at_once_wait_for_each_other_and_nothing_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let pending: Vec<u32> = (0x0100..0x0140).collect();
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for num in &pending {
+            s.learn(&seen(*num, 1, "p"), SystemTime::now())
+                .expect("learns");
+            s.learn(&seen(*num, 2, "p"), SystemTime::now())
+                .expect("learns");
+        }
+    }
+    let src = dir.path().join("meshbot.db");
+    meshbot_db(&src, 0x0200, 50);
+    // The other writer, as headless would: a sighting learned after another, each in its own
+    // transaction that reads before it writes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut s = Store::open(&db).expect("opens");
+            let mut num = 0x1_0000;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = s.learn(&seen(num, 3, "headless"), SystemTime::now()) {
+                    failures.push(e.to_string());
+                }
+                num += 1;
+            }
+            (num - 0x1_0000, failures)
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut calls = 0;
+    let mut accepted = 0;
+    while std::time::Instant::now() < until {
+        let (code, _, err) = if calls % 2 == 0 {
+            run(keysync(&db).args(["import", "meshbot"]).arg(&src))
+        } else {
+            accepted += 1;
+            run(keysync(&db).args([
+                "keys",
+                "accept",
+                &format!("!{:08x}", pending[accepted % pending.len()]),
+            ]))
+        };
+        assert!(
+            code == 0 || err.contains("no pending key"),
+            "CLI call {calls} failed: {err}"
+        );
+        calls += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (learned, failures) = writer.join().expect("writer joins");
+    assert!(
+        failures.is_empty(),
+        "{} writes failed: {failures:?}",
+        failures.len()
+    );
+    let s = Store::open(&db).expect("opens");
+    let stored = s
+        .nodes()
+        .expect("reads")
+        .iter()
+        .filter(|n| n.long_name == "headless")
+        .count();
+    assert_eq!(
+        u32::try_from(stored).expect("fits"),
+        learned,
+        "every write kept"
+    );
+    assert!(
+        calls > 10 && learned > 100,
+        "both wrote: {calls} CLI calls, {learned} learns"
+    );
+}

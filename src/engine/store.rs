@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
 
@@ -361,10 +361,7 @@ impl Store {
             if version <= from {
                 continue;
             }
-            let tx = self
-                .conn
-                .unchecked_transaction()
-                .map_err(|e| self.error(e))?;
+            let tx = self.write_transaction()?;
             tx.execute_batch(sql).map_err(|e| self.error(e))?;
             tx.pragma_update(None, "user_version", version)
                 .map_err(|e| self.error(e))?;
@@ -372,6 +369,15 @@ impl Store {
             log::info!(target: "keysync::store", "{}: schema migrated to version {version}", self.path.display());
         }
         Ok(())
+    }
+
+    /// A transaction that takes the write lock at `BEGIN`, waiting up to [`BUSY_TIMEOUT`] for
+    /// it. A deferred one would read first and then, upgrading to write while another process
+    /// writes, fail at once with SQLITE_BUSY: SQLite cannot wait there without breaking the
+    /// snapshot it read.
+    fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.error(e))
     }
 
     /// Maps a SQLite error to one that names the file and, for locks, who holds it.
@@ -394,10 +400,7 @@ impl Store {
 
     /// Records what a sighting says about a node and its key, under trust on first use.
     pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let learned = self.learn_in(&tx, seen, now)?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
@@ -410,10 +413,7 @@ impl Store {
         seen: &[NodeSeen],
         now: SystemTime,
     ) -> Result<Vec<Learned>, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let learned = seen
             .iter()
             .map(|s| self.learn_in(&tx, s, now))
@@ -625,10 +625,7 @@ impl Store {
         accept: bool,
     ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
         let now_ms = millis(now);
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let exists = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
             .optional()
