@@ -36,8 +36,14 @@ fn main() -> ExitCode {
                 init_logs(&settings)?;
                 headless::sync_once(&settings, args.wait).await
             }
-            Some(Command::Keys(args)) => emit(&commands::keys(&settings, &args)?),
-            Some(Command::Import { from }) => emit(&commands::import(&settings, &from)?),
+            Some(Command::Keys(args)) => {
+                init_logs(&settings)?;
+                emit(&commands::keys(&settings, &args)?)
+            }
+            Some(Command::Import { from }) => {
+                init_logs(&settings)?;
+                emit(&commands::import(&settings, &from)?)
+            }
             None if cli.headless => {
                 init_logs(&settings)?;
                 headless::run(&settings).await

@@ -668,3 +668,96 @@ fn two_processes_writing_at_once_wait_for_each_other_and_nothing_is_dropped() {
         "both wrote: {calls} CLI calls, {learned} learns"
     );
 }
+
+#[test]
+fn another_program_s_sqlite_database_is_refused_and_left_byte_identical() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("meshbot.db");
+    meshbot_db(&db, 0x0200, 3);
+    let before = std::fs::read(&db).expect("read");
+    for args in [
+        &["keys"][..],
+        &["keys", "--json"],
+        &["--headless"],
+        &["sync", "--once"],
+    ] {
+        let (code, _, err) = run(keysync(&db).args(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("meshbot.db is another program's SQLite database")
+                && err.contains("meshtastic_nodes"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&db).expect("read"), before, "{args:?}");
+        assert!(!dir.path().join("meshbot.db-wal").exists());
+    }
+}
+
+#[test]
+fn a_store_written_before_the_application_id_is_adopted_and_marked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        s.learn(&seen(0x0a0a_0a0a, 1, "old"), SystemTime::now())
+            .expect("learns");
+    }
+    Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA application_id = 0;"))
+        .expect("unmark");
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("!0a0a0a0a"), "{out}");
+    assert!(err.contains("marked as a keysync store"), "{err}");
+    let id: i32 = Connection::open(&db)
+        .and_then(|c| c.pragma_query_value(None, "application_id", |r| r.get(0)))
+        .expect("reads");
+    assert_eq!(id, keysync::engine::store::APPLICATION_ID);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_store_and_its_wal_files_readable_by_others_are_made_0600_with_a_log_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    drop(Store::open(&db).expect("opens"));
+    // A connection held open keeps the -wal and -shm files in place.
+    let holder = Connection::open(&db).expect("opens");
+    holder
+        .execute_batch("CREATE TEMP TABLE t(x); SELECT count(*) FROM nodes;")
+        .expect("reads");
+    let files: Vec<_> = ["k.db", "k.db-wal", "k.db-shm"]
+        .iter()
+        .map(|f| dir.path().join(f))
+        .collect();
+    for f in &files {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    for f in &files {
+        let mode = std::fs::metadata(f).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+        assert!(
+            err.contains(&format!("{}: mode 0644 changed to 0600", f.display())),
+            "{err}"
+        );
+    }
+    drop(holder);
+}
+
+#[test]
+fn keys_with_a_mistyped_path_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo").join("path.db");
+    let (code, _, err) = run(keysync(&typo).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!dir.path().join("typo").exists());
+    let missing = dir.path().join("missing.db");
+    let (code, _, err) = run(keysync(&missing).args(["keys", "accept", "!0a0a0a0a"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no key store at"), "{err}");
+    assert!(!missing.exists());
+}

@@ -14,6 +14,19 @@ use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
 
 /// The schema version this keysync writes; databases from newer versions are refused.
 pub const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA application_id` of a keysync store ("KSYN"), so that keysync recognises its own
+/// files and leaves other programs' SQLite databases alone. (`file(1)` shows it too.)
+pub const APPLICATION_ID: i32 = 0x4b53_594e;
+/// The tables of schema version 1: a file without `application_id` that holds them is a store
+/// from a keysync that did not mark its files yet, and is adopted.
+const OWN_TABLES: &[&str] = &[
+    "nodes",
+    "keys",
+    "key_history",
+    "sync_runs",
+    "link_events",
+    "sync_cache",
+];
 /// How long a write waits for another process's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,6 +107,16 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "{path} is another program's SQLite database ({why}); keysync left it untouched — give keysync its own file with --db"
+    )]
+    Foreign { path: PathBuf, why: String },
+    #[error("no key store at {path}: {why}")]
+    Missing { path: PathBuf, why: String },
+    #[error(
+        "{path} is read-only for keysync; check the permissions of the file and of its directory"
+    )]
+    ReadOnly { path: PathBuf },
     #[error("{path} is locked by another process{holders} and stayed locked for {}s", BUSY_TIMEOUT.as_secs())]
     Locked { path: PathBuf, holders: String },
     #[error(
@@ -102,11 +125,9 @@ pub enum StoreError {
     DiskFull { path: PathBuf },
     #[error("cannot open {path}: {detail}")]
     Open { path: PathBuf, detail: String },
-    #[error("key store {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    /// `detail` is SQLite's message once: the error's source would repeat it.
+    #[error("key store {path}: {detail}")]
+    Sqlite { path: PathBuf, detail: String },
 }
 
 /// A key's standing with the operator.
@@ -289,8 +310,19 @@ fn source_name(s: Source) -> &'static str {
 
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the store at `path`. A file that is
-    /// not SQLite, is corrupt or is from a newer keysync is refused before anything is written.
+    /// not SQLite, is corrupt, is from a newer keysync or belongs to another program is refused
+    /// before anything is written.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, true)
+    }
+
+    /// Opens the store at `path` only if it exists: for commands that look at what keysync
+    /// learned, where a mistyped path must not leave directories and an empty store behind.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, create: bool) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         if path.is_dir() {
             return Err(StoreError::Open {
@@ -299,6 +331,13 @@ impl Store {
             });
         }
         if !path.exists() {
+            if !create {
+                let why = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => format!("no such directory {}", dir.display()),
+                    _ => "no such file (nothing learned yet?)".into(),
+                };
+                return Err(StoreError::Missing { path, why });
+            }
             create_private(&path).map_err(|e| StoreError::Open {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -314,10 +353,13 @@ impl Store {
             .conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| store.error(e))?;
-        let version: i64 = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| store.error(e))?;
+        let (version, ownership) = store.ownership()?;
+        if let Ownership::Foreign(why) = ownership {
+            return Err(StoreError::Foreign {
+                path: store.path.clone(),
+                why,
+            });
+        }
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: store.path.clone(),
@@ -348,7 +390,36 @@ impl Store {
             .pragma_update(None, "foreign_keys", true)
             .map_err(|e| store.error(e))?;
         store.migrate(version)?;
+        if ownership == Ownership::Adopt {
+            store
+                .conn
+                .pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(|e| store.error(e))?;
+            log::info!(target: "keysync::store", "{}: marked as a keysync store (application_id)", store.path.display());
+        }
+        make_private(&store.path);
         Ok(store)
+    }
+
+    /// Reads, without writing, whose file this is: its schema version and what to do with it.
+    fn ownership(&self) -> Result<(i64, Ownership), StoreError> {
+        let read = || -> rusqlite::Result<(i32, i64, Vec<String>)> {
+            let app_id = self
+                .conn
+                .pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let version = self
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let mut stmt = self.conn.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            )?;
+            let tables = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((app_id, version, tables))
+        };
+        let (app_id, version, tables) = read().map_err(|e| self.error(e))?;
+        Ok((version, ownership(app_id, version, &tables)))
     }
 
     pub fn path(&self) -> &Path {
@@ -364,6 +435,8 @@ impl Store {
             let tx = self.write_transaction()?;
             tx.execute_batch(sql).map_err(|e| self.error(e))?;
             tx.pragma_update(None, "user_version", version)
+                .map_err(|e| self.error(e))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| self.error(e))?;
             tx.commit().map_err(|e| self.error(e))?;
             log::info!(target: "keysync::store", "{}: schema migrated to version {version}", self.path.display());
@@ -381,6 +454,10 @@ impl Store {
     }
 
     /// Maps a SQLite error to one that names the file and, for locks, who holds it.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "it is called as map_err(|e| self.error(e))"
+    )]
     fn error(&self, e: rusqlite::Error) -> StoreError {
         let path = self.path.clone();
         match e.sqlite_error_code() {
@@ -394,7 +471,11 @@ impl Store {
                 let holders = lock_holders(&self.path);
                 StoreError::Locked { path, holders }
             }
-            _ => StoreError::Sqlite { path, source: e },
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path },
+            _ => StoreError::Sqlite {
+                path,
+                detail: e.to_string(),
+            },
         }
     }
 
@@ -818,6 +899,77 @@ fn insert_key(
     Ok(())
 }
 
+/// Whose SQLite file a store path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ownership {
+    /// Marked with keysync's application_id.
+    Ours,
+    /// Empty: keysync creates its schema and marks it.
+    New,
+    /// keysync's tables and schema version without the mark (written before the mark existed).
+    Adopt,
+    /// Another program's, with why keysync thinks so.
+    Foreign(String),
+}
+
+/// Decides from the header and the table names alone, so that a file keysync does not own is
+/// refused before anything is written to it.
+fn ownership(app_id: i32, version: i64, tables: &[String]) -> Ownership {
+    if app_id == APPLICATION_ID {
+        return Ownership::Ours;
+    }
+    if app_id != 0 {
+        return Ownership::Foreign(format!("application_id {app_id:#010x}"));
+    }
+    if tables.is_empty() && version == 0 {
+        return Ownership::New;
+    }
+    let ours = OWN_TABLES
+        .iter()
+        .all(|t| tables.iter().any(|have| have == t));
+    if ours && version > 0 {
+        return Ownership::Adopt;
+    }
+    let mut names = tables.join(", ");
+    if names.len() > 80 {
+        names = format!("{}…", names.chars().take(80).collect::<String>());
+    }
+    Ownership::Foreign(format!("tables {names}"))
+}
+
+/// Restricts the store and its WAL files to their owner, saying so when they were wider: a file
+/// copied in, restored from a backup or created by an older keysync.
+fn make_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            let group_and_others = mode & 0o077;
+            if group_and_others == 0 {
+                continue;
+            }
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => log::info!(target: "keysync::store",
+                    "{}: mode {mode:04o} changed to 0600 (the store says who talks to whom)", file.display()),
+                Err(e) => log::warn!(target: "keysync::store",
+                    "{}: mode {mode:04o} is readable by others and could not be changed to 0600: {e}", file.display()),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// Creates an empty file readable by its owner only (keys are not secret, but the store says
 /// who talks to whom).
 fn create_private(path: &Path) -> std::io::Result<()> {
@@ -1027,6 +1179,38 @@ mod tests {
         };
         s.record_run(&run).unwrap();
         assert_eq!(s.recent_runs(5).unwrap(), vec![run]);
+    }
+
+    #[test]
+    fn only_empty_marked_or_unmarked_keysync_files_are_keysync_s() {
+        let ours: Vec<String> = OWN_TABLES.iter().map(ToString::to_string).collect();
+        assert_eq!(ownership(APPLICATION_ID, 1, &ours), Ownership::Ours);
+        assert_eq!(ownership(0, 0, &[]), Ownership::New);
+        assert_eq!(ownership(0, 1, &ours), Ownership::Adopt);
+        let meshbot = vec!["meshtastic_nodes".to_string()];
+        assert_eq!(
+            ownership(0, 0, &meshbot),
+            Ownership::Foreign("tables meshtastic_nodes".into())
+        );
+        assert!(matches!(ownership(0, 3, &ours[..2]), Ownership::Foreign(_)));
+        assert!(matches!(
+            ownership(0x0f00_ba11, 0, &[]),
+            Ownership::Foreign(_)
+        ));
+    }
+
+    #[test]
+    fn a_read_only_store_says_so_once() {
+        let (dir, _) = open();
+        let path = dir.path().join("k.db");
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("opens read-only");
+        let mut store = Store { conn, path };
+        let err = store.clear_cache().expect_err("read-only");
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("is read-only"), "{text}");
+        assert_eq!(text.matches("read-only").count(), 1, "{text}");
+        assert!(!text.contains("readonly database"), "{text}");
     }
 
     #[test]
