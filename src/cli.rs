@@ -10,6 +10,7 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::store::{NodeArg, parse_node};
 
 /// The radio's TCP API port.
 pub const DEFAULT_PORT: u16 = 4403;
@@ -136,9 +137,15 @@ pub struct KeysArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysAction {
     /// Trust the pending key of NODE (!hex, hex or decimal).
-    Accept { node: String },
+    Accept {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
     /// Refuse the pending key of NODE; the trusted key is pushed back at the next sync.
-    Reject { node: String },
+    Reject {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -236,6 +243,12 @@ pub struct FileConfig {
     pub downstream_grace: Option<Duration>,
     pub allow_remote_admin: Option<bool>,
 }
+
+/// A command line that cannot be carried out as written, found after parsing (an ambiguous
+/// node): exit 2 like every usage error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Settings that are wrong: a usage error (exit 2).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

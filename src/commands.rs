@@ -6,10 +6,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings};
+use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings, UsageError};
 use crate::engine::import::import_meshbot;
-use crate::engine::radio::printable;
-use crate::engine::store::{NodeRecord, Store, key_base64, parse_node};
+use crate::engine::radio::{node_id, printable};
+use crate::engine::store::{NodeArg, NodeRecord, Store, key_base64};
 
 #[derive(Debug, Serialize)]
 struct KeyRow {
@@ -55,7 +55,8 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             }
         }
         Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
-            let num = parse_node(node).map_err(anyhow::Error::msg)?;
+            let num = resolve_node(&store, *node)?;
+            let id = node_id(num);
             let accept = matches!(args.action, Some(KeysAction::Accept { .. }));
             let now = SystemTime::now();
             let result = if accept {
@@ -70,17 +71,35 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             let key = result?;
             Ok(if accept {
                 format!(
-                    "accepted {} for {node}: it is the trusted key now\n",
+                    "accepted {} for {id}: it is the trusted key now\n",
                     key_base64(&key)
                 )
             } else {
                 format!(
-                    "rejected {} for {node}: the trusted key goes back to the radio at the next sync\n",
+                    "rejected {} for {id}: the trusted key goes back to the radio at the next sync\n",
                     key_base64(&key)
                 )
             })
         }
     }
+}
+
+/// The node an operator meant; an id that reads two ways is resolved by which node the store
+/// knows.
+fn resolve_node(store: &Store, node: NodeArg) -> anyhow::Result<u32> {
+    let known = match node {
+        NodeArg::One(_) => Vec::new(),
+        NodeArg::Either { hex, decimal } => {
+            let mut known = Vec::new();
+            for num in [hex, decimal] {
+                if store.knows(num)? {
+                    known.push(num);
+                }
+            }
+            known
+        }
+    };
+    Ok(node.resolve(|n| known.contains(&n)).map_err(UsageError)?)
 }
 
 fn table(rows: &[KeyRow]) -> String {

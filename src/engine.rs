@@ -663,7 +663,7 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
         Learned::Pending { old, new } => log::warn!(target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
             sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
-        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {}
+        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly | Learned::NotANode => {}
     }
 }
 

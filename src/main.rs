@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keysync::cli::{Cli, Command, Settings};
+use keysync::cli::{Cli, Command, Settings, UsageError};
 use keysync::{commands, headless, logging, sim, tui};
 
 const USAGE: u8 = 2;
@@ -55,7 +55,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keysync: {e:#}");
-            ExitCode::from(FAILURE)
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(USAGE)
+            } else {
+                ExitCode::from(FAILURE)
+            }
         }
     }
 }

@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::codec::RadioCodec;
 use crate::engine::link::{LinkNotice, LinkSender, Session};
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, node_id, valid_key,
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, is_node_num, node_id,
+    valid_key,
 };
 
 /// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
@@ -555,6 +556,12 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
     };
     if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
         let user = contact.user.clone().unwrap_or_default();
+        if !is_node_num(contact.node_num) {
+            log::warn!(target: "keysync::proxy",
+                "dropped add_contact for {} from {peer}: that is no node (0 is nobody, !ffffffff is broadcast)",
+                node_id(contact.node_num));
+            return false;
+        }
         if valid_key(&user.public_key).is_none() {
             log::warn!(target: "keysync::proxy",
                 "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",

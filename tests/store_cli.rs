@@ -102,7 +102,7 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     assert_eq!(code, 1);
     assert!(err.contains("no pending key"), "{err}");
     let (code, _, err) = run(keysync(&db).args(["keys", "accept", "!nothex"]));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a malformed NODE is a usage error");
     assert!(err.contains("is not a node"), "{err}");
     let (code, _, err) = run(keysync(&db).args(["keys", "reject", "!deadbeef"]));
     assert_eq!(code, 1);
@@ -760,4 +760,98 @@ fn keys_with_a_mistyped_path_creates_nothing() {
     assert_eq!(code, 1);
     assert!(err.contains("no key store at"), "{err}");
     assert!(!missing.exists());
+}
+
+#[test]
+fn an_eight_digit_node_that_reads_as_hex_and_as_decimal_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let (hex, decimal) = (0x1234_5678, 12_345_678);
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for num in [hex, decimal] {
+            s.learn(&seen(num, 1, "n"), SystemTime::now())
+                .expect("learns");
+            s.learn(&seen(num, 2, "n"), SystemTime::now())
+                .expect("learns");
+        }
+    }
+    let (code, _, err) = run(keysync(&db).args(["keys", "accept", "12345678"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("!12345678") && err.contains("!00bc614e"),
+        "{err}"
+    );
+    assert_eq!(
+        Store::open(&db)
+            .expect("opens")
+            .pending_nodes()
+            .expect("reads"),
+        vec![decimal, hex]
+    );
+    // `!` always means hex.
+    let (code, out, err) = run(keysync(&db).args(["keys", "accept", "!12345678"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("for !12345678"), "{out}");
+    // With one of the two unknown, the known one is meant.
+    let db2 = dir.path().join("k2.db");
+    {
+        let mut s = Store::open(&db2).expect("opens");
+        s.learn(&seen(decimal, 1, "n"), SystemTime::now())
+            .expect("learns");
+        s.learn(&seen(decimal, 2, "n"), SystemTime::now())
+            .expect("learns");
+    }
+    let (code, out, err) = run(keysync(&db2).args(["keys", "accept", "12345678"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("for !00bc614e"), "{out}");
+}
+
+#[test]
+fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for num in [0, u32::MAX] {
+            assert_eq!(
+                s.learn(&seen(num, 1, "nobody"), SystemTime::now())
+                    .expect("learns"),
+                keysync::engine::store::Learned::NotANode
+            );
+        }
+    }
+    for node in ["0", "!00000000", "!ffffffff", "4294967295"] {
+        let (code, _, err) = run(keysync(&db).args(["keys", "accept", node]));
+        assert_eq!(code, 2, "{node}: {err}");
+        assert!(
+            err.contains("no node") || err.contains("is not a node"),
+            "{node}: {err}"
+        );
+    }
+    let src = dir.path().join("meshbot.db");
+    meshbot_db(&src, 0xffff_fffe, 1);
+    Connection::open(&src)
+        .and_then(|c| {
+            c.execute_batch(
+                "INSERT INTO meshtastic_nodes SELECT '!ffffffff', name, shortName, hwModel, publicKey FROM meshtastic_nodes;
+                 INSERT INTO meshtastic_nodes SELECT 4294967295, name, shortName, hwModel, publicKey FROM meshtastic_nodes LIMIT 1;
+                 INSERT INTO meshtastic_nodes SELECT 0, name, shortName, hwModel, publicKey FROM meshtastic_nodes LIMIT 1;",
+            )
+        })
+        .expect("rows");
+    let (code, out, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("imported 1,") && out.contains("skipped-invalid 3"),
+        "{out}"
+    );
+    let nums: Vec<u32> = Store::open(&db)
+        .expect("opens")
+        .nodes()
+        .expect("reads")
+        .iter()
+        .map(|n| n.num)
+        .collect();
+    assert_eq!(nums, vec![0xffff_fffe]);
 }

@@ -27,6 +27,12 @@ pub fn valid_key(bytes: &[u8]) -> Option<PublicKey> {
     (key != [0; KEY_LEN]).then_some(key)
 }
 
+/// Whether `num` can be a node: 0 is nobody and [`BROADCAST`] is everybody; keys for either
+/// are never stored nor pushed.
+pub fn is_node_num(num: u32) -> bool {
+    num != 0 && num != BROADCAST
+}
+
 /// The `!hex` form of a node number that Meshtastic shows to people.
 pub fn node_id(num: u32) -> String {
     format!("!{num:08x}")
@@ -217,6 +223,10 @@ impl NodeSeen {
 
 /// The node a frame tells us about: a `node_info`, or a NODEINFO_APP packet with a `User`.
 pub fn node_seen(frame: &FromRadio) -> Option<NodeSeen> {
+    node_seen_any(frame).filter(|s| is_node_num(s.num))
+}
+
+fn node_seen_any(frame: &FromRadio) -> Option<NodeSeen> {
     match frame.payload_variant.as_ref()? {
         from_radio::PayloadVariant::NodeInfo(NodeInfo {
             num,
@@ -353,6 +363,24 @@ mod tests {
         ));
         assert_eq!(node_label(0x1234_abcd, "\x07"), "!1234abcd");
         assert_eq!(node_label(0x1234_abcd, "Hut\n"), "!1234abcd (Hut)");
+    }
+
+    #[test]
+    fn node_zero_and_broadcast_in_a_node_list_are_not_sightings() {
+        let frame = |num| FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::NodeInfo(NodeInfo {
+                num,
+                user: Some(User {
+                    public_key: vec![7; 32],
+                    ..User::default()
+                }),
+                ..NodeInfo::default()
+            })),
+        };
+        assert!(node_seen(&frame(0)).is_none());
+        assert!(node_seen(&frame(BROADCAST)).is_none());
+        assert_eq!(node_seen(&frame(5)).map(|s| s.num), Some(5));
     }
 
     #[test]

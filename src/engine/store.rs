@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
+use super::radio::{Contact, NodeSeen, PublicKey, Source, is_node_num, node_id, valid_key};
 
 /// The schema version this keysync writes; databases from newer versions are refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -173,6 +173,8 @@ pub enum Learned {
     KnownOther(KeyState),
     /// No valid key in the message: names and last-seen only.
     NamesOnly,
+    /// Node 0 or the broadcast address: nothing stored.
+    NotANode,
 }
 
 /// The trusted key of a node, with what add_contact needs to send.
@@ -509,6 +511,9 @@ impl Store {
         seen: &NodeSeen,
         now: SystemTime,
     ) -> Result<Learned, StoreError> {
+        if !is_node_num(seen.num) {
+            return Ok(Learned::NotANode);
+        }
         let now_ms = millis(now);
         let source = source_name(seen.source);
         let exists: bool = tx
@@ -597,7 +602,7 @@ impl Store {
             .prepare_cached(
                 "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen
                  FROM keys k JOIN nodes n ON n.num = k.node_num
-                 WHERE k.state = 'trusted' ORDER BY n.num",
+                 WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
         stmt.query_map([], |r| {
@@ -625,6 +630,15 @@ impl Store {
             .map_err(|e| self.error(e))?;
         stmt.query_map([], |r| r.get(0))
             .and_then(Iterator::collect)
+            .map_err(|e| self.error(e))
+    }
+
+    /// Whether the store has heard of node `num`.
+    pub fn knows(&self, num: u32) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
             .map_err(|e| self.error(e))
     }
 
@@ -1021,22 +1035,72 @@ fn lock_holders(path: &Path) -> String {
     }
 }
 
-/// Parses a node given by an operator: `!1a2b3c4d`, `0x1a2b3c4d`, hex, or decimal.
-pub fn parse_node(s: &str) -> Result<u32, String> {
+/// A node as an operator wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeArg {
+    One(u32),
+    /// Eight decimal digits are also eight hex digits: `12345678` is `!12345678` or
+    /// `!00bc614e`.
+    Either {
+        hex: u32,
+        decimal: u32,
+    },
+}
+
+impl NodeArg {
+    /// The node meant: the only candidate, or of two the only one `known`; both or neither
+    /// known is ambiguous, and the message names both.
+    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, String> {
+        match self {
+            Self::One(num) => Ok(num),
+            Self::Either { hex, decimal } => match (known(hex), known(decimal)) {
+                (true, false) => Ok(hex),
+                (false, true) => Ok(decimal),
+                _ => Err(format!(
+                    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
+                    node_id(hex),
+                    node_id(decimal),
+                    node_id(hex),
+                    node_id(decimal)
+                )),
+            },
+        }
+    }
+}
+
+/// Parses a node given by an operator: `!1a2b3c4d` and `0x1a2b3c4d` (always hex), eight hex
+/// digits, or a decimal number. Node 0 and the broadcast address are nobody's.
+pub fn parse_node(s: &str) -> Result<NodeArg, String> {
     let t = s.trim();
     let hex = t
         .strip_prefix('!')
         .or_else(|| t.strip_prefix("0x"))
         .or_else(|| t.strip_prefix("0X"));
+    let all_digits = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
     let parsed = match hex {
-        Some(h) => u32::from_str_radix(h, 16).ok(),
-        None if t.chars().all(|c| c.is_ascii_digit()) => t.parse().ok(),
-        None if t.len() == 8 => u32::from_str_radix(t, 16).ok(),
+        Some(h) => u32::from_str_radix(h, 16).ok().map(NodeArg::One),
+        None if all_digits && t.len() == 8 => {
+            match (u32::from_str_radix(t, 16).ok(), t.parse().ok()) {
+                (Some(hex), Some(decimal)) if hex != decimal && is_node_num(decimal) => {
+                    Some(NodeArg::Either { hex, decimal })
+                }
+                (Some(hex), _) => Some(NodeArg::One(hex)),
+                _ => None,
+            }
+        }
+        None if all_digits => t.parse().ok().map(NodeArg::One),
+        None if t.len() == 8 => u32::from_str_radix(t, 16).ok().map(NodeArg::One),
         None => None,
     };
-    parsed.filter(|n| *n != 0 && *n != u32::MAX).ok_or_else(|| {
-        format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)")
-    })
+    let bad = || format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)");
+    match parsed {
+        Some(NodeArg::One(n)) if !is_node_num(n) => Err(format!(
+            "{s:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
+            node_id(n)
+        )),
+        Some(arg) => Ok(arg),
+        None => Err(bad()),
+    }
 }
 
 /// Parses a key given as base64 (44 characters) or hex (64 digits).
@@ -1215,12 +1279,45 @@ mod tests {
 
     #[test]
     fn node_ids_and_keys_parse_in_every_operator_form() {
-        assert_eq!(parse_node("!1a2b3c4d"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("0x1A2B3C4D"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("1a2b3c4d"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("439041101"), Ok(439_041_101));
+        let one = |n| Ok(NodeArg::One(n));
+        assert_eq!(parse_node("!1a2b3c4d"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("0x1A2B3C4D"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("1a2b3c4d"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("439041101"), one(439_041_101));
+        assert_eq!(parse_node("!12345678"), one(0x1234_5678));
         assert!(parse_node("!zz").is_err());
-        assert!(parse_node("0").is_err());
+        assert!(parse_node("").is_err());
+        for nobody in [
+            "0",
+            "!0",
+            "00000000",
+            "!ffffffff",
+            "4294967295",
+            "0xFFFFFFFF",
+        ] {
+            assert!(parse_node(nobody).is_err(), "{nobody}");
+        }
+    }
+
+    #[test]
+    fn eight_digits_name_two_nodes_and_resolve_only_when_one_is_known() {
+        let arg = parse_node("12345678").expect("parses");
+        assert_eq!(
+            arg,
+            NodeArg::Either {
+                hex: 0x1234_5678,
+                decimal: 0x00bc_614e
+            }
+        );
+        assert_eq!(arg.resolve(|n| n == 0x00bc_614e), Ok(0x00bc_614e));
+        assert_eq!(arg.resolve(|n| n == 0x1234_5678), Ok(0x1234_5678));
+        for known in [|_| true, |_| false] as [fn(u32) -> bool; 2] {
+            let err = arg.resolve(known).unwrap_err();
+            assert!(
+                err.contains("!12345678") && err.contains("!00bc614e"),
+                "{err}"
+            );
+        }
         let key = [0xAB; 32];
         assert_eq!(parse_key(&key_base64(&key)), Some(key));
         assert_eq!(parse_key(&"ab".repeat(32)), Some(key));
