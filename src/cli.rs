@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 pub struct GlobalArgs {
     /// Radio address, HOST[:PORT] (port 4403 when omitted).
-    #[arg(long, global = true, env = "KEYSYNC_HOST", value_name = "HOST[:PORT]")]
+    #[arg(long, global = true, env = "KEYSYNC_HOST", value_parser = normalize_host, value_name = "HOST[:PORT]")]
     pub host: Option<String>,
 
     /// Key store (SQLite). Default: keysync.db in the user's data directory.
@@ -201,7 +201,10 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("the radio host is empty".into());
     }
-    if host.parse::<SocketAddr>().is_ok() {
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{host:?}: port 0 is not a TCP port to connect to"));
+        }
         return Ok(host.to_string());
     }
     if host.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -499,7 +502,7 @@ mod tests {
             panic!("not sim");
         };
         assert_eq!(args.announce_every, Duration::ZERO);
-        assert_eq!(cli.global.host.as_deref(), Some("x"));
+        assert_eq!(cli.global.host.as_deref(), Some("x:4403"));
     }
 
     #[test]
@@ -512,6 +515,9 @@ mod tests {
         assert_eq!(normalize_host("::1").unwrap(), "[::1]:4403");
         assert_eq!(normalize_host("[::1]:5").unwrap(), "[::1]:5");
         assert!(normalize_host("radio:http").is_err());
+        for port_zero in ["h:0", "127.0.0.1:0", "[::1]:0"] {
+            assert!(normalize_host(port_zero).is_err(), "{port_zero}");
+        }
         assert!(normalize_host("").is_err());
     }
 

@@ -55,6 +55,47 @@ fn bad_duration_says_how_to_write_one() {
 }
 
 #[test]
+fn every_duration_above_thirty_days_is_a_usage_error_not_a_panic() {
+    let huge = "500000000000y";
+    let global = [
+        "--sync-interval",
+        "--cache-ttl",
+        "--heartbeat",
+        "--push-gap",
+        "--downstream-grace",
+    ];
+    let mut cases: Vec<Vec<&str>> = global.iter().map(|f| vec!["--headless", f, huge]).collect();
+    cases.push(vec!["sync", "--once", "--wait", huge]);
+    cases.push(vec!["sim", "--idle-timeout", huge]);
+    cases.push(vec!["sim", "--announce-every", huge]);
+    for args in cases {
+        let (code, err) = stderr_of(keysync().args(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("too long: at most 30days"), "{args:?}: {err}");
+    }
+    let (code, err) = stderr_of(
+        keysync()
+            .env("KEYSYNC_DOWNSTREAM_GRACE", "40d")
+            .arg("--headless"),
+    );
+    assert_eq!((code, err.contains("at most 30days")), (2, true), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "sync-interval = \"500000000000y\"\n").expect("write");
+    let (code, err) = stderr_of(keysync().arg("--headless").arg("--config").arg(&config));
+    assert_eq!((code, err.contains("at most 30days")), (2, true), "{err}");
+}
+
+#[test]
+fn a_radio_host_with_port_zero_is_a_usage_error() {
+    for host in ["h:0", "127.0.0.1:0", "[::1]:0"] {
+        let (code, err) = stderr_of(keysync().args(["sync", "--once", "--host", host]));
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(err.contains("not a TCP port"), "{host}: {err}");
+    }
+}
+
+#[test]
 fn cache_ttl_shorter_than_the_interval_is_refused_with_the_reason() {
     let (code, err) =
         stderr_of(keysync().args(["--headless", "--sync-interval", "5m", "--cache-ttl", "4m"]));
