@@ -169,15 +169,12 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
 
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
+    // The proxy's port first: the radio is not dialled when it cannot be served.
+    let bound = config.proxy.clone().map(crate::proxy::bind).transpose()?;
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
-    let proxy = match &config.proxy {
-        Some(p) => Some(crate::proxy::spawn(
-            p.clone(),
-            proxy_notices,
-            link.sender(),
-            learned_tx,
-        )?),
+    let proxy = match bound {
+        Some(bound) => Some(bound.serve(proxy_notices, link.sender(), learned_tx)?),
         None => None,
     };
     let status = link.status();

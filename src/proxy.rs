@@ -149,17 +149,43 @@ pub struct Proxy {
     pub clients: watch::Receiver<Vec<ClientView>>,
 }
 
-/// Binds `config.listen` and serves downstream clients from the link's notices and sender.
-/// Keys that clients hand to the radio with add_contact come out on `learned`.
-pub fn spawn(
+/// The proxy's address, bound but not serving yet: bound before the radio is dialled, so that
+/// a taken port fails keysync before it takes the radio's one TCP slot from another client.
+#[derive(Debug)]
+pub struct Bound {
     config: ProxyConfig,
+    listener: TcpListener,
+}
+
+/// Binds `config.listen`.
+pub fn bind(config: ProxyConfig) -> std::io::Result<Bound> {
+    let listener = std::net::TcpListener::bind(config.listen)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    Ok(Bound { config, listener })
+}
+
+impl Bound {
+    /// Serves downstream clients from the link's notices and sender. Keys that clients hand
+    /// to the radio with add_contact come out on `learned`.
+    pub fn serve(
+        self,
+        notices: broadcast::Receiver<LinkNotice>,
+        sender: LinkSender,
+        learned: mpsc::Sender<NodeSeen>,
+    ) -> std::io::Result<Proxy> {
+        let Self { config, listener } = self;
+        start_serving(config, listener, notices, sender, learned)
+    }
+}
+
+fn start_serving(
+    config: ProxyConfig,
+    listener: TcpListener,
     notices: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
     learned: mpsc::Sender<NodeSeen>,
 ) -> std::io::Result<Proxy> {
-    let listener = std::net::TcpListener::bind(config.listen)?;
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let (views, clients) = watch::channel(Vec::new());
     let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
