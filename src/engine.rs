@@ -338,6 +338,12 @@ impl EngineLoop {
         }
         if let Some(running) = self.running.take() {
             running.abort();
+            // The history says that a sync began and did not end, not nothing.
+            let started = self.snapshot.borrow().sync.running;
+            if let Some(Running { trigger, since }) = started {
+                let report = interrupted_report(trigger, since, SystemTime::now());
+                self.finish(report).await;
+            }
         }
         let status = self.status.clone();
         self.link.shutdown().await;
@@ -631,6 +637,16 @@ fn radio_key(
         (Some(Some(held)), Some(trusted)) if *held == trusted => RadioKey::InRadio,
         (Some(Some(_)), _) => RadioKey::Differs,
         _ => RadioKey::Missing,
+    }
+}
+
+/// The report of a sync cut short because keysync stopped (SIGTERM, quit).
+fn interrupted_report(trigger: Trigger, since: SystemTime, now: SystemTime) -> SyncReport {
+    SyncReport {
+        reason: format!("{}; keysync stopped before it finished", trigger.label()),
+        error: Some("interrupted: keysync was stopped during the sync".into()),
+        duration: now.duration_since(since).unwrap_or_default(),
+        ..SyncReport::new(trigger, since)
     }
 }
 

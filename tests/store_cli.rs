@@ -855,3 +855,48 @@ fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the
         .collect();
     assert_eq!(nums, vec![0xffff_fffe]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &population(1, 30));
+    drop(store);
+    let sim = start_sim(sim_config(0));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["--headless", "--push-gap", "200ms", "--host"])
+        .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(&db)
+        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_until("pushes under way", || {
+        sim.counters().add_contacts.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joins")
+        .expect("waits");
+    assert_eq!(status.code(), Some(0));
+    let runs = Store::open(&db)
+        .expect("opens")
+        .recent_runs(5)
+        .expect("reads");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].outcome, "failed");
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("interrupted")),
+        "{runs:#?}"
+    );
+}
