@@ -132,7 +132,7 @@ fn table(rows: &[KeyRow]) -> String {
 /// `import meshbot PATH`.
 pub fn import(settings: &Settings, from: &ImportSource) -> anyhow::Result<String> {
     let ImportSource::Meshbot { path } = from;
-    let mut store = Store::open(&settings.db)?;
+    let mut store = settings.open_store()?;
     let r = import_meshbot(&mut store, path)?;
     Ok(format!(
         "imported {}, unchanged {}, conflicting (pending your decision) {}, skipped-invalid {}\n",

@@ -3,16 +3,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use keysync::cli::{Cli, Command, Settings, UsageError};
+use keysync::cli::{self, Command, Settings, UsageError};
 use keysync::{commands, headless, logging, sim, tui};
 
 const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(&cli.global) {
+    let settings = cli::parse().and_then(|(cli, args)| Ok((cli, Settings::load(&args)?)));
+    let (cli, settings) = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keysync: {e}");
@@ -40,7 +39,7 @@ fn main() -> ExitCode {
                 init_logs(&settings)?;
                 emit(&commands::keys(&settings, &args)?)
             }
-            Some(Command::Import { from }) => {
+            Some(Command::Import { from, .. }) => {
                 init_logs(&settings)?;
                 emit(&commands::import(&settings, &from)?)
             }

@@ -57,7 +57,7 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
         let config = demo.config.clone();
         (Some(demo), config, store)
     } else {
-        (None, engine_config(settings), Store::open(&settings.db)?)
+        (None, engine_config(settings), settings.open_store()?)
     };
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;

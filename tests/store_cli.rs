@@ -748,13 +748,23 @@ fn a_store_and_its_wal_files_readable_by_others_are_made_0600_with_a_log_line() 
 }
 
 #[test]
-fn keys_with_a_mistyped_path_creates_nothing() {
+fn a_mistyped_store_path_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let typo = dir.path().join("typo").join("path.db");
     let (code, _, err) = run(keysync(&typo).arg("keys"));
     assert_eq!(code, 1);
     assert!(err.contains("no such directory"), "{err}");
     assert!(!dir.path().join("typo").exists());
+    // Nor does a mode that writes: only the default location's directory is created.
+    for args in [
+        &["sync", "--once", "--wait", "1s"][..],
+        &["import", "meshbot", "m.db"],
+    ] {
+        let (code, _, err) = run(keysync(&typo).args(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("no such directory"), "{args:?}: {err}");
+        assert!(!dir.path().join("typo").exists(), "{args:?}");
+    }
     let missing = dir.path().join("missing.db");
     let (code, _, err) = run(keysync(&missing).args(["keys", "accept", "!0a0a0a0a"]));
     assert_eq!(code, 1);

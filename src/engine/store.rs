@@ -311,7 +311,8 @@ fn source_name(s: Source) -> &'static str {
 }
 
 impl Store {
-    /// Opens (creating if needed, mode 0600) and migrates the store at `path`. A file that is
+    /// Opens (creating the file if needed, mode 0600, but not its directory) and migrates the
+    /// store at `path`. A file that is
     /// not SQLite, is corrupt, is from a newer keysync or belongs to another program is refused
     /// before anything is written.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -333,11 +334,12 @@ impl Store {
             });
         }
         if !path.exists() {
-            if !create {
-                let why = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    Some(dir) if !dir.is_dir() => format!("no such directory {}", dir.display()),
-                    _ => "no such file (nothing learned yet?)".into(),
-                };
+            let why = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => Some(format!("no such directory {}", dir.display())),
+                _ if !create => Some("no such file (nothing learned yet?)".into()),
+                _ => None,
+            };
+            if let Some(why) = why {
                 return Err(StoreError::Missing { path, why });
             }
             create_private(&path).map_err(|e| StoreError::Open {
@@ -987,9 +989,6 @@ fn make_private(path: &Path) {
 /// Creates an empty file readable by its owner only (keys are not secret, but the store says
 /// who talks to whom).
 fn create_private(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
