@@ -9,7 +9,7 @@ use futures::StreamExt;
 use log::LevelFilter;
 use ratatui::Frame;
 use ratatui::layout::Rect;
-use tui_logger::{TuiLoggerFile, TuiLoggerSmartWidget, TuiWidgetEvent, TuiWidgetState};
+use tui_logger::{TuiLoggerFile, TuiWidgetState};
 
 use crate::app::{App, Effect, HistoryView, Input};
 use crate::cli::Settings;
@@ -88,8 +88,6 @@ async fn event_loop(
 ) -> anyhow::Result<()> {
     let theme = Theme::from_env();
     let log_state = TuiWidgetState::new().set_default_display_level(LevelFilter::Trace);
-    // Start with the log's target list hidden: at 80 columns the messages need the room.
-    log_state.transition(TuiWidgetEvent::HideKey);
     let mut app = App::new(demo);
     let mut events = EventStream::new();
     let mut snapshots = engine.snapshot.clone();
@@ -113,24 +111,13 @@ async fn event_loop(
             app.clamp(&snap);
             let now = SystemTime::now();
             let render_log = |frame: &mut Frame<'_>, area: Rect, focused: bool| {
-                frame.render_widget(
-                    TuiLoggerSmartWidget::default()
-                        .border_style(theme.border(focused))
-                        .style_error(theme.bad())
-                        .style_warn(theme.warn())
-                        .style_info(theme.text())
-                        .style_debug(theme.muted())
-                        .style_trace(theme.muted())
-                        .output_separator(' ')
-                        .output_timestamp(Some("%H:%M:%S".into()))
-                        .output_level(Some(tui_logger::TuiLoggerLevelOutput::Abbreviated))
-                        .output_target(false)
-                        .output_file(false)
-                        .output_line(false)
-                        .title_log(" Log ")
-                        .title_target(" targets ←→ level ")
-                        .state(&log_state),
+                ui::log::draw(
+                    frame,
                     area,
+                    focused,
+                    app.show_log_targets,
+                    &log_state,
+                    &theme,
                 );
             };
             terminal.draw(|frame| ui::draw(frame, &app, &snap, now, &theme, Some(&render_log)))?;

@@ -124,11 +124,11 @@ fn demo_in_a_terminal_forces_clears_and_quits_cleanly() {
 
     tmux.keys("?");
     tmux.wait_for("the help overlay", |s| {
-        s.contains("Keys") && s.contains("sync now, ignoring the cache")
+        s.contains("Keys") && s.contains("force sync: now,")
     });
     tmux.keys("Escape");
     tmux.wait_for("the help closed", |s| {
-        !s.contains("sync now, ignoring the cache")
+        !s.contains("force sync: now,")
     });
 
     tmux.keys("q");
