@@ -187,12 +187,7 @@ async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
     })
     .await;
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    common::sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("joins")

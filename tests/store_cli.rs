@@ -50,6 +50,17 @@ fn seen(num: u32, key: u8, name: &str) -> NodeSeen {
     }
 }
 
+/// A store at `db` where each of `nums` has a trusted key (1…) and a pending one (2…).
+fn store_with_pending(db: &Path, nums: &[u32]) {
+    let mut s = Store::open(db).expect("opens");
+    for num in nums {
+        for key in [1, 2] {
+            s.learn(&seen(*num, key, "n"), SystemTime::now())
+                .expect("learns");
+        }
+    }
+}
+
 #[test]
 fn keys_lists_nodes_as_a_table_and_as_json_with_global_options_anywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -198,15 +209,23 @@ fn a_database_path_that_is_a_directory_is_a_clear_error() {
     assert!(err.contains("is a directory"), "{err}");
 }
 
-#[test]
-fn a_locked_database_waits_then_names_who_holds_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A new, empty store in `dir`, and another connection to it (as another process) that has
+/// run `sql`.
+fn store_held_by_another(dir: &tempfile::TempDir, sql: &str) -> (std::path::PathBuf, Connection) {
     let db = dir.path().join("k.db");
     drop(Store::open(&db).expect("opens"));
     let holder = Connection::open(&db).expect("opens");
-    holder
-        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE hold(x);")
-        .expect("locks");
+    holder.execute_batch(sql).expect("runs");
+    (db, holder)
+}
+
+#[test]
+fn a_locked_database_waits_then_names_who_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, holder) = store_held_by_another(
+        &dir,
+        "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE hold(x);",
+    );
     let (code, _, err) = run(keysync(&db).arg("keys"));
     assert_eq!(code, 1);
     assert!(err.contains("locked by another process"), "{err}");
@@ -331,6 +350,20 @@ async fn kill_9_during_50_syncs() {
     kill_during_syncs(50).await;
 }
 
+/// `keysync --headless` against `sim` with the store `db`, stdout discarded.
+fn headless(sim: &keysync::sim::SimHandle, db: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysync"));
+    cmd.arg("--headless")
+        .args(args)
+        .arg("--host")
+        .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(db)
+        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .stdout(Stdio::null());
+    cmd
+}
+
 /// Starts `keysync --headless` `rounds` times and kills it with SIGKILL at a different point of
 /// a sync each time; the store must stay sound with every trusted key.
 async fn kill_during_syncs(rounds: u64) {
@@ -341,20 +374,7 @@ async fn kill_during_syncs(rounds: u64) {
     let sim = start_sim(sim_config(0));
     for round in 0..rounds {
         let before = sim.counters().add_contacts.load(Ordering::Relaxed);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
-            .args([
-                "--headless",
-                "--push-gap",
-                "20ms",
-                "--max-pushes",
-                "60",
-                "--host",
-            ])
-            .arg(sim.addr().to_string())
-            .arg("--db")
-            .arg(&db)
-            .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
-            .stdout(Stdio::null())
+        let mut child = headless(&sim, &db, &["--push-gap", "20ms", "--max-pushes", "60"])
             .stderr(Stdio::piped())
             .spawn()
             .expect("starts");
@@ -507,11 +527,9 @@ fn assert_inert(text: &str) {
 fn keys_prints_hostile_node_names_without_their_escape_sequences() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
-    {
-        let mut s = Store::open(&db).expect("opens");
-        s.learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
-            .expect("learns");
-    }
+    Store::open(&db)
+        .and_then(|mut s| s.learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now()))
+        .expect("learns");
     let (code, out, err) = run(keysync(&db).arg("keys"));
     assert_eq!(code, 0, "{err}");
     assert_inert(&out);
@@ -524,6 +542,17 @@ fn keys_prints_hostile_node_names_without_their_escape_sequences() {
     assert_eq!(rows[0]["long_name"], HOSTILE_NAME);
 }
 
+/// `keysync sync --once --log-level debug` against `sim`; exit code and stderr.
+async fn sync_once_debug(db: &Path, sim: &keysync::sim::SimHandle) -> (i32, String) {
+    let (db, host) = (db.to_path_buf(), sim.addr().to_string());
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
+    })
+    .await
+    .expect("joins");
+    (code, err)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequences() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -533,12 +562,7 @@ async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequenc
         .learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
         .expect("learns");
     drop(store);
-    let host = sim.addr().to_string();
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
-    })
-    .await
-    .expect("joins");
+    let (code, err) = sync_once_debug(&db, &sim).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("add_contact !1234abcd (Evil]0;TITLE[2J2026"),
@@ -553,12 +577,7 @@ async fn sync_once_learning_many_keys_logs_one_summary_at_info_and_each_node_at_
     let sim = start_sim(sim_config(40));
     let (db, store) = seeded_store(&dir, &[]);
     drop(store);
-    let host = sim.addr().to_string();
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
-    })
-    .await
-    .expect("joins");
+    let (code, err) = sync_once_debug(&db, &sim).await;
     assert_eq!(code, 0, "{err}");
     let per_node: Vec<&str> = err
         .lines()
@@ -595,15 +614,7 @@ fn two_processes_writing_at_once_wait_for_each_other_and_nothing_is_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     let pending: Vec<u32> = (0x0100..0x0140).collect();
-    {
-        let mut s = Store::open(&db).expect("opens");
-        for num in &pending {
-            s.learn(&seen(*num, 1, "p"), SystemTime::now())
-                .expect("learns");
-            s.learn(&seen(*num, 2, "p"), SystemTime::now())
-                .expect("learns");
-        }
-    }
+    store_with_pending(&db, &pending);
     let src = dir.path().join("meshbot.db");
     meshbot_db(&src, 0x0200, 50);
     // The other writer, as headless would: a sighting learned after another, each in its own
@@ -697,11 +708,7 @@ fn another_program_s_sqlite_database_is_refused_and_left_byte_identical() {
 fn a_store_written_before_the_application_id_is_adopted_and_marked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
-    {
-        let mut s = Store::open(&db).expect("opens");
-        s.learn(&seen(0x0a0a_0a0a, 1, "old"), SystemTime::now())
-            .expect("learns");
-    }
+    store_with_pending(&db, &[0x0a0a_0a0a]);
     Connection::open(&db)
         .and_then(|c| c.execute_batch("PRAGMA application_id = 0;"))
         .expect("unmark");
@@ -720,13 +727,8 @@ fn a_store_written_before_the_application_id_is_adopted_and_marked() {
 fn a_store_and_its_wal_files_readable_by_others_are_made_0600_with_a_log_line() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("k.db");
-    drop(Store::open(&db).expect("opens"));
     // A connection held open keeps the -wal and -shm files in place.
-    let holder = Connection::open(&db).expect("opens");
-    holder
-        .execute_batch("CREATE TEMP TABLE t(x); SELECT count(*) FROM nodes;")
-        .expect("reads");
+    let (db, holder) = store_held_by_another(&dir, "SELECT count(*) FROM nodes;");
     let files: Vec<_> = ["k.db", "k.db-wal", "k.db-shm"]
         .iter()
         .map(|f| dir.path().join(f))
@@ -777,15 +779,7 @@ fn an_eight_digit_node_that_reads_as_hex_and_as_decimal_is_refused_naming_both()
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     let (hex, decimal) = (0x1234_5678, 12_345_678);
-    {
-        let mut s = Store::open(&db).expect("opens");
-        for num in [hex, decimal] {
-            s.learn(&seen(num, 1, "n"), SystemTime::now())
-                .expect("learns");
-            s.learn(&seen(num, 2, "n"), SystemTime::now())
-                .expect("learns");
-        }
-    }
+    store_with_pending(&db, &[hex, decimal]);
     let (code, _, err) = run(keysync(&db).args(["keys", "accept", "12345678"]));
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -805,13 +799,7 @@ fn an_eight_digit_node_that_reads_as_hex_and_as_decimal_is_refused_naming_both()
     assert!(out.contains("for !12345678"), "{out}");
     // With one of the two unknown, the known one is meant.
     let db2 = dir.path().join("k2.db");
-    {
-        let mut s = Store::open(&db2).expect("opens");
-        s.learn(&seen(decimal, 1, "n"), SystemTime::now())
-            .expect("learns");
-        s.learn(&seen(decimal, 2, "n"), SystemTime::now())
-            .expect("learns");
-    }
+    store_with_pending(&db2, &[decimal]);
     let (code, out, err) = run(keysync(&db2).args(["keys", "accept", "12345678"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("for !00bc614e"), "{out}");
@@ -872,13 +860,7 @@ async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
     let (db, store) = seeded_store(&dir, &population(1, 30));
     drop(store);
     let sim = start_sim(sim_config(0));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
-        .args(["--headless", "--push-gap", "200ms", "--host"])
-        .arg(sim.addr().to_string())
-        .arg("--db")
-        .arg(&db)
-        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
-        .stdout(Stdio::null())
+    let mut child = headless(&sim, &db, &["--push-gap", "200ms"])
         .stderr(Stdio::null())
         .spawn()
         .expect("starts");
@@ -886,11 +868,7 @@ async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
         sim.counters().add_contacts.load(Ordering::Relaxed) >= 2
     })
     .await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .expect("joins")

@@ -127,9 +127,7 @@ fn demo_in_a_terminal_forces_clears_and_quits_cleanly() {
         s.contains("Keys") && s.contains("force sync: now,")
     });
     tmux.keys("Escape");
-    tmux.wait_for("the help closed", |s| {
-        !s.contains("force sync: now,")
-    });
+    tmux.wait_for("the help closed", |s| !s.contains("force sync: now,"));
 
     tmux.keys("q");
     let deadline = Instant::now() + Duration::from_secs(20);
