@@ -589,21 +589,25 @@ impl EngineLoop {
     /// Reloads the node list (and the cache) from the store into the snapshot.
     async fn refresh_store_view(&mut self) {
         self.nodes_dirty = false;
-        let loaded = self.store.call(|s| Ok((s.nodes()?, s.cache()?))).await;
-        let (records, cache) = match loaded {
+        let mirror = self.mirror.clone();
+        let pushed = self.pushed_last.clone();
+        let loaded = self
+            .store
+            .call(move |s| {
+                let nodes = s.nodes_as(|record| NodeView {
+                    radio: radio_key(&record, mirror.as_deref(), &pushed),
+                    record,
+                })?;
+                Ok((nodes, s.cache()?))
+            })
+            .await;
+        let (nodes, cache) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 self.store_failed(&e);
                 return;
             }
         };
-        let nodes: Vec<NodeView> = records
-            .into_iter()
-            .map(|record| {
-                let radio = radio_key(&record, self.mirror.as_deref(), &self.pushed_last);
-                NodeView { record, radio }
-            })
-            .collect();
         self.snapshot.send_modify(|s| {
             s.nodes = Arc::new(nodes);
             s.sync.cache = cache;

@@ -19,6 +19,9 @@ use crate::engine::{self, EngineHandle};
 use crate::headless::engine_config;
 use crate::ui::{self, theme::Theme};
 
+/// How many log records the log pane keeps to scroll back through.
+const LOG_PANE_DEPTH: usize = 2000;
+
 /// Restores the terminal when dropped, whatever path leaves the loop.
 struct TerminalGuard;
 
@@ -34,6 +37,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     tui_logger::init_logger(LevelFilter::Trace)
         .map_err(|e| anyhow::anyhow!("cannot start the log pane: {e}"))?;
     tui_logger::set_default_level(settings.log_level);
+    // The pane shows the last screenful; tui-logger keeps 10 000 records by default.
+    tui_logger::set_buffer_depth(LOG_PANE_DEPTH);
     for noisy in ["meshtastic", "rusqlite", "mio", "tokio", "tokio_util"] {
         tui_logger::set_level_for_target(noisy, LevelFilter::Warn);
     }

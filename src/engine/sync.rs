@@ -174,9 +174,21 @@ pub struct Delta {
 /// Compares the trusted keys with the radio's mirror. `own` (the radio's own node) is never
 /// pushed. Missing keys come before mismatched ones, the most recently heard node first.
 pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, own: u32) -> Delta {
+    delta_upto(trusted, pending, mirror, own, usize::MAX)
+}
+
+/// [`delta`] with at most `max` keys to push (the first of them), so that a run that defers
+/// most of 10 000 keys does not copy them all; the counts still cover every key.
+pub fn delta_upto(
+    trusted: &[TrustedKey],
+    pending: &BTreeSet<u32>,
+    mirror: &Mirror,
+    own: u32,
+    max: usize,
+) -> Delta {
     let mut d = Delta::default();
-    let mut missing = Vec::new();
-    let mut mismatched = Vec::new();
+    let mut missing: Vec<&TrustedKey> = Vec::new();
+    let mut mismatched: Vec<&TrustedKey> = Vec::new();
     for key in trusted.iter().filter(|k| k.num != own) {
         if pending.contains(&key.num) {
             d.conflicts.push(key.num);
@@ -184,8 +196,8 @@ pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, o
         }
         match mirror.get(&key.num) {
             Some(Some(held)) if *held == key.key => d.present += 1,
-            Some(Some(_)) => mismatched.push(key.clone()),
-            Some(None) | None => missing.push(key.clone()),
+            Some(Some(_)) => mismatched.push(key),
+            Some(None) | None => missing.push(key),
         }
     }
     let trusted_nums: BTreeSet<u32> = trusted.iter().map(|k| k.num).collect();
@@ -199,13 +211,17 @@ pub fn delta(trusted: &[TrustedKey], pending: &BTreeSet<u32>, mirror: &Mirror, o
     d.unknown_to_store.sort_unstable();
     // The most recently heard first: when `max_pushes` defers some, the nodes likeliest to
     // exchange direct messages get their keys back first.
-    let order = |k: &TrustedKey| (std::cmp::Reverse(k.last_seen), k.num);
+    let order = |k: &&TrustedKey| (std::cmp::Reverse(k.last_seen), k.num);
     missing.sort_by_key(order);
     mismatched.sort_by_key(order);
     d.missing = missing.len();
     d.mismatched = mismatched.len();
-    d.push = missing;
-    d.push.extend(mismatched);
+    d.push = missing
+        .into_iter()
+        .chain(mismatched)
+        .take(max)
+        .cloned()
+        .collect();
     d
 }
 
@@ -430,10 +446,16 @@ async fn execute(
 ) -> Result<(), String> {
     let ttl = job.settings.cache_ttl;
     let trigger = job.trigger;
-    let (trusted, cache) = job.store.call(|s| Ok((s.trusted()?, s.cache()?))).await?;
-    let fp = fingerprint(&trusted);
+    // Only the fingerprint and the count outlive this: the list is read again after learning.
+    let (fp, known, cache) = job
+        .store
+        .call(|s| {
+            let trusted = s.trusted()?;
+            Ok((fingerprint(&trusted), trusted.len(), s.cache()?))
+        })
+        .await?;
     report.fingerprint = fp;
-    report.known = count(trusted.len());
+    report.known = count(known);
     match decide(cache.as_ref(), &fp, SystemTime::now(), ttl, trigger) {
         Decision::Skip { reason } => {
             report.outcome = Outcome::Skipped;
@@ -476,23 +498,22 @@ async fn execute(
         })
         .collect();
     let now = SystemTime::now();
-    let (learned, trusted, pending) = job
+    let max = usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX);
+    let mirror = Arc::new(mirror);
+    let on_store = mirror.clone();
+    let Plan {
+        learned,
+        fingerprint: fp,
+        known,
+        delta: d,
+        deferred,
+    } = job
         .store
-        .call(move |s| {
-            let learned = s.learn_all(&seen, now)?;
-            Ok((
-                seen.into_iter().zip(learned).collect::<Vec<_>>(),
-                s.trusted()?,
-                s.pending_nodes()?,
-            ))
-        })
+        .call(move |s| plan(s, seen, now, &on_store, own, max))
         .await?;
     super::log_learned_in_bulk(&learned);
-    let pending: BTreeSet<u32> = pending.into_iter().collect();
-    let fp = fingerprint(&trusted);
     report.fingerprint = fp;
-    report.known = count(trusted.len());
-    let d = delta(&trusted, &pending, &mirror, own);
+    report.known = count(known);
     report.in_radio = count(d.present);
     report.conflicts = count(d.conflicts.len());
     report.still_missing = count(
@@ -506,12 +527,10 @@ async fn execute(
             "{} keys pushed last run are still not in the radio: is it managed (security.is_managed), are those nodes manually verified, or did it refuse?",
             report.still_missing);
     }
-    let max = usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX);
-    let (now_push, later) = d.push.split_at(d.push.len().min(max));
-    report.deferred = count(later.len());
-    report.mirror = Some(Arc::new(mirror));
+    report.deferred = count(deferred);
+    report.mirror = Some(mirror);
 
-    let pushed = push_all(job, now_push, &mut state, report).await;
+    let pushed = push_all(job, &d.push, &mut state, report).await;
     report.frames_sent = state.frames_sent;
     pushed?;
     if report.deferred == 0 {
@@ -529,6 +548,40 @@ async fn execute(
     }
     report.duration = state.started.elapsed();
     Ok(())
+}
+
+/// What a run does, decided on the store's thread.
+struct Plan {
+    learned: Vec<(NodeSeen, super::store::Learned)>,
+    fingerprint: Fingerprint,
+    known: usize,
+    /// With only this run's pushes: the deferred ones are read again by the next run.
+    delta: Delta,
+    deferred: usize,
+}
+
+/// Learns what the radio holds, then plans the pushes. The whole key list lives only here, on
+/// the store's thread; what comes back is the plan.
+fn plan(
+    store: &mut Store,
+    seen: Vec<NodeSeen>,
+    now: SystemTime,
+    mirror: &Mirror,
+    own: u32,
+    max: usize,
+) -> Result<Plan, StoreError> {
+    let learned = store.learn_all(&seen, now)?;
+    let trusted = store.trusted()?;
+    let pending: BTreeSet<u32> = store.pending_nodes()?.into_iter().collect();
+    let delta = delta_upto(&trusted, &pending, mirror, own, max);
+    let deferred = delta.missing + delta.mismatched - delta.push.len();
+    Ok(Plan {
+        learned: seen.into_iter().zip(learned).collect(),
+        fingerprint: fingerprint(&trusted),
+        known: trusted.len(),
+        delta,
+        deferred,
+    })
 }
 
 fn count(n: usize) -> u32 {
@@ -807,6 +860,16 @@ mod tests {
         let d = delta(&[old, recent], &BTreeSet::new(), &Mirror::new(), 0);
         let order: Vec<u32> = d.push.iter().map(|k| k.num).collect();
         assert_eq!(order, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_limited_delta_copies_only_the_first_pushes_and_still_counts_every_key() {
+        let trusted: Vec<TrustedKey> = (1..=50).map(|n| key(n, 1)).collect();
+        let mirror: Mirror = [(7, Some([9; 32]))].into_iter().collect();
+        let all = delta(&trusted, &BTreeSet::new(), &mirror, 0);
+        let first = delta_upto(&trusted, &BTreeSet::new(), &mirror, 0, 5);
+        assert_eq!((first.missing, first.mismatched), (49, 1));
+        assert_eq!(first.push[..], all.push[..5]);
     }
 
     #[test]
