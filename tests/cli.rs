@@ -149,9 +149,13 @@ fn bad_scenario_file_fails_with_its_name_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
     let sim = start_sim(sim_config(10));
+    // A store of its own: the user's default one may belong to another keysync.
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
         .args(["--headless", "--heartbeat", "1s", "--host"])
         .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(dir.path().join("k.db"))
         .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
