@@ -331,7 +331,7 @@ async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
         snap.borrow().nodes.len() == 6
     })
     .await;
-    // No sync runs meanwhile: the list is patched node by node.
+    // No sync runs meanwhile: these reach the list from the mesh alone.
     sim.inject(Fault::NewNodes { count: 3 }).await;
     sim.inject(Fault::KeyChange { node: 1 }).await;
     let mesh = sim.mesh();
