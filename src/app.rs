@@ -151,7 +151,7 @@ pub const KEYMAP: &[Binding] = &[
         &[Char('f')],
         "f",
         "force sync",
-        "sync now, ignoring the cache",
+        "force sync: now, ignoring the cache",
         Scope::Global,
         Action::ForceSync,
         true,

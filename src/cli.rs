@@ -10,6 +10,7 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
 /// The radio's TCP API port.
 pub const DEFAULT_PORT: u16 = 4403;
@@ -23,7 +24,13 @@ pub const DEFAULT_PORT: u16 = 4403;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Run without the terminal UI; log to stderr (for systemd).
     #[arg(long)]
@@ -37,58 +44,12 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Options every mode and subcommand accepts, before or after the subcommand.
+/// Options every command takes, the simulator included: the config file and the log.
 #[derive(Debug, Clone, Default, Args)]
-pub struct GlobalArgs {
-    /// Radio address, HOST[:PORT] (port 4403 when omitted).
-    #[arg(long, global = true, env = "KEYSYNC_HOST", value_name = "HOST[:PORT]")]
-    pub host: Option<String>,
-
-    /// Key store (SQLite). Default: keysync.db in the user's data directory.
-    #[arg(long, global = true, env = "KEYSYNC_DB", value_name = "PATH")]
-    pub db: Option<PathBuf>,
-
+pub struct CommonArgs {
     /// Config file (TOML). Default: config.toml in the user's config directory, if present.
     #[arg(long, global = true, env = "KEYSYNC_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
-
-    /// How often to check whether a sync is needed.
-    #[arg(long, global = true, env = "KEYSYNC_SYNC_INTERVAL", value_parser = duration::parse, value_name = "DURATION")]
-    pub sync_interval: Option<Duration>,
-
-    /// How long a full sync stays good while the stored keys do not change.
-    #[arg(long, global = true, env = "KEYSYNC_CACHE_TTL", value_parser = duration::parse, value_name = "DURATION")]
-    pub cache_ttl: Option<Duration>,
-
-    /// Heartbeat period on the radio link; no frame for 3 periods means a stalled link.
-    #[arg(long, global = true, env = "KEYSYNC_HEARTBEAT", value_parser = duration::parse, value_name = "DURATION")]
-    pub heartbeat: Option<Duration>,
-
-    /// Pause between two flash writes on the radio (add_contact, unfavourite) [default: 1s].
-    #[arg(long, global = true, env = "KEYSYNC_PUSH_GAP", value_parser = duration::parse, value_name = "DURATION")]
-    pub push_gap: Option<Duration>,
-
-    /// At most this many add_contact pushes per sync run; the rest wait for the next run.
-    #[arg(long, global = true, env = "KEYSYNC_MAX_PUSHES", value_name = "N")]
-    pub max_pushes: Option<u32>,
-
-    /// At most this many flash writes (pushes and slots given back) per hour [default: 60].
-    #[arg(
-        long,
-        global = true,
-        env = "KEYSYNC_MAX_FLASH_WRITES",
-        value_name = "N"
-    )]
-    pub max_flash_writes: Option<u32>,
-
-    /// Favourites keysync may hold on the radio [default: half the capacity minus what others
-    /// protect; clamped to always leave evictable room].
-    #[arg(long, global = true, env = "KEYSYNC_KEY_SLOTS", value_name = "N")]
-    pub key_slots: Option<u32>,
-
-    /// The radio's NodeDB capacity, when its hardware does not tell (80 nRF52, 100 ESP32, …).
-    #[arg(long, global = true, env = "KEYSYNC_RADIO_CAPACITY", value_name = "N")]
-    pub radio_capacity: Option<u32>,
 
     /// error, warn, info, debug or trace.
     #[arg(long, global = true, env = "KEYSYNC_LOG_LEVEL", value_parser = parse_level, value_name = "LEVEL")]
@@ -97,23 +58,182 @@ pub struct GlobalArgs {
     /// Also write the log to this file.
     #[arg(long, global = true, env = "KEYSYNC_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// The key store: for the monitor and the commands that read or write keys.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// Key store (SQLite). Default: keysync.db in the user's data directory.
+    #[arg(long, env = "KEYSYNC_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+/// The radio link, the sync engine and the proxy: for the monitor, --headless and `sync`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EngineArgs {
+    /// Radio address, HOST[:PORT] (port 4403 when omitted).
+    #[arg(long, env = "KEYSYNC_HOST", value_parser = normalize_host, value_name = "HOST[:PORT]")]
+    pub host: Option<String>,
+
+    /// How often to check whether a sync is needed.
+    #[arg(long, env = "KEYSYNC_SYNC_INTERVAL", value_parser = duration::parse, value_name = "DURATION")]
+    pub sync_interval: Option<Duration>,
+
+    /// How long a full sync stays good while the stored keys do not change.
+    #[arg(long, env = "KEYSYNC_CACHE_TTL", value_parser = duration::parse, value_name = "DURATION")]
+    pub cache_ttl: Option<Duration>,
+
+    /// Heartbeat period on the radio link; no frame for 3 periods means a stalled link.
+    #[arg(long, env = "KEYSYNC_HEARTBEAT", value_parser = duration::parse, value_name = "DURATION")]
+    pub heartbeat: Option<Duration>,
+
+    /// Pause between two flash writes on the radio (add_contact, unfavourite) [default: 1s].
+    #[arg(long, env = "KEYSYNC_PUSH_GAP", value_parser = duration::parse, value_name = "DURATION")]
+    pub push_gap: Option<Duration>,
+
+    /// At most this many add_contact pushes per sync run; the rest wait for the next run.
+    #[arg(long, env = "KEYSYNC_MAX_PUSHES", value_name = "N")]
+    pub max_pushes: Option<u32>,
+
+    /// At most this many flash writes (pushes and slots given back) per hour [default: 60].
+    #[arg(long, env = "KEYSYNC_MAX_FLASH_WRITES", value_name = "N")]
+    pub max_flash_writes: Option<u32>,
+
+    /// Favourites keysync may hold on the radio [default: half the capacity minus what others
+    /// protect; clamped to always leave evictable room].
+    #[arg(long, env = "KEYSYNC_KEY_SLOTS", value_name = "N")]
+    pub key_slots: Option<u32>,
+
+    /// The radio's NodeDB capacity, when its hardware does not tell (80 nRF52, 100 ESP32, …).
+    #[arg(long, env = "KEYSYNC_RADIO_CAPACITY", value_name = "N")]
+    pub radio_capacity: Option<u32>,
 
     /// Serve the gateway's bot and apps on this address, as a proxy for the radio's one TCP slot
     /// (e.g. 127.0.0.1:4404).
-    #[arg(long, global = true, env = "KEYSYNC_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "KEYSYNC_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
     /// At most this many downstream clients at once.
-    #[arg(long, global = true, env = "KEYSYNC_MAX_CLIENTS", value_name = "N")]
+    #[arg(long, env = "KEYSYNC_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
 
     /// Keep downstream clients connected through a radio outage this long.
-    #[arg(long, global = true, env = "KEYSYNC_DOWNSTREAM_GRACE", value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "KEYSYNC_DOWNSTREAM_GRACE", value_parser = duration::parse, value_name = "DURATION")]
     pub downstream_grace: Option<Duration>,
 
     /// Forward admin messages from downstream clients that are not on loopback.
-    #[arg(long, global = true, env = "KEYSYNC_ALLOW_REMOTE_ADMIN")]
+    #[arg(long, env = "KEYSYNC_ALLOW_REMOTE_ADMIN")]
     pub allow_remote_admin: bool,
+}
+
+impl StoreArgs {
+    /// These options, given after the subcommand, over `before` it.
+    fn over(self, before: Self) -> Self {
+        Self {
+            db: self.db.or(before.db),
+        }
+    }
+}
+
+impl EngineArgs {
+    /// These options, given after the subcommand, over `before` it.
+    fn over(self, before: Self) -> Self {
+        Self {
+            host: self.host.or(before.host),
+            sync_interval: self.sync_interval.or(before.sync_interval),
+            cache_ttl: self.cache_ttl.or(before.cache_ttl),
+            heartbeat: self.heartbeat.or(before.heartbeat),
+            push_gap: self.push_gap.or(before.push_gap),
+            max_pushes: self.max_pushes.or(before.max_pushes),
+            max_flash_writes: self.max_flash_writes.or(before.max_flash_writes),
+            key_slots: self.key_slots.or(before.key_slots),
+            radio_capacity: self.radio_capacity.or(before.radio_capacity),
+            listen: self.listen.or(before.listen),
+            max_clients: self.max_clients.or(before.max_clients),
+            downstream_grace: self.downstream_grace.or(before.downstream_grace),
+            allow_remote_admin: self.allow_remote_admin || before.allow_remote_admin,
+        }
+    }
+}
+
+/// Every option that settings are resolved from, wherever it was written.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalArgs {
+    pub common: CommonArgs,
+    pub store: StoreArgs,
+    pub engine: EngineArgs,
+}
+
+/// The command line's definition. Options of the store and the engine are accepted before the
+/// subcommands that use them (from the command line or `KEYSYNC_*`) and after them (from the
+/// command line only, so that a flag before the subcommand beats the environment); `keys` and
+/// `import` take `--db` after their own subcommands too.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let after_only = |a: clap::Arg| a.env(None);
+    Cli::command()
+        .mut_subcommand("sync", |c| c.mut_args(after_only))
+        .mut_subcommand("keys", |c| c.mut_args(|a| after_only(a).global(true)))
+        .mut_subcommand("import", |c| c.mut_args(|a| after_only(a).global(true)))
+}
+
+/// Parses the command line; clap's errors exit 2 with usage.
+pub fn parse() -> Result<(Cli, GlobalArgs), SettingsError> {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let args = cli.global_args(given)?;
+    Ok((cli, args))
+}
+
+impl Cli {
+    /// The options that apply to the chosen command, merged from before and after it. An
+    /// option written before a subcommand that has no use for it is a usage error rather than
+    /// ignored (`given` says whether the command line, not the environment, set an option).
+    pub fn global_args(&self, given: impl Fn(&str) -> bool) -> Result<GlobalArgs, SettingsError> {
+        let unused = |args: clap::Command, command: &str| {
+            args.get_arguments()
+                .find(|a| given(a.get_id().as_str()))
+                .map_or(Ok(()), |a| {
+                    Err(SettingsError::Invalid(format!(
+                        "--{} means nothing to `keysync {command}`",
+                        a.get_long().unwrap_or_default()
+                    )))
+                })
+        };
+        let store_args = || StoreArgs::augment_args(clap::Command::new("store"));
+        let engine_args = || EngineArgs::augment_args(clap::Command::new("engine"));
+        let (store, engine) = match &self.command {
+            None => (self.store.clone(), self.engine.clone()),
+            Some(Command::Sync(sync)) => (
+                sync.store.clone().over(self.store.clone()),
+                sync.engine.clone().over(self.engine.clone()),
+            ),
+            Some(Command::Keys(KeysArgs { store, .. }) | Command::Import { store, .. }) => {
+                let name = if matches!(self.command, Some(Command::Keys(_))) {
+                    "keys"
+                } else {
+                    "import"
+                };
+                unused(engine_args(), name)?;
+                (
+                    store.clone().over(self.store.clone()),
+                    EngineArgs::default(),
+                )
+            }
+            Some(Command::Sim(_)) => {
+                unused(store_args(), "sim")?;
+                unused(engine_args(), "sim")?;
+                (StoreArgs::default(), EngineArgs::default())
+            }
+        };
+        Ok(GlobalArgs {
+            common: self.common.clone(),
+            store,
+            engine,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +246,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// Import keys from another tool's database.
     Import {
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         from: ImportSource,
     },
@@ -133,6 +255,10 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct SyncArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Run once and exit (the only mode of this subcommand; the monitor and --headless sync
     /// continuously).
     #[arg(long, required = true)]
@@ -144,6 +270,8 @@ pub struct SyncArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct KeysArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -154,13 +282,25 @@ pub struct KeysArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysAction {
     /// Trust the pending key of NODE (!hex, hex or decimal).
-    Accept { node: String },
+    Accept {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
     /// Refuse the pending key of NODE; the trusted key is pushed back at the next sync.
-    Reject { node: String },
+    Reject {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
     /// Pin NODE: it always keeps a slot on the radio.
-    Pin { node: String },
+    Pin {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
     /// Unpin NODE: it competes for a slot like any other.
-    Unpin { node: String },
+    Unpin {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -235,7 +375,10 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("the radio host is empty".into());
     }
-    if host.parse::<SocketAddr>().is_ok() {
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{host:?}: port 0 is not a TCP port to connect to"));
+        }
         return Ok(host.to_string());
     }
     if host.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -281,6 +424,12 @@ pub struct FileConfig {
     pub allow_remote_admin: Option<bool>,
 }
 
+/// A command line that cannot be carried out as written, found after parsing (an ambiguous
+/// node): exit 2 like every usage error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Settings that are wrong: a usage error (exit 2).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -297,6 +446,9 @@ pub enum SettingsError {
 pub struct Settings {
     pub host: String,
     pub db: PathBuf,
+    /// The store is where keysync puts it by default (its directory may be created), not a
+    /// path someone wrote (a typo must not leave directories behind).
+    pub db_is_default: bool,
     pub config_file: Option<PathBuf>,
     pub sync_interval: Duration,
     pub cache_ttl: Duration,
@@ -326,7 +478,7 @@ impl Settings {
     /// Reads the config file (the one named, or the default one if it exists) and merges.
     pub fn load(args: &GlobalArgs) -> Result<Self, SettingsError> {
         let dirs = directories::ProjectDirs::from("org", "keysync", "keysync");
-        let (path, required) = match &args.config {
+        let (path, required) = match &args.common.config {
             Some(p) => (Some(p.clone()), true),
             None => (
                 dirs.as_ref().map(|d| d.config_dir().join("config.toml")),
@@ -355,58 +507,82 @@ impl Settings {
             None => (None, FileConfig::default()),
         };
         let host = args
+            .engine
             .host
             .clone()
             .or(file.host)
             .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
         let host = normalize_host(&host).map_err(SettingsError::Invalid)?;
-        let log_level = match (args.log_level, file.log_level) {
+        let log_level = match (args.common.log_level, file.log_level) {
             (Some(l), _) => l,
             (None, Some(s)) => parse_level(&s).map_err(SettingsError::Invalid)?,
             (None, None) => LevelFilter::Info,
         };
         let settings = Self {
             host,
-            db: args.db.clone().or(file.db).unwrap_or(default_db),
+            db_is_default: args.store.db.is_none() && file.db.is_none(),
+            db: args.store.db.clone().or(file.db).unwrap_or(default_db),
             config_file,
             sync_interval: args
+                .engine
                 .sync_interval
                 .or(file.sync_interval)
                 .unwrap_or(Self::DEFAULT_SYNC_INTERVAL),
             cache_ttl: args
+                .engine
                 .cache_ttl
                 .or(file.cache_ttl)
                 .unwrap_or(Self::DEFAULT_CACHE_TTL),
             heartbeat: args
+                .engine
                 .heartbeat
                 .or(file.heartbeat)
                 .unwrap_or(Self::DEFAULT_HEARTBEAT),
             push_gap: args
+                .engine
                 .push_gap
                 .or(file.push_gap)
                 .unwrap_or(Self::DEFAULT_PUSH_GAP),
             max_pushes: args
+                .engine
                 .max_pushes
                 .or(file.max_pushes)
                 .unwrap_or(Self::DEFAULT_MAX_PUSHES),
             max_flash_writes: args
+                .engine
                 .max_flash_writes
                 .or(file.max_flash_writes)
                 .unwrap_or(Self::DEFAULT_MAX_FLASH_WRITES),
-            key_slots: args.key_slots.or(file.key_slots),
-            radio_capacity: args.radio_capacity.or(file.radio_capacity),
+            key_slots: args.engine.key_slots.or(file.key_slots),
+            radio_capacity: args.engine.radio_capacity.or(file.radio_capacity),
             log_level,
-            log_file: args.log_file.clone().or(file.log_file),
-            listen: args.listen.or(file.listen),
-            max_clients: args.max_clients.or(file.max_clients).unwrap_or(8),
+            log_file: args.common.log_file.clone().or(file.log_file),
+            listen: args.engine.listen.or(file.listen),
+            max_clients: args.engine.max_clients.or(file.max_clients).unwrap_or(8),
             downstream_grace: args
+                .engine
                 .downstream_grace
                 .or(file.downstream_grace)
                 .unwrap_or(Duration::from_secs(30)),
-            allow_remote_admin: args.allow_remote_admin || file.allow_remote_admin.unwrap_or(false),
+            allow_remote_admin: args.engine.allow_remote_admin
+                || file.allow_remote_admin.unwrap_or(false),
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Opens (creating if needed) the key store; only the default location's directory is
+    /// created.
+    pub fn open_store(&self) -> Result<Store, StoreError> {
+        if self.db_is_default
+            && let Some(dir) = self.db.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: self.db.clone(),
+                detail: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        Store::open(&self.db)
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
@@ -508,7 +684,10 @@ mod tests {
             ..FileConfig::default()
         };
         let args = GlobalArgs {
-            host: Some("10.0.0.5:4000".into()),
+            engine: EngineArgs {
+                host: Some("10.0.0.5:4000".into()),
+                ..EngineArgs::default()
+            },
             ..GlobalArgs::default()
         };
         let s = resolve(&args, Some(file)).expect("valid");
@@ -529,15 +708,21 @@ mod tests {
     #[test]
     fn cache_ttl_shorter_than_interval_is_refused_with_the_reason() {
         let args = GlobalArgs {
-            sync_interval: Some(Duration::from_secs(300)),
-            cache_ttl: Some(Duration::from_secs(240)),
+            engine: EngineArgs {
+                sync_interval: Some(Duration::from_secs(300)),
+                cache_ttl: Some(Duration::from_secs(240)),
+                ..EngineArgs::default()
+            },
             ..GlobalArgs::default()
         };
         let err = resolve(&args, None).unwrap_err().to_string();
         assert!(err.contains("shorter than --sync-interval"), "{err}");
         let args = GlobalArgs {
-            sync_interval: Some(Duration::from_secs(300)),
-            cache_ttl: Some(Duration::from_secs(420)),
+            engine: EngineArgs {
+                sync_interval: Some(Duration::from_secs(300)),
+                cache_ttl: Some(Duration::from_secs(420)),
+                ..EngineArgs::default()
+            },
             ..GlobalArgs::default()
         };
         let err = resolve(&args, None).unwrap_err().to_string();
@@ -546,15 +731,55 @@ mod tests {
 
     #[test]
     fn command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["keysync", "sim", "--announce-every", "off", "--host", "x"])
-            .expect("parses");
-        let Some(Command::Sim(args)) = cli.command else {
+        command().debug_assert();
+        let parse = |args: &[&str]| {
+            let matches = command().try_get_matches_from(args).expect("parses");
+            let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).expect("fits");
+            let given =
+                |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+            cli.global_args(given).map(|g| (cli.command, g))
+        };
+        let (chosen, _) = parse(&["keysync", "sim", "--announce-every", "off"]).expect("valid");
+        let Some(Command::Sim(args)) = chosen else {
             panic!("not sim");
         };
         assert_eq!(args.announce_every, Duration::ZERO);
-        assert_eq!(cli.global.host.as_deref(), Some("x"));
+        assert!(
+            command()
+                .try_get_matches_from(["keysync", "sim", "--db", "k.db"])
+                .is_err()
+        );
+        let err = parse(&["keysync", "--db", "k.db", "sim"]).unwrap_err();
+        assert_eq!(err.to_string(), "--db means nothing to `keysync sim`");
+        let err = parse(&["keysync", "--push-gap", "1s", "keys"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--push-gap means nothing to `keysync keys`"
+        );
+        // Before or after the subcommand; after wins.
+        for args in [
+            &["keysync", "--db", "k.db", "keys", "accept", "!0a0a0a0a"][..],
+            &["keysync", "keys", "--db", "k.db", "accept", "!0a0a0a0a"],
+            &["keysync", "keys", "accept", "!0a0a0a0a", "--db", "k.db"],
+            &[
+                "keysync", "--db", "other.db", "import", "meshbot", "m.db", "--db", "k.db",
+            ],
+        ] {
+            let (_, g) = parse(args).expect("valid");
+            assert_eq!(g.store.db, Some(PathBuf::from("k.db")), "{args:?}");
+        }
+        let (_, g) = parse(&[
+            "keysync",
+            "--host",
+            "a",
+            "sync",
+            "--once",
+            "--push-gap",
+            "1s",
+        ])
+        .expect("valid");
+        assert_eq!(g.engine.host.as_deref(), Some("a:4403"));
+        assert_eq!(g.engine.push_gap, Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -567,6 +792,9 @@ mod tests {
         assert_eq!(normalize_host("::1").unwrap(), "[::1]:4403");
         assert_eq!(normalize_host("[::1]:5").unwrap(), "[::1]:5");
         assert!(normalize_host("radio:http").is_err());
+        for port_zero in ["h:0", "127.0.0.1:0", "[::1]:0"] {
+            assert!(normalize_host(port_zero).is_err(), "{port_zero}");
+        }
         assert!(normalize_host("").is_err());
     }
 

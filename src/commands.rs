@@ -6,9 +6,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings};
+use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings, UsageError};
 use crate::engine::import::import_meshbot;
-use crate::engine::store::{NodeRecord, Store, key_base64, parse_node};
+use crate::engine::radio::{node_id, printable};
+use crate::engine::store::{NodeArg, NodeRecord, Store, key_base64};
 
 #[derive(Debug, Serialize)]
 struct KeyRow {
@@ -49,7 +50,7 @@ impl From<&NodeRecord> for KeyRow {
 
 /// `keys [--json]` and `keys accept|reject NODE`.
 pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
-    let mut store = Store::open(&settings.db)?;
+    let mut store = Store::open_existing(&settings.db)?;
     match &args.action {
         None => {
             let rows: Vec<KeyRow> = store.nodes()?.iter().map(KeyRow::from).collect();
@@ -60,19 +61,21 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             }
         }
         Some(KeysAction::Pin { node } | KeysAction::Unpin { node }) => {
-            let num = parse_node(node).map_err(anyhow::Error::msg)?;
+            let num = resolve_node(&store, *node)?;
+            let id = node_id(num);
             let pin = matches!(args.action, Some(KeysAction::Pin { .. }));
             if !store.set_pinned(num, pin)? {
-                anyhow::bail!("{node} is not a stored node");
+                anyhow::bail!("{id} is not a stored node");
             }
             Ok(if pin {
-                format!("pinned {node}: it keeps a slot on the radio\n")
+                format!("pinned {id}: it keeps a slot on the radio\n")
             } else {
-                format!("unpinned {node}\n")
+                format!("unpinned {id}\n")
             })
         }
         Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
-            let num = parse_node(node).map_err(anyhow::Error::msg)?;
+            let num = resolve_node(&store, *node)?;
+            let id = node_id(num);
             let accept = matches!(args.action, Some(KeysAction::Accept { .. }));
             let now = SystemTime::now();
             let result = if accept {
@@ -87,17 +90,35 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             let key = result?;
             Ok(if accept {
                 format!(
-                    "accepted {} for {node}: it is the trusted key now\n",
+                    "accepted {} for {id}: it is the trusted key now\n",
                     key_base64(&key)
                 )
             } else {
                 format!(
-                    "rejected {} for {node}: the trusted key goes back to the radio at the next sync\n",
+                    "rejected {} for {id}: the trusted key goes back to the radio at the next sync\n",
                     key_base64(&key)
                 )
             })
         }
     }
+}
+
+/// The node an operator meant; an id that reads two ways is resolved by which node the store
+/// knows.
+fn resolve_node(store: &Store, node: NodeArg) -> anyhow::Result<u32> {
+    let known = match node {
+        NodeArg::One(_) => Vec::new(),
+        NodeArg::Either { hex, decimal } => {
+            let mut known = Vec::new();
+            for num in [hex, decimal] {
+                if store.knows(num)? {
+                    known.push(num);
+                }
+            }
+            known
+        }
+    };
+    Ok(node.resolve(|n| known.contains(&n)).map_err(UsageError)?)
 }
 
 fn table(rows: &[KeyRow]) -> String {
@@ -108,7 +129,7 @@ fn table(rows: &[KeyRow]) -> String {
         "ID", "NAME", "STATE", "KEY", "LAST SEEN", "PUSHES"
     );
     for r in rows {
-        let name: String = r.long_name.chars().take(24).collect();
+        let name: String = printable(&r.long_name).chars().take(24).collect();
         let _ = writeln!(
             out,
             "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",
@@ -130,7 +151,7 @@ fn table(rows: &[KeyRow]) -> String {
 /// `import meshbot PATH`.
 pub fn import(settings: &Settings, from: &ImportSource) -> anyhow::Result<String> {
     let ImportSource::Meshbot { path } = from;
-    let mut store = Store::open(&settings.db)?;
+    let mut store = settings.open_store()?;
     let r = import_meshbot(&mut store, path)?;
     Ok(format!(
         "imported {}, unchanged {}, conflicting (pending your decision) {}, skipped-invalid {}\n",

@@ -4,10 +4,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses a humantime duration such as `5m` or `250ms`.
+/// The longest duration any setting takes. Nothing keysync waits for is longer, and timers
+/// far beyond it overflow when added to the clock.
+pub const MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses a humantime duration such as `5m` or `250ms`, at most [`MAX`].
 pub fn parse(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); try 90s, 5m or 1h"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); try 90s, 5m or 1h"))?;
+    if d > MAX {
+        return Err(format!(
+            "{s:?} is too long: at most {} (30 days)",
+            humantime::format_duration(MAX)
+        ));
+    }
+    Ok(d)
 }
 
 /// `serde(deserialize_with)` for a humantime duration string.
@@ -45,6 +56,18 @@ mod tests {
         assert_eq!(parse(" 250ms "), Ok(Duration::from_millis(250)));
         let err = parse("five minutes").unwrap_err();
         assert!(err.contains("try 90s"), "{err}");
+    }
+
+    #[test]
+    fn durations_longer_than_thirty_days_are_refused_not_overflowed() {
+        assert_eq!(parse("30days"), Ok(MAX));
+        for huge in ["31d", "500000000000y", "18446744073709551615s"] {
+            let err = parse(huge).unwrap_err();
+            assert!(
+                err.contains("at most 30days") || err.contains("not a duration"),
+                "{huge}: {err}"
+            );
+        }
     }
 
     #[test]

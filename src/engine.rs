@@ -207,17 +207,13 @@ pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
 
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
+    // The proxy's port first: the radio is not dialled when it cannot be served.
+    let bound = config.proxy.clone().map(crate::proxy::bind).transpose()?;
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
     let (needs_tx, needs) = mpsc::channel(64);
-    let proxy = match &config.proxy {
-        Some(p) => Some(crate::proxy::spawn(
-            p.clone(),
-            proxy_notices,
-            link.sender(),
-            learned_tx,
-            needs_tx,
-        )?),
+    let proxy = match bound {
+        Some(bound) => Some(bound.serve(proxy_notices, link.sender(), learned_tx, needs_tx)?),
         None => None,
     };
     let (pushed_tx, pushed) = mpsc::unbounded_channel();
@@ -431,6 +427,12 @@ impl EngineLoop {
         }
         if let Some(running) = self.running.take() {
             running.abort();
+            // The history says that a sync began and did not end, not nothing.
+            let started = self.snapshot.borrow().sync.running;
+            if let Some(Running { trigger, since }) = started {
+                let report = interrupted_report(trigger, since, SystemTime::now());
+                self.finish(report).await;
+            }
         }
         let status = self.status.clone();
         self.link.shutdown().await;
@@ -629,7 +631,7 @@ impl EngineLoop {
         let node = seen.clone();
         match self.store.call(move |s| s.learn(&node, now)).await {
             Ok(learned) => {
-                log_learned(&seen, learned);
+                log_learned(&seen, learned, log::Level::Info);
                 self.nodes_dirty = true;
                 self.clear_store_error();
             }
@@ -912,33 +914,44 @@ impl EngineLoop {
     /// Reloads the node list (and the cache) from the store into the snapshot.
     async fn refresh_store_view(&mut self) {
         self.nodes_dirty = false;
-        let loaded = self.store.call(|s| Ok((s.nodes()?, s.cache()?))).await;
-        let (records, cache) = match loaded {
+        let mirror = self.mirror.clone();
+        let pushed = self.pushed_last.clone();
+        let now = SystemTime::now();
+        let backing_off: HashSet<u32> = self
+            .backoff
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(n, _)| *n)
+            .collect();
+        let loaded = self
+            .store
+            .call(move |s| {
+                let mut trusted = HashSet::new();
+                let nodes = s.nodes_as(|record| {
+                    if record.trusted.is_some() {
+                        trusted.insert(record.num);
+                    }
+                    NodeView {
+                        radio: radio_key(
+                            &record,
+                            mirror.as_deref(),
+                            &pushed,
+                            backing_off.contains(&record.num),
+                        ),
+                        record,
+                    }
+                })?;
+                Ok((nodes, trusted, s.cache()?))
+            })
+            .await;
+        let (nodes, trusted, cache) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 self.store_failed(&e);
                 return;
             }
         };
-        self.trusted = records
-            .iter()
-            .filter(|r| r.trusted.is_some())
-            .map(|r| r.num)
-            .collect();
-        let now = SystemTime::now();
-        let nodes: Vec<NodeView> = records
-            .into_iter()
-            .map(|record| {
-                let backing_off = self.backoff.get(&record.num).is_some_and(|b| b.until > now);
-                let radio = radio_key(
-                    &record,
-                    self.mirror.as_deref(),
-                    &self.pushed_last,
-                    backing_off,
-                );
-                NodeView { record, radio }
-            })
-            .collect();
+        self.trusted = trusted;
         self.snapshot.send_modify(|s| {
             s.nodes = Arc::new(nodes);
             s.sync.cache = cache;
@@ -992,6 +1005,16 @@ fn pushes_never_land(checked: usize, lost: usize) -> bool {
     checked >= IGNORED_AFTER && lost == checked
 }
 
+/// The report of a sync cut short because keysync stopped (SIGTERM, quit).
+fn interrupted_report(trigger: Trigger, since: SystemTime, now: SystemTime) -> SyncReport {
+    SyncReport {
+        reason: format!("{}; keysync stopped before it finished", trigger.label()),
+        error: Some("interrupted: keysync was stopped during the sync".into()),
+        duration: now.duration_since(since).unwrap_or_default(),
+        ..SyncReport::new(trigger, since)
+    }
+}
+
 fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     SyncReport {
         reason: format!("forced: {}", trigger.label()),
@@ -1000,37 +1023,11 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
     }
 }
 
-/// Logs what learning a whole node list did: one line for the keys trusted on first use (each
-/// at DEBUG), a warning for each different key.
-pub fn log_learned_all(learned: &[(NodeSeen, Learned)]) {
-    let first_use = learned
-        .iter()
-        .filter(|(_, l)| matches!(l, Learned::FirstUse))
-        .count();
-    for (seen, outcome) in learned {
-        if matches!(outcome, Learned::FirstUse) {
-            log::debug!(target: "keysync::store", "learned the key of {} from the radio's NodeDB (trusted on first use)", who(seen));
-        } else {
-            log_learned(seen, *outcome);
-        }
-    }
-    if first_use > 0 {
-        log::info!(target: "keysync::store",
-            "learned {first_use} keys from the radio's NodeDB (trusted on first use)");
-    }
-}
-
-fn who(seen: &NodeSeen) -> String {
-    if seen.long_name.is_empty() {
-        node_id(seen.num)
-    } else {
-        format!("{} ({})", node_id(seen.num), seen.long_name)
-    }
-}
-
-/// Logs what learning a sighting did, when it is news.
-pub fn log_learned(seen: &NodeSeen, learned: Learned) {
-    let who = who(seen);
+/// Logs what learning a sighting did, when it is news. A key trusted on first use is logged at
+/// `first_use` level: info for one heard on the mesh, debug inside a bulk learn that logs its own
+/// summary.
+pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
+    let who = radio::node_label(seen.num, &seen.long_name);
     let from = match seen.source {
         radio::Source::NodeDb => "the radio's NodeDB",
         radio::Source::Mesh => "the mesh",
@@ -1039,12 +1036,28 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned) {
     };
     match learned {
         Learned::FirstUse => {
-            log::info!(target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
+            log::log!(target: "keysync::store", first_use, "learned the key of {who} from {from} (trusted on first use)");
         }
         Learned::Pending { old, new } => log::warn!(target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
             sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
-        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {}
+        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly | Learned::NotANode => {}
+    }
+}
+
+/// Logs a bulk learn (the radio's node list): each node at debug, one summary at info.
+pub fn log_learned_in_bulk(learned: &[(NodeSeen, Learned)]) {
+    for (seen, outcome) in learned {
+        log_learned(seen, *outcome, log::Level::Debug);
+    }
+    let first_use = learned
+        .iter()
+        .filter(|(_, l)| *l == Learned::FirstUse)
+        .count();
+    if first_use > 0 {
+        log::info!(target: "keysync::store",
+            "learned {first_use} {} from the radio's NodeDB (trusted on first use)",
+            if first_use == 1 { "key" } else { "keys" });
     }
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::cli::Settings;
 use crate::engine::link::LinkConfig;
-use crate::engine::store::Store;
 use crate::engine::sync::{Outcome, SyncSettings};
 use crate::engine::{self, EngineConfig};
 
@@ -37,7 +36,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
 
 /// Runs until SIGINT or SIGTERM, then closes the link and returns.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::open(&settings.db)?;
+    let store = settings.open_store()?;
     log::info!(target: "keysync",
         "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
         env!("CARGO_PKG_VERSION"), settings.host, settings.db.display(),
@@ -60,7 +59,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
 /// `keysync sync --once`: connect, run one forced sync, print its outcome. Fails when the
 /// radio cannot be reached within `wait` or the sync fails.
 pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()> {
-    let store = Store::open(&settings.db)?;
+    let store = settings.open_store()?;
     let engine = engine::start(engine_config(settings), store);
     let mut snapshot = engine.snapshot.clone();
     let finished = tokio::time::timeout(wait, snapshot.wait_for(|s| s.sync.last.is_some()))

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
+use crate::engine::radio::printable;
+
 struct LineLogger {
     level: LevelFilter,
     file: Option<Mutex<File>>,
@@ -22,12 +24,11 @@ impl Log for LineLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!(
-            "{} {:<5} {} {}\n",
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        let line = line(
+            std::time::SystemTime::now(),
             record.level(),
             record.target(),
-            record.args()
+            &record.args().to_string(),
         );
         // A full disk or a closed stderr must not take the link down with it.
         let _ = std::io::stderr().write_all(line.as_bytes());
@@ -39,6 +40,17 @@ impl Log for LineLogger {
     fn flush(&self) {
         let _ = std::io::stderr().flush();
     }
+}
+
+/// One log line. The message is made printable whatever it carries: a name that slipped
+/// through unsanitized still cannot move the cursor, retitle the terminal or start a line of
+/// its own.
+fn line(at: std::time::SystemTime, level: log::Level, target: &str, message: &str) -> String {
+    format!(
+        "{} {level:<5} {target} {}\n",
+        humantime::format_rfc3339_seconds(at),
+        printable(message)
+    )
 }
 
 /// Dependencies that chatter below warn are muted.
@@ -57,4 +69,24 @@ pub fn init_stderr(level: LevelFilter, log_file: Option<&Path>) -> std::io::Resu
         log::set_max_level(level);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_with_escapes_and_newlines_stays_one_inert_line() {
+        let at = std::time::UNIX_EPOCH;
+        let out = line(
+            at,
+            log::Level::Info,
+            "keysync::store",
+            "learned \x1b]0;TITLE\x07\x1b[2J\n1970-01-01T00:00:00Z ERROR keysync forged",
+        );
+        assert_eq!(
+            out,
+            "1970-01-01T00:00:00Z INFO  keysync::store learned ]0;TITLE[2J1970-01-01T00:00:00Z ERROR keysync forged\n"
+        );
+    }
 }

@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::codec::RadioCodec;
 use crate::engine::link::{LinkNotice, LinkSender, Session};
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, node_id, valid_key,
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, is_node_num, node_id,
+    valid_key,
 };
 
 /// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
@@ -148,18 +149,45 @@ pub struct Proxy {
     pub clients: watch::Receiver<Vec<ClientView>>,
 }
 
-/// Binds `config.listen` and serves downstream clients from the link's notices and sender.
-/// Keys that clients hand to the radio with add_contact come out on `learned`.
-pub fn spawn(
+/// The proxy's address, bound but not serving yet: bound before the radio is dialled, so that
+/// a taken port fails keysync before it takes the radio's one TCP slot from another client.
+#[derive(Debug)]
+pub struct Bound {
     config: ProxyConfig,
+    listener: TcpListener,
+}
+
+/// Binds `config.listen`.
+pub fn bind(config: ProxyConfig) -> std::io::Result<Bound> {
+    let listener = std::net::TcpListener::bind(config.listen)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    Ok(Bound { config, listener })
+}
+
+impl Bound {
+    /// Serves downstream clients from the link's notices and sender. Keys that clients hand
+    /// to the radio with add_contact come out on `learned`.
+    pub fn serve(
+        self,
+        notices: broadcast::Receiver<LinkNotice>,
+        sender: LinkSender,
+        learned: mpsc::Sender<NodeSeen>,
+        needs: mpsc::Sender<crate::engine::KeyNeed>,
+    ) -> std::io::Result<Proxy> {
+        let Self { config, listener } = self;
+        start_serving(config, listener, notices, sender, learned, needs)
+    }
+}
+
+fn start_serving(
+    config: ProxyConfig,
+    listener: TcpListener,
     notices: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
     learned: mpsc::Sender<NodeSeen>,
     needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) -> std::io::Result<Proxy> {
-    let listener = std::net::TcpListener::bind(config.listen)?;
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let (views, clients) = watch::channel(Vec::new());
     let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
@@ -598,6 +626,12 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
             return allowed;
         }
         let user = contact.user.clone().unwrap_or_default();
+        if !is_node_num(contact.node_num) {
+            log::warn!(target: "keysync::proxy",
+                "dropped add_contact for {} from {peer}: that is no node (0 is nobody, !ffffffff is broadcast)",
+                node_id(contact.node_num));
+            return false;
+        }
         if valid_key(&user.public_key).is_none() {
             log::warn!(target: "keysync::proxy",
                 "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",

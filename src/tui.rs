@@ -9,7 +9,7 @@ use futures::StreamExt;
 use log::LevelFilter;
 use ratatui::Frame;
 use ratatui::layout::Rect;
-use tui_logger::{TuiLoggerFile, TuiLoggerSmartWidget, TuiWidgetEvent, TuiWidgetState};
+use tui_logger::{TuiLoggerFile, TuiWidgetState};
 
 use crate::app::{App, Effect, HistoryView, Input};
 use crate::cli::Settings;
@@ -18,6 +18,9 @@ use crate::engine::store::Store;
 use crate::engine::{self, EngineHandle};
 use crate::headless::engine_config;
 use crate::ui::{self, theme::Theme};
+
+/// How many log records the log pane keeps to scroll back through.
+const LOG_PANE_DEPTH: usize = 2000;
 
 /// Restores the terminal when dropped, whatever path leaves the loop.
 struct TerminalGuard;
@@ -34,6 +37,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     tui_logger::init_logger(LevelFilter::Trace)
         .map_err(|e| anyhow::anyhow!("cannot start the log pane: {e}"))?;
     tui_logger::set_default_level(settings.log_level);
+    // The pane shows the last screenful; tui-logger keeps 10 000 records by default.
+    tui_logger::set_buffer_depth(LOG_PANE_DEPTH);
     for noisy in ["meshtastic", "rusqlite", "mio", "tokio", "tokio_util"] {
         tui_logger::set_level_for_target(noisy, LevelFilter::Warn);
     }
@@ -57,7 +62,7 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
         let config = demo.config.clone();
         (Some(demo), config, store)
     } else {
-        (None, engine_config(settings), Store::open(&settings.db)?)
+        (None, engine_config(settings), settings.open_store()?)
     };
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;
@@ -88,8 +93,6 @@ async fn event_loop(
 ) -> anyhow::Result<()> {
     let theme = Theme::from_env();
     let log_state = TuiWidgetState::new().set_default_display_level(LevelFilter::Trace);
-    // Start with the log's target list hidden: at 80 columns the messages need the room.
-    log_state.transition(TuiWidgetEvent::HideKey);
     let mut app = App::new(demo);
     let mut events = EventStream::new();
     let mut snapshots = engine.snapshot.clone();
@@ -113,24 +116,13 @@ async fn event_loop(
             app.clamp(&snap);
             let now = SystemTime::now();
             let render_log = |frame: &mut Frame<'_>, area: Rect, focused: bool| {
-                frame.render_widget(
-                    TuiLoggerSmartWidget::default()
-                        .border_style(theme.border(focused))
-                        .style_error(theme.bad())
-                        .style_warn(theme.warn())
-                        .style_info(theme.text())
-                        .style_debug(theme.muted())
-                        .style_trace(theme.muted())
-                        .output_separator(' ')
-                        .output_timestamp(Some("%H:%M:%S".into()))
-                        .output_level(Some(tui_logger::TuiLoggerLevelOutput::Abbreviated))
-                        .output_target(false)
-                        .output_file(false)
-                        .output_line(false)
-                        .title_log(" Log ")
-                        .title_target(" targets ←→ level ")
-                        .state(&log_state),
+                ui::log::draw(
+                    frame,
                     area,
+                    focused,
+                    app.show_log_targets,
+                    &log_state,
+                    &theme,
                 );
             };
             terminal.draw(|frame| ui::draw(frame, &app, &snap, now, &theme, Some(&render_log)))?;

@@ -2,6 +2,7 @@
 //! Nothing here reads a clock, a file or a socket.
 
 pub mod link;
+pub mod log;
 pub mod nodes;
 pub mod sync;
 pub mod theme;
@@ -241,7 +242,40 @@ pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
     )
 }
 
-fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
+/// Width of the key column in the help overlay.
+const HELP_KEY_WIDTH: usize = 10;
+
+/// One help entry in a column `width` wide: the key, then its help wrapped at word boundaries
+/// with a hanging indent, so that nothing runs into the next column.
+fn help_entry<'a>(key: &str, help: &str, width: usize, theme: &Theme) -> Vec<Line<'a>> {
+    let room = width.saturating_sub(HELP_KEY_WIDTH).max(8);
+    let mut rows: Vec<String> = vec![String::new()];
+    for word in help.split(' ') {
+        let current = rows.last().map_or(0, |r| r.chars().count());
+        if current > 0 && current + 1 + word.chars().count() > room {
+            rows.push(String::new());
+        }
+        if let Some(row) = rows.last_mut() {
+            if !row.is_empty() {
+                row.push(' ');
+            }
+            row.push_str(word);
+        }
+    }
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let key = if i == 0 { key } else { "" };
+            Line::from(vec![
+                Span::styled(format!("{key:<HELP_KEY_WIDTH$}"), theme.key()),
+                Span::raw(row),
+            ])
+        })
+        .collect()
+}
+
+/// The help overlay's sections (global keys, then each pane's), for columns `width` wide.
+fn help_sections<'a>(width: usize, theme: &Theme) -> Vec<Vec<Line<'a>>> {
     // Bindings with an empty help text are the second key of a pair shown on one line.
     let mut sections: Vec<Vec<Line<'_>>> = Vec::new();
     let mut last_scope = None;
@@ -255,37 +289,44 @@ fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
             last_scope = Some(b.scope);
         }
         if let Some(section) = sections.last_mut() {
-            section.push(Line::from(vec![
-                Span::styled(format!("{:<10}", b.label), theme.key()),
-                Span::raw(b.help),
-            ]));
+            section.extend(help_entry(b.label, b.help, width, theme));
         }
     }
     if let Some(first) = sections.first_mut() {
-        first.push(Line::from(vec![
-            Span::styled(format!("{:<10}", "Ctrl-C"), theme.key()),
-            Span::raw("quit"),
-        ]));
+        first.extend(help_entry("Ctrl-C", "quit", width, theme));
     }
-    let total: usize = sections.iter().map(Vec::len).sum();
+    sections
+}
+
+fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
+    const GAP: u16 = 2;
     let footer = Line::from(Span::styled("any key closes this help", theme.muted()));
     let block = Block::default()
         .borders(Borders::ALL)
         .border_style(theme.border(true))
         .title(Span::styled(" Keys ", theme.title(true)));
+    let outer = area.width.min(50);
+    let sections = help_sections(usize::from(outer.saturating_sub(2)), theme);
+    let total: usize = sections.iter().map(Vec::len).sum();
     if total + 3 <= usize::from(area.height) {
         let mut lines: Vec<Line<'_>> = sections.into_iter().flatten().collect();
         lines.push(footer);
         let height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
-        let rect = centered(area, 50, height);
+        let rect = centered(area, outer, height);
         frame.render_widget(Clear, rect);
         frame.render_widget(Paragraph::new(lines).block(block), rect);
         return;
     }
-    // Too tall for the screen: the global keys on the left, the panes' on the right.
+    // Too tall for the screen: the global keys on the left, the panes' on the right, each
+    // wrapped to its column.
+    let outer = area.width.min(80);
+    let column = outer.saturating_sub(2 + GAP) / 2;
     let mut left: Vec<Line<'_>> = Vec::new();
     let mut right: Vec<Line<'_>> = Vec::new();
-    for (i, section) in sections.into_iter().enumerate() {
+    for (i, section) in help_sections(usize::from(column), theme)
+        .into_iter()
+        .enumerate()
+    {
         if i == 0 {
             left.extend(section);
         } else {
@@ -295,12 +336,16 @@ fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
     left.push(Line::raw(""));
     left.push(footer);
     let height = u16::try_from(left.len().max(right.len()) + 2).unwrap_or(u16::MAX);
-    let rect = centered(area, 80, height);
+    let rect = centered(area, outer, height);
     frame.render_widget(Clear, rect);
     let inner = block.inner(rect);
     frame.render_widget(block, rect);
-    let [l, r] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    let [l, _, r] = Layout::horizontal([
+        Constraint::Length(column),
+        Constraint::Length(GAP),
+        Constraint::Length(column),
+    ])
+    .areas(inner);
     frame.render_widget(Paragraph::new(left), l);
     frame.render_widget(Paragraph::new(right), r);
 }

@@ -55,6 +55,47 @@ fn bad_duration_says_how_to_write_one() {
 }
 
 #[test]
+fn every_duration_above_thirty_days_is_a_usage_error_not_a_panic() {
+    let huge = "500000000000y";
+    let global = [
+        "--sync-interval",
+        "--cache-ttl",
+        "--heartbeat",
+        "--push-gap",
+        "--downstream-grace",
+    ];
+    let mut cases: Vec<Vec<&str>> = global.iter().map(|f| vec!["--headless", f, huge]).collect();
+    cases.push(vec!["sync", "--once", "--wait", huge]);
+    cases.push(vec!["sim", "--idle-timeout", huge]);
+    cases.push(vec!["sim", "--announce-every", huge]);
+    for args in cases {
+        let (code, err) = stderr_of(keysync().args(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("too long: at most 30days"), "{args:?}: {err}");
+    }
+    let (code, err) = stderr_of(
+        keysync()
+            .env("KEYSYNC_DOWNSTREAM_GRACE", "40d")
+            .arg("--headless"),
+    );
+    assert_eq!((code, err.contains("at most 30days")), (2, true), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "sync-interval = \"500000000000y\"\n").expect("write");
+    let (code, err) = stderr_of(keysync().arg("--headless").arg("--config").arg(&config));
+    assert_eq!((code, err.contains("at most 30days")), (2, true), "{err}");
+}
+
+#[test]
+fn a_radio_host_with_port_zero_is_a_usage_error() {
+    for host in ["h:0", "127.0.0.1:0", "[::1]:0"] {
+        let (code, err) = stderr_of(keysync().args(["sync", "--once", "--host", host]));
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(err.contains("not a TCP port"), "{host}: {err}");
+    }
+}
+
+#[test]
 fn cache_ttl_shorter_than_the_interval_is_refused_with_the_reason() {
     let (code, err) =
         stderr_of(keysync().args(["--headless", "--sync-interval", "5m", "--cache-ttl", "4m"]));
@@ -108,9 +149,13 @@ fn bad_scenario_file_fails_with_its_name_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
     let sim = start_sim(sim_config(10));
+    // A store of its own: the user's default one may belong to another keysync.
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
         .args(["--headless", "--heartbeat", "1s", "--host"])
         .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(dir.path().join("k.db"))
         .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,12 +191,7 @@ async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
     })
     .await;
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    common::sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("joins")
@@ -173,6 +213,34 @@ async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
         sim.counters().received().get("disconnect") == Some(&1)
     })
     .await;
+}
+
+#[test]
+fn a_listen_address_in_use_is_refused_before_the_radio_is_dialled() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = taken.local_addr().expect("addr").to_string();
+    // A radio that would notice a connection: keysync must not take its one TCP slot (and evict
+    // its current client) only to fail on the proxy port.
+    let radio = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    radio.set_nonblocking(true).expect("nonblocking");
+    let host = radio.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..5 {
+        let (code, err) = stderr_of(
+            keysync()
+                .args(["--headless", "--host", &host, "--listen", &addr, "--db"])
+                .arg(dir.path().join("k.db")),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("cannot listen for downstream clients"),
+            "{err}"
+        );
+    }
+    match radio.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("keysync dialled the radio before binding --listen: {other:?}"),
+    }
 }
 
 #[test]

@@ -50,6 +50,17 @@ fn seen(num: u32, key: u8, name: &str) -> NodeSeen {
     }
 }
 
+/// A store at `db` where each of `nums` has a trusted key (1…) and a pending one (2…).
+fn store_with_pending(db: &Path, nums: &[u32]) {
+    let mut s = Store::open(db).expect("opens");
+    for num in nums {
+        for key in [1, 2] {
+            s.learn(&seen(*num, key, "n"), SystemTime::now())
+                .expect("learns");
+        }
+    }
+}
+
 #[test]
 fn keys_lists_nodes_as_a_table_and_as_json_with_global_options_anywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,7 +113,7 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     assert_eq!(code, 1);
     assert!(err.contains("no pending key"), "{err}");
     let (code, _, err) = run(keysync(&db).args(["keys", "accept", "!nothex"]));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a malformed NODE is a usage error");
     assert!(err.contains("is not a node"), "{err}");
     let (code, _, err) = run(keysync(&db).args(["keys", "reject", "!deadbeef"]));
     assert_eq!(code, 1);
@@ -198,15 +209,23 @@ fn a_database_path_that_is_a_directory_is_a_clear_error() {
     assert!(err.contains("is a directory"), "{err}");
 }
 
-#[test]
-fn a_locked_database_waits_then_names_who_holds_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A new, empty store in `dir`, and another connection to it (as another process) that has
+/// run `sql`.
+fn store_held_by_another(dir: &tempfile::TempDir, sql: &str) -> (std::path::PathBuf, Connection) {
     let db = dir.path().join("k.db");
     drop(Store::open(&db).expect("opens"));
     let holder = Connection::open(&db).expect("opens");
-    holder
-        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE hold(x);")
-        .expect("locks");
+    holder.execute_batch(sql).expect("runs");
+    (db, holder)
+}
+
+#[test]
+fn a_locked_database_waits_then_names_who_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, holder) = store_held_by_another(
+        &dir,
+        "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE hold(x);",
+    );
     let (code, _, err) = run(keysync(&db).arg("keys"));
     assert_eq!(code, 1);
     assert!(err.contains("locked by another process"), "{err}");
@@ -331,6 +350,20 @@ async fn kill_9_during_50_syncs() {
     kill_during_syncs(50).await;
 }
 
+/// `keysync --headless` against `sim` with the store `db`, stdout discarded.
+fn headless(sim: &keysync::sim::SimHandle, db: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysync"));
+    cmd.arg("--headless")
+        .args(args)
+        .arg("--host")
+        .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(db)
+        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .stdout(Stdio::null());
+    cmd
+}
+
 /// Starts `keysync --headless` `rounds` times and kills it with SIGKILL at a different point of
 /// a sync each time; the store must stay sound with every trusted key.
 async fn kill_during_syncs(rounds: u64) {
@@ -341,26 +374,22 @@ async fn kill_during_syncs(rounds: u64) {
     let sim = start_sim(sim_config(0));
     for round in 0..rounds {
         let before = sim.counters().add_contacts.load(Ordering::Relaxed);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keysync"))
-            .args([
-                "--headless",
+        // Robustness, not the flash budget, is under test: every round pushes.
+        let mut child = headless(
+            &sim,
+            &db,
+            &[
                 "--push-gap",
                 "20ms",
                 "--max-pushes",
                 "60",
-                // Robustness, not the flash budget, is under test: every round pushes.
                 "--max-flash-writes",
                 "100000",
-                "--host",
-            ])
-            .arg(sim.addr().to_string())
-            .arg("--db")
-            .arg(&db)
-            .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starts");
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
         let stderr = child.stderr.take().expect("piped");
         std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
         // Kill it in the middle of pushing: a few add_contacts in, more to come.
@@ -488,4 +517,386 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     );
     let store = Store::open(&db).expect("opens");
     assert_eq!(store.integrity_check().expect("checks"), "ok");
+}
+
+const HOSTILE_NAME: &str = "Evil\x1b]0;TITLE\x07\x1b[2J\n2026-01-01T00:00:00Z ERROR keysync forged";
+
+/// No byte that a terminal acts on (ESC, BEL, CR, C1 …), and no line that the name started.
+fn assert_inert(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters reached the output: {text:?}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR")),
+        "a name forged a line: {text}"
+    );
+}
+
+#[test]
+fn keys_prints_hostile_node_names_without_their_escape_sequences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    Store::open(&db)
+        .and_then(|mut s| s.learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now()))
+        .expect("learns");
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert_inert(&out);
+    assert_eq!(out.lines().count(), 3, "header, one node, total: {out}");
+    assert!(out.contains("Evil]0;TITLE[2J2026"), "{out}");
+    // JSON escapes them instead, and keeps the name as stored.
+    let (code, out, _) = run(keysync(&db).args(["keys", "--json"]));
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(rows[0]["long_name"], HOSTILE_NAME);
+}
+
+/// `keysync sync --once --log-level debug` against `sim`; exit code and stderr.
+async fn sync_once_debug(db: &Path, sim: &keysync::sim::SimHandle) -> (i32, String) {
+    let (db, host) = (db.to_path_buf(), sim.addr().to_string());
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(keysync(&db).args(["sync", "--once", "--log-level", "debug", "--host", &host]))
+    })
+    .await
+    .expect("joins");
+    (code, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(0));
+    let (db, mut store) = seeded_store(&dir, &[]);
+    store
+        .learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
+        .expect("learns");
+    drop(store);
+    let (code, err) = sync_once_debug(&db, &sim).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("add_contact !1234abcd (Evil]0;TITLE[2J2026"),
+        "the push of the hostile node is logged: {err}"
+    );
+    assert_inert(&err);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_learning_many_keys_logs_one_summary_at_info_and_each_node_at_debug() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(40));
+    let (db, store) = seeded_store(&dir, &[]);
+    drop(store);
+    let (code, err) = sync_once_debug(&db, &sim).await;
+    assert_eq!(code, 0, "{err}");
+    let per_node: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("learned the key of"))
+        .collect();
+    let summary: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("learned 40 keys from the radio's NodeDB"))
+        .collect();
+    assert_eq!((per_node.len(), summary.len()), (40, 1), "{err}");
+    assert!(per_node.iter().all(|l| l.contains(" DEBUG ")), "{err}");
+    assert!(summary[0].contains(" INFO "), "{err}");
+}
+
+/// A meshbot database with `n` nodes (ids from `first`), every key valid.
+fn meshbot_db(path: &Path, first: u32, n: u32) {
+    let c = Connection::open(path).expect("creates");
+    c.execute_batch(
+        "CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,
+            hwModel INTEGER, publicKey BLOB)",
+    )
+    .expect("schema");
+    for num in first..first + n {
+        c.execute(
+            "INSERT INTO meshtastic_nodes VALUES (?1, 'Imported', 'IM', 9, ?2)",
+            rusqlite::params![format!("!{num:08x}"), vec![0x5au8; 32]],
+        )
+        .expect("row");
+    }
+}
+
+#[test]
+fn two_processes_writing_at_once_wait_for_each_other_and_nothing_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let pending: Vec<u32> = (0x0100..0x0140).collect();
+    store_with_pending(&db, &pending);
+    let src = dir.path().join("meshbot.db");
+    meshbot_db(&src, 0x0200, 50);
+    // The other writer, as headless would: a sighting learned after another, each in its own
+    // transaction that reads before it writes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut s = Store::open(&db).expect("opens");
+            let mut num = 0x1_0000;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = s.learn(&seen(num, 3, "headless"), SystemTime::now()) {
+                    failures.push(e.to_string());
+                }
+                num += 1;
+            }
+            (num - 0x1_0000, failures)
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut calls = 0;
+    let mut accepted = 0;
+    while std::time::Instant::now() < until {
+        let (code, _, err) = if calls % 2 == 0 {
+            run(keysync(&db).args(["import", "meshbot"]).arg(&src))
+        } else {
+            accepted += 1;
+            run(keysync(&db).args([
+                "keys",
+                "accept",
+                &format!("!{:08x}", pending[accepted % pending.len()]),
+            ]))
+        };
+        assert!(
+            code == 0 || err.contains("no pending key"),
+            "CLI call {calls} failed: {err}"
+        );
+        calls += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (learned, failures) = writer.join().expect("writer joins");
+    assert!(
+        failures.is_empty(),
+        "{} writes failed: {failures:?}",
+        failures.len()
+    );
+    let s = Store::open(&db).expect("opens");
+    let stored = s
+        .nodes()
+        .expect("reads")
+        .iter()
+        .filter(|n| n.long_name == "headless")
+        .count();
+    assert_eq!(
+        u32::try_from(stored).expect("fits"),
+        learned,
+        "every write kept"
+    );
+    assert!(
+        calls > 10 && learned > 100,
+        "both wrote: {calls} CLI calls, {learned} learns"
+    );
+}
+
+#[test]
+fn another_program_s_sqlite_database_is_refused_and_left_byte_identical() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("meshbot.db");
+    meshbot_db(&db, 0x0200, 3);
+    let before = std::fs::read(&db).expect("read");
+    for args in [
+        &["keys"][..],
+        &["keys", "--json"],
+        &["--headless"],
+        &["sync", "--once"],
+    ] {
+        let (code, _, err) = run(keysync(&db).args(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("meshbot.db is another program's SQLite database")
+                && err.contains("meshtastic_nodes"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&db).expect("read"), before, "{args:?}");
+        assert!(!dir.path().join("meshbot.db-wal").exists());
+    }
+}
+
+#[test]
+fn a_store_written_before_the_application_id_is_adopted_and_marked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    store_with_pending(&db, &[0x0a0a_0a0a]);
+    Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA application_id = 0;"))
+        .expect("unmark");
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("!0a0a0a0a"), "{out}");
+    assert!(err.contains("marked as a keysync store"), "{err}");
+    let id: i32 = Connection::open(&db)
+        .and_then(|c| c.pragma_query_value(None, "application_id", |r| r.get(0)))
+        .expect("reads");
+    assert_eq!(id, keysync::engine::store::APPLICATION_ID);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_store_and_its_wal_files_readable_by_others_are_made_0600_with_a_log_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A connection held open keeps the -wal and -shm files in place.
+    let (db, holder) = store_held_by_another(&dir, "SELECT count(*) FROM nodes;");
+    let files: Vec<_> = ["k.db", "k.db-wal", "k.db-shm"]
+        .iter()
+        .map(|f| dir.path().join(f))
+        .collect();
+    for f in &files {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let (code, _, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    for f in &files {
+        let mode = std::fs::metadata(f).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+        assert!(
+            err.contains(&format!("{}: mode 0644 changed to 0600", f.display())),
+            "{err}"
+        );
+    }
+    drop(holder);
+}
+
+#[test]
+fn a_mistyped_store_path_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo").join("path.db");
+    let (code, _, err) = run(keysync(&typo).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!dir.path().join("typo").exists());
+    // Nor does a mode that writes: only the default location's directory is created.
+    for args in [
+        &["sync", "--once", "--wait", "1s"][..],
+        &["import", "meshbot", "m.db"],
+    ] {
+        let (code, _, err) = run(keysync(&typo).args(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("no such directory"), "{args:?}: {err}");
+        assert!(!dir.path().join("typo").exists(), "{args:?}");
+    }
+    let missing = dir.path().join("missing.db");
+    let (code, _, err) = run(keysync(&missing).args(["keys", "accept", "!0a0a0a0a"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no key store at"), "{err}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn an_eight_digit_node_that_reads_as_hex_and_as_decimal_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let (hex, decimal) = (0x1234_5678, 12_345_678);
+    store_with_pending(&db, &[hex, decimal]);
+    let (code, _, err) = run(keysync(&db).args(["keys", "accept", "12345678"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("!12345678") && err.contains("!00bc614e"),
+        "{err}"
+    );
+    assert_eq!(
+        Store::open(&db)
+            .expect("opens")
+            .pending_nodes()
+            .expect("reads"),
+        vec![decimal, hex]
+    );
+    // `!` always means hex.
+    let (code, out, err) = run(keysync(&db).args(["keys", "accept", "!12345678"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("for !12345678"), "{out}");
+    // With one of the two unknown, the known one is meant.
+    let db2 = dir.path().join("k2.db");
+    store_with_pending(&db2, &[decimal]);
+    let (code, out, err) = run(keysync(&db2).args(["keys", "accept", "12345678"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("for !00bc614e"), "{out}");
+}
+
+#[test]
+fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for num in [0, u32::MAX] {
+            assert_eq!(
+                s.learn(&seen(num, 1, "nobody"), SystemTime::now())
+                    .expect("learns"),
+                keysync::engine::store::Learned::NotANode
+            );
+        }
+    }
+    for node in ["0", "!00000000", "!ffffffff", "4294967295"] {
+        let (code, _, err) = run(keysync(&db).args(["keys", "accept", node]));
+        assert_eq!(code, 2, "{node}: {err}");
+        assert!(
+            err.contains("no node") || err.contains("is not a node"),
+            "{node}: {err}"
+        );
+    }
+    let src = dir.path().join("meshbot.db");
+    meshbot_db(&src, 0xffff_fffe, 1);
+    Connection::open(&src)
+        .and_then(|c| {
+            c.execute_batch(
+                "INSERT INTO meshtastic_nodes SELECT '!ffffffff', name, shortName, hwModel, publicKey FROM meshtastic_nodes;
+                 INSERT INTO meshtastic_nodes SELECT 4294967295, name, shortName, hwModel, publicKey FROM meshtastic_nodes LIMIT 1;
+                 INSERT INTO meshtastic_nodes SELECT 0, name, shortName, hwModel, publicKey FROM meshtastic_nodes LIMIT 1;",
+            )
+        })
+        .expect("rows");
+    let (code, out, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("imported 1,") && out.contains("skipped-invalid 3"),
+        "{out}"
+    );
+    let nums: Vec<u32> = Store::open(&db)
+        .expect("opens")
+        .nodes()
+        .expect("reads")
+        .iter()
+        .map(|n| n.num)
+        .collect();
+    assert_eq!(nums, vec![0xffff_fffe]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &population(1, 30));
+    drop(store);
+    let sim = start_sim(sim_config(0));
+    let mut child = headless(&sim, &db, &["--push-gap", "200ms"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_until("pushes under way", || {
+        sim.counters().add_contacts.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    sigterm(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joins")
+        .expect("waits");
+    assert_eq!(status.code(), Some(0));
+    let runs = Store::open(&db)
+        .expect("opens")
+        .recent_runs(5)
+        .expect("reads");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].outcome, "failed");
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("interrupted")),
+        "{runs:#?}"
+    );
 }

@@ -332,3 +332,58 @@ async fn operator_force_sync_downloads_and_reset_cache_makes_the_next_check_sync
     assert_eq!(next.outcome, Outcome::Synced, "{}", next.summary());
     engine.quit().await;
 }
+
+#[tokio::test]
+async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(6));
+    let (db, store) = seeded_store(&dir, &[]);
+    let engine = engine::start(fast_engine(&sim, db, 600 * SEC, 600 * SEC), store);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    wait_until("the radio's nodes listed", || {
+        snap.borrow().nodes.len() == 6
+    })
+    .await;
+    // No sync runs meanwhile: these reach the list from the mesh alone.
+    sim.inject(Fault::NewNodes {
+        count: 3,
+        portnum: None,
+    })
+    .await;
+    sim.inject(Fault::KeyChange { node: 1 }).await;
+    let mesh = sim.mesh();
+    wait_until("three new nodes and one pending key", || {
+        let s = snap.borrow();
+        let pending: Vec<u32> = s
+            .nodes
+            .iter()
+            .filter(|n| n.record.pending.is_some())
+            .map(|n| n.record.num)
+            .collect();
+        s.nodes.len() == 9 && pending == [mesh[1].num]
+    })
+    .await;
+    let s = snap.borrow().clone();
+    assert!(
+        s.nodes
+            .windows(2)
+            .all(|w| w[0].record.num < w[1].record.num),
+        "kept in order"
+    );
+    assert_eq!(s.sync.history.len(), 1, "no sync ran");
+    for n in &mesh[6..9] {
+        let view = s
+            .nodes
+            .iter()
+            .find(|v| v.record.num == n.num)
+            .expect("listed");
+        assert_eq!(
+            view.record.long_name,
+            n.user.as_ref().expect("user").long_name
+        );
+        assert!(view.record.trusted.is_some());
+    }
+    drop(s);
+    engine.quit().await;
+}

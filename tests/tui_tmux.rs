@@ -124,12 +124,10 @@ fn demo_in_a_terminal_forces_clears_and_quits_cleanly() {
 
     tmux.keys("?");
     tmux.wait_for("the help overlay", |s| {
-        s.contains("Keys") && s.contains("sync now, ignoring the cache")
+        s.contains("Keys") && s.contains("force sync: now,")
     });
     tmux.keys("Escape");
-    tmux.wait_for("the help closed", |s| {
-        !s.contains("sync now, ignoring the cache")
-    });
+    tmux.wait_for("the help closed", |s| !s.contains("force sync: now,"));
 
     tmux.keys("q");
     let deadline = Instant::now() + Duration::from_secs(20);

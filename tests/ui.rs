@@ -126,15 +126,33 @@ fn help_overlay_lists_the_keymap() {
     let snap = fixture::snapshot();
     let mut app = App::default();
     key(&mut app, &snap, KeyCode::Char('?'));
-    let screen = render(&app, &snap, 80, 24);
-    for b in keysync::app::KEYMAP.iter().filter(|b| b.hint) {
-        assert!(
-            screen.contains(b.help),
-            "help lacks {:?}:\n{screen}",
-            b.help
-        );
-    }
     insta::assert_snapshot!(render(&app, &snap, 120, 40));
+}
+
+#[test]
+fn help_overlay_at_80x24_keeps_its_columns_apart_and_says_force_sync() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('?'));
+    let screen = render(&app, &snap, 80, 24);
+    // Each help text is there, whole or wrapped, and never runs into the next column.
+    let words: Vec<&str> = screen
+        .split(|c: char| c.is_whitespace() || c == '│' || c == '"')
+        .collect();
+    for b in keysync::app::KEYMAP.iter().filter(|b| !b.help.is_empty()) {
+        for word in b.help.split(' ') {
+            assert!(
+                words.contains(&word),
+                "help lacks {word:?} of {:?}:\n{screen}",
+                b.help
+            );
+        }
+    }
+    for run_together in ["syncsPgUp", "cleanlyr", "filterEnter"] {
+        assert!(!screen.contains(run_together), "{run_together}:\n{screen}");
+    }
+    assert!(screen.contains("force sync"), "{screen}");
+    insta::assert_snapshot!(screen);
 }
 
 #[test]
@@ -251,4 +269,30 @@ fn link_pane_lists_proxy_clients() {
         screen.contains("127.0.0.1:51234 5m00s in 12 out 340 drop 3"),
         "{screen}"
     );
+}
+
+#[test]
+fn the_log_pane_title_carries_no_unreadable_rate() {
+    let state = tui_logger::TuiWidgetState::new();
+    for show_targets in [false, true] {
+        let mut terminal = Terminal::new(TestBackend::new(80, 6)).expect("test backend");
+        terminal
+            .draw(|f| {
+                let area = f.area();
+                ui::log::draw(
+                    f,
+                    area,
+                    true,
+                    show_targets,
+                    &state,
+                    &Theme { no_color: true },
+                );
+            })
+            .expect("draws");
+        let screen = terminal.backend().to_string();
+        let title = screen.lines().next().unwrap_or_default();
+        assert!(title.contains(" Log "), "{screen}");
+        assert!(!title.contains("/s]"), "{screen}");
+        assert_eq!(title.contains("targets"), show_targets, "{screen}");
+    }
 }

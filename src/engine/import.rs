@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
-use super::radio::{NodeSeen, PublicKey, Source};
-use super::store::{Learned, Store, StoreError, parse_key, parse_node};
+use super::radio::{NodeSeen, PublicKey, Source, is_node_num};
+use super::store::{Learned, NodeArg, Store, StoreError, parse_key, parse_node};
 
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,8 +70,12 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
     let mut report = ImportReport::default();
     while let Some(row) = rows.next().map_err(|e| fail(e.to_string()))? {
         let num = match row.get_ref(0).map_err(|e| fail(e.to_string()))? {
-            ValueRef::Integer(i) => u32::try_from(i).ok(),
-            other => parse_node(&text_of(other)).ok(),
+            ValueRef::Integer(i) => u32::try_from(i).ok().filter(|n| is_node_num(*n)),
+            // An id that reads as hex and as decimal is skipped rather than guessed.
+            other => match parse_node(&text_of(other)) {
+                Ok(NodeArg::One(num)) => Some(num),
+                _ => None,
+            },
         };
         let key = row.get_ref(4).ok().and_then(key_of);
         let (Some(num), Some(key)) = (num, key) else {
@@ -99,7 +103,7 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
             Learned::FirstUse => report.imported += 1,
             Learned::Same => report.unchanged += 1,
             Learned::Pending { .. } | Learned::KnownOther(_) => report.conflicting += 1,
-            Learned::NamesOnly => report.skipped_invalid += 1,
+            Learned::NamesOnly | Learned::NotANode => report.skipped_invalid += 1,
         }
     }
     Ok(report)

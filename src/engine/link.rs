@@ -677,8 +677,8 @@ impl Supervisor {
         log::info!(target: "keysync::link",
             "connected to {} ({}, firmware {}, {} nodes in its NodeDB)",
             radio::node_id(info.my_node_num),
-            if info.long_name.is_empty() { "unnamed" } else { &info.long_name },
-            if info.firmware.is_empty() { "unknown" } else { &info.firmware },
+            if info.long_name.is_empty() { "unnamed".into() } else { radio::printable(&info.long_name) },
+            if info.firmware.is_empty() { "unknown".into() } else { radio::printable(&info.firmware) },
             info.nodes_in_db);
         let session = Arc::new(session);
         self.current.store(id, Ordering::Release);

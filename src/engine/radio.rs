@@ -29,9 +29,44 @@ pub fn valid_key(bytes: &[u8]) -> Option<PublicKey> {
     (key != [0; KEY_LEN]).then_some(key)
 }
 
+/// Whether `num` can be a node: 0 is nobody and [`BROADCAST`] is everybody; keys for either
+/// are never stored nor pushed.
+pub fn is_node_num(num: u32) -> bool {
+    num != 0 && num != BROADCAST
+}
+
 /// The `!hex` form of a node number that Meshtastic shows to people.
 pub fn node_id(num: u32) -> String {
     format!("!{num:08x}")
+}
+
+/// Text from outside (a node's name, a radio's firmware string) as it may reach a terminal or
+/// a log line: control characters — C0 (ESC, BEL, CR, LF, …), DEL, C1 — and the bidirectional
+/// overrides that reorder what follows are dropped. A name is data; it must not retitle or
+/// clear a terminal, nor start a forged log line.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(is_hostile) {
+        s.chars()
+            .filter(|c| !is_hostile(*c))
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+fn is_hostile(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A node as a log line names it: `!1a2b3c4d (Ridge Relay)`, its name made [`printable`].
+pub fn node_label(num: u32, long_name: &str) -> String {
+    let name = printable(long_name);
+    if name.trim().is_empty() {
+        node_id(num)
+    } else {
+        format!("{} ({name})", node_id(num))
+    }
 }
 
 /// A nonce for a full config download: random, never one of the special nonces.
@@ -238,6 +273,10 @@ impl NodeSeen {
 
 /// The node a frame tells us about: a `node_info`, or a NODEINFO_APP packet with a `User`.
 pub fn node_seen(frame: &FromRadio) -> Option<NodeSeen> {
+    node_seen_any(frame).filter(|s| is_node_num(s.num))
+}
+
+fn node_seen_any(frame: &FromRadio) -> Option<NodeSeen> {
     match frame.payload_variant.as_ref()? {
         from_radio::PayloadVariant::NodeInfo(NodeInfo {
             num,
@@ -483,6 +522,38 @@ mod tests {
         );
         assert_eq!(user.short_name, "🦊");
         assert_eq!(user.is_unmessagable, Some(true));
+    }
+
+    #[test]
+    fn names_lose_escape_sequences_bells_newlines_and_bidi_overrides() {
+        assert_eq!(
+            printable("a\x1b]0;TITLE\x07b\x1b[2J\n2026 ERROR keysync forged\r\u{9b}\u{202e}z"),
+            "a]0;TITLEb[2J2026 ERROR keysync forgedz"
+        );
+        assert!(matches!(
+            printable("Ridge Relay ⛰"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(node_label(0x1234_abcd, "\x07"), "!1234abcd");
+        assert_eq!(node_label(0x1234_abcd, "Hut\n"), "!1234abcd (Hut)");
+    }
+
+    #[test]
+    fn node_zero_and_broadcast_in_a_node_list_are_not_sightings() {
+        let frame = |num| FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::NodeInfo(NodeInfo {
+                num,
+                user: Some(User {
+                    public_key: vec![7; 32],
+                    ..User::default()
+                }),
+                ..NodeInfo::default()
+            })),
+        };
+        assert!(node_seen(&frame(0)).is_none());
+        assert!(node_seen(&frame(BROADCAST)).is_none());
+        assert_eq!(node_seen(&frame(5)).map(|s| s.num), Some(5));
     }
 
     #[test]

@@ -9,12 +9,27 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::radio::{Contact, NodeSeen, PublicKey, Source, node_id, valid_key};
+use super::radio::{Contact, NodeSeen, PublicKey, Source, is_node_num, node_id, valid_key};
 
 /// The schema version this keysync writes; databases from newer versions are refused.
 pub const SCHEMA_VERSION: i64 = 2;
+/// `PRAGMA application_id` of a keysync store ("KSYN"), so that keysync recognises its own
+/// files and leaves other programs' SQLite databases alone. (`file(1)` shows it too.)
+pub const APPLICATION_ID: i32 = 0x4b53_594e;
+/// The tables of schema version 1: a file without `application_id` that holds them is a store
+/// from a keysync that did not mark its files yet, and is adopted.
+const OWN_TABLES: &[&str] = &[
+    "nodes",
+    "keys",
+    "key_history",
+    "sync_runs",
+    "link_events",
+    "sync_cache",
+];
+/// SQLite's page cache per connection, in the negative-KiB form of `PRAGMA cache_size`.
+const PAGE_CACHE_KIB: i64 = -256;
 /// How long a write waits for another process's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,6 +141,16 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "{path} is another program's SQLite database ({why}); keysync left it untouched — give keysync its own file with --db"
+    )]
+    Foreign { path: PathBuf, why: String },
+    #[error("no key store at {path}: {why}")]
+    Missing { path: PathBuf, why: String },
+    #[error(
+        "{path} is read-only for keysync; check the permissions of the file and of its directory"
+    )]
+    ReadOnly { path: PathBuf },
     #[error("{path} is locked by another process{holders} and stayed locked for {}s", BUSY_TIMEOUT.as_secs())]
     Locked { path: PathBuf, holders: String },
     #[error(
@@ -134,11 +159,9 @@ pub enum StoreError {
     DiskFull { path: PathBuf },
     #[error("cannot open {path}: {detail}")]
     Open { path: PathBuf, detail: String },
-    #[error("key store {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    /// `detail` is SQLite's message once: the error's source would repeat it.
+    #[error("key store {path}: {detail}")]
+    Sqlite { path: PathBuf, detail: String },
 }
 
 /// A key's standing with the operator.
@@ -184,6 +207,8 @@ pub enum Learned {
     KnownOther(KeyState),
     /// No valid key in the message: names and last-seen only.
     NamesOnly,
+    /// Node 0 or the broadcast address: nothing stored.
+    NotANode,
 }
 
 /// The trusted key of a node, with what add_contact needs to send.
@@ -333,9 +358,21 @@ fn source_name(s: Source) -> &'static str {
 }
 
 impl Store {
-    /// Opens (creating if needed, mode 0600) and migrates the store at `path`. A file that is
-    /// not SQLite, is corrupt or is from a newer keysync is refused before anything is written.
+    /// Opens (creating the file if needed, mode 0600, but not its directory) and migrates the
+    /// store at `path`. A file that is
+    /// not SQLite, is corrupt, is from a newer keysync or belongs to another program is refused
+    /// before anything is written.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, true)
+    }
+
+    /// Opens the store at `path` only if it exists: for commands that look at what keysync
+    /// learned, where a mistyped path must not leave directories and an empty store behind.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, create: bool) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         if path.is_dir() {
             return Err(StoreError::Open {
@@ -344,6 +381,14 @@ impl Store {
             });
         }
         if !path.exists() {
+            let why = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) if !dir.is_dir() => Some(format!("no such directory {}", dir.display())),
+                _ if !create => Some("no such file (nothing learned yet?)".into()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(StoreError::Missing { path, why });
+            }
             create_private(&path).map_err(|e| StoreError::Open {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -359,10 +404,13 @@ impl Store {
             .conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| store.error(e))?;
-        let version: i64 = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| store.error(e))?;
+        let (version, ownership) = store.ownership()?;
+        if let Ownership::Foreign(why) = ownership {
+            return Err(StoreError::Foreign {
+                path: store.path.clone(),
+                why,
+            });
+        }
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: store.path.clone(),
@@ -392,8 +440,43 @@ impl Store {
             .conn
             .pragma_update(None, "foreign_keys", true)
             .map_err(|e| store.error(e))?;
+        // The whole store of 10 000 nodes is a few MB that the OS caches anyway; SQLite's own
+        // page cache (2 MB per connection by default) only doubles it in our RSS.
+        store
+            .conn
+            .pragma_update(None, "cache_size", PAGE_CACHE_KIB)
+            .map_err(|e| store.error(e))?;
         store.migrate(version)?;
+        if ownership == Ownership::Adopt {
+            store
+                .conn
+                .pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(|e| store.error(e))?;
+            log::info!(target: "keysync::store", "{}: marked as a keysync store (application_id)", store.path.display());
+        }
+        make_private(&store.path);
         Ok(store)
+    }
+
+    /// Reads, without writing, whose file this is: its schema version and what to do with it.
+    fn ownership(&self) -> Result<(i64, Ownership), StoreError> {
+        let read = || -> rusqlite::Result<(i32, i64, Vec<String>)> {
+            let app_id = self
+                .conn
+                .pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let version = self
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let mut stmt = self.conn.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            )?;
+            let tables = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((app_id, version, tables))
+        };
+        let (app_id, version, tables) = read().map_err(|e| self.error(e))?;
+        Ok((version, ownership(app_id, version, &tables)))
     }
 
     pub fn path(&self) -> &Path {
@@ -406,12 +489,11 @@ impl Store {
             if version <= from {
                 continue;
             }
-            let tx = self
-                .conn
-                .unchecked_transaction()
-                .map_err(|e| self.error(e))?;
+            let tx = self.write_transaction()?;
             tx.execute_batch(sql).map_err(|e| self.error(e))?;
             tx.pragma_update(None, "user_version", version)
+                .map_err(|e| self.error(e))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| self.error(e))?;
             tx.commit().map_err(|e| self.error(e))?;
             log::info!(target: "keysync::store", "{}: schema migrated to version {version}", self.path.display());
@@ -419,7 +501,20 @@ impl Store {
         Ok(())
     }
 
+    /// A transaction that takes the write lock at `BEGIN`, waiting up to [`BUSY_TIMEOUT`] for
+    /// it. A deferred one would read first and then, upgrading to write while another process
+    /// writes, fail at once with SQLITE_BUSY: SQLite cannot wait there without breaking the
+    /// snapshot it read.
+    fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.error(e))
+    }
+
     /// Maps a SQLite error to one that names the file and, for locks, who holds it.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "it is called as map_err(|e| self.error(e))"
+    )]
     fn error(&self, e: rusqlite::Error) -> StoreError {
         let path = self.path.clone();
         match e.sqlite_error_code() {
@@ -433,16 +528,17 @@ impl Store {
                 let holders = lock_holders(&self.path);
                 StoreError::Locked { path, holders }
             }
-            _ => StoreError::Sqlite { path, source: e },
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path },
+            _ => StoreError::Sqlite {
+                path,
+                detail: e.to_string(),
+            },
         }
     }
 
     /// Records what a sighting says about a node and its key, under trust on first use.
     pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let learned = self.learn_in(&tx, seen, now)?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
@@ -455,10 +551,7 @@ impl Store {
         seen: &[NodeSeen],
         now: SystemTime,
     ) -> Result<Vec<Learned>, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let learned = seen
             .iter()
             .map(|s| self.learn_in(&tx, s, now))
@@ -473,6 +566,9 @@ impl Store {
         seen: &NodeSeen,
         now: SystemTime,
     ) -> Result<Learned, StoreError> {
+        if !is_node_num(seen.num) {
+            return Ok(Learned::NotANode);
+        }
         let now_ms = millis(now);
         let source = source_name(seen.source);
         let exists: bool = tx
@@ -562,7 +658,7 @@ impl Store {
                 "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
                         n.pinned, n.last_dm
                  FROM keys k JOIN nodes n ON n.num = k.node_num
-                 WHERE k.state = 'trusted' ORDER BY n.num",
+                 WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
         stmt.query_map([], |r| {
@@ -595,8 +691,29 @@ impl Store {
             .map_err(|e| self.error(e))
     }
 
+    /// Whether the store has heard of node `num`.
+    pub fn knows(&self, num: u32) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(|e| self.error(e))
+    }
+
     /// Every node with its keys, for listings and the monitor.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.nodes_as(|record| record)
+    }
+
+    /// Every node, each turned into what the caller keeps, in one vector of the exact size:
+    /// with 10 000 nodes the monitor would otherwise hold the records, their views and the
+    /// growth slack of both at once.
+    pub fn nodes_as<T>(&self, mut view: impl FnMut(NodeRecord) -> T) -> Result<Vec<T>, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
+            .map_err(|e| self.error(e))?;
+        let count = usize::try_from(count).unwrap_or(0);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -629,7 +746,13 @@ impl Store {
                 removed_at: r.get::<_, Option<i64>>(14)?.map(from_millis),
             })
         })
-        .and_then(Iterator::collect)
+        .and_then(|rows| {
+            let mut out = Vec::with_capacity(count);
+            for row in rows {
+                out.push(view(row?));
+            }
+            Ok(out)
+        })
         .map_err(|e| self.error(e))
     }
 
@@ -678,10 +801,7 @@ impl Store {
         accept: bool,
     ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
         let now_ms = millis(now);
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
+        let tx = self.write_transaction()?;
         let exists = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
             .optional()
@@ -994,12 +1114,80 @@ fn insert_key(
     Ok(())
 }
 
+/// Whose SQLite file a store path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ownership {
+    /// Marked with keysync's application_id.
+    Ours,
+    /// Empty: keysync creates its schema and marks it.
+    New,
+    /// keysync's tables and schema version without the mark (written before the mark existed).
+    Adopt,
+    /// Another program's, with why keysync thinks so.
+    Foreign(String),
+}
+
+/// Decides from the header and the table names alone, so that a file keysync does not own is
+/// refused before anything is written to it.
+fn ownership(app_id: i32, version: i64, tables: &[String]) -> Ownership {
+    if app_id == APPLICATION_ID {
+        return Ownership::Ours;
+    }
+    if app_id != 0 {
+        return Ownership::Foreign(format!("application_id {app_id:#010x}"));
+    }
+    if tables.is_empty() && version == 0 {
+        return Ownership::New;
+    }
+    let ours = OWN_TABLES
+        .iter()
+        .all(|t| tables.iter().any(|have| have == t));
+    if ours && version > 0 {
+        return Ownership::Adopt;
+    }
+    let mut names = tables.join(", ");
+    if names.len() > 80 {
+        names = format!("{}…", names.chars().take(80).collect::<String>());
+    }
+    Ownership::Foreign(format!("tables {names}"))
+}
+
+/// Restricts the store and its WAL files to their owner, saying so when they were wider: a file
+/// copied in, restored from a backup or created by an older keysync.
+fn make_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            let group_and_others = mode & 0o077;
+            if group_and_others == 0 {
+                continue;
+            }
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => log::info!(target: "keysync::store",
+                    "{}: mode {mode:04o} changed to 0600 (the store says who talks to whom)", file.display()),
+                Err(e) => log::warn!(target: "keysync::store",
+                    "{}: mode {mode:04o} is readable by others and could not be changed to 0600: {e}", file.display()),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// Creates an empty file readable by its owner only (keys are not secret, but the store says
 /// who talks to whom).
 fn create_private(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -1045,22 +1233,72 @@ fn lock_holders(path: &Path) -> String {
     }
 }
 
-/// Parses a node given by an operator: `!1a2b3c4d`, `0x1a2b3c4d`, hex, or decimal.
-pub fn parse_node(s: &str) -> Result<u32, String> {
+/// A node as an operator wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeArg {
+    One(u32),
+    /// Eight decimal digits are also eight hex digits: `12345678` is `!12345678` or
+    /// `!00bc614e`.
+    Either {
+        hex: u32,
+        decimal: u32,
+    },
+}
+
+impl NodeArg {
+    /// The node meant: the only candidate, or of two the only one `known`; both or neither
+    /// known is ambiguous, and the message names both.
+    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, String> {
+        match self {
+            Self::One(num) => Ok(num),
+            Self::Either { hex, decimal } => match (known(hex), known(decimal)) {
+                (true, false) => Ok(hex),
+                (false, true) => Ok(decimal),
+                _ => Err(format!(
+                    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
+                    node_id(hex),
+                    node_id(decimal),
+                    node_id(hex),
+                    node_id(decimal)
+                )),
+            },
+        }
+    }
+}
+
+/// Parses a node given by an operator: `!1a2b3c4d` and `0x1a2b3c4d` (always hex), eight hex
+/// digits, or a decimal number. Node 0 and the broadcast address are nobody's.
+pub fn parse_node(s: &str) -> Result<NodeArg, String> {
     let t = s.trim();
     let hex = t
         .strip_prefix('!')
         .or_else(|| t.strip_prefix("0x"))
         .or_else(|| t.strip_prefix("0X"));
+    let all_digits = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
     let parsed = match hex {
-        Some(h) => u32::from_str_radix(h, 16).ok(),
-        None if t.chars().all(|c| c.is_ascii_digit()) => t.parse().ok(),
-        None if t.len() == 8 => u32::from_str_radix(t, 16).ok(),
+        Some(h) => u32::from_str_radix(h, 16).ok().map(NodeArg::One),
+        None if all_digits && t.len() == 8 => {
+            match (u32::from_str_radix(t, 16).ok(), t.parse().ok()) {
+                (Some(hex), Some(decimal)) if hex != decimal && is_node_num(decimal) => {
+                    Some(NodeArg::Either { hex, decimal })
+                }
+                (Some(hex), _) => Some(NodeArg::One(hex)),
+                _ => None,
+            }
+        }
+        None if all_digits => t.parse().ok().map(NodeArg::One),
+        None if t.len() == 8 => u32::from_str_radix(t, 16).ok().map(NodeArg::One),
         None => None,
     };
-    parsed.filter(|n| *n != 0 && *n != u32::MAX).ok_or_else(|| {
-        format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)")
-    })
+    let bad = || format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)");
+    match parsed {
+        Some(NodeArg::One(n)) if !is_node_num(n) => Err(format!(
+            "{s:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
+            node_id(n)
+        )),
+        Some(arg) => Ok(arg),
+        None => Err(bad()),
+    }
 }
 
 /// Parses a key given as base64 (44 characters) or hex (64 digits).
@@ -1206,13 +1444,78 @@ mod tests {
     }
 
     #[test]
+    fn only_empty_marked_or_unmarked_keysync_files_are_keysync_s() {
+        let ours: Vec<String> = OWN_TABLES.iter().map(ToString::to_string).collect();
+        assert_eq!(ownership(APPLICATION_ID, 1, &ours), Ownership::Ours);
+        assert_eq!(ownership(0, 0, &[]), Ownership::New);
+        assert_eq!(ownership(0, 1, &ours), Ownership::Adopt);
+        let meshbot = vec!["meshtastic_nodes".to_string()];
+        assert_eq!(
+            ownership(0, 0, &meshbot),
+            Ownership::Foreign("tables meshtastic_nodes".into())
+        );
+        assert!(matches!(ownership(0, 3, &ours[..2]), Ownership::Foreign(_)));
+        assert!(matches!(
+            ownership(0x0f00_ba11, 0, &[]),
+            Ownership::Foreign(_)
+        ));
+    }
+
+    #[test]
+    fn a_read_only_store_says_so_once() {
+        let (dir, _) = open();
+        let path = dir.path().join("k.db");
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("opens read-only");
+        let mut store = Store { conn, path };
+        let err = store.clear_cache().expect_err("read-only");
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("is read-only"), "{text}");
+        assert_eq!(text.matches("read-only").count(), 1, "{text}");
+        assert!(!text.contains("readonly database"), "{text}");
+    }
+
+    #[test]
     fn node_ids_and_keys_parse_in_every_operator_form() {
-        assert_eq!(parse_node("!1a2b3c4d"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("0x1A2B3C4D"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("1a2b3c4d"), Ok(0x1a2b_3c4d));
-        assert_eq!(parse_node("439041101"), Ok(439_041_101));
+        let one = |n| Ok(NodeArg::One(n));
+        assert_eq!(parse_node("!1a2b3c4d"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("0x1A2B3C4D"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("1a2b3c4d"), one(0x1a2b_3c4d));
+        assert_eq!(parse_node("439041101"), one(439_041_101));
+        assert_eq!(parse_node("!12345678"), one(0x1234_5678));
         assert!(parse_node("!zz").is_err());
-        assert!(parse_node("0").is_err());
+        assert!(parse_node("").is_err());
+        for nobody in [
+            "0",
+            "!0",
+            "00000000",
+            "!ffffffff",
+            "4294967295",
+            "0xFFFFFFFF",
+        ] {
+            assert!(parse_node(nobody).is_err(), "{nobody}");
+        }
+    }
+
+    #[test]
+    fn eight_digits_name_two_nodes_and_resolve_only_when_one_is_known() {
+        let arg = parse_node("12345678").expect("parses");
+        assert_eq!(
+            arg,
+            NodeArg::Either {
+                hex: 0x1234_5678,
+                decimal: 0x00bc_614e
+            }
+        );
+        assert_eq!(arg.resolve(|n| n == 0x00bc_614e), Ok(0x00bc_614e));
+        assert_eq!(arg.resolve(|n| n == 0x1234_5678), Ok(0x1234_5678));
+        for known in [|_| true, |_| false] as [fn(u32) -> bool; 2] {
+            let err = arg.resolve(known).unwrap_err();
+            assert!(
+                err.contains("!12345678") && err.contains("!00bc614e"),
+                "{err}"
+            );
+        }
         let key = [0xAB; 32];
         assert_eq!(parse_key(&key_base64(&key)), Some(key));
         assert_eq!(parse_key(&"ab".repeat(32)), Some(key));

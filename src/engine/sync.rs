@@ -561,7 +561,7 @@ async fn execute(
             ))
         })
         .await?;
-    super::log_learned_all(&learned);
+    super::log_learned_in_bulk(&learned);
     let pending: BTreeSet<u32> = pending.into_iter().collect();
     let fp = fingerprint(&trusted);
     report.fingerprint = fp;
@@ -943,7 +943,7 @@ fn record_op(
             if favourite {
                 ours.insert(num);
             }
-            log::info!(target: "keysync::sync", "add_contact {} ({}) sent", radio::node_id(num), contact.long_name);
+            log::info!(target: "keysync::sync", "add_contact {} sent", radio::node_label(num, &contact.long_name));
             FlashWrite::Push { favourite }
         }
         Op::Release(_) => {

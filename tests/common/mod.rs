@@ -204,3 +204,12 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
 }
 pub mod fixture;
 pub mod raw;
+
+/// Sends SIGTERM to `child`, as systemd stops a service.
+pub fn sigterm(child: &std::process::Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+}
