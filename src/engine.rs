@@ -695,7 +695,7 @@ impl EngineLoop {
         self.running = Some(tokio::spawn(sync::run(job)));
     }
 
-    async fn finish(&mut self, report: SyncReport) {
+    async fn finish(&mut self, mut report: SyncReport) {
         if report.outcome == Outcome::Failed {
             log::warn!(target: "keysync::sync", "{}", report.summary());
         } else {
@@ -720,8 +720,9 @@ impl EngineLoop {
             }
         };
         self.urgent_tx = None;
-        if let Some(mirror) = &report.mirror {
-            self.mirror = Some(mirror.clone());
+        // The engine keeps the radio's picture; a hundred reports need not keep a copy each.
+        if let Some(mirror) = report.mirror.take() {
+            self.mirror = Some(mirror);
         }
         self.note_lost(&report);
         if report.trigger.is_lazy() {

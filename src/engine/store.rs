@@ -652,15 +652,25 @@ impl Store {
 
     /// Every trusted key, by node number.
     pub fn trusted(&self) -> Result<Vec<TrustedKey>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
-                        n.pinned, n.last_dm
-                 FROM keys k JOIN nodes n ON n.num = k.node_num
-                 WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) ORDER BY n.num",
-            )
-            .map_err(|e| self.error(e))?;
+        self.trusted_where("1")
+    }
+
+    /// The trusted keys of `nums` (those that have one).
+    pub fn trusted_of(&self, nums: &[u32]) -> Result<Vec<TrustedKey>, StoreError> {
+        let list: Vec<String> = nums.iter().map(u32::to_string).collect();
+        self.trusted_where(&format!("n.num IN ({})", list.join(",")))
+    }
+
+    /// Trusted keys whose node matches `filter` (SQL over `n`, built from numbers only).
+    fn trusted_where(&self, filter: &str) -> Result<Vec<TrustedKey>, StoreError> {
+        let sql = format!(
+            "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
+                    n.pinned, n.last_dm
+             FROM keys k JOIN nodes n ON n.num = k.node_num
+             WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) AND ({filter})
+             ORDER BY n.num"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
         stmt.query_map([], |r| {
             Ok(TrustedKey {
                 num: r.get(0)?,

@@ -504,10 +504,16 @@ async fn execute(
     mut state: RunState,
 ) -> Result<(), SyncError> {
     let trigger = job.trigger;
-    let (trusted, cache) = job.store.run(|s| Ok((s.trusted()?, s.cache()?))).await?;
-    let fp = fingerprint(&trusted);
+    // Only the fingerprint and the count leave the store's thread: most checks stop here.
+    let (fp, known, cache) = job
+        .store
+        .run(|s| {
+            let trusted = s.trusted()?;
+            Ok((fingerprint(&trusted), trusted.len(), s.cache()?))
+        })
+        .await?;
     report.fingerprint = fp;
-    report.known = count(trusted.len());
+    report.known = count(known);
     if !settle(job, report, cache.as_ref(), &fp) {
         report.duration = state.started.elapsed();
         return Ok(());
@@ -547,13 +553,14 @@ async fn execute(
         .collect();
     let now = SystemTime::now();
     let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-    let (learned, trusted, pending, ours, removed, writes) = job
+    let (learned, (fp, known), pending, ours, removed, writes) = job
         .store
         .run(move |s| {
             let learned = s.learn_all(&seen, now)?;
+            let trusted = s.trusted()?;
             Ok((
                 seen.into_iter().zip(learned).collect::<Vec<_>>(),
-                s.trusted()?,
+                (fingerprint(&trusted), trusted.len()),
                 s.pending_nodes()?,
                 s.our_favourites()?,
                 s.removed()?,
@@ -563,9 +570,8 @@ async fn execute(
         .await?;
     super::log_learned_in_bulk(&learned);
     let pending: BTreeSet<u32> = pending.into_iter().collect();
-    let fp = fingerprint(&trusted);
     report.fingerprint = fp;
-    report.known = count(trusted.len());
+    report.known = count(known);
 
     let mut ours = if fresh.is_some() {
         reconcile_favourites(job, &mirror, ours, now, report).await?
@@ -577,13 +583,15 @@ async fn execute(
     held_back.extend(report.lost.iter().copied());
     let inputs = Inputs {
         urgent: job.urgent.clone(),
-        trusted,
+        trusted: Vec::new(),
         pending,
         held_back,
         writes,
         pushes: 0,
     };
-    let applied = apply(job, inputs, &mut mirror, &mut ours, &mut state, report).await;
+    let (inputs, first) = first_plan(job, inputs, &mirror, &ours).await?;
+    report_start(job, &first, inputs.writes, report);
+    let applied = apply(job, inputs, first, &mut mirror, &mut ours, &mut state, report).await;
     report.frames_sent = state.frames_sent;
     report.protected_after = count(
         mirror
@@ -681,29 +689,80 @@ struct Inputs {
     pushes: usize,
 }
 
+/// What a run plans with besides the keys: owned, so a plan can be made on the store's thread.
+#[derive(Debug, Clone)]
+struct PlanParams {
+    own: u32,
+    traits: RadioTraits,
+    key_slots: Option<usize>,
+    max_writes: usize,
+    max_pushes: usize,
+    pushes_ignored: Option<usize>,
+}
+
+impl PlanParams {
+    fn of(job: &SyncJob) -> Self {
+        Self {
+            own: job.session.my_node_num,
+            traits: job.traits.clone(),
+            key_slots: job.settings.key_slots.map(|n| n as usize),
+            max_writes: usize::try_from(job.settings.max_flash_writes).unwrap_or(usize::MAX),
+            max_pushes: usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX),
+            pushes_ignored: job.pushes_ignored,
+        }
+    }
+}
+
 /// Plans from where things stand now.
-fn plan_step(job: &SyncJob, inputs: &Inputs, mirror: &Mirror, ours: &BTreeSet<u32>) -> plan::Plan {
-    let max_writes = usize::try_from(job.settings.max_flash_writes).unwrap_or(usize::MAX);
-    let max_pushes = usize::try_from(job.settings.max_pushes).unwrap_or(usize::MAX);
+fn plan_step(
+    params: &PlanParams,
+    inputs: &Inputs,
+    mirror: &Mirror,
+    ours: &BTreeSet<u32>,
+) -> plan::Plan {
     plan::plan(&PlanInput {
         trusted: &inputs.trusted,
         pending: &inputs.pending,
         mirror,
-        own: job.session.my_node_num,
-        traits: &job.traits,
-        key_slots: job.settings.key_slots.map(|n| n as usize),
+        own: params.own,
+        traits: &params.traits,
+        key_slots: params.key_slots,
         ours,
         held_back: &inputs.held_back,
         urgent: &inputs.urgent,
-        flash_left: max_writes.saturating_sub(inputs.writes),
-        max_pushes: max_pushes.saturating_sub(inputs.pushes),
-        pushes_ignored: job.pushes_ignored,
+        flash_left: params.max_writes.saturating_sub(inputs.writes),
+        max_pushes: params.max_pushes.saturating_sub(inputs.pushes),
+        pushes_ignored: params.pushes_ignored,
     })
+}
+
+/// The first plan of a run, made on the store's thread with every trusted key; only the keys
+/// later steps can choose among (the working set and keysync's favourites) come back.
+async fn first_plan(
+    job: &SyncJob,
+    mut inputs: Inputs,
+    mirror: &Mirror,
+    ours: &BTreeSet<u32>,
+) -> Result<(Inputs, plan::Plan), SyncError> {
+    let params = PlanParams::of(job);
+    let mirror = mirror.clone();
+    let ours = ours.clone();
+    job.store
+        .run(move |s| {
+            inputs.trusted = s.trusted()?;
+            let first = plan_step(&params, &inputs, &mirror, &ours);
+            let keep: BTreeSet<u32> = first.working.iter().chain(ours.iter()).copied().collect();
+            inputs.trusted.retain(|k| keep.contains(&k.num));
+            inputs.trusted.shrink_to_fit();
+            Ok((inputs, first))
+        })
+        .await
 }
 
 /// What the radio held when the run planned: the report's picture and the warnings.
 fn report_start(job: &SyncJob, first: &plan::Plan, writes: usize, report: &mut SyncReport) {
     report.in_radio = count(first.present);
+    report.stored_only = count(first.stored_only);
     report.conflicts = count(first.conflicts.len());
     report.slots = count(first.budget.slots);
     report.blocked = first.blocked.as_ref().map(ToString::to_string);
@@ -720,7 +779,6 @@ fn report_start(job: &SyncJob, first: &plan::Plan, writes: usize, report: &mut S
 
 /// What the run left: what waits, and what stays stored only.
 fn report_end(last: &plan::Plan, report: &mut SyncReport) {
-    report.stored_only = count(last.stored_only);
     report.deferred = count(last.deferred());
     report.deferred_max = count(last.deferred_max);
 }
@@ -855,27 +913,24 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
 async fn apply(
     job: &mut SyncJob,
     mut inputs: Inputs,
+    first: plan::Plan,
     mirror: &mut Mirror,
     ours: &mut BTreeSet<u32>,
     state: &mut RunState,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
     let own = job.session.my_node_num;
+    let params = PlanParams::of(job);
     let mut recent_ids: Vec<u32> = Vec::new();
     let mut done = 0;
+    let mut first = Some(first);
     loop {
-        if let Some(rx) = job.urgent_rx.as_mut() {
-            while let Ok(num) = rx.try_recv() {
-                if !inputs.urgent.contains(&num) {
-                    log::info!(target: "keysync::sync", "{} needs its key now: ahead of the rest", radio::node_id(num));
-                    inputs.urgent.insert(0, num);
-                }
-            }
-        }
-        let step = plan_step(job, &inputs, mirror, ours);
-        if done == 0 {
-            report_start(job, &step, inputs.writes, report);
-        }
+        let step = if let Some(plan) = first.take() {
+            plan
+        } else {
+            take_urgent(job, &mut inputs).await?;
+            plan_step(&params, &inputs, mirror, ours)
+        };
         report_end(&step, report);
         let Some(op) = step.ops.into_iter().next() else {
             return Ok(());
@@ -920,6 +975,34 @@ async fn apply(
             let _ = tx.send(num);
         }
     }
+}
+
+/// Nodes that became urgent while the run went on go first; their keys are read from the store
+/// when the run's list does not hold them.
+async fn take_urgent(job: &mut SyncJob, inputs: &mut Inputs) -> Result<(), SyncError> {
+    let Some(rx) = job.urgent_rx.as_mut() else {
+        return Ok(());
+    };
+    let mut fresh = Vec::new();
+    while let Ok(num) = rx.try_recv() {
+        if !inputs.urgent.contains(&num) && !fresh.contains(&num) {
+            log::info!(target: "keysync::sync", "{} needs its key now: ahead of the rest", radio::node_id(num));
+            fresh.push(num);
+        }
+    }
+    let missing: Vec<u32> = fresh
+        .iter()
+        .copied()
+        .filter(|n| !inputs.trusted.iter().any(|k| k.num == *n))
+        .collect();
+    if !missing.is_empty() {
+        let keys = job.store.run(move |s| s.trusted_of(&missing)).await?;
+        inputs.trusted.extend(keys);
+    }
+    for num in fresh {
+        inputs.urgent.insert(0, num);
+    }
+    Ok(())
 }
 
 /// What a write did to the radio, as keysync keeps track of it.
