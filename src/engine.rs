@@ -655,13 +655,7 @@ impl EngineLoop {
         if trigger == Trigger::Operator {
             self.pushes_ignored = None;
         }
-        let now = SystemTime::now();
-        let backing_off: BTreeSet<u32> = self
-            .backoff
-            .iter()
-            .filter(|(_, b)| b.until > now)
-            .map(|(n, _)| *n)
-            .collect();
+        let backing_off = self.backing_off();
         let (urgent_tx, urgent_rx) = mpsc::channel(64);
         self.urgent_tx = Some(urgent_tx);
         let traits = self
@@ -744,6 +738,16 @@ impl EngineLoop {
             s.sync.last = Some(report);
         });
         self.refresh_store_view().await;
+    }
+
+    /// Nodes whose push the radio lost, still backing off.
+    fn backing_off(&self) -> BTreeSet<u32> {
+        let now = SystemTime::now();
+        self.backoff
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// Pushes the radio lost back off; a run whose pushes all vanished stops pushing.
@@ -917,13 +921,7 @@ impl EngineLoop {
         self.nodes_dirty = false;
         let mirror = self.mirror.clone();
         let pushed = self.pushed_last.clone();
-        let now = SystemTime::now();
-        let backing_off: HashSet<u32> = self
-            .backoff
-            .iter()
-            .filter(|(_, b)| b.until > now)
-            .map(|(n, _)| *n)
-            .collect();
+        let backing_off = self.backing_off();
         let loaded = self
             .store
             .call(move |s| {

@@ -591,7 +591,16 @@ async fn execute(
     };
     let (inputs, first) = first_plan(job, inputs, &mirror, &ours).await?;
     report_start(job, &first, inputs.writes, report);
-    let applied = apply(job, inputs, first, &mut mirror, &mut ours, &mut state, report).await;
+    let applied = apply(
+        job,
+        inputs,
+        first,
+        &mut mirror,
+        &mut ours,
+        &mut state,
+        report,
+    )
+    .await;
     report.frames_sent = state.frames_sent;
     report.protected_after = count(
         mirror
