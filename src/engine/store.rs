@@ -655,6 +655,45 @@ impl Store {
         self.trusted_where("1")
     }
 
+    /// The fingerprint of the trusted keys and their count, streamed from SQLite in node order:
+    /// no list of 10 000 keys is built for a check that only compares fingerprints.
+    pub fn trusted_fingerprint(
+        &self,
+    ) -> Result<(crate::engine::sync::Fingerprint, usize), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT n.num, k.key FROM keys k JOIN nodes n ON n.num = k.node_num
+                 WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) ORDER BY n.num",
+            )
+            .map_err(|e| self.error(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
+        let mut count = 0;
+        let mut failed = None;
+        let fp =
+            crate::engine::sync::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
+                Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
+                    (Ok(num), Ok(key)) => {
+                        count += 1;
+                        Some((num, key))
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        failed = Some(e);
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }));
+        match failed {
+            Some(e) => Err(self.error(e)),
+            None => Ok((fp, count)),
+        }
+    }
+
     /// The trusted keys of `nums` (those that have one).
     pub fn trusted_of(&self, nums: &[u32]) -> Result<Vec<TrustedKey>, StoreError> {
         let list: Vec<String> = nums.iter().map(u32::to_string).collect();

@@ -30,6 +30,12 @@ pub type Fingerprint = [u8; 32];
 pub fn fingerprint(keys: &[TrustedKey]) -> Fingerprint {
     let mut pairs: Vec<(u32, &PublicKey)> = keys.iter().map(|k| (k.num, &k.key)).collect();
     pairs.sort_unstable_by_key(|(num, _)| *num);
+    fingerprint_sorted(pairs.into_iter().map(|(num, key)| (num, *key)))
+}
+
+/// [`fingerprint`] of pairs already sorted by node number, as the store streams them: no list
+/// of keys is built.
+pub fn fingerprint_sorted(pairs: impl IntoIterator<Item = (u32, PublicKey)>) -> Fingerprint {
     let mut hash = Sha256::new();
     for (num, key) in pairs {
         hash.update(num.to_be_bytes());
@@ -508,8 +514,8 @@ async fn execute(
     let (fp, known, cache) = job
         .store
         .run(|s| {
-            let trusted = s.trusted()?;
-            Ok((fingerprint(&trusted), trusted.len(), s.cache()?))
+            let (fp, known) = s.trusted_fingerprint()?;
+            Ok((fp, known, s.cache()?))
         })
         .await?;
     report.fingerprint = fp;
@@ -520,23 +526,7 @@ async fn execute(
     }
 
     let own = job.session.my_node_num;
-    let (mut mirror, fresh) = match job.nodes.clone() {
-        NodeSource::Handshake => {
-            report.reason.push_str("; node list from the handshake");
-            (
-                mirror_of(&job.session.nodes),
-                Some(job.session.nodes.clone()),
-            )
-        }
-        NodeSource::Download => {
-            let nodes = download(job, &mut state).await;
-            report.frames_sent = state.frames_sent;
-            report.duration = state.started.elapsed();
-            let nodes = nodes?;
-            (mirror_of(&nodes), Some(nodes))
-        }
-        NodeSource::Current(mirror) => (Mirror::clone(&mirror), None),
-    };
+    let (mut mirror, fresh) = node_list(job, &mut state, report).await?;
 
     // What the radio holds feeds the store first: new keys are trusted on first use, and a
     // different key becomes pending before the plan is made, so it is never overwritten.
@@ -557,10 +547,9 @@ async fn execute(
         .store
         .run(move |s| {
             let learned = s.learn_all(&seen, now)?;
-            let trusted = s.trusted()?;
             Ok((
                 seen.into_iter().zip(learned).collect::<Vec<_>>(),
-                (fingerprint(&trusted), trusted.len()),
+                s.trusted_fingerprint()?,
                 s.pending_nodes()?,
                 s.our_favourites()?,
                 s.removed()?,
@@ -616,6 +605,32 @@ async fn execute(
     }
     report.duration = state.started.elapsed();
     Ok(())
+}
+
+/// The radio's node list for this run: the handshake's, a download, or the engine's live
+/// picture (a lazy push). The list itself only when it is fresh from the radio.
+async fn node_list(
+    job: &mut SyncJob,
+    state: &mut RunState,
+    report: &mut SyncReport,
+) -> Result<(Mirror, Option<Vec<NodeInfo>>), SyncError> {
+    Ok(match job.nodes.clone() {
+        NodeSource::Handshake => {
+            report.reason.push_str("; node list from the handshake");
+            (
+                mirror_of(&job.session.nodes),
+                Some(job.session.nodes.clone()),
+            )
+        }
+        NodeSource::Download => {
+            let nodes = download(job, state).await;
+            report.frames_sent = state.frames_sent;
+            report.duration = state.started.elapsed();
+            let nodes = nodes?;
+            (mirror_of(&nodes), Some(nodes))
+        }
+        NodeSource::Current(mirror) => (Mirror::clone(&mirror), None),
+    })
 }
 
 /// A run that left nothing of the working set waiting makes the cache fresh; otherwise the
@@ -1126,6 +1141,14 @@ mod tests {
     }
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_streamed_fingerprint_equals_the_one_of_the_list() {
+        let keys = [key(9, 9), key(1, 1), key(5, 5)];
+        let mut sorted: Vec<(u32, PublicKey)> = keys.iter().map(|k| (k.num, k.key)).collect();
+        sorted.sort_unstable_by_key(|(n, _)| *n);
+        assert_eq!(fingerprint(&keys), fingerprint_sorted(sorted));
+    }
 
     #[test]
     fn fingerprint_covers_the_whole_key_and_ignores_order() {
