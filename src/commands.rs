@@ -43,7 +43,7 @@ impl From<&NodeRecord> for KeyRow {
             pushes: n.pushes,
             pinned: n.pinned,
             keysync_favourite: n.our_favourite,
-            removed_from_radio: n.removed_at.is_some(),
+            removed_from_radio: n.removed,
         }
     }
 }

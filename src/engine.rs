@@ -979,7 +979,7 @@ fn radio_key(
     if on_radio.is_some_and(|n| n.ignored) {
         return RadioKey::Ignored;
     }
-    if record.removed_at.is_some() {
+    if record.removed {
         return RadioKey::Removed;
     }
     if backing_off {

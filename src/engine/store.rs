@@ -259,11 +259,10 @@ pub struct NodeRecord {
     pub pending: Option<PublicKey>,
     pub rejected: u32,
     pub pinned: bool,
-    pub last_dm: Option<SystemTime>,
     /// keysync made it a favourite on the radio (and may give the slot back).
     pub our_favourite: bool,
     /// Someone removed it from the radio; it is not pushed again until heard.
-    pub removed_at: Option<SystemTime>,
+    pub removed: bool,
 }
 
 impl NodeRecord {
@@ -772,7 +771,7 @@ impl Store {
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
                          ORDER BY last_seen DESC LIMIT 1),
                         (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
-                        n.pinned, n.last_dm, n.our_favourite, n.removed_at
+                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
@@ -790,9 +789,8 @@ impl Store {
                 pending: r.get(9)?,
                 rejected: r.get(10)?,
                 pinned: r.get(11)?,
-                last_dm: r.get::<_, Option<i64>>(12)?.map(from_millis),
-                our_favourite: r.get(13)?,
-                removed_at: r.get::<_, Option<i64>>(14)?.map(from_millis),
+                our_favourite: r.get(12)?,
+                removed: r.get(13)?,
             })
         })
         .and_then(|rows| {

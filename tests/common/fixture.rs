@@ -43,9 +43,8 @@ fn node(
             pending: pending.map(|p| [p; 32]),
             rejected: 0,
             pinned: false,
-            last_dm: None,
             our_favourite: false,
-            removed_at: None,
+            removed: false,
         },
         radio,
     }
