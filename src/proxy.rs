@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
-    ClientNotification, FromRadio, MeshPacket, NodeInfo, QueueStatus, ToRadio, admin_message,
-    from_radio, log_record, to_radio,
+    AdminMessage, ClientNotification, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
+    ToRadio, admin_message, config, from_radio, log_record, mesh_packet, to_radio,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::codec::RadioCodec;
 use crate::engine::link::{LinkNotice, LinkSender, Session};
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, is_node_num, node_id,
-    valid_key,
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, is_node_num,
+    node_id, valid_key,
 };
 
 /// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
@@ -123,6 +123,10 @@ struct Shared {
     clients: Mutex<Vec<Arc<ClientStats>>>,
     views: watch::Sender<Vec<ClientView>>,
     learned: mpsc::Sender<NodeSeen>,
+    /// The engine's view, read for the keys the operator trusts (add_contact may not replace
+    /// one). Read-only, and as fresh as the engine's last publish: a key learned a moment ago
+    /// may not be there yet.
+    engine: watch::Receiver<crate::engine::Snapshot>,
     outbound: mpsc::Sender<(Arc<ClientStats>, MeshPacketOrOther)>,
     /// Cancelled to close every client (a long radio outage).
     close_all: Mutex<CancellationToken>,
@@ -166,6 +170,11 @@ pub fn bind(config: ProxyConfig) -> std::io::Result<Bound> {
 }
 
 impl Bound {
+    /// Where clients connect.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
     /// Serves downstream clients from the link's notices and sender. Keys that clients hand
     /// to the radio with add_contact come out on `learned`.
     pub fn serve(
@@ -174,9 +183,10 @@ impl Bound {
         sender: LinkSender,
         learned: mpsc::Sender<NodeSeen>,
         needs: mpsc::Sender<crate::engine::KeyNeed>,
+        engine: watch::Receiver<crate::engine::Snapshot>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;
-        start_serving(config, listener, notices, sender, learned, needs)
+        start_serving(config, listener, notices, sender, learned, needs, engine)
     }
 }
 
@@ -187,6 +197,7 @@ fn start_serving(
     sender: LinkSender,
     learned: mpsc::Sender<NodeSeen>,
     needs: mpsc::Sender<crate::engine::KeyNeed>,
+    engine: watch::Receiver<crate::engine::Snapshot>,
 ) -> std::io::Result<Proxy> {
     let addr = listener.local_addr()?;
     let (views, clients) = watch::channel(Vec::new());
@@ -200,6 +211,7 @@ fn start_serving(
         clients: Mutex::new(Vec::new()),
         views,
         learned,
+        engine,
         outbound,
         close_all: Mutex::new(CancellationToken::new()),
     });
@@ -500,6 +512,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                 let Some(frames) = replay(shared, nonce).await else {
                     break "the radio's configuration never arrived";
                 };
+                let frames = replay_for(frames, loopback, shared.config.allow_remote_admin);
                 if direct.send(frames).await.is_err() {
                     break "the client's writer stopped";
                 }
@@ -611,8 +624,17 @@ async fn write_queued(
 
 /// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.
 fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> bool {
-    let Some(admin) = admin_of(packet) else {
-        return true;
+    let admin = match admin_payload(packet) {
+        AdminPayload::None => return true,
+        AdminPayload::Undecodable => {
+            // The firmware may decode what prost refuses (nanopb does not check UTF-8), and an
+            // add_contact it decodes with an empty key erases a key: what cannot be read is
+            // not passed on.
+            log::warn!(target: "keysync::proxy",
+                "dropped an admin message from {peer}: its payload does not decode");
+            return false;
+        }
+        AdminPayload::Admin(admin) => admin,
     };
     if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
         if contact.should_ignore {
@@ -632,11 +654,18 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
                 node_id(contact.node_num));
             return false;
         }
-        if valid_key(&user.public_key).is_none() {
+        let Some(key) = valid_key(&user.public_key) else {
             log::warn!(target: "keysync::proxy",
                 "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",
                 node_id(contact.node_num), user.public_key.len());
             return false;
+        };
+        let trusted = trusted_key(&shared.engine.borrow(), contact.node_num);
+        let forward = contact_may_pass(trusted, key);
+        if !forward {
+            log::warn!(target: "keysync::proxy",
+                "held back add_contact for {} from {peer}: its key differs from the trusted one; learned as pending for the operator to decide",
+                node_id(contact.node_num));
         }
         let _ = shared.learned.try_send(NodeSeen {
             num: contact.node_num,
@@ -648,7 +677,7 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
             source: Source::Downstream,
             is_favorite: true,
         });
-        return true;
+        return forward;
     }
     if !loopback && !shared.config.allow_remote_admin {
         log::warn!(target: "keysync::proxy",
@@ -656,6 +685,64 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
         return false;
     }
     true
+}
+
+/// What the admin port of a client's packet carries.
+#[derive(Debug)]
+enum AdminPayload {
+    /// Not an admin packet (or an encrypted one, which the radio itself judges).
+    None,
+    /// On the admin port, but not an AdminMessage prost can read.
+    Undecodable,
+    Admin(Box<AdminMessage>),
+}
+
+fn admin_payload(packet: &MeshPacket) -> AdminPayload {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return AdminPayload::None;
+    };
+    if data.portnum != PortNum::AdminApp as i32 {
+        return AdminPayload::None;
+    }
+    admin_of(packet).map_or(AdminPayload::Undecodable, |a| {
+        AdminPayload::Admin(Box::new(a))
+    })
+}
+
+/// The key the operator trusts for `num`, from the engine's view.
+fn trusted_key(view: &crate::engine::Snapshot, num: u32) -> Option<PublicKey> {
+    view.nodes
+        .iter()
+        .find(|n| n.record.num == num)
+        .and_then(|n| n.record.trusted)
+}
+
+/// Whether a client's add_contact carrying `key` may reach the radio: only with the trusted
+/// key, or for a node keysync trusts no key for. A different key would put on the radio a key
+/// the operator never accepted.
+fn contact_may_pass(trusted: Option<PublicKey>, key: PublicKey) -> bool {
+    trusted.is_none_or(|t| t == key)
+}
+
+/// A replay as `client` may see it: the radio's private key (in `Config.security`) goes only to
+/// clients that may administer the radio; for the others it is blanked, as the firmware does
+/// for a client without admin rights.
+fn replay_for(
+    mut frames: Vec<FromRadio>,
+    loopback: bool,
+    allow_remote_admin: bool,
+) -> Vec<FromRadio> {
+    if loopback || allow_remote_admin {
+        return frames;
+    }
+    for frame in &mut frames {
+        if let Some(from_radio::PayloadVariant::Config(c)) = frame.payload_variant.as_mut()
+            && let Some(config::PayloadVariant::Security(security)) = c.payload_variant.as_mut()
+        {
+            security.private_key.clear();
+        }
+    }
+    frames
 }
 
 /// The frames of a config download for `nonce`, from what the upstream handshake delivered and
@@ -716,4 +803,89 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
     out.extend(files);
     out.push(frame(from_radio::PayloadVariant::ConfigCompleteId(nonce)));
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtastic::protobufs::Config;
+
+    fn security_replay() -> Vec<FromRadio> {
+        let security = config::SecurityConfig {
+            public_key: vec![1; 32],
+            private_key: vec![2; 32],
+            ..config::SecurityConfig::default()
+        };
+        vec![
+            FromRadio {
+                id: 0,
+                payload_variant: Some(from_radio::PayloadVariant::Config(Config {
+                    payload_variant: Some(config::PayloadVariant::Security(security)),
+                })),
+            },
+            FromRadio {
+                id: 0,
+                payload_variant: Some(from_radio::PayloadVariant::ConfigCompleteId(7)),
+            },
+        ]
+    }
+
+    fn private_key(frames: &[FromRadio]) -> Option<Vec<u8>> {
+        frames.iter().find_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::Config(Config {
+                payload_variant: Some(config::PayloadVariant::Security(s)),
+            })) => Some(s.private_key.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn add_contact_passes_with_the_trusted_key_or_for_a_node_without_one() {
+        assert!(contact_may_pass(None, [3; 32]));
+        assert!(contact_may_pass(Some([3; 32]), [3; 32]));
+        assert!(!contact_may_pass(Some([3; 32]), [4; 32]));
+    }
+
+    #[test]
+    fn an_admin_payload_that_does_not_decode_is_told_apart_from_no_admin() {
+        let packet = |portnum: PortNum, payload: Vec<u8>| MeshPacket {
+            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(
+                meshtastic::protobufs::Data {
+                    portnum: portnum as i32,
+                    payload,
+                    ..meshtastic::protobufs::Data::default()
+                },
+            )),
+            ..MeshPacket::default()
+        };
+        // add_contact (field 66) whose user (2) has a long_name (2) that is not UTF-8.
+        let bad = vec![0x92, 0x04, 6, 0x12, 4, 0x12, 2, 0xff, 0xfe];
+        assert!(matches!(
+            admin_payload(&packet(PortNum::AdminApp, bad.clone())),
+            AdminPayload::Undecodable
+        ));
+        assert!(matches!(
+            admin_payload(&packet(PortNum::TextMessageApp, bad)),
+            AdminPayload::None
+        ));
+    }
+
+    #[test]
+    fn a_remote_client_gets_the_replay_without_the_private_key() {
+        let frames = replay_for(security_replay(), false, false);
+        assert_eq!(private_key(&frames), Some(Vec::new()));
+        assert_eq!(frames.len(), 2, "only the key is taken out");
+    }
+
+    #[test]
+    fn a_loopback_client_or_allowed_remote_admin_gets_the_private_key() {
+        assert_eq!(
+            private_key(&replay_for(security_replay(), true, false)),
+            Some(vec![2; 32])
+        );
+        assert_eq!(
+            private_key(&replay_for(security_replay(), false, true)),
+            Some(vec![2; 32])
+        );
+    }
 }

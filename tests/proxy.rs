@@ -479,3 +479,136 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
     );
     engine.quit().await;
 }
+
+#[tokio::test]
+async fn a_loopback_client_gets_the_radios_private_key_in_the_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let mut client = connect(&engine).await;
+    let full = download(&mut client, 42).await;
+    let security = full.iter().find_map(|f| match &f.payload_variant {
+        Some(from_radio::PayloadVariant::Config(meshtastic::protobufs::Config {
+            payload_variant: Some(meshtastic::protobufs::config::PayloadVariant::Security(s)),
+        })) => Some(s.clone()),
+        _ => None,
+    });
+    let security = security.expect("the replay carries Config.security");
+    assert_eq!(security.private_key.len(), 32, "loopback may administer");
+    engine.quit().await;
+}
+
+/// A proxied engine with a loopback raw client that has downloaded the config.
+async fn proxied_client(
+    sim: &SimHandle,
+    dir: &tempfile::TempDir,
+) -> (EngineHandle, raw::RawClient) {
+    let engine = proxied(sim, dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let addr = engine.snapshot.borrow().proxy_addr.expect("proxy address");
+    let mut client = raw::RawClient::connect(addr).await;
+    client.download(31).await;
+    (engine, client)
+}
+
+fn received(sim: &SimHandle, kind: &str) -> u64 {
+    sim.counters().received().get(kind).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_admin_payload_that_does_not_decode_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let (engine, mut client) = proxied_client(&sim, &dir).await;
+    let before = received(&sim, "packet");
+    // add_contact (field 66) for node 0x0bad0002 (1) with an empty key and a long_name (user 2,
+    // long_name 2) that is not UTF-8: nanopb on the radio would decode it and erase the key.
+    let bad = vec![
+        0x92, 0x04, 11, 0x08, 0x82, 0x80, 0xb4, 0x5d, 0x12, 4, 0x12, 2, 0xff, 0xfe,
+    ];
+    client
+        .packet(
+            sim.my_node_num(),
+            meshtastic::protobufs::PortNum::AdminApp,
+            bad,
+        )
+        .await;
+    // Upstream keeps the clients' order: once the text is there, the admin would be too.
+    let text = client
+        .packet(
+            radio::BROADCAST,
+            meshtastic::protobufs::PortNum::TextMessageApp,
+            b"after".to_vec(),
+        )
+        .await;
+    wait_until("the text at the radio", || {
+        sim.sent().iter().any(|p| p.id == text)
+    })
+    .await;
+    assert_eq!(
+        received(&sim, "packet"),
+        before + 1,
+        "only the text reached the radio: {:?}",
+        sim.counters().received()
+    );
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn an_add_contact_replacing_a_trusted_key_is_learned_as_pending_and_not_forwarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(5));
+    let (engine, mut client) = proxied_client(&sim, &dir).await;
+    let snap = engine.snapshot.clone();
+    let target = sim.nodedb()[2].clone();
+    let original = radio::valid_key(&target.user.clone().expect("user").public_key);
+    wait_until("the target trusted", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == target.num && n.record.trusted == original)
+    })
+    .await;
+    let added = sim.counters().add_contacts.load(Ordering::Relaxed);
+    let mut forged = target.clone();
+    if let Some(u) = forged.user.as_mut() {
+        u.public_key = vec![0x42; 32];
+    }
+    client.contact(sim.my_node_num(), &forged).await;
+    let stranger = meshtastic::protobufs::NodeInfo {
+        num: 0x0600_d001,
+        user: Some(meshtastic::protobufs::User {
+            long_name: "Good Node".into(),
+            short_name: "GN".into(),
+            public_key: vec![0x77; 32],
+            ..meshtastic::protobufs::User::default()
+        }),
+        ..meshtastic::protobufs::NodeInfo::default()
+    };
+    client.contact(sim.my_node_num(), &stranger).await;
+    wait_until("the stranger's contact at the radio", || {
+        sim.contacts().iter().any(|c| c.node_num == stranger.num)
+    })
+    .await;
+    assert_eq!(
+        sim.counters().add_contacts.load(Ordering::Relaxed),
+        added + 1,
+        "only the stranger's contact went out"
+    );
+    assert_eq!(
+        sim.key_of(target.num),
+        original,
+        "the radio keeps the trusted key"
+    );
+    wait_until("the forged key pending", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == target.num && n.record.pending == Some([0x42; 32]))
+    })
+    .await;
+    engine.quit().await;
+}
