@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -119,7 +119,7 @@ struct Shared {
     /// Live frames for configured clients.
     live: broadcast::Sender<Arc<FromRadio>>,
     /// Packet id → the client that sent it, for routing QueueStatus.
-    pending_ids: Mutex<HashMap<u32, mpsc::Sender<Vec<FromRadio>>>>,
+    pending_ids: Mutex<HashMap<u32, mpsc::Sender<ToClient>>>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
     views: watch::Sender<Vec<ClientView>>,
     learned: mpsc::Sender<NodeSeen>,
@@ -130,6 +130,19 @@ struct Shared {
     outbound: mpsc::Sender<(Arc<ClientStats>, MeshPacketOrOther)>,
     /// Cancelled to close every client (a long radio outage).
     close_all: Mutex<CancellationToken>,
+}
+
+/// What goes to one client's writer besides live frames.
+#[derive(Debug)]
+enum ToClient {
+    /// A whole config download; `then_live` when live frames follow it (not after a
+    /// nodes-only refresh).
+    Replay {
+        frames: Vec<FromRadio>,
+        then_live: bool,
+    },
+    /// One answer (a QueueStatus).
+    Frame(Box<FromRadio>),
 }
 
 /// What a client sends upstream.
@@ -283,7 +296,7 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
             if let Some(client) = client {
-                let _ = client.try_send(vec![(*frame).clone()]);
+                let _ = client.try_send(ToClient::Frame(Box::new((*frame).clone())));
             }
         }
         Some(V::ConfigCompleteId(_)) | None => {}
@@ -484,15 +497,19 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     // Everything for this client goes through one bounded writer task, so a client that does
     // not read only stalls itself.
     // A replay goes as one batch, written with a single flush.
-    let (direct, direct_rx) = mpsc::channel::<Vec<FromRadio>>(CLIENT_QUEUE);
+    let (direct, direct_rx) = mpsc::channel::<ToClient>(CLIENT_QUEUE);
     let live = shared.live.subscribe();
-    let configured = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let configured = Arc::new(AtomicBool::new(false));
+    // Set while a replay waits to be written: a client gets one replay at a time, so one that
+    // asks again and again without reading costs one replay of memory, not one per request.
+    let replaying = Arc::new(AtomicBool::new(false));
     let close = lock(&shared.close_all).clone();
     let writer = tokio::spawn(write_client(
         sink,
         direct_rx,
         live,
-        configured.clone(),
+        configured,
+        replaying.clone(),
         stats.clone(),
     ));
     let why = loop {
@@ -509,21 +526,28 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
         stats.touch();
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
+                if replaying.swap(true, Ordering::AcqRel) {
+                    log::debug!(target: "keysync::proxy",
+                        "{}: ignored want_config {nonce}: its previous replay is not read yet", stats.addr);
+                    continue;
+                }
                 let Some(frames) = replay(shared, nonce).await else {
                     break "the radio's configuration never arrived";
                 };
                 let frames = replay_for(frames, loopback, shared.config.allow_remote_admin);
-                if direct.send(frames).await.is_err() {
+                let then_live = nonce != NODES_ONLY_NONCE;
+                if direct
+                    .send(ToClient::Replay { frames, then_live })
+                    .await
+                    .is_err()
+                {
                     break "the client's writer stopped";
-                }
-                if nonce != NODES_ONLY_NONCE {
-                    configured.store(true, Ordering::Relaxed);
                 }
             }
             // Answered only while the radio is really there, so the client's own watchdog sees
             // the truth.
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
-                let _ = direct.try_send(vec![queue_status_free()]);
+                let _ = direct.try_send(ToClient::Frame(Box::new(queue_status_free())));
             }
             Some(to_radio::PayloadVariant::Packet(packet))
                 if admit(shared, &packet, loopback, stats.addr) =>
@@ -563,63 +587,107 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
 }
 
 /// The one writer towards a client: replies and replays, and live frames once the client is
-/// configured. Frames wait in a queue of [`CLIENT_QUEUE`] while the socket is busy; a client
-/// that does not read loses the oldest, counted — it never holds up the radio or the others.
+/// configured. A replay goes first and whole (the client asked for all of it; at most one is
+/// held, see `replaying`); other frames wait in a queue of [`CLIENT_QUEUE`] while the socket is
+/// busy, and a client that does not read loses the oldest, counted — it never holds up the
+/// radio or the others, and its memory stays bounded.
 async fn write_client(
     mut sink: futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
-    mut direct_rx: mpsc::Receiver<Vec<FromRadio>>,
+    mut direct_rx: mpsc::Receiver<ToClient>,
     mut live: broadcast::Receiver<Arc<FromRadio>>,
-    configured: Arc<std::sync::atomic::AtomicBool>,
+    configured: Arc<AtomicBool>,
+    replaying: Arc<AtomicBool>,
     stats: Arc<ClientStats>,
 ) {
     enum Event {
-        Direct(Option<Vec<FromRadio>>),
+        Direct(Option<ToClient>),
         Live(Result<Arc<FromRadio>, broadcast::error::RecvError>),
         Written(bool),
     }
-    let mut queue: VecDeque<FromRadio> = VecDeque::new();
+    let mut out = Outgoing::default();
+    // Whether live frames follow the replay being written.
+    let mut then_live = false;
     loop {
         let event = tokio::select! {
             d = direct_rx.recv() => Event::Direct(d),
             l = live.recv(), if configured.load(Ordering::Relaxed) => Event::Live(l),
-            ok = write_queued(&mut sink, &mut queue, &stats), if !queue.is_empty() => Event::Written(ok),
+            ok = out.write(&mut sink, &stats), if !out.is_empty() => Event::Written(ok),
         };
         match event {
             Event::Direct(None)
             | Event::Written(false)
             | Event::Live(Err(broadcast::error::RecvError::Closed)) => return,
-            // A replay is never cut: the client asked for all of it.
-            Event::Direct(Some(batch)) => queue.extend(batch),
-            Event::Live(Ok(frame)) => {
-                if queue.len() >= CLIENT_QUEUE {
-                    queue.pop_front();
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                queue.push_back((*frame).clone());
+            Event::Direct(Some(ToClient::Replay {
+                frames,
+                then_live: live_after,
+            })) => {
+                out.replay.extend(frames);
+                then_live |= live_after;
             }
+            Event::Direct(Some(ToClient::Frame(frame))) => out.push(*frame, &stats),
+            Event::Live(Ok(frame)) => out.push((*frame).clone(), &stats),
             Event::Live(Err(broadcast::error::RecvError::Lagged(n))) => {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
             }
             Event::Written(true) => {}
         }
+        if out.replay.is_empty() && replaying.load(Ordering::Acquire) {
+            // The replay is in the codec's buffer: the client may ask again.
+            if std::mem::take(&mut then_live) {
+                configured.store(true, Ordering::Relaxed);
+            }
+            replaying.store(false, Ordering::Release);
+        }
     }
 }
 
-/// Writes the queued frames and flushes; a frame leaves the queue only once it is in the
-/// codec's buffer, so cancelling this loses nothing. False when the client is gone.
-async fn write_queued(
-    sink: &mut futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
-    queue: &mut VecDeque<FromRadio>,
-    stats: &ClientStats,
-) -> bool {
-    while let Some(frame) = queue.front().cloned() {
-        if sink.feed(frame).await.is_err() {
-            return false;
-        }
-        queue.pop_front();
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+/// What waits to be written to one client.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// The one replay in flight, written before anything else.
+    replay: VecDeque<FromRadio>,
+    /// Answers and live frames, at most [`CLIENT_QUEUE`].
+    queue: VecDeque<FromRadio>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.replay.is_empty() && self.queue.is_empty()
     }
-    sink.flush().await.is_ok()
+
+    /// Queues a frame, dropping (and counting) the oldest when the queue is full.
+    fn push(&mut self, frame: FromRadio, stats: &ClientStats) {
+        if self.queue.len() >= CLIENT_QUEUE {
+            self.queue.pop_front();
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.queue.push_back(frame);
+    }
+
+    /// Writes the replay, then the queue, and flushes; a frame leaves only once it is in the
+    /// codec's buffer, so cancelling this loses nothing. False when the client is gone.
+    async fn write(
+        &mut self,
+        sink: &mut futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
+        stats: &ClientStats,
+    ) -> bool {
+        loop {
+            let from = if self.replay.is_empty() {
+                &mut self.queue
+            } else {
+                &mut self.replay
+            };
+            let Some(frame) = from.front().cloned() else {
+                break;
+            };
+            if sink.feed(frame).await.is_err() {
+                return false;
+            }
+            from.pop_front();
+            stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+        sink.flush().await.is_ok()
+    }
 }
 
 /// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.

@@ -612,3 +612,53 @@ async fn an_add_contact_replacing_a_trusted_key_is_learned_as_pending_and_not_fo
     .await;
     engine.quit().await;
 }
+
+/// This process's resident memory, in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn want_config_from_a_client_that_never_reads_keeps_one_replay_in_memory() {
+    const REQUESTS: u64 = 20_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(10));
+    let engine = proxied(&sim, &dir);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let addr = engine.snapshot.borrow().proxy_addr.expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let mut stuck = socket.connect(addr).await.expect("connects");
+    let one = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
+    let flood: Vec<u8> = (0..REQUESTS).flat_map(|_| one.iter().copied()).collect();
+    let before = rss();
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, &flood)
+        .await
+        .expect("writes");
+    wait_until("every request read", || {
+        snap.borrow()
+            .clients
+            .iter()
+            .any(|c| c.frames_in >= REQUESTS)
+    })
+    .await;
+    let grown = rss().saturating_sub(before);
+    eprintln!("RSS grew {} KiB over {REQUESTS} want_config", grown / 1024);
+    assert!(
+        grown < 32 << 20,
+        "RSS grew {} MiB for one client's want_config flood",
+        grown >> 20
+    );
+    // The proxy still serves.
+    let mut other = connect(&engine).await;
+    download(&mut other, 6).await;
+    drop(stuck);
+    engine.quit().await;
+}
