@@ -30,6 +30,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
             max_clients: settings.max_clients,
             downstream_grace: settings.downstream_grace,
             allow_remote_admin: settings.allow_remote_admin,
+            deny_admin: settings.deny_admin.clone(),
         }),
     }
 }

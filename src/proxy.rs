@@ -58,6 +58,84 @@ pub struct ProxyConfig {
     /// Keep clients connected through a radio outage this long; close them after.
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
+    /// Destructive admin messages dropped whoever sends them (`--deny-admin`).
+    pub deny_admin: Vec<DestructiveAdmin>,
+}
+
+/// Admin messages that destroy state on the radio: always logged at WARN with the sender,
+/// and blocked when named in `--deny-admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestructiveAdmin {
+    /// reboot_seconds, reboot_ota_seconds, shutdown_seconds.
+    Reboot,
+    /// factory_reset_device, factory_reset_config.
+    FactoryReset,
+    NodedbReset,
+    /// remove_by_nodenum.
+    RemoveNode,
+    /// set_ignored_node, add_contact with should_ignore.
+    IgnoreNode,
+}
+
+impl DestructiveAdmin {
+    pub const ALL: [Self; 5] = [
+        Self::Reboot,
+        Self::FactoryReset,
+        Self::NodedbReset,
+        Self::RemoveNode,
+        Self::IgnoreNode,
+    ];
+
+    /// The name `--deny-admin` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reboot => "reboot",
+            Self::FactoryReset => "factory-reset",
+            Self::NodedbReset => "nodedb-reset",
+            Self::RemoveNode => "remove-node",
+            Self::IgnoreNode => "ignore-node",
+        }
+    }
+
+    /// The kind of `admin`, when it is destructive.
+    #[expect(
+        deprecated,
+        reason = "old clients still send reboot_ota_seconds; it reboots"
+    )]
+    pub fn of(admin: &AdminMessage) -> Option<Self> {
+        use admin_message::PayloadVariant as A;
+        match admin.payload_variant.as_ref()? {
+            A::RebootSeconds(_) | A::RebootOtaSeconds(_) | A::ShutdownSeconds(_) => {
+                Some(Self::Reboot)
+            }
+            A::FactoryResetDevice(_) | A::FactoryResetConfig(_) => Some(Self::FactoryReset),
+            A::NodedbReset(_) => Some(Self::NodedbReset),
+            A::RemoveByNodenum(_) => Some(Self::RemoveNode),
+            A::SetIgnoredNode(_) => Some(Self::IgnoreNode),
+            A::AddContact(c) if c.should_ignore => Some(Self::IgnoreNode),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DestructiveAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DestructiveAdmin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown admin kind {s:?}: one of {}", names.join(", "))
+            })
+    }
 }
 
 /// One downstream client, for the monitor.
@@ -708,11 +786,15 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
         if contact.should_ignore {
             // The firmware ignores the node and erases its key: an operator's decision about
             // the radio, not a key to learn.
-            let allowed = loopback || shared.config.allow_remote_admin;
+            let allowed = (loopback || shared.config.allow_remote_admin)
+                && !shared
+                    .config
+                    .deny_admin
+                    .contains(&DestructiveAdmin::IgnoreNode);
             log::warn!(target: "keysync::proxy",
                 "{peer} asks the radio to ignore {} (add_contact with should_ignore): {}",
                 node_id(contact.node_num),
-                if allowed { "forwarded, not learned" } else { "dropped: admin is allowed from loopback clients only" });
+                if allowed { "forwarded, not learned" } else { "dropped: --deny-admin ignore-node, or admin from a remote client" });
             return allowed;
         }
         let user = contact.user.clone().unwrap_or_default();
@@ -747,7 +829,17 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
         });
         return forward;
     }
-    if !loopback && !shared.config.allow_remote_admin {
+    let remote_denied = !loopback && !shared.config.allow_remote_admin;
+    if let Some(kind) = DestructiveAdmin::of(&admin) {
+        let denied = shared.config.deny_admin.contains(&kind);
+        log::warn!(target: "keysync::proxy",
+            "{peer} sends the radio a destructive admin message ({kind}): {}",
+            if denied { "dropped (--deny-admin)" } else if remote_denied { "dropped: admin is allowed from loopback clients only" } else { "forwarded" });
+        if denied {
+            return false;
+        }
+    }
+    if remote_denied {
         log::warn!(target: "keysync::proxy",
             "dropped an admin message from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
         return false;
@@ -905,6 +997,32 @@ mod tests {
             })) => Some(s.private_key.clone()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn destructive_admin_kinds_are_named_as_deny_admin_takes_them() {
+        use admin_message::PayloadVariant as A;
+        let admin = |v: A| AdminMessage {
+            payload_variant: Some(v),
+            ..AdminMessage::default()
+        };
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RebootSeconds(5))),
+            Some(DestructiveAdmin::Reboot)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::FactoryResetConfig(1))),
+            Some(DestructiveAdmin::FactoryReset)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RemoveByNodenum(7))),
+            Some(DestructiveAdmin::RemoveNode)
+        );
+        assert_eq!(DestructiveAdmin::of(&admin(A::GetOwnerRequest(true))), None);
+        for kind in DestructiveAdmin::ALL {
+            assert_eq!(kind.name().parse(), Ok(kind));
+        }
+        assert!("erase".parse::<DestructiveAdmin>().is_err());
     }
 
     #[test]

@@ -311,6 +311,8 @@ fn proxied_with(
         max_clients,
         downstream_grace: grace,
         allow_remote_admin: false,
+        // Every proxy test runs with reboots denied: the radio stays up unless a test says so.
+        deny_admin: vec![keysync::proxy::DestructiveAdmin::Reboot],
     });
     engine::try_start(config, store).expect("proxy binds")
 }
@@ -660,5 +662,37 @@ async fn want_config_from_a_client_that_never_reads_keeps_one_replay_in_memory()
     let mut other = connect(&engine).await;
     download(&mut other, 6).await;
     drop(stuck);
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_denied_destructive_admin_message_never_reaches_the_radio() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let (engine, mut client) = proxied_client(&sim, &dir).await;
+    let admins = received(&sim, "admin");
+    client
+        .admin(
+            sim.my_node_num(),
+            meshtastic::protobufs::admin_message::PayloadVariant::RebootSeconds(1),
+        )
+        .await;
+    let text = client
+        .packet(
+            radio::BROADCAST,
+            meshtastic::protobufs::PortNum::TextMessageApp,
+            b"after".to_vec(),
+        )
+        .await;
+    wait_until("the text at the radio", || {
+        sim.sent().iter().any(|p| p.id == text)
+    })
+    .await;
+    assert_eq!(
+        received(&sim, "admin"),
+        admins,
+        "--deny-admin reboot held it"
+    );
+    assert!(engine.snapshot.borrow().link.state.is_up());
     engine.quit().await;
 }
