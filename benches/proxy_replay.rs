@@ -75,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
             downstream_grace: Duration::from_secs(30),
             allow_remote_admin: false,
             deny_admin: Vec::new(),
+            idle_close: ProxyConfig::IDLE_CLOSE,
+            partial_frame: ProxyConfig::PARTIAL_FRAME,
         }),
     };
     let engine = engine::try_start(config, Store::open(&db)?)?;

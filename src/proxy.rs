@@ -27,7 +27,7 @@ use meshtastic::protobufs::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::codec::RadioCodec;
@@ -60,6 +60,17 @@ pub struct ProxyConfig {
     pub allow_remote_admin: bool,
     /// Destructive admin messages dropped whoever sends them (`--deny-admin`).
     pub deny_admin: Vec<DestructiveAdmin>,
+    /// A client that sends no frame this long is closed ([`ProxyConfig::IDLE_CLOSE`]).
+    pub idle_close: Duration,
+    /// A client whose frame stays incomplete this long is closed
+    /// ([`ProxyConfig::PARTIAL_FRAME`]): it would hold a client slot for good.
+    pub partial_frame: Duration,
+}
+
+impl ProxyConfig {
+    /// The firmware closes a client silent for 15 minutes (PhoneAPI).
+    pub const IDLE_CLOSE: Duration = Duration::from_secs(15 * 60);
+    pub const PARTIAL_FRAME: Duration = Duration::from_secs(10);
 }
 
 /// Admin messages that destroy state on the radio: always logged at WARN with the sender,
@@ -421,6 +432,7 @@ async fn write_upstream(
     needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) {
     let mut held: VecDeque<ToRadio> = VecDeque::new();
+    let mut overflow = OverflowLog::default();
     loop {
         let next = if held.is_empty() {
             match outbound.recv().await {
@@ -434,10 +446,13 @@ async fn write_upstream(
             held.push_back(msg);
         }
         // Drain what queued up meanwhile into the hold, keeping it bounded.
+        let away = sender.session().is_none();
         while let Ok((_, item)) = outbound.try_recv() {
             if held.len() == HELD_PACKETS {
                 held.pop_front();
-                log::warn!(target: "keysync::proxy", "dropped the oldest held downstream packet: the radio is away and {HELD_PACKETS} are waiting");
+                if let Some(line) = overflow.on_drop(away) {
+                    log::warn!(target: "keysync::proxy", "{line}");
+                }
             }
             held.push_back(into_to_radio(item));
         }
@@ -455,9 +470,49 @@ async fn write_upstream(
         key_first(&msg, own, &needs).await;
         if sender.send(session, msg).await.is_ok() {
             held.pop_front();
+            overflow.on_sent(held.is_empty());
             sleep(UPSTREAM_GAP).await;
         } else {
             sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Says once per episode why held downstream packets are dropped: once per outage while the
+/// radio is away, once per backlog while it is there but clients send faster than it takes.
+#[derive(Debug, Default)]
+struct OverflowLog {
+    away_said: bool,
+    backlog_said: bool,
+}
+
+impl OverflowLog {
+    /// The line for a dropped held packet, unless it was said this episode.
+    fn on_drop(&mut self, away: bool) -> Option<String> {
+        let said = if away {
+            &mut self.away_said
+        } else {
+            &mut self.backlog_said
+        };
+        if std::mem::replace(said, true) {
+            return None;
+        }
+        Some(if away {
+            format!(
+                "the radio is away: holding the latest {HELD_PACKETS} downstream packets, dropping older ones"
+            )
+        } else {
+            format!(
+                "downstream clients send faster than the radio takes: holding {HELD_PACKETS}, dropping the oldest"
+            )
+        })
+    }
+
+    /// A packet reached the radio (the outage is over); `drained` when none is waiting.
+    fn on_sent(&mut self, drained: bool) {
+        self.away_said = false;
+        if drained {
+            self.backlog_said = false;
         }
     }
 }
@@ -571,7 +626,11 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     // then loses the oldest live frames, as on the radio.
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_QUEUE * 516);
     let loopback = stats.addr.ip().is_loopback();
-    let (sink, mut source) = Framed::new(stream, RadioCodec::new()).split();
+    let (read, write) = stream.into_split();
+    let sink = FramedWrite::new(write, RadioCodec::new());
+    let mut source = FramedRead::new(read, TimedDecoder::default());
+    let mut last_frame = Instant::now();
+    let mut tick = overdue_tick(&shared.config);
     // Everything for this client goes through one bounded writer task, so a client that does
     // not read only stalls itself.
     // A replay goes as one batch, written with a single flush.
@@ -594,6 +653,13 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
         let item = tokio::select! {
             () = close.cancelled() => break "the radio stayed away past the grace period",
             item = source.next() => item,
+            _ = tick.tick() => {
+                let partial = source.decoder().partial_since;
+                match overdue(Instant::now(), last_frame, partial, &shared.config) {
+                    Some(why) => break why,
+                    None => continue,
+                }
+            }
         };
         let msg = match item {
             None => break "closed",
@@ -602,6 +668,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
         };
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         stats.touch();
+        last_frame = Instant::now();
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
                 if replaying.swap(true, Ordering::AcqRel) {
@@ -670,7 +737,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
 /// busy, and a client that does not read loses the oldest, counted — it never holds up the
 /// radio or the others, and its memory stays bounded.
 async fn write_client(
-    mut sink: futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
+    mut sink: ClientSink,
     mut direct_rx: mpsc::Receiver<ToClient>,
     mut live: broadcast::Receiver<Arc<FromRadio>>,
     configured: Arc<AtomicBool>,
@@ -719,6 +786,57 @@ async fn write_client(
     }
 }
 
+type ClientSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, RadioCodec>;
+
+/// The downstream decoder, noting since when an incomplete frame has been waiting.
+#[derive(Debug, Default)]
+struct TimedDecoder {
+    inner: RadioCodec,
+    partial_since: Option<Instant>,
+}
+
+impl Decoder for TimedDecoder {
+    type Item = ToRadio;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> std::io::Result<Option<ToRadio>> {
+        let frame = self.inner.decode(src)?;
+        if frame.is_some() || src.is_empty() {
+            self.partial_since = None;
+        } else {
+            self.partial_since.get_or_insert_with(Instant::now);
+        }
+        Ok(frame)
+    }
+}
+
+/// How often a client is checked for being [`overdue`].
+fn overdue_tick(config: &ProxyConfig) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(
+        (config.idle_close.min(config.partial_frame) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Why a client is closed at `now`, if it is overdue: silent past the firmware's idle close,
+/// or a frame left incomplete past its limit.
+fn overdue(
+    now: Instant,
+    last_frame: Instant,
+    partial_since: Option<Instant>,
+    config: &ProxyConfig,
+) -> Option<&'static str> {
+    if now.saturating_duration_since(last_frame) >= config.idle_close {
+        return Some("silent past the radio's idle close");
+    }
+    if partial_since.is_some_and(|t| now.saturating_duration_since(t) >= config.partial_frame) {
+        return Some("an incomplete frame for too long");
+    }
+    None
+}
+
 /// What waits to be written to one client.
 #[derive(Debug, Default)]
 struct Outgoing {
@@ -744,11 +862,7 @@ impl Outgoing {
 
     /// Writes the replay, then the queue, and flushes; a frame leaves only once it is in the
     /// codec's buffer, so cancelling this loses nothing. False when the client is gone.
-    async fn write(
-        &mut self,
-        sink: &mut futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
-        stats: &ClientStats,
-    ) -> bool {
+    async fn write(&mut self, sink: &mut ClientSink, stats: &ClientStats) -> bool {
         loop {
             let from = if self.replay.is_empty() {
                 &mut self.queue
@@ -1023,6 +1137,45 @@ mod tests {
             assert_eq!(kind.name().parse(), Ok(kind));
         }
         assert!("erase".parse::<DestructiveAdmin>().is_err());
+    }
+
+    #[test]
+    fn the_radio_is_away_is_said_once_per_outage_and_a_backlog_once_per_backlog() {
+        let mut log = OverflowLog::default();
+        assert!(log.on_drop(true).is_some_and(|l| l.contains("away")));
+        assert_eq!(log.on_drop(true), None);
+        assert_eq!(log.on_drop(true), None);
+        log.on_sent(false);
+        assert!(log.on_drop(true).is_some(), "a new outage is said again");
+        assert!(log.on_drop(false).is_some_and(|l| l.contains("faster")));
+        log.on_sent(false);
+        assert_eq!(log.on_drop(false), None, "the same backlog");
+        log.on_sent(true);
+        assert!(log.on_drop(false).is_some());
+    }
+
+    #[test]
+    fn a_client_is_closed_when_silent_past_the_idle_close_or_stuck_in_a_partial_frame() {
+        let config = ProxyConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_clients: 1,
+            downstream_grace: Duration::from_secs(30),
+            allow_remote_admin: false,
+            deny_admin: Vec::new(),
+            idle_close: ProxyConfig::IDLE_CLOSE,
+            partial_frame: ProxyConfig::PARTIAL_FRAME,
+        };
+        let t0 = Instant::now();
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(overdue(later(899), t0, None, &config), None);
+        assert!(overdue(later(900), t0, None, &config).is_some());
+        assert_eq!(overdue(later(9), t0, Some(t0), &config), None);
+        assert!(overdue(later(10), t0, Some(t0), &config).is_some());
+        assert_eq!(
+            overdue(later(20), later(5), Some(later(15)), &config),
+            None,
+            "a partial frame counts from its first byte"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ type Client = Framed<TcpStream, keysync::engine::codec::ClientCodec>;
 const SEC: Duration = Duration::from_secs(1);
 
 fn proxied(sim: &SimHandle, dir: &tempfile::TempDir) -> EngineHandle {
-    proxied_with(sim, dir, 3, Duration::from_secs(30))
+    proxied_with(sim, dir, |_| {})
 }
 
 async fn connect(engine: &EngineHandle) -> Client {
@@ -298,22 +298,26 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
     engine.quit().await;
 }
 
+/// A proxied engine whose proxy settings `edit` changes from the tests' defaults.
 fn proxied_with(
     sim: &SimHandle,
     dir: &tempfile::TempDir,
-    max_clients: usize,
-    grace: Duration,
+    edit: impl FnOnce(&mut ProxyConfig),
 ) -> EngineHandle {
     let (db, store) = seeded_store(dir, &[]);
     let mut config = fast_engine(sim, db, 60 * SEC, 600 * SEC);
-    config.proxy = Some(ProxyConfig {
+    let mut proxy = ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        max_clients,
-        downstream_grace: grace,
+        max_clients: 3,
+        downstream_grace: Duration::from_secs(30),
         allow_remote_admin: false,
         // Every proxy test runs with reboots denied: the radio stays up unless a test says so.
         deny_admin: vec![keysync::proxy::DestructiveAdmin::Reboot],
-    });
+        idle_close: ProxyConfig::IDLE_CLOSE,
+        partial_frame: ProxyConfig::PARTIAL_FRAME,
+    };
+    edit(&mut proxy);
+    config.proxy = Some(proxy);
     engine::try_start(config, store).expect("proxy binds")
 }
 
@@ -321,7 +325,7 @@ fn proxied_with(
 async fn a_client_beyond_max_clients_is_told_why_and_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 1, Duration::from_secs(30));
+    let engine = proxied_with(&sim, &dir, |p| p.max_clients = 1);
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let mut first = connect(&engine).await;
@@ -358,7 +362,7 @@ async fn a_client_beyond_max_clients_is_told_why_and_closed() {
 async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 4, Duration::from_secs(30));
+    let engine = proxied_with(&sim, &dir, |p| p.max_clients = 4);
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let mut client = connect(&engine).await;
@@ -411,7 +415,10 @@ async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_rec
 async fn clients_are_closed_when_the_radio_stays_away_past_the_grace_period() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 4, Duration::from_millis(500));
+    let engine = proxied_with(&sim, &dir, |p| {
+        p.max_clients = 4;
+        p.downstream_grace = Duration::from_millis(500);
+    });
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let mut client = connect(&engine).await;
@@ -694,5 +701,54 @@ async fn a_denied_destructive_admin_message_never_reaches_the_radio() {
         "--deny-admin reboot held it"
     );
     assert!(engine.snapshot.borrow().link.state.is_up());
+    engine.quit().await;
+}
+
+/// Waits until the proxy closes `stream`; false if it stays open past [`WAIT`].
+async fn closed_by_proxy(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_client_stuck_in_a_partial_frame_or_silent_past_the_idle_close_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let engine = proxied_with(&sim, &dir, |p| {
+        p.idle_close = Duration::from_secs(3);
+        p.partial_frame = Duration::from_millis(500);
+    });
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let addr = engine.snapshot.borrow().proxy_addr.expect("addr");
+    // A header announcing 512 bytes, and nothing after it.
+    let mut partial = TcpStream::connect(addr).await.expect("connects");
+    tokio::io::AsyncWriteExt::write_all(&mut partial, &[0x94, 0xc3, 0x02, 0x00])
+        .await
+        .expect("writes");
+    let mut silent = TcpStream::connect(addr).await.expect("connects");
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_by_proxy(&mut partial).await,
+        "the partial frame's client is closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "for its partial frame, before the idle close"
+    );
+    assert!(
+        closed_by_proxy(&mut silent).await,
+        "the silent client is closed"
+    );
+    wait_until("no client left", || snap.borrow().clients.is_empty()).await;
     engine.quit().await;
 }
