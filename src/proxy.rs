@@ -3,15 +3,21 @@
 //!
 //! - A downstream `want_config_id` is answered from the upstream handshake plus the current node
 //!   list, in firmware order — never forwarded (full downloads of a large NodeDB drop links).
-//! - Live frames from the radio fan out to every configured client through a bounded queue per
-//!   client (the oldest dropped and counted, like the radio's own 32-frame queue); keysync's own
-//!   traffic (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
+//!   One replay per client at a time; the private key is left out for clients that may not
+//!   administer the radio.
+//! - Live frames from the radio fan out to every configured client (from the moment its replay
+//!   is written, never before its `config_complete_id`) through a bounded queue per client (the
+//!   oldest dropped and counted, like the radio's own 32-frame queue); keysync's own traffic
+//!   (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
 //! - Downstream packets go upstream in order through one paced writer; the QueueStatus that
-//!   answers one goes back to the client that sent it.
-//! - Downstream heartbeats are answered by keysync only while the radio link is up.
-//! - add_contact with an empty or invalid key is dropped (it would erase the key on the radio);
-//!   one with a valid key is forwarded and learned under the usual trust rules. Other admin
-//!   messages pass from loopback clients only, unless `--allow-remote-admin`.
+//!   answers one goes back to the client that sent it (a packet without an id gets one).
+//! - Downstream heartbeats are answered by keysync only while the radio link is up. A client
+//!   silent past the firmware's idle close, or stuck in a partial frame, is closed.
+//! - Admin payloads that do not decode are dropped. add_contact with an empty or invalid key
+//!   is dropped (it would erase the key on the radio); one with a valid key is learned under the
+//!   usual trust rules and forwarded unless it replaces a trusted key. Destructive admin
+//!   messages are logged and can be denied (`--deny-admin`); other admin messages pass from
+//!   loopback clients only, unless `--allow-remote-admin`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -24,6 +30,7 @@ use meshtastic::protobufs::{
     AdminMessage, ClientNotification, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
     ToRadio, admin_message, config, from_radio, log_record, mesh_packet, to_radio,
 };
+use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
@@ -635,8 +642,6 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     // not read only stalls itself.
     // A replay goes as one batch, written with a single flush.
     let (direct, direct_rx) = mpsc::channel::<ToClient>(CLIENT_QUEUE);
-    let live = shared.live.subscribe();
-    let configured = Arc::new(AtomicBool::new(false));
     // Set while a replay waits to be written: a client gets one replay at a time, so one that
     // asks again and again without reading costs one replay of memory, not one per request.
     let replaying = Arc::new(AtomicBool::new(false));
@@ -644,8 +649,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     let writer = tokio::spawn(write_client(
         sink,
         direct_rx,
-        live,
-        configured,
+        shared.live.clone(),
         replaying.clone(),
         stats.clone(),
     ));
@@ -694,10 +698,15 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
                 let _ = direct.try_send(ToClient::Frame(Box::new(queue_status_free())));
             }
-            Some(to_radio::PayloadVariant::Packet(packet))
+            Some(to_radio::PayloadVariant::Packet(mut packet))
                 if admit(shared, &packet, loopback, stats.addr) =>
             {
-                if packet.id != 0 {
+                // The firmware would give it an id the client never learns, and its
+                // QueueStatus could not be routed back: keysync gives it one first.
+                if packet.id == 0 {
+                    packet.id = rand::rng().random_range(1..=u32::MAX);
+                }
+                {
                     let mut pending = lock(&shared.pending_ids);
                     if pending.len() >= PENDING_IDS {
                         pending.clear();
@@ -732,15 +741,15 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
 }
 
 /// The one writer towards a client: replies and replays, and live frames once the client is
-/// configured. A replay goes first and whole (the client asked for all of it; at most one is
+/// configured — subscribed only when its replay is written, so that, as from the firmware, no
+/// live packet comes before the client's `config_complete_id`. A replay goes first and whole (the client asked for all of it; at most one is
 /// held, see `replaying`); other frames wait in a queue of [`CLIENT_QUEUE`] while the socket is
 /// busy, and a client that does not read loses the oldest, counted — it never holds up the
 /// radio or the others, and its memory stays bounded.
 async fn write_client(
     mut sink: ClientSink,
     mut direct_rx: mpsc::Receiver<ToClient>,
-    mut live: broadcast::Receiver<Arc<FromRadio>>,
-    configured: Arc<AtomicBool>,
+    live_tx: broadcast::Sender<Arc<FromRadio>>,
     replaying: Arc<AtomicBool>,
     stats: Arc<ClientStats>,
 ) {
@@ -752,11 +761,14 @@ async fn write_client(
     let mut out = Outgoing::default();
     // Whether live frames follow the replay being written.
     let mut then_live = false;
+    let mut live: Option<broadcast::Receiver<Arc<FromRadio>>> = None;
     loop {
+        let configured = live.is_some();
         let event = tokio::select! {
+            biased;
             d = direct_rx.recv() => Event::Direct(d),
-            l = live.recv(), if configured.load(Ordering::Relaxed) => Event::Live(l),
             ok = out.write(&mut sink, &stats), if !out.is_empty() => Event::Written(ok),
+            l = recv_live(&mut live), if configured => Event::Live(l),
         };
         match event {
             Event::Direct(None)
@@ -778,11 +790,20 @@ async fn write_client(
         }
         if out.replay.is_empty() && replaying.load(Ordering::Acquire) {
             // The replay is in the codec's buffer: the client may ask again.
-            if std::mem::take(&mut then_live) {
-                configured.store(true, Ordering::Relaxed);
+            if std::mem::take(&mut then_live) && live.is_none() {
+                live = Some(live_tx.subscribe());
             }
             replaying.store(false, Ordering::Release);
         }
+    }
+}
+
+async fn recv_live(
+    live: &mut Option<broadcast::Receiver<Arc<FromRadio>>>,
+) -> Result<Arc<FromRadio>, broadcast::error::RecvError> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -752,3 +752,88 @@ async fn a_client_stuck_in_a_partial_frame_or_silent_past_the_idle_close_is_clos
     wait_until("no client left", || snap.borrow().clients.is_empty()).await;
     engine.quit().await;
 }
+
+fn is_packet(frame: &FromRadio) -> bool {
+    matches!(
+        frame.payload_variant,
+        Some(from_radio::PayloadVariant::Packet(_))
+    )
+}
+
+#[tokio::test]
+async fn live_packets_reach_a_client_only_after_its_config_complete_and_none_from_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(5));
+    let (engine, mut watcher) = proxied_client(&sim, &dir).await;
+    let addr = engine.snapshot.borrow().proxy_addr.expect("addr");
+    let mut late = raw::RawClient::connect(addr).await;
+    for node in 0..5 {
+        sim.inject(Fault::Announce { node }).await;
+    }
+    // The proxy fanned them out: the configured client has them.
+    for _ in 0..5 {
+        watcher.recv_until("an announcement", is_packet).await;
+    }
+    let download = late.download(77).await;
+    assert!(
+        !download.iter().any(is_packet),
+        "no packet before config_complete_id"
+    );
+    late.send(radio::heartbeat(1)).await;
+    late.recv_until("the heartbeat's answer", |f| {
+        matches!(
+            f.payload_variant,
+            Some(from_radio::PayloadVariant::QueueStatus(_))
+        )
+    })
+    .await;
+    let stale: Vec<_> = late.seen.iter().filter(|f| is_packet(f)).collect();
+    assert!(
+        stale.is_empty(),
+        "packets from before the client asked: {stale:?}"
+    );
+    // Live packets flow once it is configured.
+    sim.inject(Fault::Announce { node: 0 }).await;
+    late.recv_until("a live announcement", is_packet).await;
+    engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(3));
+    let (engine, mut client) = proxied_client(&sim, &dir).await;
+    client
+        .send(ToRadio {
+            payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+                meshtastic::protobufs::MeshPacket {
+                    to: radio::BROADCAST,
+                    id: 0,
+                    payload_variant: Some(
+                        meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
+                            meshtastic::protobufs::Data {
+                                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
+                                payload: b"no id".to_vec(),
+                                ..meshtastic::protobufs::Data::default()
+                            },
+                        ),
+                    ),
+                    ..meshtastic::protobufs::MeshPacket::default()
+                },
+            )),
+        })
+        .await;
+    let answer = client
+        .recv_until("the QueueStatus of the packet", |f| {
+            matches!(&f.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(q)) if q.mesh_packet_id != 0)
+        })
+        .await;
+    let Some(from_radio::PayloadVariant::QueueStatus(q)) = answer.payload_variant else {
+        unreachable!("picked a QueueStatus");
+    };
+    wait_until("the packet at the radio under that id", || {
+        sim.sent().iter().any(|p| p.id == q.mesh_packet_id)
+    })
+    .await;
+    engine.quit().await;
+}
