@@ -489,7 +489,7 @@ impl EngineLoop {
 
     /// What the handshake says the radio can take, said once per connection.
     fn radio_traits(&self, session: &Session) -> RadioTraits {
-        let facts = radio::HandshakeFacts::of(&session.config);
+        let facts = radio::HandshakeFacts::of(session.config.iter().map(|f| &f.msg));
         let capacity = self.config.sync.radio_capacity.map(|n| n as usize);
         let traits = RadioTraits::new(
             &session.firmware,

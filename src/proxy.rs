@@ -5,6 +5,10 @@
 //!   list, in firmware order — never forwarded (full downloads of a large NodeDB drop links).
 //!   One replay per client at a time; the private key is left out for clients that may not
 //!   administer the radio.
+//! - What the radio sent goes to clients as the radio's bytes (live frames, QueueStatus answers,
+//!   the handshake's config frames): fields this crate does not know survive. Only frames
+//!   keysync composes (my_info with the count, node_infos, the complete id, a blanked private
+//!   key, heartbeat answers) are encoded here.
 //! - Live frames from the radio fan out to every configured client (from the moment its replay
 //!   is written, never before its `config_complete_id`) through a bounded queue per client (the
 //!   oldest dropped and counted, like the radio's own 32-frame queue); keysync's own traffic
@@ -25,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
     AdminMessage, ClientNotification, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
@@ -37,7 +42,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::codec::RadioCodec;
+use crate::engine::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
 use crate::engine::link::{LinkNotice, LinkSender, Session};
 use crate::engine::radio::{
     CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, is_node_num,
@@ -213,7 +218,7 @@ struct Shared {
     upstream: Mutex<Upstream>,
     session_ready: watch::Sender<bool>,
     /// Live frames for configured clients.
-    live: broadcast::Sender<Arc<FromRadio>>,
+    live: broadcast::Sender<Arc<RadioFrame>>,
     /// Packet id → the client that sent it, for routing QueueStatus.
     pending_ids: Mutex<HashMap<u32, mpsc::Sender<ToClient>>>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
@@ -234,11 +239,11 @@ enum ToClient {
     /// A whole config download; `then_live` when live frames follow it (not after a
     /// nodes-only refresh).
     Replay {
-        frames: Vec<FromRadio>,
+        frames: Vec<RadioFrame>,
         then_live: bool,
     },
-    /// One answer (a QueueStatus).
-    Frame(Box<FromRadio>),
+    /// One answer (a QueueStatus), as the bytes of its frame.
+    Frame(Bytes),
 }
 
 /// What a client sends upstream.
@@ -384,7 +389,7 @@ async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<L
     }
 }
 
-fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
+fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
     use from_radio::PayloadVariant as V;
     match &frame.payload_variant {
         Some(V::NodeInfo(node)) => upsert(&mut lock(&shared.upstream).nodes, node.clone()),
@@ -392,10 +397,10 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
             if let Some(client) = client {
-                let _ = client.try_send(ToClient::Frame(Box::new((*frame).clone())));
+                let _ = client.try_send(ToClient::Frame(frame.payload.clone()));
             }
         }
-        Some(V::ConfigCompleteId(_)) | None => {}
+        Some(V::ConfigCompleteId(_)) => {}
         Some(V::Packet(packet)) => {
             if let Some(seen) = crate::engine::radio::node_seen(&frame) {
                 let mut up = lock(&shared.upstream);
@@ -415,7 +420,8 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
                 let _ = shared.live.send(frame);
             }
         }
-        Some(_) => {
+        // Including what this crate cannot name (newer firmware's variants): relayed as is.
+        Some(_) | None => {
             if lock(&shared.upstream).up {
                 let _ = shared.live.send(frame);
             }
@@ -613,16 +619,20 @@ async fn refuse(stream: TcpStream, max: usize) {
     let _ = timeout(Duration::from_secs(2), conn.send(note)).await;
 }
 
-fn queue_status_free() -> FromRadio {
-    FromRadio {
-        id: 0,
-        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
-            res: 0,
-            free: 16,
-            maxlen: 16,
-            mesh_packet_id: 0,
-        })),
-    }
+/// The answer to a client's heartbeat, as the firmware gives it.
+fn queue_status_free() -> ToClient {
+    ToClient::Frame(
+        RadioFrame::composed(FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
+                res: 0,
+                free: 16,
+                maxlen: 16,
+                mesh_packet_id: 0,
+            })),
+        })
+        .payload,
+    )
 }
 
 /// One downstream client, until it leaves.
@@ -634,7 +644,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_QUEUE * 516);
     let loopback = stats.addr.ip().is_loopback();
     let (read, write) = stream.into_split();
-    let sink = FramedWrite::new(write, RadioCodec::new());
+    let sink = FramedWrite::new(write, RelayEncoder);
     let mut source = FramedRead::new(read, TimedDecoder::default());
     let mut last_frame = Instant::now();
     let mut tick = overdue_tick(&shared.config);
@@ -696,7 +706,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             // Answered only while the radio is really there, so the client's own watchdog sees
             // the truth.
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
-                let _ = direct.try_send(ToClient::Frame(Box::new(queue_status_free())));
+                let _ = direct.try_send(queue_status_free());
             }
             Some(to_radio::PayloadVariant::Packet(mut packet))
                 if admit(shared, &packet, loopback, stats.addr) =>
@@ -749,19 +759,19 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
 async fn write_client(
     mut sink: ClientSink,
     mut direct_rx: mpsc::Receiver<ToClient>,
-    live_tx: broadcast::Sender<Arc<FromRadio>>,
+    live_tx: broadcast::Sender<Arc<RadioFrame>>,
     replaying: Arc<AtomicBool>,
     stats: Arc<ClientStats>,
 ) {
     enum Event {
         Direct(Option<ToClient>),
-        Live(Result<Arc<FromRadio>, broadcast::error::RecvError>),
+        Live(Result<Arc<RadioFrame>, broadcast::error::RecvError>),
         Written(bool),
     }
     let mut out = Outgoing::default();
     // Whether live frames follow the replay being written.
     let mut then_live = false;
-    let mut live: Option<broadcast::Receiver<Arc<FromRadio>>> = None;
+    let mut live: Option<broadcast::Receiver<Arc<RadioFrame>>> = None;
     loop {
         let configured = live.is_some();
         let event = tokio::select! {
@@ -778,11 +788,11 @@ async fn write_client(
                 frames,
                 then_live: live_after,
             })) => {
-                out.replay.extend(frames);
+                out.replay.extend(frames.into_iter().map(|f| f.payload));
                 then_live |= live_after;
             }
-            Event::Direct(Some(ToClient::Frame(frame))) => out.push(*frame, &stats),
-            Event::Live(Ok(frame)) => out.push((*frame).clone(), &stats),
+            Event::Direct(Some(ToClient::Frame(frame))) => out.push(frame, &stats),
+            Event::Live(Ok(frame)) => out.push(frame.payload.clone(), &stats),
             Event::Live(Err(broadcast::error::RecvError::Lagged(n))) => {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
             }
@@ -799,15 +809,28 @@ async fn write_client(
 }
 
 async fn recv_live(
-    live: &mut Option<broadcast::Receiver<Arc<FromRadio>>>,
-) -> Result<Arc<FromRadio>, broadcast::error::RecvError> {
+    live: &mut Option<broadcast::Receiver<Arc<RadioFrame>>>,
+) -> Result<Arc<RadioFrame>, broadcast::error::RecvError> {
     match live {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-type ClientSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, RadioCodec>;
+type ClientSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, RelayEncoder>;
+
+/// Writes frame payloads as they are: the radio's bytes, or the encoding of what keysync
+/// composed.
+#[derive(Debug, Default)]
+struct RelayEncoder;
+
+impl tokio_util::codec::Encoder<Bytes> for RelayEncoder {
+    type Error = CodecError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut bytes::BytesMut) -> Result<(), CodecError> {
+        encode_raw(&payload, dst)
+    }
+}
 
 /// The downstream decoder, noting since when an incomplete frame has been waiting.
 #[derive(Debug, Default)]
@@ -862,9 +885,9 @@ fn overdue(
 #[derive(Debug, Default)]
 struct Outgoing {
     /// The one replay in flight, written before anything else.
-    replay: VecDeque<FromRadio>,
+    replay: VecDeque<Bytes>,
     /// Answers and live frames, at most [`CLIENT_QUEUE`].
-    queue: VecDeque<FromRadio>,
+    queue: VecDeque<Bytes>,
 }
 
 impl Outgoing {
@@ -873,7 +896,7 @@ impl Outgoing {
     }
 
     /// Queues a frame, dropping (and counting) the oldest when the queue is full.
-    fn push(&mut self, frame: FromRadio, stats: &ClientStats) {
+    fn push(&mut self, frame: Bytes, stats: &ClientStats) {
         if self.queue.len() >= CLIENT_QUEUE {
             self.queue.pop_front();
             stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1023,18 +1046,20 @@ fn contact_may_pass(trusted: Option<PublicKey>, key: PublicKey) -> bool {
 /// clients that may administer the radio; for the others it is blanked, as the firmware does
 /// for a client without admin rights.
 fn replay_for(
-    mut frames: Vec<FromRadio>,
+    mut frames: Vec<RadioFrame>,
     loopback: bool,
     allow_remote_admin: bool,
-) -> Vec<FromRadio> {
+) -> Vec<RadioFrame> {
     if loopback || allow_remote_admin {
         return frames;
     }
     for frame in &mut frames {
-        if let Some(from_radio::PayloadVariant::Config(c)) = frame.payload_variant.as_mut()
+        let mut msg = frame.msg.clone();
+        if let Some(from_radio::PayloadVariant::Config(c)) = msg.payload_variant.as_mut()
             && let Some(config::PayloadVariant::Security(security)) = c.payload_variant.as_mut()
         {
             security.private_key.clear();
+            *frame = RadioFrame::composed(msg);
         }
     }
     frames
@@ -1042,7 +1067,7 @@ fn replay_for(
 
 /// The frames of a config download for `nonce`, from what the upstream handshake delivered and
 /// the current node list; waits (bounded) for the first handshake.
-async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
+async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
     let mut ready = shared.session_ready.subscribe();
     timeout(CONFIG_WAIT, ready.wait_for(|r| *r))
         .await
@@ -1051,9 +1076,11 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
     let up = lock(&shared.upstream);
     let session = up.session.clone()?;
     let own = session.my_node_num;
-    let frame = |v: from_radio::PayloadVariant| FromRadio {
-        id: 0,
-        payload_variant: Some(v),
+    let frame = |v: from_radio::PayloadVariant| {
+        RadioFrame::composed(FromRadio {
+            id: 0,
+            payload_variant: Some(v),
+        })
     };
     let others: Vec<NodeInfo> = up.nodes.iter().filter(|n| n.num != own).cloned().collect();
     let own_node = up.nodes.iter().find(|n| n.num == own).cloned();
@@ -1103,9 +1130,10 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshtastic::Message;
     use meshtastic::protobufs::Config;
 
-    fn security_replay() -> Vec<FromRadio> {
+    fn security_replay() -> Vec<RadioFrame> {
         let security = config::SecurityConfig {
             public_key: vec![1; 32],
             private_key: vec![2; 32],
@@ -1123,14 +1151,19 @@ mod tests {
                 payload_variant: Some(from_radio::PayloadVariant::ConfigCompleteId(7)),
             },
         ]
+        .into_iter()
+        .map(RadioFrame::composed)
+        .collect()
     }
 
-    fn private_key(frames: &[FromRadio]) -> Option<Vec<u8>> {
-        frames.iter().find_map(|f| match &f.payload_variant {
-            Some(from_radio::PayloadVariant::Config(Config {
-                payload_variant: Some(config::PayloadVariant::Security(s)),
-            })) => Some(s.private_key.clone()),
-            _ => None,
+    fn private_key(frames: &[RadioFrame]) -> Option<Vec<u8>> {
+        frames.iter().find_map(|f| {
+            match &FromRadio::decode(f.payload.as_ref()).ok()?.payload_variant {
+                Some(from_radio::PayloadVariant::Config(Config {
+                    payload_variant: Some(config::PayloadVariant::Security(s)),
+                })) => Some(s.private_key.clone()),
+                _ => None,
+            }
         })
     }
 

@@ -376,18 +376,7 @@ async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_rec
         .get("packet")
         .copied()
         .unwrap_or(0);
-    let text = meshtastic::protobufs::MeshPacket {
-        to: radio::BROADCAST,
-        id: 5151,
-        payload_variant: Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
-            meshtastic::protobufs::Data {
-                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
-                payload: b"sent while the radio was away".to_vec(),
-                ..meshtastic::protobufs::Data::default()
-            },
-        )),
-        ..meshtastic::protobufs::MeshPacket::default()
-    };
+    let text = text_packet(radio::BROADCAST, 5151, "sent while the radio was away");
     client
         .send(ToRadio {
             payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
@@ -492,6 +481,22 @@ async fn a_loopback_client_gets_the_radios_private_key_in_the_replay() {
     let security = security.expect("the replay carries Config.security");
     assert_eq!(security.private_key.len(), 32, "loopback may administer");
     p.engine.quit().await;
+}
+
+/// A text message packet.
+fn text_packet(to: u32, id: u32, body: &str) -> meshtastic::protobufs::MeshPacket {
+    meshtastic::protobufs::MeshPacket {
+        to,
+        id,
+        payload_variant: Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
+            meshtastic::protobufs::Data {
+                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
+                payload: body.as_bytes().to_vec(),
+                ..meshtastic::protobufs::Data::default()
+            },
+        )),
+        ..meshtastic::protobufs::MeshPacket::default()
+    }
 }
 
 /// The radio reboots and comes back after `down`, remembering everything.
@@ -769,20 +774,7 @@ async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back(
     client
         .send(ToRadio {
             payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
-                meshtastic::protobufs::MeshPacket {
-                    to: radio::BROADCAST,
-                    id: 0,
-                    payload_variant: Some(
-                        meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
-                            meshtastic::protobufs::Data {
-                                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
-                                payload: b"no id".to_vec(),
-                                ..meshtastic::protobufs::Data::default()
-                            },
-                        ),
-                    ),
-                    ..meshtastic::protobufs::MeshPacket::default()
-                },
+                text_packet(radio::BROADCAST, 0, "no id"),
             )),
         })
         .await;
@@ -798,5 +790,60 @@ async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back(
         p.sim.sent().iter().any(|p| p.id == q.mesh_packet_id)
     })
     .await;
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknown_to_keysync() {
+    use keysync::engine::codec::{RadioFrame, RelayCodec};
+    let p = started(3, |_| {}).await;
+    let stream = TcpStream::connect(p.addr).await.expect("connects");
+    let (read, mut write) = stream.into_split();
+    let mut frames = tokio_util::codec::FramedRead::new(read, RelayCodec::default());
+    let mut next = async || -> RadioFrame {
+        tokio::time::timeout(WAIT, frames.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("decodes")
+    };
+    let hello = keysync::engine::codec::frame_bytes(&radio::want_config(31)).expect("fits");
+    tokio::io::AsyncWriteExt::write_all(&mut write, &hello)
+        .await
+        .expect("writes");
+    while !matches!(
+        next().await.msg.payload_variant,
+        Some(from_radio::PayloadVariant::ConfigCompleteId(31))
+    ) {}
+    let text = FromRadio {
+        id: 7,
+        payload_variant: Some(from_radio::PayloadVariant::Packet(
+            meshtastic::protobufs::MeshPacket {
+                from: 0x0bad_cafe,
+                ..text_packet(radio::BROADCAST, 0x5eed, "from a newer firmware")
+            },
+        )),
+    };
+    let mut payload = meshtastic::Message::encode_to_vec(&text);
+    // Field 99 (varint 1): unknown to the crate, as newer firmware's fields are.
+    payload.extend_from_slice(&[0x98, 0x06, 0x01]);
+    p.sim
+        .inject(Fault::Frame {
+            payload: payload.clone(),
+        })
+        .await;
+    let relayed = loop {
+        let frame = next().await;
+        if matches!(&frame.msg.payload_variant, Some(from_radio::PayloadVariant::Packet(m)) if m.id == 0x5eed)
+        {
+            break frame;
+        }
+    };
+    assert_eq!(
+        relayed.payload.as_ref(),
+        payload.as_slice(),
+        "the radio's {} bytes, unchanged",
+        payload.len()
+    );
     p.engine.quit().await;
 }
