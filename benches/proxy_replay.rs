@@ -74,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
             max_clients: 8,
             downstream_grace: Duration::from_secs(30),
             allow_remote_admin: false,
+            deny_admin: Vec::new(),
+            idle_close: ProxyConfig::IDLE_CLOSE,
+            partial_frame: ProxyConfig::PARTIAL_FRAME,
         }),
     };
     let engine = engine::try_start(config, Store::open(&db)?)?;

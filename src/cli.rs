@@ -124,6 +124,16 @@ pub struct EngineArgs {
     /// Forward admin messages from downstream clients that are not on loopback.
     #[arg(long, env = "KEYSYNC_ALLOW_REMOTE_ADMIN")]
     pub allow_remote_admin: bool,
+
+    /// Drop these destructive admin messages from downstream clients, loopback ones included
+    /// (reboot, factory-reset, nodedb-reset, remove-node, ignore-node; comma-separated).
+    #[arg(
+        long,
+        env = "KEYSYNC_DENY_ADMIN",
+        value_delimiter = ',',
+        value_name = "KINDS"
+    )]
+    pub deny_admin: Vec<crate::proxy::DestructiveAdmin>,
 }
 
 impl StoreArgs {
@@ -152,6 +162,11 @@ impl EngineArgs {
             max_clients: self.max_clients.or(before.max_clients),
             downstream_grace: self.downstream_grace.or(before.downstream_grace),
             allow_remote_admin: self.allow_remote_admin || before.allow_remote_admin,
+            deny_admin: if self.deny_admin.is_empty() {
+                before.deny_admin
+            } else {
+                self.deny_admin
+            },
         }
     }
 }
@@ -464,6 +479,7 @@ pub struct Settings {
     pub max_clients: usize,
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
+    pub deny_admin: Vec<crate::proxy::DestructiveAdmin>,
 }
 
 impl Settings {
@@ -566,6 +582,7 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(30)),
             allow_remote_admin: args.engine.allow_remote_admin
                 || file.allow_remote_admin.unwrap_or(false),
+            deny_admin: args.engine.deny_admin.clone(),
         };
         settings.validate()?;
         Ok(settings)

@@ -212,10 +212,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
     let (needs_tx, needs) = mpsc::channel(64);
-    let proxy = match bound {
-        Some(bound) => Some(bound.serve(proxy_notices, link.sender(), learned_tx, needs_tx)?),
-        None => None,
-    };
+    let proxy_addr = bound.as_ref().map(crate::proxy::Bound::addr).transpose()?;
     let (pushed_tx, pushed) = mpsc::unbounded_channel();
     let status = link.status();
     let counters = link.counters();
@@ -236,9 +233,20 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         store_error: None,
         db_path: config.db_path.clone(),
         notice: None,
-        proxy_addr: proxy.as_ref().map(|p| p.addr),
+        proxy_addr,
         clients: Vec::new(),
     });
+    // The proxy reads the trusted keys from the snapshot (a client may not replace one).
+    let proxy = match bound {
+        Some(bound) => Some(bound.serve(
+            proxy_notices,
+            link.sender(),
+            learned_tx,
+            needs_tx,
+            snapshot.clone(),
+        )?),
+        None => None,
+    };
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
         config,
@@ -481,7 +489,7 @@ impl EngineLoop {
 
     /// What the handshake says the radio can take, said once per connection.
     fn radio_traits(&self, session: &Session) -> RadioTraits {
-        let facts = radio::HandshakeFacts::of(&session.config);
+        let facts = radio::HandshakeFacts::of(session.config.iter().map(|f| &f.msg));
         let capacity = self.config.sync.radio_capacity.map(|n| n as usize);
         let traits = RadioTraits::new(
             &session.firmware,

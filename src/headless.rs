@@ -30,6 +30,9 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
             max_clients: settings.max_clients,
             downstream_grace: settings.downstream_grace,
             allow_remote_admin: settings.allow_remote_admin,
+            deny_admin: settings.deny_admin.clone(),
+            idle_close: crate::proxy::ProxyConfig::IDLE_CLOSE,
+            partial_frame: crate::proxy::ProxyConfig::PARTIAL_FRAME,
         }),
     }
 }

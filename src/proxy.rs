@@ -3,38 +3,50 @@
 //!
 //! - A downstream `want_config_id` is answered from the upstream handshake plus the current node
 //!   list, in firmware order — never forwarded (full downloads of a large NodeDB drop links).
-//! - Live frames from the radio fan out to every configured client through a bounded queue per
-//!   client (the oldest dropped and counted, like the radio's own 32-frame queue); keysync's own
-//!   traffic (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
+//!   One replay per client at a time; the private key is left out for clients that may not
+//!   administer the radio.
+//! - What the radio sent goes to clients as the radio's bytes (live frames, QueueStatus answers,
+//!   the handshake's config frames): fields this crate does not know survive. Only frames
+//!   keysync composes (my_info with the count, node_infos, the complete id, a blanked private
+//!   key, heartbeat answers) are encoded here.
+//! - Live frames from the radio fan out to every configured client (from the moment its replay
+//!   is written, never before its `config_complete_id`) through a bounded queue per client (the
+//!   oldest dropped and counted, like the radio's own 32-frame queue); keysync's own traffic
+//!   (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
 //! - Downstream packets go upstream in order through one paced writer; the QueueStatus that
-//!   answers one goes back to the client that sent it.
-//! - Downstream heartbeats are answered by keysync only while the radio link is up.
-//! - add_contact with an empty or invalid key is dropped (it would erase the key on the radio);
-//!   one with a valid key is forwarded and learned under the usual trust rules. Other admin
-//!   messages pass from loopback clients only, unless `--allow-remote-admin`.
+//!   answers one goes back to the client that sent it (a packet without an id gets one).
+//! - Downstream heartbeats are answered by keysync only while the radio link is up. A client
+//!   silent past the firmware's idle close, or stuck in a partial frame, is closed.
+//! - Admin payloads that do not decode are dropped. add_contact with an empty or invalid key
+//!   is dropped (it would erase the key on the radio); one with a valid key is learned under the
+//!   usual trust rules and forwarded unless it replaces a trusted key. Destructive admin
+//!   messages are logged and can be denied (`--deny-admin`); other admin messages pass from
+//!   loopback clients only, unless `--allow-remote-admin`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
-    ClientNotification, FromRadio, MeshPacket, NodeInfo, QueueStatus, ToRadio, admin_message,
-    from_radio, log_record, to_radio,
+    AdminMessage, ClientNotification, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
+    ToRadio, admin_message, config, from_radio, log_record, mesh_packet, to_radio,
 };
+use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::codec::RadioCodec;
+use crate::engine::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
 use crate::engine::link::{LinkNotice, LinkSender, Session};
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, Source, admin_of, is_node_num, node_id,
-    valid_key,
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, is_node_num,
+    node_id, valid_key,
 };
 
 /// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
@@ -58,6 +70,95 @@ pub struct ProxyConfig {
     /// Keep clients connected through a radio outage this long; close them after.
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
+    /// Destructive admin messages dropped whoever sends them (`--deny-admin`).
+    pub deny_admin: Vec<DestructiveAdmin>,
+    /// A client that sends no frame this long is closed ([`ProxyConfig::IDLE_CLOSE`]).
+    pub idle_close: Duration,
+    /// A client whose frame stays incomplete this long is closed
+    /// ([`ProxyConfig::PARTIAL_FRAME`]): it would hold a client slot for good.
+    pub partial_frame: Duration,
+}
+
+impl ProxyConfig {
+    /// The firmware closes a client silent for 15 minutes (PhoneAPI).
+    pub const IDLE_CLOSE: Duration = Duration::from_secs(15 * 60);
+    pub const PARTIAL_FRAME: Duration = Duration::from_secs(10);
+}
+
+/// Admin messages that destroy state on the radio: always logged at WARN with the sender,
+/// and blocked when named in `--deny-admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestructiveAdmin {
+    /// reboot_seconds, reboot_ota_seconds, shutdown_seconds.
+    Reboot,
+    /// factory_reset_device, factory_reset_config.
+    FactoryReset,
+    NodedbReset,
+    /// remove_by_nodenum.
+    RemoveNode,
+    /// set_ignored_node, add_contact with should_ignore.
+    IgnoreNode,
+}
+
+impl DestructiveAdmin {
+    pub const ALL: [Self; 5] = [
+        Self::Reboot,
+        Self::FactoryReset,
+        Self::NodedbReset,
+        Self::RemoveNode,
+        Self::IgnoreNode,
+    ];
+
+    /// The name `--deny-admin` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reboot => "reboot",
+            Self::FactoryReset => "factory-reset",
+            Self::NodedbReset => "nodedb-reset",
+            Self::RemoveNode => "remove-node",
+            Self::IgnoreNode => "ignore-node",
+        }
+    }
+
+    /// The kind of `admin`, when it is destructive.
+    #[expect(
+        deprecated,
+        reason = "old clients still send reboot_ota_seconds; it reboots"
+    )]
+    pub fn of(admin: &AdminMessage) -> Option<Self> {
+        use admin_message::PayloadVariant as A;
+        match admin.payload_variant.as_ref()? {
+            A::RebootSeconds(_) | A::RebootOtaSeconds(_) | A::ShutdownSeconds(_) => {
+                Some(Self::Reboot)
+            }
+            A::FactoryResetDevice(_) | A::FactoryResetConfig(_) => Some(Self::FactoryReset),
+            A::NodedbReset(_) => Some(Self::NodedbReset),
+            A::RemoveByNodenum(_) => Some(Self::RemoveNode),
+            A::SetIgnoredNode(_) => Some(Self::IgnoreNode),
+            A::AddContact(c) if c.should_ignore => Some(Self::IgnoreNode),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DestructiveAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DestructiveAdmin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown admin kind {s:?}: one of {}", names.join(", "))
+            })
+    }
 }
 
 /// One downstream client, for the monitor.
@@ -117,15 +218,32 @@ struct Shared {
     upstream: Mutex<Upstream>,
     session_ready: watch::Sender<bool>,
     /// Live frames for configured clients.
-    live: broadcast::Sender<Arc<FromRadio>>,
+    live: broadcast::Sender<Arc<RadioFrame>>,
     /// Packet id → the client that sent it, for routing QueueStatus.
-    pending_ids: Mutex<HashMap<u32, mpsc::Sender<Vec<FromRadio>>>>,
+    pending_ids: Mutex<HashMap<u32, mpsc::Sender<ToClient>>>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
     views: watch::Sender<Vec<ClientView>>,
     learned: mpsc::Sender<NodeSeen>,
+    /// The engine's view, read for the keys the operator trusts (add_contact may not replace
+    /// one). Read-only, and as fresh as the engine's last publish: a key learned a moment ago
+    /// may not be there yet.
+    engine: watch::Receiver<crate::engine::Snapshot>,
     outbound: mpsc::Sender<(Arc<ClientStats>, MeshPacketOrOther)>,
     /// Cancelled to close every client (a long radio outage).
     close_all: Mutex<CancellationToken>,
+}
+
+/// What goes to one client's writer besides live frames.
+#[derive(Debug)]
+enum ToClient {
+    /// A whole config download; `then_live` when live frames follow it (not after a
+    /// nodes-only refresh).
+    Replay {
+        frames: Vec<RadioFrame>,
+        then_live: bool,
+    },
+    /// One answer (a QueueStatus), as the bytes of its frame.
+    Frame(Bytes),
 }
 
 /// What a client sends upstream.
@@ -166,6 +284,11 @@ pub fn bind(config: ProxyConfig) -> std::io::Result<Bound> {
 }
 
 impl Bound {
+    /// Where clients connect.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
     /// Serves downstream clients from the link's notices and sender. Keys that clients hand
     /// to the radio with add_contact come out on `learned`.
     pub fn serve(
@@ -174,9 +297,10 @@ impl Bound {
         sender: LinkSender,
         learned: mpsc::Sender<NodeSeen>,
         needs: mpsc::Sender<crate::engine::KeyNeed>,
+        engine: watch::Receiver<crate::engine::Snapshot>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;
-        start_serving(config, listener, notices, sender, learned, needs)
+        start_serving(config, listener, notices, sender, learned, needs, engine)
     }
 }
 
@@ -187,6 +311,7 @@ fn start_serving(
     sender: LinkSender,
     learned: mpsc::Sender<NodeSeen>,
     needs: mpsc::Sender<crate::engine::KeyNeed>,
+    engine: watch::Receiver<crate::engine::Snapshot>,
 ) -> std::io::Result<Proxy> {
     let addr = listener.local_addr()?;
     let (views, clients) = watch::channel(Vec::new());
@@ -200,6 +325,7 @@ fn start_serving(
         clients: Mutex::new(Vec::new()),
         views,
         learned,
+        engine,
         outbound,
         close_all: Mutex::new(CancellationToken::new()),
     });
@@ -263,7 +389,7 @@ async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<L
     }
 }
 
-fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
+fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
     use from_radio::PayloadVariant as V;
     match &frame.payload_variant {
         Some(V::NodeInfo(node)) => upsert(&mut lock(&shared.upstream).nodes, node.clone()),
@@ -271,10 +397,10 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
             if let Some(client) = client {
-                let _ = client.try_send(vec![(*frame).clone()]);
+                let _ = client.try_send(ToClient::Frame(frame.payload.clone()));
             }
         }
-        Some(V::ConfigCompleteId(_)) | None => {}
+        Some(V::ConfigCompleteId(_)) => {}
         Some(V::Packet(packet)) => {
             if let Some(seen) = crate::engine::radio::node_seen(&frame) {
                 let mut up = lock(&shared.upstream);
@@ -294,7 +420,8 @@ fn on_frame(shared: &Shared, frame: Arc<FromRadio>) {
                 let _ = shared.live.send(frame);
             }
         }
-        Some(_) => {
+        // Including what this crate cannot name (newer firmware's variants): relayed as is.
+        Some(_) | None => {
             if lock(&shared.upstream).up {
                 let _ = shared.live.send(frame);
             }
@@ -318,6 +445,7 @@ async fn write_upstream(
     needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) {
     let mut held: VecDeque<ToRadio> = VecDeque::new();
+    let mut overflow = OverflowLog::default();
     loop {
         let next = if held.is_empty() {
             match outbound.recv().await {
@@ -331,10 +459,13 @@ async fn write_upstream(
             held.push_back(msg);
         }
         // Drain what queued up meanwhile into the hold, keeping it bounded.
+        let away = sender.session().is_none();
         while let Ok((_, item)) = outbound.try_recv() {
             if held.len() == HELD_PACKETS {
                 held.pop_front();
-                log::warn!(target: "keysync::proxy", "dropped the oldest held downstream packet: the radio is away and {HELD_PACKETS} are waiting");
+                if let Some(line) = overflow.on_drop(away) {
+                    log::warn!(target: "keysync::proxy", "{line}");
+                }
             }
             held.push_back(into_to_radio(item));
         }
@@ -352,9 +483,49 @@ async fn write_upstream(
         key_first(&msg, own, &needs).await;
         if sender.send(session, msg).await.is_ok() {
             held.pop_front();
+            overflow.on_sent(held.is_empty());
             sleep(UPSTREAM_GAP).await;
         } else {
             sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Says once per episode why held downstream packets are dropped: once per outage while the
+/// radio is away, once per backlog while it is there but clients send faster than it takes.
+#[derive(Debug, Default)]
+struct OverflowLog {
+    away_said: bool,
+    backlog_said: bool,
+}
+
+impl OverflowLog {
+    /// The line for a dropped held packet, unless it was said this episode.
+    fn on_drop(&mut self, away: bool) -> Option<String> {
+        let said = if away {
+            &mut self.away_said
+        } else {
+            &mut self.backlog_said
+        };
+        if std::mem::replace(said, true) {
+            return None;
+        }
+        Some(if away {
+            format!(
+                "the radio is away: holding the latest {HELD_PACKETS} downstream packets, dropping older ones"
+            )
+        } else {
+            format!(
+                "downstream clients send faster than the radio takes: holding {HELD_PACKETS}, dropping the oldest"
+            )
+        })
+    }
+
+    /// A packet reached the radio (the outage is over); `drained` when none is waiting.
+    fn on_sent(&mut self, drained: bool) {
+        self.away_said = false;
+        if drained {
+            self.backlog_said = false;
         }
     }
 }
@@ -448,16 +619,20 @@ async fn refuse(stream: TcpStream, max: usize) {
     let _ = timeout(Duration::from_secs(2), conn.send(note)).await;
 }
 
-fn queue_status_free() -> FromRadio {
-    FromRadio {
-        id: 0,
-        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
-            res: 0,
-            free: 16,
-            maxlen: 16,
-            mesh_packet_id: 0,
-        })),
-    }
+/// The answer to a client's heartbeat, as the firmware gives it.
+fn queue_status_free() -> ToClient {
+    ToClient::Frame(
+        RadioFrame::composed(FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
+                res: 0,
+                free: 16,
+                maxlen: 16,
+                mesh_packet_id: 0,
+            })),
+        })
+        .payload,
+    )
 }
 
 /// One downstream client, until it leaves.
@@ -468,25 +643,37 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     // then loses the oldest live frames, as on the radio.
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(CLIENT_QUEUE * 516);
     let loopback = stats.addr.ip().is_loopback();
-    let (sink, mut source) = Framed::new(stream, RadioCodec::new()).split();
+    let (read, write) = stream.into_split();
+    let sink = FramedWrite::new(write, RelayEncoder);
+    let mut source = FramedRead::new(read, TimedDecoder::default());
+    let mut last_frame = Instant::now();
+    let mut tick = overdue_tick(&shared.config);
     // Everything for this client goes through one bounded writer task, so a client that does
     // not read only stalls itself.
     // A replay goes as one batch, written with a single flush.
-    let (direct, direct_rx) = mpsc::channel::<Vec<FromRadio>>(CLIENT_QUEUE);
-    let live = shared.live.subscribe();
-    let configured = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (direct, direct_rx) = mpsc::channel::<ToClient>(CLIENT_QUEUE);
+    // Set while a replay waits to be written: a client gets one replay at a time, so one that
+    // asks again and again without reading costs one replay of memory, not one per request.
+    let replaying = Arc::new(AtomicBool::new(false));
     let close = lock(&shared.close_all).clone();
     let writer = tokio::spawn(write_client(
         sink,
         direct_rx,
-        live,
-        configured.clone(),
+        shared.live.clone(),
+        replaying.clone(),
         stats.clone(),
     ));
     let why = loop {
         let item = tokio::select! {
             () = close.cancelled() => break "the radio stayed away past the grace period",
             item = source.next() => item,
+            _ = tick.tick() => {
+                let partial = source.decoder().partial_since;
+                match overdue(Instant::now(), last_frame, partial, &shared.config) {
+                    Some(why) => break why,
+                    None => continue,
+                }
+            }
         };
         let msg = match item {
             None => break "closed",
@@ -495,27 +682,41 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
         };
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         stats.touch();
+        last_frame = Instant::now();
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
+                if replaying.swap(true, Ordering::AcqRel) {
+                    log::debug!(target: "keysync::proxy",
+                        "{}: ignored want_config {nonce}: its previous replay is not read yet", stats.addr);
+                    continue;
+                }
                 let Some(frames) = replay(shared, nonce).await else {
                     break "the radio's configuration never arrived";
                 };
-                if direct.send(frames).await.is_err() {
+                let frames = replay_for(frames, loopback, shared.config.allow_remote_admin);
+                let then_live = nonce != NODES_ONLY_NONCE;
+                if direct
+                    .send(ToClient::Replay { frames, then_live })
+                    .await
+                    .is_err()
+                {
                     break "the client's writer stopped";
-                }
-                if nonce != NODES_ONLY_NONCE {
-                    configured.store(true, Ordering::Relaxed);
                 }
             }
             // Answered only while the radio is really there, so the client's own watchdog sees
             // the truth.
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
-                let _ = direct.try_send(vec![queue_status_free()]);
+                let _ = direct.try_send(queue_status_free());
             }
-            Some(to_radio::PayloadVariant::Packet(packet))
+            Some(to_radio::PayloadVariant::Packet(mut packet))
                 if admit(shared, &packet, loopback, stats.addr) =>
             {
-                if packet.id != 0 {
+                // The firmware would give it an id the client never learns, and its
+                // QueueStatus could not be routed back: keysync gives it one first.
+                if packet.id == 0 {
+                    packet.id = rand::rng().random_range(1..=u32::MAX);
+                }
+                {
                     let mut pending = lock(&shared.pending_ids);
                     if pending.len() >= PENDING_IDS {
                         pending.clear();
@@ -550,79 +751,208 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
 }
 
 /// The one writer towards a client: replies and replays, and live frames once the client is
-/// configured. Frames wait in a queue of [`CLIENT_QUEUE`] while the socket is busy; a client
-/// that does not read loses the oldest, counted — it never holds up the radio or the others.
+/// configured — subscribed only when its replay is written, so that, as from the firmware, no
+/// live packet comes before the client's `config_complete_id`. A replay goes first and whole (the client asked for all of it; at most one is
+/// held, see `replaying`); other frames wait in a queue of [`CLIENT_QUEUE`] while the socket is
+/// busy, and a client that does not read loses the oldest, counted — it never holds up the
+/// radio or the others, and its memory stays bounded.
 async fn write_client(
-    mut sink: futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
-    mut direct_rx: mpsc::Receiver<Vec<FromRadio>>,
-    mut live: broadcast::Receiver<Arc<FromRadio>>,
-    configured: Arc<std::sync::atomic::AtomicBool>,
+    mut sink: ClientSink,
+    mut direct_rx: mpsc::Receiver<ToClient>,
+    live_tx: broadcast::Sender<Arc<RadioFrame>>,
+    replaying: Arc<AtomicBool>,
     stats: Arc<ClientStats>,
 ) {
     enum Event {
-        Direct(Option<Vec<FromRadio>>),
-        Live(Result<Arc<FromRadio>, broadcast::error::RecvError>),
+        Direct(Option<ToClient>),
+        Live(Result<Arc<RadioFrame>, broadcast::error::RecvError>),
         Written(bool),
     }
-    let mut queue: VecDeque<FromRadio> = VecDeque::new();
+    let mut out = Outgoing::default();
+    // Whether live frames follow the replay being written.
+    let mut then_live = false;
+    let mut live: Option<broadcast::Receiver<Arc<RadioFrame>>> = None;
     loop {
+        let configured = live.is_some();
         let event = tokio::select! {
+            biased;
             d = direct_rx.recv() => Event::Direct(d),
-            l = live.recv(), if configured.load(Ordering::Relaxed) => Event::Live(l),
-            ok = write_queued(&mut sink, &mut queue, &stats), if !queue.is_empty() => Event::Written(ok),
+            ok = out.write(&mut sink, &stats), if !out.is_empty() => Event::Written(ok),
+            l = recv_live(&mut live), if configured => Event::Live(l),
         };
         match event {
             Event::Direct(None)
             | Event::Written(false)
             | Event::Live(Err(broadcast::error::RecvError::Closed)) => return,
-            // A replay is never cut: the client asked for all of it.
-            Event::Direct(Some(batch)) => queue.extend(batch),
-            Event::Live(Ok(frame)) => {
-                if queue.len() >= CLIENT_QUEUE {
-                    queue.pop_front();
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                queue.push_back((*frame).clone());
+            Event::Direct(Some(ToClient::Replay {
+                frames,
+                then_live: live_after,
+            })) => {
+                out.replay.extend(frames.into_iter().map(|f| f.payload));
+                then_live |= live_after;
             }
+            Event::Direct(Some(ToClient::Frame(frame))) => out.push(frame, &stats),
+            Event::Live(Ok(frame)) => out.push(frame.payload.clone(), &stats),
             Event::Live(Err(broadcast::error::RecvError::Lagged(n))) => {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
             }
             Event::Written(true) => {}
         }
+        if out.replay.is_empty() && replaying.load(Ordering::Acquire) {
+            // The replay is in the codec's buffer: the client may ask again.
+            if std::mem::take(&mut then_live) && live.is_none() {
+                live = Some(live_tx.subscribe());
+            }
+            replaying.store(false, Ordering::Release);
+        }
     }
 }
 
-/// Writes the queued frames and flushes; a frame leaves the queue only once it is in the
-/// codec's buffer, so cancelling this loses nothing. False when the client is gone.
-async fn write_queued(
-    sink: &mut futures::stream::SplitSink<Framed<TcpStream, RadioCodec>, FromRadio>,
-    queue: &mut VecDeque<FromRadio>,
-    stats: &ClientStats,
-) -> bool {
-    while let Some(frame) = queue.front().cloned() {
-        if sink.feed(frame).await.is_err() {
-            return false;
-        }
-        queue.pop_front();
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+async fn recv_live(
+    live: &mut Option<broadcast::Receiver<Arc<RadioFrame>>>,
+) -> Result<Arc<RadioFrame>, broadcast::error::RecvError> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
-    sink.flush().await.is_ok()
+}
+
+type ClientSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, RelayEncoder>;
+
+/// Writes frame payloads as they are: the radio's bytes, or the encoding of what keysync
+/// composed.
+#[derive(Debug, Default)]
+struct RelayEncoder;
+
+impl tokio_util::codec::Encoder<Bytes> for RelayEncoder {
+    type Error = CodecError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut bytes::BytesMut) -> Result<(), CodecError> {
+        encode_raw(&payload, dst)
+    }
+}
+
+/// The downstream decoder, noting since when an incomplete frame has been waiting.
+#[derive(Debug, Default)]
+struct TimedDecoder {
+    inner: RadioCodec,
+    partial_since: Option<Instant>,
+}
+
+impl Decoder for TimedDecoder {
+    type Item = ToRadio;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> std::io::Result<Option<ToRadio>> {
+        let frame = self.inner.decode(src)?;
+        if frame.is_some() || src.is_empty() {
+            self.partial_since = None;
+        } else {
+            self.partial_since.get_or_insert_with(Instant::now);
+        }
+        Ok(frame)
+    }
+}
+
+/// How often a client is checked for being [`overdue`].
+fn overdue_tick(config: &ProxyConfig) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(
+        (config.idle_close.min(config.partial_frame) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Why a client is closed at `now`, if it is overdue: silent past the firmware's idle close,
+/// or a frame left incomplete past its limit.
+fn overdue(
+    now: Instant,
+    last_frame: Instant,
+    partial_since: Option<Instant>,
+    config: &ProxyConfig,
+) -> Option<&'static str> {
+    if now.saturating_duration_since(last_frame) >= config.idle_close {
+        return Some("silent past the radio's idle close");
+    }
+    if partial_since.is_some_and(|t| now.saturating_duration_since(t) >= config.partial_frame) {
+        return Some("an incomplete frame for too long");
+    }
+    None
+}
+
+/// What waits to be written to one client.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// The one replay in flight, written before anything else.
+    replay: VecDeque<Bytes>,
+    /// Answers and live frames, at most [`CLIENT_QUEUE`].
+    queue: VecDeque<Bytes>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.replay.is_empty() && self.queue.is_empty()
+    }
+
+    /// Queues a frame, dropping (and counting) the oldest when the queue is full.
+    fn push(&mut self, frame: Bytes, stats: &ClientStats) {
+        if self.queue.len() >= CLIENT_QUEUE {
+            self.queue.pop_front();
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.queue.push_back(frame);
+    }
+
+    /// Writes the replay, then the queue, and flushes; a frame leaves only once it is in the
+    /// codec's buffer, so cancelling this loses nothing. False when the client is gone.
+    async fn write(&mut self, sink: &mut ClientSink, stats: &ClientStats) -> bool {
+        loop {
+            let from = if self.replay.is_empty() {
+                &mut self.queue
+            } else {
+                &mut self.replay
+            };
+            let Some(frame) = from.front().cloned() else {
+                break;
+            };
+            if sink.feed(frame).await.is_err() {
+                return false;
+            }
+            from.pop_front();
+            stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+        sink.flush().await.is_ok()
+    }
 }
 
 /// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.
 fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> bool {
-    let Some(admin) = admin_of(packet) else {
-        return true;
+    let admin = match admin_payload(packet) {
+        AdminPayload::None => return true,
+        AdminPayload::Undecodable => {
+            // The firmware may decode what prost refuses (nanopb does not check UTF-8), and an
+            // add_contact it decodes with an empty key erases a key: what cannot be read is
+            // not passed on.
+            log::warn!(target: "keysync::proxy",
+                "dropped an admin message from {peer}: its payload does not decode");
+            return false;
+        }
+        AdminPayload::Admin(admin) => admin,
     };
     if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
         if contact.should_ignore {
             // The firmware ignores the node and erases its key: an operator's decision about
             // the radio, not a key to learn.
-            let allowed = loopback || shared.config.allow_remote_admin;
+            let allowed = (loopback || shared.config.allow_remote_admin)
+                && !shared
+                    .config
+                    .deny_admin
+                    .contains(&DestructiveAdmin::IgnoreNode);
             log::warn!(target: "keysync::proxy",
                 "{peer} asks the radio to ignore {} (add_contact with should_ignore): {}",
                 node_id(contact.node_num),
-                if allowed { "forwarded, not learned" } else { "dropped: admin is allowed from loopback clients only" });
+                if allowed { "forwarded, not learned" } else { "dropped: --deny-admin ignore-node, or admin from a remote client" });
             return allowed;
         }
         let user = contact.user.clone().unwrap_or_default();
@@ -632,11 +962,18 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
                 node_id(contact.node_num));
             return false;
         }
-        if valid_key(&user.public_key).is_none() {
+        let Some(key) = valid_key(&user.public_key) else {
             log::warn!(target: "keysync::proxy",
                 "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",
                 node_id(contact.node_num), user.public_key.len());
             return false;
+        };
+        let trusted = trusted_key(&shared.engine.borrow(), contact.node_num);
+        let forward = contact_may_pass(trusted, key);
+        if !forward {
+            log::warn!(target: "keysync::proxy",
+                "held back add_contact for {} from {peer}: its key differs from the trusted one; learned as pending for the operator to decide",
+                node_id(contact.node_num));
         }
         let _ = shared.learned.try_send(NodeSeen {
             num: contact.node_num,
@@ -648,9 +985,19 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
             source: Source::Downstream,
             is_favorite: true,
         });
-        return true;
+        return forward;
     }
-    if !loopback && !shared.config.allow_remote_admin {
+    let remote_denied = !loopback && !shared.config.allow_remote_admin;
+    if let Some(kind) = DestructiveAdmin::of(&admin) {
+        let denied = shared.config.deny_admin.contains(&kind);
+        log::warn!(target: "keysync::proxy",
+            "{peer} sends the radio a destructive admin message ({kind}): {}",
+            if denied { "dropped (--deny-admin)" } else if remote_denied { "dropped: admin is allowed from loopback clients only" } else { "forwarded" });
+        if denied {
+            return false;
+        }
+    }
+    if remote_denied {
         log::warn!(target: "keysync::proxy",
             "dropped an admin message from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
         return false;
@@ -658,9 +1005,69 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
     true
 }
 
+/// What the admin port of a client's packet carries.
+#[derive(Debug)]
+enum AdminPayload {
+    /// Not an admin packet (or an encrypted one, which the radio itself judges).
+    None,
+    /// On the admin port, but not an AdminMessage prost can read.
+    Undecodable,
+    Admin(Box<AdminMessage>),
+}
+
+fn admin_payload(packet: &MeshPacket) -> AdminPayload {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return AdminPayload::None;
+    };
+    if data.portnum != PortNum::AdminApp as i32 {
+        return AdminPayload::None;
+    }
+    admin_of(packet).map_or(AdminPayload::Undecodable, |a| {
+        AdminPayload::Admin(Box::new(a))
+    })
+}
+
+/// The key the operator trusts for `num`, from the engine's view.
+fn trusted_key(view: &crate::engine::Snapshot, num: u32) -> Option<PublicKey> {
+    view.nodes
+        .iter()
+        .find(|n| n.record.num == num)
+        .and_then(|n| n.record.trusted)
+}
+
+/// Whether a client's add_contact carrying `key` may reach the radio: only with the trusted
+/// key, or for a node keysync trusts no key for. A different key would put on the radio a key
+/// the operator never accepted.
+fn contact_may_pass(trusted: Option<PublicKey>, key: PublicKey) -> bool {
+    trusted.is_none_or(|t| t == key)
+}
+
+/// A replay as `client` may see it: the radio's private key (in `Config.security`) goes only to
+/// clients that may administer the radio; for the others it is blanked, as the firmware does
+/// for a client without admin rights.
+fn replay_for(
+    mut frames: Vec<RadioFrame>,
+    loopback: bool,
+    allow_remote_admin: bool,
+) -> Vec<RadioFrame> {
+    if loopback || allow_remote_admin {
+        return frames;
+    }
+    for frame in &mut frames {
+        let mut msg = frame.msg.clone();
+        if let Some(from_radio::PayloadVariant::Config(c)) = msg.payload_variant.as_mut()
+            && let Some(config::PayloadVariant::Security(security)) = c.payload_variant.as_mut()
+        {
+            security.private_key.clear();
+            *frame = RadioFrame::composed(msg);
+        }
+    }
+    frames
+}
+
 /// The frames of a config download for `nonce`, from what the upstream handshake delivered and
 /// the current node list; waits (bounded) for the first handshake.
-async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
+async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
     let mut ready = shared.session_ready.subscribe();
     timeout(CONFIG_WAIT, ready.wait_for(|r| *r))
         .await
@@ -669,9 +1076,11 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
     let up = lock(&shared.upstream);
     let session = up.session.clone()?;
     let own = session.my_node_num;
-    let frame = |v: from_radio::PayloadVariant| FromRadio {
-        id: 0,
-        payload_variant: Some(v),
+    let frame = |v: from_radio::PayloadVariant| {
+        RadioFrame::composed(FromRadio {
+            id: 0,
+            payload_variant: Some(v),
+        })
     };
     let others: Vec<NodeInfo> = up.nodes.iter().filter(|n| n.num != own).cloned().collect();
     let own_node = up.nodes.iter().find(|n| n.num == own).cloned();
@@ -716,4 +1125,160 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<FromRadio>> {
     out.extend(files);
     out.push(frame(from_radio::PayloadVariant::ConfigCompleteId(nonce)));
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtastic::Message;
+    use meshtastic::protobufs::Config;
+
+    fn security_replay() -> Vec<RadioFrame> {
+        let security = config::SecurityConfig {
+            public_key: vec![1; 32],
+            private_key: vec![2; 32],
+            ..config::SecurityConfig::default()
+        };
+        vec![
+            FromRadio {
+                id: 0,
+                payload_variant: Some(from_radio::PayloadVariant::Config(Config {
+                    payload_variant: Some(config::PayloadVariant::Security(security)),
+                })),
+            },
+            FromRadio {
+                id: 0,
+                payload_variant: Some(from_radio::PayloadVariant::ConfigCompleteId(7)),
+            },
+        ]
+        .into_iter()
+        .map(RadioFrame::composed)
+        .collect()
+    }
+
+    fn private_key(frames: &[RadioFrame]) -> Option<Vec<u8>> {
+        frames.iter().find_map(|f| {
+            match &FromRadio::decode(f.payload.as_ref()).ok()?.payload_variant {
+                Some(from_radio::PayloadVariant::Config(Config {
+                    payload_variant: Some(config::PayloadVariant::Security(s)),
+                })) => Some(s.private_key.clone()),
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn destructive_admin_kinds_are_named_as_deny_admin_takes_them() {
+        use admin_message::PayloadVariant as A;
+        let admin = |v: A| AdminMessage {
+            payload_variant: Some(v),
+            ..AdminMessage::default()
+        };
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RebootSeconds(5))),
+            Some(DestructiveAdmin::Reboot)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::FactoryResetConfig(1))),
+            Some(DestructiveAdmin::FactoryReset)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RemoveByNodenum(7))),
+            Some(DestructiveAdmin::RemoveNode)
+        );
+        assert_eq!(DestructiveAdmin::of(&admin(A::GetOwnerRequest(true))), None);
+        for kind in DestructiveAdmin::ALL {
+            assert_eq!(kind.name().parse(), Ok(kind));
+        }
+        assert!("erase".parse::<DestructiveAdmin>().is_err());
+    }
+
+    #[test]
+    fn the_radio_is_away_is_said_once_per_outage_and_a_backlog_once_per_backlog() {
+        let mut log = OverflowLog::default();
+        assert!(log.on_drop(true).is_some_and(|l| l.contains("away")));
+        assert_eq!(log.on_drop(true), None);
+        assert_eq!(log.on_drop(true), None);
+        log.on_sent(false);
+        assert!(log.on_drop(true).is_some(), "a new outage is said again");
+        assert!(log.on_drop(false).is_some_and(|l| l.contains("faster")));
+        log.on_sent(false);
+        assert_eq!(log.on_drop(false), None, "the same backlog");
+        log.on_sent(true);
+        assert!(log.on_drop(false).is_some());
+    }
+
+    #[test]
+    fn a_client_is_closed_when_silent_past_the_idle_close_or_stuck_in_a_partial_frame() {
+        let config = ProxyConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_clients: 1,
+            downstream_grace: Duration::from_secs(30),
+            allow_remote_admin: false,
+            deny_admin: Vec::new(),
+            idle_close: ProxyConfig::IDLE_CLOSE,
+            partial_frame: ProxyConfig::PARTIAL_FRAME,
+        };
+        let t0 = Instant::now();
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(overdue(later(899), t0, None, &config), None);
+        assert!(overdue(later(900), t0, None, &config).is_some());
+        assert_eq!(overdue(later(9), t0, Some(t0), &config), None);
+        assert!(overdue(later(10), t0, Some(t0), &config).is_some());
+        assert_eq!(
+            overdue(later(20), later(5), Some(later(15)), &config),
+            None,
+            "a partial frame counts from its first byte"
+        );
+    }
+
+    #[test]
+    fn add_contact_passes_with_the_trusted_key_or_for_a_node_without_one() {
+        assert!(contact_may_pass(None, [3; 32]));
+        assert!(contact_may_pass(Some([3; 32]), [3; 32]));
+        assert!(!contact_may_pass(Some([3; 32]), [4; 32]));
+    }
+
+    #[test]
+    fn an_admin_payload_that_does_not_decode_is_told_apart_from_no_admin() {
+        let packet = |portnum: PortNum, payload: Vec<u8>| MeshPacket {
+            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(
+                meshtastic::protobufs::Data {
+                    portnum: portnum as i32,
+                    payload,
+                    ..meshtastic::protobufs::Data::default()
+                },
+            )),
+            ..MeshPacket::default()
+        };
+        // add_contact (field 66) whose user (2) has a long_name (2) that is not UTF-8.
+        let bad = vec![0x92, 0x04, 6, 0x12, 4, 0x12, 2, 0xff, 0xfe];
+        assert!(matches!(
+            admin_payload(&packet(PortNum::AdminApp, bad.clone())),
+            AdminPayload::Undecodable
+        ));
+        assert!(matches!(
+            admin_payload(&packet(PortNum::TextMessageApp, bad)),
+            AdminPayload::None
+        ));
+    }
+
+    #[test]
+    fn a_remote_client_gets_the_replay_without_the_private_key() {
+        let frames = replay_for(security_replay(), false, false);
+        assert_eq!(private_key(&frames), Some(Vec::new()));
+        assert_eq!(frames.len(), 2, "only the key is taken out");
+    }
+
+    #[test]
+    fn a_loopback_client_or_allowed_remote_admin_gets_the_private_key() {
+        assert_eq!(
+            private_key(&replay_for(security_replay(), true, false)),
+            Some(vec![2; 32])
+        );
+        assert_eq!(
+            private_key(&replay_for(security_replay(), false, true)),
+            Some(vec![2; 32])
+        );
+    }
 }

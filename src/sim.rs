@@ -869,6 +869,14 @@ async fn apply_to_listener(
                 let _ = c.cmds.send(ClientCmd::Stall(duration)).await;
             }
         }
+        Fault::Frame { payload } => {
+            let mut framed = bytes::BytesMut::new();
+            if crate::engine::codec::encode_raw(&payload, &mut framed).is_ok()
+                && let Some(c) = current.as_ref()
+            {
+                let _ = c.cmds.send(ClientCmd::Garbage(framed.to_vec())).await;
+            }
+        }
         Fault::Garbage { bytes } => {
             let noise = garbage(shared, bytes);
             log::info!(target: "keysync::sim", "fault: sending {} bytes of garbage", noise.len());

@@ -21,8 +21,41 @@ type Client = Framed<TcpStream, keysync::engine::codec::ClientCodec>;
 
 const SEC: Duration = Duration::from_secs(1);
 
-fn proxied(sim: &SimHandle, dir: &tempfile::TempDir) -> EngineHandle {
-    proxied_with(sim, dir, 3, Duration::from_secs(30))
+/// A simulated radio with `nodes` nodes, and keysync proxying it after its first sync.
+struct Proxied {
+    _dir: tempfile::TempDir,
+    sim: SimHandle,
+    engine: EngineHandle,
+    snap: tokio::sync::watch::Receiver<keysync::engine::Snapshot>,
+    addr: std::net::SocketAddr,
+}
+
+/// The proxy tests' one set-up; `edit` changes the proxy settings from the tests' defaults.
+async fn started(nodes: usize, edit: impl FnOnce(&mut ProxyConfig)) -> Proxied {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(sim_config(nodes));
+    let engine = proxied_with(&sim, &dir, edit);
+    let mut snap = engine.snapshot.clone();
+    nth_report(&mut snap, 1).await;
+    let addr = snap.borrow().proxy_addr.expect("proxy address");
+    Proxied {
+        _dir: dir,
+        sim,
+        engine,
+        snap,
+        addr,
+    }
+}
+
+/// A client that never reads, with a tiny receive window, that has sent `bytes`.
+async fn never_reading(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small window");
+    let mut stuck = socket.connect(addr).await.expect("connects");
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, bytes)
+        .await
+        .expect("writes");
+    stuck
 }
 
 async fn connect(engine: &EngineHandle) -> Client {
@@ -73,13 +106,9 @@ async fn download(client: &mut Client, nonce: u32) -> Vec<FromRadio> {
 
 #[tokio::test]
 async fn config_replay_answers_downstream_without_asking_the_radio() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(25));
-    let engine = proxied(&sim, &dir);
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let before = sim.counters().received_besides_heartbeats();
-    let mut client = connect(&engine).await;
+    let p = started(25, |_| {}).await;
+    let before = p.sim.counters().received_besides_heartbeats();
+    let mut client = connect(&p.engine).await;
     let full = download(&mut client, 777).await;
     let nodes = full
         .iter()
@@ -112,25 +141,21 @@ async fn config_replay_answers_downstream_without_asking_the_radio() {
         "69421: node infos and the complete id, nothing else"
     );
     assert_eq!(
-        sim.counters().received_besides_heartbeats(),
+        p.sim.counters().received_besides_heartbeats(),
         before,
         "the replays sent nothing upstream: {:?}",
-        sim.counters().received()
+        p.sim.counters().received()
     );
-    assert_eq!(sim.counters().connections.load(Ordering::Relaxed), 1);
-    engine.quit().await;
+    assert_eq!(p.sim.counters().connections.load(Ordering::Relaxed), 1);
+    p.engine.quit().await;
 }
 
 #[tokio::test]
 async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_one_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(5));
-    let engine = proxied(&sim, &dir);
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut client = connect(&engine).await;
+    let p = started(5, |_| {}).await;
+    let mut client = connect(&p.engine).await;
     download(&mut client, 99).await;
-    let own = sim.my_node_num();
+    let own = p.sim.my_node_num();
     let mut erase = radio::add_contact(
         own,
         4001,
@@ -166,13 +191,14 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
     );
     client.send(good).await.expect("sends");
     wait_until("the valid contact at the radio", || {
-        sim.counters().add_contacts.load(Ordering::Relaxed) == 1
+        p.sim.counters().add_contacts.load(Ordering::Relaxed) == 1
     })
     .await;
-    assert_eq!(sim.contacts()[0].node_num, 0x0600_d001);
-    assert_no_invalid_contacts(&sim);
+    assert_eq!(p.sim.contacts()[0].node_num, 0x0600_d001);
+    assert_no_invalid_contacts(&p.sim);
     wait_until("the valid key learned", || {
-        snap.borrow()
+        p.snap
+            .borrow()
             .nodes
             .iter()
             .any(|n| n.record.num == 0x0600_d001 && n.record.trusted == Some([0x77; 32]))
@@ -189,26 +215,16 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
     })
     .await;
     assert_eq!(answered.ok(), Some(true));
-    engine.quit().await;
+    p.engine.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_does_not_delay_the_others() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(40));
-    let engine = proxied(&sim, &dir);
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
+    let mut p = started(40, |_| {}).await;
     // The stuck client asks for everything and never reads a byte (with a tiny receive window).
-    let addr = engine.snapshot.borrow().proxy_addr.expect("addr");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small window");
-    let mut stuck = socket.connect(addr).await.expect("connects");
     let hello = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, &hello)
-        .await
-        .expect("writes");
-    let mut live = connect(&engine).await;
+    let _stuck = never_reading(p.addr, &hello).await;
+    let mut live = connect(&p.engine).await;
     download(&mut live, 6).await;
     let reader = tokio::spawn(async move {
         let mut frames = 0u64;
@@ -221,39 +237,35 @@ async fn a_client_that_never_reads_does_not_delay_the_others() {
     // Announcements in bursts the radio's own queue can carry, until the stuck client loses some.
     let mut sent = 0u64;
     let mut rounds = 0;
-    while rounds < 2000 && !snap.borrow().clients.iter().any(|c| c.dropped > 0) {
+    while rounds < 2000 && !p.snap.borrow().clients.iter().any(|c| c.dropped > 0) {
         for i in 0..25 {
-            sim.inject(Fault::Announce { node: i }).await;
+            p.sim.inject(Fault::Announce { node: i }).await;
             sent += 1;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
         rounds += 1;
     }
     let received = reader.await.expect("reader joins");
-    let radio_dropped = sim.counters().dropped_to_client.load(Ordering::Relaxed);
+    let radio_dropped = p.sim.counters().dropped_to_client.load(Ordering::Relaxed);
     assert!(
         received + radio_dropped >= sent * 9 / 10,
         "the reading client got {received} of {sent} (the radio itself dropped {radio_dropped})"
     );
     let seen = tokio::time::timeout(
         WAIT,
-        snap.wait_for(|s| s.clients.iter().any(|c| c.dropped > 0)),
+        p.snap.wait_for(|s| s.clients.iter().any(|c| c.dropped > 0)),
     )
     .await
     .is_ok();
-    assert!(seen, "clients: {:#?}", snap.borrow().clients);
-    assert!(snap.borrow().link.state.is_up());
-    engine.quit().await;
+    assert!(seen, "clients: {:#?}", p.snap.borrow().clients);
+    assert!(p.snap.borrow().link.state.is_up());
+    p.engine.quit().await;
 }
 
 #[tokio::test]
 async fn heartbeats_are_answered_only_while_the_radio_is_there() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(3));
-    let engine = proxied(&sim, &dir);
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut client = connect(&engine).await;
+    let p = started(3, |_| {}).await;
+    let mut client = connect(&p.engine).await;
     download(&mut client, 11).await;
     client.send(radio::heartbeat(5)).await.expect("sends");
     let answer = tokio::time::timeout(WAIT, client.next()).await;
@@ -264,12 +276,8 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
             ..
         })))
     ));
-    sim.inject(Fault::Reboot {
-        down: Duration::from_secs(3),
-        forget: keysync::sim::Forget::Nothing,
-    })
-    .await;
-    wait_until("the link down", || !snap.borrow().link.state.is_up()).await;
+    reboot(&p.sim, Duration::from_secs(3)).await;
+    wait_until("the link down", || !p.snap.borrow().link.state.is_up()).await;
     client.send(radio::heartbeat(6)).await.expect("sends");
     let silence = tokio::time::timeout(Duration::from_millis(800), async {
         loop {
@@ -290,41 +298,43 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
     );
     // The client stays connected through the short outage.
     let _: ToRadio = radio::heartbeat(7);
-    wait_until("the link back", || snap.borrow().link.state.is_up()).await;
+    wait_until("the link back", || p.snap.borrow().link.state.is_up()).await;
     client
         .send(radio::heartbeat(8))
         .await
         .expect("still connected");
-    engine.quit().await;
+    p.engine.quit().await;
 }
 
+/// A proxied p.engine whose proxy settings `edit` changes from the tests' defaults.
 fn proxied_with(
     sim: &SimHandle,
     dir: &tempfile::TempDir,
-    max_clients: usize,
-    grace: Duration,
+    edit: impl FnOnce(&mut ProxyConfig),
 ) -> EngineHandle {
     let (db, store) = seeded_store(dir, &[]);
     let mut config = fast_engine(sim, db, 60 * SEC, 600 * SEC);
-    config.proxy = Some(ProxyConfig {
+    let mut proxy = ProxyConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        max_clients,
-        downstream_grace: grace,
+        max_clients: 3,
+        downstream_grace: Duration::from_secs(30),
         allow_remote_admin: false,
-    });
+        // Every proxy test runs with reboots denied: the radio stays up unless a test says so.
+        deny_admin: vec![keysync::proxy::DestructiveAdmin::Reboot],
+        idle_close: ProxyConfig::IDLE_CLOSE,
+        partial_frame: ProxyConfig::PARTIAL_FRAME,
+    };
+    edit(&mut proxy);
+    config.proxy = Some(proxy);
     engine::try_start(config, store).expect("proxy binds")
 }
 
 #[tokio::test]
 async fn a_client_beyond_max_clients_is_told_why_and_closed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 1, Duration::from_secs(30));
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut first = connect(&engine).await;
+    let p = started(3, |p| p.max_clients = 1).await;
+    let mut first = connect(&p.engine).await;
     download(&mut first, 1).await;
-    let mut second = connect(&engine).await;
+    let mut second = connect(&p.engine).await;
     let told = tokio::time::timeout(WAIT, second.next())
         .await
         .expect("an answer in time");
@@ -349,42 +359,24 @@ async fn a_client_beyond_max_clients_is_told_why_and_closed() {
         .send(radio::heartbeat(3))
         .await
         .expect("still connected");
-    engine.quit().await;
+    p.engine.quit().await;
 }
 
 #[tokio::test]
 async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_reconnect() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 4, Duration::from_secs(30));
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut client = connect(&engine).await;
+    let p = started(3, |p| p.max_clients = 4).await;
+    let mut client = connect(&p.engine).await;
     download(&mut client, 1).await;
-    sim.inject(Fault::Reboot {
-        down: Duration::from_millis(800),
-        forget: keysync::sim::Forget::Nothing,
-    })
-    .await;
-    wait_until("the link down", || !snap.borrow().link.state.is_up()).await;
-    let before = sim
+    reboot(&p.sim, Duration::from_millis(800)).await;
+    wait_until("the link down", || !p.snap.borrow().link.state.is_up()).await;
+    let before = p
+        .sim
         .counters()
         .received()
         .get("packet")
         .copied()
         .unwrap_or(0);
-    let text = meshtastic::protobufs::MeshPacket {
-        to: radio::BROADCAST,
-        id: 5151,
-        payload_variant: Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
-            meshtastic::protobufs::Data {
-                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
-                payload: b"sent while the radio was away".to_vec(),
-                ..meshtastic::protobufs::Data::default()
-            },
-        )),
-        ..meshtastic::protobufs::MeshPacket::default()
-    };
+    let text = text_packet(radio::BROADCAST, 5151, "sent while the radio was away");
     client
         .send(ToRadio {
             payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
@@ -394,7 +386,8 @@ async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_rec
         .await
         .expect("the client stays connected through the outage");
     wait_until("the held packet delivered", || {
-        sim.counters()
+        p.sim
+            .counters()
             .received()
             .get("packet")
             .copied()
@@ -402,23 +395,19 @@ async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_rec
             > before
     })
     .await;
-    engine.quit().await;
+    p.engine.quit().await;
 }
 
 #[tokio::test]
 async fn clients_are_closed_when_the_radio_stays_away_past_the_grace_period() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(3));
-    let engine = proxied_with(&sim, &dir, 4, Duration::from_millis(500));
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut client = connect(&engine).await;
-    download(&mut client, 1).await;
-    sim.inject(Fault::Reboot {
-        down: Duration::from_secs(5),
-        forget: keysync::sim::Forget::Nothing,
+    let p = started(3, |p| {
+        p.max_clients = 4;
+        p.downstream_grace = Duration::from_millis(500);
     })
     .await;
+    let mut client = connect(&p.engine).await;
+    download(&mut client, 1).await;
+    reboot(&p.sim, Duration::from_secs(5)).await;
     let closed = tokio::time::timeout(WAIT, async {
         loop {
             match client.next().await {
@@ -433,22 +422,18 @@ async fn clients_are_closed_when_the_radio_stays_away_past_the_grace_period() {
         Some(true),
         "the client was closed after the grace period"
     );
-    engine.quit().await;
+    p.engine.quit().await;
 }
 
 #[tokio::test]
 async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(5));
-    let engine = proxied(&sim, &dir);
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    let mut client = connect(&engine).await;
+    let p = started(5, |_| {}).await;
+    let mut client = connect(&p.engine).await;
     download(&mut client, 99).await;
-    let target = sim.nodedb()[2].clone();
+    let target = p.sim.nodedb()[2].clone();
     let stranger_key = [0x42; 32];
     let mut ignore = radio::add_contact(
-        sim.my_node_num(),
+        p.sim.my_node_num(),
         4100,
         &Contact {
             num: target.num,
@@ -459,13 +444,15 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
     edit_contact(&mut ignore, |c| c.should_ignore = true);
     client.send(ignore).await.expect("sends");
     wait_until("the radio ignores the node", || {
-        sim.nodedb()
+        p.sim
+            .nodedb()
             .iter()
             .any(|n| n.num == target.num && n.is_ignored)
     })
     .await;
-    assert!(sim.key_of(target.num).is_none(), "the firmware erased it");
-    let stored = snap
+    assert!(p.sim.key_of(target.num).is_none(), "the firmware erased it");
+    let stored = p
+        .snap
         .borrow()
         .nodes
         .iter()
@@ -477,5 +464,386 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
         Some((original, None)),
         "the key in the ignore message is not learned"
     );
-    engine.quit().await;
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_loopback_client_gets_the_radios_private_key_in_the_replay() {
+    let p = started(3, |_| {}).await;
+    let mut client = connect(&p.engine).await;
+    let full = download(&mut client, 42).await;
+    let security = full.iter().find_map(|f| match &f.payload_variant {
+        Some(from_radio::PayloadVariant::Config(meshtastic::protobufs::Config {
+            payload_variant: Some(meshtastic::protobufs::config::PayloadVariant::Security(s)),
+        })) => Some(s.clone()),
+        _ => None,
+    });
+    let security = security.expect("the replay carries Config.security");
+    assert_eq!(security.private_key.len(), 32, "loopback may administer");
+    p.engine.quit().await;
+}
+
+/// A text message packet.
+fn text_packet(to: u32, id: u32, body: &str) -> meshtastic::protobufs::MeshPacket {
+    meshtastic::protobufs::MeshPacket {
+        to,
+        id,
+        payload_variant: Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
+            meshtastic::protobufs::Data {
+                portnum: meshtastic::protobufs::PortNum::TextMessageApp as i32,
+                payload: body.as_bytes().to_vec(),
+                ..meshtastic::protobufs::Data::default()
+            },
+        )),
+        ..meshtastic::protobufs::MeshPacket::default()
+    }
+}
+
+/// The radio reboots and comes back after `down`, remembering everything.
+async fn reboot(sim: &SimHandle, down: Duration) {
+    sim.inject(Fault::Reboot {
+        down,
+        forget: keysync::sim::Forget::Nothing,
+    })
+    .await;
+}
+
+/// A loopback raw client of the proxy that has downloaded the config.
+async fn configured_client(addr: std::net::SocketAddr) -> raw::RawClient {
+    let mut client = raw::RawClient::connect(addr).await;
+    client.download(31).await;
+    client
+}
+
+/// Sends a text and waits until it is at the radio: upstream keeps the clients' order, so
+/// whatever the client sent before it has reached the radio by then, or never will.
+async fn text_through(client: &mut raw::RawClient, sim: &SimHandle) {
+    let text = client
+        .packet(
+            radio::BROADCAST,
+            meshtastic::protobufs::PortNum::TextMessageApp,
+            b"after".to_vec(),
+        )
+        .await;
+    wait_until("the text at the radio", || {
+        sim.sent().iter().any(|p| p.id == text)
+    })
+    .await;
+}
+
+fn received(sim: &SimHandle, kind: &str) -> u64 {
+    sim.counters().received().get(kind).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_admin_payload_that_does_not_decode_is_dropped() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let before = received(&p.sim, "packet");
+    // add_contact (field 66) for node 0x0bad0002 (1) with an empty key and a long_name (user 2,
+    // long_name 2) that is not UTF-8: nanopb on the radio would decode it and erase the key.
+    let bad = vec![
+        0x92, 0x04, 11, 0x08, 0x82, 0x80, 0xb4, 0x5d, 0x12, 4, 0x12, 2, 0xff, 0xfe,
+    ];
+    client
+        .packet(
+            p.sim.my_node_num(),
+            meshtastic::protobufs::PortNum::AdminApp,
+            bad,
+        )
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(
+        received(&p.sim, "packet"),
+        before + 1,
+        "only the text reached the radio: {:?}",
+        p.sim.counters().received()
+    );
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn an_add_contact_replacing_a_trusted_key_is_learned_as_pending_and_not_forwarded() {
+    let p = started(5, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let snap = p.engine.snapshot.clone();
+    let target = p.sim.nodedb()[2].clone();
+    let original = radio::valid_key(&target.user.clone().expect("user").public_key);
+    wait_until("the target trusted", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == target.num && n.record.trusted == original)
+    })
+    .await;
+    let added = p.sim.counters().add_contacts.load(Ordering::Relaxed);
+    let mut forged = target.clone();
+    if let Some(u) = forged.user.as_mut() {
+        u.public_key = vec![0x42; 32];
+    }
+    client.contact(p.sim.my_node_num(), &forged).await;
+    let stranger = meshtastic::protobufs::NodeInfo {
+        num: 0x0600_d001,
+        user: Some(meshtastic::protobufs::User {
+            long_name: "Good Node".into(),
+            short_name: "GN".into(),
+            public_key: vec![0x77; 32],
+            ..meshtastic::protobufs::User::default()
+        }),
+        ..meshtastic::protobufs::NodeInfo::default()
+    };
+    client.contact(p.sim.my_node_num(), &stranger).await;
+    wait_until("the stranger's contact at the radio", || {
+        p.sim.contacts().iter().any(|c| c.node_num == stranger.num)
+    })
+    .await;
+    assert_eq!(
+        p.sim.counters().add_contacts.load(Ordering::Relaxed),
+        added + 1,
+        "only the stranger's contact went out"
+    );
+    assert_eq!(
+        p.sim.key_of(target.num),
+        original,
+        "the radio keeps the trusted key"
+    );
+    wait_until("the forged key pending", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == target.num && n.record.pending == Some([0x42; 32]))
+    })
+    .await;
+    p.engine.quit().await;
+}
+
+/// This process's resident memory, in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn want_config_from_a_client_that_never_reads_keeps_one_replay_in_memory() {
+    const REQUESTS: u64 = 20_000;
+    let p = started(10, |_| {}).await;
+    let one = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
+    let flood: Vec<u8> = (0..REQUESTS).flat_map(|_| one.iter().copied()).collect();
+    let before = rss();
+    let stuck = never_reading(p.addr, &flood).await;
+    wait_until("every request read", || {
+        p.snap
+            .borrow()
+            .clients
+            .iter()
+            .any(|c| c.frames_in >= REQUESTS)
+    })
+    .await;
+    let grown = rss().saturating_sub(before);
+    eprintln!("RSS grew {} KiB over {REQUESTS} want_config", grown / 1024);
+    assert!(
+        grown < 32 << 20,
+        "RSS grew {} MiB for one client's want_config flood",
+        grown >> 20
+    );
+    // The proxy still serves.
+    let mut other = connect(&p.engine).await;
+    download(&mut other, 6).await;
+    drop(stuck);
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_denied_destructive_admin_message_never_reaches_the_radio() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let admins = received(&p.sim, "admin");
+    client
+        .admin(
+            p.sim.my_node_num(),
+            meshtastic::protobufs::admin_message::PayloadVariant::RebootSeconds(1),
+        )
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(
+        received(&p.sim, "admin"),
+        admins,
+        "--deny-admin reboot held it"
+    );
+    assert!(p.engine.snapshot.borrow().link.state.is_up());
+    p.engine.quit().await;
+}
+
+/// Waits until the proxy closes `stream`; false if it stays open past [`WAIT`].
+async fn closed_by_proxy(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_client_stuck_in_a_partial_frame_or_silent_past_the_idle_close_is_closed() {
+    let p = started(3, |p| {
+        p.idle_close = Duration::from_secs(3);
+        p.partial_frame = Duration::from_millis(500);
+    })
+    .await;
+    // A header announcing 512 bytes, and nothing after it.
+    let mut partial = TcpStream::connect(p.addr).await.expect("connects");
+    tokio::io::AsyncWriteExt::write_all(&mut partial, &[0x94, 0xc3, 0x02, 0x00])
+        .await
+        .expect("writes");
+    let mut silent = TcpStream::connect(p.addr).await.expect("connects");
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_by_proxy(&mut partial).await,
+        "the partial frame's client is closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "for its partial frame, before the idle close"
+    );
+    assert!(
+        closed_by_proxy(&mut silent).await,
+        "the silent client is closed"
+    );
+    wait_until("no client left", || p.snap.borrow().clients.is_empty()).await;
+    p.engine.quit().await;
+}
+
+fn is_packet(frame: &FromRadio) -> bool {
+    matches!(
+        frame.payload_variant,
+        Some(from_radio::PayloadVariant::Packet(_))
+    )
+}
+
+#[tokio::test]
+async fn live_packets_reach_a_client_only_after_its_config_complete_and_none_from_before() {
+    let p = started(5, |_| {}).await;
+    let mut watcher = configured_client(p.addr).await;
+    let mut late = raw::RawClient::connect(p.addr).await;
+    for node in 0..5 {
+        p.sim.inject(Fault::Announce { node }).await;
+    }
+    // The proxy fanned them out: the configured client has them.
+    for _ in 0..5 {
+        watcher.recv_until("an announcement", is_packet).await;
+    }
+    let download = late.download(77).await;
+    assert!(
+        !download.iter().any(is_packet),
+        "no packet before config_complete_id"
+    );
+    late.send(radio::heartbeat(1)).await;
+    late.recv_until("the heartbeat's answer", |f| {
+        matches!(
+            f.payload_variant,
+            Some(from_radio::PayloadVariant::QueueStatus(_))
+        )
+    })
+    .await;
+    let stale: Vec<_> = late.seen.iter().filter(|f| is_packet(f)).collect();
+    assert!(
+        stale.is_empty(),
+        "packets from before the client asked: {stale:?}"
+    );
+    // Live packets flow once it is configured.
+    p.sim.inject(Fault::Announce { node: 0 }).await;
+    late.recv_until("a live announcement", is_packet).await;
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    client
+        .send(ToRadio {
+            payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+                text_packet(radio::BROADCAST, 0, "no id"),
+            )),
+        })
+        .await;
+    let answer = client
+        .recv_until("the QueueStatus of the packet", |f| {
+            matches!(&f.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(q)) if q.mesh_packet_id != 0)
+        })
+        .await;
+    let Some(from_radio::PayloadVariant::QueueStatus(q)) = answer.payload_variant else {
+        unreachable!("picked a QueueStatus");
+    };
+    wait_until("the packet at the radio under that id", || {
+        p.sim.sent().iter().any(|p| p.id == q.mesh_packet_id)
+    })
+    .await;
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknown_to_keysync() {
+    use keysync::engine::codec::{RadioFrame, RelayCodec};
+    let p = started(3, |_| {}).await;
+    let stream = TcpStream::connect(p.addr).await.expect("connects");
+    let (read, mut write) = stream.into_split();
+    let mut frames = tokio_util::codec::FramedRead::new(read, RelayCodec::default());
+    let mut next = async || -> RadioFrame {
+        tokio::time::timeout(WAIT, frames.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("decodes")
+    };
+    let hello = keysync::engine::codec::frame_bytes(&radio::want_config(31)).expect("fits");
+    tokio::io::AsyncWriteExt::write_all(&mut write, &hello)
+        .await
+        .expect("writes");
+    while !matches!(
+        next().await.msg.payload_variant,
+        Some(from_radio::PayloadVariant::ConfigCompleteId(31))
+    ) {}
+    let text = FromRadio {
+        id: 7,
+        payload_variant: Some(from_radio::PayloadVariant::Packet(
+            meshtastic::protobufs::MeshPacket {
+                from: 0x0bad_cafe,
+                ..text_packet(radio::BROADCAST, 0x5eed, "from a newer firmware")
+            },
+        )),
+    };
+    let mut payload = meshtastic::Message::encode_to_vec(&text);
+    // Field 99 (varint 1): unknown to the crate, as newer firmware's fields are.
+    payload.extend_from_slice(&[0x98, 0x06, 0x01]);
+    p.sim
+        .inject(Fault::Frame {
+            payload: payload.clone(),
+        })
+        .await;
+    let relayed = loop {
+        let frame = next().await;
+        if matches!(&frame.msg.payload_variant, Some(from_radio::PayloadVariant::Packet(m)) if m.id == 0x5eed)
+        {
+            break frame;
+        }
+    };
+    assert_eq!(
+        relayed.payload.as_ref(),
+        payload.as_slice(),
+        "the radio's {} bytes, unchanged",
+        payload.len()
+    );
+    p.engine.quit().await;
 }

@@ -10,7 +10,7 @@ use std::io;
 use std::marker::PhantomData;
 
 use super::lenient::Lenient;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use meshtastic::Message;
 use meshtastic::protobufs::{FromRadio, ToRadio};
 use tokio_util::codec::{Decoder, Encoder};
@@ -125,27 +125,36 @@ impl<In: Lenient, Out> Decoder for FrameCodec<In, Out> {
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, io::Error> {
+        Ok(self.next_frame(src).map(|(msg, _)| msg))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, io::Error> {
+        Ok(self.next_frame_eof(src).map(|(msg, _)| msg))
+    }
+}
+
+impl<In: Lenient, Out> FrameCodec<In, Out> {
+    /// The next frame that decodes, with its payload bytes as they came.
+    fn next_frame(&mut self, src: &mut BytesMut) -> Option<(In, Bytes)> {
         loop {
-            let Some(len) = hunt_header(src, &mut self.stats) else {
-                return Ok(None);
-            };
+            let len = hunt_header(src, &mut self.stats)?;
             if src.len() < HEADER_LEN + len {
                 src.reserve(HEADER_LEN + len - src.len());
-                return Ok(None);
+                return None;
             }
             src.advance(HEADER_LEN);
-            let payload = src.split_to(len);
+            let payload = src.split_to(len).freeze();
             match In::decode(payload.as_ref()) {
                 Ok(msg) => {
                     self.stats.frames += 1;
-                    return Ok(Some(msg));
+                    return Some((msg, payload));
                 }
                 Err(err) => {
                     if let Some(msg) = In::repaired(&payload) {
                         self.stats.frames += 1;
                         self.stats.repaired += 1;
                         log::debug!(target: "keysync::codec", "decoded a {len}-byte frame with names that are not UTF-8 leniently");
-                        return Ok(Some(msg));
+                        return Some((msg, payload));
                     }
                     self.stats.undecodable += 1;
                     log::debug!(target: "keysync::codec", "skipped undecodable {len}-byte frame: {err}");
@@ -154,17 +163,93 @@ impl<In: Lenient, Out> Decoder for FrameCodec<In, Out> {
         }
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, io::Error> {
-        if let Some(msg) = self.decode(src)? {
-            return Ok(Some(msg));
+    fn next_frame_eof(&mut self, src: &mut BytesMut) -> Option<(In, Bytes)> {
+        if let Some(frame) = self.next_frame(src) {
+            return Some(frame);
         }
         if !src.is_empty() {
             self.stats.truncated_at_eof += src.len() as u64;
             log::debug!(target: "keysync::codec", "stream ended inside a frame ({} bytes dropped)", src.len());
             src.clear();
         }
-        Ok(None)
+        None
     }
+}
+
+/// A frame from the radio: decoded, to look at, and its payload as the radio sent it, to relay
+/// byte for byte (fields this crate does not know survive).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RadioFrame {
+    pub msg: FromRadio,
+    pub payload: Bytes,
+}
+
+impl RadioFrame {
+    /// A frame keysync composed: its payload is its encoding.
+    pub fn composed(msg: FromRadio) -> Self {
+        let payload = Bytes::from(msg.encode_to_vec());
+        Self { msg, payload }
+    }
+}
+
+impl std::ops::Deref for RadioFrame {
+    type Target = FromRadio;
+
+    fn deref(&self) -> &FromRadio {
+        &self.msg
+    }
+}
+
+/// The link's codec: [`ClientCodec`] that keeps each frame's bytes ([`RadioFrame`]).
+#[derive(Debug, Default)]
+pub struct RelayCodec(ClientCodec);
+
+impl RelayCodec {
+    pub fn stats(&self) -> CodecStats {
+        self.0.stats()
+    }
+}
+
+impl Decoder for RelayCodec {
+    type Item = RadioFrame;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<RadioFrame>, io::Error> {
+        Ok(self
+            .0
+            .next_frame(src)
+            .map(|(msg, payload)| RadioFrame { msg, payload }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<RadioFrame>, io::Error> {
+        Ok(self
+            .0
+            .next_frame_eof(src)
+            .map(|(msg, payload)| RadioFrame { msg, payload }))
+    }
+}
+
+impl Encoder<ToRadio> for RelayCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: ToRadio, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(&item, dst)
+    }
+}
+
+/// Appends one frame whose payload is `payload` as it is (a frame relayed byte for byte).
+pub fn encode_raw(payload: &[u8], dst: &mut BytesMut) -> Result<(), CodecError> {
+    let len = payload.len();
+    let header_len = u16::try_from(len)
+        .ok()
+        .filter(|_| len <= MAX_PAYLOAD)
+        .ok_or(CodecError::TooLarge(len))?;
+    dst.reserve(HEADER_LEN + len);
+    dst.put_u8(MAGIC_1);
+    dst.put_u8(MAGIC_2);
+    dst.put_u16(header_len);
+    dst.put_slice(payload);
+    Ok(())
 }
 
 impl<In, Out: Message> Encoder<Out> for FrameCodec<In, Out> {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
-use meshtastic::protobufs::{FromRadio, NodeInfo, ToRadio, from_radio};
+use meshtastic::protobufs::{NodeInfo, ToRadio, from_radio};
 use rand::RngExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
 
-use super::codec::{ClientCodec, CodecError};
+use super::codec::{CodecError, RadioFrame, RelayCodec};
 use super::radio;
 
 /// How many state changes the timeline keeps.
@@ -266,8 +266,8 @@ pub struct Session {
     pub my_node_num: u32,
     pub firmware: String,
     /// The handshake's frames other than other nodes' `node_info`s, in arrival order, for
-    /// replay to downstream clients.
-    pub config: Vec<FromRadio>,
+    /// replay to downstream clients (as the radio sent them).
+    pub config: Vec<RadioFrame>,
     /// Every `node_info` of the handshake, own node included: the radio's NodeDB.
     pub nodes: Vec<NodeInfo>,
 }
@@ -277,8 +277,8 @@ pub struct Session {
 pub enum LinkNotice {
     /// The handshake completed.
     Up(Arc<Session>),
-    /// A decoded frame (including those of the handshake).
-    Frame(Arc<FromRadio>),
+    /// A frame, decoded and as the radio sent it (including those of the handshake).
+    Frame(Arc<RadioFrame>),
     /// The session ended.
     Down(CloseCause),
 }
@@ -579,7 +579,7 @@ impl Supervisor {
         let connected = Instant::now();
         self.next_session += 1;
         let id = self.next_session;
-        let mut framed = Framed::new(stream, ClientCodec::new());
+        let mut framed = Framed::new(stream, RelayCodec::default());
         let mut seen = (0, 0);
         let (cause, up_since) = match self.handshake(&mut framed, id, &mut seen).await {
             Err(cause) => (cause, None),
@@ -606,7 +606,7 @@ impl Supervisor {
     /// Sends `want_config_id` and collects the download until its `config_complete_id`.
     async fn handshake(
         &mut self,
-        framed: &mut Framed<TcpStream, ClientCodec>,
+        framed: &mut Framed<TcpStream, RelayCodec>,
         id: u64,
         seen: &mut (u64, u64),
     ) -> Result<Arc<Session>, CloseCause> {
@@ -694,7 +694,7 @@ impl Supervisor {
     /// The up phase: forward frames, heartbeat, watch for silence, write what consumers send.
     async fn serve(
         &mut self,
-        framed: &mut Framed<TcpStream, ClientCodec>,
+        framed: &mut Framed<TcpStream, RelayCodec>,
         session: Arc<Session>,
         seen: &mut (u64, u64),
     ) -> CloseCause {
@@ -748,10 +748,10 @@ impl Supervisor {
     /// folds the codec's discard counts into the counters.
     fn received(
         &self,
-        item: Option<Result<FromRadio, io::Error>>,
-        framed: &Framed<TcpStream, ClientCodec>,
+        item: Option<Result<RadioFrame, io::Error>>,
+        framed: &Framed<TcpStream, RelayCodec>,
         seen: &mut (u64, u64),
-    ) -> Result<FromRadio, CloseCause> {
+    ) -> Result<RadioFrame, CloseCause> {
         let stats = framed.codec().stats();
         let (garbage, undecodable) = (stats.garbage_bytes, stats.undecodable);
         if garbage > seen.0 {
@@ -776,7 +776,7 @@ impl Supervisor {
 
     async fn write(
         &self,
-        framed: &mut Framed<TcpStream, ClientCodec>,
+        framed: &mut Framed<TcpStream, RelayCodec>,
         msg: ToRadio,
     ) -> Result<(), CloseCause> {
         framed

@@ -366,7 +366,7 @@ pub struct HandshakeFacts {
 }
 
 impl HandshakeFacts {
-    pub fn of(frames: &[FromRadio]) -> Self {
+    pub fn of<'a>(frames: impl IntoIterator<Item = &'a FromRadio>) -> Self {
         use meshtastic::protobufs::config::PayloadVariant as C;
         use meshtastic::protobufs::config::device_config::Role;
         let mut facts = Self::default();

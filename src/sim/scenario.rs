@@ -233,6 +233,8 @@ pub enum Fault {
     Reboot { down: Duration, forget: Forget },
     /// Send random bytes (with a bogus oversize header) to the client between frames.
     Garbage { bytes: usize },
+    /// Send the client one frame with this payload, as it is (newer firmware's fields).
+    Frame { payload: Vec<u8> },
     /// Generated node `node` gets a new key and announces it.
     KeyChange { node: usize },
     /// `count` new nodes appear and announce themselves, or with `portnum`, send a plain packet

@@ -503,8 +503,12 @@ impl Client {
             ..DeviceMetadata::default()
         })));
         out.extend(channels().into_iter().map(|c| frame(V::Channel(c))));
+        // The firmware hands its private key to a connected client; a stand-in here (the sim
+        // has no key pair), so that tests can see who gets it.
+        let private_key = own_key.iter().map(|b| b ^ 0x5a).collect();
         let security = config::SecurityConfig {
             public_key: own_key,
+            private_key,
             is_managed: self.shared.config.managed,
             ..config::SecurityConfig::default()
         };
