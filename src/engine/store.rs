@@ -1020,17 +1020,6 @@ impl Store {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    /// Counts an add_contact sent for `num`.
-    pub fn note_pushed(&mut self, num: u32, now: SystemTime) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE nodes SET pushes = pushes + 1, last_pushed = ?2 WHERE num = ?1",
-                params![num, millis(now)],
-            )
-            .map_err(|e| self.error(e))?;
-        Ok(())
-    }
-
     pub fn cache(&self) -> Result<Option<SyncCache>, StoreError> {
         self.conn
             .query_row(
