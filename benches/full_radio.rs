@@ -12,14 +12,13 @@
 //! heard per check as position packets — keyless on the radio if it evicted them, 4).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+mod common;
 
 use keysync::engine::link::{BackoffPolicy, LinkConfig};
-use keysync::engine::radio::{NodeSeen, Source};
-use keysync::engine::store::Store;
 use keysync::engine::sync::SyncSettings;
 use keysync::engine::{self, EngineConfig};
-use keysync::sim::population::Population;
 use keysync::sim::{Fault, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::PortNum;
 
@@ -47,16 +46,7 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
-    let mut population = Population::new(1);
-    let _own = population.own_node();
-    let mut store = Store::open(&db)?;
-    for _ in 0..keys {
-        let n = population.next_node();
-        store.learn(
-            &NodeSeen::from_node_info(&n, Source::Mesh),
-            SystemTime::now(),
-        )?;
-    }
+    let store = common::trusting_store(&db, keys)?;
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes: keys,

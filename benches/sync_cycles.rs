@@ -3,14 +3,13 @@
 //! Prints a table; run with `cargo bench --bench sync_cycles`.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+mod common;
 
 use keysync::engine::link::{BackoffPolicy, LinkConfig};
-use keysync::engine::radio::{NodeSeen, Source};
-use keysync::engine::store::Store;
 use keysync::engine::sync::SyncSettings;
 use keysync::engine::{self, Command, EngineConfig};
-use keysync::sim::population::Population;
 use keysync::sim::{SimConfig, SimCounters, SimHandle};
 
 const KNOWN: usize = 100;
@@ -27,16 +26,7 @@ fn besides_heartbeats(c: &SimCounters) -> (u64, u64) {
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
-    let mut population = Population::new(1);
-    let _own = population.own_node();
-    let mut store = Store::open(&db)?;
-    for _ in 0..KNOWN {
-        let n = population.next_node();
-        store.learn(
-            &NodeSeen::from_node_info(&n, Source::Mesh),
-            SystemTime::now(),
-        )?;
-    }
+    let store = common::trusting_store(&db, KNOWN)?;
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes: IN_RADIO,

@@ -300,41 +300,29 @@ impl Bound {
         engine: watch::Receiver<crate::engine::Snapshot>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;
-        start_serving(config, listener, notices, sender, learned, needs, engine)
+        let addr = listener.local_addr()?;
+        let (views, clients) = watch::channel(Vec::new());
+        let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
+        let shared = Arc::new(Shared {
+            config,
+            upstream: Mutex::new(Upstream::default()),
+            session_ready: watch::channel(false).0,
+            live: broadcast::channel(CLIENT_QUEUE).0,
+            pending_ids: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Vec::new()),
+            views,
+            learned,
+            engine,
+            outbound,
+            close_all: Mutex::new(CancellationToken::new()),
+        });
+        log::info!(target: "keysync::proxy", "serving downstream clients on {addr}");
+        tokio::spawn(follow_upstream(shared.clone(), notices));
+        tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
+        tokio::spawn(accept(shared.clone(), listener));
+        tokio::spawn(refresh_views(shared));
+        Ok(Proxy { addr, clients })
     }
-}
-
-fn start_serving(
-    config: ProxyConfig,
-    listener: TcpListener,
-    notices: broadcast::Receiver<LinkNotice>,
-    sender: LinkSender,
-    learned: mpsc::Sender<NodeSeen>,
-    needs: mpsc::Sender<crate::engine::KeyNeed>,
-    engine: watch::Receiver<crate::engine::Snapshot>,
-) -> std::io::Result<Proxy> {
-    let addr = listener.local_addr()?;
-    let (views, clients) = watch::channel(Vec::new());
-    let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
-    let shared = Arc::new(Shared {
-        config,
-        upstream: Mutex::new(Upstream::default()),
-        session_ready: watch::channel(false).0,
-        live: broadcast::channel(CLIENT_QUEUE).0,
-        pending_ids: Mutex::new(HashMap::new()),
-        clients: Mutex::new(Vec::new()),
-        views,
-        learned,
-        engine,
-        outbound,
-        close_all: Mutex::new(CancellationToken::new()),
-    });
-    log::info!(target: "keysync::proxy", "serving downstream clients on {addr}");
-    tokio::spawn(follow_upstream(shared.clone(), notices));
-    tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
-    tokio::spawn(accept(shared.clone(), listener));
-    tokio::spawn(refresh_views(shared));
-    Ok(Proxy { addr, clients })
 }
 
 async fn refresh_views(shared: Arc<Shared>) {

@@ -1,0 +1,24 @@
+//! Set-up the benches share: a store that already trusts the sim's generated nodes.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use keysync::engine::radio::{NodeSeen, Source};
+use keysync::engine::store::Store;
+use keysync::sim::population::Population;
+
+/// A store at `db` that trusts the first `n` nodes the sim generates for seed 1, as if heard on
+/// the mesh.
+pub fn trusting_store(db: &Path, n: usize) -> anyhow::Result<Store> {
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    let mut store = Store::open(db)?;
+    for _ in 0..n {
+        let node = population.next_node();
+        store.learn(
+            &NodeSeen::from_node_info(&node, Source::Mesh),
+            SystemTime::now(),
+        )?;
+    }
+    Ok(store)
+}
