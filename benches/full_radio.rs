@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         db_path: db.clone(),
         proxy: None,
     };
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let counters = sim.counters();
     let mut max_protected = 0;
     let mesh: Vec<u32> = sim.mesh().iter().map(|n| n.num).collect();

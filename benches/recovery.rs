@@ -73,7 +73,7 @@ async fn reboot_recovery(dir: &std::path::Path) -> anyhow::Result<()> {
         let mut config = engine_config(&radio, db.clone());
         config.sync.push_gap = Duration::from_millis(200);
         config.sync.max_pushes = 100;
-        let engine = engine::start(config, Store::open(&db)?);
+        let engine = engine::try_start(config, Store::open(&db)?).expect("the engine starts");
         let mut snap = engine.snapshot.clone();
         snap.wait_for(|s| !s.sync.history.is_empty()).await?;
         let mut samples = Vec::new();
@@ -122,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
 
     // keysync: nodes-only download inside the engine (operator force, nothing to push).
     let db = dir.path().join("download.db");
-    let engine = engine::start(engine_config(&sim1000, db.clone()), Store::open(&db)?);
+    let engine = engine::try_start(engine_config(&sim1000, db.clone()), Store::open(&db)?)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     snap.wait_for(|s| !s.sync.history.is_empty()).await?;
     let mut nodes_only = Vec::new();

@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         db_path: db.clone(),
         proxy: None,
     };
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let counters = sim.counters();
     println!(

@@ -133,7 +133,7 @@ pub struct EngineArgs {
         value_delimiter = ',',
         value_name = "KINDS"
     )]
-    pub deny_admin: Vec<crate::proxy::DestructiveAdmin>,
+    pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
 }
 
 impl StoreArgs {
@@ -479,7 +479,7 @@ pub struct Settings {
     pub max_clients: usize,
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
-    pub deny_admin: Vec<crate::proxy::DestructiveAdmin>,
+    pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
 }
 
 impl Settings {

@@ -7,6 +7,7 @@ pub mod import;
 pub mod lenient;
 pub mod link;
 pub mod plan;
+pub mod proxy;
 pub mod radio;
 pub mod store;
 pub mod sync;
@@ -38,7 +39,7 @@ pub struct EngineConfig {
     pub sync: SyncSettings,
     pub db_path: PathBuf,
     /// Serve downstream clients (`--listen`).
-    pub proxy: Option<crate::proxy::ProxyConfig>,
+    pub proxy: Option<crate::engine::proxy::ProxyConfig>,
 }
 
 /// Frame counts since start.
@@ -125,7 +126,7 @@ pub struct Snapshot {
     /// Where downstream clients connect, in proxy mode.
     pub proxy_addr: Option<std::net::SocketAddr>,
     /// Downstream clients connected through the proxy.
-    pub clients: Vec<crate::proxy::ClientView>,
+    pub clients: Vec<crate::engine::proxy::ClientView>,
 }
 
 /// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
@@ -194,25 +195,21 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine on the current tokio runtime.
-///
-/// # Panics
-/// When `config.proxy` is set and its address cannot be bound; use [`try_start`] for an error.
-pub fn start(config: EngineConfig, store: Store) -> EngineHandle {
-    match try_start(config, store) {
-        Ok(handle) => handle,
-        Err(e) => panic!("cannot start the engine: {e}"),
-    }
-}
-
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
     // The proxy's port first: the radio is not dialled when it cannot be served.
-    let bound = config.proxy.clone().map(crate::proxy::bind).transpose()?;
+    let bound = config
+        .proxy
+        .clone()
+        .map(crate::engine::proxy::bind)
+        .transpose()?;
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
     let (needs_tx, needs) = mpsc::channel(64);
-    let proxy_addr = bound.as_ref().map(crate::proxy::Bound::addr).transpose()?;
+    let proxy_addr = bound
+        .as_ref()
+        .map(crate::engine::proxy::Bound::addr)
+        .transpose()?;
     let (pushed_tx, pushed) = mpsc::unbounded_channel();
     let status = link.status();
     let counters = link.counters();
@@ -344,7 +341,7 @@ struct EngineLoop {
     own_num: u32,
     /// Keys downstream clients handed to the radio.
     learned: mpsc::Receiver<NodeSeen>,
-    clients: Option<watch::Receiver<Vec<crate::proxy::ClientView>>>,
+    clients: Option<watch::Receiver<Vec<crate::engine::proxy::ClientView>>>,
 }
 
 async fn join_running(

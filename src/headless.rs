@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cli::Settings;
 use crate::engine::link::LinkConfig;
+use crate::engine::store::Store;
 use crate::engine::sync::{Outcome, SyncSettings};
 use crate::engine::{self, EngineConfig};
 
@@ -25,15 +26,17 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
             ..SyncSettings::default()
         },
         db_path: settings.db.clone(),
-        proxy: settings.listen.map(|listen| crate::proxy::ProxyConfig {
-            listen,
-            max_clients: settings.max_clients,
-            downstream_grace: settings.downstream_grace,
-            allow_remote_admin: settings.allow_remote_admin,
-            deny_admin: settings.deny_admin.clone(),
-            idle_close: crate::proxy::ProxyConfig::IDLE_CLOSE,
-            partial_frame: crate::proxy::ProxyConfig::PARTIAL_FRAME,
-        }),
+        proxy: settings
+            .listen
+            .map(|listen| crate::engine::proxy::ProxyConfig {
+                listen,
+                max_clients: settings.max_clients,
+                downstream_grace: settings.downstream_grace,
+                allow_remote_admin: settings.allow_remote_admin,
+                deny_admin: settings.deny_admin.clone(),
+                idle_close: crate::engine::proxy::ProxyConfig::IDLE_CLOSE,
+                partial_frame: crate::engine::proxy::ProxyConfig::PARTIAL_FRAME,
+            }),
     }
 }
 
@@ -44,12 +47,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
         env!("CARGO_PKG_VERSION"), settings.host, settings.db.display(),
         humantime::format_duration(settings.sync_interval), humantime::format_duration(settings.cache_ttl));
-    let engine = engine::try_start(engine_config(settings), store).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for downstream clients on {}: {e}",
-            settings.listen.map(|a| a.to_string()).unwrap_or_default()
-        )
-    })?;
+    let engine = start_engine(engine_config(settings), store)?;
     if let Some(addr) = engine.snapshot.borrow().proxy_addr {
         log::info!(target: "keysync", "point the gateway's bot at {addr} (TCPInterface(hostname=\"{}\", portNumber={}))", addr.ip(), addr.port());
     }
@@ -59,11 +57,20 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the engine; the error names the address when the proxy's port cannot be bound.
+pub fn start_engine(config: EngineConfig, store: Store) -> anyhow::Result<engine::EngineHandle> {
+    let listen = config.proxy.as_ref().map(|p| p.listen);
+    engine::try_start(config, store).map_err(|e| match listen {
+        Some(addr) => anyhow::anyhow!("cannot listen for downstream clients on {addr}: {e}"),
+        None => anyhow::anyhow!("cannot start the engine: {e}"),
+    })
+}
+
 /// `keysync sync --once`: connect, run one forced sync, print its outcome. Fails when the
 /// radio cannot be reached within `wait` or the sync fails.
 pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()> {
     let store = settings.open_store()?;
-    let engine = engine::start(engine_config(settings), store);
+    let engine = start_engine(engine_config(settings), store)?;
     let mut snapshot = engine.snapshot.clone();
     let finished = tokio::time::timeout(wait, snapshot.wait_for(|s| s.sync.last.is_some()))
         .await

@@ -15,7 +15,6 @@ pub mod duration;
 pub mod engine;
 pub mod headless;
 pub mod logging;
-pub mod proxy;
 pub mod sim;
 pub mod tui;
 pub mod ui;

@@ -14,8 +14,8 @@ use tui_logger::{TuiLoggerFile, TuiWidgetState};
 use crate::app::{App, Effect, HistoryView, Input};
 use crate::cli::Settings;
 use crate::demo::Demo;
+use crate::engine::EngineHandle;
 use crate::engine::store::Store;
-use crate::engine::{self, EngineHandle};
 use crate::headless::engine_config;
 use crate::ui::{self, theme::Theme};
 
@@ -66,13 +66,7 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
     };
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;
-    let listen = config.proxy.as_ref().map(|p| p.listen);
-    let engine = engine::try_start(config, store).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for downstream clients on {}: {e}",
-            listen.map(|a| a.to_string()).unwrap_or_default()
-        )
-    })?;
+    let engine = crate::headless::start_engine(config, store)?;
     let terminal = ratatui::try_init()?;
     let guard = TerminalGuard;
     let label = demo.as_ref().map(|d| d.label.clone());

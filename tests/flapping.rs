@@ -40,7 +40,7 @@ async fn flap(cycles: usize) {
     // short here so the cycles keep coming.
     config.link.takeover_backoff = Duration::from_millis(50);
     config.link.backoff.cap = Duration::from_millis(100);
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let (fds, rss) = (open_fds(), rss_kib());

@@ -33,7 +33,7 @@ async fn pushes_wait_while_the_radio_queue_is_full_then_resume_without_a_burst()
     let mut config = fast_engine(&sim, db, 60 * SEC, 600 * SEC);
     config.sync.push_gap = Duration::from_millis(20);
     config.sync.queue_timeout = Duration::from_secs(10);
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let report = nth_report(&mut snap, 1).await;
     assert_eq!((report.outcome, report.pushed), (Outcome::Forced, 12));
@@ -65,7 +65,7 @@ async fn pushes_pace_on_a_timeout_when_the_radio_never_answers() {
     let mut config = fast_engine(&sim, db, 60 * SEC, 600 * SEC);
     config.sync.push_gap = Duration::from_millis(10);
     config.sync.queue_timeout = Duration::from_millis(300);
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let report = nth_report(&mut snap, 1).await;
     assert_eq!((report.outcome, report.pushed), (Outcome::Forced, 5));
@@ -95,7 +95,7 @@ async fn an_impostor_key_is_never_pushed_across_reconnects_and_restarts() {
     let sim = start_sim(sim_config(6));
     let (db, store) = seeded_store(&dir, &[]);
     let config = fast_engine(&sim, db.clone(), SEC, 600 * SEC);
-    let engine = engine::start(config.clone(), store);
+    let engine = engine::try_start(config.clone(), store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let victim = sim.mesh()[2].clone();
@@ -133,7 +133,7 @@ async fn an_impostor_key_is_never_pushed_across_reconnects_and_restarts() {
     wait_for_run(&mut snap, seen, Trigger::Operator).await;
     engine.quit().await;
     let store = keysync::engine::store::Store::open(&db).expect("reopens");
-    let engine = engine::start(config, store);
+    let engine = engine::try_start(config, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let restart = nth_report(&mut snap, 1).await;
     assert_eq!(restart.trigger, Trigger::Startup);
@@ -173,7 +173,8 @@ async fn a_flood_from_the_radio_never_blocks_the_engine_or_drops_the_link() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(40));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store);
+    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     for i in 0..5000 {

@@ -308,7 +308,7 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
     );
     assert!(
         log.iter()
-            .filter(|l| l.contains("keysync::proxy") && l.contains("connected"))
+            .filter(|l| l.contains("keysync::engine::proxy") && l.contains("connected"))
             .count()
             >= 2,
         "{log:#?}"

@@ -40,7 +40,7 @@ fn setup(
     let (db, store) = seeded_store(dir, &known);
     let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
     settings.sync.max_flash_writes = 60;
-    let engine = engine::start(settings, store);
+    let engine = engine::try_start(settings, store).expect("the engine starts");
     (sim, engine, known)
 }
 
@@ -219,7 +219,8 @@ async fn a_managed_radio_is_not_pushed_to() {
         ..sim_config(20)
     });
     let (db, store) = seeded_store(&dir, &known);
-    let engine = engine::start(fast_engine(&sim, db, SEC, 600 * SEC), store);
+    let engine =
+        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
     let first = report_until(&engine, 1, 1, |_| true).await;
     assert!(
         first
@@ -244,7 +245,7 @@ async fn a_node_removed_from_the_radio_is_not_brought_back_until_heard() {
     let (db, store) = seeded_store(&dir, &known);
     let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
     settings.sync.radio_capacity = Some(10);
-    let engine = engine::start(settings, store);
+    let engine = engine::try_start(settings, store).expect("the engine starts");
     report_until(&engine, 1, 1, |_| true).await;
     let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
     let victim = known
@@ -293,7 +294,8 @@ async fn a_pending_key_keeps_the_trusted_one_on_the_radio_after_a_reboot() {
     let known = population(1, 6);
     let sim = start_sim(sim_config(6));
     let (db, store) = seeded_store(&dir, &known);
-    let engine = engine::start(fast_engine(&sim, db, SEC, 600 * SEC), store);
+    let engine =
+        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     let node = known[2].clone();

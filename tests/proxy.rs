@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
+use keysync::engine::proxy::ProxyConfig;
 use keysync::engine::radio::{self, Contact};
 use keysync::engine::{self, EngineHandle};
-use keysync::proxy::ProxyConfig;
 use keysync::sim::{Fault, SimHandle};
 use meshtastic::protobufs::{FromRadio, ToRadio, from_radio};
 use tokio::net::TcpStream;
@@ -320,7 +320,7 @@ fn proxied_with(
         downstream_grace: Duration::from_secs(30),
         allow_remote_admin: false,
         // Every proxy test runs with reboots denied: the radio stays up unless a test says so.
-        deny_admin: vec![keysync::proxy::DestructiveAdmin::Reboot],
+        deny_admin: vec![keysync::engine::proxy::DestructiveAdmin::Reboot],
         idle_close: ProxyConfig::IDLE_CLOSE,
         partial_frame: ProxyConfig::PARTIAL_FRAME,
     };

@@ -26,7 +26,8 @@ async fn startup_forces_a_sync_that_pushes_exactly_what_the_radio_lacks() {
     let known = population(1, 35);
     let sim = start_sim(sim_config(30)); // the radio holds the first 30
     let (db, store) = seeded_store(&dir, &known);
-    let engine = engine::start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store);
+    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let report = nth_report(&mut snap, 1).await;
     assert_eq!(report.trigger, Trigger::Startup);
@@ -62,7 +63,8 @@ async fn a_check_inside_the_ttl_is_skipped_and_sends_nothing_but_heartbeats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(20));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, SEC, 30 * SEC), store);
+    let engine =
+        engine::try_start(fast_engine(&sim, db, SEC, 30 * SEC), store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let first = nth_report(&mut snap, 1).await;
     assert_eq!(first.outcome, Outcome::Forced);
@@ -90,7 +92,8 @@ async fn after_the_ttl_a_nodes_only_download_syncs_with_zero_pushes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(20));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, SEC, 2 * SEC), store);
+    let engine =
+        engine::try_start(fast_engine(&sim, db, SEC, 2 * SEC), store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let synced = loop {
         let n = snap.borrow().sync.history.len() + 1;
@@ -116,7 +119,8 @@ async fn a_reboot_that_forgets_keys_is_repaired_by_the_reconnect_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(12));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store);
+    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let first = nth_report(&mut snap, 1).await;
     assert_eq!(
@@ -154,7 +158,8 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(6));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db.clone(), SEC, 600 * SEC), store);
+    let engine = engine::try_start(fast_engine(&sim, db.clone(), SEC, 600 * SEC), store)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let first = nth_report(&mut snap, 1).await;
     let mesh = sim.mesh();
@@ -251,7 +256,7 @@ async fn a_radio_too_small_for_every_key_fills_only_its_slot_budget_then_skips()
     settings.sync.max_pushes = 5;
     // A Linux radio's MaxNodes is its own setting: the hardware model cannot tell it.
     settings.sync.radio_capacity = Some(20);
-    let engine = engine::start(settings, store);
+    let engine = engine::try_start(settings, store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     let first = nth_report(&mut snap, 1).await;
     assert_eq!(first.in_radio, 19, "capacity 20 minus the own node");
@@ -287,7 +292,8 @@ async fn operator_force_sync_downloads_and_reset_cache_makes_the_next_check_sync
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(8));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, SEC, 600 * SEC), store);
+    let engine =
+        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     engine
@@ -338,7 +344,8 @@ async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(6));
     let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::start(fast_engine(&sim, db, 600 * SEC, 600 * SEC), store);
+    let engine = engine::try_start(fast_engine(&sim, db, 600 * SEC, 600 * SEC), store)
+        .expect("the engine starts");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
     wait_until("the radio's nodes listed", || {

@@ -252,7 +252,7 @@ fn each_pane_on_its_own() {
 fn link_pane_lists_proxy_clients() {
     let mut snap = fixture::snapshot();
     snap.proxy_addr = Some("127.0.0.1:4404".parse().expect("addr"));
-    snap.clients = vec![keysync::proxy::ClientView {
+    snap.clients = vec![keysync::engine::proxy::ClientView {
         addr: "127.0.0.1:51234".parse().expect("addr"),
         since: fixture::ago(300),
         frames_in: 12,

@@ -316,7 +316,7 @@ impl Bound {
             outbound,
             close_all: Mutex::new(CancellationToken::new()),
         });
-        log::info!(target: "keysync::proxy", "serving downstream clients on {addr}");
+        log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}");
         tokio::spawn(follow_upstream(shared.clone(), notices));
         tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
         tokio::spawn(accept(shared.clone(), listener));
@@ -346,7 +346,7 @@ async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<L
             None => Ok(notices.recv().await),
         };
         let Ok(notice) = notice else {
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "the radio has been away longer than {}: closing downstream clients so they reconnect and see the truth",
                 humantime::format_duration(shared.config.downstream_grace));
             let token = std::mem::take(&mut *lock(&shared.close_all));
@@ -356,7 +356,7 @@ async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<L
         };
         match notice {
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                log::warn!(target: "keysync::proxy", "fell {n} frames behind the radio");
+                log::warn!(target: "keysync::engine::proxy", "fell {n} frames behind the radio");
             }
             Err(broadcast::error::RecvError::Closed) => return,
             Ok(LinkNotice::Up(session)) => {
@@ -452,7 +452,7 @@ async fn write_upstream(
             if held.len() == HELD_PACKETS {
                 held.pop_front();
                 if let Some(line) = overflow.on_drop(away) {
-                    log::warn!(target: "keysync::proxy", "{line}");
+                    log::warn!(target: "keysync::engine::proxy", "{line}");
                 }
             }
             held.push_back(into_to_radio(item));
@@ -537,7 +537,7 @@ async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::engine::
         done,
     };
     if needs.send(need).await.is_ok() && tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
-        log::warn!(target: "keysync::proxy",
+        log::warn!(target: "keysync::engine::proxy",
             "the key of {} was not pushed within {}: the DM goes as it is",
             crate::engine::radio::node_id(packet.to), humantime::format_duration(KEY_WAIT));
     }
@@ -557,14 +557,14 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                log::warn!(target: "keysync::proxy", "accept failed: {e}");
+                log::warn!(target: "keysync::engine::proxy", "accept failed: {e}");
                 sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let count = lock(&shared.clients).len();
         if count >= shared.config.max_clients {
-            log::warn!(target: "keysync::proxy", "refused {peer}: already {count} clients (--max-clients)");
+            log::warn!(target: "keysync::engine::proxy", "refused {peer}: already {count} clients (--max-clients)");
             tokio::spawn(refuse(stream, shared.config.max_clients));
             continue;
         }
@@ -578,14 +578,14 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         });
         lock(&shared.clients).push(stats.clone());
         shared.publish_views();
-        log::info!(target: "keysync::proxy", "client {peer} connected");
+        log::info!(target: "keysync::engine::proxy", "client {peer} connected");
         let shared = shared.clone();
         tokio::spawn(async move {
             let why = serve(&shared, stream, stats.clone()).await;
             lock(&shared.clients).retain(|c| !Arc::ptr_eq(c, &stats));
             shared.publish_views();
             let v = stats.view();
-            log::info!(target: "keysync::proxy",
+            log::info!(target: "keysync::engine::proxy",
                 "client {peer} left ({why}); {} frames in, {} out, {} dropped", v.frames_in, v.frames_out, v.dropped);
         });
     }
@@ -674,7 +674,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
                 if replaying.swap(true, Ordering::AcqRel) {
-                    log::debug!(target: "keysync::proxy",
+                    log::debug!(target: "keysync::engine::proxy",
                         "{}: ignored want_config {nonce}: its previous replay is not read yet", stats.addr);
                     continue;
                 }
@@ -697,7 +697,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                 let _ = direct.try_send(queue_status_free());
             }
             Some(to_radio::PayloadVariant::Packet(mut packet))
-                if admit(shared, &packet, loopback, stats.addr) =>
+                if admit(shared, filter(shared, &packet, loopback, stats.addr)) =>
             {
                 // The firmware would give it an id the client never learns, and its
                 // QueueStatus could not be routed back: keysync gives it one first.
@@ -914,17 +914,41 @@ impl Outgoing {
     }
 }
 
-/// Whether a downstream packet may go to the radio; learns keys from valid add_contacts.
-fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> bool {
+/// What the packet filter decided for a client's packet.
+#[derive(Debug)]
+enum Verdict {
+    Pass,
+    Drop,
+    /// A valid add_contact: its node is learned whatever happens to the packet.
+    Contact {
+        seen: Box<NodeSeen>,
+        pass: bool,
+    },
+}
+
+/// Learns what the filter found worth learning; whether the packet may go to the radio.
+fn admit(shared: &Shared, verdict: Verdict) -> bool {
+    match verdict {
+        Verdict::Pass => true,
+        Verdict::Drop => false,
+        Verdict::Contact { seen, pass } => {
+            let _ = shared.learned.try_send(*seen);
+            pass
+        }
+    }
+}
+
+/// Whether a downstream packet may go to the radio; learns nothing itself.
+fn filter(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> Verdict {
     let admin = match admin_payload(packet) {
-        AdminPayload::None => return true,
+        AdminPayload::None => return Verdict::Pass,
         AdminPayload::Undecodable => {
             // The firmware may decode what prost refuses (nanopb does not check UTF-8), and an
             // add_contact it decodes with an empty key erases a key: what cannot be read is
             // not passed on.
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "dropped an admin message from {peer}: its payload does not decode");
-            return false;
+            return Verdict::Drop;
         }
         AdminPayload::Admin(admin) => admin,
     };
@@ -937,33 +961,37 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
                     .config
                     .deny_admin
                     .contains(&DestructiveAdmin::IgnoreNode);
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "{peer} asks the radio to ignore {} (add_contact with should_ignore): {}",
                 node_id(contact.node_num),
                 if allowed { "forwarded, not learned" } else { "dropped: --deny-admin ignore-node, or admin from a remote client" });
-            return allowed;
+            return if allowed {
+                Verdict::Pass
+            } else {
+                Verdict::Drop
+            };
         }
         let user = contact.user.clone().unwrap_or_default();
         if !is_node_num(contact.node_num) {
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "dropped add_contact for {} from {peer}: that is no node (0 is nobody, !ffffffff is broadcast)",
                 node_id(contact.node_num));
-            return false;
+            return Verdict::Drop;
         }
         let Some(key) = valid_key(&user.public_key) else {
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",
                 node_id(contact.node_num), user.public_key.len());
-            return false;
+            return Verdict::Drop;
         };
         let trusted = trusted_key(&shared.engine.borrow(), contact.node_num);
         let forward = contact_may_pass(trusted, key);
         if !forward {
-            log::warn!(target: "keysync::proxy",
+            log::warn!(target: "keysync::engine::proxy",
                 "held back add_contact for {} from {peer}: its key differs from the trusted one; learned as pending for the operator to decide",
                 node_id(contact.node_num));
         }
-        let _ = shared.learned.try_send(NodeSeen {
+        let seen = Box::new(NodeSeen {
             num: contact.node_num,
             long_name: user.long_name,
             short_name: user.short_name,
@@ -973,24 +1001,27 @@ fn admit(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr)
             source: Source::Downstream,
             is_favorite: true,
         });
-        return forward;
+        return Verdict::Contact {
+            seen,
+            pass: forward,
+        };
     }
     let remote_denied = !loopback && !shared.config.allow_remote_admin;
     if let Some(kind) = DestructiveAdmin::of(&admin) {
         let denied = shared.config.deny_admin.contains(&kind);
-        log::warn!(target: "keysync::proxy",
+        log::warn!(target: "keysync::engine::proxy",
             "{peer} sends the radio a destructive admin message ({kind}): {}",
             if denied { "dropped (--deny-admin)" } else if remote_denied { "dropped: admin is allowed from loopback clients only" } else { "forwarded" });
         if denied {
-            return false;
+            return Verdict::Drop;
         }
     }
     if remote_denied {
-        log::warn!(target: "keysync::proxy",
+        log::warn!(target: "keysync::engine::proxy",
             "dropped an admin message from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
-        return false;
+        return Verdict::Drop;
     }
-    true
+    Verdict::Pass
 }
 
 /// What the admin port of a client's packet carries.
