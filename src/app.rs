@@ -121,293 +121,291 @@ pub struct Binding {
     pub action: Action,
     /// Shown in the status bar (when its scope applies).
     pub hint: bool,
+    /// Left out of the help overlay: the second key of a pair that its first one documents.
+    pub hidden: bool,
 }
 
-const fn bind(
-    keys: &'static [KeyCode],
-    label: &'static str,
-    short: &'static str,
-    help: &'static str,
-    scope: Scope,
-    action: Action,
-    hint: bool,
-) -> Binding {
-    Binding {
-        keys,
-        label,
-        short,
-        help,
-        scope,
-        action,
-        hint,
-    }
-}
+/// What a keymap line leaves unsaid: anywhere, no hint, in the help.
+const BIND: Binding = Binding {
+    keys: &[],
+    label: "",
+    short: "",
+    help: "",
+    scope: Scope::Global,
+    action: Action::Escape,
+    hint: false,
+    hidden: false,
+};
 
 use KeyCode::{BackTab, Char, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up};
 
 /// Every key binding. Ctrl-C always quits as well.
 pub const KEYMAP: &[Binding] = &[
-    bind(
-        &[Char('f')],
-        "f",
-        "force sync",
-        "force sync: now, ignoring the cache",
-        Scope::Global,
-        Action::ForceSync,
-        true,
-    ),
-    bind(
-        &[Char('c')],
-        "c",
-        "clear cache",
-        "clear cache: next check syncs",
-        Scope::Global,
-        Action::ResetCache,
-        true,
-    ),
-    bind(
-        &[Char('R')],
-        "R",
-        "reconnect",
-        "reconnect to the radio",
-        Scope::Global,
-        Action::Reconnect,
-        false,
-    ),
-    bind(
-        &[Tab],
-        "Tab/S-Tab",
-        "pane",
-        "next / previous pane",
-        Scope::Global,
-        Action::FocusNext,
-        true,
-    ),
-    bind(
-        &[BackTab],
-        "S-Tab",
-        "pane",
-        "",
-        Scope::Global,
-        Action::FocusPrev,
-        false,
-    ),
-    bind(
-        &[Char('+'), Char('=')],
-        "+/-",
-        "zoom",
-        "zoom the link timeline",
-        Scope::Global,
-        Action::ZoomIn,
-        false,
-    ),
-    bind(
-        &[Char('-')],
-        "-",
-        "zoom",
-        "",
-        Scope::Global,
-        Action::ZoomOut,
-        false,
-    ),
-    bind(
-        &[Char('?')],
-        "?",
-        "help",
-        "this help",
-        Scope::Global,
-        Action::ToggleHelp,
-        true,
-    ),
-    bind(
-        &[Char('q')],
-        "q",
-        "quit",
-        "quit; the link closes cleanly",
-        Scope::Global,
-        Action::Quit,
-        true,
-    ),
-    bind(
-        &[Esc],
-        "Esc",
-        "close",
-        "close / cancel / clear filter",
-        Scope::Global,
-        Action::Escape,
-        false,
-    ),
-    bind(
-        &[Up, Char('k')],
-        "↑↓ jk",
-        "select",
-        "select a node",
-        Scope::In(Pane::Nodes),
-        Action::Up,
-        false,
-    ),
-    bind(
-        &[Down, Char('j')],
-        "j",
-        "select",
-        "",
-        Scope::In(Pane::Nodes),
-        Action::Down,
-        false,
-    ),
-    bind(
-        &[PageUp],
-        "PgUp/PgDn",
-        "page",
-        "page through nodes",
-        Scope::In(Pane::Nodes),
-        Action::PageUp,
-        false,
-    ),
-    bind(
-        &[PageDown],
-        "PgDn",
-        "page",
-        "",
-        Scope::In(Pane::Nodes),
-        Action::PageDown,
-        false,
-    ),
-    bind(
-        &[Home, Char('g')],
-        "Home/End",
-        "first/last",
-        "first / last node",
-        Scope::In(Pane::Nodes),
-        Action::Home,
-        false,
-    ),
-    bind(
-        &[End, Char('G')],
-        "End",
-        "last",
-        "",
-        Scope::In(Pane::Nodes),
-        Action::End,
-        false,
-    ),
-    bind(
-        &[Char('/')],
-        "/",
-        "filter",
-        "filter by id or name",
-        Scope::In(Pane::Nodes),
-        Action::StartFilter,
-        true,
-    ),
-    bind(
-        &[Char('s')],
-        "s",
-        "sort",
-        "cycle the sort order",
-        Scope::In(Pane::Nodes),
-        Action::CycleSort,
-        true,
-    ),
-    bind(
-        &[Char('a')],
-        "a",
-        "accept",
-        "accept the pending key",
-        Scope::In(Pane::Nodes),
-        Action::Accept,
-        true,
-    ),
-    bind(
-        &[Char('r')],
-        "r",
-        "reject",
-        "reject the pending key",
-        Scope::In(Pane::Nodes),
-        Action::Reject,
-        true,
-    ),
-    bind(
-        &[Char('p')],
-        "p",
-        "pin",
-        "pin or unpin (keeps a slot)",
-        Scope::In(Pane::Nodes),
-        Action::TogglePin,
-        true,
-    ),
-    bind(
-        &[Enter],
-        "Enter",
-        "history",
-        "key history of the node",
-        Scope::In(Pane::Nodes),
-        Action::OpenHistory,
-        true,
-    ),
-    bind(
-        &[Char('t')],
-        "t",
-        "targets",
-        "show / hide log targets",
-        Scope::In(Pane::Log),
-        Action::LogTargets,
-        true,
-    ),
-    bind(
-        &[Up, Char('k')],
-        "↑↓ jk",
-        "target",
-        "select a log target",
-        Scope::In(Pane::Log),
-        Action::Up,
-        false,
-    ),
-    bind(
-        &[Down, Char('j')],
-        "j",
-        "target",
-        "",
-        Scope::In(Pane::Log),
-        Action::Down,
-        false,
-    ),
-    bind(
-        &[Right],
-        "←→",
-        "level",
-        "target's level up / down",
-        Scope::In(Pane::Log),
-        Action::LogLevelUp,
-        true,
-    ),
-    bind(
-        &[Left],
-        "←",
-        "level",
-        "",
-        Scope::In(Pane::Log),
-        Action::LogLevelDown,
-        false,
-    ),
-    bind(
-        &[PageUp],
-        "PgUp/PgDn",
-        "scroll",
-        "scroll (Esc: back to live)",
-        Scope::In(Pane::Log),
-        Action::PageUp,
-        true,
-    ),
-    bind(
-        &[PageDown],
-        "PgDn",
-        "scroll",
-        "",
-        Scope::In(Pane::Log),
-        Action::PageDown,
-        false,
-    ),
+    Binding {
+        keys: &[Char('f')],
+        label: "f",
+        short: "force sync",
+        help: "force sync: now, ignoring the cache",
+        action: Action::ForceSync,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('c')],
+        label: "c",
+        short: "clear cache",
+        help: "clear cache: next check syncs",
+        action: Action::ResetCache,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('R')],
+        label: "R",
+        short: "reconnect",
+        help: "reconnect to the radio",
+        action: Action::Reconnect,
+        ..BIND
+    },
+    Binding {
+        keys: &[Tab],
+        label: "Tab/S-Tab",
+        short: "pane",
+        help: "next / previous pane",
+        action: Action::FocusNext,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[BackTab],
+        label: "S-Tab",
+        short: "pane",
+        action: Action::FocusPrev,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('+'), Char('=')],
+        label: "+/-",
+        short: "zoom",
+        help: "zoom the link timeline",
+        action: Action::ZoomIn,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('-')],
+        label: "-",
+        short: "zoom",
+        action: Action::ZoomOut,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('?')],
+        label: "?",
+        short: "help",
+        help: "this help",
+        action: Action::ToggleHelp,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('q')],
+        label: "q",
+        short: "quit",
+        help: "quit; the link closes cleanly",
+        action: Action::Quit,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Esc],
+        label: "Esc",
+        short: "close",
+        help: "close / cancel / clear filter",
+        action: Action::Escape,
+        ..BIND
+    },
+    Binding {
+        keys: &[Up, Char('k')],
+        label: "↑↓ jk",
+        short: "select",
+        help: "select a node",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::Up,
+        ..BIND
+    },
+    Binding {
+        keys: &[Down, Char('j')],
+        label: "j",
+        short: "select",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::Down,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[PageUp],
+        label: "PgUp/PgDn",
+        short: "page",
+        help: "page through nodes",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::PageUp,
+        ..BIND
+    },
+    Binding {
+        keys: &[PageDown],
+        label: "PgDn",
+        short: "page",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::PageDown,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Home, Char('g')],
+        label: "Home/End",
+        short: "first/last",
+        help: "first / last node",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::Home,
+        ..BIND
+    },
+    Binding {
+        keys: &[End, Char('G')],
+        label: "End",
+        short: "last",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::End,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('/')],
+        label: "/",
+        short: "filter",
+        help: "filter by id or name",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::StartFilter,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('s')],
+        label: "s",
+        short: "sort",
+        help: "cycle the sort order",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::CycleSort,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('a')],
+        label: "a",
+        short: "accept",
+        help: "accept the pending key",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::Accept,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('r')],
+        label: "r",
+        short: "reject",
+        help: "reject the pending key",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::Reject,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('p')],
+        label: "p",
+        short: "pin",
+        help: "pin or unpin (keeps a slot)",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::TogglePin,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Enter],
+        label: "Enter",
+        short: "history",
+        help: "key history of the node",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::OpenHistory,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Char('t')],
+        label: "t",
+        short: "targets",
+        help: "show / hide log targets",
+        scope: Scope::In(Pane::Log),
+        action: Action::LogTargets,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Up, Char('k')],
+        label: "↑↓ jk",
+        short: "target",
+        help: "select a log target",
+        scope: Scope::In(Pane::Log),
+        action: Action::Up,
+        ..BIND
+    },
+    Binding {
+        keys: &[Down, Char('j')],
+        label: "j",
+        short: "target",
+        scope: Scope::In(Pane::Log),
+        action: Action::Down,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Right],
+        label: "←→",
+        short: "level",
+        help: "target's level up / down",
+        scope: Scope::In(Pane::Log),
+        action: Action::LogLevelUp,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[Left],
+        label: "←",
+        short: "level",
+        scope: Scope::In(Pane::Log),
+        action: Action::LogLevelDown,
+        hidden: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[PageUp],
+        label: "PgUp/PgDn",
+        short: "scroll",
+        help: "scroll (Esc: back to live)",
+        scope: Scope::In(Pane::Log),
+        action: Action::PageUp,
+        hint: true,
+        ..BIND
+    },
+    Binding {
+        keys: &[PageDown],
+        label: "PgDn",
+        short: "scroll",
+        scope: Scope::In(Pane::Log),
+        action: Action::PageDown,
+        hidden: true,
+        ..BIND
+    },
 ];
 
 /// Bindings for the status bar: the global ones first, then the focused pane's.
@@ -427,7 +425,6 @@ pub fn hints(focus: Pane) -> impl Iterator<Item = &'static Binding> {
 pub struct NodesState {
     pub selected: usize,
     pub filter: String,
-    pub editing_filter: bool,
     pub sort: Option<SortKey>,
 }
 
@@ -447,6 +444,34 @@ pub struct HistoryView {
     pub events: Result<Vec<KeyHistoryEvent>, String>,
 }
 
+/// What covers the panes and takes the keys before them; there is at most one.
+///
+/// Their priority, written once ([`Overlay::rank`]): a question waiting for y/n is never
+/// covered, a key history opened on purpose covers the help, and the help covers the filter
+/// being typed. A lower one does not replace a higher one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// Typing the node filter: Enter keeps it, Esc clears it.
+    Filter,
+    /// The keys: any key closes it.
+    Help,
+    /// A node's key history: Esc, Enter or q closes it.
+    History(HistoryView),
+    /// A y/n question: anything but y cancels.
+    Confirm(Confirm),
+}
+
+impl Overlay {
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Filter => 0,
+            Self::Help => 1,
+            Self::History(_) => 2,
+            Self::Confirm(_) => 3,
+        }
+    }
+}
+
 /// Timeline windows for `+`/`-`, in minutes.
 pub const ZOOMS: [u64; 6] = [5, 15, 30, 60, 180, 720];
 
@@ -464,9 +489,7 @@ pub enum Effect {
 pub struct App {
     pub focus: Pane,
     pub nodes: NodesState,
-    pub confirm: Option<Confirm>,
-    pub history: Option<HistoryView>,
-    pub show_help: bool,
+    pub overlay: Option<Overlay>,
     pub zoom: usize,
     pub show_log_targets: bool,
     /// The result of the operator's last action, with when.
@@ -499,15 +522,48 @@ impl App {
                 sort: Some(SortKey::Attention),
                 ..NodesState::default()
             },
-            confirm: None,
-            history: None,
-            show_help: false,
+            overlay: None,
             zoom,
             show_log_targets: false,
             message: None,
             demo,
             quit: false,
         }
+    }
+
+    /// Opens `overlay` unless one of higher rank is open.
+    pub fn open(&mut self, overlay: Overlay) {
+        if self
+            .overlay
+            .as_ref()
+            .is_none_or(|o| o.rank() <= overlay.rank())
+        {
+            self.overlay = Some(overlay);
+        }
+    }
+
+    /// The question waiting for y/n, if any.
+    pub fn confirm(&self) -> Option<&Confirm> {
+        match &self.overlay {
+            Some(Overlay::Confirm(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The key history on screen, if any.
+    pub fn history(&self) -> Option<&HistoryView> {
+        match &self.overlay {
+            Some(Overlay::History(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn showing_help(&self) -> bool {
+        self.overlay == Some(Overlay::Help)
+    }
+
+    pub fn editing_filter(&self) -> bool {
+        self.overlay == Some(Overlay::Filter)
     }
 
     /// The timeline window.
@@ -565,7 +621,7 @@ impl App {
     pub fn update(&mut self, input: Input, snapshot: &Snapshot, now: SystemTime) -> Option<Effect> {
         match input {
             Input::History(view) => {
-                self.history = Some(view);
+                self.open(Overlay::History(view));
                 None
             }
             Input::Key(key) => self.key(key, snapshot, now),
@@ -577,37 +633,20 @@ impl App {
             self.quit = true;
             return Some(Effect::Quit);
         }
-        if self.show_help {
-            self.show_help = false;
-            return None;
-        }
-        if self.history.is_some() {
-            if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
-                self.history = None;
-            }
-            return None;
-        }
-        if let Some(confirm) = self.confirm.take() {
-            if !matches!(key.code, KeyCode::Char('y' | 'Y')) {
-                self.say(now, "cancelled: the key stays pending".into());
+        match self.overlay.take() {
+            None => {}
+            Some(Overlay::Help) => return None,
+            Some(Overlay::History(view)) => {
+                if !matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                    self.overlay = Some(Overlay::History(view));
+                }
                 return None;
             }
-            let verb = if confirm.accept {
-                "accepting"
-            } else {
-                "rejecting"
-            };
-            let id = crate::engine::radio::node_id(confirm.num);
-            self.say(now, format!("{verb} the new key of {id}"));
-            return Some(Effect::Engine(if confirm.accept {
-                Command::AcceptKey(confirm.num)
-            } else {
-                Command::RejectKey(confirm.num)
-            }));
-        }
-        if self.nodes.editing_filter {
-            self.edit_filter(key.code);
-            return None;
+            Some(Overlay::Confirm(confirm)) => return self.answer(&confirm, key.code, now),
+            Some(Overlay::Filter) => {
+                self.edit_filter(key.code);
+                return None;
+            }
         }
         let action = KEYMAP
             .iter()
@@ -619,20 +658,42 @@ impl App {
         self.act(action, snapshot, now)
     }
 
+    /// The operator's answer to `confirm`: y carries it out, anything else cancels.
+    fn answer(&mut self, confirm: &Confirm, code: KeyCode, now: SystemTime) -> Option<Effect> {
+        if !matches!(code, KeyCode::Char('y' | 'Y')) {
+            self.say(now, "cancelled: the key stays pending".into());
+            return None;
+        }
+        let verb = if confirm.accept {
+            "accepting"
+        } else {
+            "rejecting"
+        };
+        let id = crate::engine::radio::node_id(confirm.num);
+        self.say(now, format!("{verb} the new key of {id}"));
+        Some(Effect::Engine(if confirm.accept {
+            Command::AcceptKey(confirm.num)
+        } else {
+            Command::RejectKey(confirm.num)
+        }))
+    }
+
+    /// A key typed into the filter; the filter overlay stays open until Enter or Esc.
     fn edit_filter(&mut self, code: KeyCode) {
         match code {
-            KeyCode::Enter => self.nodes.editing_filter = false,
-            KeyCode::Esc => {
-                self.nodes.editing_filter = false;
-                self.nodes.filter.clear();
-            }
+            KeyCode::Enter => {}
+            KeyCode::Esc => self.nodes.filter.clear(),
             KeyCode::Backspace => {
                 self.nodes.filter.pop();
+                self.overlay = Some(Overlay::Filter);
             }
-            KeyCode::Char(c) if !c.is_control() && self.nodes.filter.chars().count() < 32 => {
-                self.nodes.filter.push(c);
+            KeyCode::Char(c) => {
+                if !c.is_control() && self.nodes.filter.chars().count() < 32 {
+                    self.nodes.filter.push(c);
+                }
+                self.overlay = Some(Overlay::Filter);
             }
-            _ => {}
+            _ => self.overlay = Some(Overlay::Filter),
         }
         self.nodes.selected = 0;
     }
@@ -667,7 +728,7 @@ impl App {
             }
             Action::FocusNext => self.focus = self.focus.next(),
             Action::FocusPrev => self.focus = self.focus.prev(),
-            Action::ToggleHelp => self.show_help = !self.show_help,
+            Action::ToggleHelp => self.open(Overlay::Help),
             Action::ZoomIn => self.zoom = self.zoom.saturating_sub(1),
             Action::ZoomOut => self.zoom = (self.zoom + 1).min(ZOOMS.len() - 1),
             Action::Up if self.focus == Pane::Log => {
@@ -693,7 +754,7 @@ impl App {
             Action::Home => self.nodes.selected = 0,
             Action::End => self.nodes.selected = rows.saturating_sub(1),
             Action::StartFilter => {
-                self.nodes.editing_filter = true;
+                self.open(Overlay::Filter);
                 self.nodes.selected = 0;
             }
             Action::CycleSort => {
@@ -727,11 +788,11 @@ impl App {
                                 node.record.id()
                             )
                         };
-                        self.confirm = Some(Confirm {
+                        self.open(Overlay::Confirm(Confirm {
                             accept,
                             num: node.record.num,
                             question,
-                        });
+                        }));
                     }
                     Some(node) => self.say(now, format!("{} has no pending key", node.record.id())),
                     None => self.say(now, "no node selected".into()),

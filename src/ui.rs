@@ -15,7 +15,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
-use crate::app::{App, KEYMAP, Pane, Scope, hints};
+use crate::app::{App, HistoryView, KEYMAP, Overlay, Pane, Scope, hints};
 use crate::duration::compact;
 use crate::engine::Snapshot;
 use theme::{LinkKind, Theme};
@@ -23,6 +23,15 @@ use theme::{LinkKind, Theme};
 /// The smallest terminal the layout is made for.
 pub const MIN_WIDTH: u16 = 80;
 pub const MIN_HEIGHT: u16 = 24;
+
+/// What every part of the screen is drawn from.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub app: &'a App,
+    pub snap: &'a Snapshot,
+    pub now: SystemTime,
+    pub theme: &'a Theme,
+}
 
 /// "12s ago", "3m05s ago"; "just now" for times at or after `now`.
 pub fn ago(t: SystemTime, now: SystemTime) -> String {
@@ -114,10 +123,16 @@ pub fn draw(
         return;
     }
     let a = areas(area);
-    draw_header(frame, a.header, app, snapshot, now, theme);
-    nodes::draw(frame, a.nodes, app, snapshot, now, theme);
-    sync::draw(frame, a.sync, app, snapshot, now, theme);
-    link::draw(frame, a.link, app, snapshot, now, theme);
+    let view = View {
+        app,
+        snap: snapshot,
+        now,
+        theme,
+    };
+    draw_header(frame, a.header, &view);
+    nodes::draw(frame, a.nodes, &view);
+    sync::draw(frame, a.sync, &view);
+    link::draw(frame, a.link, &view);
     let focused = app.focus == Pane::Log;
     match log {
         Some(render) => render(frame, a.log, focused),
@@ -130,12 +145,12 @@ pub fn draw(
             a.log,
         ),
     }
-    draw_footer(frame, a.footer, app, now, theme);
-    if app.history.is_some() {
-        draw_history(frame, area, app, now, theme);
-    }
-    if app.show_help {
-        draw_help(frame, area, theme);
+    draw_footer(frame, a.footer, &view);
+    match &app.overlay {
+        Some(Overlay::History(history)) => draw_history(frame, area, history, &view),
+        Some(Overlay::Help) => draw_help(frame, area, theme),
+        // Drawn in the footer.
+        Some(Overlay::Confirm(_) | Overlay::Filter) | None => {}
     }
 }
 
@@ -160,14 +175,13 @@ fn draw_too_small(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
     );
 }
 
-fn draw_header(
-    frame: &mut Frame<'_>,
-    area: Rect,
-    app: &App,
-    snap: &Snapshot,
-    now: SystemTime,
-    theme: &Theme,
-) {
+fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
+    let View {
+        app,
+        snap,
+        now,
+        theme,
+    } = *view;
     let link = &snap.link;
     let kind = LinkKind::of(&link.state);
     let since = now.duration_since(link.since).unwrap_or_default();
@@ -196,11 +210,14 @@ fn draw_header(
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn draw_footer(frame: &mut Frame<'_>, area: Rect, app: &App, now: SystemTime, theme: &Theme) {
+fn draw_footer(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
+    let View {
+        app, now, theme, ..
+    } = *view;
     let width = usize::from(area.width);
-    let line = if let Some(confirm) = &app.confirm {
+    let line = if let Some(confirm) = app.confirm() {
         Line::from(Span::styled(fit(&confirm.question, width), theme.pending()))
-    } else if app.nodes.editing_filter {
+    } else if app.editing_filter() {
         Line::from(vec![
             Span::styled("filter: ", theme.key()),
             Span::raw(app.nodes.filter.clone()),
@@ -279,7 +296,7 @@ fn help_sections<'a>(width: usize, theme: &Theme) -> Vec<Vec<Line<'a>>> {
     // Bindings with an empty help text are the second key of a pair shown on one line.
     let mut sections: Vec<Vec<Line<'_>>> = Vec::new();
     let mut last_scope = None;
-    for b in KEYMAP.iter().filter(|b| !b.help.is_empty()) {
+    for b in KEYMAP.iter().filter(|b| !b.hidden) {
         if last_scope != Some(b.scope) {
             let heading = match b.scope {
                 Scope::Global => "Anywhere".to_string(),
@@ -350,12 +367,10 @@ fn draw_help(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
     frame.render_widget(Paragraph::new(right), r);
 }
 
-fn draw_history(frame: &mut Frame<'_>, area: Rect, app: &App, now: SystemTime, theme: &Theme) {
-    let Some(view) = &app.history else {
-        return;
-    };
+fn draw_history(frame: &mut Frame<'_>, area: Rect, history: &HistoryView, view: &View<'_>) {
+    let View { now, theme, .. } = *view;
     let mut lines = Vec::new();
-    match &view.events {
+    match &history.events {
         Err(e) => lines.push(Line::from(Span::styled(e.clone(), theme.bad()))),
         Ok(events) if events.is_empty() => lines.push(Line::from("no key recorded for this node")),
         Ok(events) => {
@@ -389,7 +404,7 @@ fn draw_history(frame: &mut Frame<'_>, area: Rect, app: &App, now: SystemTime, t
                 .borders(Borders::ALL)
                 .border_style(theme.border(true))
                 .title(Span::styled(
-                    format!(" Key history · {} ", view.title),
+                    format!(" Key history · {} ", history.title),
                     theme.title(true),
                 )),
         ),

@@ -4,7 +4,7 @@ mod common;
 
 use common::fixture::{self, now};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use keysync::app::{App, Effect, HistoryView, Input, Pane, SortKey, ZOOMS};
+use keysync::app::{App, Effect, HistoryView, Input, KEYMAP, Overlay, Pane, SortKey, ZOOMS};
 use keysync::engine::{Command, Snapshot};
 use tui_logger::TuiWidgetEvent;
 
@@ -85,13 +85,13 @@ fn help_toggles_and_any_key_closes_it_without_acting() {
     let snap = fixture::snapshot();
     let mut app = App::default();
     press(&mut app, &snap, KeyCode::Char('?'));
-    assert!(app.show_help);
+    assert!(app.showing_help());
     assert_eq!(
         press(&mut app, &snap, KeyCode::Char('f')),
         None,
         "the key only closes the help"
     );
-    assert!(!app.show_help);
+    assert!(!app.showing_help());
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn slash_filters_by_id_or_name_and_esc_clears() {
     let snap = fixture::snapshot();
     let mut app = App::default();
     press(&mut app, &snap, KeyCode::Char('/'));
-    assert!(app.nodes.editing_filter);
+    assert!(app.editing_filter());
     for c in "reLAYx".chars() {
         press(&mut app, &snap, KeyCode::Char(c));
     }
@@ -160,7 +160,7 @@ fn slash_filters_by_id_or_name_and_esc_clears() {
     assert_eq!(press(&mut app, &snap, KeyCode::Char('q')), None);
     press(&mut app, &snap, KeyCode::Backspace);
     press(&mut app, &snap, KeyCode::Enter);
-    assert!(!app.nodes.editing_filter);
+    assert!(!app.editing_filter());
     let names: Vec<_> = app
         .visible_nodes(&snap)
         .iter()
@@ -172,7 +172,7 @@ fn slash_filters_by_id_or_name_and_esc_clears() {
         press(&mut app, &snap, KeyCode::Char(c));
     }
     press(&mut app, &snap, KeyCode::Esc);
-    assert!(app.nodes.filter.is_empty() && !app.nodes.editing_filter);
+    assert!(app.nodes.filter.is_empty() && !app.editing_filter());
     press(&mut app, &snap, KeyCode::Char('/'));
     press(&mut app, &snap, KeyCode::Char('c'));
     press(&mut app, &snap, KeyCode::Enter);
@@ -189,7 +189,7 @@ fn accept_asks_first_and_y_sends_the_decision() {
     let mut app = App::default();
     let pending = selected_num(&app, &snap);
     assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
-    let question = app.confirm.as_ref().expect("a question").question.clone();
+    let question = app.confirm().expect("a question").question.clone();
     assert!(
         question.contains("accept new key") && question.contains("!0bbdbba9"),
         "{question}"
@@ -198,7 +198,7 @@ fn accept_asks_first_and_y_sends_the_decision() {
         press(&mut app, &snap, KeyCode::Char('y')),
         Some(Effect::Engine(Command::AcceptKey(pending)))
     );
-    assert!(app.confirm.is_none());
+    assert!(app.confirm().is_none());
 }
 
 #[test]
@@ -207,14 +207,13 @@ fn reject_asks_first_and_anything_but_y_cancels() {
     let mut app = App::default();
     press(&mut app, &snap, KeyCode::Char('r'));
     assert!(
-        app.confirm
-            .as_ref()
+        app.confirm()
             .expect("a question")
             .question
             .contains("reject new key")
     );
     assert_eq!(press(&mut app, &snap, KeyCode::Char('n')), None);
-    assert!(app.confirm.is_none());
+    assert!(app.confirm().is_none());
     assert!(app.message.as_ref().expect("said").1.contains("cancelled"));
     press(&mut app, &snap, KeyCode::Char('r'));
     assert_eq!(
@@ -229,7 +228,7 @@ fn accept_on_a_node_without_a_pending_key_explains() {
     let mut app = App::default();
     press(&mut app, &snap, KeyCode::Down);
     assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
-    assert!(app.confirm.is_none());
+    assert!(app.confirm().is_none());
     assert!(
         app.message
             .as_ref()
@@ -257,14 +256,14 @@ fn enter_asks_for_the_key_history_and_esc_closes_it() {
         &snap,
         now(),
     );
-    assert!(app.history.is_some());
+    assert!(app.history().is_some());
     assert_eq!(
         press(&mut app, &snap, KeyCode::Char('f')),
         None,
         "keys do not act under the overlay"
     );
     press(&mut app, &snap, KeyCode::Esc);
-    assert!(app.history.is_none());
+    assert!(app.history().is_none());
 }
 
 #[test]
@@ -310,7 +309,7 @@ fn log_pane_keys_drive_the_log_widget() {
     assert!(app.show_log_targets);
     // Node keys do nothing outside the nodes pane.
     assert_eq!(press(&mut app, &snap, KeyCode::Char('a')), None);
-    assert!(app.confirm.is_none());
+    assert!(app.confirm().is_none());
 }
 
 #[test]
@@ -323,4 +322,59 @@ fn selection_is_clamped_when_the_node_list_shrinks() {
     snap.nodes = std::sync::Arc::new(fewer);
     app.clamp(&snap);
     assert_eq!(app.nodes.selected, 1);
+}
+
+fn history_of(num: u32) -> Input {
+    Input::History(HistoryView {
+        num,
+        title: "x".into(),
+        events: Ok(Vec::new()),
+    })
+}
+
+#[test]
+fn one_overlay_at_a_time_and_a_question_is_never_covered() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    // A key history opened while the help is up replaces it.
+    press(&mut app, &snap, KeyCode::Char('?'));
+    assert_eq!(app.overlay, Some(Overlay::Help));
+    let _ = app.update(history_of(1), &snap, now());
+    assert!(app.history().is_some() && !app.showing_help());
+    press(&mut app, &snap, KeyCode::Esc);
+    assert_eq!(app.overlay, None);
+    // A question waiting for y/n stays on top of a history that arrives late.
+    // Attention order puts the node with a pending key first.
+    let pending = selected_num(&app, &snap);
+    press(&mut app, &snap, KeyCode::Char('a'));
+    assert!(app.confirm().is_some());
+    let _ = app.update(history_of(pending), &snap, now());
+    assert!(app.confirm().is_some() && app.history().is_none());
+    // While the filter is typed, `?` is a character of the filter, not the help.
+    press(&mut app, &snap, KeyCode::Char('n'));
+    press(&mut app, &snap, KeyCode::Char('/'));
+    press(&mut app, &snap, KeyCode::Char('?'));
+    assert!(app.editing_filter());
+    assert_eq!(app.nodes.filter, "?");
+}
+
+#[test]
+fn every_binding_is_in_the_help_unless_marked_hidden() {
+    for b in KEYMAP {
+        assert_eq!(
+            b.help.is_empty(),
+            b.hidden,
+            "{}: a binding is either explained in the help or marked hidden",
+            b.label
+        );
+        if b.hidden {
+            assert!(
+                KEYMAP
+                    .iter()
+                    .any(|o| !o.hidden && o.scope == b.scope && o.label.contains(b.label)),
+                "{}: a hidden key is documented by its pair",
+                b.label
+            );
+        }
+    }
 }

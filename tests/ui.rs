@@ -206,23 +206,21 @@ fn filter_and_focus_show_in_the_screen() {
 }
 
 fn render_pane(
-    draw: impl Fn(
-        &mut ratatui::Frame<'_>,
-        ratatui::layout::Rect,
-        &App,
-        &Snapshot,
-        std::time::SystemTime,
-        &Theme,
-    ),
+    draw: impl Fn(&mut ratatui::Frame<'_>, ratatui::layout::Rect, &ui::View<'_>),
     snap: &Snapshot,
     w: u16,
     h: u16,
 ) -> String {
     let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("test backend");
     let app = App::default();
-    terminal
-        .draw(|f| draw(f, f.area(), &app, snap, now(), &Theme { no_color: true }))
-        .expect("draws");
+    let theme = Theme { no_color: true };
+    let view = ui::View {
+        app: &app,
+        snap,
+        now: now(),
+        theme: &theme,
+    };
+    terminal.draw(|f| draw(f, f.area(), &view)).expect("draws");
     terminal.backend().to_string()
 }
 

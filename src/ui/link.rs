@@ -8,12 +8,12 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
+use super::View;
 use super::sync::outcome_glyph;
 use super::theme::{LinkKind, Theme};
 use super::{ago, fit, pane_block};
-use crate::app::{App, Pane};
+use crate::app::Pane;
 use crate::duration::compact;
-use crate::engine::Snapshot;
 use crate::engine::link::{CloseCause, LinkEvent, LinkState};
 use crate::engine::sync::SyncReport;
 
@@ -187,14 +187,13 @@ fn bar<'a>(
     Line::from(spans)
 }
 
-pub fn draw(
-    frame: &mut Frame<'_>,
-    area: Rect,
-    app: &App,
-    snap: &Snapshot,
-    now: SystemTime,
-    theme: &Theme,
-) {
+pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
+    let View {
+        app,
+        snap,
+        now,
+        theme,
+    } = *view;
     let focused = app.focus == Pane::Link;
     let window = app.window();
     let link = &snap.link;

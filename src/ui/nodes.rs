@@ -7,12 +7,13 @@ use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row, Table, TableState};
 
+use super::View;
 use super::theme::Theme;
 use super::{fit, pane_block};
-use crate::app::{App, Pane};
+use crate::app::Pane;
 use crate::duration::compact;
 use crate::engine::store::{KeyState, key_base64};
-use crate::engine::{NodeView, RadioKey, Snapshot};
+use crate::engine::{NodeView, RadioKey};
 
 pub fn radio_label(r: RadioKey) -> &'static str {
     match r {
@@ -27,14 +28,13 @@ pub fn radio_label(r: RadioKey) -> &'static str {
     }
 }
 
-pub fn draw(
-    frame: &mut Frame<'_>,
-    area: Rect,
-    app: &App,
-    snap: &Snapshot,
-    now: SystemTime,
-    theme: &Theme,
-) {
+pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
+    let View {
+        app,
+        snap,
+        now,
+        theme,
+    } = *view;
     let focused = app.focus == Pane::Nodes;
     let rows = app.visible_nodes(snap);
     let pending = snap

@@ -9,9 +9,10 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
+use super::View;
 use super::theme::Theme;
 use super::{ago, fit, pane_block};
-use crate::app::{App, Pane};
+use crate::app::Pane;
 use crate::duration::compact;
 use crate::engine::Snapshot;
 use crate::engine::sync::{Outcome, SyncReport, short_hex};
@@ -27,14 +28,13 @@ pub fn outcome_glyph(r: &SyncReport) -> char {
     }
 }
 
-pub fn draw(
-    frame: &mut Frame<'_>,
-    area: Rect,
-    app: &App,
-    snap: &Snapshot,
-    now: SystemTime,
-    theme: &Theme,
-) {
+pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
+    let View {
+        app,
+        snap,
+        now,
+        theme,
+    } = *view;
     let focused = app.focus == Pane::Sync;
     let sync = &snap.sync;
     let title = Line::from(vec![
