@@ -33,6 +33,7 @@ PID=$(tmux -L keysync-rss list-panes -t rss -F '#{pane_pid}')
 elapsed=1
 for at in 10 20 40 80 160; do
   sleep $((at - elapsed)); elapsed=$at
-  echo "t=${at}s $(grep -E 'VmRSS|VmHWM' "/proc/$PID/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
+  echo "t=${at}s $(grep -E 'VmRSS|VmHWM|RssAnon|RssFile' "/proc/$PID/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
 done
+grep -E "^(Threads)" "/proc/$PID/status"
 tmux -L keysync-rss capture-pane -p -t rss | sed -n 2p

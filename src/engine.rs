@@ -261,6 +261,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         mirror: None,
         pushed_last: Vec::new(),
         nodes_dirty: true,
+        patches: HashMap::new(),
         link_changes_recorded: 0,
         own_num: 0,
         learned,
@@ -336,6 +337,9 @@ struct EngineLoop {
     mirror: Option<Arc<Mirror>>,
     pushed_last: Vec<(u32, PublicKey)>,
     nodes_dirty: bool,
+    /// Nodes heard since the last refresh whose rows changed only in names and last seen:
+    /// patched in place, so that a mesh of announcing nodes does not reload every row.
+    patches: HashMap<u32, ViewPatch>,
     link_changes_recorded: u64,
     /// The radio's own node number, from the handshake's `my_info`.
     own_num: u32,
@@ -542,7 +546,9 @@ impl EngineLoop {
         }
         let lacks_key = node.key.is_none();
         match self.store.call(move |s| s.note_heard(from, now)).await {
-            Ok(_) => self.nodes_dirty = true,
+            Ok(true) => self.patch(from, ViewPatch::heard(now)),
+            // Not a stored node: no row changed.
+            Ok(false) => {}
             Err(e) => self.store_failed(&e),
         }
         if lacks_key && self.trusted.contains(&from) {
@@ -637,7 +643,12 @@ impl EngineLoop {
         match self.store.call(move |s| s.learn(&node, now)).await {
             Ok(learned) => {
                 log_learned(&seen, learned, log::Level::Info);
-                self.nodes_dirty = true;
+                match learned {
+                    Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly => {
+                        self.patch(seen.num, ViewPatch::seen(&seen, now));
+                    }
+                    _ => self.nodes_dirty = true,
+                }
                 self.clear_store_error();
             }
             Err(e) => self.store_failed(&e),
@@ -916,14 +927,50 @@ impl EngineLoop {
             }
             changed
         });
+        if !self.nodes_dirty && !self.patches.is_empty() {
+            self.nodes_dirty = !self.apply_patches();
+        }
         if self.nodes_dirty {
             self.refresh_store_view().await;
         }
     }
 
+    fn patch(&mut self, num: u32, patch: ViewPatch) {
+        match self.patches.entry(num) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(patch),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(patch);
+            }
+        }
+    }
+
+    /// Applies the pending patches to the snapshot's rows in place; false when a patched node
+    /// has no row yet (a full reload is needed).
+    fn apply_patches(&mut self) -> bool {
+        let patches = std::mem::take(&mut self.patches);
+        let backing_off = self.backing_off();
+        let mirror = self.mirror.as_deref();
+        let pushed = &self.pushed_last;
+        let mut all_found = true;
+        self.snapshot.send_modify(|s| {
+            let nodes = Arc::make_mut(&mut s.nodes);
+            for (num, patch) in patches {
+                let Ok(i) = nodes.binary_search_by_key(&num, |n| n.record.num) else {
+                    all_found = false;
+                    continue;
+                };
+                let node = &mut nodes[i];
+                patch.apply(&mut node.record);
+                node.radio = radio_key(&node.record, mirror, pushed, backing_off.contains(&num));
+            }
+        });
+        all_found
+    }
+
     /// Reloads the node list (and the cache) from the store into the snapshot.
     async fn refresh_store_view(&mut self) {
         self.nodes_dirty = false;
+        self.patches.clear();
         let mirror = self.mirror.clone();
         let pushed = self.pushed_last.clone();
         let backing_off = self.backing_off();
@@ -971,6 +1018,67 @@ impl EngineLoop {
     fn clear_store_error(&self) {
         self.snapshot
             .send_if_modified(|s| s.store_error.take().is_some());
+    }
+}
+
+/// What hearing a stored node changes in its row, as the store applied it.
+#[derive(Debug, Clone, Default)]
+struct ViewPatch {
+    last_seen: Option<SystemTime>,
+    /// A packet from the node clears "removed from the radio" ([`Store::note_heard`]).
+    unremoved: bool,
+    long_name: Option<String>,
+    short_name: Option<String>,
+    hw_model: Option<i32>,
+}
+
+impl ViewPatch {
+    /// A packet from the node: last seen, and no longer removed.
+    fn heard(at: SystemTime) -> Self {
+        Self {
+            last_seen: Some(at),
+            unremoved: true,
+            ..Self::default()
+        }
+    }
+
+    /// A NodeInfo with the trusted key, a known other key or none: names only where the
+    /// message carries them (as [`Store::learn`] keeps them).
+    fn seen(seen: &NodeSeen, at: SystemTime) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Self {
+            last_seen: Some(at),
+            unremoved: false,
+            long_name: some(&seen.long_name),
+            short_name: some(&seen.short_name),
+            hw_model: (seen.hw_model != 0).then_some(seen.hw_model),
+        }
+    }
+
+    fn merge(&mut self, later: Self) {
+        self.last_seen = self.last_seen.max(later.last_seen);
+        self.unremoved |= later.unremoved;
+        self.long_name = later.long_name.or(self.long_name.take());
+        self.short_name = later.short_name.or(self.short_name.take());
+        self.hw_model = later.hw_model.or(self.hw_model);
+    }
+
+    fn apply(self, record: &mut NodeRecord) {
+        if let Some(at) = self.last_seen {
+            record.last_seen = record.last_seen.max(at);
+        }
+        if self.unremoved {
+            record.removed = false;
+        }
+        if let Some(name) = self.long_name {
+            record.long_name = name;
+        }
+        if let Some(name) = self.short_name {
+            record.short_name = name;
+        }
+        if let Some(hw) = self.hw_model {
+            record.hw_model = hw;
+        }
     }
 }
 
@@ -1079,5 +1187,63 @@ mod tests {
         );
         assert!(!pushes_never_land(2, 2), "too few to tell");
         assert!(!pushes_never_land(0, 0));
+    }
+
+    #[test]
+    fn a_patched_row_is_the_row_the_store_would_load() {
+        use radio::Source;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("k.db")).expect("opens");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let seen = |long: &str, short: &str, hw: i32, key: u8| NodeSeen {
+            num: 0x1234,
+            long_name: long.into(),
+            short_name: short.into(),
+            hw_model: hw,
+            role: 0,
+            public_key: vec![key; 32],
+            source: Source::Mesh,
+            is_favorite: false,
+        };
+        let load = |store: &Store| {
+            store
+                .nodes_as(|r| r)
+                .expect("loads")
+                .into_iter()
+                .find(|r| r.num == 0x1234)
+                .expect("the node")
+        };
+        store
+            .learn(&seen("Ridge", "RDG", 9, 1), t0)
+            .expect("learns");
+        store.drop_favourite(0x1234, Some(at(1))).expect("removed");
+        let mut row = load(&store);
+        assert!(row.removed);
+        // The trusted key with new names, then a NodeInfo without names: what the engine
+        // patches (a first or different key reloads the rows instead).
+        let mut patch = ViewPatch::default();
+        for (s, t) in [
+            (seen("Ridge Relay", "RR", 43, 1), at(5)),
+            (seen("", "", 0, 1), at(9)),
+        ] {
+            assert_eq!(store.learn(&s, t).expect("learns"), Learned::Same);
+            patch.merge(ViewPatch::seen(&s, t));
+        }
+        let mut unheard = row.clone();
+        patch.clone().apply(&mut unheard);
+        assert!(
+            unheard.removed,
+            "a NodeInfo alone does not clear removed, as in the store"
+        );
+        store.note_heard(0x1234, at(11)).expect("heard");
+        patch.merge(ViewPatch::heard(at(11)));
+        patch.apply(&mut row);
+        let reloaded = load(&store);
+        assert_eq!(row.long_name, reloaded.long_name);
+        assert_eq!(row.short_name, reloaded.short_name);
+        assert_eq!(row.hw_model, reloaded.hw_model);
+        assert_eq!(row.last_seen, reloaded.last_seen);
+        assert_eq!(row.removed, reloaded.removed);
     }
 }
