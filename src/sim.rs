@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing, SharedContact, User, from_radio,
-    mesh_packet, routing,
+    Channel, Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing, SharedContact, User,
+    from_radio, mesh_packet, routing,
 };
 use routing::Error as RoutingError;
 use tokio::net::{TcpListener, TcpSocket};
@@ -169,6 +169,8 @@ struct Radio {
     silent_until: Option<Instant>,
     /// Rebooting (after a crash or a reboot fault): the radio hears nothing.
     down: bool,
+    /// The eight channel slots (the firmware's ChannelFile, kept in flash across reboots).
+    channels: Vec<Channel>,
 }
 
 /// How many sent packets the radio remembers for tests.
@@ -359,14 +361,19 @@ impl Shared {
 
     /// A routing error for a client packet, as the radio reports it to the client.
     fn routing_error(&self, error: RoutingError, request_id: u32) -> MeshPacket {
+        let routing = Routing {
+            variant: Some(routing::Variant::ErrorReason(error as i32)),
+        };
+        self.reply(PortNum::RoutingApp, routing.encode_to_vec(), request_id)
+    }
+
+    /// The radio's answer to the client's packet `request_id`, from and to its own node.
+    fn reply(&self, portnum: PortNum, payload: Vec<u8>, request_id: u32) -> MeshPacket {
         let (my, id) = {
             let mut radio = self.radio();
             (radio.db.my_node_num(), radio.population.packet_id())
         };
-        let routing = Routing {
-            variant: Some(routing::Variant::ErrorReason(error as i32)),
-        };
-        let mut packet = mesh_packet(my, my, id, PortNum::RoutingApp, routing.encode_to_vec());
+        let mut packet = mesh_packet(my, my, id, portnum, payload);
         if let Some(mesh_packet::PayloadVariant::Decoded(data)) = packet.payload_variant.as_mut() {
             data.request_id = request_id;
         }
@@ -519,6 +526,7 @@ impl SimHandle {
                 queue_full_until: None,
                 silent_until: None,
                 down: false,
+                channels: session::channels(),
             }),
             counters: Arc::new(SimCounters::default()),
             live,
@@ -637,6 +645,11 @@ impl SimHandle {
     /// reboot): a second push of the same key is only warranted after a loss.
     pub fn key_losses(&self, num: u32) -> u32 {
         self.shared.radio().db.key_losses(num)
+    }
+
+    /// The radio's eight channel slots as they are now.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.shared.radio().channels.clone()
     }
 
     /// Whether the radio is rebooting (after a crash or a reboot fault).

@@ -274,7 +274,7 @@ impl Client {
         let to_self = packet.to == my_num || packet.to == 0;
         let verdict = if to_self {
             if let Some(admin) = admin_of(packet) {
-                self.admin(admin.payload_variant);
+                self.admin(packet, admin.payload_variant);
             }
             Verdict::Accepted
         } else {
@@ -362,7 +362,7 @@ impl Client {
     }
 
     /// An admin message to the radio itself (AdminModule.cpp).
-    fn admin(&self, admin: Option<admin_message::PayloadVariant>) {
+    fn admin(&self, packet: &MeshPacket, admin: Option<admin_message::PayloadVariant>) {
         use admin_message::PayloadVariant as A;
         let counters = &self.shared.counters;
         if let Some(A::AddContact(_)) = &admin {
@@ -398,7 +398,66 @@ impl Client {
             A::RemoveFavoriteNode(num) => {
                 self.shared.operator(OperatorAction::Unfavorite, num);
             }
+            A::SetChannel(channel) => self.set_channel(packet, channel),
+            A::GetChannelRequest(slot) => self.get_channel(packet, slot),
             _ => {}
+        }
+    }
+
+    /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
+    /// the channel whole, a new primary demotes the old one to secondary; an index outside the
+    /// eight slots is a BAD_REQUEST. Asked for a response, the radio answers with an ACK.
+    fn set_channel(&self, packet: &MeshPacket, channel: Channel) {
+        let shared = &self.shared;
+        let slot = usize::try_from(channel.index)
+            .ok()
+            .filter(|i| *i < CHANNEL_SLOTS);
+        let Some(slot) = slot else {
+            log::info!(target: "keysync::sim", "{}: set_channel for slot {}: no such slot", self.peer, channel.index);
+            shared.to_client(shared.routing_error(RoutingError::BadRequest, packet.id));
+            return;
+        };
+        let name = super::sanitize(
+            &channel
+                .settings
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+        );
+        {
+            let mut radio = shared.radio();
+            if channel.role == channel::Role::Primary as i32 {
+                for c in &mut radio.channels {
+                    if c.role == channel::Role::Primary as i32 {
+                        c.role = channel::Role::Secondary as i32;
+                    }
+                }
+            }
+            radio.channels[slot] = channel;
+        }
+        log::info!(target: "keysync::sim", "{}: channel {slot} set ({name:?})", self.peer);
+        if wants_response(packet) {
+            shared.to_client(shared.routing_error(RoutingError::None, packet.id));
+        }
+    }
+
+    /// get_channel_request (AdminModule.cpp handleGetChannel): slot `n` is channel `n - 1`,
+    /// answered only when a response is asked for; outside the slots, BAD_REQUEST.
+    fn get_channel(&self, packet: &MeshPacket, slot: u32) {
+        let shared = &self.shared;
+        let channel = slot
+            .checked_sub(1)
+            .and_then(|i| shared.radio().channels.get(i as usize).cloned());
+        let Some(channel) = channel else {
+            shared.to_client(shared.routing_error(RoutingError::BadRequest, packet.id));
+            return;
+        };
+        if wants_response(packet) {
+            let answer = meshtastic::protobufs::AdminMessage {
+                payload_variant: Some(admin_message::PayloadVariant::GetChannelResponse(channel)),
+                ..meshtastic::protobufs::AdminMessage::default()
+            };
+            shared.to_client(shared.reply(PortNum::AdminApp, answer.encode_to_vec(), packet.id));
         }
     }
 
@@ -502,7 +561,8 @@ impl Client {
             role: profile.role.role() as i32,
             ..DeviceMetadata::default()
         })));
-        out.extend(channels().into_iter().map(|c| frame(V::Channel(c))));
+        let channels = self.shared.radio().channels.clone();
+        out.extend(channels.into_iter().map(|c| frame(V::Channel(c))));
         // The firmware hands its private key to a connected client; a stand-in here (the sim
         // has no key pair), so that tests can see who gets it.
         let private_key = own_key.iter().map(|b| b ^ 0x5a).collect();
@@ -564,8 +624,15 @@ fn node_info_with_raw_names(info: &NodeInfo, raw: &RawNames) -> Vec<u8> {
     frame.to_vec()
 }
 
-/// The eight channel slots: a primary with the default key, the rest disabled.
-fn channels() -> Vec<Channel> {
+/// The firmware's channel slots (MAX_NUM_CHANNELS).
+const CHANNEL_SLOTS: usize = 8;
+
+fn wants_response(packet: &MeshPacket) -> bool {
+    matches!(&packet.payload_variant, Some(mesh_packet::PayloadVariant::Decoded(d)) if d.want_response)
+}
+
+/// The channel slots of a new radio: a primary with the default key, the rest disabled.
+pub(super) fn channels() -> Vec<Channel> {
     (0..8)
         .map(|index| Channel {
             index,
