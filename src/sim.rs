@@ -173,6 +173,9 @@ struct Radio {
     channels: Vec<Channel>,
 }
 
+/// The firmware's channel slots (MAX_NUM_CHANNELS).
+const CHANNEL_SLOTS: usize = 8;
+
 /// How many sent packets the radio remembers for tests.
 const SENT_KEPT: usize = 1000;
 
@@ -321,6 +324,30 @@ impl Shared {
             log::info!(target: "keysync::sim", "operator: {} {}: no such node", action.name(), node_id(num));
         }
         done
+    }
+
+    /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
+    /// the channel whole, and a new primary demotes the old one to secondary. False when the
+    /// index is outside the slots.
+    fn set_channel(&self, channel: Channel) -> bool {
+        let Some(slot) = usize::try_from(channel.index)
+            .ok()
+            .filter(|i| *i < CHANNEL_SLOTS)
+        else {
+            return false;
+        };
+        let primary = meshtastic::protobufs::channel::Role::Primary as i32;
+        let secondary = meshtastic::protobufs::channel::Role::Secondary as i32;
+        let mut radio = self.radio();
+        if channel.role == primary {
+            for c in radio.channels.iter_mut().filter(|c| c.role == primary) {
+                c.role = secondary;
+            }
+        }
+        log::info!(target: "keysync::sim", "channel {slot} is now {:?}",
+            sanitize(&channel.settings.as_ref().map(|s| s.name.clone()).unwrap_or_default()));
+        radio.channels[slot] = channel;
+        true
     }
 
     fn key_change(&self, index: usize) {
@@ -650,6 +677,12 @@ impl SimHandle {
     /// The radio's eight channel slots as they are now.
     pub fn channels(&self) -> Vec<Channel> {
         self.shared.radio().channels.clone()
+    }
+
+    /// Another client of the radio (the phone app over BLE) sets a channel; false when its
+    /// index is outside the slots.
+    pub fn set_channel(&self, channel: Channel) -> bool {
+        self.shared.set_channel(channel)
     }
 
     /// Whether the radio is rebooting (after a crash or a reboot fault).

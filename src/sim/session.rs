@@ -404,40 +404,19 @@ impl Client {
         }
     }
 
-    /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
-    /// the channel whole, a new primary demotes the old one to secondary; an index outside the
-    /// eight slots is a BAD_REQUEST. Asked for a response, the radio answers with an ACK.
+    /// set_channel from this client; an index outside the eight slots is a BAD_REQUEST (AdminModule.cpp). Asked for a response, the radio answers with an ACK.
     fn set_channel(&self, packet: &MeshPacket, channel: Channel) {
         let shared = &self.shared;
-        let slot = usize::try_from(channel.index)
-            .ok()
-            .filter(|i| *i < CHANNEL_SLOTS);
-        let Some(slot) = slot else {
-            log::info!(target: "keysync::sim", "{}: set_channel for slot {}: no such slot", self.peer, channel.index);
-            shared.to_client(shared.routing_error(RoutingError::BadRequest, packet.id));
-            return;
+        let slot = channel.index;
+        let error = if shared.set_channel(channel) {
+            log::info!(target: "keysync::sim", "{}: set_channel {slot}", self.peer);
+            wants_response(packet).then_some(RoutingError::None)
+        } else {
+            log::info!(target: "keysync::sim", "{}: set_channel for slot {slot}: no such slot", self.peer);
+            Some(RoutingError::BadRequest)
         };
-        let name = super::sanitize(
-            &channel
-                .settings
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
-        );
-        {
-            let mut radio = shared.radio();
-            if channel.role == channel::Role::Primary as i32 {
-                for c in &mut radio.channels {
-                    if c.role == channel::Role::Primary as i32 {
-                        c.role = channel::Role::Secondary as i32;
-                    }
-                }
-            }
-            radio.channels[slot] = channel;
-        }
-        log::info!(target: "keysync::sim", "{}: channel {slot} set ({name:?})", self.peer);
-        if wants_response(packet) {
-            shared.to_client(shared.routing_error(RoutingError::None, packet.id));
+        if let Some(error) = error {
+            shared.to_client(shared.routing_error(error, packet.id));
         }
     }
 
@@ -624,16 +603,14 @@ fn node_info_with_raw_names(info: &NodeInfo, raw: &RawNames) -> Vec<u8> {
     frame.to_vec()
 }
 
-/// The firmware's channel slots (MAX_NUM_CHANNELS).
-const CHANNEL_SLOTS: usize = 8;
-
 fn wants_response(packet: &MeshPacket) -> bool {
     matches!(&packet.payload_variant, Some(mesh_packet::PayloadVariant::Decoded(d)) if d.want_response)
 }
 
 /// The channel slots of a new radio: a primary with the default key, the rest disabled.
 pub(super) fn channels() -> Vec<Channel> {
-    (0..8)
+    (0_i32..)
+        .take(super::CHANNEL_SLOTS)
         .map(|index| Channel {
             index,
             settings: Some(ChannelSettings {
