@@ -894,11 +894,11 @@ impl DownloadGate {
             self.running = Some((nonce, now));
             return Some(nonce);
         }
-        if self.waiting.len() == Self::WAITING {
-            if let Some(dropped) = self.waiting.pop_front() {
-                log::warn!(target: "keysync::link",
-                    "{} config downloads waiting: dropped the request {dropped}", Self::WAITING);
-            }
+        if self.waiting.len() == Self::WAITING
+            && let Some(dropped) = self.waiting.pop_front()
+        {
+            log::warn!(target: "keysync::link",
+                "{} config downloads waiting: dropped the request {dropped}", Self::WAITING);
         }
         self.waiting.push_back(nonce);
         None

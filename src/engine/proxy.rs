@@ -1057,14 +1057,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                     }
                     pending.insert(packet.id, direct.clone());
                 }
-                let effect = replay_effect(shared, &packet);
-                let _ = shared
-                    .outbound
-                    .send((stats.clone(), MeshPacketOrOther::Packet(packet)))
-                    .await;
-                if effect == ReplayEffect::Config {
-                    queue_refresh(shared, &stats).await;
-                }
+                forward(shared, &stats, packet).await;
             }
             Some(to_radio::PayloadVariant::Disconnect(_)) => break "said disconnect",
             // Nothing, a heartbeat while the radio is away, or a packet the filter dropped.
@@ -1285,6 +1278,19 @@ fn admit(shared: &Shared, verdict: Verdict) -> bool {
             let _ = shared.learned.try_send(*seen);
             pass
         }
+    }
+}
+
+/// Sends an admitted client packet upstream, with what it changes in the replay: the node list
+/// at once, the configuration by a config-only refresh queued right behind it.
+async fn forward(shared: &Shared, client: &Arc<ClientStats>, packet: MeshPacket) {
+    let effect = replay_effect(shared, &packet);
+    let _ = shared
+        .outbound
+        .send((client.clone(), MeshPacketOrOther::Packet(packet)))
+        .await;
+    if effect == ReplayEffect::Config {
+        queue_refresh(shared, client).await;
     }
 }
 
