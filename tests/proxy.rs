@@ -862,13 +862,7 @@ async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknow
 async fn replayed_nodes(addr: std::net::SocketAddr) -> (Vec<u32>, u32) {
     let mut client = raw::RawClient::connect(addr).await;
     let frames = client.download(4242).await;
-    let count = frames
-        .iter()
-        .find_map(|f| match &f.payload_variant {
-            Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.nodedb_count),
-            _ => None,
-        })
-        .expect("my_info");
+    let count = raw::nodedb_count(&frames);
     let mut nums: Vec<u32> = raw::node_infos(&frames).iter().map(|n| n.num).collect();
     nums.sort_unstable();
     (nums, count)
