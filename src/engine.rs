@@ -471,6 +471,7 @@ impl EngineLoop {
                 self.session = None;
                 self.answer_waiters(|_| true);
             }
+            LinkNotice::Download(_) => {}
             LinkNotice::Frame(frame) => {
                 use meshtastic::protobufs::from_radio::PayloadVariant as V;
                 match &frame.payload_variant {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing, SharedContact, User, from_radio,
-    mesh_packet, routing,
+    Channel, Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing, SharedContact, User,
+    from_radio, mesh_packet, routing,
 };
 use routing::Error as RoutingError;
 use tokio::net::{TcpListener, TcpSocket};
@@ -169,7 +169,12 @@ struct Radio {
     silent_until: Option<Instant>,
     /// Rebooting (after a crash or a reboot fault): the radio hears nothing.
     down: bool,
+    /// The eight channel slots (the firmware's ChannelFile, kept in flash across reboots).
+    channels: Vec<Channel>,
 }
+
+/// The firmware's channel slots (MAX_NUM_CHANNELS).
+const CHANNEL_SLOTS: usize = 8;
 
 /// How many sent packets the radio remembers for tests.
 const SENT_KEPT: usize = 1000;
@@ -321,6 +326,30 @@ impl Shared {
         done
     }
 
+    /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
+    /// the channel whole, and a new primary demotes the old one to secondary. False when the
+    /// index is outside the slots.
+    fn set_channel(&self, channel: Channel) -> bool {
+        let Some(slot) = usize::try_from(channel.index)
+            .ok()
+            .filter(|i| *i < CHANNEL_SLOTS)
+        else {
+            return false;
+        };
+        let primary = meshtastic::protobufs::channel::Role::Primary as i32;
+        let secondary = meshtastic::protobufs::channel::Role::Secondary as i32;
+        let mut radio = self.radio();
+        if channel.role == primary {
+            for c in radio.channels.iter_mut().filter(|c| c.role == primary) {
+                c.role = secondary;
+            }
+        }
+        log::info!(target: "keysync::sim", "channel {slot} is now {:?}",
+            sanitize(&channel.settings.as_ref().map(|s| s.name.clone()).unwrap_or_default()));
+        radio.channels[slot] = channel;
+        true
+    }
+
     fn key_change(&self, index: usize) {
         {
             let mut radio = self.radio();
@@ -359,14 +388,19 @@ impl Shared {
 
     /// A routing error for a client packet, as the radio reports it to the client.
     fn routing_error(&self, error: RoutingError, request_id: u32) -> MeshPacket {
+        let routing = Routing {
+            variant: Some(routing::Variant::ErrorReason(error as i32)),
+        };
+        self.reply(PortNum::RoutingApp, routing.encode_to_vec(), request_id)
+    }
+
+    /// The radio's answer to the client's packet `request_id`, from and to its own node.
+    fn reply(&self, portnum: PortNum, payload: Vec<u8>, request_id: u32) -> MeshPacket {
         let (my, id) = {
             let mut radio = self.radio();
             (radio.db.my_node_num(), radio.population.packet_id())
         };
-        let routing = Routing {
-            variant: Some(routing::Variant::ErrorReason(error as i32)),
-        };
-        let mut packet = mesh_packet(my, my, id, PortNum::RoutingApp, routing.encode_to_vec());
+        let mut packet = mesh_packet(my, my, id, portnum, payload);
         if let Some(mesh_packet::PayloadVariant::Decoded(data)) = packet.payload_variant.as_mut() {
             data.request_id = request_id;
         }
@@ -519,6 +553,7 @@ impl SimHandle {
                 queue_full_until: None,
                 silent_until: None,
                 down: false,
+                channels: session::channels(),
             }),
             counters: Arc::new(SimCounters::default()),
             live,
@@ -637,6 +672,17 @@ impl SimHandle {
     /// reboot): a second push of the same key is only warranted after a loss.
     pub fn key_losses(&self, num: u32) -> u32 {
         self.shared.radio().db.key_losses(num)
+    }
+
+    /// The radio's eight channel slots as they are now.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.shared.radio().channels.clone()
+    }
+
+    /// Another client of the radio (the phone app over BLE) sets a channel; false when its
+    /// index is outside the slots.
+    pub fn set_channel(&self, channel: Channel) -> bool {
+        self.shared.set_channel(channel)
     }
 
     /// Whether the radio is rebooting (after a crash or a reboot fault).

@@ -248,25 +248,12 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
         child: sim_child,
         addr: sim_addr.clone(),
     };
-    let (keysync_child, proxy_addr, keysync_log) = spawn_logged(
-        Command::new(env!("CARGO_BIN_EXE_keysync"))
-            .args(["--headless", "--listen", "127.0.0.1:0", "--heartbeat", "2s"])
-            .args([
-                "--sync-interval",
-                "2s",
-                "--cache-ttl",
-                "4s",
-                "--host",
-                &sim_addr,
-            ])
-            .arg("--db")
-            .arg(dir.path().join("k.db")),
-        "point the gateway's bot at ",
+    let (keysync, keysync_log) = start_proxy(
+        &sim_addr,
+        &dir.path().join("k.db"),
+        &["--sync-interval", "2s", "--cache-ttl", "4s"],
     );
-    let _keysync = Sim {
-        child: keysync_child,
-        addr: proxy_addr.clone(),
-    };
+    let proxy_addr = keysync.addr.clone();
     let (host, port) = proxy_addr.split_once(':').expect("host:port");
 
     // Both clients at once: the CLI listing nodes, the bot exchanging a message.
@@ -316,6 +303,62 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
     assert!(
         !log.iter().any(|l| l.contains("link closed")),
         "the radio link held: {log:#?}"
+    );
+}
+
+/// keysync headless with `--listen` on a port the OS picks, in front of the radio at
+/// `radio`, with `extra` options; the process (its `addr` is the proxy's) and its log.
+fn start_proxy(
+    radio: &str,
+    db: &std::path::Path,
+    extra: &[&str],
+) -> (Sim, Arc<Mutex<Vec<String>>>) {
+    let (child, addr, log) = spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args(["--headless", "--listen", "127.0.0.1:0", "--heartbeat", "2s"])
+            .args(extra)
+            .args(["--host", radio])
+            .arg("--db")
+            .arg(db),
+        "point the gateway's bot at ",
+    );
+    (Sim { child, addr }, log)
+}
+
+/// One Python client renames the primary channel through the proxy (`--ch-set`); a second
+/// client connecting right after gets the new name in its replay (`--info`): keysync refreshed
+/// its configuration with a config-only download, and did not hand out the channels of its
+/// handshake.
+#[test]
+#[cfg_attr(
+    no_python,
+    ignore = "python3 is missing: the Python meshtastic client cannot be installed"
+)]
+fn a_channel_renamed_by_one_python_client_is_what_the_next_one_sees() {
+    let cli = required_cli();
+    let sim = start_sim(5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (keysync, log) = start_proxy(&sim.addr, &dir.path().join("k.db"), &[]);
+    let before = run_client(&cli, &keysync.addr, "--info");
+    assert!(!before.contains("NEWNAME"), "{before}");
+    let set = run_client_args(
+        &cli,
+        &keysync.addr,
+        &["--ch-set", "name", "NEWNAME", "--ch-index", "0"],
+    );
+    assert!(set.contains("Writing modified channels"), "{set}");
+    let after = run_client(&cli, &keysync.addr, "--info");
+    let channel = after
+        .lines()
+        .find(|l| l.contains("Index 0: PRIMARY"))
+        .unwrap_or_else(|| panic!("--info lists the primary channel:\n{after}"));
+    eprintln!("the second client's --info shows: {channel}");
+    assert!(channel.contains(r#""name": "NEWNAME""#), "{after}");
+    let log = log.lock().expect("log").clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("configuration refreshed from the radio")),
+        "{log:#?}"
     );
 }
 
@@ -369,20 +412,12 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
         .filter(|n| !held.contains(n))
         .max()
         .expect("a node outside the radio");
-    let (keysync_child, proxy_addr, keysync_log) = spawn_logged(
-        Command::new(env!("CARGO_BIN_EXE_keysync"))
-            .args(["--headless", "--listen", "127.0.0.1:0", "--heartbeat", "2s"])
-            .args(["--radio-capacity", "20", "--push-gap", "50ms"])
-            .arg("--host")
-            .arg(sim.addr().to_string())
-            .arg("--db")
-            .arg(&db),
-        "point the gateway's bot at ",
+    let (keysync, keysync_log) = start_proxy(
+        &sim.addr().to_string(),
+        &db,
+        &["--radio-capacity", "20", "--push-gap", "50ms"],
     );
-    let _keysync = Sim {
-        child: keysync_child,
-        addr: proxy_addr.clone(),
-    };
+    let proxy_addr = keysync.addr.clone();
     wait_for("the startup sync", || {
         keysync_log
             .lock()

@@ -25,7 +25,7 @@ async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
     let session = loop {
         match notices.recv().await.expect("notices flow") {
             LinkNotice::Up(s) => break s,
-            LinkNotice::Frame(_) | LinkNotice::Down(_) => {}
+            LinkNotice::Frame(_) | LinkNotice::Down(_) | LinkNotice::Download(_) => {}
         }
     };
     assert_eq!(session.my_node_num, sim.my_node_num());

@@ -32,8 +32,13 @@ struct Proxied {
 
 /// The proxy tests' one set-up; `edit` changes the proxy settings from the tests' defaults.
 async fn started(nodes: usize, edit: impl FnOnce(&mut ProxyConfig)) -> Proxied {
+    started_on(sim_config(nodes), edit).await
+}
+
+/// [`started`] with a radio set up as `sim` says.
+async fn started_on(sim: keysync::sim::SimConfig, edit: impl FnOnce(&mut ProxyConfig)) -> Proxied {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(nodes));
+    let sim = start_sim(sim);
     let engine = proxied_with(&sim, &dir, edit);
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
@@ -134,6 +139,11 @@ async fn config_replay_answers_downstream_without_asking_the_radio() {
         })
         .count();
     assert_eq!(nodes, 1, "69420: own node only");
+    assert!(
+        matches!(config_only[0].payload_variant, Some(from_radio::PayloadVariant::MyInfo(ref m)) if m.nodedb_count == 26),
+        "69420 reports the NodeDB's total, as PhoneAPI.cpp does: {:?}",
+        config_only[0]
+    );
     let nodes_only = download(&mut client, radio::NODES_ONLY_NONCE).await;
     assert_eq!(
         nodes_only.len(),
@@ -845,5 +855,273 @@ async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknow
         "the radio's {} bytes, unchanged",
         payload.len()
     );
+    p.engine.quit().await;
+}
+
+/// The node numbers of a fresh client's full replay, and the nodedb_count it says.
+async fn replayed_nodes(addr: std::net::SocketAddr) -> (Vec<u32>, u32) {
+    let mut client = raw::RawClient::connect(addr).await;
+    let frames = client.download(4242).await;
+    let count = raw::nodedb_count(&frames);
+    let mut nums: Vec<u32> = raw::node_infos(&frames).iter().map(|n| n.num).collect();
+    nums.sort_unstable();
+    (nums, count)
+}
+
+/// Polls fresh clients' replays until `pred` holds of one (the proxy follows the link's notices
+/// on its own task, a moment after the sync engine); panics naming `what`.
+async fn replay_until(
+    addr: std::net::SocketAddr,
+    what: &str,
+    mut pred: impl FnMut(&[u32], u32) -> bool,
+) -> (Vec<u32>, u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (nums, count) = replayed_nodes(addr).await;
+        if pred(&nums, count) {
+            return (nums, count);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replay {what}: the last had {nums:x?} (nodedb_count {count})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_the_radio_evicted_or_removed_leave_the_replay_after_the_next_nodes_only_refresh() {
+    // Room for the own node, the 10 nodes and one more: with one node removed, the third and
+    // fourth newcomers evict.
+    let p = started_on(
+        keysync::sim::SimConfig {
+            capacity: Some(12),
+            ..sim_config(10)
+        },
+        |_| {},
+    )
+    .await;
+    let (before, count) = replayed_nodes(p.addr).await;
+    assert_eq!(before.len(), 11);
+    assert_eq!(count, 11);
+    let removed = before
+        .iter()
+        .copied()
+        .find(|n| *n != p.sim.my_node_num())
+        .expect("a node");
+    assert!(
+        p.sim
+            .operator(keysync::sim::OperatorAction::Remove, removed)
+    );
+    p.sim
+        .inject(Fault::NewNodes {
+            count: 4,
+            portnum: None,
+        })
+        .await;
+    assert!(p.sim.evictions() >= 2, "the full NodeDB evicted");
+    let mut radio: Vec<u32> = p.sim.nodedb().iter().map(|n| n.num).collect();
+    radio.sort_unstable();
+    let evicted: Vec<u32> = before
+        .iter()
+        .copied()
+        .filter(|n| *n != removed && !radio.contains(n))
+        .collect();
+    assert!(!evicted.is_empty(), "{before:x?} → {radio:x?}");
+    assert_eq!(
+        replayed_nodes(p.addr).await.0,
+        before,
+        "nothing changes in the replay before keysync looks again"
+    );
+
+    p.engine
+        .commands
+        .send(engine::Command::ForceSync)
+        .await
+        .expect("engine runs");
+    let mut snap = p.snap.clone();
+    nth_report(&mut snap, 2).await;
+    let (after, count) = replay_until(p.addr, "after the nodes-only refresh", |nums, _| {
+        !nums.contains(&removed)
+    })
+    .await;
+    for gone in &evicted {
+        assert!(!after.contains(gone), "evicted {gone:x} still replayed");
+    }
+    assert_eq!(
+        after, radio,
+        "the replay lists exactly what the radio's nodes-only download listed"
+    );
+    assert_eq!(
+        count as usize,
+        radio.len(),
+        "nodedb_count is the radio's total"
+    );
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_node_a_client_removes_through_the_proxy_leaves_the_replay_at_once() {
+    let p = started(6, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let own = p.sim.my_node_num();
+    let (before, _) = replayed_nodes(p.addr).await;
+    let gone = before.iter().copied().find(|n| *n != own).expect("a node");
+    client
+        .admin(
+            own,
+            meshtastic::protobufs::admin_message::PayloadVariant::RemoveByNodenum(gone),
+        )
+        .await;
+    wait_until("the radio to remove the node", || {
+        p.sim.nodedb().iter().all(|n| n.num != gone)
+    })
+    .await;
+    let (after, count) = replayed_nodes(p.addr).await;
+    assert!(!after.contains(&gone), "{after:x?}");
+    assert_eq!(after.len(), before.len() - 1);
+    assert_eq!(count as usize, after.len());
+    assert_eq!(
+        p.snap.borrow().sync.history.len(),
+        1,
+        "no nodes-only refresh ran meanwhile: the proxy applied the removal itself"
+    );
+    p.engine.quit().await;
+}
+
+/// The channel named `name` in slot `index`, as a client would set it.
+fn named_channel(index: i32, name: &str) -> meshtastic::protobufs::Channel {
+    meshtastic::protobufs::Channel {
+        index,
+        settings: Some(meshtastic::protobufs::ChannelSettings {
+            name: name.into(),
+            psk: vec![1],
+            ..meshtastic::protobufs::ChannelSettings::default()
+        }),
+        role: meshtastic::protobufs::channel::Role::Secondary as i32,
+    }
+}
+
+/// The channel names of a fresh client's full replay, by slot.
+async fn replayed_channels(addr: std::net::SocketAddr) -> Vec<(i32, String)> {
+    let mut client = raw::RawClient::connect(addr).await;
+    client
+        .download(4343)
+        .await
+        .iter()
+        .filter_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::Channel(c)) => Some((
+                c.index,
+                c.settings
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_channel_set_through_the_proxy_is_in_the_next_replay_after_a_config_only_refresh() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let own = p.sim.my_node_num();
+    let before = received(&p.sim, "want_config_config_only");
+    client
+        .admin(
+            own,
+            meshtastic::protobufs::admin_message::PayloadVariant::SetChannel(named_channel(
+                2, "ops",
+            )),
+        )
+        .await;
+    // The same client asks for its config next: the proxy reads the admin message first, so
+    // this replay can only come after the refresh that follows it.
+    let frames = client.download(4444).await;
+    assert!(
+        frames.iter().any(|f| matches!(&f.payload_variant,
+            Some(from_radio::PayloadVariant::Channel(c)) if c.index == 2
+                && c.settings.as_ref().is_some_and(|s| s.name == "ops"))),
+        "the replay waited for the refresh"
+    );
+    let channels = replayed_channels(p.addr).await;
+    assert!(
+        channels.contains(&(2, "ops".into())),
+        "a second client sees the new channel: {channels:?}"
+    );
+    assert_eq!(
+        p.sim.channels()[2]
+            .settings
+            .as_ref()
+            .map(|s| s.name.as_str()),
+        Some("ops")
+    );
+    assert_eq!(
+        received(&p.sim, "want_config_config_only"),
+        before + 1,
+        "one config-only download refreshed it"
+    );
+    assert_eq!(channels.len(), 8);
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_channel_changed_behind_keysync_is_refreshed_when_the_radio_answers_a_get_channel() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let own = p.sim.my_node_num();
+    // The phone app over BLE renames slot 1: keysync's cache does not know.
+    assert!(p.sim.set_channel(named_channel(1, "ble")));
+    assert!(
+        !replayed_channels(p.addr).await.contains(&(1, "ble".into())),
+        "nothing told keysync yet"
+    );
+    let payload = meshtastic::Message::encode_to_vec(&meshtastic::protobufs::AdminMessage {
+        payload_variant: Some(
+            meshtastic::protobufs::admin_message::PayloadVariant::GetChannelRequest(2),
+        ),
+        ..meshtastic::protobufs::AdminMessage::default()
+    });
+    client
+        .send(ToRadio {
+            payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+                meshtastic::protobufs::MeshPacket {
+                    to: own,
+                    id: 0x5151,
+                    payload_variant: Some(
+                        meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(
+                            meshtastic::protobufs::Data {
+                                portnum: meshtastic::protobufs::PortNum::AdminApp as i32,
+                                payload,
+                                want_response: true,
+                                ..meshtastic::protobufs::Data::default()
+                            },
+                        ),
+                    ),
+                    ..meshtastic::protobufs::MeshPacket::default()
+                },
+            )),
+        })
+        .await;
+    let answer = client
+        .recv_until("the get_channel answer", |f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::Packet(pk)) => radio::admin_of(pk).is_some(),
+            _ => false,
+        })
+        .await;
+    let Some(from_radio::PayloadVariant::Packet(pk)) = answer.payload_variant else {
+        unreachable!("picked a packet");
+    };
+    assert!(matches!(
+        radio::admin_of(&pk).and_then(|a| a.payload_variant),
+        Some(meshtastic::protobufs::admin_message::PayloadVariant::GetChannelResponse(ref c)) if c.index == 1
+    ));
+    wait_until("the config-only refresh", || {
+        received(&p.sim, "want_config_config_only") == 1
+    })
+    .await;
+    let channels = replayed_channels(p.addr).await;
+    assert!(channels.contains(&(1, "ble".into())), "{channels:?}");
     p.engine.quit().await;
 }

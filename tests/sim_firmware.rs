@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::raw::{RawClient, my_node_num, node_infos, routing_error};
+use common::raw::{RawClient, my_node_num, node_infos, nodedb_count, routing_error};
 use common::{sim_config, start_sim, wait_until};
 use keysync::engine::radio::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, heartbeat};
 use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
@@ -212,13 +212,7 @@ async fn nodedb_count_is_the_total_also_in_a_config_only_download_from_2_7_4() {
         let sim = start_sim(firmware_sim(firmware, Hw::Linux, 12));
         let mut client = RawClient::connect(sim.addr()).await;
         let frames = client.download(CONFIG_ONLY_NONCE).await;
-        let count = frames
-            .iter()
-            .find_map(|f| match &f.payload_variant {
-                Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.nodedb_count),
-                _ => None,
-            })
-            .expect("my_info");
+        let count = nodedb_count(&frames);
         let expected = if expect_total { 13 } else { 0 };
         assert_eq!(count, expected, "{firmware}");
         assert!(

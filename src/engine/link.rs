@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
-use meshtastic::protobufs::{NodeInfo, ToRadio, from_radio};
+use meshtastic::protobufs::{NodeInfo, ToRadio, from_radio, to_radio};
 use rand::RngExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -277,6 +277,11 @@ pub struct Session {
 pub enum LinkNotice {
     /// The handshake completed.
     Up(Arc<Session>),
+    /// A `want_config_id` with this nonce went to the radio within the session that is up:
+    /// the frames of its download follow, then its `config_complete_id`. Downloads never
+    /// overlap (see [`DownloadGate`]), so every `node_info` up to that complete id belongs to
+    /// this download or is a live update.
+    Download(u32),
     /// A frame, decoded and as the radio sent it (including those of the handshake).
     Frame(Arc<RadioFrame>),
     /// The session ended.
@@ -645,13 +650,9 @@ impl Supervisor {
                     }
                     session.nodes.push(node.clone());
                 }
-                Some(
-                    V::Config(_)
-                    | V::ModuleConfig(_)
-                    | V::Channel(_)
-                    | V::DeviceuiConfig(_)
-                    | V::FileInfo(_),
-                ) => session.config.push(frame.clone()),
+                Some(v) if is_config_part(v, session.my_node_num) => {
+                    session.config.push(frame.clone());
+                }
                 _ => {}
             }
             let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
@@ -708,16 +709,35 @@ impl Supervisor {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
+        let mut downloads = DownloadGate::default();
         loop {
             let stall_at = last_rx + every * 3;
+            let download_due = downloads.deadline(self.config.config_timeout);
             tokio::select! {
                 f = framed.next() => match self.received(f, framed, seen) {
                     Ok(frame) => {
                         last_rx = Instant::now();
+                        let complete = match &frame.payload_variant {
+                            Some(from_radio::PayloadVariant::ConfigCompleteId(n)) => Some(*n),
+                            _ => None,
+                        };
                         let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
+                        let next = complete.and_then(|n| downloads.completed(n, Instant::now()));
+                        if let Err(cause) = self.ask_download(framed, next).await {
+                            return cause;
+                        }
                     }
                     Err(cause) => return cause,
                 },
+                () = sleep_until(download_due.unwrap_or(stall_at)), if download_due.is_some() => {
+                    log::warn!(target: "keysync::link",
+                        "the radio did not complete a config download within {}; asking for the next one",
+                        humantime::format_duration(self.config.config_timeout));
+                    let next = downloads.expired(Instant::now());
+                    if let Err(cause) = self.ask_download(framed, next).await {
+                        return cause;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let nonce = radio::heartbeat_nonce(|| rand::rng().random());
                     if let Err(cause) = self.write(framed, radio::heartbeat(nonce)).await {
@@ -735,6 +755,11 @@ impl Supervisor {
                 Some(out) = self.outbound.recv() => {
                     if out.session != session.id {
                         drop_stale(&out);
+                    } else if let Some(nonce) = want_config_of(&out.msg) {
+                        let now = downloads.ask(nonce, Instant::now());
+                        if let Err(cause) = self.ask_download(framed, now).await {
+                            return cause;
+                        }
                     } else if let Err(cause) = self.write(framed, out.msg).await {
                         return cause;
                     }
@@ -742,6 +767,20 @@ impl Supervisor {
                 c = self.control.recv() => return control_cause(c),
             }
         }
+    }
+
+    /// Sends the `want_config_id` the gate let through, if any, and tells the consumers.
+    async fn ask_download(
+        &self,
+        framed: &mut Framed<TcpStream, RelayCodec>,
+        nonce: Option<u32>,
+    ) -> Result<(), CloseCause> {
+        let Some(nonce) = nonce else {
+            return Ok(());
+        };
+        self.write(framed, radio::want_config(nonce)).await?;
+        let _ = self.notices.send(LinkNotice::Download(nonce));
+        Ok(())
     }
 
     /// Turns the next item of the frame stream into a frame or the reason the link ended, and
@@ -808,6 +847,85 @@ impl Supervisor {
     }
 }
 
+/// Whether a download frame is part of the radio's configuration as a client keeps it for a
+/// replay: everything but other nodes' `node_info`s, the complete id and live traffic.
+pub fn is_config_part(v: &from_radio::PayloadVariant, my_node_num: u32) -> bool {
+    use from_radio::PayloadVariant as V;
+    match v {
+        V::NodeInfo(node) => node.num == my_node_num,
+        V::MyInfo(_)
+        | V::Metadata(_)
+        | V::Config(_)
+        | V::ModuleConfig(_)
+        | V::Channel(_)
+        | V::DeviceuiConfig(_)
+        | V::FileInfo(_) => true,
+        _ => false,
+    }
+}
+
+fn want_config_of(msg: &ToRadio) -> Option<u32> {
+    match msg.payload_variant {
+        Some(to_radio::PayloadVariant::WantConfigId(nonce)) => Some(nonce),
+        _ => None,
+    }
+}
+
+/// Config downloads one at a time. The firmware restarts its download on every
+/// `want_config_id` (PhoneAPI.cpp handleStartConfig), so a second request while one runs
+/// would leave the first requester (the sync engine's nodes-only refresh, the proxy's
+/// config-only refresh) waiting for a complete id that never comes. A request that finds a
+/// download under way waits for its complete id, or for the config timeout.
+#[derive(Debug, Default)]
+pub struct DownloadGate {
+    /// The download under way: its nonce and when it was asked for.
+    running: Option<(u32, Instant)>,
+    /// Requests waiting their turn, oldest first, at most [`DownloadGate::WAITING`].
+    waiting: VecDeque<u32>,
+}
+
+impl DownloadGate {
+    /// Requests that may wait; past this the oldest is dropped (its requester times out).
+    pub const WAITING: usize = 16;
+
+    /// A request for `nonce` at `now`: the nonce to send now, or `None` while it waits.
+    pub fn ask(&mut self, nonce: u32, now: Instant) -> Option<u32> {
+        if self.running.is_none() {
+            self.running = Some((nonce, now));
+            return Some(nonce);
+        }
+        if self.waiting.len() == Self::WAITING
+            && let Some(dropped) = self.waiting.pop_front()
+        {
+            log::warn!(target: "keysync::link",
+                "{} config downloads waiting: dropped the request {dropped}", Self::WAITING);
+        }
+        self.waiting.push_back(nonce);
+        None
+    }
+
+    /// `config_complete_id = nonce` arrived at `now`: the next request to send, if one waits.
+    pub fn completed(&mut self, nonce: u32, now: Instant) -> Option<u32> {
+        match self.running {
+            Some((running, _)) if running == nonce => self.expired(now),
+            _ => None,
+        }
+    }
+
+    /// The running download is over without its complete id: the next request, if any.
+    pub fn expired(&mut self, now: Instant) -> Option<u32> {
+        self.running = None;
+        let next = self.waiting.pop_front()?;
+        self.running = Some((next, now));
+        Some(next)
+    }
+
+    /// When the running download is given up, `timeout` after it was asked for.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.running.map(|(_, at)| at + timeout)
+    }
+}
+
 fn control_cause(c: Option<Control>) -> CloseCause {
     match c {
         Some(Control::Reconnect) => CloseCause::Requested,
@@ -867,6 +985,42 @@ mod tests {
     fn jitter_stays_within_the_ceiling() {
         let ceiling = Duration::from_millis(500);
         assert!((0..200).all(|_| jittered(ceiling) <= ceiling));
+    }
+
+    #[test]
+    fn a_download_asked_for_while_another_runs_waits_for_its_complete_id() {
+        let mut gate = DownloadGate::default();
+        let t0 = Instant::now();
+        assert_eq!(gate.ask(69_421, t0), Some(69_421));
+        assert_eq!(gate.ask(69_420, t0), None, "waits: the radio would restart");
+        assert_eq!(gate.ask(69_420, t0), None);
+        assert_eq!(gate.completed(7, t0), None, "another nonce ends nothing");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(gate.completed(69_421, t1), Some(69_420));
+        assert_eq!(
+            gate.deadline(Duration::from_secs(30)),
+            Some(t1 + Duration::from_secs(30))
+        );
+        assert_eq!(
+            gate.expired(t1),
+            Some(69_420),
+            "a timed-out download lets the next go"
+        );
+        assert_eq!(gate.completed(69_420, t1), None);
+        assert_eq!(gate.deadline(Duration::from_secs(30)), None, "nothing runs");
+        assert_eq!(gate.ask(5, t1), Some(5));
+    }
+
+    #[test]
+    fn waiting_downloads_are_bounded() {
+        let mut gate = DownloadGate::default();
+        let t0 = Instant::now();
+        gate.ask(1, t0);
+        for n in 0..100 {
+            gate.ask(100 + n, t0);
+        }
+        assert_eq!(gate.waiting.len(), DownloadGate::WAITING);
+        assert_eq!(gate.completed(1, t0), Some(184), "the oldest were dropped");
     }
 
     #[test]

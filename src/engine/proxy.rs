@@ -1,10 +1,16 @@
 //! Proxy mode (`--listen`): keysync owns the radio's one TCP slot and serves the gateway's bot
 //! and apps as if it were the radio.
 //!
-//! - A downstream `want_config_id` is answered from the upstream handshake plus the current node
-//!   list, in firmware order — never forwarded (full downloads of a large NodeDB drop links).
-//!   One replay per client at a time; the private key is left out for clients that may not
-//!   administer the radio.
+//! - A downstream `want_config_id` is answered from the radio's configuration plus the current
+//!   node list, in firmware order — never forwarded (full downloads of a large NodeDB drop
+//!   links). One replay per client at a time; the private key is left out for clients that may
+//!   not administer the radio.
+//! - The replay follows the radio: the node list becomes exactly what each nodes-only refresh
+//!   of the sync engine delivered (evicted and removed nodes go), a client's remove, favourite
+//!   and ignore are applied as they pass; an admin message that changes channels, config or
+//!   owner (or a channel or config from the radio that differs from the cached one) makes
+//!   keysync refresh the configuration with a config-only download (69420), and a replay asked
+//!   for meanwhile waits for it (bounded).
 //! - What the radio sent goes to clients as the radio's bytes (live frames, QueueStatus answers,
 //!   the handshake's config frames): fields this crate does not know survive. Only frames
 //!   keysync composes (my_info with the count, node_infos, the complete id, a blanked private
@@ -43,7 +49,7 @@ use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
-use crate::engine::link::{LinkNotice, LinkSender, Session};
+use crate::engine::link::{LinkNotice, LinkSender, Session, is_config_part};
 use crate::engine::radio::{
     CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, is_node_num,
     node_id, valid_key,
@@ -61,6 +67,14 @@ const UPSTREAM_GAP: Duration = Duration::from_millis(50);
 /// Packet ids awaiting their QueueStatus; past this the map is cleared (answers are not
 /// guaranteed, so entries must not pile up).
 const PENDING_IDS: usize = 512;
+/// How long a replay waits for a config-only refresh under way: the Python client gives up on
+/// a download after 30 s.
+const REFRESH_WAIT: Duration = Duration::from_secs(10);
+/// Nodes the replay's list holds at most (radios hold 10 to 250; Linux native is configurable):
+/// a radio that sends more is not followed into unbounded memory.
+const MAX_NODES: usize = 4096;
+/// Configuration frames a download may carry (about 40 on firmware 2.7).
+const MAX_CONFIG_FRAMES: usize = 256;
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -203,19 +217,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What the upstream side knows: the handshake and the current node list.
+/// What the upstream side knows: the handshake, the radio's configuration and node list as
+/// of the latest downloads.
 #[derive(Debug, Default)]
 struct Upstream {
     session: Option<Arc<Session>>,
+    /// The configuration frames (my_info, own node_info, metadata, channels, configs, module
+    /// configs, files) of the handshake, then of each config-only refresh, as the radio sent
+    /// them.
+    config: Vec<RadioFrame>,
     /// Node number → latest node_info, in first-seen order.
     nodes: Vec<NodeInfo>,
     up: bool,
+    /// The download keysync asked for that is under way.
+    download: Option<Collecting>,
+}
+
+/// What a download keysync asked for (a nodes-only refresh of the sync engine, a config-only
+/// refresh of the proxy) has delivered so far.
+#[derive(Debug)]
+struct Collecting {
+    nonce: u32,
+    nodes: Vec<NodeInfo>,
+    config: Vec<RadioFrame>,
+}
+
+impl Collecting {
+    fn new(nonce: u32) -> Self {
+        Self {
+            nonce,
+            nodes: Vec::new(),
+            config: Vec::new(),
+        }
+    }
+
+    fn has_nodes(&self) -> bool {
+        self.nonce != CONFIG_ONLY_NONCE
+    }
+
+    fn has_config(&self) -> bool {
+        self.nonce != NODES_ONLY_NONCE
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     config: ProxyConfig,
     upstream: Mutex<Upstream>,
+    /// Config-only refreshes asked for and not completed; a replay waits for none.
+    refreshes: watch::Sender<u32>,
     session_ready: watch::Sender<bool>,
     /// Live frames for configured clients.
     live: broadcast::Sender<Arc<RadioFrame>>,
@@ -306,6 +356,7 @@ impl Bound {
         let shared = Arc::new(Shared {
             config,
             upstream: Mutex::new(Upstream::default()),
+            refreshes: watch::channel(0).0,
             session_ready: watch::channel(false).0,
             live: broadcast::channel(CLIENT_QUEUE).0,
             pending_ids: Mutex::new(HashMap::new()),
@@ -317,7 +368,7 @@ impl Bound {
             close_all: Mutex::new(CancellationToken::new()),
         });
         log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}");
-        tokio::spawn(follow_upstream(shared.clone(), notices));
+        tokio::spawn(follow_upstream(shared.clone(), notices, sender.clone()));
         tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
         tokio::spawn(accept(shared.clone(), listener));
         tokio::spawn(refresh_views(shared));
@@ -333,9 +384,14 @@ async fn refresh_views(shared: Arc<Shared>) {
     }
 }
 
-/// Tracks the upstream session and node list, routes QueueStatus, fans out live frames, and
-/// closes clients after a long outage.
-async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<LinkNotice>) {
+/// Tracks the upstream session, configuration and node list, routes QueueStatus, fans out live
+/// frames, refreshes the configuration when the radio shows it changed, and closes clients
+/// after a long outage.
+async fn follow_upstream(
+    shared: Arc<Shared>,
+    mut notices: broadcast::Receiver<LinkNotice>,
+    sender: LinkSender,
+) {
     let mut down_since: Option<Instant> = None;
     loop {
         let grace_left = down_since.map(|t| {
@@ -363,24 +419,54 @@ async fn follow_upstream(shared: Arc<Shared>, mut notices: broadcast::Receiver<L
                 down_since = None;
                 let mut up = lock(&shared.upstream);
                 up.nodes.clone_from(&session.nodes);
+                up.nodes.truncate(MAX_NODES);
+                up.config.clone_from(&session.config);
+                up.config.truncate(MAX_CONFIG_FRAMES);
                 up.session = Some(session);
                 up.up = true;
+                up.download = None;
                 drop(up);
                 shared.session_ready.send_replace(true);
             }
             Ok(LinkNotice::Down(_)) => {
-                lock(&shared.upstream).up = false;
+                let mut up = lock(&shared.upstream);
+                up.up = false;
+                up.download = None;
+                drop(up);
                 down_since = Some(Instant::now());
             }
-            Ok(LinkNotice::Frame(frame)) => on_frame(&shared, frame),
+            Ok(LinkNotice::Download(nonce)) => {
+                lock(&shared.upstream).download = Some(Collecting::new(nonce));
+            }
+            Ok(LinkNotice::Frame(frame)) => {
+                if on_frame(&shared, frame) {
+                    refresh_config(&shared, &sender).await;
+                }
+            }
         }
     }
 }
 
-fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
+/// Follows one frame from the radio; true when it shows the cached configuration is stale.
+fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) -> bool {
     use from_radio::PayloadVariant as V;
+    if collect(shared, &frame) {
+        return false;
+    }
     match &frame.payload_variant {
         Some(V::NodeInfo(node)) => upsert(&mut lock(&shared.upstream).nodes, node.clone()),
+        Some(V::Channel(_) | V::Config(_) | V::ModuleConfig(_)) => {
+            // Not part of a download keysync asked for: the radio says what it holds now.
+            let up = lock(&shared.upstream);
+            if up.up
+                && let Some(part) = frame
+                    .payload_variant
+                    .as_ref()
+                    .and_then(ConfigPart::of_frame)
+            {
+                return part.differs_from(&up.config);
+            }
+        }
         Some(V::QueueStatus(q)) => {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
@@ -390,6 +476,7 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
         }
         Some(V::ConfigCompleteId(_)) => {}
         Some(V::Packet(packet)) => {
+            let stale = admin_answer_differs(shared, packet);
             if let Some(seen) = crate::engine::radio::node_seen(&frame) {
                 let mut up = lock(&shared.upstream);
                 if let Some(node) = up.nodes.iter_mut().find(|n| n.num == seen.num) {
@@ -407,6 +494,7 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
             if lock(&shared.upstream).up {
                 let _ = shared.live.send(frame);
             }
+            return stale;
         }
         // Including what this crate cannot name (newer firmware's variants): relayed as is.
         Some(_) | None => {
@@ -415,13 +503,271 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) {
             }
         }
     }
+    false
 }
 
 fn upsert(nodes: &mut Vec<NodeInfo>, node: NodeInfo) {
-    match nodes.iter_mut().find(|n| n.num == node.num) {
-        Some(slot) => *slot = node,
-        None => nodes.push(node),
+    if let Some(slot) = nodes.iter_mut().find(|n| n.num == node.num) {
+        *slot = node;
+    } else if nodes.len() < MAX_NODES {
+        nodes.push(node);
     }
+}
+
+/// Takes a frame of the download keysync asked for; true when the frame was part of it and
+/// needs nothing more. The download's `config_complete_id` replaces the node list with
+/// exactly the nodes it carried (a node the radio evicted or lost is gone) and the
+/// configuration with the one it carried.
+fn collect(shared: &Shared, frame: &RadioFrame) -> bool {
+    use from_radio::PayloadVariant as V;
+    let mut up = lock(&shared.upstream);
+    let own = up.session.as_ref().map_or(0, |s| s.my_node_num);
+    let Some(download) = up.download.as_mut() else {
+        return false;
+    };
+    match &frame.payload_variant {
+        Some(V::ConfigCompleteId(n)) if *n == download.nonce => {
+            let Some(done) = up.download.take() else {
+                return false;
+            };
+            finish(&mut up, done, own);
+            drop(up);
+            if !matches!(
+                frame.payload_variant,
+                Some(V::ConfigCompleteId(NODES_ONLY_NONCE))
+            ) {
+                shared.refreshes.send_if_modified(|n| {
+                    let pending = *n > 0;
+                    *n = n.saturating_sub(1);
+                    pending
+                });
+            }
+            true
+        }
+        Some(V::NodeInfo(node)) if download.has_nodes() || node.num == own => {
+            if download.has_nodes() && download.nodes.len() < MAX_NODES {
+                download.nodes.push(node.clone());
+            }
+            if download.has_config() && node.num == own && download.config.len() < MAX_CONFIG_FRAMES
+            {
+                download.config.push(frame.clone());
+            }
+            // Live updates meanwhile, and replays before the end, see it too.
+            upsert(&mut up.nodes, node.clone());
+            true
+        }
+        Some(v) if download.has_config() && is_config_part(v, own) => {
+            if download.config.len() < MAX_CONFIG_FRAMES {
+                download.config.push(frame.clone());
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A download keysync asked for is complete: what it carried is what the radio holds.
+fn finish(up: &mut Upstream, done: Collecting, own: u32) {
+    let (has_nodes, has_config) = (done.has_nodes(), done.has_config());
+    if has_nodes && !done.nodes.is_empty() {
+        let before = up.nodes.len();
+        let mut nodes: Vec<NodeInfo> = Vec::with_capacity(done.nodes.len());
+        for node in done.nodes {
+            upsert(&mut nodes, node);
+        }
+        let gone = up
+            .nodes
+            .iter()
+            .filter(|old| !nodes.iter().any(|n| n.num == old.num))
+            .count();
+        if gone > 0 {
+            log::info!(target: "keysync::engine::proxy",
+                "the radio no longer lists {gone} of {before} nodes: replays leave them out");
+        }
+        up.nodes = nodes;
+    }
+    let carries_config = done.config.iter().any(|f| {
+        matches!(
+            f.payload_variant,
+            Some(from_radio::PayloadVariant::MyInfo(_))
+        )
+    });
+    if has_config && carries_config {
+        for f in &done.config {
+            if let Some(from_radio::PayloadVariant::NodeInfo(node)) = &f.payload_variant
+                && node.num == own
+            {
+                upsert(&mut up.nodes, node.clone());
+            }
+        }
+        up.config = done.config;
+        log::info!(target: "keysync::engine::proxy",
+            "configuration refreshed from the radio ({} frames)", up.config.len());
+    }
+}
+
+/// Asks the radio for a config-only download now (the radio's own frames showed a change);
+/// one at a time.
+async fn refresh_config(shared: &Shared, sender: &LinkSender) {
+    let Some(session) = sender.session() else {
+        return;
+    };
+    if *shared.refreshes.borrow() > 0 {
+        return;
+    }
+    shared.refreshes.send_modify(|n| *n += 1);
+    log::info!(target: "keysync::engine::proxy",
+        "the radio's configuration changed: refreshing it before the next replay");
+    if sender
+        .send(
+            session,
+            crate::engine::radio::want_config(CONFIG_ONLY_NONCE),
+        )
+        .await
+        .is_err()
+    {
+        shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A part of the radio's configuration, as a download frame or an admin answer carries it.
+#[derive(Debug, Clone, PartialEq)]
+enum ConfigPart {
+    Channel(meshtastic::protobufs::Channel),
+    Config(meshtastic::protobufs::Config),
+    Module(meshtastic::protobufs::ModuleConfig),
+}
+
+impl ConfigPart {
+    fn of_frame(v: &from_radio::PayloadVariant) -> Option<Self> {
+        use from_radio::PayloadVariant as V;
+        match v {
+            V::Channel(c) => Some(Self::Channel(c.clone())),
+            V::Config(c) => Some(Self::Config(c.clone())),
+            V::ModuleConfig(m) => Some(Self::Module(m.clone())),
+            _ => None,
+        }
+    }
+
+    fn of_admin(admin: &AdminMessage) -> Option<Self> {
+        use admin_message::PayloadVariant as A;
+        match admin.payload_variant.as_ref()? {
+            A::GetChannelResponse(c) => Some(Self::Channel(c.clone())),
+            A::GetConfigResponse(c) => Some(Self::Config(c.clone())),
+            A::GetModuleConfigResponse(m) => Some(Self::Module(m.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether the same slot (channel index, config or module section) holds something else
+    /// in `config`, or nothing.
+    fn differs_from(&self, config: &[RadioFrame]) -> bool {
+        use std::mem::discriminant;
+        let same_slot = |cached: &Self| match (self, cached) {
+            (Self::Channel(a), Self::Channel(b)) => a.index == b.index,
+            (Self::Config(a), Self::Config(b)) => a
+                .payload_variant
+                .as_ref()
+                .zip(b.payload_variant.as_ref())
+                .is_some_and(|(a, b)| discriminant(a) == discriminant(b)),
+            (Self::Module(a), Self::Module(b)) => a
+                .payload_variant
+                .as_ref()
+                .zip(b.payload_variant.as_ref())
+                .is_some_and(|(a, b)| discriminant(a) == discriminant(b)),
+            _ => false,
+        };
+        !config
+            .iter()
+            .filter_map(|f| f.payload_variant.as_ref().and_then(Self::of_frame))
+            .any(|cached| same_slot(&cached) && cached == *self)
+    }
+}
+
+/// Whether `packet` is the radio's answer to an admin get (a client asked) showing a channel or
+/// config other than the cached one: changed by another client of the radio (BLE, serial).
+fn admin_answer_differs(shared: &Shared, packet: &MeshPacket) -> bool {
+    let up = lock(&shared.upstream);
+    let own = up.session.as_ref().map_or(0, |s| s.my_node_num);
+    if !up.up || packet.from != own {
+        return false;
+    }
+    admin_of(packet)
+        .as_ref()
+        .and_then(ConfigPart::of_admin)
+        .is_some_and(|part| part.differs_from(&up.config))
+}
+
+/// What a client's admin message to the radio changes in what a replay shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplayEffect {
+    None,
+    /// Channels, config, module config, owner or position: a config-only refresh follows it.
+    Config,
+    Removed(u32),
+    Favourite(u32, bool),
+    Ignored(u32, bool),
+}
+
+impl ReplayEffect {
+    fn of(admin: &AdminMessage) -> Self {
+        use admin_message::PayloadVariant as A;
+        match admin.payload_variant {
+            Some(
+                A::SetOwner(_)
+                | A::SetChannel(_)
+                | A::SetConfig(_)
+                | A::SetModuleConfig(_)
+                | A::SetHamMode(_)
+                | A::SetFixedPosition(_)
+                | A::RemoveFixedPosition(_)
+                | A::StoreUiConfig(_)
+                | A::CommitEditSettings(_)
+                | A::RestorePreferences(_)
+                | A::FactoryResetConfig(_),
+            ) => Self::Config,
+            Some(A::RemoveByNodenum(n)) => Self::Removed(n),
+            Some(A::SetFavoriteNode(n)) => Self::Favourite(n, true),
+            Some(A::RemoveFavoriteNode(n)) => Self::Favourite(n, false),
+            Some(A::SetIgnoredNode(n)) => Self::Ignored(n, true),
+            Some(A::RemoveIgnoredNode(n)) => Self::Ignored(n, false),
+            _ => Self::None,
+        }
+    }
+}
+
+/// What a client's packet, admitted and on its way to the radio, changes in the replay: the
+/// node list at once (as the firmware does it on receipt, AdminModule.cpp), the configuration
+/// through a config-only refresh queued behind the packet, so the radio has applied it first.
+fn replay_effect(shared: &Shared, packet: &MeshPacket) -> ReplayEffect {
+    let AdminPayload::Admin(admin) = admin_payload(packet) else {
+        return ReplayEffect::None;
+    };
+    let mut up = lock(&shared.upstream);
+    let own = up.session.as_ref().map_or(0, |s| s.my_node_num);
+    // Admin for another node goes over the mesh and changes nothing here.
+    if packet.to != own && packet.to != 0 {
+        return ReplayEffect::None;
+    }
+    let effect = ReplayEffect::of(&admin);
+    match effect {
+        ReplayEffect::Removed(num) if num != own => up.nodes.retain(|n| n.num != num),
+        ReplayEffect::Favourite(num, on) => {
+            if let Some(n) = up.nodes.iter_mut().find(|n| n.num == num) {
+                n.is_favorite = on;
+            }
+        }
+        ReplayEffect::Ignored(num, on) => {
+            if let Some(n) = up.nodes.iter_mut().find(|n| n.num == num) {
+                n.is_ignored = on;
+            }
+        }
+        ReplayEffect::Config => {
+            shared.refreshes.send_modify(|n| *n = n.saturating_add(1));
+        }
+        ReplayEffect::Removed(_) | ReplayEffect::None => {}
+    }
+    effect
 }
 
 /// The one writer towards the radio: downstream packets in order, paced, held (bounded) while
@@ -711,10 +1057,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
                     }
                     pending.insert(packet.id, direct.clone());
                 }
-                let _ = shared
-                    .outbound
-                    .send((stats.clone(), MeshPacketOrOther::Packet(packet)))
-                    .await;
+                forward(shared, &stats, packet).await;
             }
             Some(to_radio::PayloadVariant::Disconnect(_)) => break "said disconnect",
             // Nothing, a heartbeat while the radio is away, or a packet the filter dropped.
@@ -938,6 +1281,30 @@ fn admit(shared: &Shared, verdict: Verdict) -> bool {
     }
 }
 
+/// Sends an admitted client packet upstream, with what it changes in the replay: the node list
+/// at once, the configuration by a config-only refresh queued right behind it.
+async fn forward(shared: &Shared, client: &Arc<ClientStats>, packet: MeshPacket) {
+    let effect = replay_effect(shared, &packet);
+    let _ = shared
+        .outbound
+        .send((client.clone(), MeshPacketOrOther::Packet(packet)))
+        .await;
+    if effect == ReplayEffect::Config {
+        queue_refresh(shared, client).await;
+    }
+}
+
+/// Queues a config-only download behind what `client` just sent, so that it shows the
+/// change; counted in [`Shared::refreshes`] already.
+async fn queue_refresh(shared: &Shared, client: &Arc<ClientStats>) {
+    log::info!(target: "keysync::engine::proxy",
+        "{} changes the radio's configuration: refreshing it before the next replay", client.addr);
+    let want = MeshPacketOrOther::Other(crate::engine::radio::want_config(CONFIG_ONLY_NONCE));
+    if shared.outbound.send((client.clone(), want)).await.is_err() {
+        shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// Whether a downstream packet may go to the radio; learns nothing itself.
 fn filter(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> Verdict {
     let admin = match admin_payload(packet) {
@@ -1084,17 +1451,29 @@ fn replay_for(
     frames
 }
 
-/// The frames of a config download for `nonce`, from what the upstream handshake delivered and
-/// the current node list; waits (bounded) for the first handshake.
+/// The frames of a config download for `nonce`, from the radio's latest configuration and the
+/// current node list; waits (bounded) for the first handshake, and for a configuration refresh
+/// under way.
 async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
     let mut ready = shared.session_ready.subscribe();
     timeout(CONFIG_WAIT, ready.wait_for(|r| *r))
         .await
         .ok()?
         .ok()?;
+    if nonce != NODES_ONLY_NONCE {
+        let mut refreshes = shared.refreshes.subscribe();
+        if timeout(REFRESH_WAIT, refreshes.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            log::warn!(target: "keysync::engine::proxy",
+                "the radio's configuration was not refreshed within {}: replaying the last one known",
+                humantime::format_duration(REFRESH_WAIT));
+            shared.refreshes.send_replace(0);
+        }
+    }
     let up = lock(&shared.upstream);
-    let session = up.session.clone()?;
-    let own = session.my_node_num;
+    let own = up.session.as_ref()?.my_node_num;
     let frame = |v: from_radio::PayloadVariant| {
         RadioFrame::composed(FromRadio {
             id: 0,
@@ -1103,6 +1482,7 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
     };
     let others: Vec<NodeInfo> = up.nodes.iter().filter(|n| n.num != own).cloned().collect();
     let own_node = up.nodes.iter().find(|n| n.num == own).cloned();
+    let config = up.config.clone();
     drop(up);
     let mut out = Vec::new();
     if nonce == NODES_ONLY_NONCE {
@@ -1116,9 +1496,11 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
         return Some(out);
     }
     let with_nodes = nonce != CONFIG_ONLY_NONCE;
-    let count = 1 + if with_nodes { others.len() } else { 0 };
+    // The NodeDB's total, own node included, in a config-only download too (PhoneAPI.cpp:
+    // `nodedb_count = getNumMeshNodes()` whatever the nonce).
+    let count = 1 + others.len();
     let mut files = Vec::new();
-    for f in &session.config {
+    for f in config {
         match &f.payload_variant {
             Some(from_radio::PayloadVariant::MyInfo(info)) => {
                 let mut info = info.clone();
@@ -1130,8 +1512,8 @@ async fn replay(shared: &Shared, nonce: u32) -> Option<Vec<RadioFrame>> {
                     out.push(frame(from_radio::PayloadVariant::NodeInfo(n.clone())));
                 }
             }
-            Some(from_radio::PayloadVariant::FileInfo(_)) => files.push(f.clone()),
-            _ => out.push(f.clone()),
+            Some(from_radio::PayloadVariant::FileInfo(_)) => files.push(f),
+            _ => out.push(f),
         }
     }
     if with_nodes {

@@ -895,6 +895,9 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
     state.frames_sent += 1;
     let deadline = Instant::now() + job.settings.download_timeout;
     let mut nodes = Vec::new();
+    // Until the link says the request went out, frames belong to another download (the
+    // proxy's config-only refresh, which the link lets finish first) or are live updates.
+    let mut asked = false;
     loop {
         let notice = match timeout_at(deadline, job.notices.recv()).await {
             Err(_) => {
@@ -919,13 +922,15 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
                     during: "during the download",
                 });
             }
-            LinkNotice::Frame(frame) => match &frame.payload_variant {
+            LinkNotice::Download(n) => asked |= n == nonce,
+            LinkNotice::Frame(frame) if asked => match &frame.payload_variant {
                 Some(from_radio::PayloadVariant::NodeInfo(node)) => nodes.push(node.clone()),
                 Some(from_radio::PayloadVariant::ConfigCompleteId(n)) if *n == nonce => {
                     return Ok(nodes);
                 }
                 _ => {}
             },
+            LinkNotice::Frame(_) => {}
         }
     }
 }
@@ -1096,6 +1101,7 @@ async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), SyncError> {
                     during: "while pushing",
                 });
             }
+            LinkNotice::Download(_) => {}
             LinkNotice::Frame(frame) => {
                 let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant
                 else {

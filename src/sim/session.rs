@@ -274,7 +274,7 @@ impl Client {
         let to_self = packet.to == my_num || packet.to == 0;
         let verdict = if to_self {
             if let Some(admin) = admin_of(packet) {
-                self.admin(admin.payload_variant);
+                self.admin(packet, admin.payload_variant);
             }
             Verdict::Accepted
         } else {
@@ -362,7 +362,7 @@ impl Client {
     }
 
     /// An admin message to the radio itself (AdminModule.cpp).
-    fn admin(&self, admin: Option<admin_message::PayloadVariant>) {
+    fn admin(&self, packet: &MeshPacket, admin: Option<admin_message::PayloadVariant>) {
         use admin_message::PayloadVariant as A;
         let counters = &self.shared.counters;
         if let Some(A::AddContact(_)) = &admin {
@@ -398,7 +398,45 @@ impl Client {
             A::RemoveFavoriteNode(num) => {
                 self.shared.operator(OperatorAction::Unfavorite, num);
             }
+            A::SetChannel(channel) => self.set_channel(packet, channel),
+            A::GetChannelRequest(slot) => self.get_channel(packet, slot),
             _ => {}
+        }
+    }
+
+    /// set_channel from this client; an index outside the eight slots is a BAD_REQUEST (AdminModule.cpp). Asked for a response, the radio answers with an ACK.
+    fn set_channel(&self, packet: &MeshPacket, channel: Channel) {
+        let shared = &self.shared;
+        let slot = channel.index;
+        let error = if shared.set_channel(channel) {
+            log::info!(target: "keysync::sim", "{}: set_channel {slot}", self.peer);
+            wants_response(packet).then_some(RoutingError::None)
+        } else {
+            log::info!(target: "keysync::sim", "{}: set_channel for slot {slot}: no such slot", self.peer);
+            Some(RoutingError::BadRequest)
+        };
+        if let Some(error) = error {
+            shared.to_client(shared.routing_error(error, packet.id));
+        }
+    }
+
+    /// get_channel_request (AdminModule.cpp handleGetChannel): slot `n` is channel `n - 1`,
+    /// answered only when a response is asked for; outside the slots, BAD_REQUEST.
+    fn get_channel(&self, packet: &MeshPacket, slot: u32) {
+        let shared = &self.shared;
+        let channel = slot
+            .checked_sub(1)
+            .and_then(|i| shared.radio().channels.get(i as usize).cloned());
+        let Some(channel) = channel else {
+            shared.to_client(shared.routing_error(RoutingError::BadRequest, packet.id));
+            return;
+        };
+        if wants_response(packet) {
+            let answer = meshtastic::protobufs::AdminMessage {
+                payload_variant: Some(admin_message::PayloadVariant::GetChannelResponse(channel)),
+                ..meshtastic::protobufs::AdminMessage::default()
+            };
+            shared.to_client(shared.reply(PortNum::AdminApp, answer.encode_to_vec(), packet.id));
         }
     }
 
@@ -502,7 +540,8 @@ impl Client {
             role: profile.role.role() as i32,
             ..DeviceMetadata::default()
         })));
-        out.extend(channels().into_iter().map(|c| frame(V::Channel(c))));
+        let channels = self.shared.radio().channels.clone();
+        out.extend(channels.into_iter().map(|c| frame(V::Channel(c))));
         // The firmware hands its private key to a connected client; a stand-in here (the sim
         // has no key pair), so that tests can see who gets it.
         let private_key = own_key.iter().map(|b| b ^ 0x5a).collect();
@@ -564,9 +603,14 @@ fn node_info_with_raw_names(info: &NodeInfo, raw: &RawNames) -> Vec<u8> {
     frame.to_vec()
 }
 
-/// The eight channel slots: a primary with the default key, the rest disabled.
-fn channels() -> Vec<Channel> {
-    (0..8)
+fn wants_response(packet: &MeshPacket) -> bool {
+    matches!(&packet.payload_variant, Some(mesh_packet::PayloadVariant::Decoded(d)) if d.want_response)
+}
+
+/// The channel slots of a new radio: a primary with the default key, the rest disabled.
+pub(super) fn channels() -> Vec<Channel> {
+    (0_i32..)
+        .take(super::CHANNEL_SLOTS)
         .map(|index| Channel {
             index,
             settings: Some(ChannelSettings {

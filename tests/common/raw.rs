@@ -177,6 +177,17 @@ pub fn my_node_num(frames: &[FromRadio]) -> u32 {
         .expect("a full download starts with my_info")
 }
 
+/// `nodedb_count` from a full or config-only download's `my_info`.
+pub fn nodedb_count(frames: &[FromRadio]) -> u32 {
+    frames
+        .iter()
+        .find_map(|f| match &f.payload_variant {
+            Some(from_radio::PayloadVariant::MyInfo(m)) => Some(m.nodedb_count),
+            _ => None,
+        })
+        .expect("the download starts with my_info")
+}
+
 /// The routing error and request id a frame carries, if it is a routing packet.
 pub fn routing_error(frame: &FromRadio) -> Option<(routing::Error, u32)> {
     let Some(from_radio::PayloadVariant::Packet(p)) = &frame.payload_variant else {
