@@ -219,31 +219,24 @@ impl<T> HeldQueues<T> {
     /// Puts back at the front of `client`'s queue what was taken and could not be sent; it
     /// goes next, before that client's later packets.
     pub fn put_back(&mut self, client: u64, item: T) {
-        let at = match self.queues.iter().position(|(c, _)| *c == client) {
-            Some(i) => i,
-            None => {
-                self.queues.push_front((client, VecDeque::new()));
-                0
-            }
-        };
         // Served first again: its turn was not used.
-        if let Some(entry) = self.queues.remove(at) {
-            self.queues.push_front(entry);
-        }
-        if let Some((_, q)) = self.queues.front_mut() {
-            q.push_front(item);
-        }
+        let mut queue = self
+            .queues
+            .iter()
+            .position(|(c, _)| *c == client)
+            .and_then(|i| self.queues.remove(i))
+            .map_or_else(VecDeque::new, |(_, q)| q);
+        queue.push_front(item);
+        self.queues.push_front((client, queue));
         self.held += 1;
     }
 
     fn queue_mut(&mut self, client: u64) -> &mut VecDeque<T> {
-        let at = match self.queues.iter().position(|(c, _)| *c == client) {
-            Some(i) => i,
-            None => {
-                self.queues.push_back((client, VecDeque::new()));
-                self.queues.len() - 1
-            }
-        };
+        let at = self.queues.iter().position(|(c, _)| *c == client);
+        let at = at.unwrap_or_else(|| {
+            self.queues.push_back((client, VecDeque::new()));
+            self.queues.len() - 1
+        });
         &mut self.queues[at].1
     }
 
