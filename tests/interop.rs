@@ -386,17 +386,14 @@ fn assert_lists_generated_nodes(table: &str, n: usize) {
 fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
     let cli = required_cli();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let sim = runtime
-        .block_on(async {
-            keysync::sim::SimHandle::start(keysync::sim::SimConfig {
-                listen: "127.0.0.1:0".parse().expect("loopback"),
-                nodes: 40,
-                capacity: Some(20),
-                announce_every: None,
-                ..keysync::sim::SimConfig::default()
-            })
-        })
-        .expect("the sim binds");
+    let sim = sim_in(
+        &runtime,
+        keysync::sim::SimConfig {
+            nodes: 40,
+            capacity: Some(20),
+            ..quiet_sim()
+        },
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     let mut population = Population::new(1);
@@ -461,6 +458,122 @@ fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0,
         "no DM refused for lack of a key"
+    );
+    drop(runtime);
+}
+
+/// A quiet simulated radio on a loopback port the OS picks.
+fn quiet_sim() -> keysync::sim::SimConfig {
+    keysync::sim::SimConfig {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        announce_every: None,
+        ..keysync::sim::SimConfig::default()
+    }
+}
+
+/// The simulated radio in this process (so its state can be read), running on `runtime`.
+fn sim_in(
+    runtime: &tokio::runtime::Runtime,
+    config: keysync::sim::SimConfig,
+) -> keysync::sim::SimHandle {
+    runtime
+        .block_on(async { keysync::sim::SimHandle::start(config) })
+        .expect("the sim binds")
+}
+
+/// Two Python clients through the proxy, each sending a text every 4 s for 40 s: each within
+/// the firmware's one text per 2 s on its own, together at it. The radio (2.7.26, which
+/// refuses a text within 2 s of the last one on a connection with RATE_LIMIT_EXCEEDED) gets all
+/// 20 and refuses none: keysync spaces the clients' texts on its one connection.
+#[test]
+#[cfg_attr(
+    no_python,
+    ignore = "python3 is missing: the Python meshtastic client cannot be installed"
+)]
+fn two_python_clients_texting_together_at_the_firmware_limit_get_every_text_to_the_radio() {
+    const TEXTS: usize = 10;
+    let _cli = required_cli();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = sim_in(
+        &runtime,
+        keysync::sim::SimConfig {
+            nodes: 10,
+            profile: keysync::sim::Profile::new(
+                "2.7.26",
+                keysync::sim::Hw::default(),
+                keysync::sim::SimRole::default(),
+            )
+            .expect("profile"),
+            ..quiet_sim()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (keysync, _log) = start_proxy(&sim.addr().to_string(), &dir.path().join("k.db"), &[]);
+    let (host, port) = keysync.addr.split_once(':').expect("host:port");
+    // Both connected and configured by then; the second client 2 s after the first.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+        + 6.0;
+    let texter = |label: &str, offset: f64| {
+        Command::new(python())
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/texter.py"))
+            .args([host, port, label, &TEXTS.to_string(), "4"])
+            .arg(format!("{:.3}", start + offset))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the texter starts")
+    };
+    let clients = [texter("fair-A", 0.0), texter("fair-B", 2.0)];
+    let mut errors = Vec::new();
+    for client in clients {
+        let out = client.wait_with_output().expect("the texter ends");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "a texter failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+        errors.extend(report["errors"].as_array().cloned().unwrap_or_default());
+    }
+    let texts: Vec<String> = sim
+        .sent()
+        .iter()
+        .filter_map(|p| match &p.payload_variant {
+            Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) => {
+                Some(String::from_utf8_lossy(&d.payload).into_owned())
+            }
+            _ => None,
+        })
+        .filter(|t| t.starts_with("fair-"))
+        .collect();
+    let refused = sim
+        .counters()
+        .rate_limited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "two clients texting: {} of {} texts reached the radio; the radio refused {refused}; \
+         the clients saw routing errors {errors:?}",
+        texts.len(),
+        2 * TEXTS
+    );
+    for label in ["fair-A", "fair-B"] {
+        for n in 0..TEXTS {
+            let text = format!("{label} {n}");
+            assert!(
+                texts.contains(&text),
+                "{text:?} never reached the radio: {texts:?}"
+            );
+        }
+    }
+    assert_eq!(texts.len(), 2 * TEXTS, "each text once: {texts:?}");
+    assert_eq!(refused, 0, "the radio refused none as over its limit");
+    assert!(
+        errors.is_empty(),
+        "no client was answered with an error: {errors:?}"
     );
     drop(runtime);
 }

@@ -1125,3 +1125,140 @@ async fn a_channel_changed_behind_keysync_is_refreshed_when_the_radio_answers_a_
     assert!(channels.contains(&(1, "ble".into())), "{channels:?}");
     p.engine.quit().await;
 }
+
+/// Whether `frame` is a QueueStatus for packet `id` with this `res`.
+fn is_queue_status(frame: &FromRadio, id: Option<u32>, res: i32) -> bool {
+    matches!(&frame.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(q))
+        if q.res == res && id.is_none_or(|id| q.mesh_packet_id == id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_the_radio_fills_only_its_own_queue_and_anothers_ten_texts_all_arrive() {
+    // Firmware without a text limit: the flood reaches keysync's queues whole.
+    let mut sim = sim_config(3);
+    sim.profile = keysync::sim::Profile::new(
+        "2.6.11",
+        keysync::sim::Hw::default(),
+        keysync::sim::SimRole::default(),
+    )
+    .expect("profile");
+    let p = started_on(sim, |_| {}).await;
+    let mut flooder = configured_client(p.addr).await;
+    let mut other = configured_client(p.addr).await;
+    other.number_from(0x0020_0000);
+    let (flooding, mut flood_started) = tokio::sync::watch::channel(0u32);
+    let flood = tokio::spawn(async move {
+        for i in 0..400 {
+            flooder
+                .packet(
+                    radio::BROADCAST,
+                    meshtastic::protobufs::PortNum::TextMessageApp,
+                    b"flood".to_vec(),
+                )
+                .await;
+            flooding.send_replace(i);
+        }
+        flooder
+    });
+    flood_started
+        .wait_for(|n| *n >= 50)
+        .await
+        .expect("the flood runs");
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let body = format!("text {n} from the other client");
+        ids.push(
+            other
+                .packet(
+                    radio::BROADCAST,
+                    meshtastic::protobufs::PortNum::TextMessageApp,
+                    body.into_bytes(),
+                )
+                .await,
+        );
+    }
+    let mut flooder = flood.await.expect("the flood ends");
+    wait_until("the other client's ten texts at the radio", || {
+        let sent = p.sim.sent();
+        ids.iter().all(|id| sent.iter().any(|s| s.id == *id))
+    })
+    .await;
+    for id in ids {
+        other
+            .recv_until("the radio's QueueStatus for each text", |f| {
+                is_queue_status(f, Some(id), 0)
+            })
+            .await;
+    }
+    flooder
+        .recv_until("a full queue's answer to the flooder", |f| {
+            is_queue_status(f, None, 32)
+        })
+        .await;
+    let flood_at_radio = p.sim.sent().iter().filter(|s| s.id < 0x0020_0000).count();
+    assert!(
+        flood_at_radio < 400,
+        "the flood was refused beyond its own queue: {flood_at_radio} of 400 reached the radio"
+    );
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn a_client_over_the_text_limit_is_answered_by_keysync_and_anothers_text_waits_for_the_radio()
+{
+    let p = started(3, |_| {}).await;
+    let mut first = configured_client(p.addr).await;
+    let mut second = configured_client(p.addr).await;
+    second.number_from(0x0020_0000);
+    let text = meshtastic::protobufs::PortNum::TextMessageApp;
+    let accepted = first.packet(radio::BROADCAST, text, b"one".to_vec()).await;
+    let too_soon = first.packet(radio::BROADCAST, text, b"two".to_vec()).await;
+    let waits = second
+        .packet(radio::BROADCAST, text, b"three".to_vec())
+        .await;
+    // As the firmware answers: QueueStatus res = 0, then RATE_LIMIT_EXCEEDED for that packet.
+    first
+        .recv_until("the QueueStatus of the text over the limit", |f| {
+            is_queue_status(f, Some(too_soon), 0)
+        })
+        .await;
+    let error = first
+        .recv_until("the routing error", |f| raw::routing_error(f).is_some())
+        .await;
+    assert_eq!(
+        raw::routing_error(&error),
+        Some((
+            meshtastic::protobufs::routing::Error::RateLimitExceeded,
+            too_soon
+        ))
+    );
+    second
+        .recv_until("the radio's QueueStatus for the held text", |f| {
+            is_queue_status(f, Some(waits), 0)
+        })
+        .await;
+    let sent = p.sim.sent();
+    let at = |id: u32| {
+        sent.iter()
+            .zip(p.sim.sent_times())
+            .find(|(s, _)| s.id == id)
+            .map(|(_, t)| t)
+    };
+    let (Some(one), Some(three)) = (at(accepted), at(waits)) else {
+        panic!("both texts within their own limits reached the radio: {sent:?}");
+    };
+    assert!(
+        at(too_soon).is_none(),
+        "the text over the limit was not sent"
+    );
+    assert!(
+        three.duration_since(one) >= Duration::from_secs(2),
+        "the second client's text waited for the radio's text gap"
+    );
+    assert_eq!(
+        p.sim.counters().rate_limited.load(Ordering::Relaxed),
+        0,
+        "the radio refused nothing"
+    );
+    p.engine.quit().await;
+}

@@ -19,8 +19,12 @@
 //!   is written, never before its `config_complete_id`) through a bounded queue per client (the
 //!   oldest dropped and counted, like the radio's own 32-frame queue); keysync's own traffic
 //!   (node lists it downloads, QueueStatus for its pushes and heartbeats) is not shown.
-//! - Downstream packets go upstream in order through one paced writer; the QueueStatus that
-//!   answers one goes back to the client that sent it (a packet without an id gets one).
+//! - Each client is held to the firmware's per-connection limits as if it were the radio's only
+//!   client (`fair`): over a limit it is answered as the firmware answers; within them its
+//!   packets wait in its own bounded queue until keysync's one connection may send them, so no
+//!   client's packet is refused for another's traffic. One writer takes the queues in turn,
+//!   paced by the radio's QueueStatus; the QueueStatus that answers a packet goes back to the
+//!   client that sent it (a packet without an id gets one).
 //! - Downstream heartbeats are answered by keysync only while the radio link is up. A client
 //!   silent past the firmware's idle close, or stuck in a partial frame, is closed.
 //! - Admin payloads that do not decode are dropped. add_contact with an empty or invalid key
@@ -38,8 +42,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
-    AdminMessage, ClientNotification, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
-    ToRadio, admin_message, config, from_radio, log_record, mesh_packet, to_radio,
+    AdminMessage, ClientNotification, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
+    Routing, ToRadio, admin_message, config, from_radio, log_record, mesh_packet, routing,
+    to_radio,
 };
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -51,19 +56,29 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
 use crate::engine::link::{LinkNotice, LinkSender, Session, is_config_part};
 use crate::engine::radio::{
-    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, is_node_num,
-    node_id, valid_key,
+    CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, firmware_version,
+    is_node_num, node_id, valid_key,
 };
+
+mod fair;
 
 /// Frames a slow client may fall behind before the oldest are dropped (the radio's own queue).
 pub const CLIENT_QUEUE: usize = 32;
-/// Downstream packets held while the radio link is down.
-const HELD_PACKETS: usize = 32;
+/// Packets one client may have waiting for the radio: the radio's own queue (`maxlen`).
+const HELD_PER_CLIENT: usize = 16;
+/// Packets all clients together may have waiting, clients that left included.
+const HELD_TOTAL: usize = 256;
 /// How long a client's config request waits for the first upstream handshake.
 const CONFIG_WAIT: Duration = Duration::from_secs(30);
-/// Gap between two downstream packets sent upstream, so several clients cannot burst the
-/// radio's 16-slot queue.
-const UPSTREAM_GAP: Duration = Duration::from_millis(50);
+/// How long the upstream writer waits for the QueueStatus that answers a packet; the radio
+/// does not always send one.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// How long it waits for room while the radio says its queue is full (`free == 0`).
+const ROOM_WAIT: Duration = Duration::from_secs(3);
+/// How often the upstream writer looks for the radio while it is away.
+const AWAY_POLL: Duration = Duration::from_millis(200);
+/// `res` of a QueueStatus for a packet the radio's full queue refused (ERRNO_UNKNOWN).
+const RES_QUEUE_FULL: i32 = 32;
 /// Packet ids awaiting their QueueStatus; past this the map is cleared (answers are not
 /// guaranteed, so entries must not pile up).
 const PENDING_IDS: usize = 512;
@@ -188,6 +203,8 @@ pub struct ClientView {
 
 #[derive(Debug)]
 struct ClientStats {
+    /// Which client, for its held queue.
+    id: u64,
     addr: SocketAddr,
     since: SystemTime,
     frames_in: AtomicU64,
@@ -278,9 +295,50 @@ struct Shared {
     /// one). Read-only, and as fresh as the engine's last publish: a key learned a moment ago
     /// may not be there yet.
     engine: watch::Receiver<crate::engine::Snapshot>,
-    outbound: mpsc::Sender<(Arc<ClientStats>, MeshPacketOrOther)>,
+    /// What clients may send, waiting for the radio.
+    held: Mutex<Held>,
+    /// Told when something was held.
+    held_more: tokio::sync::Notify,
+    /// The radio's queue as its last QueueStatus told.
+    radio_queue: Mutex<QueueRoom>,
+    next_client: AtomicU64,
     /// Cancelled to close every client (a long radio outage).
     close_all: Mutex<CancellationToken>,
+}
+
+/// The clients' packets waiting for the radio.
+#[derive(Debug)]
+struct Held {
+    queues: fair::HeldQueues<Upward>,
+    overflow: OverflowLog,
+}
+
+/// A client's frame on its way to the radio.
+#[derive(Debug)]
+struct Upward {
+    msg: ToRadio,
+    /// The packet's id (0 for frames other than packets, which get no QueueStatus).
+    id: u32,
+    /// The port of a packet that is not encrypted: what the firmware's limits go by.
+    portnum: Option<i32>,
+    /// Where the radio's answer goes.
+    reply: mpsc::Sender<ToClient>,
+}
+
+/// Room in the radio's queue for packets from its client.
+#[derive(Debug, Clone, Copy)]
+struct QueueRoom {
+    free: u32,
+    maxlen: u32,
+}
+
+impl Default for QueueRoom {
+    fn default() -> Self {
+        Self {
+            free: 16,
+            maxlen: 16,
+        }
+    }
 }
 
 /// What goes to one client's writer besides live frames.
@@ -296,17 +354,18 @@ enum ToClient {
     Frame(Bytes),
 }
 
-/// What a client sends upstream.
-#[derive(Debug, Clone)]
-enum MeshPacketOrOther {
-    Packet(MeshPacket),
-    Other(ToRadio),
-}
-
 impl Shared {
     fn publish_views(&self) {
         let views = lock(&self.clients).iter().map(|c| c.view()).collect();
         self.views.send_replace(views);
+    }
+
+    /// The radio's firmware version, as far as the handshake told.
+    fn firmware(&self) -> fair::Version {
+        lock(&self.upstream)
+            .session
+            .as_ref()
+            .and_then(|s| firmware_version(&s.firmware))
     }
 }
 
@@ -352,7 +411,6 @@ impl Bound {
         let Self { config, listener } = self;
         let addr = listener.local_addr()?;
         let (views, clients) = watch::channel(Vec::new());
-        let (outbound, outbound_rx) = mpsc::channel(HELD_PACKETS);
         let shared = Arc::new(Shared {
             config,
             upstream: Mutex::new(Upstream::default()),
@@ -364,12 +422,19 @@ impl Bound {
             views,
             learned,
             engine,
-            outbound,
+            held: Mutex::new(Held {
+                queues: fair::HeldQueues::new(HELD_PER_CLIENT, HELD_TOTAL),
+                overflow: OverflowLog::default(),
+            }),
+            held_more: tokio::sync::Notify::new(),
+            radio_queue: Mutex::new(QueueRoom::default()),
+            next_client: AtomicU64::new(1),
             close_all: Mutex::new(CancellationToken::new()),
         });
         log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}");
+        let answers = notices.resubscribe();
         tokio::spawn(follow_upstream(shared.clone(), notices, sender.clone()));
-        tokio::spawn(write_upstream(shared.clone(), outbound_rx, sender, needs));
+        tokio::spawn(write_upstream(shared.clone(), answers, sender, needs));
         tokio::spawn(accept(shared.clone(), listener));
         tokio::spawn(refresh_views(shared));
         Ok(Proxy { addr, clients })
@@ -770,63 +835,118 @@ fn replay_effect(shared: &Shared, packet: &MeshPacket) -> ReplayEffect {
     effect
 }
 
-/// The one writer towards the radio: downstream packets in order, paced, held (bounded) while
-/// the link is down.
+/// The one writer towards the radio: the clients' held packets in turn, each when keysync's
+/// connection may send it (the firmware's limits for that connection), one at a time, paced by
+/// the radio's QueueStatus. Packets wait (bounded, per client) while the radio is away.
 async fn write_upstream(
     shared: Arc<Shared>,
-    mut outbound: mpsc::Receiver<(Arc<ClientStats>, MeshPacketOrOther)>,
+    answers: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
     needs: mpsc::Sender<crate::engine::KeyNeed>,
 ) {
-    let mut held: VecDeque<ToRadio> = VecDeque::new();
-    let mut overflow = OverflowLog::default();
+    // keysync's connection as the radio judges it; a new connection starts afresh.
+    let mut radio = fair::Connection::default();
+    let mut radio_session = 0;
     loop {
-        let next = if held.is_empty() {
-            match outbound.recv().await {
-                Some((_, item)) => Some(into_to_radio(item)),
-                None => return,
-            }
-        } else {
-            None
-        };
-        if let Some(msg) = next {
-            held.push_back(msg);
-        }
-        // Drain what queued up meanwhile into the hold, keeping it bounded.
-        let away = sender.session().is_none();
-        while let Ok((_, item)) = outbound.try_recv() {
-            if held.len() == HELD_PACKETS {
-                held.pop_front();
-                if let Some(line) = overflow.on_drop(away) {
-                    log::warn!(target: "keysync::engine::proxy", "{line}");
-                }
-            }
-            held.push_back(into_to_radio(item));
-        }
         let Some(session) = sender.session() else {
-            sleep(Duration::from_millis(200)).await;
+            sleep(AWAY_POLL).await;
             continue;
         };
-        let Some(msg) = held.front().cloned() else {
-            continue;
+        if session != radio_session {
+            radio = fair::Connection::default();
+            radio_session = session;
+        }
+        let version = shared.firmware();
+        let next = lock(&shared.held)
+            .queues
+            .next(Instant::now(), |up| radio.ready_at(version, up.portnum));
+        let (client, up) = match next {
+            fair::Next::Take(client, up) => (client, up),
+            fair::Next::WaitUntil(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = shared.held_more.notified() => {}
+                }
+                continue;
+            }
+            fair::Next::Empty => {
+                shared.held_more.notified().await;
+                continue;
+            }
         };
         let own = lock(&shared.upstream)
             .session
             .as_ref()
             .map_or(0, |s| s.my_node_num);
-        key_first(&msg, own, &needs).await;
-        if sender.send(session, msg).await.is_ok() {
-            held.pop_front();
-            overflow.on_sent(held.is_empty());
-            sleep(UPSTREAM_GAP).await;
-        } else {
-            sleep(Duration::from_millis(200)).await;
+        key_first(&up.msg, own, &needs).await;
+        if up.id != 0 {
+            let mut pending = lock(&shared.pending_ids);
+            if pending.len() >= PENDING_IDS {
+                pending.clear();
+            }
+            pending.insert(up.id, up.reply.clone());
+        }
+        // Only answers that come after this send count.
+        let mut answers = answers.resubscribe();
+        if sender.send(session, up.msg.clone()).await.is_err() {
+            lock(&shared.held).queues.put_back(client, up);
+            continue;
+        }
+        {
+            let mut held = lock(&shared.held);
+            let drained = held.queues.is_empty();
+            held.overflow.on_sent(drained);
+        }
+        if up.id != 0 {
+            let taken = wait_for_room(&mut answers, up.id, &shared.radio_queue).await;
+            radio.note_sent(version, up.portnum, taken);
         }
     }
 }
 
-/// Says once per episode why held downstream packets are dropped: once per outage while the
-/// radio is away, once per backlog while it is there but clients send faster than it takes.
+/// Waits for the QueueStatus that answers packet `id` and, while the radio's queue is full, for
+/// one with room; neither is guaranteed to come, so each wait is bounded. Returns when the
+/// radio had taken the packet, as far as keysync can tell: its limits count from no later.
+async fn wait_for_room(
+    answers: &mut broadcast::Receiver<LinkNotice>,
+    id: u32,
+    room: &Mutex<QueueRoom>,
+) -> Instant {
+    let mut deadline = Instant::now() + ANSWER_WAIT;
+    let mut answered = None;
+    loop {
+        let notice = match tokio::time::timeout_at(deadline, answers.recv()).await {
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Ok(notice)) => notice,
+            Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
+        };
+        let LinkNotice::Frame(frame) = notice else {
+            break;
+        };
+        let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant else {
+            continue;
+        };
+        *lock(room) = QueueRoom {
+            free: q.free,
+            maxlen: q.maxlen,
+        };
+        if q.mesh_packet_id == id && answered.is_none() {
+            let now = Instant::now();
+            answered = Some(now);
+            deadline = now + ROOM_WAIT;
+        }
+        if answered.is_some() {
+            if q.free > 0 {
+                break;
+            }
+            log::debug!(target: "keysync::engine::proxy", "radio queue full ({} of {}); waiting", q.free, q.maxlen);
+        }
+    }
+    answered.unwrap_or_else(Instant::now)
+}
+
+/// Says once per episode why clients' packets are refused: once per outage while the radio is
+/// away, once per backlog while it is there but a client sends faster than it takes.
 #[derive(Debug, Default)]
 struct OverflowLog {
     away_said: bool,
@@ -834,8 +954,15 @@ struct OverflowLog {
 }
 
 impl OverflowLog {
-    /// The line for a dropped held packet, unless it was said this episode.
-    fn on_drop(&mut self, away: bool) -> Option<String> {
+    /// The line for a packet from `peer` refused because `full`, with `waiting` held, unless it
+    /// was said this episode.
+    fn on_refused(
+        &mut self,
+        away: bool,
+        waiting: usize,
+        peer: SocketAddr,
+        full: &fair::Full,
+    ) -> Option<String> {
         let said = if away {
             &mut self.away_said
         } else {
@@ -844,13 +971,17 @@ impl OverflowLog {
         if std::mem::replace(said, true) {
             return None;
         }
+        let why = match full {
+            fair::Full::Client => format!("its queue of {HELD_PER_CLIENT} is full"),
+            fair::Full::All => format!("keysync holds at most {HELD_TOTAL} for all clients"),
+        };
         Some(if away {
             format!(
-                "the radio is away: holding the latest {HELD_PACKETS} downstream packets, dropping older ones"
+                "the radio is away and {waiting} downstream packets are waiting: newer ones from {peer} are refused ({why})"
             )
         } else {
             format!(
-                "downstream clients send faster than the radio takes: holding {HELD_PACKETS}, dropping the oldest"
+                "{peer} sends faster than the radio takes: {why}; newer packets are refused as by a full radio queue"
             )
         })
     }
@@ -889,15 +1020,6 @@ async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::engine::
     }
 }
 
-fn into_to_radio(item: MeshPacketOrOther) -> ToRadio {
-    match item {
-        MeshPacketOrOther::Packet(p) => ToRadio {
-            payload_variant: Some(to_radio::PayloadVariant::Packet(p)),
-        },
-        MeshPacketOrOther::Other(msg) => msg,
-    }
-}
-
 async fn accept(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -915,6 +1037,7 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
             continue;
         }
         let stats = Arc::new(ClientStats {
+            id: shared.next_client.fetch_add(1, Ordering::Relaxed),
             addr: peer,
             since: SystemTime::now(),
             frames_in: AtomicU64::new(0),
@@ -953,20 +1076,19 @@ async fn refuse(stream: TcpStream, max: usize) {
     let _ = timeout(Duration::from_secs(2), conn.send(note)).await;
 }
 
-/// The answer to a client's heartbeat, as the firmware gives it.
-fn queue_status_free() -> ToClient {
-    ToClient::Frame(
-        RadioFrame::composed(FromRadio {
-            id: 0,
-            payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
-                res: 0,
-                free: 16,
-                maxlen: 16,
-                mesh_packet_id: 0,
-            })),
-        })
-        .payload,
-    )
+/// A QueueStatus composed by keysync: answers to heartbeats, and to packets keysync refuses
+/// as the radio would.
+fn queue_status(res: i32, free: u32, maxlen: u32, mesh_packet_id: u32) -> Bytes {
+    RadioFrame::composed(FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
+            res,
+            free,
+            maxlen,
+            mesh_packet_id,
+        })),
+    })
+    .payload
 }
 
 /// One downstream client, until it leaves.
@@ -982,6 +1104,8 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     let mut source = FramedRead::new(read, TimedDecoder::default());
     let mut last_frame = Instant::now();
     let mut tick = overdue_tick(&shared.config);
+    // This client as the firmware would judge it were it the radio's only client.
+    let mut judged = fair::Connection::default();
     // Everything for this client goes through one bounded writer task, so a client that does
     // not read only stalls itself.
     // A replay goes as one batch, written with a single flush.
@@ -1040,24 +1164,14 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             // Answered only while the radio is really there, so the client's own watchdog sees
             // the truth.
             Some(to_radio::PayloadVariant::Heartbeat(_)) if lock(&shared.upstream).up => {
-                let _ = direct.try_send(queue_status_free());
+                let room = room_for(shared, stats.id);
+                let _ =
+                    direct.try_send(ToClient::Frame(queue_status(0, room.free, room.maxlen, 0)));
             }
-            Some(to_radio::PayloadVariant::Packet(mut packet))
+            Some(to_radio::PayloadVariant::Packet(packet))
                 if admit(shared, filter(shared, &packet, loopback, stats.addr)) =>
             {
-                // The firmware would give it an id the client never learns, and its
-                // QueueStatus could not be routed back: keysync gives it one first.
-                if packet.id == 0 {
-                    packet.id = rand::rng().random_range(1..=u32::MAX);
-                }
-                {
-                    let mut pending = lock(&shared.pending_ids);
-                    if pending.len() >= PENDING_IDS {
-                        pending.clear();
-                    }
-                    pending.insert(packet.id, direct.clone());
-                }
-                forward(shared, &stats, packet).await;
+                take_packet(shared, &mut judged, &stats, &direct, packet);
             }
             Some(to_radio::PayloadVariant::Disconnect(_)) => break "said disconnect",
             // Nothing, a heartbeat while the radio is away, or a packet the filter dropped.
@@ -1065,20 +1179,194 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             | Some(to_radio::PayloadVariant::Heartbeat(_) | to_radio::PayloadVariant::Packet(_)) => {
             }
             Some(other) => {
-                let _ = shared
-                    .outbound
-                    .send((
-                        stats.clone(),
-                        MeshPacketOrOther::Other(ToRadio {
-                            payload_variant: Some(other),
-                        }),
-                    ))
-                    .await;
+                let up = Upward {
+                    msg: ToRadio {
+                        payload_variant: Some(other),
+                    },
+                    id: 0,
+                    portnum: None,
+                    reply: direct.clone(),
+                };
+                hold(shared, &stats, up);
             }
         }
     };
     writer.abort();
     why
+}
+
+/// A client's packet, judged as the firmware judges one connection: a repeated id is ignored,
+/// one over a limit is answered as the firmware answers it, and the rest waits in the client's
+/// queue for the radio.
+fn take_packet(
+    shared: &Shared,
+    judged: &mut fair::Connection,
+    stats: &ClientStats,
+    reply: &mpsc::Sender<ToClient>,
+    mut packet: MeshPacket,
+) {
+    let portnum = match &packet.payload_variant {
+        Some(mesh_packet::PayloadVariant::Decoded(data)) => Some(data.portnum),
+        _ => None,
+    };
+    match judged.judge(shared.firmware(), packet.id, portnum, Instant::now()) {
+        fair::Judgement::Accepted => {}
+        fair::Judgement::Repeated => {
+            log::debug!(target: "keysync::engine::proxy",
+                "{}: ignored packet {:08x}: its id repeats a recent one", stats.addr, packet.id);
+            return;
+        }
+        fair::Judgement::Over(limit) => {
+            log::info!(target: "keysync::engine::proxy",
+                "{}: packet {:08x} on port {} is over the firmware's limit of one per {} for a client: answered as the radio would",
+                stats.addr, packet.id, portnum.unwrap_or_default(), humantime::format_duration(limit.gap));
+            let room = room_for(shared, stats.id);
+            for answer in over_limit_answers(shared, &packet, limit.answer, room) {
+                let _ = reply.try_send(ToClient::Frame(answer));
+            }
+            return;
+        }
+    }
+    // The firmware would give it an id the client never learns, and its QueueStatus could not
+    // be routed back: keysync gives it one first.
+    if packet.id == 0 {
+        packet.id = rand::rng().random_range(1..=u32::MAX);
+    }
+    // What it changes in the replay: the node list at once, the configuration by a
+    // config-only refresh queued right behind it.
+    let effect = replay_effect(shared, &packet);
+    let up = Upward {
+        id: packet.id,
+        portnum,
+        msg: ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(packet)),
+        },
+        reply: reply.clone(),
+    };
+    let held = hold(shared, stats, up);
+    if effect == ReplayEffect::Config {
+        if held {
+            queue_refresh(shared, stats, reply);
+        } else {
+            shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
+/// Holds `up` in its client's queue for the upstream writer; when that queue (or all of them)
+/// is full, the packet is refused as the radio's full queue refuses one. True when held.
+fn hold(shared: &Shared, stats: &ClientStats, up: Upward) -> bool {
+    let away = !lock(&shared.upstream).up;
+    let mut held = lock(&shared.held);
+    let (full, up) = match held.queues.push(stats.id, up) {
+        Ok(()) => {
+            drop(held);
+            shared.held_more.notify_one();
+            return true;
+        }
+        Err(refused) => refused,
+    };
+    let waiting = held.queues.len();
+    let line = held.overflow.on_refused(away, waiting, stats.addr, &full);
+    drop(held);
+    if let Some(line) = line {
+        log::warn!(target: "keysync::engine::proxy", "{line}");
+    }
+    if up.id != 0 {
+        let maxlen = lock(&shared.radio_queue).maxlen;
+        let _ = up.reply.try_send(ToClient::Frame(queue_status(
+            RES_QUEUE_FULL,
+            0,
+            maxlen,
+            up.id,
+        )));
+    }
+    false
+}
+
+/// The room a client sees in "its radio's" queue: the radio's, and no more than is left in its
+/// own queue at keysync.
+fn room_for(shared: &Shared, client: u64) -> QueueRoom {
+    let radio = *lock(&shared.radio_queue);
+    let own = lock(&shared.held).queues.room(client);
+    QueueRoom {
+        free: radio.free.min(u32::try_from(own).unwrap_or(u32::MAX)),
+        maxlen: radio.maxlen,
+    }
+}
+
+/// What the firmware sends a client whose packet is over a limit: a QueueStatus `res = 0`
+/// (PhoneAPI.cpp sendQueueStatusToPhone), then a routing error or a notification where it sends
+/// one.
+fn over_limit_answers(
+    shared: &Shared,
+    packet: &MeshPacket,
+    answer: fair::OverLimit,
+    room: QueueRoom,
+) -> Vec<Bytes> {
+    let mut out = vec![queue_status(0, room.free, room.maxlen, packet.id)];
+    let composed = |v: from_radio::PayloadVariant| {
+        RadioFrame::composed(FromRadio {
+            id: 0,
+            payload_variant: Some(v),
+        })
+        .payload
+    };
+    match answer {
+        fair::OverLimit::Silently => {}
+        fair::OverLimit::RoutingError => {
+            let own = lock(&shared.upstream)
+                .session
+                .as_ref()
+                .map_or(0, |s| s.my_node_num);
+            out.push(composed(from_radio::PayloadVariant::Packet(
+                rate_limit_error(own, packet),
+            )));
+        }
+        fair::OverLimit::Notification(message) => {
+            out.push(composed(from_radio::PayloadVariant::ClientNotification(
+                ClientNotification {
+                    reply_id: Some(packet.id),
+                    time: unix_now(),
+                    level: log_record::Level::Warning as i32,
+                    message: message.to_owned(),
+                    ..ClientNotification::default()
+                },
+            )));
+        }
+    }
+    out
+}
+
+/// The routing error RATE_LIMIT_EXCEEDED the radio `own` answers `packet` with
+/// (MeshModule.cpp allocAckNak): from the radio, on the packet's channel, `request_id` the
+/// packet's id.
+fn rate_limit_error(own: u32, packet: &MeshPacket) -> MeshPacket {
+    let routing = Routing {
+        variant: Some(routing::Variant::ErrorReason(
+            routing::Error::RateLimitExceeded as i32,
+        )),
+    };
+    MeshPacket {
+        from: own,
+        to: own,
+        id: rand::rng().random_range(1..=u32::MAX),
+        channel: packet.channel,
+        priority: mesh_packet::Priority::Ack as i32,
+        payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+            portnum: PortNum::RoutingApp as i32,
+            payload: meshtastic::Message::encode_to_vec(&routing),
+            request_id: packet.id,
+            ..Data::default()
+        })),
+        ..MeshPacket::default()
+    }
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 /// The one writer towards a client: replies and replays, and live frames once the client is
@@ -1281,26 +1569,18 @@ fn admit(shared: &Shared, verdict: Verdict) -> bool {
     }
 }
 
-/// Sends an admitted client packet upstream, with what it changes in the replay: the node list
-/// at once, the configuration by a config-only refresh queued right behind it.
-async fn forward(shared: &Shared, client: &Arc<ClientStats>, packet: MeshPacket) {
-    let effect = replay_effect(shared, &packet);
-    let _ = shared
-        .outbound
-        .send((client.clone(), MeshPacketOrOther::Packet(packet)))
-        .await;
-    if effect == ReplayEffect::Config {
-        queue_refresh(shared, client).await;
-    }
-}
-
-/// Queues a config-only download behind what `client` just sent, so that it shows the
-/// change; counted in [`Shared::refreshes`] already.
-async fn queue_refresh(shared: &Shared, client: &Arc<ClientStats>) {
+/// Queues a config-only download behind what the client just sent, so that the next replay
+/// shows the change; counted in [`Shared::refreshes`] already.
+fn queue_refresh(shared: &Shared, stats: &ClientStats, reply: &mpsc::Sender<ToClient>) {
     log::info!(target: "keysync::engine::proxy",
-        "{} changes the radio's configuration: refreshing it before the next replay", client.addr);
-    let want = MeshPacketOrOther::Other(crate::engine::radio::want_config(CONFIG_ONLY_NONCE));
-    if shared.outbound.send((client.clone(), want)).await.is_err() {
+        "{} changes the radio's configuration: refreshing it before the next replay", stats.addr);
+    let want = Upward {
+        msg: crate::engine::radio::want_config(CONFIG_ONLY_NONCE),
+        id: 0,
+        portnum: None,
+        reply: reply.clone(),
+    };
+    if !hold(shared, stats, want) {
         shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
@@ -1596,17 +1876,35 @@ mod tests {
 
     #[test]
     fn the_radio_is_away_is_said_once_per_outage_and_a_backlog_once_per_backlog() {
+        let peer: SocketAddr = "127.0.0.1:4403".parse().expect("addr");
+        let full = fair::Full::Client;
         let mut log = OverflowLog::default();
-        assert!(log.on_drop(true).is_some_and(|l| l.contains("away")));
-        assert_eq!(log.on_drop(true), None);
-        assert_eq!(log.on_drop(true), None);
+        let first = log.on_refused(true, 40, peer, &full);
+        assert!(
+            first
+                .as_deref()
+                .is_some_and(|l| l.contains("the radio is away and 40") && l.contains("4403")),
+            "{first:?}"
+        );
+        assert_eq!(log.on_refused(true, 41, peer, &full), None);
+        assert_eq!(log.on_refused(true, 42, peer, &full), None);
         log.on_sent(false);
-        assert!(log.on_drop(true).is_some(), "a new outage is said again");
-        assert!(log.on_drop(false).is_some_and(|l| l.contains("faster")));
+        assert!(
+            log.on_refused(true, 3, peer, &full).is_some(),
+            "a new outage is said again"
+        );
+        assert!(
+            log.on_refused(false, 16, peer, &full)
+                .is_some_and(|l| l.contains("faster") && !l.contains("away"))
+        );
         log.on_sent(false);
-        assert_eq!(log.on_drop(false), None, "the same backlog");
+        assert_eq!(
+            log.on_refused(false, 16, peer, &full),
+            None,
+            "the same backlog"
+        );
         log.on_sent(true);
-        assert!(log.on_drop(false).is_some());
+        assert!(log.on_refused(false, 16, peer, &full).is_some());
     }
 
     #[test]

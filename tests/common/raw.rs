@@ -99,6 +99,12 @@ impl RawClient {
         frames
     }
 
+    /// Numbers this client's next packets after `start`: two clients of one radio connection
+    /// must not reuse ids, the radio ignores a repeated one.
+    pub fn number_from(&mut self, start: u32) {
+        self.next_id = start;
+    }
+
     /// Sends a packet; returns its id.
     pub async fn packet(&mut self, to: u32, portnum: PortNum, payload: Vec<u8>) -> u32 {
         self.next_id += 1;
