@@ -1046,12 +1046,12 @@ impl ViewPatch {
     /// A NodeInfo with the trusted key, a known other key or none: names only where the
     /// message carries them (as [`Store::learn`] keeps them).
     fn seen(seen: &NodeSeen, at: SystemTime) -> Self {
-        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let some = |s: &str, max| (!s.is_empty()).then(|| radio::truncate_utf8(s, max).to_string());
         Self {
             last_seen: Some(at),
             unremoved: false,
-            long_name: some(&seen.long_name),
-            short_name: some(&seen.short_name),
+            long_name: some(&seen.long_name, radio::LONG_NAME_MAX),
+            short_name: some(&seen.short_name, radio::SHORT_NAME_MAX),
             hw_model: (seen.hw_model != 0).then_some(seen.hw_model),
         }
     }
@@ -1224,9 +1224,11 @@ mod tests {
         // The trusted key with new names, then a NodeInfo without names: what the engine
         // patches (a first or different key reloads the rows instead).
         let mut patch = ViewPatch::default();
+        let long = "Ridge Relay on the far side of the valley, solar";
         for (s, t) in [
             (seen("Ridge Relay", "RR", 43, 1), at(5)),
             (seen("", "", 0, 1), at(9)),
+            (seen(long, "RDGE5", 0, 1), at(10)),
         ] {
             assert_eq!(store.learn(&s, t).expect("learns"), Learned::Same);
             patch.merge(ViewPatch::seen(&s, t));
@@ -1242,6 +1244,12 @@ mod tests {
         patch.apply(&mut row);
         let reloaded = load(&store);
         assert_eq!(row.long_name, reloaded.long_name);
+        assert_eq!(
+            reloaded.long_name.len(),
+            radio::LONG_NAME_MAX,
+            "cut where it is learned"
+        );
+        assert_eq!(reloaded.short_name, "RDGE");
         assert_eq!(row.short_name, reloaded.short_name);
         assert_eq!(row.hw_model, reloaded.hw_model);
         assert_eq!(row.last_seen, reloaded.last_seen);

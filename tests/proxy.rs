@@ -1262,3 +1262,64 @@ async fn a_client_over_the_text_limit_is_answered_by_keysync_and_anothers_text_w
     );
     p.engine.quit().await;
 }
+
+/// A client's add_contact with a long name: keysync learns the name cut to the firmware's 39
+/// bytes, so its own push of that node after the radio forgot its keys fits a frame, and the
+/// link stays up (a 440-byte name once made every push a 522-byte frame the link refused).
+#[tokio::test]
+async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_fits_a_frame() {
+    let p = started(5, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let stranger = meshtastic::protobufs::NodeInfo {
+        num: 0x0600_d002,
+        user: Some(meshtastic::protobufs::User {
+            long_name: "Very Long Name ".repeat(28),
+            short_name: "LONGNAME".into(),
+            public_key: vec![0x78; 32],
+            ..meshtastic::protobufs::User::default()
+        }),
+        ..meshtastic::protobufs::NodeInfo::default()
+    };
+    client.contact(p.sim.my_node_num(), &stranger).await;
+    let mut snap = p.engine.snapshot.clone();
+    wait_until("the stranger learned", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == stranger.num && n.record.trusted == Some([0x78; 32]))
+    })
+    .await;
+    let learned = snap
+        .borrow()
+        .nodes
+        .iter()
+        .find(|n| n.record.num == stranger.num)
+        .map(|n| (n.record.long_name.clone(), n.record.short_name.clone()))
+        .expect("the stranger");
+    assert_eq!(learned.0.len(), radio::LONG_NAME_MAX, "{learned:?}");
+    assert_eq!(learned.1, "LONG");
+    // The radio forgets its keys: keysync pushes what it needs, the stranger among them when
+    // it is in the working set, and every push is a frame the radio takes.
+    let sessions = snap.borrow().link.sessions;
+    let seen = snap.borrow().sync.history.len();
+    let before = p.sim.contacts().len();
+    p.sim
+        .inject(Fault::Reboot {
+            down: Duration::from_millis(100),
+            forget: keysync::sim::Forget::Keys,
+        })
+        .await;
+    let report = nth_report(&mut snap, seen + 1).await;
+    assert!(report.error.is_none(), "{}", report.summary());
+    assert!(report.pushed > 0, "{}", report.summary());
+    assert_eq!(
+        snap.borrow().link.sessions,
+        sessions + 1,
+        "one reconnect (the reboot), no link torn down by a push"
+    );
+    for contact in p.sim.contacts().into_iter().skip(before) {
+        let user = contact.user.expect("user");
+        assert!(user.long_name.len() <= radio::LONG_NAME_MAX, "{}", user.long_name);
+    }
+    p.engine.quit().await;
+}

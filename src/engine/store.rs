@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::radio::{Contact, NodeSeen, PublicKey, Source, is_node_num, node_id, valid_key};
+use super::radio::{
+    Contact, LONG_NAME_MAX, NodeSeen, PublicKey, SHORT_NAME_MAX, Source, is_node_num, node_id,
+    truncate_utf8, valid_key,
+};
 
 /// The schema version this keysync writes; databases from newer versions are refused.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -570,6 +573,10 @@ impl Store {
         }
         let now_ms = millis(now);
         let source = source_name(seen.source);
+        // Cut to the firmware's field limits where they are learned: what keysync stores is
+        // what a push can carry.
+        let long_name = truncate_utf8(&seen.long_name, LONG_NAME_MAX);
+        let short_name = truncate_utf8(&seen.short_name, SHORT_NAME_MAX);
         let exists: bool = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
             .optional()
@@ -587,8 +594,8 @@ impl Store {
                  WHERE num = ?1",
                 params![
                     seen.num,
-                    seen.long_name,
-                    seen.short_name,
+                    long_name,
+                    short_name,
                     seen.hw_model,
                     seen.role,
                     now_ms
@@ -599,7 +606,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![seen.num, node_id(seen.num), seen.long_name, seen.short_name, seen.hw_model, seen.role, now_ms],
+                params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms],
             )
             .map_err(|e| self.error(e))?;
         }
