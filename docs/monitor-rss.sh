@@ -31,7 +31,7 @@ tmux -L keysync-rss new-session -d -s rss -x 120 -y 40 \
 sleep 1
 PID=$(tmux -L keysync-rss list-panes -t rss -F '#{pane_pid}')
 elapsed=1
-for at in 10 20 40 80 160; do
+for at in ${RSS_AT:-10 20 40 80 160}; do
   sleep $((at - elapsed)); elapsed=$at
   echo "t=${at}s $(grep -E 'VmRSS|VmHWM|RssAnon|RssFile' "/proc/$PID/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
 done
