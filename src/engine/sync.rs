@@ -77,6 +77,16 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub const ALL: [Self; 7] = [
+        Self::Startup,
+        Self::Reconnect,
+        Self::Operator,
+        Self::Check,
+        Self::Heard,
+        Self::DmFailed,
+        Self::ClientDm,
+    ];
+
     /// Ignores the cache: startup, reconnect, operator.
     pub fn is_forced(self) -> bool {
         matches!(self, Self::Startup | Self::Reconnect | Self::Operator)
@@ -96,6 +106,19 @@ impl Trigger {
             Self::Heard => "heard without its key",
             Self::DmFailed => "DM failed for lack of a key",
             Self::ClientDm => "a client's DM needs the key",
+        }
+    }
+
+    /// One snake_case word, for machines (metrics labels, JSON).
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Reconnect => "reconnect",
+            Self::Operator => "operator",
+            Self::Check => "check",
+            Self::Heard => "heard",
+            Self::DmFailed => "dm_failed",
+            Self::ClientDm => "client_dm",
         }
     }
 
@@ -198,6 +221,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 4] = [Self::Skipped, Self::Synced, Self::Forced, Self::Failed];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Skipped => "skipped",
@@ -480,6 +505,8 @@ pub struct SyncJob {
     pub pushes_ignored: Option<usize>,
     /// Told each node whose key was pushed, as soon as the radio took it.
     pub pushed_tx: Option<mpsc::UnboundedSender<u32>>,
+    /// Counts every flash write as it goes on the wire.
+    pub writes: Arc<super::stats::WriteCounters>,
 }
 
 struct RunState {
@@ -985,6 +1012,11 @@ async fn apply(
         done += 1;
         inputs.writes += 1;
         let num = op.num();
+        let written = match op {
+            Op::Push(_) => &job.writes.pushes,
+            Op::Release(_) => &job.writes.unfavourites,
+        };
+        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let write = record_op(job, &op, mirror, ours, report);
         if matches!(op, Op::Push(_)) {
             inputs.pushes += 1;
