@@ -93,6 +93,33 @@ pub enum RadioKey {
     CannotKeep,
 }
 
+impl RadioKey {
+    pub const ALL: [Self; 8] = [
+        Self::Unknown,
+        Self::InRadio,
+        Self::Missing,
+        Self::Differs,
+        Self::Pushed,
+        Self::Ignored,
+        Self::Removed,
+        Self::CannotKeep,
+    ];
+
+    /// One snake_case word, for machines (metrics labels, JSON).
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::InRadio => "in_radio",
+            Self::Missing => "missing",
+            Self::Differs => "differs",
+            Self::Pushed => "pushed",
+            Self::Ignored => "ignored",
+            Self::Removed => "removed",
+            Self::CannotKeep => "cannot_keep",
+        }
+    }
+}
+
 /// A stored node with its standing on the radio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {

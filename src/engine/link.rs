@@ -211,6 +211,18 @@ impl LinkState {
         matches!(self, Self::Up)
     }
 
+    /// Every [`Self::label`], in the order of the states' life.
+    pub const LABELS: [&'static str; 8] = [
+        "connecting",
+        "configuring",
+        "up",
+        "stalled",
+        "closed",
+        "backoff",
+        "contended",
+        "stopped",
+    ];
+
     /// One word for status bars and timelines.
     pub fn label(&self) -> &'static str {
         match self {
