@@ -1012,20 +1012,24 @@ async fn apply(
         done += 1;
         inputs.writes += 1;
         let num = op.num();
-        let written = match op {
-            Op::Push(_) => &job.writes.pushes,
-            Op::Release(_) => &job.writes.unfavourites,
-        };
-        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let write = record_op(job, &op, mirror, ours, report);
         if matches!(op, Op::Push(_)) {
             inputs.pushes += 1;
             inputs.urgent.retain(|n| *n != num);
         }
         let now = SystemTime::now();
-        job.store
+        let recorded = job
+            .store
             .run(move |s| s.note_flash_write(num, write, now))
-            .await?;
+            .await;
+        // Counted once the store holds it too (or failed to), so that a reader who sees the
+        // count finds the write in the store's last hour.
+        let written = match op {
+            Op::Push(_) => &job.writes.pushes,
+            Op::Release(_) => &job.writes.unfavourites,
+        };
+        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        recorded?;
         wait_for_queue(job, id).await?;
         if let (Op::Push(_), Some(tx)) = (&op, &job.pushed_tx) {
             let _ = tx.send(num);
