@@ -17,8 +17,15 @@ const KNOWN: usize = 35;
 const IN_RADIO: usize = 30;
 const DROPS: u64 = 2;
 
-#[tokio::test]
-async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
+/// The sim holding the first [`IN_RADIO`] of [`KNOWN`] stored nodes, the engine after its first
+/// sync, and the metrics server on a free port (with the store's directory, to keep).
+async fn started() -> (
+    tempfile::TempDir,
+    keysync::sim::SimHandle,
+    engine::EngineHandle,
+    keysync::metrics::MetricsServer,
+    tokio::sync::watch::Receiver<engine::Snapshot>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = start_sim(sim_config(IN_RADIO));
     let (db, store) = seeded_store(&dir, &population(1, KNOWN));
@@ -31,6 +38,12 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
     .expect("the metrics port binds");
     let mut snap = engine.snapshot.clone();
     nth_report(&mut snap, 1).await;
+    (dir, sim, engine, metrics, snap)
+}
+
+#[tokio::test]
+async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
+    let (_dir, sim, engine, metrics, mut snap) = started().await;
     for n in 1..=DROPS {
         sim.inject(Fault::Drop).await;
         // Each drop is followed by a reconnect and its forced sync.
@@ -48,32 +61,23 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
     let m = scrape(metrics.addr()).await;
     let add_contacts = sim.counters().add_contacts.load(Ordering::Relaxed);
     let flash_writes = sim.counters().flash_writes.load(Ordering::Relaxed);
-    let missing = (KNOWN - IN_RADIO) as f64;
+    let missing = (KNOWN - IN_RADIO) as u64;
     assert_eq!(add_contacts, flash_writes);
     assert_eq!(sample(&m, "keysync_pushes_total", &[]), missing);
-    assert_eq!(sample(&m, "keysync_pushes_total", &[]), add_contacts as f64);
-    assert_eq!(
-        sample(&m, "keysync_flash_writes_total", &[]),
-        flash_writes as f64
-    );
+    assert_eq!(sample(&m, "keysync_pushes_total", &[]), add_contacts);
+    assert_eq!(sample(&m, "keysync_flash_writes_total", &[]), flash_writes);
     assert_eq!(
         sample(&m, "keysync_flash_writes_last_hour", &[]),
-        flash_writes as f64
+        flash_writes
     );
     let reconnects = |cause| sample(&m, "keysync_link_reconnects_total", &[("cause", cause)]);
-    assert_eq!(reconnects("closed_by_radio"), DROPS as f64);
-    assert_eq!(reconnects("stalled"), 0.0);
+    assert_eq!(reconnects("closed_by_radio"), DROPS);
+    assert_eq!(reconnects("stalled"), 0);
     let connections = sim.counters().connections.load(Ordering::Relaxed);
     assert_eq!(connections, 1 + DROPS);
-    assert_eq!(
-        sample(&m, "keysync_link_sessions_total", &[]),
-        connections as f64
-    );
-    assert_eq!(sample(&m, "keysync_link_state", &[("state", "up")]), 1.0);
-    assert_eq!(
-        sample(&m, "keysync_link_state", &[("state", "backoff")]),
-        0.0
-    );
+    assert_eq!(sample(&m, "keysync_link_sessions_total", &[]), connections);
+    assert_eq!(sample(&m, "keysync_link_state", &[("state", "up")]), 1);
+    assert_eq!(sample(&m, "keysync_link_state", &[("state", "backoff")]), 0);
     let runs = |trigger, outcome| {
         sample(
             &m,
@@ -81,12 +85,12 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
             &[("trigger", trigger), ("outcome", outcome)],
         )
     };
-    assert_eq!(runs("startup", "forced"), 1.0);
-    assert_eq!(runs("reconnect", "forced"), DROPS as f64);
-    assert_eq!(runs("check", "skipped"), 0.0);
+    assert_eq!(runs("startup", "forced"), 1);
+    assert_eq!(runs("reconnect", "forced"), DROPS);
+    assert_eq!(runs("check", "skipped"), 0);
     assert_eq!(
         sample(&m, "keysync_sync_run_duration_seconds_count", &[]),
-        1.0 + DROPS as f64
+        1 + DROPS
     );
     assert_eq!(
         sample(
@@ -94,25 +98,25 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
             "keysync_link_config_download_duration_seconds_count",
             &[]
         ),
-        connections as f64
+        connections
     );
     let heartbeats_answered = sample(&m, "keysync_link_heartbeat_rtt_seconds_count", &[]);
     let heartbeats_sent = sample(&m, "keysync_link_heartbeats_sent_total", &[]);
-    assert!(heartbeats_answered >= 1.0 && heartbeats_answered <= heartbeats_sent);
+    assert!(heartbeats_answered >= 1 && heartbeats_answered <= heartbeats_sent);
     assert_eq!(
         sample(&m, "keysync_keys", &[("state", "trusted")]),
-        KNOWN as f64
+        KNOWN as u64
     );
-    assert_eq!(sample(&m, "keysync_keys", &[("state", "pending")]), 0.0);
-    assert_eq!(sample(&m, "keysync_keys_in_radio", &[]), KNOWN as f64);
-    assert_eq!(sample(&m, "keysync_keys_stored_only", &[]), 0.0);
+    assert_eq!(sample(&m, "keysync_keys", &[("state", "pending")]), 0);
+    assert_eq!(sample(&m, "keysync_keys_in_radio", &[]), KNOWN as u64);
+    assert_eq!(sample(&m, "keysync_keys_stored_only", &[]), 0);
     assert_eq!(
         sample(&m, "keysync_radio_capacity", &[]),
-        sim.capacity() as f64
+        sim.capacity() as u64
     );
     assert_eq!(
         sample(&m, "keysync_radio_protected_slots", &[]),
-        sim.protected().total as f64
+        sim.protected().total as u64
     );
     assert!(
         m.samples.iter().all(|s| s.metric.starts_with("keysync_")),
@@ -136,19 +140,8 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
 
 #[tokio::test]
 async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(IN_RADIO));
+    let (_dir, sim, engine, metrics, mut snap) = started().await;
     let known = population(1, KNOWN);
-    let (db, store) = seeded_store(&dir, &known);
-    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
-        .expect("the engine starts");
-    let metrics = keysync::metrics::serve(
-        "127.0.0.1:0".parse().expect("addr"),
-        engine.snapshot.clone(),
-    )
-    .expect("the metrics port binds");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
     settled(&mut snap, "the pushes to be counted", |s| {
         s.sync.totals.pushes > 0
     })

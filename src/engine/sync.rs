@@ -125,13 +125,9 @@ impl Trigger {
     /// One word, for narrow panes.
     pub fn short(self) -> &'static str {
         match self {
-            Self::Startup => "startup",
-            Self::Reconnect => "reconnect",
-            Self::Operator => "operator",
-            Self::Check => "check",
-            Self::Heard => "heard",
             Self::DmFailed => "dm-fail",
             Self::ClientDm => "client dm",
+            other => other.id(),
         }
     }
 }

@@ -596,10 +596,6 @@ mod tests {
 
     #[test]
     fn the_histogram_ends_with_an_infinite_bucket_holding_every_observation() {
-        let mut h = Histogram::default();
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(1000));
-        let mut reg = Registry::with_prefix("keysync");
         #[derive(Debug)]
         struct One(Histogram);
         impl Collector for One {
@@ -607,6 +603,10 @@ mod tests {
                 histogram(&mut e, "x", "help", &self.0)
             }
         }
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(1000));
+        let mut reg = Registry::with_prefix("keysync");
         reg.register_collector(Box::new(One(h)));
         let text = render(&reg).expect("renders");
         assert!(

@@ -262,21 +262,33 @@ pub async fn scrape(addr: std::net::SocketAddr) -> prometheus_parse::Scrape {
         .expect("the Prometheus text format")
 }
 
-/// The value of the counter or gauge `name` with exactly `labels`; panics if it is absent.
-pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The value of the counter or gauge `name` with exactly `labels`, a count; panics if it is
+/// absent or not a whole number.
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
     let found = scrape.samples.iter().find(|s| {
         s.metric == name
             && s.labels.len() == labels.len()
             && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
     });
-    match found.map(|s| &s.value) {
+    let value = match found.map(|s| &s.value) {
         Some(
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v),
         ) => *v,
         other => panic!("no sample {name}{labels:?}: {other:?}"),
-    }
+    };
+    assert!(
+        value >= 0.0 && value.fract() == 0.0 && value < 1e15,
+        "{name}{labels:?} = {value} is not a count"
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a whole number below 1e15, checked above"
+    )]
+    let count = value as u64;
+    count
 }
 
 /// Sends SIGTERM to `child`, as systemd stops a service.
