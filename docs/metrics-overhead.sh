@@ -34,6 +34,7 @@ run() { # $1: label, then keysync's extra arguments
     sleep 5; elapsed=$((elapsed + 5))
     if [ $# -gt 0 ]; then curl -sf "http://127.0.0.1:$MPORT/metrics" >/dev/null; fi
   done
+  echo "$label after the scrapes: $(grep -E 'VmRSS|VmHWM' "/proc/$KS/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
   if [ $# -gt 0 ]; then
     curl -sf -o "$WORK/m.txt" -w "  /metrics: %{size_download} bytes in %{time_total}s\n" "http://127.0.0.1:$MPORT/metrics"
     curl -sf -o "$WORK/s.json" -w "  /status: %{size_download} bytes in %{time_total}s\n" "http://127.0.0.1:$MPORT/status"
@@ -41,7 +42,7 @@ run() { # $1: label, then keysync's extra arguments
   read -r -a stat < "/proc/$KS/stat"
   local cpu
   cpu=$(awk -v u="${stat[13]}" -v s="${stat[14]}" -v t="$tick" 'BEGIN { printf "%.2f", (u + s) / t }')
-  echo "$label: $(grep -E 'VmRSS|VmHWM' "/proc/$KS/status" | tr -s ' \t' ' ' | tr '\n' ' ') CPU ${cpu}s in ${DURATION}s"
+  echo "$label at the end: $(grep -E 'VmRSS|VmHWM' "/proc/$KS/status" | tr -s ' \t' ' ' | tr '\n' ' ') CPU ${cpu}s in ${DURATION}s"
   kill "$KS"; wait "$KS" 2>/dev/null || true; KS=""
 }
 

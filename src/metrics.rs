@@ -157,7 +157,7 @@ impl Routes {
                 // A copy, so that the engine is not held up while ten thousand nodes are written.
                 let snapshot = self.snapshot.borrow().clone();
                 let status = status::Status::of(&snapshot, SystemTime::now());
-                match serde_json::to_vec_pretty(&status) {
+                match serde_json::to_vec(&status) {
                     Ok(json) => body(StatusCode::OK, "application/json", json.into()),
                     Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
                 }
