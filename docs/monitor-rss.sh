@@ -9,18 +9,7 @@ set -euo pipefail
 BIN=$(realpath "${1:-target/release/keysync}")
 WORK=$(mktemp -d)
 trap 'tmux -L keysync-rss kill-server 2>/dev/null || true; kill "$SIM" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-python3 - "$WORK/meshbot.db" <<'PY'
-import random, sqlite3, sys
-random.seed(7)
-db = sqlite3.connect(sys.argv[1])
-db.execute("CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,"
-           " hwModel INTEGER, publicKey BLOB)")
-for i in range(10000):
-    db.execute("INSERT INTO meshtastic_nodes VALUES (?, ?, ?, 9, ?)",
-               ("!%08x" % (0x10000000 + i * 7919), "Node %05d Ridge Relay" % i, "N%03d" % (i % 1000),
-                bytes(random.getrandbits(8) for _ in range(32))))
-db.commit()
-PY
+python3 "$(dirname "$0")/seed-meshbot.py" "$WORK/meshbot.db"
 "$BIN" --db "$WORK/k.db" import meshbot "$WORK/meshbot.db"
 PORT=$((20000 + RANDOM % 20000))
 "$BIN" sim --listen "127.0.0.1:$PORT" --nodes 100 --announce-every 5s 2>"$WORK/sim.log" &

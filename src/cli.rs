@@ -134,6 +134,11 @@ pub struct EngineArgs {
         value_name = "KINDS"
     )]
     pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics and the status as JSON on /status
+    /// (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "KEYSYNC_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl StoreArgs {
@@ -167,6 +172,7 @@ impl EngineArgs {
             } else {
                 self.deny_admin
             },
+            metrics: self.metrics.or(before.metrics),
         }
     }
 }
@@ -437,6 +443,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub downstream_grace: Option<Duration>,
     pub allow_remote_admin: Option<bool>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A command line that cannot be carried out as written, found after parsing (an ambiguous
@@ -480,6 +487,8 @@ pub struct Settings {
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
     pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
+    /// Serve `/metrics` and `/status` here.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -583,6 +592,7 @@ impl Settings {
             allow_remote_admin: args.engine.allow_remote_admin
                 || file.allow_remote_admin.unwrap_or(false),
             deny_admin: args.engine.deny_admin.clone(),
+            metrics: args.engine.metrics.or(file.metrics),
         };
         settings.validate()?;
         Ok(settings)

@@ -11,21 +11,22 @@ use crate::engine::import::import_meshbot;
 use crate::engine::radio::{node_id, printable};
 use crate::engine::store::{NodeArg, NodeRecord, Store, key_base64};
 
+/// A stored node as `keys --json` and `/status` show it.
 #[derive(Debug, Serialize)]
-struct KeyRow {
-    num: u32,
-    id: String,
-    long_name: String,
-    short_name: String,
-    state: &'static str,
-    key: Option<String>,
-    pending_key: Option<String>,
-    first_seen: String,
-    last_seen: String,
-    pushes: u32,
-    pinned: bool,
-    keysync_favourite: bool,
-    removed_from_radio: bool,
+pub struct KeyRow {
+    pub num: u32,
+    pub id: String,
+    pub long_name: String,
+    pub short_name: String,
+    pub state: &'static str,
+    pub key: Option<String>,
+    pub pending_key: Option<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub pushes: u32,
+    pub pinned: bool,
+    pub keysync_favourite: bool,
+    pub removed_from_radio: bool,
 }
 
 impl From<&NodeRecord> for KeyRow {

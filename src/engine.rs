@@ -9,6 +9,7 @@ pub mod link;
 pub mod plan;
 pub mod proxy;
 pub mod radio;
+pub mod stats;
 pub mod store;
 pub mod sync;
 
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 use link::{Link, LinkConfig, LinkCounters, LinkNotice, LinkStatus, Session};
 use plan::{Mirror, RadioTraits};
 use radio::{NodeSeen, PublicKey, node_id};
+use stats::{Histogram, SyncTotals, WriteCounters};
 use store::{Learned, NodeRecord, Store, SyncCache};
 use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
 
@@ -42,14 +44,18 @@ pub struct EngineConfig {
     pub proxy: Option<crate::engine::proxy::ProxyConfig>,
 }
 
-/// Frame counts since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Frame counts since start, and how the link's connections ended and how fast it answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
     pub frames_in: u64,
     pub frames_out: u64,
     pub heartbeats_out: u64,
     pub garbage_bytes: u64,
     pub undecodable: u64,
+    /// Connections that ended, by [`link::CloseCause::index`].
+    pub closes: [u64; link::CloseCause::IDS.len()],
+    pub heartbeat_rtt: Histogram,
+    pub config_download: Histogram,
 }
 
 impl Traffic {
@@ -60,6 +66,9 @@ impl Traffic {
             heartbeats_out: c.heartbeats_out.load(Ordering::Relaxed),
             garbage_bytes: c.garbage_bytes.load(Ordering::Relaxed),
             undecodable: c.undecodable.load(Ordering::Relaxed),
+            closes: std::array::from_fn(|i| c.closes[i].load(Ordering::Relaxed)),
+            heartbeat_rtt: c.heartbeat_rtt.read(),
+            config_download: c.config_download.read(),
         }
     }
 }
@@ -82,6 +91,33 @@ pub enum RadioKey {
     Removed,
     /// The radio lost its push: backing off.
     CannotKeep,
+}
+
+impl RadioKey {
+    pub const ALL: [Self; 8] = [
+        Self::Unknown,
+        Self::InRadio,
+        Self::Missing,
+        Self::Differs,
+        Self::Pushed,
+        Self::Ignored,
+        Self::Removed,
+        Self::CannotKeep,
+    ];
+
+    /// One snake_case word, for machines (metrics labels, JSON).
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::InRadio => "in_radio",
+            Self::Missing => "missing",
+            Self::Differs => "differs",
+            Self::Pushed => "pushed",
+            Self::Ignored => "ignored",
+            Self::Removed => "removed",
+            Self::CannotKeep => "cannot_keep",
+        }
+    }
 }
 
 /// A stored node with its standing on the radio.
@@ -109,6 +145,15 @@ pub struct SyncStatus {
     pub cache: Option<SyncCache>,
     pub interval: Duration,
     pub ttl: Duration,
+    /// Runs, durations and flash writes since start.
+    pub totals: SyncTotals,
+    /// Flash writes keysync caused in the last hour (the store's record, so across restarts),
+    /// once counted.
+    pub flash_writes_last_hour: Option<u64>,
+    /// `--max-flash-writes`: the hourly budget.
+    pub flash_budget: u32,
+    /// The radio's NodeDB capacity, as of the last handshake.
+    pub capacity: Option<u32>,
 }
 
 /// Everything a view needs, owned, published on every change.
@@ -225,6 +270,10 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
             cache: None,
             interval: config.sync_interval,
             ttl: config.sync.cache_ttl,
+            totals: SyncTotals::default(),
+            flash_writes_last_hour: None,
+            flash_budget: config.sync.max_flash_writes,
+            capacity: None,
         },
         nodes: Arc::new(Vec::new()),
         store_error: None,
@@ -278,6 +327,8 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         needs,
         pushed_tx,
         pushed,
+        writes: Arc::new(WriteCounters::default()),
+        flash_counted: None,
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -335,6 +386,10 @@ struct EngineLoop {
     pushed_tx: mpsc::UnboundedSender<u32>,
     pushed: mpsc::UnboundedReceiver<u32>,
     mirror: Option<Arc<Mirror>>,
+    /// Flash writes the sync jobs sent.
+    writes: Arc<WriteCounters>,
+    /// When the store's hourly flash-write count was last read, and the writes sent by then.
+    flash_counted: Option<(Instant, u64)>,
     pushed_last: Vec<(u32, PublicKey)>,
     nodes_dirty: bool,
     /// Nodes heard since the last refresh whose rows changed only in names and last seen:
@@ -503,6 +558,9 @@ impl EngineLoop {
         );
         log::info!(target: "keysync::sync",
             "radio NodeDB capacity {} ({})", traits.capacity, traits.capacity_source);
+        let capacity = u32::try_from(traits.capacity).ok();
+        self.snapshot
+            .send_if_modified(|s| std::mem::replace(&mut s.sync.capacity, capacity) != capacity);
         if let Some(blocked) = traits.blocked() {
             log::warn!(target: "keysync::sync", "{blocked}");
         }
@@ -699,6 +757,7 @@ impl EngineLoop {
             urgent_rx: Some(urgent_rx),
             pushes_ignored: self.pushes_ignored,
             pushed_tx: Some(self.pushed_tx.clone()),
+            writes: self.writes.clone(),
         };
         let since = SystemTime::now();
         self.snapshot
@@ -746,6 +805,9 @@ impl EngineLoop {
             .retain(|(num, _)| !report.released_nums.contains(num));
         self.nodes_dirty = true;
         self.snapshot.send_modify(|s| {
+            s.sync
+                .totals
+                .record_run(report.trigger, report.outcome, report.duration);
             s.sync.running = None;
             s.sync.cache = cache;
             if s.sync.history.len() == HISTORY_LEN {
@@ -919,8 +981,14 @@ impl EngineLoop {
     async fn refresh(&mut self) {
         let traffic = Traffic::read(&self.counters);
         let clients = self.clients.as_ref().map(|c| c.borrow().clone());
+        let pushes = self.writes.pushes.load(Ordering::Relaxed);
+        let unfavourites = self.writes.unfavourites.load(Ordering::Relaxed);
+        self.count_flash_writes(pushes + unfavourites).await;
         self.snapshot.send_if_modified(|s| {
-            let mut changed = s.traffic != traffic;
+            let totals = &mut s.sync.totals;
+            let mut changed = (totals.pushes, totals.unfavourites) != (pushes, unfavourites);
+            (totals.pushes, totals.unfavourites) = (pushes, unfavourites);
+            changed |= s.traffic != traffic;
             s.traffic = traffic;
             if let Some(clients) = clients {
                 changed |= s.clients != clients;
@@ -966,6 +1034,32 @@ impl EngineLoop {
             }
         });
         all_found
+    }
+
+    /// Reads the store's count of the last hour's flash writes when keysync wrote since the last
+    /// count, or once a minute (writes age out of the hour).
+    async fn count_flash_writes(&mut self, written: u64) {
+        const RECOUNT: Duration = Duration::from_secs(60);
+        if self
+            .flash_counted
+            .is_some_and(|(at, then)| then == written && at.elapsed() < RECOUNT)
+        {
+            return;
+        }
+        self.flash_counted = Some((Instant::now(), written));
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        match self
+            .store
+            .call(move |s| s.flash_writes_since(hour_ago))
+            .await
+        {
+            Ok(n) => {
+                let n = n as u64;
+                self.snapshot
+                    .send_if_modified(|s| s.sync.flash_writes_last_hour.replace(n) != Some(n));
+            }
+            Err(e) => self.store_failed(&e),
+        }
     }
 
     /// Reloads the node list (and the cache) from the store into the snapshot.

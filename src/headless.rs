@@ -42,6 +42,8 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
 
 /// Runs until SIGINT or SIGTERM, then closes the link and returns.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    // Bound before anything starts: a taken port must not cost the radio's one TCP slot.
+    let metrics = settings.metrics.map(crate::metrics::bind).transpose()?;
     let store = settings.open_store()?;
     log::info!(target: "keysync",
         "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
@@ -51,9 +53,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     if let Some(addr) = engine.snapshot.borrow().proxy_addr {
         log::info!(target: "keysync", "point the gateway's bot at {addr} (TCPInterface(hostname=\"{}\", portNumber={}))", addr.ip(), addr.port());
     }
+    let metrics = metrics
+        .map(|m| m.serve(engine.snapshot.clone()))
+        .transpose()?;
     shutdown_signal().await?;
     log::info!(target: "keysync", "shutting down: closing the radio link");
     engine.quit().await;
+    drop(metrics);
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - [`sim`]: a simulated radio that follows firmware 2.7's TCP API, for demos and tests.
 //! - [`cli`]: flags, environment and config file resolved into [`cli::Settings`].
 //! - [`headless`]: the engine under systemd, logging to stderr.
+//! - [`metrics`]: `--metrics ADDR`, Prometheus metrics and JSON status over HTTP.
 
 pub mod app;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod engine;
 pub mod headless;
 pub mod logging;
+pub mod metrics;
 pub mod sim;
 pub mod tui;
 pub mod ui;

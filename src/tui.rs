@@ -57,6 +57,8 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
 /// Runs the monitor against `settings.host`, or against the built-in simulated radio.
 pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
     init_logging(settings)?;
+    // Bound before the engine starts: a taken port must not cost the radio's one TCP slot.
+    let metrics = settings.metrics.map(crate::metrics::bind).transpose()?;
     let (demo, config, store) = if demo {
         let (demo, store) = Demo::start()?;
         let config = demo.config.clone();
@@ -67,12 +69,16 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;
     let engine = crate::headless::start_engine(config, store)?;
+    let metrics = metrics
+        .map(|m| m.serve(engine.snapshot.clone()))
+        .transpose()?;
     let terminal = ratatui::try_init()?;
     let guard = TerminalGuard;
     let label = demo.as_ref().map(|d| d.label.clone());
     let result = event_loop(terminal, &engine, &reader, label).await;
     drop(guard);
     engine.quit().await;
+    drop(metrics);
     if let Some(demo) = demo {
         demo.sim.shutdown().await;
     }

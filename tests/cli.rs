@@ -216,30 +216,32 @@ async fn headless_logs_link_changes_and_closes_cleanly_on_sigterm() {
 }
 
 #[test]
-fn a_listen_address_in_use_is_refused_before_the_radio_is_dialled() {
+fn a_listen_or_metrics_address_in_use_is_refused_before_the_radio_is_dialled() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     let addr = taken.local_addr().expect("addr").to_string();
     // A radio that would notice a connection: keysync must not take its one TCP slot (and evict
-    // its current client) only to fail on the proxy port.
+    // its current client) only to fail on the proxy's or the metrics' port.
     let radio = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     radio.set_nonblocking(true).expect("nonblocking");
     let host = radio.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    for _ in 0..5 {
-        let (code, err) = stderr_of(
-            keysync()
-                .args(["--headless", "--host", &host, "--listen", &addr, "--db"])
-                .arg(dir.path().join("k.db")),
-        );
-        assert_eq!(code, 1, "{err}");
-        assert!(
-            err.contains("cannot listen for downstream clients"),
-            "{err}"
-        );
+    for (flag, says) in [
+        ("--listen", "cannot listen for downstream clients"),
+        ("--metrics", "cannot serve metrics on"),
+    ] {
+        for _ in 0..3 {
+            let (code, err) = stderr_of(
+                keysync()
+                    .args(["--headless", "--host", &host, flag, &addr, "--db"])
+                    .arg(dir.path().join("k.db")),
+            );
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains(says) && err.contains(&addr), "{err}");
+        }
     }
     match radio.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("keysync dialled the radio before binding --listen: {other:?}"),
+        other => panic!("keysync dialled the radio before binding its ports: {other:?}"),
     }
 }
 

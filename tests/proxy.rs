@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -858,6 +859,86 @@ async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknow
     p.engine.quit().await;
 }
 
+#[tokio::test]
+async fn metrics_show_each_client_s_relayed_frames_and_every_series_the_dashboard_queries() {
+    let p = started(10, |_| {}).await;
+    let metrics = keysync::metrics::serve("127.0.0.1:0".parse().expect("addr"), p.snap.clone())
+        .expect("the metrics port binds");
+    let mut clients = [connect(&p.engine).await, connect(&p.engine).await];
+    let mut received = Vec::new();
+    for client in &mut clients {
+        received.push(download(client, 777).await.len() as u64);
+    }
+    let addrs: Vec<String> = clients
+        .iter()
+        .map(|c| c.get_ref().local_addr().expect("addr").to_string())
+        .collect();
+    let mut snap = p.snap.clone();
+    settled(
+        &mut snap,
+        "the clients' counts to reach the snapshot",
+        |s| s.clients.len() == 2 && s.clients.iter().all(|c| c.frames_out >= received[0]),
+    )
+    .await;
+
+    let m = scrape(metrics.addr()).await;
+    assert_eq!(sample(&m, "keysync_proxy_clients", &[]), 2);
+    for (addr, got) in addrs.iter().zip(&received) {
+        let frames = |direction| {
+            sample(
+                &m,
+                "keysync_proxy_client_frames_total",
+                &[("client", addr.as_str()), ("direction", direction)],
+            )
+        };
+        assert_eq!(frames("to_client"), *got, "{addr}");
+        assert_eq!(frames("from_client"), 1, "one want_config from {addr}");
+        let dropped = sample(
+            &m,
+            "keysync_proxy_client_frames_dropped_total",
+            &[("client", addr.as_str())],
+        );
+        assert_eq!(dropped, 0);
+    }
+    let mut served = BTreeSet::new();
+    for s in &m.samples {
+        if matches!(s.value, prometheus_parse::Value::Histogram(_)) {
+            served.insert(format!("{}_bucket", s.metric));
+        }
+        served.insert(s.metric.clone());
+    }
+    let queried = dashboard_metrics();
+    assert!(queried.len() > 20, "{queried:?}");
+    let missing: Vec<&String> = queried.difference(&served).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries series keysync does not serve: {missing:?}"
+    );
+    drop(metrics);
+    p.engine.quit().await;
+}
+
+/// Every `keysync_…` name in the Grafana dashboard's queries.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/grafana-keysync.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard is in assets/");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a query");
+            for (at, _) in expr.match_indices("keysync_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
 /// The node numbers of a fresh client's full replay, and the nodedb_count it says.
 async fn replayed_nodes(addr: std::net::SocketAddr) -> (Vec<u32>, u32) {
     let mut client = raw::RawClient::connect(addr).await;
@@ -1319,7 +1400,11 @@ async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_
     );
     for contact in p.sim.contacts().into_iter().skip(before) {
         let user = contact.user.expect("user");
-        assert!(user.long_name.len() <= radio::LONG_NAME_MAX, "{}", user.long_name);
+        assert!(
+            user.long_name.len() <= radio::LONG_NAME_MAX,
+            "{}",
+            user.long_name
+        );
     }
     p.engine.quit().await;
 }

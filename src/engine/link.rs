@@ -26,6 +26,7 @@ use tokio_util::codec::Framed;
 
 use super::codec::{CodecError, RadioFrame, RelayCodec};
 use super::radio;
+use super::stats::AtomicHistogram;
 
 /// How many state changes the timeline keeps.
 pub const TIMELINE_LEN: usize = 256;
@@ -131,6 +132,40 @@ impl fmt::Display for CloseCause {
 }
 
 impl CloseCause {
+    /// One snake_case word per kind of cause, in [`Self::index`] order (metrics labels, JSON).
+    pub const IDS: [&'static str; 10] = [
+        "refused",
+        "connect_timeout",
+        "closed_by_radio",
+        "reset",
+        "stalled",
+        "config_timeout",
+        "protocol",
+        "io",
+        "requested",
+        "shutdown",
+    ];
+
+    /// This cause's kind, an index into [`Self::IDS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Refused => 0,
+            Self::ConnectTimeout => 1,
+            Self::ClosedByRadio => 2,
+            Self::Reset => 3,
+            Self::Stalled => 4,
+            Self::ConfigTimeout => 5,
+            Self::Protocol(_) => 6,
+            Self::Io(_) => 7,
+            Self::Requested => 8,
+            Self::Shutdown => 9,
+        }
+    }
+
+    pub fn id(&self) -> &'static str {
+        Self::IDS[self.index()]
+    }
+
     fn from_io(err: &io::Error) -> Self {
         match err.kind() {
             io::ErrorKind::ConnectionRefused => Self::Refused,
@@ -175,6 +210,18 @@ impl LinkState {
     pub fn is_up(&self) -> bool {
         matches!(self, Self::Up)
     }
+
+    /// Every [`Self::label`], in the order of the states' life.
+    pub const LABELS: [&'static str; 8] = [
+        "connecting",
+        "configuring",
+        "up",
+        "stalled",
+        "closed",
+        "backoff",
+        "contended",
+        "stopped",
+    ];
 
     /// One word for status bars and timelines.
     pub fn label(&self) -> &'static str {
@@ -257,6 +304,13 @@ pub struct LinkCounters {
     pub heartbeats_out: AtomicU64,
     pub garbage_bytes: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Connections (or attempts) that ended, by [`CloseCause::index`]; each is followed by a
+    /// reconnect unless it is the shutdown.
+    pub closes: [AtomicU64; CloseCause::IDS.len()],
+    /// From a heartbeat to the radio's QueueStatus answer (firmware >= 2.7.6).
+    pub heartbeat_rtt: AtomicHistogram,
+    /// From `want_config_id` to its `config_complete_id`.
+    pub config_download: AtomicHistogram,
 }
 
 /// One connection that completed its handshake.
@@ -504,6 +558,7 @@ impl Supervisor {
             if end.connected_for.is_some() {
                 let _ = self.notices.send(LinkNotice::Down(end.cause.clone()));
             }
+            self.counters.closes[end.cause.index()].fetch_add(1, Ordering::Relaxed);
             self.status
                 .send_modify(|s| s.last_cause = Some(end.cause.clone()));
             self.set_state(LinkState::Closed(end.cause.clone()));
@@ -619,7 +674,8 @@ impl Supervisor {
         self.set_state(LinkState::Configuring);
         let nonce = radio::config_nonce(|| rand::rng().random());
         self.write(framed, radio::want_config(nonce)).await?;
-        let deadline = Instant::now() + self.config.config_timeout;
+        let asked = Instant::now();
+        let deadline = asked + self.config.config_timeout;
         let mut session = Session {
             id,
             my_node_num: 0,
@@ -657,6 +713,7 @@ impl Supervisor {
             }
             let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
         }
+        self.counters.config_download.observe(asked.elapsed());
         if session.my_node_num == 0 {
             return Err(CloseCause::Protocol(
                 "config download carried no my_info".into(),
@@ -710,6 +767,9 @@ impl Supervisor {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut downloads = DownloadGate::default();
+        // The last heartbeat not answered yet; a newer one replaces it, so an answer is never
+        // matched to a heartbeat older than one interval.
+        let mut heartbeat_sent: Option<Instant> = None;
         loop {
             let stall_at = last_rx + every * 3;
             let download_due = downloads.deadline(self.config.config_timeout);
@@ -721,6 +781,11 @@ impl Supervisor {
                             Some(from_radio::PayloadVariant::ConfigCompleteId(n)) => Some(*n),
                             _ => None,
                         };
+                        if radio::answers_heartbeat(&frame)
+                            && let Some(sent) = heartbeat_sent.take()
+                        {
+                            self.counters.heartbeat_rtt.observe(sent.elapsed());
+                        }
                         let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
                         let next = complete.and_then(|n| downloads.completed(n, Instant::now()));
                         if let Err(cause) = self.ask_download(framed, next).await {
@@ -743,6 +808,7 @@ impl Supervisor {
                     if let Err(cause) = self.write(framed, radio::heartbeat(nonce)).await {
                         return cause;
                     }
+                    heartbeat_sent = Some(Instant::now());
                     self.counters.heartbeats_out.fetch_add(1, Ordering::Relaxed);
                 }
                 () = sleep_until(stall_at), if watchdog => {

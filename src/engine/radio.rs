@@ -355,6 +355,12 @@ pub fn answers_heartbeats(version: &str) -> bool {
     firmware_version(version).is_some_and(|v| v >= (2, 7, 6))
 }
 
+/// The radio's answer to a heartbeat: a QueueStatus for no packet (`mesh_packet_id == 0`).
+pub fn answers_heartbeat(frame: &FromRadio) -> bool {
+    matches!(&frame.payload_variant,
+        Some(from_radio::PayloadVariant::QueueStatus(q)) if q.mesh_packet_id == 0)
+}
+
 /// What the handshake's configuration frames say about the radio, beyond its version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandshakeFacts {

@@ -77,6 +77,16 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub const ALL: [Self; 7] = [
+        Self::Startup,
+        Self::Reconnect,
+        Self::Operator,
+        Self::Check,
+        Self::Heard,
+        Self::DmFailed,
+        Self::ClientDm,
+    ];
+
     /// Ignores the cache: startup, reconnect, operator.
     pub fn is_forced(self) -> bool {
         matches!(self, Self::Startup | Self::Reconnect | Self::Operator)
@@ -99,16 +109,25 @@ impl Trigger {
         }
     }
 
-    /// One word, for narrow panes.
-    pub fn short(self) -> &'static str {
+    /// One snake_case word, for machines (metrics labels, JSON).
+    pub fn id(self) -> &'static str {
         match self {
             Self::Startup => "startup",
             Self::Reconnect => "reconnect",
             Self::Operator => "operator",
             Self::Check => "check",
             Self::Heard => "heard",
+            Self::DmFailed => "dm_failed",
+            Self::ClientDm => "client_dm",
+        }
+    }
+
+    /// One word, for narrow panes.
+    pub fn short(self) -> &'static str {
+        match self {
             Self::DmFailed => "dm-fail",
             Self::ClientDm => "client dm",
+            other => other.id(),
         }
     }
 }
@@ -198,6 +217,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 4] = [Self::Skipped, Self::Synced, Self::Forced, Self::Failed];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Skipped => "skipped",
@@ -480,6 +501,8 @@ pub struct SyncJob {
     pub pushes_ignored: Option<usize>,
     /// Told each node whose key was pushed, as soon as the radio took it.
     pub pushed_tx: Option<mpsc::UnboundedSender<u32>>,
+    /// Counts every flash write as it goes on the wire.
+    pub writes: Arc<super::stats::WriteCounters>,
 }
 
 struct RunState {
@@ -996,9 +1019,18 @@ async fn apply(
             inputs.urgent.retain(|n| *n != num);
         }
         let now = SystemTime::now();
-        job.store
+        let recorded = job
+            .store
             .run(move |s| s.note_flash_write(num, write, now))
-            .await?;
+            .await;
+        // Counted once the store holds it too (or failed to), so that a reader who sees the
+        // count finds the write in the store's last hour.
+        let written = match op {
+            Op::Push(_) => &job.writes.pushes,
+            Op::Release(_) => &job.writes.unfavourites,
+        };
+        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        recorded?;
         wait_for_queue(job, id).await?;
         if let (Op::Push(_), Some(tx)) = (&op, &job.pushed_tx) {
             let _ = tx.send(num);

@@ -158,6 +158,19 @@ pub fn fast_engine(
     }
 }
 
+/// Waits until the snapshot satisfies `pred`; panics naming `what`. The snapshot is not held
+/// after: a read guard kept across an await would stop the engine.
+pub async fn settled(
+    snap: &mut watch::Receiver<keysync::engine::Snapshot>,
+    what: &str,
+    pred: impl Fn(&keysync::engine::Snapshot) -> bool,
+) {
+    let done = tokio::time::timeout(WAIT, snap.wait_for(|s| pred(s)))
+        .await
+        .map(|r| r.map(drop));
+    assert!(matches!(done, Ok(Ok(()))), "timed out waiting for {what}");
+}
+
 /// Waits until the engine has reported `n` sync runs; returns the `n`-th (1-based).
 pub async fn nth_report(
     snapshot: &mut watch::Receiver<keysync::engine::Snapshot>,
@@ -204,6 +217,79 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
 }
 pub mod fixture;
 pub mod raw;
+
+/// GETs `path` from an HTTP server over a plain TCP connection: status code, content type,
+/// body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("sends the request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answers in time")
+        .expect("reads the response");
+    let response = String::from_utf8(response).expect("UTF-8");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_string();
+    (code, content_type, body.to_string())
+}
+
+/// Scrapes `/metrics` over HTTP and parses it with a Prometheus text-format parser.
+pub async fn scrape(addr: std::net::SocketAddr) -> prometheus_parse::Scrape {
+    let (code, content_type, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the Prometheus text format")
+}
+
+/// The value of the counter or gauge `name` with exactly `labels`, a count; panics if it is
+/// absent or not a whole number.
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let found = scrape.samples.iter().find(|s| {
+        s.metric == name
+            && s.labels.len() == labels.len()
+            && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+    });
+    let value = match found.map(|s| &s.value) {
+        Some(
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+        ) => *v,
+        other => panic!("no sample {name}{labels:?}: {other:?}"),
+    };
+    assert!(
+        value >= 0.0 && value.fract() == 0.0 && value < 1e15,
+        "{name}{labels:?} = {value} is not a count"
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a whole number below 1e15, checked above"
+    )]
+    let count = value as u64;
+    count
+}
 
 /// Sends SIGTERM to `child`, as systemd stops a service.
 pub fn sigterm(child: &std::process::Child) {
