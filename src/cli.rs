@@ -10,6 +10,9 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::mqtt::MqttConfig;
+use crate::engine::mqtt::broker::BrokerUrl;
+use crate::engine::mqtt::crypto::ChannelKey;
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
 /// The radio's TCP API port.
@@ -134,6 +137,33 @@ pub struct EngineArgs {
         value_name = "KINDS"
     )]
     pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
+
+    /// Learn keys from the Meshtastic MQTT uplink on this broker: mqtt://[USER[:PASSWORD]@]HOST[:PORT],
+    /// or mqtts:// for TLS.
+    #[arg(long, env = "KEYSYNC_MQTT", value_name = "URL")]
+    pub mqtt: Option<String>,
+
+    /// The broker password, when the URL has none.
+    #[arg(
+        long,
+        env = "KEYSYNC_MQTT_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub mqtt_password: Option<String>,
+
+    /// Topic root of the uplink, as the gateways' MQTT setting has it [default: msh/+].
+    #[arg(long, env = "KEYSYNC_MQTT_ROOT", value_name = "ROOT")]
+    pub mqtt_root: Option<String>,
+
+    /// A channel to read the uplink with, besides LongFast and the radio's own: NAME=BASE64KEY
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=KEY")]
+    pub channel_key: Vec<String>,
+
+    /// Share keys with the other keysyncs of this fleet on the broker (keysync/NAME/…).
+    #[arg(long, env = "KEYSYNC_FLEET", value_name = "NAME")]
+    pub fleet: Option<String>,
 }
 
 impl StoreArgs {
@@ -167,6 +197,15 @@ impl EngineArgs {
             } else {
                 self.deny_admin
             },
+            mqtt: self.mqtt.or(before.mqtt),
+            mqtt_password: self.mqtt_password.or(before.mqtt_password),
+            mqtt_root: self.mqtt_root.or(before.mqtt_root),
+            channel_key: if self.channel_key.is_empty() {
+                before.channel_key
+            } else {
+                self.channel_key
+            },
+            fleet: self.fleet.or(before.fleet),
         }
     }
 }
@@ -480,6 +519,8 @@ pub struct Settings {
     pub downstream_grace: Duration,
     pub allow_remote_admin: bool,
     pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
+    /// The broker to learn from and share with (`--mqtt`).
+    pub mqtt: Option<MqttConfig>,
 }
 
 impl Settings {
@@ -583,6 +624,7 @@ impl Settings {
             allow_remote_admin: args.engine.allow_remote_admin
                 || file.allow_remote_admin.unwrap_or(false),
             deny_admin: args.engine.deny_admin.clone(),
+            mqtt: mqtt_config(&args.engine).map_err(SettingsError::Invalid)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -677,6 +719,64 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
         path: path.display().to_string(),
         why: e.to_string(),
     })
+}
+
+/// The MQTT side from `--mqtt` and its companions; those without `--mqtt` are a usage error.
+fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
+    let Some(url) = &args.mqtt else {
+        let stray = [
+            (args.mqtt_root.is_some(), "--mqtt-root"),
+            (!args.channel_key.is_empty(), "--channel-key"),
+            (args.fleet.is_some(), "--fleet"),
+        ];
+        return match stray.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(format!("{flag} needs --mqtt URL: the broker to use")),
+            None => Ok(None),
+        };
+    };
+    let mut broker = BrokerUrl::parse(url)?;
+    if broker.password.is_none() {
+        broker.password.clone_from(&args.mqtt_password);
+    }
+    let mut config = MqttConfig::new(broker);
+    if let Some(root) = &args.mqtt_root {
+        let root = root.trim_end_matches('/');
+        if root.is_empty() || root.contains('#') {
+            return Err(format!(
+                "--mqtt-root {root:?}: a topic root such as msh/EU_868 (no '#')"
+            ));
+        }
+        root.clone_into(&mut config.root);
+    }
+    config.channel_keys = args
+        .channel_key
+        .iter()
+        .map(|s| parse_channel_key(s))
+        .collect::<Result<_, _>>()?;
+    if let Some(fleet) = &args.fleet {
+        crate::engine::mqtt::fleet::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
+    }
+    config.fleet.clone_from(&args.fleet);
+    Ok(Some(config))
+}
+
+/// `NAME=BASE64`: a channel name and its PSK as the apps show it (1, 16 or 32 bytes).
+fn parse_channel_key(s: &str) -> Result<ChannelKey, String> {
+    use base64::Engine as _;
+    let (name, key) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--channel-key {s:?}: write NAME=BASE64KEY"))?;
+    let psk = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .map_err(|_| format!("--channel-key {name}: the key is not base64"))?;
+    if ![1, 16, 32].contains(&psk.len()) {
+        return Err(format!(
+            "--channel-key {name}: a key has 1, 16 or 32 bytes, not {}",
+            psk.len()
+        ));
+    }
+    ChannelKey::new(name, &psk)
+        .ok_or_else(|| format!("--channel-key {name}: that key means no encryption"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod import;
 pub mod lenient;
 pub mod link;
+pub mod mqtt;
 pub mod plan;
 pub mod proxy;
 pub mod radio;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub db_path: PathBuf,
     /// Serve downstream clients (`--listen`).
     pub proxy: Option<crate::engine::proxy::ProxyConfig>,
+    /// Learn keys from an MQTT broker, and share them with a fleet (`--mqtt`).
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 /// Frame counts since start.
@@ -127,6 +130,8 @@ pub struct Snapshot {
     pub proxy_addr: Option<std::net::SocketAddr>,
     /// Downstream clients connected through the proxy.
     pub clients: Vec<crate::engine::proxy::ClientView>,
+    /// The MQTT broker connection, with `--mqtt`.
+    pub mqtt: Option<mqtt::MqttStatus>,
 }
 
 /// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
@@ -154,6 +159,10 @@ const LAZY_AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
 const DM_IDS_KEPT: usize = 64;
 /// Pushes in one run that all never landed: the radio ignores add_contact.
 const IGNORED_AFTER: usize = 3;
+/// Keys from the broker waiting for the store; learned in batches of up to this many.
+const MQTT_BATCH: usize = 256;
+/// At most one summary of keys learned over MQTT in this long.
+const MQTT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the operator (or a test) can ask of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +241,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         notice: None,
         proxy_addr,
         clients: Vec::new(),
+        mqtt: None,
     });
     // The proxy reads the trusted keys from the snapshot (a client may not replace one).
     let proxy = match bound {
@@ -244,6 +254,23 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         )?),
         None => None,
     };
+    let (channels_tx, channels) = watch::channel(Vec::new());
+    let (mqtt_learned_tx, mqtt_learned) = mpsc::channel(MQTT_BATCH * 4);
+    let mqtt = config
+        .mqtt
+        .clone()
+        .map(|c| {
+            mqtt::spawn(
+                c,
+                mqtt::MqttLinks {
+                    learned: mqtt_learned_tx,
+                    channels,
+                    snapshot: snapshot.clone(),
+                },
+            )
+        })
+        .transpose()
+        .map_err(std::io::Error::other)?;
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
         config,
@@ -277,6 +304,10 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         needs,
         pushed_tx,
         pushed,
+        mqtt_learned: mqtt.as_ref().map(|_| mqtt_learned),
+        mqtt,
+        radio_channels: channels_tx,
+        mqtt_log: MqttLearnLog::default(),
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -296,6 +327,35 @@ enum Step {
     Learned(NodeSeen),
     Need(KeyNeed),
     Pushed(u32),
+    FromBroker(Vec<NodeSeen>),
+}
+
+/// Keys learned over MQTT since the last summary line.
+#[derive(Debug, Default)]
+struct MqttLearnLog {
+    last_line: Option<Instant>,
+    first_use: u64,
+    pending: u64,
+}
+
+impl MqttLearnLog {
+    /// Writes the summary if there is news and the last line is old enough.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        let due = self
+            .last_line
+            .is_none_or(|at| now.duration_since(at) >= MQTT_LOG_EVERY);
+        if !due || self.first_use + self.pending == 0 {
+            return;
+        }
+        log::info!(target: "keysync::mqtt",
+            "learned {} new keys over MQTT (trusted on first use); {} different keys pending your decision",
+            self.first_use, self.pending);
+        *self = Self {
+            last_line: Some(now),
+            ..Self::default()
+        };
+    }
 }
 
 struct EngineLoop {
@@ -342,6 +402,20 @@ struct EngineLoop {
     /// Keys downstream clients handed to the radio.
     learned: mpsc::Receiver<NodeSeen>,
     clients: Option<watch::Receiver<Vec<crate::engine::proxy::ClientView>>>,
+    mqtt: Option<mqtt::MqttHandle>,
+    /// Keys the MQTT side read from the broker.
+    mqtt_learned: Option<mpsc::Receiver<NodeSeen>>,
+    /// The radio's channels, for reading the uplink.
+    radio_channels: watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
+    mqtt_log: MqttLearnLog,
+}
+
+async fn recv_batch(rx: Option<&mut mpsc::Receiver<NodeSeen>>) -> Option<Vec<NodeSeen>> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    let mut batch = Vec::new();
+    (rx.recv_many(&mut batch, MQTT_BATCH).await > 0).then_some(batch)
 }
 
 async fn join_running(
@@ -372,6 +446,7 @@ impl EngineLoop {
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
                 Some(need) = self.needs.recv() => Step::Need(need),
                 Some(num) = self.pushed.recv() => Step::Pushed(num),
+                Some(batch) = recv_batch(self.mqtt_learned.as_mut()) => Step::FromBroker(batch),
             };
             match step {
                 Step::Notice(Ok(notice)) => self.on_notice(notice).await,
@@ -422,6 +497,7 @@ impl EngineLoop {
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
                 Step::Learned(seen) => self.learn(seen).await,
+                Step::FromBroker(batch) => self.learn_from_broker(batch).await,
                 Step::Need(need) => self.on_need(need).await,
                 Step::Pushed(num) => {
                     // Its need is met: a later loss of the key is a new need.
@@ -429,6 +505,9 @@ impl EngineLoop {
                     self.answer_waiters(|n| n == num);
                 }
             }
+        }
+        if let Some(mqtt) = self.mqtt.take() {
+            mqtt.stop();
         }
         if let Some(running) = self.running.take() {
             running.abort();
@@ -456,6 +535,12 @@ impl EngineLoop {
                     Trigger::Reconnect
                 };
                 self.traits = Some(self.radio_traits(&session));
+                let channels = mqtt::crypto::radio_channels(session.config.iter().map(|f| &f.msg));
+                self.radio_channels.send_if_modified(|c| {
+                    let changed = *c != channels;
+                    *c = channels;
+                    changed
+                });
                 self.session = Some(session);
                 if self.running.is_some() {
                     self.queued = Some((trigger, true));
@@ -642,6 +727,48 @@ impl EngineLoop {
             }
             Err(e) => self.store_failed(&e),
         }
+    }
+
+    /// Keys from the broker, learned in one transaction under the same trust rules as the
+    /// mesh's; what they did is summed up in one line every [`MQTT_LOG_EVERY`].
+    async fn learn_from_broker(&mut self, batch: Vec<NodeSeen>) {
+        let own = self.own_num;
+        let batch: Vec<NodeSeen> = batch.into_iter().filter(|s| s.num != own).collect();
+        let now = SystemTime::now();
+        let result = self
+            .store
+            .call(move |s| s.learn_all(&batch, now).map(|l| (batch, l)))
+            .await;
+        let (batch, learned) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.store_failed(&e);
+                return;
+            }
+        };
+        self.clear_store_error();
+        let log = &mut self.mqtt_log;
+        for (seen, outcome) in batch.iter().zip(&learned) {
+            match outcome {
+                Learned::FirstUse => log.first_use += 1,
+                Learned::Pending { .. } => {
+                    // The first few in full: a changed key is news the operator acts on.
+                    if log.pending < 3 {
+                        log_learned(seen, *outcome, log::Level::Info);
+                    }
+                    log.pending += 1;
+                }
+                _ => {}
+            }
+            log_learned(seen, *outcome, log::Level::Debug);
+        }
+        if learned
+            .iter()
+            .any(|l| matches!(l, Learned::FirstUse | Learned::Pending { .. }))
+        {
+            self.nodes_dirty = true;
+        }
+        self.mqtt_log.flush();
     }
 
     async fn start_run(&mut self, trigger: Trigger, use_handshake: bool, urgent: Vec<u32>) {
@@ -907,15 +1034,18 @@ impl EngineLoop {
     async fn refresh(&mut self) {
         let traffic = Traffic::read(&self.counters);
         let clients = self.clients.as_ref().map(|c| c.borrow().clone());
+        let mqtt = self.mqtt.as_ref().map(|m| m.status.borrow().clone());
         self.snapshot.send_if_modified(|s| {
-            let mut changed = s.traffic != traffic;
+            let mut changed = s.traffic != traffic || s.mqtt != mqtt;
             s.traffic = traffic;
+            s.mqtt = mqtt;
             if let Some(clients) = clients {
                 changed |= s.clients != clients;
                 s.clients = clients;
             }
             changed
         });
+        self.mqtt_log.flush();
         if self.nodes_dirty {
             self.refresh_store_view().await;
         }
@@ -1033,10 +1163,12 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
 pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
     let who = radio::node_label(seen.num, &seen.long_name);
     let from = match seen.source {
-        radio::Source::NodeDb => "the radio's NodeDB",
-        radio::Source::Mesh => "the mesh",
-        radio::Source::Import => "an import",
-        radio::Source::Downstream => "a downstream client",
+        radio::Source::NodeDb => "the radio's NodeDB".to_string(),
+        radio::Source::Mesh => "the mesh".to_string(),
+        radio::Source::Import => "an import".to_string(),
+        radio::Source::Downstream => "a downstream client".to_string(),
+        radio::Source::Mqtt { gateway } => format!("the MQTT uplink of {}", node_id(gateway)),
+        radio::Source::Fleet { gateway } => format!("the fleet ({})", node_id(gateway)),
     };
     match learned {
         Learned::FirstUse => {

@@ -37,6 +37,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
                 idle_close: crate::engine::proxy::ProxyConfig::IDLE_CLOSE,
                 partial_frame: crate::engine::proxy::ProxyConfig::PARTIAL_FRAME,
             }),
+        mqtt: settings.mqtt.clone(),
     }
 }
 

@@ -263,6 +263,8 @@ pub struct NodeRecord {
     pub our_favourite: bool,
     /// Someone removed it from the radio; it is not pushed again until heard.
     pub removed: bool,
+    /// Where the trusted key (else the pending one) came from.
+    pub source: Option<Source>,
 }
 
 impl NodeRecord {
@@ -345,15 +347,6 @@ fn millis(t: SystemTime) -> i64 {
 
 fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn source_name(s: Source) -> &'static str {
-    match s {
-        Source::NodeDb => "radio",
-        Source::Mesh => "mesh",
-        Source::Import => "import",
-        Source::Downstream => "client",
-    }
 }
 
 impl Store {
@@ -569,7 +562,7 @@ impl Store {
             return Ok(Learned::NotANode);
         }
         let now_ms = millis(now);
-        let source = source_name(seen.source);
+        let source = seen.source.label();
         let exists: bool = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
             .optional()
@@ -583,7 +576,7 @@ impl Store {
                     short_name = CASE WHEN ?3 <> '' THEN ?3 ELSE short_name END,
                     hw_model = CASE WHEN ?4 <> 0 THEN ?4 ELSE hw_model END,
                     role = ?5,
-                    last_seen = max(last_seen, ?6)
+                    last_seen = CASE WHEN ?7 THEN max(last_seen, ?6) ELSE last_seen END
                  WHERE num = ?1",
                 params![
                     seen.num,
@@ -591,15 +584,18 @@ impl Store {
                     seen.short_name,
                     seen.hw_model,
                     seen.role,
-                    now_ms
+                    now_ms,
+                    seen.source.heard_here()
                 ],
             )
             .map_err(|e| self.error(e))?;
         } else {
             tx.execute(
                 "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![seen.num, node_id(seen.num), seen.long_name, seen.short_name, seen.hw_model, seen.role, now_ms],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![seen.num, node_id(seen.num), seen.long_name, seen.short_name, seen.hw_model, seen.role, now_ms,
+                    // A node only the broker told of was never heard here.
+                    if seen.source.heard_here() { now_ms } else { 0 }],
             )
             .map_err(|e| self.error(e))?;
         }
@@ -636,12 +632,12 @@ impl Store {
                 }
             }
             (None, None) => {
-                insert_key(tx, seen.num, &key, "trusted", now_ms, source, "first-use")
+                insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
                     .map_err(|e| self.error(e))?;
                 Learned::FirstUse
             }
             (None, Some(old)) => {
-                insert_key(tx, seen.num, &key, "pending", now_ms, source, "changed")
+                insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")
                     .map_err(|e| self.error(e))?;
                 Learned::Pending { old, new: key }
             }
@@ -771,7 +767,10 @@ impl Store {
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
                          ORDER BY last_seen DESC LIMIT 1),
                         (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
-                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL
+                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL,
+                        (SELECT source FROM keys WHERE node_num = n.num
+                            AND state IN ('trusted', 'pending')
+                         ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1)
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
@@ -791,6 +790,10 @@ impl Store {
                 pinned: r.get(11)?,
                 our_favourite: r.get(12)?,
                 removed: r.get(13)?,
+                source: r
+                    .get::<_, Option<String>>(14)?
+                    .as_deref()
+                    .and_then(Source::parse),
             })
         })
         .and_then(|rows| {

@@ -45,6 +45,7 @@ fn node(
             pinned: false,
             our_favourite: false,
             removed: false,
+            source: Some(keysync::engine::radio::Source::Mesh),
         },
         radio,
     }

@@ -155,6 +155,7 @@ pub fn fast_engine(
         },
         db_path: db,
         proxy: None,
+        mqtt: None,
     }
 }
 
