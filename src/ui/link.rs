@@ -15,6 +15,7 @@ use crate::app::{App, Pane};
 use crate::duration::compact;
 use crate::engine::Snapshot;
 use crate::engine::link::{CloseCause, LinkEvent, LinkState};
+use crate::engine::mqtt::{MqttState, MqttStatus};
 use crate::engine::sync::SyncReport;
 
 /// A drop within this long after a sync that sent frames counts as following it.
@@ -265,6 +266,9 @@ pub fn draw(
             lines.push(Line::from(Span::styled(fit(&detail, width), style)));
         }
     }
+    if let Some(m) = &snap.mqtt {
+        lines.push(mqtt_line(m, now, width, theme));
+    }
     let rows = usize::from(area.height.saturating_sub(2));
     for e in link
         .timeline
@@ -282,6 +286,47 @@ pub fn draw(
         ]));
     }
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// The broker in one line: its state, what it taught, and the last error while it is down.
+pub fn mqtt_text(m: &MqttStatus, now: SystemTime) -> String {
+    let state = match &m.state {
+        MqttState::Backoff { retry_at, .. } => format!(
+            "{} · retry in {}",
+            m.state,
+            compact(retry_at.duration_since(now).unwrap_or_default())
+        ),
+        other => format!(
+            "{other} {}",
+            compact(now.duration_since(m.since).unwrap_or_default())
+        ),
+    };
+    let c = &m.counts;
+    let mut text = format!("mqtt {} {state} · {} keys", m.broker, c.uplink_keys);
+    if let Some(fleet) = &m.fleet {
+        text.push_str(&format!(
+            " · fleet {fleet} in {} out {}",
+            c.fleet_in, c.fleet_out
+        ));
+    }
+    if c.ignored > 0 {
+        text.push_str(&format!(" · ignored {}", c.ignored));
+    }
+    if m.state != MqttState::Connected
+        && let Some(e) = &m.last_error
+    {
+        text.push_str(&format!(" · {e}"));
+    }
+    text
+}
+
+fn mqtt_line<'a>(m: &MqttStatus, now: SystemTime, width: usize, theme: &Theme) -> Line<'a> {
+    let style = match m.state {
+        MqttState::Connected => theme.good(),
+        MqttState::Connecting => theme.warn(),
+        MqttState::Backoff { .. } => theme.bad(),
+    };
+    Line::from(Span::styled(fit(&mqtt_text(m, now), width), style))
 }
 
 #[cfg(test)]
@@ -323,6 +368,37 @@ mod tests {
             duration: Duration::from_secs(2),
             ..SyncReport::new(Trigger::Check, at(s))
         }
+    }
+
+    #[test]
+    fn the_mqtt_line_says_the_state_what_it_taught_and_why_it_is_down() {
+        use crate::engine::mqtt::MqttCounts;
+        let mut m = MqttStatus {
+            broker: "mqtt://gw@broker:1883".into(),
+            state: MqttState::Connected,
+            since: at(0),
+            last_error: Some("I/O: connection refused".into()),
+            fleet: Some("north".into()),
+            channels: 2,
+            counts: MqttCounts {
+                uplink_keys: 12,
+                fleet_in: 3,
+                fleet_out: 4,
+                ignored: 5,
+                ..MqttCounts::default()
+            },
+        };
+        assert_eq!(
+            mqtt_text(&m, at(90)),
+            "mqtt mqtt://gw@broker:1883 connected 1m30s · 12 keys · fleet north in 3 out 4 · ignored 5"
+        );
+        m.state = MqttState::Backoff {
+            attempt: 2,
+            retry_at: at(100),
+        };
+        assert!(mqtt_text(&m, at(90)).ends_with(
+            "retry in 10s · 12 keys · fleet north in 3 out 4 · ignored 5 · I/O: connection refused"
+        ));
     }
 
     #[test]

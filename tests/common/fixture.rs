@@ -241,6 +241,7 @@ pub fn snapshot() -> Snapshot {
         notice: None,
         proxy_addr: None,
         clients: Vec::new(),
+        mqtt: None,
     }
 }
 

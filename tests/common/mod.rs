@@ -203,6 +203,7 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
         assert!(keysync::engine::radio::valid_key(&key).is_some());
     }
 }
+pub mod broker;
 pub mod fixture;
 pub mod raw;
 

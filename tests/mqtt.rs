@@ -1,0 +1,367 @@
+//! Keys from the MQTT broker, against a real mosquitto (started per test on a free loopback
+//! port) and the simulated radio over real TCP. Without mosquitto (build.rs sets
+//! `cfg(no_mosquitto)`) these tests are reported as ignored, with the reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::{WAIT, fast_engine, population, seeded_store, sim_config, start_sim, wait_until};
+use keysync::engine::mqtt::MqttConfig;
+use keysync::engine::mqtt::broker::BrokerUrl;
+use keysync::engine::mqtt::crypto::ChannelKey;
+use keysync::engine::mqtt::uplink::envelope;
+use keysync::engine::radio::Source;
+use keysync::engine::store::Store;
+use keysync::engine::{self, EngineHandle, Snapshot};
+use keysync::sim::SimHandle;
+use meshtastic::protobufs::User;
+use tokio::sync::watch;
+
+const TOPIC: &str = "msh/EU_868/2/e/LongFast/!0000beef";
+const GATEWAY: u32 = 0xbeef;
+/// A node no simulated radio has: it can only come from the broker.
+const FAR_NODE: u32 = 0x7a11_0001;
+
+fn far_user(key: u8) -> User {
+    User {
+        id: "!7a110001".into(),
+        long_name: "Far\u{1b}[2J Hill".into(),
+        short_name: "FH".into(),
+        public_key: vec![key; 32],
+        ..User::default()
+    }
+}
+
+fn mqtt_config(broker: &Broker, fleet: Option<&str>) -> MqttConfig {
+    let mut config = MqttConfig::new(BrokerUrl::parse(&broker.url()).expect("url"));
+    config.fleet = fleet.map(str::to_owned);
+    config.backoff.base = Duration::from_millis(50);
+    config.backoff.cap = Duration::from_millis(400);
+    config
+}
+
+struct Gateway {
+    sim: SimHandle,
+    engine: EngineHandle,
+    db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A simulated radio with `nodes` nodes and a keysync on it that uses the broker.
+async fn gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
+    let sim = start_sim(keysync::sim::SimConfig {
+        seed,
+        ..sim_config(nodes)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, store) = seeded_store(&dir, &[]);
+    let mut config = fast_engine(
+        &sim,
+        db.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    config.mqtt = Some(mqtt);
+    let engine = engine::try_start(config, store).expect("engine starts");
+    let mut snap = engine.snapshot.clone();
+    connected(&mut snap).await;
+    Gateway {
+        sim,
+        engine,
+        db,
+        _dir: dir,
+    }
+}
+
+async fn connected(snap: &mut watch::Receiver<Snapshot>) {
+    let up = tokio::time::timeout(
+        WAIT,
+        snap.wait_for(|s| {
+            s.mqtt
+                .as_ref()
+                .is_some_and(|m| m.state == keysync::engine::mqtt::MqttState::Connected)
+                && !s.sync.history.is_empty()
+        }),
+    )
+    .await;
+    assert!(
+        matches!(up, Ok(Ok(_))),
+        "keysync did not connect to the broker and the radio"
+    );
+}
+
+/// The store's record of `num`: its trusted key and where it came from.
+fn stored(db: &std::path::Path, num: u32) -> Option<([u8; 32], Option<Source>)> {
+    let store = Store::open_existing(db).expect("store opens");
+    let node = store
+        .nodes()
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.num == num)?;
+    Some((node.trusted?, node.source))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
+    let uplink = broker.client("gateway").await;
+    let packet = envelope(
+        FAR_NODE,
+        42,
+        &far_user(7),
+        Some(&ChannelKey::default_channel()),
+        GATEWAY,
+    );
+    // A gateway uploads a NodeInfo each time the node announces: send until it is learned.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored(&gw.db, FAR_NODE).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the uplink NodeInfo was not learned"
+        );
+        uplink.publish(TOPIC, packet.clone()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (key, source) = stored(&gw.db, FAR_NODE).expect("stored");
+    assert_eq!(key, [7; 32]);
+    assert_eq!(source, Some(Source::Mqtt { gateway: GATEWAY }));
+    let store = Store::open_existing(&gw.db).expect("store");
+    let node = store
+        .nodes()
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.num == FAR_NODE)
+        .expect("node");
+    assert_eq!(node.long_name, "Far[2J Hill", "the escape sequence is gone");
+
+    // The same node later with another key: pending, the first one stays trusted.
+    let changed = envelope(
+        FAR_NODE,
+        43,
+        &far_user(8),
+        Some(&ChannelKey::default_channel()),
+        GATEWAY,
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pending = Store::open_existing(&gw.db)
+            .expect("store")
+            .nodes()
+            .expect("nodes")
+            .into_iter()
+            .find(|n| n.num == FAR_NODE)
+            .and_then(|n| n.pending);
+        if pending == Some([8; 32]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed key did not become pending"
+        );
+        uplink.publish(TOPIC, changed.clone()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored(&gw.db, FAR_NODE).map(|s| s.0),
+        Some([7; 32]),
+        "the trusted key is kept"
+    );
+
+    let out = assert_cmd::Command::cargo_bin("keysync")
+        .expect("binary")
+        .args(["keys", "--db"])
+        .arg(&gw.db)
+        .output()
+        .expect("keys runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("!7a110001"))
+        .expect("listed");
+    assert!(line.ends_with("MQTT via !0000beef"), "{line}");
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_key_from_radio_a_reaches_the_store_of_b_through_the_fleet_and_no_further() {
+    let broker = Broker::start();
+    let a = gateway(11, 4, mqtt_config(&broker, Some("north"))).await;
+    let b = gateway(22, 4, mqtt_config(&broker, Some("north"))).await;
+    let a_nodes = population(11, 4);
+    let b_nodes = population(22, 4);
+    let from_a = &a_nodes[0];
+    let a_key: [u8; 32] = from_a
+        .user
+        .as_ref()
+        .expect("user")
+        .public_key
+        .clone()
+        .try_into()
+        .expect("32");
+    let a_radio = a.sim.my_node_num();
+    wait_until("B has a key of A's radio", || {
+        stored(&b.db, from_a.num).is_some()
+    })
+    .await;
+    assert_eq!(
+        stored(&b.db, from_a.num),
+        Some((a_key, Some(Source::Fleet { gateway: a_radio })))
+    );
+    // And the other way round.
+    let from_b = &b_nodes[0];
+    wait_until("A has a key of B's radio", || {
+        stored(&a.db, from_b.num).is_some()
+    })
+    .await;
+    assert_eq!(
+        stored(&a.db, from_b.num).and_then(|s| s.1),
+        Some(Source::Fleet {
+            gateway: b.sim.my_node_num()
+        })
+    );
+    // Each published only what its own radio told it: a key never travels back.
+    let published = |e: &EngineHandle| {
+        e.snapshot
+            .borrow()
+            .mqtt
+            .as_ref()
+            .map(|m| m.counts.fleet_out)
+    };
+    wait_until("both published their radio's nodes", || {
+        published(&a.engine) == Some(4) && published(&b.engine) == Some(4)
+    })
+    .await;
+    assert_eq!(
+        stored(&a.db, from_a.num).and_then(|s| s.1),
+        Some(Source::NodeDb)
+    );
+
+    // A keysync that starts later has the fleet's keys from the retained records at once.
+    let c = gateway(33, 1, mqtt_config(&broker, Some("north"))).await;
+    wait_until("C has A's and B's keys", || {
+        a_nodes
+            .iter()
+            .chain(&b_nodes)
+            .all(|n| stored(&c.db, n.num).is_some())
+    })
+    .await;
+    wait_until("C shared its own radio's node", || {
+        published(&c.engine) == Some(1)
+    })
+    .await;
+    for g in [a, b, c] {
+        g.engine.quit().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_radio_link_alone() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, Some("north"))).await;
+    let count = || {
+        Store::open_existing(&gw.db)
+            .expect("store")
+            .nodes()
+            .expect("nodes")
+            .len()
+    };
+    let before = count();
+    let sessions = gw.engine.snapshot.borrow().link.sessions;
+    let hostile = broker.client("hostile").await;
+    // Another key with LongFast's hash: the packet claims the channel, the key does not fit.
+    let mut other = keysync::engine::mqtt::crypto::DEFAULT_PSK;
+    other[0] ^= 0x55;
+    other[1] ^= 0x55;
+    let secret = ChannelKey::new("LongFast", &other).expect("key");
+    assert_eq!(secret.hash(), ChannelKey::default_channel().hash());
+    let wrong_key = envelope(FAR_NODE, 1, &far_user(7), Some(&secret), GATEWAY);
+    let oversized = {
+        let mut user = far_user(7);
+        user.long_name = "x".repeat(16 * 1024);
+        envelope(FAR_NODE, 2, &user, None, GATEWAY)
+    };
+    let forged_fleet =
+        br#"{"node":"!7a110001","key":"not a key","gateway":"!1","origin":"!00000001"}"#;
+    let flood = 2000;
+    for i in 0..flood {
+        match i % 5 {
+            0 => {
+                hostile
+                    .publish(TOPIC, b"\x08\x96\x01 garbage".to_vec())
+                    .await
+            }
+            1 => hostile.publish(TOPIC, wrong_key.clone()).await,
+            2 => hostile.publish(TOPIC, oversized.clone()).await,
+            3 => {
+                hostile
+                    .publish("keysync/north/!7a110001", forged_fleet.to_vec())
+                    .await
+            }
+            _ => {
+                hostile
+                    .publish(
+                        "msh/EU_868/2/json/LongFast/!0000beef",
+                        b"{\"from\":".to_vec(),
+                    )
+                    .await
+            }
+        }
+    }
+    // A last good message proves the flood was read through, and the side still learns.
+    let good = envelope(
+        FAR_NODE + 1,
+        9,
+        &far_user(5),
+        Some(&ChannelKey::default_channel()),
+        GATEWAY,
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored(&gw.db, FAR_NODE + 1).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the good message after the flood was not learned"
+        );
+        hostile.publish(TOPIC, good.clone()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored(&gw.db, FAR_NODE),
+        None,
+        "nothing learned from the hostile traffic"
+    );
+    assert_eq!(count(), before + 1, "the good node only");
+    let ignored = || {
+        gw.engine
+            .snapshot
+            .borrow()
+            .mqtt
+            .as_ref()
+            .map_or(0, |m| m.counts.ignored)
+    };
+    wait_until("the snapshot counts the flood", || ignored() >= flood).await;
+    let snap = gw.engine.snapshot.borrow().clone();
+    let counts = snap.mqtt.as_ref().expect("mqtt").counts;
+    assert!(counts.ignored >= flood, "{counts:?}");
+    assert!(
+        counts.oversized >= flood / 5 && counts.undecryptable >= flood / 5,
+        "{counts:?}"
+    );
+    assert_eq!(snap.link.sessions, sessions, "the radio link never dropped");
+    assert_eq!(snap.link.state, keysync::engine::link::LinkState::Up);
+    gw.engine.quit().await;
+}
