@@ -295,7 +295,7 @@ pub enum Command {
     /// Run the simulated radio on a TCP port, behaving like the firmware version and board given.
     Sim(SimArgs),
     /// Connect, run one forced sync, print its outcome and exit (1 if it failed).
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// List the stored nodes and keys, or decide on a pending key.
     Keys(KeysArgs),
     /// Import keys from another tool's database.

@@ -254,23 +254,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         )?),
         None => None,
     };
-    let (channels_tx, channels) = watch::channel(Vec::new());
-    let (mqtt_learned_tx, mqtt_learned) = mpsc::channel(MQTT_BATCH * 4);
-    let mqtt = config
-        .mqtt
-        .clone()
-        .map(|c| {
-            mqtt::spawn(
-                c,
-                mqtt::MqttLinks {
-                    learned: mqtt_learned_tx,
-                    channels,
-                    snapshot: snapshot.clone(),
-                },
-            )
-        })
-        .transpose()
-        .map_err(std::io::Error::other)?;
+    let (channels_tx, mqtt, mqtt_learned) = start_mqtt(config.mqtt.clone(), &snapshot)?;
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
         config,
@@ -304,7 +288,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         needs,
         pushed_tx,
         pushed,
-        mqtt_learned: mqtt.as_ref().map(|_| mqtt_learned),
+        mqtt_learned,
         mqtt,
         radio_channels: channels_tx,
         mqtt_log: MqttLearnLog::default(),
@@ -315,6 +299,34 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         commands,
         task,
     })
+}
+
+/// The MQTT side, when configured: the sender of the radio's channels it reads with, its
+/// handle, and where the keys it reads arrive.
+#[expect(
+    clippy::type_complexity,
+    reason = "three parts of one start, taken apart at once"
+)]
+fn start_mqtt(
+    config: Option<mqtt::MqttConfig>,
+    snapshot: &watch::Receiver<Snapshot>,
+) -> std::io::Result<(
+    watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
+    Option<mqtt::MqttHandle>,
+    Option<mpsc::Receiver<NodeSeen>>,
+)> {
+    let (channels_tx, channels) = watch::channel(Vec::new());
+    let Some(config) = config else {
+        return Ok((channels_tx, None, None));
+    };
+    let (learned, learned_rx) = mpsc::channel(MQTT_BATCH * 4);
+    let links = mqtt::MqttLinks {
+        learned,
+        channels,
+        snapshot: snapshot.clone(),
+    };
+    let handle = mqtt::spawn(config, links).map_err(std::io::Error::other)?;
+    Ok((channels_tx, Some(handle), Some(learned_rx)))
 }
 
 enum Step {

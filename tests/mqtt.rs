@@ -299,28 +299,17 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
         br#"{"node":"!7a110001","key":"not a key","gateway":"!1","origin":"!00000001"}"#;
     let flood = 2000;
     for i in 0..flood {
-        match i % 5 {
-            0 => {
-                hostile
-                    .publish(TOPIC, b"\x08\x96\x01 garbage".to_vec())
-                    .await
-            }
-            1 => hostile.publish(TOPIC, wrong_key.clone()).await,
-            2 => hostile.publish(TOPIC, oversized.clone()).await,
-            3 => {
-                hostile
-                    .publish("keysync/north/!7a110001", forged_fleet.to_vec())
-                    .await
-            }
-            _ => {
-                hostile
-                    .publish(
-                        "msh/EU_868/2/json/LongFast/!0000beef",
-                        b"{\"from\":".to_vec(),
-                    )
-                    .await
-            }
-        }
+        let (topic, payload) = match i % 5 {
+            0 => (TOPIC, b"\x08\x96\x01 garbage".to_vec()),
+            1 => (TOPIC, wrong_key.clone()),
+            2 => (TOPIC, oversized.clone()),
+            3 => ("keysync/north/!7a110001", forged_fleet.to_vec()),
+            _ => (
+                "msh/EU_868/2/json/LongFast/!0000beef",
+                b"{\"from\":".to_vec(),
+            ),
+        };
+        hostile.publish(topic, payload).await;
     }
     // A last good message proves the flood was read through, and the side still learns.
     let good = envelope(

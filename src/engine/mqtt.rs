@@ -179,7 +179,7 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
         counts: MqttCounts::default(),
     });
     let (driven_tx, driven) = mpsc::channel(DRIVEN_QUEUE);
-    let driver = tokio::spawn(drive(eventloop, driven_tx, config.backoff));
+    let connection = tokio::spawn(drive(eventloop, driven_tx, config.backoff));
     let reader = Reader {
         keyring: Keyring::default(),
         book: FleetBook::default(),
@@ -194,7 +194,7 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
         links,
     };
     let task = tokio::spawn(async move {
-        let _driver = AbortOnDrop(driver);
+        let _connection = AbortOnDrop(connection);
         reader.run(driven).await;
     });
     Ok(MqttHandle { status, task })

@@ -1,6 +1,7 @@
 //! The link pane: the state now, a timeline bar over the chosen window with the sync runs
 //! marked above it, whether drops followed syncs, and the latest state changes.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use ratatui::Frame;
@@ -304,18 +305,19 @@ pub fn mqtt_text(m: &MqttStatus, now: SystemTime) -> String {
     let c = &m.counts;
     let mut text = format!("mqtt {} {state} · {} keys", m.broker, c.uplink_keys);
     if let Some(fleet) = &m.fleet {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             " · fleet {fleet} in {} out {}",
             c.fleet_in, c.fleet_out
-        ));
+        );
     }
     if c.ignored > 0 {
-        text.push_str(&format!(" · ignored {}", c.ignored));
+        let _ = write!(text, " · ignored {}", c.ignored);
     }
     if m.state != MqttState::Connected
         && let Some(e) = &m.last_error
     {
-        text.push_str(&format!(" · {e}"));
+        let _ = write!(text, " · {e}");
     }
     text
 }

@@ -130,9 +130,10 @@ pub fn draw(
 /// The selected node in a sentence: where its key came from and since when.
 pub fn detail(n: &NodeView, now: SystemTime) -> String {
     let r = &n.record;
-    let from = r
-        .source
-        .map_or_else(|| "an unknown source".to_string(), |s| s.label());
+    let from = r.source.map_or_else(
+        || "an unknown source".to_string(),
+        crate::engine::radio::Source::label,
+    );
     let first = compact(now.duration_since(r.first_seen).unwrap_or_default());
     if r.trusted.is_none() && r.pending.is_none() {
         format!(" {} · no key · first seen {first} ago ", r.id())
