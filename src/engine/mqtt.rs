@@ -415,8 +415,14 @@ impl Reader {
         if let Some(name) = &self.config.fleet {
             filters.push(fleet::filter(name));
         }
-        for filter in filters {
-            if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtMostOnce) {
+        for (i, filter) in filters.into_iter().enumerate() {
+            // The uplink repeats itself; the fleet's retained records must all arrive.
+            let qos = if i < 2 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            if let Err(e) = self.client.try_subscribe(filter.clone(), qos) {
                 log::warn!(target: "keysync::mqtt", "could not subscribe to {filter}: {e}");
             }
         }

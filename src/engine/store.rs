@@ -1384,6 +1384,49 @@ mod tests {
     }
 
     #[test]
+    fn a_key_from_the_broker_is_recorded_with_its_gateway_and_does_not_make_the_node_heard() {
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        let mut far = seen(7, Some(3), "far");
+        far.source = Source::Mqtt { gateway: 0xbeef };
+        assert_eq!(s.learn(&far, t).unwrap(), Learned::FirstUse);
+        let node = &s.nodes().unwrap()[0];
+        assert_eq!(node.source, Some(Source::Mqtt { gateway: 0xbeef }));
+        assert_eq!(node.last_seen, UNIX_EPOCH, "never heard by this radio");
+        assert_eq!(s.history(7).unwrap()[0].source, "MQTT via !0000beef");
+        // Heard on the mesh later: now it is recent; the broker again does not change that.
+        let heard = t + Duration::from_secs(5);
+        s.learn(&seen(7, Some(3), ""), heard).unwrap();
+        far.source = Source::Fleet { gateway: 0xa };
+        s.learn(&far, heard + Duration::from_secs(60)).unwrap();
+        let node = &s.nodes().unwrap()[0];
+        assert_eq!(node.last_seen, from_millis(millis(heard)));
+        assert_eq!(
+            node.source,
+            Some(Source::Mqtt { gateway: 0xbeef }),
+            "the trusted key's source"
+        );
+    }
+
+    #[test]
+    fn every_source_reads_back_as_written() {
+        for source in [
+            Source::NodeDb,
+            Source::Mesh,
+            Source::Import,
+            Source::Downstream,
+            Source::Mqtt {
+                gateway: 0x1234_abcd,
+            },
+            Source::Fleet { gateway: 1 },
+        ] {
+            assert_eq!(Source::parse(&source.label()), Some(source));
+        }
+        assert_eq!(Source::parse("MQTT via nobody"), None);
+        assert_eq!(Source::parse("fleet !zz"), None);
+    }
+
+    #[test]
     fn first_key_is_trusted_a_different_one_waits_and_a_missing_one_changes_nothing() {
         let (_d, mut s) = open();
         let t = SystemTime::now();

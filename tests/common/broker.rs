@@ -1,6 +1,6 @@
 //! A real MQTT broker for tests: mosquitto on a free loopback port with its own configuration
 //! in a temporary directory, stopped when dropped. Tests that use it carry
-//! `cfg_attr(no_mosquitto, ignore = …)` (see build.rs).
+//! `cfg_attr(no_mosquitto, ignore = …)` (see build.rs). The MQTT bench includes this file too.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+/// How long a test client waits for the broker to accept it.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub struct Broker {
     pub addr: SocketAddr,
@@ -77,7 +80,7 @@ impl Broker {
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(options, 64);
         loop {
-            match tokio::time::timeout(super::WAIT, events.poll()).await {
+            match tokio::time::timeout(CONNECT_WAIT, events.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
                 Ok(Ok(_)) => {}
                 other => panic!("test client could not connect: {other:?}"),
