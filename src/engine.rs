@@ -161,6 +161,9 @@ const DM_IDS_KEPT: usize = 64;
 const IGNORED_AFTER: usize = 3;
 /// Keys from the broker waiting for the store; learned in batches of up to this many.
 const MQTT_BATCH: usize = 256;
+/// A new key the fleet should hear of reaches the snapshot (which the MQTT side shares from)
+/// this soon, rather than at the next one-second refresh; keys learned meanwhile go together.
+const SHARE_SOON: Duration = Duration::from_millis(50);
 /// At most one summary of keys learned over MQTT in this long.
 const MQTT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -292,6 +295,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         mqtt,
         radio_channels: channels_tx,
         mqtt_log: MqttLearnLog::default(),
+        share_at: None,
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -334,6 +338,7 @@ enum Step {
     LinkChanged(bool),
     Check,
     Refresh,
+    Share,
     Finished(Box<Result<SyncReport, tokio::task::JoinError>>),
     Command(Option<Command>),
     Learned(NodeSeen),
@@ -420,6 +425,15 @@ struct EngineLoop {
     /// The radio's channels, for reading the uplink.
     radio_channels: watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
     mqtt_log: MqttLearnLog,
+    /// When to publish the store view early, for the fleet.
+    share_at: Option<Instant>,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_batch(rx: Option<&mut mpsc::Receiver<NodeSeen>>) -> Option<Vec<NodeSeen>> {
@@ -453,6 +467,7 @@ impl EngineLoop {
                 c = self.status.changed() => Step::LinkChanged(c.is_ok()),
                 _ = check.tick() => Step::Check,
                 _ = refresh.tick() => Step::Refresh,
+                () = sleep_until(self.share_at) => Step::Share,
                 r = join_running(self.running.as_mut()) => Step::Finished(Box::new(r)),
                 c = self.commands.recv() => Step::Command(c),
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
@@ -481,6 +496,10 @@ impl EngineLoop {
                     }
                 }
                 Step::Refresh => self.refresh().await,
+                Step::Share => {
+                    self.share_at = None;
+                    self.refresh_store_view().await;
+                }
                 Step::Finished(result) => {
                     self.running = None;
                     match *result {
@@ -735,6 +754,9 @@ impl EngineLoop {
             Ok(learned) => {
                 log_learned(&seen, learned, log::Level::Info);
                 self.nodes_dirty = true;
+                if learned == Learned::FirstUse {
+                    self.share_soon(seen.source);
+                }
                 self.clear_store_error();
             }
             Err(e) => self.store_failed(&e),
@@ -763,13 +785,13 @@ impl EngineLoop {
         for (seen, outcome) in batch.iter().zip(&learned) {
             match outcome {
                 Learned::FirstUse => log.first_use += 1,
-                Learned::Pending { .. } => {
-                    // The first few in full: a changed key is news the operator acts on.
-                    if log.pending < 3 {
-                        log_learned(seen, *outcome, log::Level::Info);
-                    }
+                // The first few in full: a changed key is news the operator acts on.
+                Learned::Pending { .. } if log.pending < 3 => {
                     log.pending += 1;
+                    log_learned(seen, *outcome, log::Level::Info);
+                    continue;
                 }
+                Learned::Pending { .. } => log.pending += 1,
                 _ => {}
             }
             log_learned(seen, *outcome, log::Level::Debug);
@@ -780,7 +802,23 @@ impl EngineLoop {
         {
             self.nodes_dirty = true;
         }
+        if let Some((seen, _)) = batch
+            .iter()
+            .zip(&learned)
+            .find(|(s, l)| **l == Learned::FirstUse && !s.source.is_fleet())
+        {
+            self.share_soon(seen.source);
+        }
         self.mqtt_log.flush();
+    }
+
+    /// A new trusted key from `source`: with a fleet, the snapshot the MQTT side shares from
+    /// is refreshed within [`SHARE_SOON`] (keys from the fleet itself are not shared again).
+    fn share_soon(&mut self, source: radio::Source) {
+        let fleet = self.config.mqtt.as_ref().is_some_and(|m| m.fleet.is_some());
+        if fleet && !source.is_fleet() && self.share_at.is_none() {
+            self.share_at = Some(Instant::now() + SHARE_SOON);
+        }
     }
 
     async fn start_run(&mut self, trigger: Trigger, use_handshake: bool, urgent: Vec<u32>) {
