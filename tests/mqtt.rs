@@ -311,6 +311,17 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
         };
         hostile.publish(topic, payload).await;
     }
+    let ignored = || {
+        gw.engine
+            .snapshot
+            .borrow()
+            .mqtt
+            .as_ref()
+            .map_or(0, |m| m.counts.ignored)
+    };
+    wait_until("the snapshot counts the flood", || ignored() >= flood).await;
+    // Larger than any MQTT packet keysync accepts: the broker connection drops and comes back.
+    hostile.publish(TOPIC, vec![0x42; 100 * 1024]).await;
     // A last good message proves the flood was read through, and the side still learns.
     let good = envelope(
         FAR_NODE + 1,
@@ -334,15 +345,18 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
         "nothing learned from the hostile traffic"
     );
     assert_eq!(count(), before + 1, "the good node only");
-    let ignored = || {
+    let error = || {
         gw.engine
             .snapshot
             .borrow()
             .mqtt
             .as_ref()
-            .map_or(0, |m| m.counts.ignored)
+            .and_then(|m| m.last_error.clone())
     };
-    wait_until("the snapshot counts the flood", || ignored() >= flood).await;
+    wait_until("the huge packet dropped the broker connection", || {
+        error().is_some_and(|e| e.contains("size"))
+    })
+    .await;
     let snap = gw.engine.snapshot.borrow().clone();
     let counts = snap.mqtt.as_ref().expect("mqtt").counts;
     assert!(counts.ignored >= flood, "{counts:?}");
