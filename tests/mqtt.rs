@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use common::broker::Broker;
 use common::{WAIT, fast_engine, population, seeded_store, sim_config, start_sim, wait_until};
-use keysync::engine::mqtt::MqttConfig;
 use keysync::engine::mqtt::broker::BrokerUrl;
 use keysync::engine::mqtt::crypto::ChannelKey;
 use keysync::engine::mqtt::uplink::envelope;
+use keysync::engine::mqtt::{MqttConfig, MqttStatus};
 use keysync::engine::radio::Source;
-use keysync::engine::store::Store;
+use keysync::engine::store::{NodeRecord, Store};
 use keysync::engine::{self, EngineHandle, Snapshot};
 use keysync::sim::SimHandle;
 use meshtastic::protobufs::User;
@@ -92,15 +92,45 @@ async fn connected(snap: &mut watch::Receiver<Snapshot>) {
     );
 }
 
-/// The store's record of `num`: its trusted key and where it came from.
-fn stored(db: &std::path::Path, num: u32) -> Option<([u8; 32], Option<Source>)> {
+/// The store's record of `num`, read as `keysync keys` reads it, beside the running engine.
+fn node(db: &std::path::Path, num: u32) -> Option<NodeRecord> {
     let store = Store::open_existing(db).expect("store opens");
-    let node = store
+    store
         .nodes()
         .expect("nodes")
         .into_iter()
-        .find(|n| n.num == num)?;
+        .find(|n| n.num == num)
+}
+
+/// The store's trusted key of `num` and where it came from.
+fn stored(db: &std::path::Path, num: u32) -> Option<([u8; 32], Option<Source>)> {
+    let node = node(db, num)?;
     Some((node.trusted?, node.source))
+}
+
+/// A LongFast uplink of `num`'s NodeInfo with key `[key; 32]`, as gateway [`GATEWAY`] sends it.
+fn long_fast(num: u32, id: u32, key: u8) -> Vec<u8> {
+    let channel = ChannelKey::default_channel();
+    envelope(num, id, &far_user(key), Some(&channel), GATEWAY)
+}
+
+/// Publishes `payload` on [`TOPIC`] every 100 ms (as a gateway repeats NodeInfo) until `done`.
+async fn publish_until(
+    publisher: &common::broker::Publisher,
+    payload: &[u8],
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        publisher.publish(TOPIC, payload.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn mqtt_status(engine: &EngineHandle) -> Option<MqttStatus> {
+    engine.snapshot.borrow().mqtt.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,62 +142,26 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
     let broker = Broker::start();
     let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
     let uplink = broker.client("gateway").await;
-    let packet = envelope(
-        FAR_NODE,
-        42,
-        &far_user(7),
-        Some(&ChannelKey::default_channel()),
-        GATEWAY,
-    );
-    // A gateway uploads a NodeInfo each time the node announces: send until it is learned.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stored(&gw.db, FAR_NODE).is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the uplink NodeInfo was not learned"
-        );
-        uplink.publish(TOPIC, packet.clone()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (key, source) = stored(&gw.db, FAR_NODE).expect("stored");
-    assert_eq!(key, [7; 32]);
-    assert_eq!(source, Some(Source::Mqtt { gateway: GATEWAY }));
-    let store = Store::open_existing(&gw.db).expect("store");
-    let node = store
-        .nodes()
-        .expect("nodes")
-        .into_iter()
-        .find(|n| n.num == FAR_NODE)
-        .expect("node");
-    assert_eq!(node.long_name, "Far[2J Hill", "the escape sequence is gone");
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 42, 7),
+        "the uplink NodeInfo learned",
+        || stored(&gw.db, FAR_NODE).is_some(),
+    )
+    .await;
+    let far = node(&gw.db, FAR_NODE).expect("stored");
+    assert_eq!(far.trusted, Some([7; 32]));
+    assert_eq!(far.source, Some(Source::Mqtt { gateway: GATEWAY }));
+    assert_eq!(far.long_name, "Far[2J Hill", "the escape sequence is gone");
 
     // The same node later with another key: pending, the first one stays trusted.
-    let changed = envelope(
-        FAR_NODE,
-        43,
-        &far_user(8),
-        Some(&ChannelKey::default_channel()),
-        GATEWAY,
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let pending = Store::open_existing(&gw.db)
-            .expect("store")
-            .nodes()
-            .expect("nodes")
-            .into_iter()
-            .find(|n| n.num == FAR_NODE)
-            .and_then(|n| n.pending);
-        if pending == Some([8; 32]) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the changed key did not become pending"
-        );
-        uplink.publish(TOPIC, changed.clone()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 43, 8),
+        "the changed key pending",
+        || node(&gw.db, FAR_NODE).and_then(|n| n.pending) == Some([8; 32]),
+    )
+    .await;
     assert_eq!(
         stored(&gw.db, FAR_NODE).map(|s| s.0),
         Some([7; 32]),
@@ -231,13 +225,7 @@ async fn a_key_from_radio_a_reaches_the_store_of_b_through_the_fleet_and_no_furt
         })
     );
     // Each published only what its own radio told it: a key never travels back.
-    let published = |e: &EngineHandle| {
-        e.snapshot
-            .borrow()
-            .mqtt
-            .as_ref()
-            .map(|m| m.counts.fleet_out)
-    };
+    let published = |e: &EngineHandle| mqtt_status(e).map(|m| m.counts.fleet_out);
     wait_until("both published their radio's nodes", || {
         published(&a.engine) == Some(4) && published(&b.engine) == Some(4)
     })
@@ -311,50 +299,31 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
         };
         hostile.publish(topic, payload).await;
     }
-    let ignored = || {
-        gw.engine
-            .snapshot
-            .borrow()
-            .mqtt
-            .as_ref()
-            .map_or(0, |m| m.counts.ignored)
-    };
-    wait_until("the snapshot counts the flood", || ignored() >= flood).await;
+    wait_until("the snapshot counts the flood", || {
+        mqtt_status(&gw.engine).is_some_and(|m| m.counts.ignored >= flood)
+    })
+    .await;
     // Larger than any MQTT packet keysync accepts: the broker connection drops and comes back.
     hostile.publish(TOPIC, vec![0x42; 100 * 1024]).await;
     // A last good message proves the flood was read through, and the side still learns.
-    let good = envelope(
-        FAR_NODE + 1,
-        9,
-        &far_user(5),
-        Some(&ChannelKey::default_channel()),
-        GATEWAY,
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stored(&gw.db, FAR_NODE + 1).is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the good message after the flood was not learned"
-        );
-        hostile.publish(TOPIC, good.clone()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let good = long_fast(FAR_NODE + 1, 9, 5);
+    publish_until(
+        &hostile,
+        &good,
+        "the good message after the flood learned",
+        || stored(&gw.db, FAR_NODE + 1).is_some(),
+    )
+    .await;
     assert_eq!(
         stored(&gw.db, FAR_NODE),
         None,
         "nothing learned from the hostile traffic"
     );
     assert_eq!(count(), before + 1, "the good node only");
-    let error = || {
-        gw.engine
-            .snapshot
-            .borrow()
-            .mqtt
-            .as_ref()
-            .and_then(|m| m.last_error.clone())
-    };
     wait_until("the huge packet dropped the broker connection", || {
-        error().is_some_and(|e| e.contains("size"))
+        mqtt_status(&gw.engine)
+            .and_then(|m| m.last_error)
+            .is_some_and(|e| e.contains("size"))
     })
     .await;
     let snap = gw.engine.snapshot.borrow().clone();
