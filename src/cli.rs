@@ -476,6 +476,11 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration::deserialize_opt")]
     pub downstream_grace: Option<Duration>,
     pub allow_remote_admin: Option<bool>,
+    pub mqtt: Option<String>,
+    pub mqtt_root: Option<String>,
+    /// `NAME=BASE64` each, as `--channel-key`.
+    pub channel_keys: Option<Vec<String>>,
+    pub fleet: Option<String>,
 }
 
 /// A command line that cannot be carried out as written, found after parsing (an ambiguous
@@ -563,6 +568,7 @@ impl Settings {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
+        let mqtt = mqtt_config(&args.engine, &file).map_err(SettingsError::Invalid)?;
         let host = args
             .engine
             .host
@@ -624,7 +630,7 @@ impl Settings {
             allow_remote_admin: args.engine.allow_remote_admin
                 || file.allow_remote_admin.unwrap_or(false),
             deny_admin: args.engine.deny_admin.clone(),
-            mqtt: mqtt_config(&args.engine).map_err(SettingsError::Invalid)?,
+            mqtt,
         };
         settings.validate()?;
         Ok(settings)
@@ -721,13 +727,21 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
     })
 }
 
-/// The MQTT side from `--mqtt` and its companions; those without `--mqtt` are a usage error.
-fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
-    let Some(url) = &args.mqtt else {
+/// The MQTT side from `--mqtt` and its companions (each over the file's); those without a
+/// broker are a usage error.
+fn mqtt_config(args: &EngineArgs, file: &FileConfig) -> Result<Option<MqttConfig>, String> {
+    let root = args.mqtt_root.as_ref().or(file.mqtt_root.as_ref());
+    let fleet = args.fleet.as_ref().or(file.fleet.as_ref());
+    let channel_keys = if args.channel_key.is_empty() {
+        file.channel_keys.as_deref().unwrap_or_default()
+    } else {
+        &args.channel_key
+    };
+    let Some(url) = args.mqtt.as_ref().or(file.mqtt.as_ref()) else {
         let stray = [
-            (args.mqtt_root.is_some(), "--mqtt-root"),
-            (!args.channel_key.is_empty(), "--channel-key"),
-            (args.fleet.is_some(), "--fleet"),
+            (root.is_some(), "--mqtt-root"),
+            (!channel_keys.is_empty(), "--channel-key"),
+            (fleet.is_some(), "--fleet"),
         ];
         return match stray.iter().find(|(given, _)| *given) {
             Some((_, flag)) => Err(format!("{flag} needs --mqtt URL: the broker to use")),
@@ -739,7 +753,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
         broker.password.clone_from(&args.mqtt_password);
     }
     let mut config = MqttConfig::new(broker);
-    if let Some(root) = &args.mqtt_root {
+    if let Some(root) = root {
         let root = root.trim_end_matches('/');
         if root.is_empty() || root.contains('#') {
             return Err(format!(
@@ -748,15 +762,14 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
         }
         root.clone_into(&mut config.root);
     }
-    config.channel_keys = args
-        .channel_key
+    config.channel_keys = channel_keys
         .iter()
         .map(|s| parse_channel_key(s))
         .collect::<Result<_, _>>()?;
-    if let Some(fleet) = &args.fleet {
+    if let Some(fleet) = fleet {
         crate::engine::mqtt::fleet::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
     }
-    config.fleet.clone_from(&args.fleet);
+    config.fleet = fleet.cloned();
     Ok(Some(config))
 }
 
@@ -820,6 +833,82 @@ mod tests {
             (s.sync_interval, s.cache_ttl),
             (Duration::from_secs(300), Duration::from_secs(1800))
         );
+    }
+
+    #[test]
+    fn the_broker_comes_from_the_flags_or_the_file_with_its_channels_and_fleet() {
+        let file = FileConfig {
+            mqtt: Some("mqtt://gw@broker.lan".into()),
+            fleet: Some("north".into()),
+            channel_keys: Some(vec!["ops=AQ==".into()]),
+            ..FileConfig::default()
+        };
+        let args = GlobalArgs {
+            engine: EngineArgs {
+                mqtt_password: Some("from-env".into()),
+                mqtt_root: Some("msh/EU_868/".into()),
+                ..EngineArgs::default()
+            },
+            ..GlobalArgs::default()
+        };
+        let s = resolve(&args, Some(file)).expect("valid");
+        let m = s.mqtt.expect("mqtt");
+        assert_eq!(m.broker.host, "broker.lan");
+        assert_eq!(m.broker.password.as_deref(), Some("from-env"));
+        assert_eq!(m.root, "msh/EU_868");
+        assert_eq!(m.fleet.as_deref(), Some("north"));
+        assert_eq!(m.channel_keys.len(), 1);
+        assert_eq!(m.channel_keys[0].name, "ops");
+        let s = resolve(&GlobalArgs::default(), None).expect("valid");
+        assert_eq!(s.mqtt, None);
+    }
+
+    #[test]
+    fn mqtt_companions_without_a_broker_and_bad_keys_are_refused() {
+        let with = |engine: EngineArgs| {
+            resolve(
+                &GlobalArgs {
+                    engine,
+                    ..GlobalArgs::default()
+                },
+                None,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let err = with(EngineArgs {
+            fleet: Some("north".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("--fleet needs --mqtt"), "{err}");
+        let broker = || Some("mqtt://h".to_string());
+        for (key, why) in [
+            ("ops", "NAME=BASE64KEY"),
+            ("ops=!!", "not base64"),
+            ("ops=AAAA", "1, 16 or 32 bytes"),
+            ("ops=AA==", "no encryption"),
+        ] {
+            let err = with(EngineArgs {
+                mqtt: broker(),
+                channel_key: vec![key.into()],
+                ..EngineArgs::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(why), "{key}: {err}");
+        }
+        let err = with(EngineArgs {
+            mqtt: broker(),
+            fleet: Some("a/b".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("fleet"), "{err}");
+        let err = with(EngineArgs {
+            mqtt: Some("http://h".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("not a broker URL"), "{err}");
     }
 
     #[test]
