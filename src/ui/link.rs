@@ -303,7 +303,7 @@ pub fn mqtt_text(m: &MqttStatus, now: SystemTime) -> String {
         ),
     };
     let c = &m.counts;
-    let mut text = format!("mqtt {} {state} · {} keys", m.broker, c.uplink_keys);
+    let mut text = format!("{} {state} · {} keys", m.broker, c.uplink_keys);
     if let Some(fleet) = &m.fleet {
         let _ = write!(
             text,
@@ -392,7 +392,7 @@ mod tests {
         };
         assert_eq!(
             mqtt_text(&m, at(90)),
-            "mqtt mqtt://gw@broker:1883 connected 1m30s · 12 keys · fleet north in 3 out 4 · ignored 5"
+            "mqtt://gw@broker:1883 connected 1m30s · 12 keys · fleet north in 3 out 4 · ignored 5"
         );
         m.state = MqttState::Backoff {
             attempt: 2,
