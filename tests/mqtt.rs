@@ -280,7 +280,7 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
     let wrong_key = envelope(FAR_NODE, 1, &far_user(7), Some(&secret), GATEWAY);
     let oversized = {
         let mut user = far_user(7);
-        user.long_name = "x".repeat(16 * 1024);
+        user.long_name = "x".repeat(4 * 1024);
         envelope(FAR_NODE, 2, &user, None, GATEWAY)
     };
     let forged_fleet =

@@ -35,7 +35,7 @@ use uplink::{Keyring, Reject};
 pub const DEFAULT_ROOT: &str = "msh/+";
 /// The largest MQTT packet rumqttc accepts from the broker; larger ones drop the connection.
 /// Ours are far smaller ([`uplink::PAYLOAD_MAX`]); this only bounds what is buffered.
-const PACKET_MAX: usize = 64 * 1024;
+const PACKET_MAX: usize = 16 * 1024;
 /// Messages between the connection task and the reader.
 const DRIVEN_QUEUE: usize = 256;
 /// Requests (subscribes, publishes) waiting for the connection task.
@@ -231,8 +231,10 @@ impl Drop for AbortOnDrop {
 enum Driven {
     Connected,
     Subscribed,
-    /// A publish from the broker.
+    /// A publish from the broker, at most [`uplink::PAYLOAD_MAX`] long.
     Message(String, bytes::Bytes),
+    /// A longer one: only its size is kept, so the queue holds at most 256 small messages.
+    Oversized(String, usize),
     /// The broker acknowledged one of our publishes: room for more.
     Acked,
     Down {
@@ -255,6 +257,9 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Driven>, backoff: Back
                 Driven::Connected
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => Driven::Subscribed,
+            Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > uplink::PAYLOAD_MAX => {
+                Driven::Oversized(p.topic, p.payload.len())
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => Driven::Message(p.topic, p.payload),
             Ok(Event::Incoming(Packet::PubAck(_))) => Driven::Acked,
             Ok(_) => continue,
@@ -394,6 +399,10 @@ impl Reader {
                 self.set_state(MqttState::Backoff { attempt, retry_at }, Some(error));
             }
             Driven::Message(topic, payload) => return self.on_message(&topic, &payload).await,
+            Driven::Oversized(topic, len) => {
+                self.status.send_modify(|s| s.counts.messages += 1);
+                self.rejected(&topic, len, Reject::Oversized);
+            }
         }
         true
     }
@@ -469,18 +478,22 @@ impl Reader {
             // Our own record coming back.
             Ok(None) => true,
             Err(why) => {
-                self.status.send_modify(|s| {
-                    s.counts.ignored += 1;
-                    match why {
-                        Reject::Oversized => s.counts.oversized += 1,
-                        Reject::WrongKey => s.counts.undecryptable += 1,
-                        _ => {}
-                    }
-                });
-                self.log_reject(topic, payload.len(), why);
+                self.rejected(topic, payload.len(), why);
                 true
             }
         }
+    }
+
+    fn rejected(&mut self, topic: &str, len: usize, why: Reject) {
+        self.status.send_modify(|s| {
+            s.counts.ignored += 1;
+            match why {
+                Reject::Oversized => s.counts.oversized += 1,
+                Reject::WrongKey => s.counts.undecryptable += 1,
+                _ => {}
+            }
+        });
+        self.log_reject(topic, len, why);
     }
 
     fn log_reject(&mut self, topic: &str, len: usize, why: Reject) {
