@@ -188,6 +188,41 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
     no_mosquitto,
     ignore = "mosquitto is not installed (apt-get install mosquitto)"
 )]
+async fn a_key_from_the_broker_stays_in_the_store_until_the_radio_hears_its_node() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
+    let uplink = broker.client("gateway").await;
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 42, 7),
+        "the key learned",
+        || stored(&gw.db, FAR_NODE).is_some(),
+    )
+    .await;
+    let mut snap = gw.engine.snapshot.clone();
+    let runs = snap.borrow().sync.history.len();
+    gw.engine
+        .commands
+        .send(engine::Command::ForceSync)
+        .await
+        .expect("engine runs");
+    let report = common::nth_report(&mut snap, runs + 1).await;
+    assert!(report.error.is_none(), "{}", report.summary());
+    let pushed = |sim: &SimHandle| sim.contacts().iter().any(|c| c.node_num == FAR_NODE);
+    assert!(!pushed(&gw.sim), "the radio has room, but no need of it");
+    // A packet from it reaches the radio, which has no key for it: now it is pushed.
+    gw.sim
+        .hear_from(FAR_NODE, meshtastic::protobufs::PortNum::TextMessageApp);
+    wait_until("the key pushed once the node is heard", || pushed(&gw.sim)).await;
+    assert_eq!(gw.sim.key_of(FAR_NODE), Some([7; 32]));
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
 async fn a_key_from_radio_a_reaches_the_store_of_b_through_the_fleet_and_no_further() {
     let broker = Broker::start();
     let a = gateway(11, 4, mqtt_config(&broker, Some("north"))).await;
