@@ -372,3 +372,42 @@ async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_
     assert_eq!(snap.link.state, keysync::engine::link::LinkState::Up);
     gw.engine.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason() {
+    let broker = Broker::start();
+    // mqtts:// to a listener that speaks plain MQTT: the handshake fails, every time.
+    let url = format!("mqtts://127.0.0.1:{}", broker.addr.port());
+    let mut config = mqtt_config(&broker, None);
+    config.broker = BrokerUrl::parse(&url).expect("url");
+    let sim = start_sim(sim_config(3));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, store) = seeded_store(&dir, &[]);
+    let mut engine_config = fast_engine(
+        &sim,
+        db,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    engine_config.mqtt = Some(config);
+    let engine = engine::try_start(engine_config, store).expect("engine starts");
+    wait_until("the broker in backoff with the TLS error", || {
+        mqtt_status(&engine).is_some_and(|m| {
+            matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
+                && m.last_error.is_some_and(|e| e.starts_with("TLS"))
+        })
+    })
+    .await;
+    let snap = engine.snapshot.borrow().clone();
+    assert_eq!(
+        snap.link.state,
+        keysync::engine::link::LinkState::Up,
+        "the radio link is up"
+    );
+    assert_eq!(snap.mqtt.expect("mqtt").broker, url);
+    engine.quit().await;
+}
