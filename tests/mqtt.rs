@@ -49,8 +49,17 @@ struct Gateway {
     _dir: tempfile::TempDir,
 }
 
-/// A simulated radio with `nodes` nodes and a keysync on it that uses the broker.
+/// A simulated radio with `nodes` nodes and a keysync on it that uses the broker, connected to
+/// both and synced once.
 async fn gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
+    let gw = start_gateway(seed, nodes, mqtt);
+    let mut snap = gw.engine.snapshot.clone();
+    connected(&mut snap).await;
+    gw
+}
+
+/// The same, started only.
+fn start_gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
     let sim = start_sim(keysync::sim::SimConfig {
         seed,
         ..sim_config(nodes)
@@ -65,8 +74,6 @@ async fn gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
     );
     config.mqtt = Some(mqtt);
     let engine = engine::try_start(config, store).expect("engine starts");
-    let mut snap = engine.snapshot.clone();
-    connected(&mut snap).await;
     Gateway {
         sim,
         engine,
@@ -129,6 +136,21 @@ async fn publish_until(
     }
 }
 
+/// A gateway that learned [`FAR_NODE`]'s key `[7; 32]` from the LongFast uplink, and the
+/// uplink's connection.
+async fn gateway_that_learned_far_node(broker: &Broker) -> (Gateway, common::broker::Publisher) {
+    let gw = gateway(1, 5, mqtt_config(broker, None)).await;
+    let uplink = broker.client("gateway").await;
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 42, 7),
+        "the key learned",
+        || stored(&gw.db, FAR_NODE).is_some(),
+    )
+    .await;
+    (gw, uplink)
+}
+
 fn mqtt_status(engine: &EngineHandle) -> Option<MqttStatus> {
     engine.snapshot.borrow().mqtt.clone()
 }
@@ -140,15 +162,7 @@ fn mqtt_status(engine: &EngineHandle) -> Option<MqttStatus> {
 )]
 async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
     let broker = Broker::start();
-    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
-    let uplink = broker.client("gateway").await;
-    publish_until(
-        &uplink,
-        &long_fast(FAR_NODE, 42, 7),
-        "the uplink NodeInfo learned",
-        || stored(&gw.db, FAR_NODE).is_some(),
-    )
-    .await;
+    let (gw, uplink) = gateway_that_learned_far_node(&broker).await;
     let far = node(&gw.db, FAR_NODE).expect("stored");
     assert_eq!(far.trusted, Some([7; 32]));
     assert_eq!(far.source, Some(Source::Mqtt { gateway: GATEWAY }));
@@ -190,15 +204,7 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
 )]
 async fn a_key_from_the_broker_stays_in_the_store_until_the_radio_hears_its_node() {
     let broker = Broker::start();
-    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
-    let uplink = broker.client("gateway").await;
-    publish_until(
-        &uplink,
-        &long_fast(FAR_NODE, 42, 7),
-        "the key learned",
-        || stored(&gw.db, FAR_NODE).is_some(),
-    )
-    .await;
+    let (gw, _uplink) = gateway_that_learned_far_node(&broker).await;
     let mut snap = gw.engine.snapshot.clone();
     let runs = snap.borrow().sync.history.len();
     gw.engine
@@ -384,30 +390,20 @@ async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason(
     let url = format!("mqtts://127.0.0.1:{}", broker.addr.port());
     let mut config = mqtt_config(&broker, None);
     config.broker = BrokerUrl::parse(&url).expect("url");
-    let sim = start_sim(sim_config(3));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (db, store) = seeded_store(&dir, &[]);
-    let mut engine_config = fast_engine(
-        &sim,
-        db,
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    );
-    engine_config.mqtt = Some(config);
-    let engine = engine::try_start(engine_config, store).expect("engine starts");
+    let gw = start_gateway(1, 3, config);
     wait_until("the broker in backoff with the TLS error", || {
-        mqtt_status(&engine).is_some_and(|m| {
+        mqtt_status(&gw.engine).is_some_and(|m| {
             matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
                 && m.last_error.is_some_and(|e| e.starts_with("TLS"))
         })
     })
     .await;
-    let snap = engine.snapshot.borrow().clone();
+    let snap = gw.engine.snapshot.borrow().clone();
     assert_eq!(
         snap.link.state,
         keysync::engine::link::LinkState::Up,
         "the radio link is up"
     );
     assert_eq!(snap.mqtt.expect("mqtt").broker, url);
-    engine.quit().await;
+    gw.engine.quit().await;
 }
