@@ -251,6 +251,7 @@ pub struct NodeRecord {
     pub long_name: String,
     pub short_name: String,
     pub hw_model: i32,
+    pub role: i32,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     pub pushes: u32,
@@ -768,6 +769,7 @@ impl Store {
                          ORDER BY last_seen DESC LIMIT 1),
                         (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
                         n.pinned, n.our_favourite, n.removed_at IS NOT NULL,
+                        n.role,
                         (SELECT source FROM keys WHERE node_num = n.num
                             AND state IN ('trusted', 'pending')
                          ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1)
@@ -790,8 +792,9 @@ impl Store {
                 pinned: r.get(11)?,
                 our_favourite: r.get(12)?,
                 removed: r.get(13)?,
+                role: r.get(14)?,
                 source: r
-                    .get::<_, Option<String>>(14)?
+                    .get::<_, Option<String>>(15)?
                     .as_deref()
                     .and_then(Source::parse),
             })

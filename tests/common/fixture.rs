@@ -35,6 +35,7 @@ fn node(
             long_name: name.into(),
             short_name: name.chars().take(4).collect(),
             hw_model: 9,
+            role: 0,
             first_seen: ago(86_400),
             last_seen: ago(seen),
             pushes,

@@ -93,7 +93,7 @@ impl FleetRecord {
             long_name: r.long_name.clone(),
             short_name: r.short_name.clone(),
             hw_model: r.hw_model,
-            role: 0,
+            role: r.role,
             first_seen: r
                 .first_seen
                 .duration_since(UNIX_EPOCH)
@@ -218,6 +218,7 @@ mod tests {
                 long_name: "Ridge".into(),
                 short_name: "R".into(),
                 hw_model: 9,
+                role: 0,
                 first_seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
                 last_seen: UNIX_EPOCH,
                 pushes: 0,
