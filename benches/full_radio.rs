@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         },
         db_path: db.clone(),
         proxy: None,
+        mqtt: None,
     };
     let engine = engine::try_start(config, store).expect("the engine starts");
     let counters = sim.counters();

@@ -218,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             idle_close: ProxyConfig::IDLE_CLOSE,
             partial_frame: ProxyConfig::PARTIAL_FRAME,
         }),
+        mqtt: None,
     };
     let engine = engine::try_start(config, Store::open(&db)?)?;
     let mut snap = engine.snapshot.clone();

@@ -53,6 +53,7 @@ fn engine_config(sim: &SimHandle, db: PathBuf) -> EngineConfig {
         },
         db_path: db,
         proxy: None,
+        mqtt: None,
     }
 }
 

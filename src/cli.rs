@@ -10,6 +10,9 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::mqtt::MqttConfig;
+use crate::engine::mqtt::broker::BrokerUrl;
+use crate::engine::mqtt::crypto::ChannelKey;
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
 /// The radio's TCP API port.
@@ -139,6 +142,32 @@ pub struct EngineArgs {
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, env = "KEYSYNC_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Learn keys from the Meshtastic MQTT uplink on this broker: mqtt://[USER[:PASSWORD]@]HOST[:PORT],
+    /// or mqtts:// for TLS.
+    #[arg(long, env = "KEYSYNC_MQTT", value_name = "URL")]
+    pub mqtt: Option<String>,
+
+    /// The broker password, when the URL has none.
+    #[arg(
+        long,
+        env = "KEYSYNC_MQTT_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub mqtt_password: Option<String>,
+
+    /// Topic root of the uplink, as the gateways' MQTT setting has it [default: msh/+].
+    #[arg(long, env = "KEYSYNC_MQTT_ROOT", value_name = "ROOT")]
+    pub mqtt_root: Option<String>,
+
+    /// A channel to read the uplink with, besides LongFast and the radio's own: NAME=BASE64KEY
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=KEY")]
+    pub channel_key: Vec<String>,
+
+    /// Share keys with the other keysyncs of this fleet on the broker (keysync/NAME/…).
+    #[arg(long, env = "KEYSYNC_FLEET", value_name = "NAME")]
+    pub fleet: Option<String>,
 }
 
 impl StoreArgs {
@@ -173,6 +202,15 @@ impl EngineArgs {
                 self.deny_admin
             },
             metrics: self.metrics.or(before.metrics),
+            mqtt: self.mqtt.or(before.mqtt),
+            mqtt_password: self.mqtt_password.or(before.mqtt_password),
+            mqtt_root: self.mqtt_root.or(before.mqtt_root),
+            channel_key: if self.channel_key.is_empty() {
+                before.channel_key
+            } else {
+                self.channel_key
+            },
+            fleet: self.fleet.or(before.fleet),
         }
     }
 }
@@ -262,7 +300,7 @@ pub enum Command {
     /// Run the simulated radio on a TCP port, behaving like the firmware version and board given.
     Sim(SimArgs),
     /// Connect, run one forced sync, print its outcome and exit (1 if it failed).
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// List the stored nodes and keys, or decide on a pending key.
     Keys(KeysArgs),
     /// Import keys from another tool's database.
@@ -444,6 +482,11 @@ pub struct FileConfig {
     pub downstream_grace: Option<Duration>,
     pub allow_remote_admin: Option<bool>,
     pub metrics: Option<SocketAddr>,
+    pub mqtt: Option<String>,
+    pub mqtt_root: Option<String>,
+    /// `NAME=BASE64` each, as `--channel-key`.
+    pub channel_keys: Option<Vec<String>>,
+    pub fleet: Option<String>,
 }
 
 /// A command line that cannot be carried out as written, found after parsing (an ambiguous
@@ -489,6 +532,8 @@ pub struct Settings {
     pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
     /// Serve `/metrics` and `/status` here.
     pub metrics: Option<SocketAddr>,
+    /// The broker to learn from and share with (`--mqtt`).
+    pub mqtt: Option<MqttConfig>,
 }
 
 impl Settings {
@@ -531,6 +576,7 @@ impl Settings {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
+        let mqtt = mqtt_config(&args.engine, &file).map_err(SettingsError::Invalid)?;
         let host = args
             .engine
             .host
@@ -593,6 +639,7 @@ impl Settings {
                 || file.allow_remote_admin.unwrap_or(false),
             deny_admin: args.engine.deny_admin.clone(),
             metrics: args.engine.metrics.or(file.metrics),
+            mqtt,
         };
         settings.validate()?;
         Ok(settings)
@@ -689,6 +736,71 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
     })
 }
 
+/// The MQTT side from `--mqtt` and its companions (each over the file's); those without a
+/// broker are a usage error.
+fn mqtt_config(args: &EngineArgs, file: &FileConfig) -> Result<Option<MqttConfig>, String> {
+    let root = args.mqtt_root.as_ref().or(file.mqtt_root.as_ref());
+    let fleet = args.fleet.as_ref().or(file.fleet.as_ref());
+    let channel_keys = if args.channel_key.is_empty() {
+        file.channel_keys.as_deref().unwrap_or_default()
+    } else {
+        &args.channel_key
+    };
+    let Some(url) = args.mqtt.as_ref().or(file.mqtt.as_ref()) else {
+        let stray = [
+            (root.is_some(), "--mqtt-root"),
+            (!channel_keys.is_empty(), "--channel-key"),
+            (fleet.is_some(), "--fleet"),
+        ];
+        return match stray.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(format!("{flag} needs --mqtt URL: the broker to use")),
+            None => Ok(None),
+        };
+    };
+    let mut broker = BrokerUrl::parse(url)?;
+    if broker.password.is_none() {
+        broker.password.clone_from(&args.mqtt_password);
+    }
+    let mut config = MqttConfig::new(broker);
+    if let Some(root) = root {
+        let root = root.trim_end_matches('/');
+        if root.is_empty() || root.contains('#') {
+            return Err(format!(
+                "--mqtt-root {root:?}: a topic root such as msh/EU_868 (no '#')"
+            ));
+        }
+        root.clone_into(&mut config.root);
+    }
+    config.channel_keys = channel_keys
+        .iter()
+        .map(|s| parse_channel_key(s))
+        .collect::<Result<_, _>>()?;
+    if let Some(fleet) = fleet {
+        crate::engine::mqtt::fleet::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
+    }
+    config.fleet = fleet.cloned();
+    Ok(Some(config))
+}
+
+/// `NAME=BASE64`: a channel name and its PSK as the apps show it (1, 16 or 32 bytes).
+fn parse_channel_key(s: &str) -> Result<ChannelKey, String> {
+    use base64::Engine as _;
+    let (name, key) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--channel-key {s:?}: write NAME=BASE64KEY"))?;
+    let psk = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .map_err(|_| format!("--channel-key {name}: the key is not base64"))?;
+    if ![1, 16, 32].contains(&psk.len()) {
+        return Err(format!(
+            "--channel-key {name}: a key has 1, 16 or 32 bytes, not {}",
+            psk.len()
+        ));
+    }
+    ChannelKey::new(name, &psk)
+        .ok_or_else(|| format!("--channel-key {name}: that key means no encryption"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +842,82 @@ mod tests {
             (s.sync_interval, s.cache_ttl),
             (Duration::from_secs(300), Duration::from_secs(1800))
         );
+    }
+
+    #[test]
+    fn the_broker_comes_from_the_flags_or_the_file_with_its_channels_and_fleet() {
+        let file = FileConfig {
+            mqtt: Some("mqtt://gw@broker.lan".into()),
+            fleet: Some("north".into()),
+            channel_keys: Some(vec!["ops=AQ==".into()]),
+            ..FileConfig::default()
+        };
+        let args = GlobalArgs {
+            engine: EngineArgs {
+                mqtt_password: Some("from-env".into()),
+                mqtt_root: Some("msh/EU_868/".into()),
+                ..EngineArgs::default()
+            },
+            ..GlobalArgs::default()
+        };
+        let s = resolve(&args, Some(file)).expect("valid");
+        let m = s.mqtt.expect("mqtt");
+        assert_eq!(m.broker.host, "broker.lan");
+        assert_eq!(m.broker.password.as_deref(), Some("from-env"));
+        assert_eq!(m.root, "msh/EU_868");
+        assert_eq!(m.fleet.as_deref(), Some("north"));
+        assert_eq!(m.channel_keys.len(), 1);
+        assert_eq!(m.channel_keys[0].name, "ops");
+        let s = resolve(&GlobalArgs::default(), None).expect("valid");
+        assert_eq!(s.mqtt, None);
+    }
+
+    #[test]
+    fn mqtt_companions_without_a_broker_and_bad_keys_are_refused() {
+        let with = |engine: EngineArgs| {
+            resolve(
+                &GlobalArgs {
+                    engine,
+                    ..GlobalArgs::default()
+                },
+                None,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let err = with(EngineArgs {
+            fleet: Some("north".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("--fleet needs --mqtt"), "{err}");
+        let broker = || Some("mqtt://h".to_string());
+        for (key, why) in [
+            ("ops", "NAME=BASE64KEY"),
+            ("ops=!!", "not base64"),
+            ("ops=AAAA", "1, 16 or 32 bytes"),
+            ("ops=AA==", "no encryption"),
+        ] {
+            let err = with(EngineArgs {
+                mqtt: broker(),
+                channel_key: vec![key.into()],
+                ..EngineArgs::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(why), "{key}: {err}");
+        }
+        let err = with(EngineArgs {
+            mqtt: broker(),
+            fleet: Some("a/b".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("fleet"), "{err}");
+        let err = with(EngineArgs {
+            mqtt: Some("http://h".into()),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("not a broker URL"), "{err}");
     }
 
     #[test]

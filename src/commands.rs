@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings, UsageError};
 use crate::engine::import::import_meshbot;
-use crate::engine::radio::{node_id, printable};
+use crate::engine::radio::{Source, node_id, printable};
 use crate::engine::store::{NodeArg, NodeRecord, Store, key_base64};
 
 /// A stored node as `keys --json` and `/status` show it.
@@ -21,6 +21,8 @@ pub struct KeyRow {
     pub state: &'static str,
     pub key: Option<String>,
     pub pending_key: Option<String>,
+    /// Where the key came from: mesh, radio, import, client, "MQTT via !gateway", "fleet !gateway".
+    pub source: Option<String>,
     pub first_seen: String,
     pub last_seen: String,
     pub pushes: u32,
@@ -39,6 +41,7 @@ impl From<&NodeRecord> for KeyRow {
             state: n.state().map_or("no key", |s| s.as_str()),
             key: n.trusted.as_ref().map(key_base64),
             pending_key: n.pending.as_ref().map(key_base64),
+            source: n.source.map(Source::label),
             first_seen: humantime::format_rfc3339_seconds(n.first_seen).to_string(),
             last_seen: humantime::format_rfc3339_seconds(n.last_seen).to_string(),
             pushes: n.pushes,
@@ -126,20 +129,21 @@ fn table(rows: &[KeyRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",
+        "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}  SOURCE",
         "ID", "NAME", "STATE", "KEY", "LAST SEEN", "PUSHES"
     );
     for r in rows {
         let name: String = printable(&r.long_name).chars().take(24).collect();
         let _ = writeln!(
             out,
-            "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}",
+            "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}  {}",
             r.id,
             name,
             r.state,
             r.key.as_deref().unwrap_or("-"),
             r.last_seen,
-            r.pushes
+            r.pushes,
+            r.source.as_deref().unwrap_or("-")
         );
         if let Some(p) = &r.pending_key {
             let _ = writeln!(out, "{:<10} {:<24} {:<8} {p}", "", "  ↳ offered", "pending");

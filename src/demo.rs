@@ -87,6 +87,7 @@ impl Demo {
             },
             db_path: db,
             proxy: None,
+            mqtt: None,
         };
         let label = "heartbeat 2s".to_string();
         Ok((

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod import;
 pub mod lenient;
 pub mod link;
+pub mod mqtt;
 pub mod plan;
 pub mod proxy;
 pub mod radio;
@@ -42,6 +43,8 @@ pub struct EngineConfig {
     pub db_path: PathBuf,
     /// Serve downstream clients (`--listen`).
     pub proxy: Option<crate::engine::proxy::ProxyConfig>,
+    /// Learn keys from an MQTT broker, and share them with a fleet (`--mqtt`).
+    pub mqtt: Option<mqtt::MqttConfig>,
 }
 
 /// Frame counts since start, and how the link's connections ended and how fast it answered.
@@ -172,6 +175,8 @@ pub struct Snapshot {
     pub proxy_addr: Option<std::net::SocketAddr>,
     /// Downstream clients connected through the proxy.
     pub clients: Vec<crate::engine::proxy::ClientView>,
+    /// The MQTT broker connection, with `--mqtt`.
+    pub mqtt: Option<mqtt::MqttStatus>,
 }
 
 /// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
@@ -199,6 +204,13 @@ const LAZY_AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
 const DM_IDS_KEPT: usize = 64;
 /// Pushes in one run that all never landed: the radio ignores add_contact.
 const IGNORED_AFTER: usize = 3;
+/// Keys from the broker waiting for the store; learned in batches of up to this many.
+const MQTT_BATCH: usize = 256;
+/// A new key the fleet should hear of reaches the snapshot (which the MQTT side shares from)
+/// this soon, rather than at the next one-second refresh; keys learned meanwhile go together.
+const SHARE_SOON: Duration = Duration::from_millis(50);
+/// At most one summary of keys learned over MQTT in this long.
+const MQTT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the operator (or a test) can ask of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +293,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         notice: None,
         proxy_addr,
         clients: Vec::new(),
+        mqtt: None,
     });
     // The proxy reads the trusted keys from the snapshot (a client may not replace one).
     let proxy = match bound {
@@ -293,6 +306,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         )?),
         None => None,
     };
+    let (channels_tx, mqtt, mqtt_learned) = start_mqtt(config.mqtt.clone(), &snapshot)?;
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
         config,
@@ -329,6 +343,11 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         pushed,
         writes: Arc::new(WriteCounters::default()),
         flash_counted: None,
+        mqtt_learned,
+        mqtt,
+        radio_channels: channels_tx,
+        mqtt_log: MqttLearnLog::default(),
+        share_at: None,
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -338,16 +357,74 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
     })
 }
 
+/// The MQTT side, when configured: the sender of the radio's channels it reads with, its
+/// handle, and where the keys it reads arrive.
+#[expect(
+    clippy::type_complexity,
+    reason = "three parts of one start, taken apart at once"
+)]
+fn start_mqtt(
+    config: Option<mqtt::MqttConfig>,
+    snapshot: &watch::Receiver<Snapshot>,
+) -> std::io::Result<(
+    watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
+    Option<mqtt::MqttHandle>,
+    Option<mpsc::Receiver<NodeSeen>>,
+)> {
+    let (channels_tx, channels) = watch::channel(Vec::new());
+    let Some(config) = config else {
+        return Ok((channels_tx, None, None));
+    };
+    let (learned, learned_rx) = mpsc::channel(MQTT_BATCH * 4);
+    let links = mqtt::MqttLinks {
+        learned,
+        channels,
+        snapshot: snapshot.clone(),
+    };
+    let handle = mqtt::spawn(config, links).map_err(std::io::Error::other)?;
+    Ok((channels_tx, Some(handle), Some(learned_rx)))
+}
+
 enum Step {
     Notice(Result<LinkNotice, broadcast::error::RecvError>),
     LinkChanged(bool),
     Check,
     Refresh,
+    Share,
     Finished(Box<Result<SyncReport, tokio::task::JoinError>>),
     Command(Option<Command>),
     Learned(NodeSeen),
     Need(KeyNeed),
     Pushed(u32),
+    FromBroker(Vec<NodeSeen>),
+}
+
+/// Keys learned over MQTT since the last summary line.
+#[derive(Debug, Default)]
+struct MqttLearnLog {
+    last_line: Option<Instant>,
+    first_use: u64,
+    pending: u64,
+}
+
+impl MqttLearnLog {
+    /// Writes the summary if there is news and the last line is old enough.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        let due = self
+            .last_line
+            .is_none_or(|at| now.duration_since(at) >= MQTT_LOG_EVERY);
+        if !due || self.first_use + self.pending == 0 {
+            return;
+        }
+        log::info!(target: "keysync::mqtt",
+            "learned {} new keys over MQTT (trusted on first use); {} different keys pending your decision",
+            self.first_use, self.pending);
+        *self = Self {
+            last_line: Some(now),
+            ..Self::default()
+        };
+    }
 }
 
 struct EngineLoop {
@@ -401,6 +478,29 @@ struct EngineLoop {
     /// Keys downstream clients handed to the radio.
     learned: mpsc::Receiver<NodeSeen>,
     clients: Option<watch::Receiver<Vec<crate::engine::proxy::ClientView>>>,
+    mqtt: Option<mqtt::MqttHandle>,
+    /// Keys the MQTT side read from the broker.
+    mqtt_learned: Option<mpsc::Receiver<NodeSeen>>,
+    /// The radio's channels, for reading the uplink.
+    radio_channels: watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
+    mqtt_log: MqttLearnLog,
+    /// When to publish the store view early, for the fleet.
+    share_at: Option<Instant>,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_batch(rx: Option<&mut mpsc::Receiver<NodeSeen>>) -> Option<Vec<NodeSeen>> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    let mut batch = Vec::new();
+    (rx.recv_many(&mut batch, MQTT_BATCH).await > 0).then_some(batch)
 }
 
 async fn join_running(
@@ -426,11 +526,13 @@ impl EngineLoop {
                 c = self.status.changed() => Step::LinkChanged(c.is_ok()),
                 _ = check.tick() => Step::Check,
                 _ = refresh.tick() => Step::Refresh,
+                () = sleep_until(self.share_at) => Step::Share,
                 r = join_running(self.running.as_mut()) => Step::Finished(Box::new(r)),
                 c = self.commands.recv() => Step::Command(c),
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
                 Some(need) = self.needs.recv() => Step::Need(need),
                 Some(num) = self.pushed.recv() => Step::Pushed(num),
+                Some(batch) = recv_batch(self.mqtt_learned.as_mut()) => Step::FromBroker(batch),
             };
             match step {
                 Step::Notice(Ok(notice)) => self.on_notice(notice).await,
@@ -453,6 +555,10 @@ impl EngineLoop {
                     }
                 }
                 Step::Refresh => self.refresh().await,
+                Step::Share => {
+                    self.share_at = None;
+                    self.refresh_store_view().await;
+                }
                 Step::Finished(result) => {
                     self.running = None;
                     match *result {
@@ -481,6 +587,7 @@ impl EngineLoop {
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
                 Step::Learned(seen) => self.learn(seen).await,
+                Step::FromBroker(batch) => self.learn_from_broker(batch).await,
                 Step::Need(need) => self.on_need(need).await,
                 Step::Pushed(num) => {
                     // Its need is met: a later loss of the key is a new need.
@@ -488,6 +595,9 @@ impl EngineLoop {
                     self.answer_waiters(|n| n == num);
                 }
             }
+        }
+        if let Some(mqtt) = self.mqtt.take() {
+            mqtt.stop();
         }
         if let Some(running) = self.running.take() {
             running.abort();
@@ -515,6 +625,12 @@ impl EngineLoop {
                     Trigger::Reconnect
                 };
                 self.traits = Some(self.radio_traits(&session));
+                let channels = mqtt::crypto::radio_channels(session.config.iter().map(|f| &f.msg));
+                self.radio_channels.send_if_modified(|c| {
+                    let changed = *c != channels;
+                    *c = channels;
+                    changed
+                });
                 self.session = Some(session);
                 if self.running.is_some() {
                     self.queued = Some((trigger, true));
@@ -708,9 +824,70 @@ impl EngineLoop {
                     }
                     _ => self.nodes_dirty = true,
                 }
+                if learned == Learned::FirstUse {
+                    self.share_soon(seen.source);
+                }
                 self.clear_store_error();
             }
             Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// Keys from the broker, learned in one transaction under the same trust rules as the
+    /// mesh's; what they did is summed up in one line every [`MQTT_LOG_EVERY`].
+    async fn learn_from_broker(&mut self, batch: Vec<NodeSeen>) {
+        let own = self.own_num;
+        let batch: Vec<NodeSeen> = batch.into_iter().filter(|s| s.num != own).collect();
+        let now = SystemTime::now();
+        let result = self
+            .store
+            .call(move |s| s.learn_all(&batch, now).map(|l| (batch, l)))
+            .await;
+        let (batch, learned) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.store_failed(&e);
+                return;
+            }
+        };
+        self.clear_store_error();
+        let log = &mut self.mqtt_log;
+        for (seen, outcome) in batch.iter().zip(&learned) {
+            match outcome {
+                Learned::FirstUse => log.first_use += 1,
+                // The first few in full: a changed key is news the operator acts on.
+                Learned::Pending { .. } if log.pending < 3 => {
+                    log.pending += 1;
+                    log_learned(seen, *outcome, log::Level::Info);
+                    continue;
+                }
+                Learned::Pending { .. } => log.pending += 1,
+                _ => {}
+            }
+            log_learned(seen, *outcome, log::Level::Debug);
+        }
+        if learned
+            .iter()
+            .any(|l| matches!(l, Learned::FirstUse | Learned::Pending { .. }))
+        {
+            self.nodes_dirty = true;
+        }
+        if let Some((seen, _)) = batch
+            .iter()
+            .zip(&learned)
+            .find(|(s, l)| **l == Learned::FirstUse && !s.source.is_fleet())
+        {
+            self.share_soon(seen.source);
+        }
+        self.mqtt_log.flush();
+    }
+
+    /// A new trusted key from `source`: with a fleet, the snapshot the MQTT side shares from
+    /// is refreshed within [`SHARE_SOON`] (keys from the fleet itself are not shared again).
+    fn share_soon(&mut self, source: radio::Source) {
+        let fleet = self.config.mqtt.as_ref().is_some_and(|m| m.fleet.is_some());
+        if fleet && !source.is_fleet() && self.share_at.is_none() {
+            self.share_at = Some(Instant::now() + SHARE_SOON);
         }
     }
 
@@ -984,12 +1161,14 @@ impl EngineLoop {
         let pushes = self.writes.pushes.load(Ordering::Relaxed);
         let unfavourites = self.writes.unfavourites.load(Ordering::Relaxed);
         self.count_flash_writes(pushes + unfavourites).await;
+        let mqtt = self.mqtt.as_ref().map(|m| m.status.borrow().clone());
         self.snapshot.send_if_modified(|s| {
             let totals = &mut s.sync.totals;
             let mut changed = (totals.pushes, totals.unfavourites) != (pushes, unfavourites);
             (totals.pushes, totals.unfavourites) = (pushes, unfavourites);
-            changed |= s.traffic != traffic;
+            changed |= s.traffic != traffic || s.mqtt != mqtt;
             s.traffic = traffic;
+            s.mqtt = mqtt;
             if let Some(clients) = clients {
                 changed |= s.clients != clients;
                 s.clients = clients;
@@ -999,6 +1178,7 @@ impl EngineLoop {
         if !self.nodes_dirty && !self.patches.is_empty() {
             self.nodes_dirty = !self.apply_patches();
         }
+        self.mqtt_log.flush();
         if self.nodes_dirty {
             self.refresh_store_view().await;
         }
@@ -1125,6 +1305,7 @@ struct ViewPatch {
     long_name: Option<String>,
     short_name: Option<String>,
     hw_model: Option<i32>,
+    role: Option<i32>,
 }
 
 impl ViewPatch {
@@ -1142,8 +1323,10 @@ impl ViewPatch {
     fn seen(seen: &NodeSeen, at: SystemTime) -> Self {
         let some = |s: &str, max| (!s.is_empty()).then(|| radio::truncate_utf8(s, max).to_string());
         Self {
-            last_seen: Some(at),
+            // A node only the broker told of was not heard here.
+            last_seen: seen.source.heard_here().then_some(at),
             unremoved: false,
+            role: Some(seen.role),
             long_name: some(&seen.long_name, radio::LONG_NAME_MAX),
             short_name: some(&seen.short_name, radio::SHORT_NAME_MAX),
             hw_model: (seen.hw_model != 0).then_some(seen.hw_model),
@@ -1156,6 +1339,7 @@ impl ViewPatch {
         self.long_name = later.long_name.or(self.long_name.take());
         self.short_name = later.short_name.or(self.short_name.take());
         self.hw_model = later.hw_model.or(self.hw_model);
+        self.role = later.role.or(self.role);
     }
 
     fn apply(self, record: &mut NodeRecord) {
@@ -1173,6 +1357,9 @@ impl ViewPatch {
         }
         if let Some(hw) = self.hw_model {
             record.hw_model = hw;
+        }
+        if let Some(role) = self.role {
+            record.role = role;
         }
     }
 }
@@ -1236,10 +1423,12 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
 pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
     let who = radio::node_label(seen.num, &seen.long_name);
     let from = match seen.source {
-        radio::Source::NodeDb => "the radio's NodeDB",
-        radio::Source::Mesh => "the mesh",
-        radio::Source::Import => "an import",
-        radio::Source::Downstream => "a downstream client",
+        radio::Source::NodeDb => "the radio's NodeDB".to_string(),
+        radio::Source::Mesh => "the mesh".to_string(),
+        radio::Source::Import => "an import".to_string(),
+        radio::Source::Downstream => "a downstream client".to_string(),
+        radio::Source::Mqtt { gateway } => format!("the MQTT uplink of {}", node_id(gateway)),
+        radio::Source::Fleet { gateway } => format!("the fleet ({})", node_id(gateway)),
     };
     match learned {
         Learned::FirstUse => {
@@ -1346,6 +1535,7 @@ mod tests {
         assert_eq!(reloaded.short_name, "RDGE");
         assert_eq!(row.short_name, reloaded.short_name);
         assert_eq!(row.hw_model, reloaded.hw_model);
+        assert_eq!(row.role, reloaded.role);
         assert_eq!(row.last_seen, reloaded.last_seen);
         assert_eq!(row.removed, reloaded.removed);
     }

@@ -37,6 +37,7 @@ pub fn engine_config(settings: &Settings) -> EngineConfig {
                 idle_close: crate::engine::proxy::ProxyConfig::IDLE_CLOSE,
                 partial_frame: crate::engine::proxy::ProxyConfig::PARTIAL_FRAME,
             }),
+        mqtt: settings.mqtt.clone(),
     }
 }
 
@@ -76,7 +77,12 @@ pub fn start_engine(config: EngineConfig, store: Store) -> anyhow::Result<engine
 /// radio cannot be reached within `wait` or the sync fails.
 pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()> {
     let store = settings.open_store()?;
-    let engine = start_engine(engine_config(settings), store)?;
+    // One sync with the radio: the broker is for the modes that keep running.
+    let config = EngineConfig {
+        mqtt: None,
+        ..engine_config(settings)
+    };
+    let engine = start_engine(config, store)?;
     let mut snapshot = engine.snapshot.clone();
     let finished = tokio::time::timeout(wait, snapshot.wait_for(|s| s.sync.last.is_some()))
         .await

@@ -547,11 +547,13 @@ fn keys_prints_hostile_node_names_without_their_escape_sequences() {
     assert_inert(&out);
     assert_eq!(out.lines().count(), 3, "header, one node, total: {out}");
     assert!(out.contains("Evil]0;TITLE[2J2026"), "{out}");
-    // JSON escapes them instead, and keeps the name as stored.
+    // JSON escapes them instead, and keeps the name as stored: cut to the firmware's 39 bytes.
     let (code, out, _) = run(keysync(&db).args(["keys", "--json"]));
     assert_eq!(code, 0);
     let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(rows[0]["long_name"], HOSTILE_NAME);
+    let stored =
+        keysync::engine::radio::truncate_utf8(HOSTILE_NAME, keysync::engine::radio::LONG_NAME_MAX);
+    assert_eq!(rows[0]["long_name"], stored);
 }
 
 /// `keysync sync --once --log-level debug` against `sim`; exit code and stderr.

@@ -230,6 +230,26 @@ fn each_pane_on_its_own() {
     insta::assert_snapshot!("pane_nodes", render_pane(ui::nodes::draw, &snap, 80, 10));
     insta::assert_snapshot!("pane_sync", render_pane(ui::sync::draw, &snap, 44, 12));
     insta::assert_snapshot!("pane_link", render_pane(ui::link::draw, &snap, 60, 12));
+    let mut with_broker = fixture::snapshot();
+    with_broker.mqtt = Some(keysync::engine::mqtt::MqttStatus {
+        broker: "mqtt://gw@mqtt.example.net:1883".into(),
+        state: keysync::engine::mqtt::MqttState::Connected,
+        since: fixture::ago(125),
+        last_error: None,
+        fleet: Some("north".into()),
+        channels: 2,
+        counts: keysync::engine::mqtt::MqttCounts {
+            uplink_keys: 42,
+            fleet_in: 7,
+            fleet_out: 12,
+            ignored: 3,
+            ..keysync::engine::mqtt::MqttCounts::default()
+        },
+    });
+    insta::assert_snapshot!(
+        "pane_link_with_broker",
+        render_pane(ui::link::draw, &with_broker, 100, 12)
+    );
     let mut empty = fixture::snapshot();
     empty.nodes = std::sync::Arc::new(Vec::new());
     empty.sync.last = None;

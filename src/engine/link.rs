@@ -1007,7 +1007,7 @@ fn drop_stale(out: &Outbound) {
 
 /// A delay drawn uniformly from `[0, ceiling]` ("full jitter"), so that many gateways that
 /// lost the same radio do not come back in step.
-fn jittered(ceiling: Duration) -> Duration {
+pub(crate) fn jittered(ceiling: Duration) -> Duration {
     let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=ms))
 }

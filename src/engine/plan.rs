@@ -402,6 +402,16 @@ fn standing(key: &TrustedKey, mirror: &Mirror) -> Standing {
     }
 }
 
+/// Whether a key may have a slot at all: pinned, needed now, a direct-message partner, or at
+/// least heard here once. A key keysync only knows from the MQTT broker or its fleet (never
+/// heard by this radio) stays in the store until one of those holds.
+fn has_claim(key: &TrustedKey, urgent: &[u32]) -> bool {
+    key.pinned
+        || urgent.contains(&key.num)
+        || key.last_dm.is_some()
+        || key.last_seen > std::time::SystemTime::UNIX_EPOCH
+}
+
 /// The order of need: pinned, urgent, direct-message partners, then the most recently heard.
 fn rank(key: &TrustedKey, urgent: &[u32]) -> (u8, std::cmp::Reverse<std::time::SystemTime>, u32) {
     let class = if key.pinned {
@@ -481,6 +491,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .trusted
         .iter()
         .filter(|k| k.num != input.own && standing(k, mirror) != Standing::Ignored)
+        .filter(|k| has_claim(k, input.urgent))
         .collect();
     ranked.sort_by_key(|k| rank(k, input.urgent));
     plan.working = ranked
@@ -790,6 +801,25 @@ mod tests {
         let plan = case.plan();
         assert!(plan.ops.is_empty(), "{:?}", plan.ops);
         assert_eq!(plan.present, 50);
+    }
+
+    #[test]
+    fn a_key_never_heard_here_takes_no_slot_until_it_is_needed() {
+        let mut case = Case::new(3, 100);
+        // Learned from the broker: known, never heard by this radio.
+        case.trusted.push(key(9, 0));
+        let plan = case.plan();
+        assert_eq!(pushed(&plan), [3, 2, 1], "free slots, still not pushed");
+        assert_eq!(plan.stored_only, 1);
+        case.urgent = vec![9];
+        assert_eq!(
+            pushed(&case.plan())[0],
+            9,
+            "a DM or a packet needs it: pushed first"
+        );
+        case.urgent.clear();
+        case.trusted[3].pinned = true;
+        assert!(pushed(&case.plan()).contains(&9), "the operator pinned it");
     }
 
     #[test]

@@ -226,6 +226,64 @@ pub enum Source {
     Import,
     /// Sent by a downstream client through the proxy.
     Downstream,
+    /// A NodeInfo that gateway `gateway` uploaded to the MQTT broker.
+    Mqtt { gateway: u32 },
+    /// Shared by the keysync of gateway `gateway` in the same fleet.
+    Fleet { gateway: u32 },
+}
+
+impl Source {
+    /// Whether this sighting means the gateway's radio (or its client) heard the node. Keys
+    /// from the broker do not: they make a node known, not recently heard, so they do not
+    /// crowd the working set of the radio.
+    pub fn heard_here(self) -> bool {
+        !matches!(self, Self::Mqtt { .. } | Self::Fleet { .. })
+    }
+
+    /// Whether the key came from the fleet: such keys are never shared back to it.
+    pub fn is_fleet(self) -> bool {
+        matches!(self, Self::Fleet { .. })
+    }
+
+    /// The source as the store records it, the inverse of [`Source::parse`].
+    pub fn label(self) -> String {
+        match self {
+            Self::NodeDb => "radio".into(),
+            Self::Mesh => "mesh".into(),
+            Self::Import => "import".into(),
+            Self::Downstream => "client".into(),
+            Self::Mqtt { gateway } => format!("MQTT via {}", node_id(gateway)),
+            Self::Fleet { gateway } => format!("fleet {}", node_id(gateway)),
+        }
+    }
+
+    /// A recorded source; `None` for text no keysync wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        let gateway = |id: &str| {
+            id.strip_prefix('!')
+                .filter(|h| h.len() == 8)
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+        };
+        match s {
+            "radio" => Some(Self::NodeDb),
+            "mesh" => Some(Self::Mesh),
+            "import" => Some(Self::Import),
+            "client" => Some(Self::Downstream),
+            _ => {
+                if let Some(id) = s.strip_prefix("MQTT via ") {
+                    gateway(id).map(|gateway| Self::Mqtt { gateway })
+                } else {
+                    gateway(s.strip_prefix("fleet ")?).map(|gateway| Self::Fleet { gateway })
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
 }
 
 /// A node and what it says about itself.
@@ -257,7 +315,8 @@ impl NodeSeen {
         )
     }
 
-    fn from_user(num: u32, user: &User, source: Source, is_favorite: bool) -> Self {
+    /// What a `User` says about node `num`, as if it came from `source`.
+    pub fn from_user(num: u32, user: &User, source: Source, is_favorite: bool) -> Self {
         Self {
             num,
             long_name: user.long_name.clone(),

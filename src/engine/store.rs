@@ -254,6 +254,7 @@ pub struct NodeRecord {
     pub long_name: String,
     pub short_name: String,
     pub hw_model: i32,
+    pub role: i32,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     pub pushes: u32,
@@ -266,6 +267,8 @@ pub struct NodeRecord {
     pub our_favourite: bool,
     /// Someone removed it from the radio; it is not pushed again until heard.
     pub removed: bool,
+    /// Where the trusted key (else the pending one) came from.
+    pub source: Option<Source>,
 }
 
 impl NodeRecord {
@@ -348,15 +351,6 @@ fn millis(t: SystemTime) -> i64 {
 
 fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn source_name(s: Source) -> &'static str {
-    match s {
-        Source::NodeDb => "radio",
-        Source::Mesh => "mesh",
-        Source::Import => "import",
-        Source::Downstream => "client",
-    }
 }
 
 impl Store {
@@ -572,11 +566,11 @@ impl Store {
             return Ok(Learned::NotANode);
         }
         let now_ms = millis(now);
-        let source = source_name(seen.source);
         // Cut to the firmware's field limits where they are learned: what keysync stores is
         // what a push can carry.
         let long_name = truncate_utf8(&seen.long_name, LONG_NAME_MAX);
         let short_name = truncate_utf8(&seen.short_name, SHORT_NAME_MAX);
+        let source = seen.source.label();
         let exists: bool = tx
             .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
             .optional()
@@ -590,7 +584,7 @@ impl Store {
                     short_name = CASE WHEN ?3 <> '' THEN ?3 ELSE short_name END,
                     hw_model = CASE WHEN ?4 <> 0 THEN ?4 ELSE hw_model END,
                     role = ?5,
-                    last_seen = max(last_seen, ?6)
+                    last_seen = CASE WHEN ?7 THEN max(last_seen, ?6) ELSE last_seen END
                  WHERE num = ?1",
                 params![
                     seen.num,
@@ -598,15 +592,18 @@ impl Store {
                     short_name,
                     seen.hw_model,
                     seen.role,
-                    now_ms
+                    now_ms,
+                    seen.source.heard_here()
                 ],
             )
             .map_err(|e| self.error(e))?;
         } else {
             tx.execute(
                 "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms,
+                    // A node only the broker told of was never heard here.
+                    if seen.source.heard_here() { now_ms } else { 0 }],
             )
             .map_err(|e| self.error(e))?;
         }
@@ -643,12 +640,12 @@ impl Store {
                 }
             }
             (None, None) => {
-                insert_key(tx, seen.num, &key, "trusted", now_ms, source, "first-use")
+                insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
                     .map_err(|e| self.error(e))?;
                 Learned::FirstUse
             }
             (None, Some(old)) => {
-                insert_key(tx, seen.num, &key, "pending", now_ms, source, "changed")
+                insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")
                     .map_err(|e| self.error(e))?;
                 Learned::Pending { old, new: key }
             }
@@ -778,7 +775,11 @@ impl Store {
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
                          ORDER BY last_seen DESC LIMIT 1),
                         (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
-                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL
+                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL,
+                        n.role,
+                        (SELECT source FROM keys WHERE node_num = n.num
+                            AND state IN ('trusted', 'pending')
+                         ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1)
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
@@ -798,6 +799,11 @@ impl Store {
                 pinned: r.get(11)?,
                 our_favourite: r.get(12)?,
                 removed: r.get(13)?,
+                role: r.get(14)?,
+                source: r
+                    .get::<_, Option<String>>(15)?
+                    .as_deref()
+                    .and_then(Source::parse),
             })
         })
         .and_then(|rows| {
@@ -1385,6 +1391,49 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn a_key_from_the_broker_is_recorded_with_its_gateway_and_does_not_make_the_node_heard() {
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        let mut far = seen(7, Some(3), "far");
+        far.source = Source::Mqtt { gateway: 0xbeef };
+        assert_eq!(s.learn(&far, t).unwrap(), Learned::FirstUse);
+        let node = &s.nodes().unwrap()[0];
+        assert_eq!(node.source, Some(Source::Mqtt { gateway: 0xbeef }));
+        assert_eq!(node.last_seen, UNIX_EPOCH, "never heard by this radio");
+        assert_eq!(s.history(7).unwrap()[0].source, "MQTT via !0000beef");
+        // Heard on the mesh later: now it is recent; the broker again does not change that.
+        let heard = t + Duration::from_secs(5);
+        s.learn(&seen(7, Some(3), ""), heard).unwrap();
+        far.source = Source::Fleet { gateway: 0xa };
+        s.learn(&far, heard + Duration::from_secs(60)).unwrap();
+        let node = &s.nodes().unwrap()[0];
+        assert_eq!(node.last_seen, from_millis(millis(heard)));
+        assert_eq!(
+            node.source,
+            Some(Source::Mqtt { gateway: 0xbeef }),
+            "the trusted key's source"
+        );
+    }
+
+    #[test]
+    fn every_source_reads_back_as_written() {
+        for source in [
+            Source::NodeDb,
+            Source::Mesh,
+            Source::Import,
+            Source::Downstream,
+            Source::Mqtt {
+                gateway: 0x1234_abcd,
+            },
+            Source::Fleet { gateway: 1 },
+        ] {
+            assert_eq!(Source::parse(&source.label()), Some(source));
+        }
+        assert_eq!(Source::parse("MQTT via nobody"), None);
+        assert_eq!(Source::parse("fleet !zz"), None);
     }
 
     #[test]

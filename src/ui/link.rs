@@ -1,6 +1,7 @@
 //! The link pane: the state now, a timeline bar over the chosen window with the sync runs
 //! marked above it, whether drops followed syncs, and the latest state changes.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use ratatui::Frame;
@@ -15,6 +16,7 @@ use super::{ago, fit, pane_block};
 use crate::app::Pane;
 use crate::duration::compact;
 use crate::engine::link::{CloseCause, LinkEvent, LinkState};
+use crate::engine::mqtt::{MqttState, MqttStatus};
 use crate::engine::sync::SyncReport;
 
 /// A drop within this long after a sync that sent frames counts as following it.
@@ -264,6 +266,9 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
             lines.push(Line::from(Span::styled(fit(&detail, width), style)));
         }
     }
+    if let Some(m) = &snap.mqtt {
+        lines.push(mqtt_line(m, now, width, theme));
+    }
     let rows = usize::from(area.height.saturating_sub(2));
     for e in link
         .timeline
@@ -281,6 +286,48 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
         ]));
     }
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// The broker in one line: its state, what it taught, and the last error while it is down.
+pub fn mqtt_text(m: &MqttStatus, now: SystemTime) -> String {
+    let state = match &m.state {
+        MqttState::Backoff { retry_at, .. } => format!(
+            "{} · retry in {}",
+            m.state,
+            compact(retry_at.duration_since(now).unwrap_or_default())
+        ),
+        other => format!(
+            "{other} {}",
+            compact(now.duration_since(m.since).unwrap_or_default())
+        ),
+    };
+    let c = &m.counts;
+    let mut text = format!("{} {state} · {} keys", m.broker, c.uplink_keys);
+    if let Some(fleet) = &m.fleet {
+        let _ = write!(
+            text,
+            " · fleet {fleet} in {} out {}",
+            c.fleet_in, c.fleet_out
+        );
+    }
+    if c.ignored > 0 {
+        let _ = write!(text, " · ignored {}", c.ignored);
+    }
+    if m.state != MqttState::Connected
+        && let Some(e) = &m.last_error
+    {
+        let _ = write!(text, " · {e}");
+    }
+    text
+}
+
+fn mqtt_line<'a>(m: &MqttStatus, now: SystemTime, width: usize, theme: &Theme) -> Line<'a> {
+    let style = match m.state {
+        MqttState::Connected => theme.good(),
+        MqttState::Connecting => theme.warn(),
+        MqttState::Backoff { .. } => theme.bad(),
+    };
+    Line::from(Span::styled(fit(&mqtt_text(m, now), width), style))
 }
 
 #[cfg(test)]
@@ -322,6 +369,37 @@ mod tests {
             duration: Duration::from_secs(2),
             ..SyncReport::new(Trigger::Check, at(s))
         }
+    }
+
+    #[test]
+    fn the_mqtt_line_says_the_state_what_it_taught_and_why_it_is_down() {
+        use crate::engine::mqtt::MqttCounts;
+        let mut m = MqttStatus {
+            broker: "mqtt://gw@broker:1883".into(),
+            state: MqttState::Connected,
+            since: at(0),
+            last_error: Some("I/O: connection refused".into()),
+            fleet: Some("north".into()),
+            channels: 2,
+            counts: MqttCounts {
+                uplink_keys: 12,
+                fleet_in: 3,
+                fleet_out: 4,
+                ignored: 5,
+                ..MqttCounts::default()
+            },
+        };
+        assert_eq!(
+            mqtt_text(&m, at(90)),
+            "mqtt://gw@broker:1883 connected 1m30s · 12 keys · fleet north in 3 out 4 · ignored 5"
+        );
+        m.state = MqttState::Backoff {
+            attempt: 2,
+            retry_at: at(100),
+        };
+        assert!(mqtt_text(&m, at(90)).ends_with(
+            "retry in 10s · 12 keys · fleet north in 3 out 4 · ignored 5 · I/O: connection refused"
+        ));
     }
 
     #[test]

@@ -69,7 +69,11 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
             theme.key(),
         ));
     }
-    let block = pane_block(Line::from(title), focused, theme);
+    let mut block = pane_block(Line::from(title), focused, theme);
+    if let Some(n) = rows.get(app.nodes.selected) {
+        let width = usize::from(area.width.saturating_sub(4));
+        block = block.title_bottom(Span::styled(fit(&detail(n, now), width), theme.muted()));
+    }
     let wide = area.width >= 110;
     let name_width = usize::from(area.width.saturating_sub(if wide { 72 } else { 58 })).max(8);
     let header = Row::new(
@@ -123,6 +127,21 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     }
 }
 
+/// The selected node in a sentence: where its key came from and since when.
+pub fn detail(n: &NodeView, now: SystemTime) -> String {
+    let r = &n.record;
+    let from = r.source.map_or_else(
+        || "an unknown source".to_string(),
+        crate::engine::radio::Source::label,
+    );
+    let first = compact(now.duration_since(r.first_seen).unwrap_or_default());
+    if r.trusted.is_none() && r.pending.is_none() {
+        format!(" {} · no key · first seen {first} ago ", r.id())
+    } else {
+        format!(" {} · key from {from} · first seen {first} ago ", r.id())
+    }
+}
+
 fn hw_name(model: i32) -> String {
     meshtastic::protobufs::HardwareModel::try_from(model)
         .map_or_else(|_| model.to_string(), |m| m.as_str_name().to_string())
@@ -146,7 +165,11 @@ fn row<'a>(n: &NodeView, now: SystemTime, theme: &Theme, name_width: usize, wide
         RadioKey::Pushed | RadioKey::Removed => theme.warn(),
         RadioKey::Unknown | RadioKey::Missing | RadioKey::Ignored => theme.muted(),
     };
-    let seen = compact(now.duration_since(r.last_seen).unwrap_or_default());
+    let seen = if r.last_seen == SystemTime::UNIX_EPOCH {
+        "-".to_string()
+    } else {
+        compact(now.duration_since(r.last_seen).unwrap_or_default())
+    };
     let mut cells = vec![
         Cell::from(r.id()),
         Cell::from(fit(&r.long_name, name_width)),

@@ -35,6 +35,7 @@ fn node(
             long_name: name.into(),
             short_name: name.chars().take(4).collect(),
             hw_model: 9,
+            role: 0,
             first_seen: ago(86_400),
             last_seen: ago(seen),
             pushes,
@@ -45,6 +46,7 @@ fn node(
             pinned: false,
             our_favourite: false,
             removed: false,
+            source: Some(keysync::engine::radio::Source::Mesh),
         },
         radio,
     }
@@ -244,6 +246,7 @@ pub fn snapshot() -> Snapshot {
         notice: None,
         proxy_addr: None,
         clients: Vec::new(),
+        mqtt: None,
     }
 }
 

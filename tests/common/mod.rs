@@ -155,6 +155,7 @@ pub fn fast_engine(
         },
         db_path: db,
         proxy: None,
+        mqtt: None,
     }
 }
 
@@ -215,6 +216,7 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
         assert!(keysync::engine::radio::valid_key(&key).is_some());
     }
 }
+pub mod broker;
 pub mod fixture;
 pub mod raw;
 

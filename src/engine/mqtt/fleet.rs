@@ -1,0 +1,309 @@
+//! The fleet: keysyncs on one broker share their trusted keys as retained messages, one per
+//! node, under `keysync/<fleet>/<node id>`. A key learned from the fleet is never published
+//! again (only its origin publishes it), and a keysync overwrites only what it published
+//! itself, so no key travels in a loop and two keysyncs never fight over a topic.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::uplink::{PAYLOAD_MAX, Reject, clean_name, parse_node_id};
+use crate::engine::NodeView;
+use crate::engine::radio::{
+    LONG_NAME_MAX, NodeSeen, PublicKey, SHORT_NAME_MAX, Source, is_node_num, node_id,
+};
+use crate::engine::store::{key_base64, parse_key};
+
+/// The topic prefix of every fleet.
+pub const PREFIX: &str = "keysync";
+/// Nodes whose fleet record keysync remembers; beyond this a hostile broker's flood of topics
+/// is learned (the store decides) but not remembered here.
+pub const BOOK_MAX: usize = 100_000;
+
+/// A fleet name: one topic level, no wildcards, printable, at most 64 bytes.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a fleet name has 1 to 64 characters".into());
+    }
+    if name
+        .chars()
+        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
+        return Err(format!(
+            "{:?} cannot be a fleet name: no '/', '+', '#' or control characters",
+            crate::engine::radio::printable(name)
+        ));
+    }
+    Ok(())
+}
+
+/// The topic of node `num` in `fleet`, and the filter that subscribes to the whole fleet.
+pub fn topic(fleet: &str, num: u32) -> String {
+    format!("{PREFIX}/{fleet}/{}", node_id(num))
+}
+
+pub fn filter(fleet: &str) -> String {
+    format!("{PREFIX}/{fleet}/+")
+}
+
+/// One node as the fleet shares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRecord {
+    pub node: String,
+    /// base64, 44 characters.
+    pub key: String,
+    #[serde(default)]
+    pub long_name: String,
+    #[serde(default)]
+    pub short_name: String,
+    #[serde(default)]
+    pub hw_model: i32,
+    #[serde(default)]
+    pub role: i32,
+    /// When the origin first saw the node, in seconds since 1970.
+    #[serde(default)]
+    pub first_seen: u64,
+    /// The gateway radio that heard the key: the origin's own, or an uplink's.
+    pub gateway: String,
+    /// How the origin learned it: "mesh", "radio", "MQTT via !gateway", …
+    #[serde(default)]
+    pub how: String,
+    /// The radio of the keysync that published the record.
+    pub origin: String,
+}
+
+impl FleetRecord {
+    /// The record keysync publishes for a stored node, as the keysync of radio `own`; `None`
+    /// for nodes it must not share (no trusted key, learned from the fleet, its own radio).
+    pub fn of(view: &NodeView, own: u32) -> Option<Self> {
+        let r = &view.record;
+        let key = r.trusted?;
+        let source = r.source?;
+        if source.is_fleet() || r.num == own || !is_node_num(r.num) {
+            return None;
+        }
+        let gateway = match source {
+            Source::Mqtt { gateway } => gateway,
+            _ => own,
+        };
+        Some(Self {
+            node: node_id(r.num),
+            key: key_base64(&key),
+            long_name: r.long_name.clone(),
+            short_name: r.short_name.clone(),
+            hw_model: r.hw_model,
+            role: r.role,
+            first_seen: r
+                .first_seen
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            gateway: node_id(gateway),
+            how: source.label(),
+            origin: node_id(own),
+        })
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn first_seen(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.first_seen)
+    }
+}
+
+/// A fleet message read: the node it is about, its key, and who published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetKey {
+    pub seen: NodeSeen,
+    pub key: PublicKey,
+    pub origin: u32,
+}
+
+/// Reads a fleet record published on `topic`; the record must name the node of its topic.
+pub fn read(topic: &str, payload: &[u8]) -> Result<FleetKey, Reject> {
+    if payload.len() > PAYLOAD_MAX {
+        return Err(Reject::Oversized);
+    }
+    let record: FleetRecord = serde_json::from_slice(payload).map_err(|_| Reject::Garbage)?;
+    let num = parse_node_id(&record.node).ok_or(Reject::Garbage)?;
+    if topic.rsplit('/').next() != Some(record.node.as_str()) {
+        return Err(Reject::Garbage);
+    }
+    if !is_node_num(num) {
+        return Err(Reject::NotANode);
+    }
+    let origin = parse_node_id(&record.origin).ok_or(Reject::Garbage)?;
+    let key = parse_key(&record.key).ok_or(Reject::NoKey)?;
+    Ok(FleetKey {
+        seen: NodeSeen {
+            num,
+            long_name: clean_name(&record.long_name, LONG_NAME_MAX),
+            short_name: clean_name(&record.short_name, SHORT_NAME_MAX),
+            hw_model: record.hw_model,
+            role: record.role,
+            public_key: key.to_vec(),
+            source: Source::Fleet { gateway: origin },
+            is_favorite: false,
+        },
+        key,
+        origin,
+    })
+}
+
+/// What the broker holds for each node of the fleet, as far as keysync has seen.
+#[derive(Debug, Default)]
+pub struct FleetBook {
+    held: HashMap<u32, (PublicKey, u32)>,
+}
+
+impl FleetBook {
+    /// The broker holds `key` for `num`, published by `origin`.
+    pub fn note(&mut self, num: u32, key: PublicKey, origin: u32) {
+        if self.held.len() < BOOK_MAX || self.held.contains_key(&num) {
+            self.held.insert(num, (key, origin));
+        }
+    }
+
+    /// A retained record was cleared (an empty message).
+    pub fn forget(&mut self, num: u32) {
+        self.held.remove(&num);
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Whether keysync of radio `own` should publish `key` for `num`: nobody has, or keysync
+    /// itself published another key (the operator accepted a new one). A record another
+    /// keysync published is never overwritten: a disagreement shows as a pending key there.
+    pub fn should_publish(&self, num: u32, key: &PublicKey, own: u32) -> bool {
+        match self.held.get(&num) {
+            None => true,
+            Some((held, origin)) => *origin == own && held != key,
+        }
+    }
+}
+
+/// The records keysync of radio `own` should publish now, given what the broker holds.
+pub fn to_publish(nodes: &[NodeView], own: u32, book: &FleetBook) -> Vec<(u32, FleetRecord)> {
+    nodes
+        .iter()
+        .filter(|v| {
+            v.record
+                .trusted
+                .is_some_and(|k| book.should_publish(v.record.num, &k, own))
+        })
+        .filter_map(|v| FleetRecord::of(v, own).map(|r| (v.record.num, r)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::RadioKey;
+    use crate::engine::store::NodeRecord;
+
+    const OWN: u32 = 0xa;
+
+    fn view(num: u32, key: u8, source: Source) -> NodeView {
+        NodeView {
+            record: NodeRecord {
+                num,
+                long_name: "Ridge".into(),
+                short_name: "R".into(),
+                hw_model: 9,
+                role: 0,
+                first_seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                last_seen: UNIX_EPOCH,
+                pushes: 0,
+                last_pushed: None,
+                trusted: Some([key; 32]),
+                pending: None,
+                rejected: 0,
+                pinned: false,
+                our_favourite: false,
+                removed: false,
+                source: Some(source),
+            },
+            radio: RadioKey::Unknown,
+        }
+    }
+
+    #[test]
+    fn shares_what_it_heard_but_never_what_the_fleet_told_it() {
+        let nodes = [
+            view(1, 1, Source::Mesh),
+            view(2, 2, Source::Fleet { gateway: 0xb }),
+            view(3, 3, Source::Mqtt { gateway: 0xc }),
+            view(OWN, 4, Source::NodeDb),
+        ];
+        let out = to_publish(&nodes, OWN, &FleetBook::default());
+        let nums: Vec<u32> = out.iter().map(|(n, _)| *n).collect();
+        assert_eq!(nums, [1, 3]);
+        assert_eq!(out[1].1.gateway, "!0000000c");
+        assert_eq!(out[1].1.how, "MQTT via !0000000c");
+        assert_eq!(out[0].1.gateway, node_id(OWN));
+        assert_eq!(out[0].1.origin, node_id(OWN));
+    }
+
+    #[test]
+    fn never_overwrites_another_keysyncs_record_but_updates_its_own() {
+        let mut book = FleetBook::default();
+        book.note(1, [9; 32], 0xb);
+        book.note(3, [9; 32], OWN);
+        book.note(4, [4; 32], OWN);
+        let nodes = [
+            view(1, 1, Source::Mesh),
+            view(3, 3, Source::Mesh),
+            view(4, 4, Source::Mesh),
+        ];
+        let nums: Vec<u32> = to_publish(&nodes, OWN, &book)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(nums, [3], "only its own stale record is replaced");
+    }
+
+    #[test]
+    fn a_record_round_trips_and_must_match_its_topic() {
+        let record = FleetRecord::of(&view(0x1234_5678, 7, Source::Mesh), OWN).expect("shared");
+        let json = record.to_json();
+        let back = read("keysync/f/!12345678", &json).expect("read");
+        assert_eq!(back.key, [7; 32]);
+        assert_eq!(back.origin, OWN);
+        assert_eq!(back.seen.source, Source::Fleet { gateway: OWN });
+        assert_eq!(
+            record.first_seen(),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+        assert_eq!(read("keysync/f/!87654321", &json), Err(Reject::Garbage));
+        assert_eq!(read("keysync/f/x", b"{}"), Err(Reject::Garbage));
+        assert_eq!(
+            read("keysync/f/x", &[b' '; PAYLOAD_MAX + 1]),
+            Err(Reject::Oversized)
+        );
+    }
+
+    #[test]
+    fn fleet_names_are_one_topic_level() {
+        assert!(valid_name("north").is_ok());
+        for bad in ["", "a/b", "a+", "#", "x\u{1b}", &"x".repeat(65)] {
+            assert!(valid_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_book_stays_bounded() {
+        let mut book = FleetBook::default();
+        for n in 0..u32::try_from(BOOK_MAX).expect("fits") + 10 {
+            book.note(n + 1, [1; 32], 2);
+        }
+        assert_eq!(book.len(), BOOK_MAX);
+    }
+}

@@ -1,0 +1,409 @@
+//! Keys from the MQTT broker, against a real mosquitto (started per test on a free loopback
+//! port) and the simulated radio over real TCP. Without mosquitto (build.rs sets
+//! `cfg(no_mosquitto)`) these tests are reported as ignored, with the reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::{WAIT, fast_engine, population, seeded_store, sim_config, start_sim, wait_until};
+use keysync::engine::mqtt::broker::BrokerUrl;
+use keysync::engine::mqtt::crypto::ChannelKey;
+use keysync::engine::mqtt::uplink::envelope;
+use keysync::engine::mqtt::{MqttConfig, MqttStatus};
+use keysync::engine::radio::Source;
+use keysync::engine::store::{NodeRecord, Store};
+use keysync::engine::{self, EngineHandle, Snapshot};
+use keysync::sim::SimHandle;
+use meshtastic::protobufs::User;
+use tokio::sync::watch;
+
+const TOPIC: &str = "msh/EU_868/2/e/LongFast/!0000beef";
+const GATEWAY: u32 = 0xbeef;
+/// A node no simulated radio has: it can only come from the broker.
+const FAR_NODE: u32 = 0x7a11_0001;
+
+fn far_user(key: u8) -> User {
+    User {
+        id: "!7a110001".into(),
+        long_name: "Far\u{1b}[2J Hill".into(),
+        short_name: "FH".into(),
+        public_key: vec![key; 32],
+        ..User::default()
+    }
+}
+
+fn mqtt_config(broker: &Broker, fleet: Option<&str>) -> MqttConfig {
+    let mut config = MqttConfig::new(BrokerUrl::parse(&broker.url()).expect("url"));
+    config.fleet = fleet.map(str::to_owned);
+    config.backoff.base = Duration::from_millis(50);
+    config.backoff.cap = Duration::from_millis(400);
+    config
+}
+
+struct Gateway {
+    sim: SimHandle,
+    engine: EngineHandle,
+    db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A simulated radio with `nodes` nodes and a keysync on it that uses the broker, connected to
+/// both and synced once.
+async fn gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
+    let gw = start_gateway(seed, nodes, mqtt);
+    let mut snap = gw.engine.snapshot.clone();
+    connected(&mut snap).await;
+    gw
+}
+
+/// The same, started only.
+fn start_gateway(seed: u64, nodes: usize, mqtt: MqttConfig) -> Gateway {
+    let sim = start_sim(keysync::sim::SimConfig {
+        seed,
+        ..sim_config(nodes)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, store) = seeded_store(&dir, &[]);
+    let mut config = fast_engine(
+        &sim,
+        db.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    config.mqtt = Some(mqtt);
+    let engine = engine::try_start(config, store).expect("engine starts");
+    Gateway {
+        sim,
+        engine,
+        db,
+        _dir: dir,
+    }
+}
+
+async fn connected(snap: &mut watch::Receiver<Snapshot>) {
+    let up = tokio::time::timeout(
+        WAIT,
+        snap.wait_for(|s| {
+            s.mqtt
+                .as_ref()
+                .is_some_and(|m| m.state == keysync::engine::mqtt::MqttState::Connected)
+                && !s.sync.history.is_empty()
+        }),
+    )
+    .await;
+    assert!(
+        matches!(up, Ok(Ok(_))),
+        "keysync did not connect to the broker and the radio"
+    );
+}
+
+/// The store's record of `num`, read as `keysync keys` reads it, beside the running engine.
+fn node(db: &std::path::Path, num: u32) -> Option<NodeRecord> {
+    let store = Store::open_existing(db).expect("store opens");
+    store
+        .nodes()
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.num == num)
+}
+
+/// The store's trusted key of `num` and where it came from.
+fn stored(db: &std::path::Path, num: u32) -> Option<([u8; 32], Option<Source>)> {
+    let node = node(db, num)?;
+    Some((node.trusted?, node.source))
+}
+
+/// A LongFast uplink of `num`'s NodeInfo with key `[key; 32]`, as gateway [`GATEWAY`] sends it.
+fn long_fast(num: u32, id: u32, key: u8) -> Vec<u8> {
+    let channel = ChannelKey::default_channel();
+    envelope(num, id, &far_user(key), Some(&channel), GATEWAY)
+}
+
+/// Publishes `payload` on [`TOPIC`] every 100 ms (as a gateway repeats NodeInfo) until `done`.
+async fn publish_until(
+    publisher: &common::broker::Publisher,
+    payload: &[u8],
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        publisher.publish(TOPIC, payload.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A gateway that learned [`FAR_NODE`]'s key `[7; 32]` from the LongFast uplink, and the
+/// uplink's connection.
+async fn gateway_that_learned_far_node(broker: &Broker) -> (Gateway, common::broker::Publisher) {
+    let gw = gateway(1, 5, mqtt_config(broker, None)).await;
+    let uplink = broker.client("gateway").await;
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 42, 7),
+        "the key learned",
+        || stored(&gw.db, FAR_NODE).is_some(),
+    )
+    .await;
+    (gw, uplink)
+}
+
+fn mqtt_status(engine: &EngineHandle) -> Option<MqttStatus> {
+    engine.snapshot.borrow().mqtt.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
+    let broker = Broker::start();
+    let (gw, uplink) = gateway_that_learned_far_node(&broker).await;
+    let far = node(&gw.db, FAR_NODE).expect("stored");
+    assert_eq!(far.trusted, Some([7; 32]));
+    assert_eq!(far.source, Some(Source::Mqtt { gateway: GATEWAY }));
+    assert_eq!(far.long_name, "Far[2J Hill", "the escape sequence is gone");
+
+    // The same node later with another key: pending, the first one stays trusted.
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 43, 8),
+        "the changed key pending",
+        || node(&gw.db, FAR_NODE).and_then(|n| n.pending) == Some([8; 32]),
+    )
+    .await;
+    assert_eq!(
+        stored(&gw.db, FAR_NODE).map(|s| s.0),
+        Some([7; 32]),
+        "the trusted key is kept"
+    );
+
+    let out = assert_cmd::Command::cargo_bin("keysync")
+        .expect("binary")
+        .args(["keys", "--db"])
+        .arg(&gw.db)
+        .output()
+        .expect("keys runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("!7a110001"))
+        .expect("listed");
+    assert!(line.ends_with("MQTT via !0000beef"), "{line}");
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_key_from_the_broker_stays_in_the_store_until_the_radio_hears_its_node() {
+    let broker = Broker::start();
+    let (gw, _uplink) = gateway_that_learned_far_node(&broker).await;
+    let mut snap = gw.engine.snapshot.clone();
+    let runs = snap.borrow().sync.history.len();
+    gw.engine
+        .commands
+        .send(engine::Command::ForceSync)
+        .await
+        .expect("engine runs");
+    let report = common::nth_report(&mut snap, runs + 1).await;
+    assert!(report.error.is_none(), "{}", report.summary());
+    let pushed = |sim: &SimHandle| sim.contacts().iter().any(|c| c.node_num == FAR_NODE);
+    assert!(!pushed(&gw.sim), "the radio has room, but no need of it");
+    // A packet from it reaches the radio, which has no key for it: now it is pushed.
+    gw.sim
+        .hear_from(FAR_NODE, meshtastic::protobufs::PortNum::TextMessageApp);
+    wait_until("the key pushed once the node is heard", || pushed(&gw.sim)).await;
+    assert_eq!(gw.sim.key_of(FAR_NODE), Some([7; 32]));
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_key_from_radio_a_reaches_the_store_of_b_through_the_fleet_and_no_further() {
+    let broker = Broker::start();
+    let a = gateway(11, 4, mqtt_config(&broker, Some("north"))).await;
+    let b = gateway(22, 4, mqtt_config(&broker, Some("north"))).await;
+    let a_nodes = population(11, 4);
+    let b_nodes = population(22, 4);
+    let from_a = &a_nodes[0];
+    let a_key: [u8; 32] = from_a
+        .user
+        .as_ref()
+        .expect("user")
+        .public_key
+        .clone()
+        .try_into()
+        .expect("32");
+    let a_radio = a.sim.my_node_num();
+    wait_until("B has a key of A's radio", || {
+        stored(&b.db, from_a.num).is_some()
+    })
+    .await;
+    assert_eq!(
+        stored(&b.db, from_a.num),
+        Some((a_key, Some(Source::Fleet { gateway: a_radio })))
+    );
+    // And the other way round.
+    let from_b = &b_nodes[0];
+    wait_until("A has a key of B's radio", || {
+        stored(&a.db, from_b.num).is_some()
+    })
+    .await;
+    assert_eq!(
+        stored(&a.db, from_b.num).and_then(|s| s.1),
+        Some(Source::Fleet {
+            gateway: b.sim.my_node_num()
+        })
+    );
+    // Each published only what its own radio told it: a key never travels back.
+    let published = |e: &EngineHandle| mqtt_status(e).map(|m| m.counts.fleet_out);
+    wait_until("both published their radio's nodes", || {
+        published(&a.engine) == Some(4) && published(&b.engine) == Some(4)
+    })
+    .await;
+    assert_eq!(
+        stored(&a.db, from_a.num).and_then(|s| s.1),
+        Some(Source::NodeDb)
+    );
+
+    // A keysync that starts later has the fleet's keys from the retained records at once.
+    let c = gateway(33, 1, mqtt_config(&broker, Some("north"))).await;
+    wait_until("C has A's and B's keys", || {
+        a_nodes
+            .iter()
+            .chain(&b_nodes)
+            .all(|n| stored(&c.db, n.num).is_some())
+    })
+    .await;
+    wait_until("C shared its own radio's node", || {
+        published(&c.engine) == Some(1)
+    })
+    .await;
+    for g in [a, b, c] {
+        g.engine.quit().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn garbage_oversized_and_wrong_key_traffic_teaches_nothing_and_leaves_the_radio_link_alone() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, Some("north"))).await;
+    let count = || {
+        Store::open_existing(&gw.db)
+            .expect("store")
+            .nodes()
+            .expect("nodes")
+            .len()
+    };
+    let before = count();
+    let sessions = gw.engine.snapshot.borrow().link.sessions;
+    let hostile = broker.client("hostile").await;
+    // Another key with LongFast's hash: the packet claims the channel, the key does not fit.
+    let mut other = keysync::engine::mqtt::crypto::DEFAULT_PSK;
+    other[0] ^= 0x55;
+    other[1] ^= 0x55;
+    let secret = ChannelKey::new("LongFast", &other).expect("key");
+    assert_eq!(secret.hash(), ChannelKey::default_channel().hash());
+    let wrong_key = envelope(FAR_NODE, 1, &far_user(7), Some(&secret), GATEWAY);
+    let oversized = {
+        let mut user = far_user(7);
+        user.long_name = "x".repeat(4 * 1024);
+        envelope(FAR_NODE, 2, &user, None, GATEWAY)
+    };
+    let forged_fleet =
+        br#"{"node":"!7a110001","key":"not a key","gateway":"!1","origin":"!00000001"}"#;
+    let flood = 2000;
+    for i in 0..flood {
+        let (topic, payload) = match i % 5 {
+            0 => (TOPIC, b"\x08\x96\x01 garbage".to_vec()),
+            1 => (TOPIC, wrong_key.clone()),
+            2 => (TOPIC, oversized.clone()),
+            3 => ("keysync/north/!7a110001", forged_fleet.to_vec()),
+            _ => (
+                "msh/EU_868/2/json/LongFast/!0000beef",
+                b"{\"from\":".to_vec(),
+            ),
+        };
+        hostile.publish(topic, payload).await;
+    }
+    wait_until("the snapshot counts the flood", || {
+        mqtt_status(&gw.engine).is_some_and(|m| m.counts.ignored >= flood)
+    })
+    .await;
+    // Larger than any MQTT packet keysync accepts: the broker connection drops and comes back.
+    hostile.publish(TOPIC, vec![0x42; 100 * 1024]).await;
+    // A last good message proves the flood was read through, and the side still learns.
+    let good = long_fast(FAR_NODE + 1, 9, 5);
+    publish_until(
+        &hostile,
+        &good,
+        "the good message after the flood learned",
+        || stored(&gw.db, FAR_NODE + 1).is_some(),
+    )
+    .await;
+    assert_eq!(
+        stored(&gw.db, FAR_NODE),
+        None,
+        "nothing learned from the hostile traffic"
+    );
+    assert_eq!(count(), before + 1, "the good node only");
+    wait_until("the huge packet dropped the broker connection", || {
+        mqtt_status(&gw.engine)
+            .and_then(|m| m.last_error)
+            .is_some_and(|e| e.contains("size"))
+    })
+    .await;
+    let snap = gw.engine.snapshot.borrow().clone();
+    let counts = snap.mqtt.as_ref().expect("mqtt").counts;
+    assert!(counts.ignored >= flood, "{counts:?}");
+    assert!(
+        counts.oversized >= flood / 5 && counts.undecryptable >= flood / 5,
+        "{counts:?}"
+    );
+    assert_eq!(snap.link.sessions, sessions, "the radio link never dropped");
+    assert_eq!(snap.link.state, keysync::engine::link::LinkState::Up);
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason() {
+    let broker = Broker::start();
+    // mqtts:// to a listener that speaks plain MQTT: the handshake fails, every time.
+    let url = format!("mqtts://127.0.0.1:{}", broker.addr.port());
+    let mut config = mqtt_config(&broker, None);
+    config.broker = BrokerUrl::parse(&url).expect("url");
+    let gw = start_gateway(1, 3, config);
+    wait_until("the broker in backoff with the TLS error", || {
+        mqtt_status(&gw.engine).is_some_and(|m| {
+            matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
+                && m.last_error.is_some_and(|e| e.starts_with("TLS"))
+        })
+    })
+    .await;
+    let snap = gw.engine.snapshot.borrow().clone();
+    assert_eq!(
+        snap.link.state,
+        keysync::engine::link::LinkState::Up,
+        "the radio link is up"
+    );
+    assert_eq!(snap.mqtt.expect("mqtt").broker, url);
+    gw.engine.quit().await;
+}
