@@ -8,6 +8,7 @@ use crate::engine::link::LinkConfig;
 use crate::engine::store::Store;
 use crate::engine::sync::{Outcome, SyncSettings};
 use crate::engine::{self, EngineConfig};
+use crate::sim;
 
 /// The engine's configuration from resolved settings.
 pub fn engine_config(settings: &Settings) -> EngineConfig {
@@ -124,4 +125,38 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     {
         tokio::signal::ctrl_c().await
     }
+}
+
+/// `keysync sim`: serves until SIGINT or SIGTERM, then prints what it counted.
+pub async fn run_sim(args: &crate::cli::SimArgs) -> anyhow::Result<()> {
+    let scenario = match &args.scenario {
+        Some(path) => sim::Scenario::load(path)?,
+        None => sim::Scenario::default(),
+    };
+    let profile =
+        sim::Profile::new(&args.firmware, args.hw, args.role).map_err(anyhow::Error::msg)?;
+    let config = sim::SimConfig {
+        listen: args.listen,
+        nodes: args.nodes,
+        seed: args.seed,
+        capacity: args.capacity.map(usize::from),
+        idle_timeout: args.idle_timeout,
+        announce_every: (!args.announce_every.is_zero()).then_some(args.announce_every),
+        profile,
+        scenario,
+        reboot_time: args.reboot_time,
+        managed: args.managed,
+        ..sim::SimConfig::default()
+    };
+    let radio = sim::SimHandle::start(config)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    shutdown_signal().await?;
+    let counters = radio.counters();
+    let protected = radio.protected();
+    log::info!(target: "keysync::sim",
+        "stopping; counters: {:?}; NodeDB {} of {} entries, {} protected ({} favourite, {} ignored, {} verified), {} evictions",
+        sim::snapshot(&counters), radio.nodedb().len(), radio.capacity(), protected.total,
+        protected.favourite, protected.ignored, protected.verified, radio.evictions());
+    radio.shutdown().await;
+    Ok(())
 }

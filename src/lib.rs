@@ -8,15 +8,16 @@
 //! - [`headless`]: the engine under systemd, logging to stderr.
 //! - [`metrics`]: `--metrics ADDR`, Prometheus metrics and JSON status over HTTP.
 
+pub use keysync_engine as engine;
+pub use keysync_engine::duration;
+pub use keysync_sim as sim;
+
 pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod demo;
-pub mod duration;
-pub mod engine;
 pub mod headless;
 pub mod logging;
 pub mod metrics;
-pub mod sim;
 pub mod tui;
 pub mod ui;

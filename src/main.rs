@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use keysync::cli::{self, Command, Settings, UsageError};
-use keysync::{commands, headless, logging, sim, tui};
+use keysync::{commands, headless, logging, tui};
 
 const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Sim(args)) => {
                 init_logs(&settings)?;
-                sim::run_cli(&args).await
+                headless::run_sim(&args).await
             }
             Some(Command::Sync(args)) => {
                 init_logs(&settings)?;

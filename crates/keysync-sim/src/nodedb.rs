@@ -5,7 +5,7 @@
 use meshtastic::protobufs::{NodeInfo, SharedContact, User};
 
 use super::profile::ContactRules;
-use crate::engine::radio::{node_id, valid_key};
+use keysync_engine::radio::{node_id, valid_key};
 
 /// What happened to a node heard on the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,7 +457,7 @@ fn is_protected(info: &NodeInfo) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::profile::{Hw, Profile, SimRole};
+    use crate::profile::{Hw, Profile, SimRole};
 
     fn user(key: u8) -> User {
         User {

@@ -3,6 +3,7 @@
 //! [`Command`]s on one `mpsc`.
 
 pub mod codec;
+pub mod duration;
 pub mod import;
 pub mod lenient;
 pub mod link;
@@ -42,7 +43,7 @@ pub struct EngineConfig {
     pub sync: SyncSettings,
     pub db_path: PathBuf,
     /// Serve downstream clients (`--listen`).
-    pub proxy: Option<crate::engine::proxy::ProxyConfig>,
+    pub proxy: Option<crate::proxy::ProxyConfig>,
     /// Learn keys from an MQTT broker, and share them with a fleet (`--mqtt`).
     pub mqtt: Option<mqtt::MqttConfig>,
 }
@@ -174,7 +175,7 @@ pub struct Snapshot {
     /// Where downstream clients connect, in proxy mode.
     pub proxy_addr: Option<std::net::SocketAddr>,
     /// Downstream clients connected through the proxy.
-    pub clients: Vec<crate::engine::proxy::ClientView>,
+    pub clients: Vec<crate::proxy::ClientView>,
     /// The MQTT broker connection, with `--mqtt`.
     pub mqtt: Option<mqtt::MqttStatus>,
 }
@@ -255,18 +256,11 @@ impl EngineHandle {
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
     // The proxy's port first: the radio is not dialled when it cannot be served.
-    let bound = config
-        .proxy
-        .clone()
-        .map(crate::engine::proxy::bind)
-        .transpose()?;
+    let bound = config.proxy.clone().map(crate::proxy::bind).transpose()?;
     let (link, [notices, proxy_notices]) = Link::spawn_subscribed(config.link.clone());
     let (learned_tx, learned) = mpsc::channel(256);
     let (needs_tx, needs) = mpsc::channel(64);
-    let proxy_addr = bound
-        .as_ref()
-        .map(crate::engine::proxy::Bound::addr)
-        .transpose()?;
+    let proxy_addr = bound.as_ref().map(crate::proxy::Bound::addr).transpose()?;
     let (pushed_tx, pushed) = mpsc::unbounded_channel();
     let status = link.status();
     let counters = link.counters();
@@ -477,7 +471,7 @@ struct EngineLoop {
     own_num: u32,
     /// Keys downstream clients handed to the radio.
     learned: mpsc::Receiver<NodeSeen>,
-    clients: Option<watch::Receiver<Vec<crate::engine::proxy::ClientView>>>,
+    clients: Option<watch::Receiver<Vec<crate::proxy::ClientView>>>,
     mqtt: Option<mqtt::MqttHandle>,
     /// Keys the MQTT side read from the broker.
     mqtt_learned: Option<mpsc::Receiver<NodeSeen>>,

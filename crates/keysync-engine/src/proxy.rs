@@ -53,9 +53,9 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
-use crate::engine::link::{LinkNotice, LinkSender, Session, is_config_part};
-use crate::engine::radio::{
+use crate::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
+use crate::link::{LinkNotice, LinkSender, Session, is_config_part};
+use crate::radio::{
     CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, admin_of, firmware_version,
     is_node_num, node_id, valid_key,
 };
@@ -294,7 +294,7 @@ struct Shared {
     /// The engine's view, read for the keys the operator trusts (add_contact may not replace
     /// one). Read-only, and as fresh as the engine's last publish: a key learned a moment ago
     /// may not be there yet.
-    engine: watch::Receiver<crate::engine::Snapshot>,
+    engine: watch::Receiver<crate::Snapshot>,
     /// What clients may send, waiting for the radio.
     held: Mutex<Held>,
     /// Told when something was held.
@@ -405,8 +405,8 @@ impl Bound {
         notices: broadcast::Receiver<LinkNotice>,
         sender: LinkSender,
         learned: mpsc::Sender<NodeSeen>,
-        needs: mpsc::Sender<crate::engine::KeyNeed>,
-        engine: watch::Receiver<crate::engine::Snapshot>,
+        needs: mpsc::Sender<crate::KeyNeed>,
+        engine: watch::Receiver<crate::Snapshot>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;
         let addr = listener.local_addr()?;
@@ -542,7 +542,7 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) -> bool {
         Some(V::ConfigCompleteId(_)) => {}
         Some(V::Packet(packet)) => {
             let stale = admin_answer_differs(shared, packet);
-            if let Some(seen) = crate::engine::radio::node_seen(&frame) {
+            if let Some(seen) = crate::radio::node_seen(&frame) {
                 let mut up = lock(&shared.upstream);
                 if let Some(node) = up.nodes.iter_mut().find(|n| n.num == seen.num) {
                     // Mirror the firmware: names follow the announcement, a stored key stays.
@@ -684,10 +684,7 @@ async fn refresh_config(shared: &Shared, sender: &LinkSender) {
     log::info!(target: "keysync::engine::proxy",
         "the radio's configuration changed: refreshing it before the next replay");
     if sender
-        .send(
-            session,
-            crate::engine::radio::want_config(CONFIG_ONLY_NONCE),
-        )
+        .send(session, crate::radio::want_config(CONFIG_ONLY_NONCE))
         .await
         .is_err()
     {
@@ -842,7 +839,7 @@ async fn write_upstream(
     shared: Arc<Shared>,
     answers: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
-    needs: mpsc::Sender<crate::engine::KeyNeed>,
+    needs: mpsc::Sender<crate::KeyNeed>,
 ) {
     // keysync's connection as the radio judges it; a new connection starts afresh.
     let mut radio = fair::Connection::default();
@@ -1000,15 +997,15 @@ const KEY_WAIT: Duration = Duration::from_secs(5);
 
 /// A DM to a node whose key the radio lacks goes out encrypted the first time: the engine
 /// pushes the key first (at most [`KEY_WAIT`]), then the DM follows.
-async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::engine::KeyNeed>) {
+async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::KeyNeed>) {
     let Some(to_radio::PayloadVariant::Packet(packet)) = &msg.payload_variant else {
         return;
     };
-    if !crate::engine::radio::is_pki_dm(packet, own) {
+    if !crate::radio::is_pki_dm(packet, own) {
         return;
     }
     let (done, answered) = tokio::sync::oneshot::channel();
-    let need = crate::engine::KeyNeed {
+    let need = crate::KeyNeed {
         num: packet.to,
         packet_id: packet.id,
         done,
@@ -1016,7 +1013,7 @@ async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::engine::
     if needs.send(need).await.is_ok() && tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
         log::warn!(target: "keysync::engine::proxy",
             "the key of {} was not pushed within {}: the DM goes as it is",
-            crate::engine::radio::node_id(packet.to), humantime::format_duration(KEY_WAIT));
+            crate::radio::node_id(packet.to), humantime::format_duration(KEY_WAIT));
     }
 }
 
@@ -1575,7 +1572,7 @@ fn queue_refresh(shared: &Shared, stats: &ClientStats, reply: &mpsc::Sender<ToCl
     log::info!(target: "keysync::engine::proxy",
         "{} changes the radio's configuration: refreshing it before the next replay", stats.addr);
     let want = Upward {
-        msg: crate::engine::radio::want_config(CONFIG_ONLY_NONCE),
+        msg: crate::radio::want_config(CONFIG_ONLY_NONCE),
         id: 0,
         portnum: None,
         reply: reply.clone(),
@@ -1694,7 +1691,7 @@ fn admin_payload(packet: &MeshPacket) -> AdminPayload {
 }
 
 /// The key the operator trusts for `num`, from the engine's view.
-fn trusted_key(view: &crate::engine::Snapshot, num: u32) -> Option<PublicKey> {
+fn trusted_key(view: &crate::Snapshot, num: u32) -> Option<PublicKey> {
     view.nodes
         .iter()
         .find(|n| n.record.num == num)

@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::uplink::{PAYLOAD_MAX, Reject, clean_name, parse_node_id};
-use crate::engine::NodeView;
-use crate::engine::radio::{
+use crate::NodeView;
+use crate::radio::{
     LONG_NAME_MAX, NodeSeen, PublicKey, SHORT_NAME_MAX, Source, is_node_num, node_id,
 };
-use crate::engine::store::{key_base64, parse_key};
+use crate::store::{key_base64, parse_key};
 
 /// The topic prefix of every fleet.
 pub const PREFIX: &str = "keysync";
@@ -32,7 +32,7 @@ pub fn valid_name(name: &str) -> Result<(), String> {
     {
         return Err(format!(
             "{:?} cannot be a fleet name: no '/', '+', '#' or control characters",
-            crate::engine::radio::printable(name)
+            crate::radio::printable(name)
         ));
     }
     Ok(())
@@ -206,8 +206,8 @@ pub fn to_publish(nodes: &[NodeView], own: u32, book: &FleetBook) -> Vec<(u32, F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::RadioKey;
-    use crate::engine::store::NodeRecord;
+    use crate::RadioKey;
+    use crate::store::NodeRecord;
 
     const OWN: u32 = 0xa;
 

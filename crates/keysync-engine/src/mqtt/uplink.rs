@@ -9,10 +9,10 @@ use meshtastic::protobufs::{Data, PortNum, ServiceEnvelope, mesh_packet};
 use serde::Deserialize;
 
 use super::crypto::ChannelKey;
-use crate::engine::radio::{
+use crate::radio::{
     self, LONG_NAME_MAX, NodeSeen, SHORT_NAME_MAX, Source, decode_user, is_node_num,
 };
-use crate::engine::store::parse_key;
+use crate::store::parse_key;
 
 /// The largest message read from the broker: an envelope holds one radio packet (≤ 256 bytes)
 /// and two short ids, a fleet record a key and two names. Anything longer is not read.
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn the_json_uplink_is_read_when_it_carries_a_key() {
-        let key = crate::engine::store::key_base64(&[7; 32]);
+        let key = crate::store::key_base64(&[7; 32]);
         let with = format!(
             r#"{{"from":305419896,"type":"nodeinfo","sender":"!0000beef","payload":{{"id":"!12345678","longname":"Ridge","shortname":"R1","hardware":9,"role":0,"public_key":"{key}"}}}}"#
         );

@@ -34,7 +34,7 @@ use std::time::Duration;
 use meshtastic::protobufs::PortNum;
 use serde::Deserialize;
 
-use crate::duration;
+use keysync_engine::duration;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scenario {

@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::lenient::length_delimited;
-use crate::engine::radio::{BROADCAST, node_id, valid_key};
+use keysync_engine::lenient::length_delimited;
+use keysync_engine::radio::{BROADCAST, node_id, valid_key};
 pub use nodedb::Protected;
 use nodedb::{Heard, NodeDb, RawNames};
 use population::{Population, now_secs};
@@ -917,7 +917,7 @@ async fn apply_to_listener(
         }
         Fault::Frame { payload } => {
             let mut framed = bytes::BytesMut::new();
-            if crate::engine::codec::encode_raw(&payload, &mut framed).is_ok()
+            if keysync_engine::codec::encode_raw(&payload, &mut framed).is_ok()
                 && let Some(c) = current.as_ref()
             {
                 let _ = c.cmds.send(ClientCmd::Garbage(framed.to_vec())).await;
@@ -1042,37 +1042,4 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
     m.insert("ignored_admin", SimCounters::get(&c.ignored_admin));
     m.insert("operator_actions", SimCounters::get(&c.operator_actions));
     m
-}
-
-/// `keysync sim`: serves until SIGINT or SIGTERM, then prints what it counted.
-pub async fn run_cli(args: &crate::cli::SimArgs) -> anyhow::Result<()> {
-    let scenario = match &args.scenario {
-        Some(path) => Scenario::load(path)?,
-        None => Scenario::default(),
-    };
-    let profile = Profile::new(&args.firmware, args.hw, args.role).map_err(anyhow::Error::msg)?;
-    let config = SimConfig {
-        listen: args.listen,
-        nodes: args.nodes,
-        seed: args.seed,
-        capacity: args.capacity.map(usize::from),
-        idle_timeout: args.idle_timeout,
-        announce_every: (!args.announce_every.is_zero()).then_some(args.announce_every),
-        profile,
-        scenario,
-        reboot_time: args.reboot_time,
-        managed: args.managed,
-        ..SimConfig::default()
-    };
-    let sim = SimHandle::start(config)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-    crate::headless::shutdown_signal().await?;
-    let counters = sim.counters();
-    let protected = sim.protected();
-    log::info!(target: "keysync::sim",
-        "stopping; counters: {:?}; NodeDB {} of {} entries, {} protected ({} favourite, {} ignored, {} verified), {} evictions",
-        snapshot(&counters), sim.nodedb().len(), sim.capacity(), protected.total,
-        protected.favourite, protected.ignored, protected.verified, sim.evictions());
-    sim.shutdown().await;
-    Ok(())
 }

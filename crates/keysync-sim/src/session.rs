@@ -27,9 +27,9 @@ use super::nodedb::{ContactResult, RawNames};
 use super::population::now_secs;
 use super::profile::{Profile, Rule};
 use super::{ClientCmd, OperatorAction, RoutingError, SENT_KEPT, Shared};
-use crate::engine::codec::RadioCodec;
-use crate::engine::lenient::length_delimited;
-use crate::engine::radio::{
+use keysync_engine::codec::RadioCodec;
+use keysync_engine::lenient::length_delimited;
+use keysync_engine::radio::{
     BROADCAST, CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of, node_id, to_radio_kind, valid_key,
 };
 

@@ -660,9 +660,7 @@ impl Store {
 
     /// The fingerprint of the trusted keys and their count, streamed from SQLite in node order:
     /// no list of 10 000 keys is built for a check that only compares fingerprints.
-    pub fn trusted_fingerprint(
-        &self,
-    ) -> Result<(crate::engine::sync::Fingerprint, usize), StoreError> {
+    pub fn trusted_fingerprint(&self) -> Result<(crate::sync::Fingerprint, usize), StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -673,24 +671,23 @@ impl Store {
         let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
         let mut count = 0;
         let mut failed = None;
-        let fp =
-            crate::engine::sync::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
-                Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
-                    (Ok(num), Ok(key)) => {
-                        count += 1;
-                        Some((num, key))
-                    }
-                    (Err(e), _) | (_, Err(e)) => {
-                        failed = Some(e);
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
+        let fp = crate::sync::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
+            Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
+                (Ok(num), Ok(key)) => {
+                    count += 1;
+                    Some((num, key))
+                }
+                (Err(e), _) | (_, Err(e)) => {
                     failed = Some(e);
                     None
                 }
-            }));
+            },
+            Ok(None) => None,
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        }));
         match failed {
             Some(e) => Err(self.error(e)),
             None => Ok((fp, count)),
@@ -1561,7 +1558,13 @@ mod tests {
             .expect("opens read-only");
         let mut store = Store { conn, path };
         let err = store.clear_cache().expect_err("read-only");
-        let text = format!("{:#}", anyhow::Error::from(err));
+        // The whole chain, as the binary prints it (anyhow's `{:#}`).
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
         assert!(text.contains("is read-only"), "{text}");
         assert_eq!(text.matches("read-only").count(), 1, "{text}");
         assert!(!text.contains("readonly database"), "{text}");
