@@ -12,12 +12,16 @@ pub use keysync_engine as engine;
 pub use keysync_engine::duration;
 pub use keysync_sim as sim;
 
+#[cfg(feature = "tui")]
 pub mod app;
 pub mod cli;
 pub mod commands;
+#[cfg(feature = "tui")]
 pub mod demo;
 pub mod headless;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "tui")]
 pub mod tui;
+#[cfg(feature = "tui")]
 pub mod ui;

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use keysync::cli::{self, Command, Settings, UsageError};
-use keysync::{commands, headless, logging, tui};
+#[cfg(feature = "tui")]
+use keysync::tui;
+use keysync::{commands, headless, logging};
 
 const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
@@ -55,7 +57,13 @@ fn main() -> ExitCode {
                 init_logs(&settings)?;
                 headless::run(&settings).await
             }
+            #[cfg(feature = "tui")]
             None => tui::run(&settings, cli.demo).await,
+            #[cfg(not(feature = "tui"))]
+            None => Err(UsageError(
+                "this keysync is built without the terminal monitor (--no-default-features): run it with --headless".into(),
+            )
+            .into()),
         }
     });
     match result {
