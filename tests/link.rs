@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use keysync::engine::codec::{ClientCodec, frame_bytes};
-use keysync::engine::link::{CloseCause, Link, LinkNotice, LinkState};
+use keysync::engine::link::{CloseCause, LinkNotice, LinkState};
 use keysync::engine::radio;
 use keysync::sim::{Fault, Forget};
 use tokio::io::AsyncWriteExt;
@@ -17,11 +17,13 @@ use tokio_util::codec::FramedRead;
 
 #[tokio::test]
 async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
-    let sim = start_sim(sim_config(12));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut notices = link.subscribe();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut notices,
+        status,
+        ..
+    } = Linked::up(sim_config(12), |_| {}).await;
     let session = loop {
         match notices.recv().await.expect("notices flow") {
             LinkNotice::Up(s) => break s,
@@ -56,10 +58,12 @@ async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
 
 #[tokio::test]
 async fn a_dropped_connection_is_named_and_reconnected() {
-    let sim = start_sim(sim_config(5));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut status,
+        ..
+    } = Linked::up(sim_config(5), |_| {}).await;
     sim.inject(Fault::Drop).await;
     status
         .next("closed by radio", |s| {
@@ -75,12 +79,14 @@ async fn a_dropped_connection_is_named_and_reconnected() {
 
 #[tokio::test]
 async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
-    let sim = start_sim(sim_config(5));
-    let config = fast_link(&sim);
+    let Linked {
+        sim,
+        mut link,
+        mut status,
+        config,
+        ..
+    } = Linked::up(sim_config(5), |_| {}).await;
     let heartbeat = config.heartbeat;
-    let mut link = Link::spawn(config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
     let stalled_at = tokio::time::Instant::now();
     sim.inject(Fault::Stall {
         duration: Duration::from_secs(30),
@@ -100,10 +106,12 @@ async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
 
 #[tokio::test]
 async fn refused_connections_back_off_with_growing_jittered_delays() {
-    let sim = start_sim(sim_config(5));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut status,
+        ..
+    } = Linked::up(sim_config(5), |_| {}).await;
     sim.inject(Fault::Refuse {
         duration: Duration::from_millis(2500),
     })
@@ -150,11 +158,13 @@ async fn refused_connections_back_off_with_growing_jittered_delays() {
 
 #[tokio::test]
 async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
-    let sim = start_sim(sim_config(8));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut notices = link.subscribe();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut notices,
+        mut status,
+        ..
+    } = Linked::up(sim_config(8), |_| {}).await;
     sim.inject(Fault::Reboot {
         down: Duration::from_millis(1500),
         forget: Forget::Keys,
@@ -207,11 +217,13 @@ async fn rival_client(addr: std::net::SocketAddr, stop: tokio_util::sync::Cancel
 
 #[tokio::test]
 async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a_fight() {
-    let sim = start_sim(sim_config(5));
-    let config = fast_link(&sim);
-    let mut link = Link::spawn(config.clone());
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut status,
+        config,
+        ..
+    } = Linked::up(sim_config(5), |_| {}).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let rival = tokio::spawn(rival_client(sim.addr(), stop.clone()));
     let contended = status
@@ -248,12 +260,12 @@ async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a
 async fn heartbeats_keep_an_idle_closing_radio_open() {
     let mut config = sim_config(5);
     config.idle_timeout = Duration::from_secs(2);
-    let sim = start_sim(config);
-    let mut link_config = fast_link(&sim);
-    link_config.heartbeat = Duration::from_millis(500);
-    let mut link = Link::spawn(link_config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        status,
+        ..
+    } = Linked::up(config, |c| c.heartbeat = Duration::from_millis(500)).await;
     // Observe for three idle timeouts: the radio must not close us.
     wait_until("six heartbeats", || {
         sim.counters()
@@ -275,12 +287,12 @@ async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
     // The control for the test above: it proves the sim's idle close is real.
     let mut config = sim_config(5);
     config.idle_timeout = Duration::from_secs(1);
-    let sim = start_sim(config);
-    let mut link_config = fast_link(&sim);
-    link_config.heartbeat = Duration::from_secs(60);
-    let mut link = Link::spawn(link_config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let Linked {
+        sim,
+        mut link,
+        mut status,
+        ..
+    } = Linked::up(config, |c| c.heartbeat = Duration::from_secs(60)).await;
     status
         .next("closed by radio", |s| {
             *s == LinkState::Closed(CloseCause::ClosedByRadio)
@@ -292,11 +304,13 @@ async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
 
 #[tokio::test]
 async fn garbage_on_the_wire_never_breaks_the_stream() {
-    let sim = start_sim(sim_config(10));
-    let mut link = Link::spawn(fast_link(&sim));
+    let Linked {
+        sim,
+        mut link,
+        status,
+        ..
+    } = Linked::up(sim_config(10), |_| {}).await;
     let counters = link.counters();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
     for _ in 0..5 {
         sim.inject(Fault::Garbage { bytes: 300 }).await;
         sim.inject(Fault::Announce { node: 0 }).await;
