@@ -1,47 +1,26 @@
 //! The frame codec against everything PROTOCOL.md § Framing says a stream can hold.
 
+mod common;
+
 use bytes::BytesMut;
+use common::proto;
 use keysync::engine::codec::{ClientCodec, RadioCodec, frame_bytes};
 use keysync::engine::radio::{self, Contact};
 use meshtastic::Message;
-use meshtastic::protobufs::{
-    Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus, User, from_radio, mesh_packet,
-};
+use meshtastic::protobufs::{FromRadio, MeshPacket, QueueStatus, from_radio};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
 fn node_with_key(num: u32, key: Vec<u8>, name: &str) -> FromRadio {
-    FromRadio {
-        id: num,
-        payload_variant: Some(from_radio::PayloadVariant::NodeInfo(NodeInfo {
-            num,
-            user: Some(User {
-                id: radio::node_id(num),
-                long_name: name.into(),
-                short_name: "T".into(),
-                public_key: key,
-                ..User::default()
-            }),
-            ..NodeInfo::default()
-        })),
-    }
+    proto::node_frame(num, proto::node_info(num, name, "T", key))
 }
 
 fn text_packet(text: &str) -> FromRadio {
-    FromRadio {
-        id: 0,
-        payload_variant: Some(from_radio::PayloadVariant::Packet(MeshPacket {
-            from: 0x94C3_94C3,
-            to: radio::BROADCAST,
-            id: 0xC394_C394,
-            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
-                portnum: PortNum::TextMessageApp as i32,
-                payload: text.as_bytes().to_vec(),
-                ..Data::default()
-            })),
-            ..MeshPacket::default()
-        })),
-    }
+    let packet = MeshPacket {
+        from: 0x94C3_94C3,
+        ..proto::text_packet(radio::BROADCAST, 0xC394_C394, text)
+    };
+    proto::packet_frame(0, packet)
 }
 
 fn queue_status(free: u32) -> FromRadio {

@@ -7,12 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use keysync::engine;
 use keysync::engine::radio::valid_key;
 use keysync::engine::sync::{Outcome, Trigger};
 use keysync::sim::{Fault, Forget};
-
-const SEC: Duration = Duration::from_secs(1);
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
@@ -31,35 +28,32 @@ fn rss_kib() -> u64 {
 }
 
 async fn flap(cycles: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 30);
-    let sim = start_sim(sim_config(30));
-    let (db, store) = seeded_store(&dir, &known);
-    let mut config = fast_engine(&sim, db.clone(), 60 * SEC, 600 * SEC);
-    // A flapping radio looks like a takeover to the three-early-closes rule; keep its pause
-    // short here so the cycles keep coming.
-    config.link.takeover_backoff = Duration::from_millis(50);
-    config.link.backoff.cap = Duration::from_millis(100);
-    let engine = engine::try_start(config, store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(sim_config(30), &known, |c| {
+        // A flapping radio looks like a takeover to the three-early-closes rule; keep its
+        // pause short here so the cycles keep coming.
+        c.link.takeover_backoff = Duration::from_millis(50);
+        c.link.backoff.cap = Duration::from_millis(100);
+    });
+    h.report(1).await;
     let (fds, rss) = (open_fds(), rss_kib());
     let mut reconnect_syncs = 0;
     for cycle in 0..cycles {
-        let last = snap.borrow().sync.last.as_ref().map(|r| r.started_at);
+        let last = h.snap.borrow().sync.last.as_ref().map(|r| r.started_at);
         let forget = if cycle % 10 == 0 {
             Forget::Keys
         } else {
             Forget::Nothing
         };
-        sim.inject(Fault::Reboot {
-            down: Duration::from_millis(1),
-            forget,
-        })
-        .await;
+        h.sim
+            .inject(Fault::Reboot {
+                down: Duration::from_millis(1),
+                forget,
+            })
+            .await;
         let found = tokio::time::timeout(
             WAIT,
-            snap.wait_for(|s| {
+            h.snap.wait_for(|s| {
                 s.sync.last.as_ref().is_some_and(|r| {
                     Some(r.started_at) != last
                         && r.trigger == Trigger::Reconnect
@@ -79,11 +73,11 @@ async fn flap(cycles: usize) {
     }
     assert_eq!(reconnect_syncs, cycles);
     // Every key is in the store and back in the radio.
-    let store = keysync::engine::store::Store::open(&db).expect("opens");
+    let store = keysync::engine::store::Store::open(&h.db).expect("opens");
     assert_eq!(store.trusted().expect("reads").len(), 30);
     for n in &known {
         let key = valid_key(&n.user.as_ref().expect("user").public_key);
-        assert_eq!(sim.key_of(n.num), key, "key of {} in the radio", n.num);
+        assert_eq!(h.sim.key_of(n.num), key, "key of {} in the radio", n.num);
     }
     let (fds_after, rss_after) = (open_fds(), rss_kib());
     assert!(
@@ -95,8 +89,8 @@ async fn flap(cycles: usize) {
         "RSS grew: {rss} KiB → {rss_after} KiB"
     );
     eprintln!("{cycles} cycles: fds {fds} → {fds_after}, RSS {rss} → {rss_after} KiB");
-    assert_eq!(sim.counters().invalid_contacts.load(Ordering::Relaxed), 0);
-    engine.quit().await;
+    assert_eq!(h.sim.counters().invalid_contacts.load(Ordering::Relaxed), 0);
+    h.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

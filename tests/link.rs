@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use keysync::engine::codec::{ClientCodec, frame_bytes};
-use keysync::engine::link::{CloseCause, Link, LinkNotice, LinkState};
+use keysync::engine::link::{CloseCause, LinkNotice, LinkState};
 use keysync::engine::radio;
 use keysync::sim::{Fault, Forget};
 use tokio::io::AsyncWriteExt;
@@ -17,18 +17,14 @@ use tokio_util::codec::FramedRead;
 
 #[tokio::test]
 async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
-    let sim = start_sim(sim_config(12));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut notices = link.subscribe();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let mut linked = Linked::up(sim_config(12), |_| {}).await;
     let session = loop {
-        match notices.recv().await.expect("notices flow") {
+        match linked.notices.recv().await.expect("notices flow") {
             LinkNotice::Up(s) => break s,
             LinkNotice::Frame(_) | LinkNotice::Down(_) | LinkNotice::Download(_) => {}
         }
     };
-    assert_eq!(session.my_node_num, sim.my_node_num());
+    assert_eq!(session.my_node_num, linked.sim.my_node_num());
     assert_eq!(session.nodes.len(), 13, "own node + 12");
     assert!(session.firmware.starts_with("2.7."));
     // Some generated keys carry the frame magic; they must arrive intact.
@@ -41,79 +37,84 @@ async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
     assert!(with_magic >= 2, "{with_magic} keys with 94 C3");
     for node in &session.nodes {
         assert_eq!(
-            sim.key_of(node.num).map(|k| k.to_vec()),
+            linked.sim.key_of(node.num).map(|k| k.to_vec()),
             node.user.as_ref().map(|u| u.public_key.clone())
         );
     }
-    let info = status.now().radio.clone().expect("radio info");
+    let info = linked.status.now().radio.clone().expect("radio info");
     assert_eq!(info.nodes_in_db, 13);
-    link.shutdown().await;
+    linked.link.shutdown().await;
     wait_until("the sim to see the disconnect", || {
-        sim.counters().received().get("disconnect") == Some(&1)
+        linked.sim.counters().received().get("disconnect") == Some(&1)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_dropped_connection_is_named_and_reconnected() {
-    let sim = start_sim(sim_config(5));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
-    sim.inject(Fault::Drop).await;
-    status
+    let mut linked = Linked::up(sim_config(5), |_| {}).await;
+    linked.sim.inject(Fault::Drop).await;
+    linked
+        .status
         .next("closed by radio", |s| {
             *s == LinkState::Closed(CloseCause::ClosedByRadio)
         })
         .await;
-    status.next("up again", LinkState::is_up).await;
-    assert_eq!(status.now().sessions, 2);
-    assert_eq!(sim.counters().connections.load(Ordering::Relaxed), 2);
-    assert_eq!(sim.counters().received().get("want_config"), Some(&2));
-    link.shutdown().await;
+    linked.status.next("up again", LinkState::is_up).await;
+    assert_eq!(linked.status.now().sessions, 2);
+    assert_eq!(linked.sim.counters().connections.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        linked.sim.counters().received().get("want_config"),
+        Some(&2)
+    );
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_stalled_radio_is_detected_within_three_heartbeats_and_reconnected() {
-    let sim = start_sim(sim_config(5));
-    let config = fast_link(&sim);
-    let heartbeat = config.heartbeat;
-    let mut link = Link::spawn(config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let mut linked = Linked::up(sim_config(5), |_| {}).await;
+    let heartbeat = linked.config.heartbeat;
     let stalled_at = tokio::time::Instant::now();
-    sim.inject(Fault::Stall {
-        duration: Duration::from_secs(30),
-    })
-    .await;
-    status.next("stalled", |s| *s == LinkState::Stalled).await;
+    linked
+        .sim
+        .inject(Fault::Stall {
+            duration: Duration::from_secs(30),
+        })
+        .await;
+    linked
+        .status
+        .next("stalled", |s| *s == LinkState::Stalled)
+        .await;
     // The watchdog fires 3 heartbeats after the last frame, which came before the stall.
     let took = stalled_at.elapsed();
     assert!(
         took <= heartbeat * 3 + Duration::from_secs(2),
         "stall detected after {took:?}"
     );
-    status.next("up again", LinkState::is_up).await;
-    assert_eq!(status.now().last_cause, Some(CloseCause::Stalled));
-    link.shutdown().await;
+    linked.status.next("up again", LinkState::is_up).await;
+    assert_eq!(linked.status.now().last_cause, Some(CloseCause::Stalled));
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn refused_connections_back_off_with_growing_jittered_delays() {
-    let sim = start_sim(sim_config(5));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
-    sim.inject(Fault::Refuse {
-        duration: Duration::from_millis(2500),
-    })
-    .await;
-    sim.inject(Fault::Drop).await;
-    status
+    let mut linked = Linked::up(sim_config(5), |_| {}).await;
+    linked
+        .sim
+        .inject(Fault::Refuse {
+            duration: Duration::from_millis(2500),
+        })
+        .await;
+    linked.sim.inject(Fault::Drop).await;
+    linked
+        .status
         .next("refused", |s| *s == LinkState::Closed(CloseCause::Refused))
         .await;
-    status.next("up after the refusals", LinkState::is_up).await;
-    let backoffs: Vec<(u32, Duration, Duration)> = states(&status.status)
+    linked
+        .status
+        .next("up after the refusals", LinkState::is_up)
+        .await;
+    let backoffs: Vec<(u32, Duration, Duration)> = states(&linked.status.status)
         .into_iter()
         .filter_map(|s| match s {
             LinkState::Backoff {
@@ -145,30 +146,32 @@ async fn refused_connections_back_off_with_growing_jittered_delays() {
         attempts.windows(2).all(|w| w[1] == w[0] + 1),
         "{attempts:?}"
     );
-    link.shutdown().await;
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
-    let sim = start_sim(sim_config(8));
-    let mut link = Link::spawn(fast_link(&sim));
-    let mut notices = link.subscribe();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
-    sim.inject(Fault::Reboot {
-        down: Duration::from_millis(1500),
-        forget: Forget::Keys,
-    })
-    .await;
-    status
+    let mut linked = Linked::up(sim_config(8), |_| {}).await;
+    linked
+        .sim
+        .inject(Fault::Reboot {
+            down: Duration::from_millis(1500),
+            forget: Forget::Keys,
+        })
+        .await;
+    linked
+        .status
         .next("refused while down", |s| {
             *s == LinkState::Closed(CloseCause::Refused)
         })
         .await;
-    status.next("up after reboot", LinkState::is_up).await;
+    linked
+        .status
+        .next("up after reboot", LinkState::is_up)
+        .await;
     // The new session's NodeDB has lost every key but our own.
     let session = loop {
-        match notices.recv().await.expect("notices flow") {
+        match linked.notices.recv().await.expect("notices flow") {
             LinkNotice::Up(s) if s.id > 1 => break s,
             _ => {}
         }
@@ -183,7 +186,7 @@ async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
         })
         .count();
     assert_eq!(keyed, 1, "only the own node keeps its key");
-    link.shutdown().await;
+    linked.link.shutdown().await;
 }
 
 /// A bot that reconnects the moment it is kicked, as the Python client's auto-reconnect does.
@@ -207,20 +210,17 @@ async fn rival_client(addr: std::net::SocketAddr, stop: tokio_util::sync::Cancel
 
 #[tokio::test]
 async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a_fight() {
-    let sim = start_sim(sim_config(5));
-    let config = fast_link(&sim);
-    let mut link = Link::spawn(config.clone());
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let mut linked = Linked::up(sim_config(5), |_| {}).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let rival = tokio::spawn(rival_client(sim.addr(), stop.clone()));
-    let contended = status
+    let rival = tokio::spawn(rival_client(linked.sim.addr(), stop.clone()));
+    let contended = linked
+        .status
         .next("contended", |s| matches!(s, LinkState::Contended { .. }))
         .await;
     assert_eq!(
         contended,
         LinkState::Contended {
-            delay: config.takeover_backoff
+            delay: linked.config.takeover_backoff
         }
     );
     assert!(
@@ -229,34 +229,32 @@ async fn another_client_taking_the_radio_triggers_the_takeover_rule_instead_of_a
             .contains("another client is using the radio")
     );
     // While contended keysync stays away: the rival keeps the radio.
-    let connections = sim.counters().connections.load(Ordering::Relaxed);
-    let early_closes = states(&status.status)
+    let connections = linked.sim.counters().connections.load(Ordering::Relaxed);
+    let early_closes = states(&linked.status.status)
         .iter()
         .filter(|s| **s == LinkState::Closed(CloseCause::ClosedByRadio))
         .count();
     assert_eq!(early_closes, 3, "three early closes, then it backs off");
     stop.cancel();
     let _ = rival.await;
-    status
+    linked
+        .status
         .next("up after the rival left", LinkState::is_up)
         .await;
-    assert!(sim.counters().connections.load(Ordering::Relaxed) > connections);
-    link.shutdown().await;
+    assert!(linked.sim.counters().connections.load(Ordering::Relaxed) > connections);
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn heartbeats_keep_an_idle_closing_radio_open() {
-    let mut config = sim_config(5);
-    config.idle_timeout = Duration::from_secs(2);
-    let sim = start_sim(config);
-    let mut link_config = fast_link(&sim);
-    link_config.heartbeat = Duration::from_millis(500);
-    let mut link = Link::spawn(link_config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let mut radio = sim_config(5);
+    radio.idle_timeout = Duration::from_secs(2);
+    let mut linked = Linked::up(radio, |c| c.heartbeat = Duration::from_millis(500)).await;
     // Observe for three idle timeouts: the radio must not close us.
     wait_until("six heartbeats", || {
-        sim.counters()
+        linked
+            .sim
+            .counters()
             .received()
             .get("heartbeat")
             .copied()
@@ -264,42 +262,35 @@ async fn heartbeats_keep_an_idle_closing_radio_open() {
             >= 12
     })
     .await;
-    assert_eq!(sim.counters().idle_closes.load(Ordering::Relaxed), 0);
-    assert_eq!(status.now().sessions, 1);
-    assert!(status.now().state.is_up());
-    link.shutdown().await;
+    assert_eq!(linked.sim.counters().idle_closes.load(Ordering::Relaxed), 0);
+    assert_eq!(linked.status.now().sessions, 1);
+    assert!(linked.status.now().state.is_up());
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn without_heartbeats_the_same_radio_closes_the_idle_client() {
     // The control for the test above: it proves the sim's idle close is real.
-    let mut config = sim_config(5);
-    config.idle_timeout = Duration::from_secs(1);
-    let sim = start_sim(config);
-    let mut link_config = fast_link(&sim);
-    link_config.heartbeat = Duration::from_secs(60);
-    let mut link = Link::spawn(link_config);
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
-    status
+    let mut radio = sim_config(5);
+    radio.idle_timeout = Duration::from_secs(1);
+    let mut linked = Linked::up(radio, |c| c.heartbeat = Duration::from_secs(60)).await;
+    linked
+        .status
         .next("closed by radio", |s| {
             *s == LinkState::Closed(CloseCause::ClosedByRadio)
         })
         .await;
-    assert_eq!(sim.counters().idle_closes.load(Ordering::Relaxed), 1);
-    link.shutdown().await;
+    assert_eq!(linked.sim.counters().idle_closes.load(Ordering::Relaxed), 1);
+    linked.link.shutdown().await;
 }
 
 #[tokio::test]
 async fn garbage_on_the_wire_never_breaks_the_stream() {
-    let sim = start_sim(sim_config(10));
-    let mut link = Link::spawn(fast_link(&sim));
-    let counters = link.counters();
-    let mut status = StateWatch::new(link.status());
-    status.next("up", LinkState::is_up).await;
+    let mut linked = Linked::up(sim_config(10), |_| {}).await;
+    let counters = linked.link.counters();
     for _ in 0..5 {
-        sim.inject(Fault::Garbage { bytes: 300 }).await;
-        sim.inject(Fault::Announce { node: 0 }).await;
+        linked.sim.inject(Fault::Garbage { bytes: 300 }).await;
+        linked.sim.inject(Fault::Announce { node: 0 }).await;
     }
     wait_until("garbage counted", || {
         counters.garbage_bytes.load(Ordering::Relaxed) >= 1000
@@ -310,7 +301,12 @@ async fn garbage_on_the_wire_never_breaks_the_stream() {
         counters.frames_in.load(Ordering::Relaxed) >= before + 3
     })
     .await;
-    assert_eq!(status.now().sessions, 1, "{:?}", states(&status.status));
-    assert!(status.now().state.is_up());
-    link.shutdown().await;
+    assert_eq!(
+        linked.status.now().sessions,
+        1,
+        "{:?}",
+        states(&linked.status.status)
+    );
+    assert!(linked.status.now().state.is_up());
+    linked.link.shutdown().await;
 }

@@ -4,53 +4,39 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use common::*;
-use keysync::engine;
 use keysync::engine::link::CloseCause;
 use keysync::sim::Fault;
 
-const SEC: Duration = Duration::from_secs(1);
 /// Nodes keysync knows; the radio holds the first [`IN_RADIO`] of them.
 const KNOWN: usize = 35;
 const IN_RADIO: usize = 30;
 const DROPS: u64 = 2;
 
 /// The sim holding the first [`IN_RADIO`] of [`KNOWN`] stored nodes, the engine after its first
-/// sync, and the metrics server on a free port (with the store's directory, to keep).
-async fn started() -> (
-    tempfile::TempDir,
-    keysync::sim::SimHandle,
-    engine::EngineHandle,
-    keysync::metrics::MetricsServer,
-    tokio::sync::watch::Receiver<engine::Snapshot>,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(IN_RADIO));
-    let (db, store) = seeded_store(&dir, &population(1, KNOWN));
-    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
-        .expect("the engine starts");
+/// sync, and the metrics server on a free port.
+async fn started() -> (Harness, keysync::metrics::MetricsServer) {
+    let mut h = Harness::start(sim_config(IN_RADIO), &population(1, KNOWN), |_| {});
     let metrics = keysync::metrics::serve(
         "127.0.0.1:0".parse().expect("addr"),
-        engine.snapshot.clone(),
+        h.engine.snapshot.clone(),
     )
     .expect("the metrics port binds");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    (dir, sim, engine, metrics, snap)
+    h.report(1).await;
+    (h, metrics)
 }
 
 #[tokio::test]
 async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
-    let (_dir, sim, engine, metrics, mut snap) = started().await;
+    let (mut h, metrics) = started().await;
     for n in 1..=DROPS {
-        sim.inject(Fault::Drop).await;
+        h.sim.inject(Fault::Drop).await;
         // Each drop is followed by a reconnect and its forced sync.
-        nth_report(&mut snap, 1 + usize::try_from(n).expect("small")).await;
+        h.report(1 + usize::try_from(n).expect("small")).await;
     }
     let closed_by_radio = CloseCause::ClosedByRadio.index();
-    settled(&mut snap, "the counters to reach the snapshot", |s| {
+    settled(&mut h.snap, "the counters to reach the snapshot", |s| {
         s.sync.totals.pushes > 0
             && s.traffic.closes[closed_by_radio] >= DROPS
             && s.traffic.heartbeat_rtt.count > 0
@@ -59,8 +45,8 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
     .await;
 
     let m = scrape(metrics.addr()).await;
-    let add_contacts = sim.counters().add_contacts.load(Ordering::Relaxed);
-    let flash_writes = sim.counters().flash_writes.load(Ordering::Relaxed);
+    let add_contacts = h.sim.counters().add_contacts.load(Ordering::Relaxed);
+    let flash_writes = h.sim.counters().flash_writes.load(Ordering::Relaxed);
     let missing = (KNOWN - IN_RADIO) as u64;
     assert_eq!(add_contacts, flash_writes);
     assert_eq!(sample(&m, "keysync_pushes_total", &[]), missing);
@@ -73,7 +59,7 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
     let reconnects = |cause| sample(&m, "keysync_link_reconnects_total", &[("cause", cause)]);
     assert_eq!(reconnects("closed_by_radio"), DROPS);
     assert_eq!(reconnects("stalled"), 0);
-    let connections = sim.counters().connections.load(Ordering::Relaxed);
+    let connections = h.sim.counters().connections.load(Ordering::Relaxed);
     assert_eq!(connections, 1 + DROPS);
     assert_eq!(sample(&m, "keysync_link_sessions_total", &[]), connections);
     assert_eq!(sample(&m, "keysync_link_state", &[("state", "up")]), 1);
@@ -112,11 +98,11 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
     assert_eq!(sample(&m, "keysync_keys_stored_only", &[]), 0);
     assert_eq!(
         sample(&m, "keysync_radio_capacity", &[]),
-        sim.capacity() as u64
+        h.sim.capacity() as u64
     );
     assert_eq!(
         sample(&m, "keysync_radio_protected_slots", &[]),
-        sim.protected().total as u64
+        h.sim.protected().total as u64
     );
     assert!(
         m.samples.iter().all(|s| s.metric.starts_with("keysync_")),
@@ -135,14 +121,14 @@ async fn scraped_counters_match_what_the_sim_counted_across_scripted_drops() {
         "no proxy series without --listen"
     );
     drop(metrics);
-    engine.quit().await;
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
-    let (_dir, sim, engine, metrics, mut snap) = started().await;
+    let (mut h, metrics) = started().await;
     let known = population(1, KNOWN);
-    settled(&mut snap, "the pushes to be counted", |s| {
+    settled(&mut h.snap, "the pushes to be counted", |s| {
         s.sync.totals.pushes > 0
     })
     .await;
@@ -154,16 +140,16 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
     assert_eq!(status["link"]["state"], "up");
     assert_eq!(
         status["link"]["radio"]["node_id"],
-        keysync::engine::radio::node_id(sim.my_node_num())
+        keysync::engine::radio::node_id(h.sim.my_node_num())
     );
-    assert_eq!(status["link"]["radio"]["capacity"], sim.capacity());
+    assert_eq!(status["link"]["radio"]["capacity"], h.sim.capacity());
     assert_eq!(status["sync"]["last"]["trigger"], "startup");
     assert_eq!(status["sync"]["last"]["outcome"], "forced");
     assert_eq!(status["sync"]["last"]["pushed"], KNOWN - IN_RADIO);
     assert_eq!(status["sync"]["runs"]["startup"]["forced"], 1);
     assert_eq!(
         status["sync"]["pushes"],
-        sim.counters().add_contacts.load(Ordering::Relaxed)
+        h.sim.counters().add_contacts.load(Ordering::Relaxed)
     );
     assert_eq!(status["keys"]["by_state"]["trusted"], KNOWN);
     let nodes = status["nodes"].as_array().expect("a node list");
@@ -185,5 +171,5 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
     let (code, _, _) = http_get(metrics.addr(), "/nothing-here").await;
     assert_eq!(code, 404);
     drop(metrics);
-    engine.quit().await;
+    h.quit().await;
 }

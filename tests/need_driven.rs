@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use keysync::engine::Command;
 use keysync::engine::radio::valid_key;
-use keysync::engine::sync::{Outcome, SyncReport};
-use keysync::engine::{self, EngineHandle};
+use keysync::engine::sync::Outcome;
 use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::{NodeInfo, PortNum};
 use tokio::time::Instant;
@@ -24,49 +24,24 @@ fn key_of(n: &NodeInfo) -> [u8; 32] {
 
 /// A radio on `firmware`/`hw` (capacity from the hardware unless given) with `mesh` nodes, and
 /// keysync trusting every one of them, with the default flash budget.
-fn setup(
-    firmware: &str,
-    hw: Hw,
-    capacity: Option<usize>,
-    mesh: usize,
-    dir: &tempfile::TempDir,
-) -> (SimHandle, EngineHandle, Vec<NodeInfo>) {
+fn setup(firmware: &str, hw: Hw, capacity: Option<usize>, mesh: usize) -> (Harness, Vec<NodeInfo>) {
     let known = population(1, mesh);
-    let sim = start_sim(SimConfig {
+    let sim = SimConfig {
         profile: Profile::new(firmware, hw, SimRole::Client).expect("profile"),
         capacity,
         ..sim_config(mesh)
+    };
+    let h = Harness::start(sim, &known, |c| {
+        c.sync_interval = SEC;
+        c.sync.max_flash_writes = 60;
     });
-    let (db, store) = seeded_store(dir, &known);
-    let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
-    settings.sync.max_flash_writes = 60;
-    let engine = engine::try_start(settings, store).expect("the engine starts");
-    (sim, engine, known)
-}
-
-/// Reports until one satisfies `pred`, at most `limit` of them.
-async fn report_until(
-    engine: &EngineHandle,
-    from: usize,
-    limit: usize,
-    pred: impl Fn(&SyncReport) -> bool,
-) -> SyncReport {
-    let mut snap = engine.snapshot.clone();
-    for n in from..from + limit {
-        let r = nth_report(&mut snap, n).await;
-        if pred(&r) {
-            return r;
-        }
-    }
-    panic!("no such report in {limit} runs");
+    (h, known)
 }
 
 async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<usize>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (sim, engine, known) = setup(firmware, hw, capacity, 300, &dir);
-    let mut snap = engine.snapshot.clone();
-    let first = nth_report(&mut snap, 1).await;
-    let ceiling = sim.capacity() * 4 / 5;
+    let (mut h, known) = setup(firmware, hw, capacity, 300);
+    let first = h.report(1).await;
+    let ceiling = h.sim.capacity() * 4 / 5;
     assert!(
         (first.protected_after as usize) <= ceiling,
         "{}",
@@ -75,7 +50,7 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
     assert!(first.stored_only > 0, "{}", first.summary());
 
     // A trusted node the radio does not hold is heard: its key goes to the radio at once.
-    let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+    let held: Vec<u32> = h.sim.nodedb().iter().map(|n| n.num).collect();
     let target = known
         .iter()
         .rev()
@@ -83,8 +58,8 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
         .expect("a node outside the radio")
         .clone();
     let heard_at = Instant::now();
-    sim.hear_from(target.num, PortNum::PositionApp);
-    while sim.key_of(target.num) != Some(key_of(&target)) {
+    h.sim.hear_from(target.num, PortNum::PositionApp);
+    while h.sim.key_of(target.num) != Some(key_of(&target)) {
         assert!(
             heard_at.elapsed() < 3 * SEC,
             "the heard node's key was not pushed within 3 s"
@@ -93,9 +68,9 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
     }
 
     // The radio's operator ignores a node keysync pushed: it is never pushed again.
-    let ignored = sim.contacts()[0].node_num;
-    assert!(sim.operator(OperatorAction::Ignore, ignored));
-    let contacts_before_ignore = sim.contacts().len();
+    let ignored = h.sim.contacts()[0].node_num;
+    assert!(h.sim.operator(OperatorAction::Ignore, ignored));
+    let contacts_before_ignore = h.sim.contacts().len();
 
     // 200 nodes heard as plain packets: 100 that keysync trusts and the radio lacks (each a
     // lazy push), 100 strangers (keyless entries that evict).
@@ -108,35 +83,38 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
         .collect();
     for batch in lacking.chunks(5) {
         for num in batch {
-            sim.hear_from(*num, PortNum::PositionApp);
+            h.sim.hear_from(*num, PortNum::PositionApp);
         }
-        sim.inject(Fault::NewNodes {
-            count: 5,
-            portnum: Some(PortNum::TelemetryApp),
-        })
-        .await;
-        sim.hear_from(ignored, PortNum::NodeinfoApp);
-        max_protected = max_protected.max(sim.protected().total);
+        h.sim
+            .inject(Fault::NewNodes {
+                count: 5,
+                portnum: Some(PortNum::TelemetryApp),
+            })
+            .await;
+        h.sim.hear_from(ignored, PortNum::NodeinfoApp);
+        max_protected = max_protected.max(h.sim.protected().total);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Once nothing more is needed, checks are skipped again: zero frames.
-    let seen = snap.borrow().sync.history.len();
-    let skipped = report_until(&engine, seen + 1, 20, |r| r.outcome == Outcome::Skipped).await;
+    let seen = h.runs();
+    let skipped = h
+        .report_where(seen + 1, 20, |r| r.outcome == Outcome::Skipped)
+        .await;
     assert_eq!(skipped.frames_sent, 0);
-    max_protected = max_protected.max(sim.protected().total);
+    max_protected = max_protected.max(h.sim.protected().total);
 
-    let counters = sim.counters();
-    for r in &engine.snapshot.borrow().sync.history {
+    let counters = h.sim.counters();
+    for r in &h.engine.snapshot.borrow().sync.history {
         eprintln!("{}", r.summary());
         eprintln!("   {:?}", r.plan);
     }
     eprintln!(
         "{firmware}: protected {:?} of {}; {} flash writes; {} pushes",
-        sim.protected(),
-        sim.capacity(),
+        h.sim.protected(),
+        h.sim.capacity(),
         counters.flash_writes.load(Ordering::Relaxed),
-        sim.contacts().len()
+        h.sim.contacts().len()
     );
     assert_eq!(
         counters.crashes.load(Ordering::Relaxed),
@@ -146,29 +124,29 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
     assert!(
         max_protected <= ceiling,
         "{firmware}: {max_protected} protected entries of {}",
-        sim.capacity()
+        h.sim.capacity()
     );
     let mut pushes: HashMap<u32, u32> = HashMap::new();
-    for c in sim.contacts() {
+    for c in h.sim.contacts() {
         *pushes.entry(c.node_num).or_default() += 1;
     }
     for (num, times) in &pushes {
         assert!(
-            *times <= 1 + sim.key_losses(*num),
+            *times <= 1 + h.sim.key_losses(*num),
             "{firmware}: {num:08x} pushed {times} times, its key lost {} times",
-            sim.key_losses(*num)
+            h.sim.key_losses(*num)
         );
     }
     assert!(
-        sim.contacts()[contacts_before_ignore..]
+        h.sim.contacts()[contacts_before_ignore..]
             .iter()
             .all(|c| c.node_num != ignored),
         "{firmware}: the ignored node was pushed"
     );
     // keysync's writes: within the hour's flash budget (the operator's ignore is one more).
     assert!(counters.flash_writes.load(Ordering::Relaxed) <= 61);
-    assert_no_invalid_contacts(&sim);
-    engine.quit().await;
+    assert_no_invalid_contacts(&h.sim);
+    h.quit().await;
 }
 
 #[tokio::test]
@@ -184,44 +162,37 @@ async fn a_2_7_4_esp32_radio_with_300_trusted_keys_never_overfills() {
 
 #[tokio::test]
 async fn before_2_6_8_keysync_watches_and_says_why() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (sim, engine, _) = setup("2.6.7", Hw::Esp32, None, 30, &dir);
-    let first = report_until(&engine, 1, 1, |_| true).await;
+    let (mut h, _) = setup("2.6.7", Hw::Esp32, None, 30);
+    let first = h.report_where(1, 1, |_| true).await;
     let blocked = first.blocked.clone().unwrap_or_default();
     assert!(
         blocked.contains("firmware 2.6.7") && blocked.contains("needs 2.6.8"),
         "{}",
         first.summary()
     );
-    engine
-        .commands
-        .send(keysync::engine::Command::ForceSync)
-        .await
-        .expect("engine runs");
-    report_until(&engine, 2, 3, |r| r.trigger.label() == "operator request").await;
-    let received = sim.counters().received();
+    h.command(Command::ForceSync).await;
+    h.report_where(2, 3, |r| r.trigger.label() == "operator request")
+        .await;
+    let received = h.sim.counters().received();
     assert_eq!(received.get("want_config_nodes_only"), None, "{received:?}");
-    assert_eq!(sim.counters().add_contacts.load(Ordering::Relaxed), 0);
+    assert_eq!(h.sim.counters().add_contacts.load(Ordering::Relaxed), 0);
     assert!(
         received.get("want_config").copied().unwrap_or(0) >= 2,
         "refreshes by full download: {received:?}"
     );
-    engine.quit().await;
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_managed_radio_is_not_pushed_to() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 20);
-    let sim = start_sim(SimConfig {
+    let sim = SimConfig {
         managed: true,
         capacity: Some(10),
         ..sim_config(20)
-    });
-    let (db, store) = seeded_store(&dir, &known);
-    let engine =
-        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
-    let first = report_until(&engine, 1, 1, |_| true).await;
+    };
+    let mut h = Harness::start(sim, &known, |c| c.sync_interval = SEC);
+    let first = h.report_where(1, 1, |_| true).await;
     assert!(
         first
             .blocked
@@ -230,24 +201,23 @@ async fn a_managed_radio_is_not_pushed_to() {
         "{}",
         first.summary()
     );
-    assert_eq!(sim.counters().add_contacts.load(Ordering::Relaxed), 0);
-    engine.quit().await;
+    assert_eq!(h.sim.counters().add_contacts.load(Ordering::Relaxed), 0);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_node_removed_from_the_radio_is_not_brought_back_until_heard() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 20);
-    let sim = start_sim(SimConfig {
+    let sim = SimConfig {
         capacity: Some(10),
         ..sim_config(20)
+    };
+    let mut h = Harness::start(sim, &known, |c| {
+        c.sync_interval = SEC;
+        c.sync.radio_capacity = Some(10);
     });
-    let (db, store) = seeded_store(&dir, &known);
-    let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
-    settings.sync.radio_capacity = Some(10);
-    let engine = engine::try_start(settings, store).expect("the engine starts");
-    report_until(&engine, 1, 1, |_| true).await;
-    let held: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+    h.report_where(1, 1, |_| true).await;
+    let held: Vec<u32> = h.sim.nodedb().iter().map(|n| n.num).collect();
     let victim = known
         .iter()
         .map(|n| n.num)
@@ -259,65 +229,60 @@ async fn a_node_removed_from_the_radio_is_not_brought_back_until_heard() {
             .filter(|c| c.node_num == victim)
             .count()
     };
-    sim.hear_from(victim, PortNum::PositionApp);
-    wait_until("the heard node pushed", || pushes_of(&sim) == 1).await;
-    assert_eq!(pushes_of(&sim), 1);
-    assert!(sim.operator(OperatorAction::Remove, victim));
-    engine
-        .commands
-        .send(keysync::engine::Command::ForceSync)
-        .await
-        .expect("engine runs");
-    report_until(&engine, 2, 5, |r| r.trigger.label() == "operator request").await;
+    h.sim.hear_from(victim, PortNum::PositionApp);
+    wait_until("the heard node pushed", || pushes_of(&h.sim) == 1).await;
+    assert_eq!(pushes_of(&h.sim), 1);
+    assert!(h.sim.operator(OperatorAction::Remove, victim));
+    h.command(Command::ForceSync).await;
+    h.report_where(2, 5, |r| r.trigger.label() == "operator request")
+        .await;
     assert_eq!(
-        pushes_of(&sim),
+        pushes_of(&h.sim),
         1,
         "removed by the operator: not pushed back"
     );
-    let snap = engine.snapshot.clone();
     wait_until("the node shown as removed", || {
-        snap.borrow()
+        h.snap
+            .borrow()
             .nodes
             .iter()
             .any(|n| n.record.num == victim && n.radio == keysync::engine::RadioKey::Removed)
     })
     .await;
     // Heard again: it is wanted again, and its key goes back.
-    sim.hear_from(victim, PortNum::TextMessageApp);
-    wait_until("the heard node pushed again", || pushes_of(&sim) == 2).await;
-    engine.quit().await;
+    h.sim.hear_from(victim, PortNum::TextMessageApp);
+    wait_until("the heard node pushed again", || pushes_of(&h.sim) == 2).await;
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_pending_key_keeps_the_trusted_one_on_the_radio_after_a_reboot() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 6);
-    let sim = start_sim(sim_config(6));
-    let (db, store) = seeded_store(&dir, &known);
-    let engine =
-        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(sim_config(6), &known, |c| c.sync_interval = SEC);
+    h.report(1).await;
     let node = known[2].clone();
-    sim.inject(Fault::KeyChange { node: 2 }).await;
+    h.sim.inject(Fault::KeyChange { node: 2 }).await;
     wait_until("the new key pending", || {
-        snap.borrow()
+        h.snap
+            .borrow()
             .nodes
             .iter()
             .any(|n| n.record.num == node.num && n.record.pending.is_some())
     })
     .await;
-    let seen = snap.borrow().sync.history.len();
-    sim.inject(Fault::Reboot {
-        down: Duration::from_millis(100),
-        forget: keysync::sim::Forget::Keys,
-    })
-    .await;
-    report_until(&engine, seen + 1, 5, |r| r.trigger.label() == "reconnect").await;
+    let seen = h.runs();
+    h.sim
+        .inject(Fault::Reboot {
+            down: Duration::from_millis(100),
+            forget: keysync::sim::Forget::Keys,
+        })
+        .await;
+    h.report_where(seen + 1, 5, |r| r.trigger.label() == "reconnect")
+        .await;
     assert_eq!(
-        sim.key_of(node.num),
+        h.sim.key_of(node.num),
         Some(key_of(&node)),
         "the trusted key went back, never the pending one"
     );
-    engine.quit().await;
+    h.quit().await;
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use assert_cmd::Command as Cmd;
+use common::proto::node_seen;
 use common::*;
-use keysync::engine::radio::{NodeSeen, Source};
 use keysync::engine::store::{Store, key_base64};
 use rusqlite::Connection;
 
@@ -37,25 +37,12 @@ fn run(cmd: &mut Cmd) -> (i32, String, String) {
     )
 }
 
-fn seen(num: u32, key: u8, name: &str) -> NodeSeen {
-    NodeSeen {
-        num,
-        long_name: name.into(),
-        short_name: "X".into(),
-        hw_model: 9,
-        role: 0,
-        public_key: vec![key; 32],
-        source: Source::Mesh,
-        is_favorite: false,
-    }
-}
-
 /// A store at `db` where each of `nums` has a trusted key (1…) and a pending one (2…).
 fn store_with_pending(db: &Path, nums: &[u32]) {
     let mut s = Store::open(db).expect("opens");
     for num in nums {
         for key in [1, 2] {
-            s.learn(&seen(*num, key, "n"), SystemTime::now())
+            s.learn(&node_seen(*num, key, "n"), SystemTime::now())
                 .expect("learns");
         }
     }
@@ -67,9 +54,9 @@ fn keys_lists_nodes_as_a_table_and_as_json_with_global_options_anywhere() {
     let db = dir.path().join("k.db");
     {
         let mut s = Store::open(&db).expect("opens");
-        s.learn(&seen(0x1234_abcd, 7, "Ridge Relay"), SystemTime::now())
+        s.learn(&node_seen(0x1234_abcd, 7, "Ridge Relay"), SystemTime::now())
             .expect("learns");
-        s.learn(&seen(0x1234_abcd, 8, "Ridge Relay"), SystemTime::now())
+        s.learn(&node_seen(0x1234_abcd, 8, "Ridge Relay"), SystemTime::now())
             .expect("learns");
     }
     let (code, out, err) = run(keysync(&db).arg("keys"));
@@ -97,9 +84,9 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     {
         let mut s = Store::open(&db).expect("opens");
         for (num, name) in [(0x0a0a_0a0a, "a"), (0x0b0b_0b0b, "b")] {
-            s.learn(&seen(num, 1, name), SystemTime::now())
+            s.learn(&node_seen(num, 1, name), SystemTime::now())
                 .expect("learns");
-            s.learn(&seen(num, 2, name), SystemTime::now())
+            s.learn(&node_seen(num, 2, name), SystemTime::now())
                 .expect("learns");
         }
     }
@@ -151,7 +138,7 @@ fn a_corrupt_database_is_refused_and_left_untouched() {
         let mut s = Store::open(&db).expect("opens");
         for i in 1..200u32 {
             s.learn(
-                &seen(
+                &node_seen(
                     i,
                     (i % 250) as u8 + 1,
                     "node with a long name to fill pages",
@@ -272,7 +259,7 @@ fn meshbot_import_reads_every_key_encoding_and_id_form_without_touching_the_sour
     {
         // One node already trusted with a different key: the import must not override it.
         let mut s = Store::open(&db).expect("opens");
-        s.learn(&seen(0xa3, 0x99, "already known"), SystemTime::now())
+        s.learn(&node_seen(0xa3, 0x99, "already known"), SystemTime::now())
             .expect("learns");
     }
     let (code, out, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
@@ -305,11 +292,7 @@ fn meshbot_import_reads_every_key_encoding_and_id_form_without_touching_the_sour
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_once_prints_the_forced_outcome_and_fails_when_the_radio_is_unreachable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let known = population(1, 12);
-    let sim = start_sim(sim_config(10));
-    let (db, store) = seeded_store(&dir, &known);
-    drop(store);
+    let Rig { dir: _dir, db, sim } = Rig::new(sim_config(10), &population(1, 12));
     let host = sim.addr().to_string();
     let db2 = db.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
@@ -367,11 +350,8 @@ fn headless(sim: &keysync::sim::SimHandle, db: &Path, args: &[&str]) -> Command 
 /// Starts `keysync --headless` `rounds` times and kills it with SIGKILL at a different point of
 /// a sync each time; the store must stay sound with every trusted key.
 async fn kill_during_syncs(rounds: u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 60);
-    let (db, store) = seeded_store(&dir, &known);
-    drop(store);
-    let sim = start_sim(sim_config(0));
+    let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &known);
     for round in 0..rounds {
         let before = sim.counters().add_contacts.load(Ordering::Relaxed);
         // Robustness, not the flash budget, is under test: every round pushes.
@@ -540,7 +520,7 @@ fn keys_prints_hostile_node_names_without_their_escape_sequences() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     Store::open(&db)
-        .and_then(|mut s| s.learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now()))
+        .and_then(|mut s| s.learn(&node_seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now()))
         .expect("learns");
     let (code, out, err) = run(keysync(&db).arg("keys"));
     assert_eq!(code, 0, "{err}");
@@ -569,13 +549,11 @@ async fn sync_once_debug(db: &Path, sim: &keysync::sim::SimHandle) -> (i32, Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequences() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(0));
-    let (db, mut store) = seeded_store(&dir, &[]);
-    store
-        .learn(&seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
+    let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &[]);
+    Store::open(&db)
+        .expect("opens")
+        .learn(&node_seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
         .expect("learns");
-    drop(store);
     let (code, err) = sync_once_debug(&db, &sim).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -587,10 +565,7 @@ async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequenc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_once_learning_many_keys_logs_one_summary_at_info_and_each_node_at_debug() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(40));
-    let (db, store) = seeded_store(&dir, &[]);
-    drop(store);
+    let Rig { dir: _dir, db, sim } = Rig::new(sim_config(40), &[]);
     let (code, err) = sync_once_debug(&db, &sim).await;
     assert_eq!(code, 0, "{err}");
     let per_node: Vec<&str> = err
@@ -641,7 +616,7 @@ fn two_processes_writing_at_once_wait_for_each_other_and_nothing_is_dropped() {
             let mut num = 0x1_0000;
             let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = s.learn(&seen(num, 3, "headless"), SystemTime::now()) {
+                if let Err(e) = s.learn(&node_seen(num, 3, "headless"), SystemTime::now()) {
                     failures.push(e.to_string());
                 }
                 num += 1;
@@ -827,7 +802,7 @@ fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the
         let mut s = Store::open(&db).expect("opens");
         for num in [0, u32::MAX] {
             assert_eq!(
-                s.learn(&seen(num, 1, "nobody"), SystemTime::now())
+                s.learn(&node_seen(num, 1, "nobody"), SystemTime::now())
                     .expect("learns"),
                 keysync::engine::store::Learned::NotANode
             );
@@ -870,10 +845,7 @@ fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (db, store) = seeded_store(&dir, &population(1, 30));
-    drop(store);
-    let sim = start_sim(sim_config(0));
+    let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &population(1, 30));
     let mut child = headless(&sim, &db, &["--push-gap", "200ms"])
         .stderr(Stdio::null())
         .spawn()

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use keysync::engine::Command;
 use keysync::engine::radio::valid_key;
 use keysync::engine::store::Store;
 use keysync::engine::sync::{Outcome, Trigger};
-use keysync::engine::{self, Command};
 use keysync::sim::{Fault, Forget, OperatorAction};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -22,14 +22,10 @@ fn key_of(node: &meshtastic::protobufs::NodeInfo) -> [u8; 32] {
 
 #[tokio::test]
 async fn startup_forces_a_sync_that_pushes_exactly_what_the_radio_lacks() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 35);
-    let sim = start_sim(sim_config(30)); // the radio holds the first 30
-    let (db, store) = seeded_store(&dir, &known);
-    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
-        .expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    let report = nth_report(&mut snap, 1).await;
+    // The radio holds the first 30.
+    let mut h = Harness::start(sim_config(30), &known, |_| {});
+    let report = h.report(1).await;
     assert_eq!(report.trigger, Trigger::Startup);
     assert_eq!(report.outcome, Outcome::Forced);
     assert_eq!(
@@ -41,35 +37,33 @@ async fn startup_forces_a_sync_that_pushes_exactly_what_the_radio_lacks() {
         ),
         (35, 30, 5, 0)
     );
-    let pushed: BTreeSet<u32> = sim.contacts().iter().map(|c| c.node_num).collect();
+    let pushed: BTreeSet<u32> = h.sim.contacts().iter().map(|c| c.node_num).collect();
     let lacking: BTreeSet<u32> = known[30..].iter().map(|n| n.num).collect();
     assert_eq!(pushed, lacking);
-    let flash = sim.counters().flash_writes.load(Ordering::Relaxed);
+    let flash = h.sim.counters().flash_writes.load(Ordering::Relaxed);
     assert_eq!(flash, 5, "one flash write per push, none more");
     for n in &known {
-        assert_eq!(sim.key_of(n.num), Some(key_of(n)));
+        assert_eq!(h.sim.key_of(n.num), Some(key_of(n)));
     }
     // The handshake's node list served as the mirror: no second download.
     assert_eq!(
-        sim.counters().received().get("want_config_nodes_only"),
+        h.sim.counters().received().get("want_config_nodes_only"),
         None
     );
-    assert_no_invalid_contacts(&sim);
-    engine.quit().await;
+    assert_no_invalid_contacts(&h.sim);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_check_inside_the_ttl_is_skipped_and_sends_nothing_but_heartbeats() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(20));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine =
-        engine::try_start(fast_engine(&sim, db, SEC, 30 * SEC), store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    let first = nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(sim_config(20), &[], |c| {
+        c.sync_interval = SEC;
+        c.sync.cache_ttl = 30 * SEC;
+    });
+    let first = h.report(1).await;
     assert_eq!(first.outcome, Outcome::Forced);
-    let before = sim.counters().received_besides_heartbeats();
-    let second = nth_report(&mut snap, 2).await;
+    let before = h.sim.counters().received_besides_heartbeats();
+    let second = h.report(2).await;
     assert_eq!(second.trigger, Trigger::Check);
     assert_eq!(second.outcome, Outcome::Skipped, "{}", second.summary());
     assert!(
@@ -79,25 +73,23 @@ async fn a_check_inside_the_ttl_is_skipped_and_sends_nothing_but_heartbeats() {
     );
     assert_eq!(second.frames_sent, 0);
     assert_eq!(
-        sim.counters().received_besides_heartbeats(),
+        h.sim.counters().received_besides_heartbeats(),
         before,
         "only heartbeats during a skipped check: {:?}",
-        sim.counters().received()
+        h.sim.counters().received()
     );
-    engine.quit().await;
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn after_the_ttl_a_nodes_only_download_syncs_with_zero_pushes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(20));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine =
-        engine::try_start(fast_engine(&sim, db, SEC, 2 * SEC), store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
+    let mut h = Harness::start(sim_config(20), &[], |c| {
+        c.sync_interval = SEC;
+        c.sync.cache_ttl = 2 * SEC;
+    });
     let synced = loop {
-        let n = snap.borrow().sync.history.len() + 1;
-        let r = nth_report(&mut snap, n).await;
+        let n = h.runs() + 1;
+        let r = h.report(n).await;
         if r.outcome == Outcome::Synced {
             break r;
         }
@@ -107,80 +99,72 @@ async fn after_the_ttl_a_nodes_only_download_syncs_with_zero_pushes() {
     assert_eq!((synced.pushed, synced.in_radio, synced.known), (0, 20, 20));
     assert_eq!(synced.frames_sent, 1, "one want_config, nothing else");
     assert_eq!(
-        sim.counters().received().get("want_config_nodes_only"),
+        h.sim.counters().received().get("want_config_nodes_only"),
         Some(&1)
     );
-    assert_eq!(sim.counters().add_contacts.load(Ordering::Relaxed), 0);
-    engine.quit().await;
+    assert_eq!(h.sim.counters().add_contacts.load(Ordering::Relaxed), 0);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_reboot_that_forgets_keys_is_repaired_by_the_reconnect_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(12));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::try_start(fast_engine(&sim, db, 60 * SEC, 600 * SEC), store)
-        .expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    let first = nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(sim_config(12), &[], |_| {});
+    let first = h.report(1).await;
     assert_eq!(
         (first.known, first.pushed),
         (12, 0),
         "learned on first use from the handshake"
     );
-    let flash_before = sim.counters().flash_writes.load(Ordering::Relaxed);
-    sim.inject(Fault::Reboot {
-        down: Duration::from_millis(300),
-        forget: Forget::Keys,
-    })
-    .await;
-    let second = nth_report(&mut snap, 2).await;
+    let flash_before = h.sim.counters().flash_writes.load(Ordering::Relaxed);
+    h.sim
+        .inject(Fault::Reboot {
+            down: Duration::from_millis(300),
+            forget: Forget::Keys,
+        })
+        .await;
+    let second = h.report(2).await;
     assert_eq!(second.trigger, Trigger::Reconnect);
     assert_eq!(second.outcome, Outcome::Forced);
     assert_eq!((second.in_radio, second.pushed), (0, 12));
-    let mesh = sim.mesh();
+    let mesh = h.sim.mesh();
     let forgotten: BTreeSet<u32> = mesh.iter().map(|n| n.num).collect();
     let pushed: BTreeSet<u32> = second.pushed_keys.iter().map(|(n, _)| *n).collect();
     assert_eq!(pushed, forgotten);
     for n in &mesh {
-        assert_eq!(sim.key_of(n.num), Some(key_of(n)), "key restored");
+        assert_eq!(h.sim.key_of(n.num), Some(key_of(n)), "key restored");
     }
     assert_eq!(
-        sim.counters().flash_writes.load(Ordering::Relaxed) - flash_before,
+        h.sim.counters().flash_writes.load(Ordering::Relaxed) - flash_before,
         12
     );
-    assert_no_invalid_contacts(&sim);
-    engine.quit().await;
+    assert_no_invalid_contacts(&h.sim);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(6));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::try_start(fast_engine(&sim, db.clone(), SEC, 600 * SEC), store)
-        .expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    let first = nth_report(&mut snap, 1).await;
-    let mesh = sim.mesh();
+    let mut h = Harness::start(sim_config(6), &[], |c| c.sync_interval = SEC);
+    let first = h.report(1).await;
+    let mesh = h.sim.mesh();
     let (x, y) = (mesh[1].num, mesh[2].num);
     let (x_old, y_old) = (key_of(&mesh[1]), key_of(&mesh[2]));
 
     // While keysync is away (refused, dropped), the radio's operator removes X and Y, and they
     // re-key and announce, so the radio holds their new keys. keysync must not follow on its
     // own.
-    sim.inject(Fault::Refuse {
-        duration: Duration::from_millis(800),
-    })
-    .await;
-    sim.inject(Fault::Drop).await;
-    assert!(sim.operator(OperatorAction::Remove, x));
-    assert!(sim.operator(OperatorAction::Remove, y));
-    sim.inject(Fault::KeyChange { node: 1 }).await;
-    sim.inject(Fault::KeyChange { node: 2 }).await;
-    let mesh = sim.mesh();
+    h.sim
+        .inject(Fault::Refuse {
+            duration: Duration::from_millis(800),
+        })
+        .await;
+    h.sim.inject(Fault::Drop).await;
+    assert!(h.sim.operator(OperatorAction::Remove, x));
+    assert!(h.sim.operator(OperatorAction::Remove, y));
+    h.sim.inject(Fault::KeyChange { node: 1 }).await;
+    h.sim.inject(Fault::KeyChange { node: 2 }).await;
+    let mesh = h.sim.mesh();
     let x_new = key_of(&mesh[1]);
-    let conflicted = nth_report(&mut snap, 2).await;
+    let conflicted = h.report(2).await;
     assert_eq!(conflicted.trigger, Trigger::Reconnect);
     assert_eq!(conflicted.conflicts, 2, "{}", conflicted.summary());
     assert_eq!(
@@ -194,12 +178,13 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
             .any(|(n, _)| *n == x || *n == y)
     );
     assert_eq!(
-        sim.key_of(x),
+        h.sim.key_of(x),
         Some(x_new),
         "new key left alone, not overwritten"
     );
     wait_until("both pending keys shown", || {
-        let pending = snap
+        let pending = h
+            .snap
             .borrow()
             .nodes
             .iter()
@@ -210,29 +195,20 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
     .await;
 
     // Accept X: trusted now, and the radio already holds it, so nothing is pushed.
-    engine
-        .commands
-        .send(Command::AcceptKey(x))
-        .await
-        .expect("engine runs");
+    h.command(Command::AcceptKey(x)).await;
     // Reject Y: the old key goes back.
-    engine
-        .commands
-        .send(Command::RejectKey(y))
-        .await
-        .expect("engine runs");
+    h.command(Command::RejectKey(y)).await;
     let after = loop {
-        let n = snap.borrow().sync.history.len() + 1;
-        let r = nth_report(&mut snap, n).await;
+        let r = h.next_report().await;
         if r.outcome == Outcome::Synced && r.conflicts == 0 {
             break r;
         }
     };
     assert_eq!(after.pushed_keys, vec![(y, y_old)], "{}", after.summary());
-    assert_eq!(sim.key_of(x), Some(x_new));
-    assert_eq!(sim.key_of(y), Some(y_old));
+    assert_eq!(h.sim.key_of(x), Some(x_new));
+    assert_eq!(h.sim.key_of(y), Some(y_old));
     assert_ne!(x_old, x_new);
-    let store = Store::open(&db).expect("reopens");
+    let store = Store::open(&h.db).expect("reopens");
     let trusted: Vec<_> = store
         .trusted()
         .expect("reads")
@@ -240,25 +216,22 @@ async fn a_changed_key_waits_for_the_operator_then_accept_or_reject_applies() {
         .map(|k| (k.num, k.key))
         .collect();
     assert!(trusted.contains(&(x, x_new)) && trusted.contains(&(y, y_old)));
-    assert_no_invalid_contacts(&sim);
-    engine.quit().await;
+    assert_no_invalid_contacts(&h.sim);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn a_radio_too_small_for_every_key_fills_only_its_slot_budget_then_skips() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let known = population(1, 30);
     let mut config = sim_config(30);
     config.capacity = Some(20);
-    let sim = start_sim(config);
-    let (db, store) = seeded_store(&dir, &known);
-    let mut settings = fast_engine(&sim, db, SEC, 600 * SEC);
-    settings.sync.max_pushes = 5;
-    // A Linux radio's MaxNodes is its own setting: the hardware model cannot tell it.
-    settings.sync.radio_capacity = Some(20);
-    let engine = engine::try_start(settings, store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    let first = nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(config, &known, |c| {
+        c.sync_interval = SEC;
+        c.sync.max_pushes = 5;
+        // A Linux radio's MaxNodes is its own setting: the hardware model cannot tell it.
+        c.sync.radio_capacity = Some(20);
+    });
+    let first = h.report(1).await;
     assert_eq!(first.in_radio, 19, "capacity 20 minus the own node");
     assert_eq!(first.slots, 10, "half the capacity");
     assert!(first.pushed <= 5, "{}", first.summary());
@@ -272,53 +245,39 @@ async fn a_radio_too_small_for_every_key_fills_only_its_slot_budget_then_skips()
     // keys the store holds beyond the radio.
     let mut n = 2;
     loop {
-        let report = nth_report(&mut snap, n).await;
+        let report = h.report(n).await;
         if report.outcome == Outcome::Skipped {
             break;
         }
         assert!(n < 12, "never skipped: {}", report.summary());
         n += 1;
     }
-    let protected = sim.protected();
+    let protected = h.sim.protected();
     assert!(protected.total <= 10, "{protected:?}");
-    let contacts = sim.contacts();
+    let contacts = h.sim.contacts();
     assert!(contacts.len() <= 20, "{} pushes", contacts.len());
-    assert_no_invalid_contacts(&sim);
-    engine.quit().await;
+    assert_no_invalid_contacts(&h.sim);
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn operator_force_sync_downloads_and_reset_cache_makes_the_next_check_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(8));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine =
-        engine::try_start(fast_engine(&sim, db, SEC, 600 * SEC), store).expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
-    engine
-        .commands
-        .send(Command::ForceSync)
-        .await
-        .expect("engine runs");
+    let mut h = Harness::start(sim_config(8), &[], |c| c.sync_interval = SEC);
+    h.report(1).await;
+    h.command(Command::ForceSync).await;
     let forced = loop {
-        let n = snap.borrow().sync.history.len() + 1;
-        let r = nth_report(&mut snap, n).await;
+        let r = h.next_report().await;
         if r.trigger == Trigger::Operator {
             break r;
         }
     };
     assert_eq!(forced.outcome, Outcome::Forced);
     assert_eq!(
-        sim.counters().received().get("want_config_nodes_only"),
+        h.sim.counters().received().get("want_config_nodes_only"),
         Some(&1)
     );
-    engine
-        .commands
-        .send(Command::ResetCache)
-        .await
-        .expect("engine runs");
-    let notice = tokio::time::timeout(WAIT, snap.wait_for(|s| s.notice.is_some()))
+    h.command(Command::ResetCache).await;
+    let notice = tokio::time::timeout(WAIT, h.snap.wait_for(|s| s.notice.is_some()))
         .await
         .map(|r| r.map(|s| s.notice.clone()));
     let Ok(Ok(Some((_, text)))) = notice else {
@@ -329,39 +288,34 @@ async fn operator_force_sync_downloads_and_reset_cache_makes_the_next_check_sync
         "{text}"
     );
     let next = loop {
-        let n = snap.borrow().sync.history.len() + 1;
-        let r = nth_report(&mut snap, n).await;
+        let r = h.next_report().await;
         if r.trigger == Trigger::Check {
             break r;
         }
     };
     assert_eq!(next.outcome, Outcome::Synced, "{}", next.summary());
-    engine.quit().await;
+    h.quit().await;
 }
 
 #[tokio::test]
 async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sim = start_sim(sim_config(6));
-    let (db, store) = seeded_store(&dir, &[]);
-    let engine = engine::try_start(fast_engine(&sim, db, 600 * SEC, 600 * SEC), store)
-        .expect("the engine starts");
-    let mut snap = engine.snapshot.clone();
-    nth_report(&mut snap, 1).await;
+    let mut h = Harness::start(sim_config(6), &[], |c| c.sync_interval = 600 * SEC);
+    h.report(1).await;
     wait_until("the radio's nodes listed", || {
-        snap.borrow().nodes.len() == 6
+        h.snap.borrow().nodes.len() == 6
     })
     .await;
     // No sync runs meanwhile: these reach the list from the mesh alone.
-    sim.inject(Fault::NewNodes {
-        count: 3,
-        portnum: None,
-    })
-    .await;
-    sim.inject(Fault::KeyChange { node: 1 }).await;
-    let mesh = sim.mesh();
+    h.sim
+        .inject(Fault::NewNodes {
+            count: 3,
+            portnum: None,
+        })
+        .await;
+    h.sim.inject(Fault::KeyChange { node: 1 }).await;
+    let mesh = h.sim.mesh();
     wait_until("three new nodes and one pending key", || {
-        let s = snap.borrow();
+        let s = h.snap.borrow();
         let pending: Vec<u32> = s
             .nodes
             .iter()
@@ -371,7 +325,7 @@ async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
         s.nodes.len() == 9 && pending == [mesh[1].num]
     })
     .await;
-    let s = snap.borrow().clone();
+    let s = h.snap.borrow().clone();
     assert!(
         s.nodes
             .windows(2)
@@ -392,5 +346,5 @@ async fn nodes_heard_between_syncs_appear_in_the_snapshot_with_their_keys() {
         assert!(view.record.trusted.is_some());
     }
     drop(s);
-    engine.quit().await;
+    h.quit().await;
 }

@@ -218,6 +218,10 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
 }
 pub mod broker;
 pub mod fixture;
+pub mod harness;
+#[allow(unused_imports)]
+pub use harness::{Harness, Linked, Rig};
+pub mod proto;
 pub mod raw;
 
 /// GETs `path` from an HTTP server over a plain TCP connection: status code, content type,

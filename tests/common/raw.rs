@@ -8,8 +8,8 @@ use keysync::engine::codec::ClientCodec;
 use keysync::engine::radio::{admin_of, want_config};
 use meshtastic::Message;
 use meshtastic::protobufs::{
-    AdminMessage, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus, Routing,
-    SharedContact, ToRadio, admin_message, from_radio, mesh_packet, routing, to_radio,
+    AdminMessage, FromRadio, NodeInfo, PortNum, QueueStatus, Routing, SharedContact, ToRadio,
+    admin_message, from_radio, mesh_packet, routing, to_radio,
 };
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -110,16 +110,9 @@ impl RawClient {
         self.next_id += 1;
         let id = self.next_id;
         self.send(ToRadio {
-            payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
-                to,
-                id,
-                payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
-                    portnum: portnum as i32,
-                    payload,
-                    ..Data::default()
-                })),
-                ..MeshPacket::default()
-            })),
+            payload_variant: Some(to_radio::PayloadVariant::Packet(super::proto::packet(
+                to, id, portnum, payload,
+            ))),
         })
         .await;
         id
