@@ -1319,7 +1319,11 @@ async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_
     );
     for contact in p.sim.contacts().into_iter().skip(before) {
         let user = contact.user.expect("user");
-        assert!(user.long_name.len() <= radio::LONG_NAME_MAX, "{}", user.long_name);
+        assert!(
+            user.long_name.len() <= radio::LONG_NAME_MAX,
+            "{}",
+            user.long_name
+        );
     }
     p.engine.quit().await;
 }

@@ -204,6 +204,7 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
 }
 pub mod fixture;
 pub mod raw;
+pub mod tmux;
 
 /// Sends SIGTERM to `child`, as systemd stops a service.
 pub fn sigterm(child: &std::process::Child) {
