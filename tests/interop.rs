@@ -688,8 +688,8 @@ fn sent_texts(sim: &keysync::sim::SimHandle) -> Vec<(u32, String)> {
 
 /// The `contact` curses client (PyPI) in a terminal at 80×24 and a bot on the Python library
 /// (`TCPInterface` and pubsub), both through the proxy at once, as operators run them: contact
-/// shows the radio's node list, sends a text typed into its message box and shows the mesh's
-/// texts; the bot answers a text from a node on the mesh with a direct message to it. The radio
+/// shows the radio's node list, sends a text typed into its message box, sees it acknowledged
+/// and shows the mesh's texts; the bot answers a text from a node on the mesh with a direct message to it. The radio
 /// gets every text over keysync's one connection, which holds throughout.
 #[test]
 #[cfg_attr(
@@ -726,9 +726,14 @@ fn contact_and_a_python_library_bot_work_through_the_proxy_together() {
             .any(|(to, t)| *to == u32::MAX && t == "hello from contact")
     });
     let contact_text_after = typed.elapsed();
-    term.wait_for("the mesh's echo on contact's screen", |s| {
-        messages_on(s).contains("echo: hello from contact")
+    // contact asks for an ack: its message turns from pending ([…]) to implicitly acked ([◌])
+    // when the radio's routing answer, carrying contact's packet id, comes back to it.
+    term.wait_for("the ack and the mesh's echo on contact's screen", |s| {
+        let messages = messages_on(s);
+        messages.contains("Sent[◌]: hello from contact")
+            && messages.contains("echo: hello from contact")
     });
+    let acked_after = typed.elapsed();
 
     let speaker = sim.mesh()[3].num;
     let spoke = Instant::now();
@@ -751,7 +756,7 @@ fn contact_and_a_python_library_bot_work_through_the_proxy_together() {
     assert_eq!(term.exit_code(&exit_file), "0", "contact quits cleanly");
     eprintln!(
         "contact: its text at the radio {contact_text_after:.1?} \
-         after Enter, the mesh's text on screen {shown_after:.1?} after it was heard:\n{screen}\n\
+         after Enter, acked on its screen {acked_after:.1?} after Enter, the mesh's text on screen {shown_after:.1?} after it was heard:\n{screen}\n\
          the bot: answered the mesh at the radio {answered_after:.1?} after it was heard:\n{bot_out}"
     );
 
