@@ -4,7 +4,10 @@
 //! The client is found through `KEYSYNC_MESHTASTIC`, then `target/pyenv/bin/meshtastic` (where
 //! `.ci/run` installs it), then `PATH`; when none is there, the test installs it into
 //! `target/pyenv` itself (`python3 -m venv`, `pip install meshtastic`) and fails, saying why, if
-//! it cannot. A test that did not run never passes: without `python3` at build time (build.rs
+//! it cannot. The `contact` curses client is found the same way (`KEYSYNC_CONTACT`, then
+//! `target/contact-env`, installed there from PyPI when missing) and driven in tmux; a bot on
+//! the Python library (tests/python/bot.py) runs with target/pyenv's Python.
+//! A test that did not run never passes: without `python3` at build time (build.rs
 //! sets `cfg(no_python)`) the tests are reported as ignored, with the reason.
 
 use std::io::{BufRead, BufReader};
@@ -14,78 +17,128 @@ use std::sync::{Arc, Mutex};
 
 use keysync::sim::population::Population;
 
-fn pyenv() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyenv")
+mod common;
+
+use common::tmux::{self, Tmux};
+
+/// A program from PyPI the tests run: where to look for it and how to install it.
+struct PyTool {
+    /// What it is, for messages.
+    what: &'static str,
+    /// An environment variable that points at it.
+    env_var: &'static str,
+    /// Its virtual environment under `target/`.
+    venv: &'static str,
+    /// What `pip install` is given.
+    requirement: &'static str,
+    /// The command it installs.
+    command: &'static str,
+    /// Whether a command of that name on `PATH` is it (a name as plain as `contact` is not).
+    from_path: bool,
 }
 
-fn meshtastic_cli() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KEYSYNC_MESHTASTIC") {
-        return Some(PathBuf::from(p));
+/// The reference client and library; `target/pyenv` holds the Python the bots run with.
+const MESHTASTIC: PyTool = PyTool {
+    what: "the Python meshtastic client",
+    env_var: "KEYSYNC_MESHTASTIC",
+    venv: "pyenv",
+    requirement: "meshtastic",
+    command: "meshtastic",
+    from_path: true,
+};
+
+/// pdxlocations' curses client, a terminal client many operators use; the version whose
+/// screen the test reads.
+const CONTACT: PyTool = PyTool {
+    what: "the contact curses client",
+    env_var: "KEYSYNC_CONTACT",
+    venv: "contact-env",
+    requirement: "contact==1.7.2",
+    command: "contact",
+    from_path: false,
+};
+
+impl PyTool {
+    fn venv(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(self.venv)
     }
-    let venv = pyenv().join("bin/meshtastic");
-    if venv.exists() {
-        return Some(venv);
+
+    fn find(&self) -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os(self.env_var) {
+            return Some(PathBuf::from(p));
+        }
+        let venv = self.venv().join("bin").join(self.command);
+        if venv.exists() {
+            return Some(venv);
+        }
+        let on_path = self.from_path
+            && Command::new(self.command)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        on_path.then(|| PathBuf::from(self.command))
     }
-    let on_path = Command::new("meshtastic")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    on_path.then(|| PathBuf::from("meshtastic"))
+
+    /// Runs one provisioning step; its output goes into the panic message if it fails.
+    fn step(&self, step: &str, cmd: &mut Command) {
+        let what = self.what;
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot provision {what}: {step} did not start: {e}"));
+        assert!(
+            out.status.success(),
+            "cannot provision {what}: {step} failed ({}):\n{}{}\n\
+             Install it yourself (.ci/run shows how) or point {} at it.",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.env_var
+        );
+    }
+
+    /// The command, installed into its venv first if it is nowhere; panics saying why when
+    /// it cannot be.
+    fn required(&self) -> PathBuf {
+        // The tests of this file may ask at once; one installs, the others wait for it.
+        static PROVISION: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = PROVISION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = self.find() {
+            return found;
+        }
+        let env = self.venv();
+        eprintln!("installing {} into {} (once)", self.what, env.display());
+        self.step(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&env),
+        );
+        self.step(
+            &format!("pip install {}", self.requirement),
+            Command::new(env.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                self.requirement,
+            ]),
+        );
+        let installed = env.join("bin").join(self.command);
+        assert!(
+            installed.exists(),
+            "pip installed {} but {} is missing",
+            self.requirement,
+            installed.display()
+        );
+        installed
+    }
 }
 
-/// Runs one provisioning step; its output goes into the panic message if it fails.
-fn step(what: &str, cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot provision the Python meshtastic client: {what} did not start: {e}")
-    });
-    assert!(
-        out.status.success(),
-        "cannot provision the Python meshtastic client: {what} failed ({}):\n{}{}\n\
-         Install it yourself (.ci/run shows how) or point KEYSYNC_MESHTASTIC at it.",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The client, installed into `target/pyenv` first if it is nowhere; panics saying why when it
-/// cannot be.
 fn required_cli() -> PathBuf {
-    // Both tests of this file may ask at once; one installs, the other waits for it.
-    static PROVISION: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = PROVISION
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(cli) = meshtastic_cli() {
-        return cli;
-    }
-    let env = pyenv();
-    eprintln!(
-        "installing the Python meshtastic client into {} (once)",
-        env.display()
-    );
-    step(
-        "python3 -m venv",
-        Command::new("python3").args(["-m", "venv"]).arg(&env),
-    );
-    step(
-        "pip install meshtastic",
-        Command::new(env.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "meshtastic",
-        ]),
-    );
-    let cli = env.join("bin/meshtastic");
-    assert!(
-        cli.exists(),
-        "pip installed meshtastic but {} is missing",
-        cli.display()
-    );
-    cli
+    MESHTASTIC.required()
 }
 
 struct Sim {
@@ -152,13 +205,82 @@ fn spawn_logged(cmd: &mut Command, marker: &str) -> (Child, String, Arc<Mutex<Ve
             break format!("{host}:{port}");
         }
     };
-    let sink = log.clone();
+    let _reader = collect_into(lines, log.clone());
+    (child, addr, log)
+}
+
+/// Keeps appending the lines still to come to `sink`, from a thread of their own.
+fn collect_into<R: BufRead + Send + 'static>(
+    lines: std::io::Lines<R>,
+    sink: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             sink.lock().expect("log").push(line);
         }
-    });
-    (child, addr, log)
+    })
+}
+
+/// tests/python/bot.py, a bot on the Python library, connected to `addr` and told to answer
+/// `answers` texts from the mesh; what it prints is collected as it comes.
+struct Bot {
+    child: Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+    readers: [std::thread::JoinHandle<()>; 2],
+}
+
+fn start_bot(addr: &str, answers: usize) -> Bot {
+    let (host, port) = addr.split_once(':').expect("host:port");
+    let mut child = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bot.py"))
+        .args([host, port, &answers.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the bot starts");
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let readers = [
+        collect_into(BufReader::new(stdout).lines(), out.clone()),
+        collect_into(BufReader::new(stderr).lines(), err.clone()),
+    ];
+    Bot {
+        child,
+        out,
+        err,
+        readers,
+    }
+}
+
+impl Bot {
+    /// The first line the bot printed that starts with `prefix`.
+    fn said(&self, prefix: &str) -> Option<String> {
+        self.out
+            .lock()
+            .expect("bot output")
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+    }
+
+    /// Waits for the bot to end (it gives up after 60 s) and returns what it printed; panics
+    /// with its output if it did not get what it waited for.
+    fn finish(mut self) -> String {
+        let status = self.child.wait().expect("the bot ends");
+        for reader in self.readers {
+            reader.join().expect("the bot's output is read to its end");
+        }
+        let out = self.out.lock().expect("bot output").join("\n");
+        assert!(
+            status.success(),
+            "the bot failed ({status}): {out}\n{}",
+            self.err.lock().expect("bot errors").join("\n")
+        );
+        out
+    }
 }
 
 fn run_client(cli: &PathBuf, host: &str, arg: &str) -> String {
@@ -216,7 +338,7 @@ fn lists_every_node_and_the_owner(cli: &PathBuf, sim: &Sim, firmware: &str) {
 }
 
 fn python() -> PathBuf {
-    let venv = pyenv().join("bin/python");
+    let venv = MESHTASTIC.venv().join("bin/python");
     if venv.exists() {
         venv
     } else {
@@ -254,24 +376,11 @@ fn two_python_clients_share_the_radio_through_the_proxy() {
         &["--sync-interval", "2s", "--cache-ttl", "4s"],
     );
     let proxy_addr = keysync.addr.clone();
-    let (host, port) = proxy_addr.split_once(':').expect("host:port");
 
     // Both clients at once: the CLI listing nodes, the bot exchanging a message.
-    let bot = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bot.py"))
-        .args([host, port])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the bot starts");
+    let bot = start_bot(&proxy_addr, 0);
     let table = run_client(&cli, &proxy_addr, "--nodes");
-    let bot = bot.wait_with_output().expect("the bot ends");
-    let bot_out = String::from_utf8_lossy(&bot.stdout).into_owned();
-    assert!(
-        bot.status.success(),
-        "the bot failed: {bot_out}\n{}",
-        String::from_utf8_lossy(&bot.stderr)
-    );
+    let bot_out = bot.finish();
     assert!(bot_out.contains("nodes=21"), "{bot_out}");
     assert_lists_generated_nodes(&table, 20);
 
@@ -385,15 +494,11 @@ fn assert_lists_generated_nodes(table: &str, n: usize) {
 )]
 fn a_python_client_s_dm_through_the_proxy_gets_its_key_pushed_first() {
     let cli = required_cli();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let sim = sim_in(
-        &runtime,
-        keysync::sim::SimConfig {
-            nodes: 40,
-            capacity: Some(20),
-            ..quiet_sim()
-        },
-    );
+    let (runtime, sim) = sim_in(keysync::sim::SimConfig {
+        nodes: 40,
+        capacity: Some(20),
+        ..quiet_sim()
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     let mut population = Population::new(1);
@@ -471,14 +576,13 @@ fn quiet_sim() -> keysync::sim::SimConfig {
     }
 }
 
-/// The simulated radio in this process (so its state can be read), running on `runtime`.
-fn sim_in(
-    runtime: &tokio::runtime::Runtime,
-    config: keysync::sim::SimConfig,
-) -> keysync::sim::SimHandle {
-    runtime
+/// The simulated radio in this process (so its state can be read), with the runtime it runs on.
+fn sim_in(config: keysync::sim::SimConfig) -> (tokio::runtime::Runtime, keysync::sim::SimHandle) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = runtime
         .block_on(async { keysync::sim::SimHandle::start(config) })
-        .expect("the sim binds")
+        .expect("the sim binds");
+    (runtime, sim)
 }
 
 /// Two Python clients through the proxy, each sending a text every 4 s for 40 s: each within
@@ -493,20 +597,16 @@ fn sim_in(
 fn two_python_clients_texting_together_at_the_firmware_limit_get_every_text_to_the_radio() {
     const TEXTS: usize = 10;
     let _cli = required_cli();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let sim = sim_in(
-        &runtime,
-        keysync::sim::SimConfig {
-            nodes: 10,
-            profile: keysync::sim::Profile::new(
-                "2.7.26",
-                keysync::sim::Hw::default(),
-                keysync::sim::SimRole::default(),
-            )
-            .expect("profile"),
-            ..quiet_sim()
-        },
-    );
+    let (runtime, sim) = sim_in(keysync::sim::SimConfig {
+        nodes: 10,
+        profile: keysync::sim::Profile::new(
+            "2.7.26",
+            keysync::sim::Hw::default(),
+            keysync::sim::SimRole::default(),
+        )
+        .expect("profile"),
+        ..quiet_sim()
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let (keysync, _log) = start_proxy(&sim.addr().to_string(), &dir.path().join("k.db"), &[]);
     let (host, port) = keysync.addr.split_once(':').expect("host:port");
@@ -539,15 +639,9 @@ fn two_python_clients_texting_together_at_the_firmware_limit_get_every_text_to_t
         let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
         errors.extend(report["errors"].as_array().cloned().unwrap_or_default());
     }
-    let texts: Vec<String> = sim
-        .sent()
-        .iter()
-        .filter_map(|p| match &p.payload_variant {
-            Some(meshtastic::protobufs::mesh_packet::PayloadVariant::Decoded(d)) => {
-                Some(String::from_utf8_lossy(&d.payload).into_owned())
-            }
-            _ => None,
-        })
+    let texts: Vec<String> = sent_texts(&sim)
+        .into_iter()
+        .map(|(_, text)| text)
         .filter(|t| t.starts_with("fair-"))
         .collect();
     let refused = sim
@@ -576,6 +670,162 @@ fn two_python_clients_texting_together_at_the_firmware_limit_get_every_text_to_t
         "no client was answered with an error: {errors:?}"
     );
     drop(runtime);
+}
+
+/// The destination and text of each text message the radio sent on to the mesh, oldest first.
+fn sent_texts(sim: &keysync::sim::SimHandle) -> Vec<(u32, String)> {
+    use meshtastic::protobufs::{PortNum, mesh_packet::PayloadVariant};
+    sim.sent()
+        .iter()
+        .filter_map(|p| match &p.payload_variant {
+            Some(PayloadVariant::Decoded(d)) if d.portnum == PortNum::TextMessageApp as i32 => {
+                Some((p.to, String::from_utf8_lossy(&d.payload).into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `contact` curses client (PyPI) in a terminal at 80×24 and a bot on the Python library
+/// (`TCPInterface` and pubsub), both through the proxy at once, as operators run them: contact
+/// shows the radio's node list, sends a text typed into its message box, sees it acknowledged
+/// and shows the mesh's texts; the bot answers a text from a node on the mesh with a direct message to it. The radio
+/// gets every text over keysync's one connection, which holds throughout.
+#[test]
+#[cfg_attr(
+    no_python,
+    ignore = "python3 is missing: the contact client and the Python library cannot be installed"
+)]
+fn contact_and_a_python_library_bot_work_through_the_proxy_together() {
+    use std::time::Instant;
+    if !tmux::available() {
+        eprintln!("skipping: tmux is not installed");
+        return;
+    }
+    let contact = CONTACT.required();
+    let _library = required_cli();
+    let (runtime, sim) = sim_in(keysync::sim::SimConfig {
+        nodes: 20,
+        ..quiet_sim()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (keysync, keysync_log) =
+        start_proxy(&sim.addr().to_string(), &dir.path().join("k.db"), &[]);
+
+    let (term, exit_file) = start_contact(&contact, &keysync.addr, dir.path());
+
+    let bot = start_bot(&keysync.addr, 1);
+    wait_for("the bot connected", || bot.said("ready").is_some());
+
+    let typed = Instant::now();
+    term.type_text("hello from contact");
+    term.keys("Enter");
+    wait_for("contact's text at the radio", || {
+        sent_texts(&sim)
+            .iter()
+            .any(|(to, t)| *to == u32::MAX && t == "hello from contact")
+    });
+    let contact_text_after = typed.elapsed();
+    // contact asks for an ack: its message turns from pending ([…]) to implicitly acked ([◌])
+    // when the radio's routing answer, carrying contact's packet id, comes back to it.
+    term.wait_for("the ack and the mesh's echo on contact's screen", |s| {
+        let messages = messages_on(s);
+        messages.contains("Sent[◌]: hello from contact")
+            && messages.contains("echo: hello from contact")
+    });
+    let acked_after = typed.elapsed();
+
+    let speaker = sim.mesh()[3].num;
+    let spoke = Instant::now();
+    sim.hear_from(speaker, meshtastic::protobufs::PortNum::TextMessageApp);
+    let screen = term.wait_for("the mesh's text on contact's screen", |s| {
+        messages_on(s).contains("hello from the mesh")
+    });
+    let shown_after = spoke.elapsed();
+    wait_for("the bot's answer at the radio", || {
+        sent_texts(&sim)
+            .iter()
+            .any(|(to, t)| *to == speaker && t == "bot got: hello from the mesh")
+    });
+    let answered_after = spoke.elapsed();
+    let bot_out = bot.finish();
+    assert!(bot_out.contains("ready nodes=21"), "{bot_out}");
+    assert!(bot_out.contains("answered=1"), "{bot_out}");
+
+    term.keys("Escape");
+    assert_eq!(term.exit_code(&exit_file), "0", "contact quits cleanly");
+    eprintln!(
+        "contact: its text at the radio {contact_text_after:.1?} \
+         after Enter, acked on its screen {acked_after:.1?} after Enter, the mesh's text on screen {shown_after:.1?} after it was heard:\n{screen}\n\
+         the bot: answered the mesh at the radio {answered_after:.1?} after it was heard:\n{bot_out}"
+    );
+
+    let connections = sim
+        .counters()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        connections, 1,
+        "the radio saw one TCP client the whole time"
+    );
+    let log = keysync_log.lock().expect("log").clone();
+    assert!(
+        !log.iter().any(|l| l.contains("link closed")),
+        "the radio link held: {log:#?}"
+    );
+    let clients = log
+        .iter()
+        .filter(|l| l.contains("keysync::engine::proxy") && l.contains(" connected"))
+        .count();
+    assert_eq!(
+        clients, 2,
+        "contact and the bot were the proxy's clients: {log:#?}"
+    );
+    drop(runtime);
+}
+
+/// `contact` at 80×24 in tmux, connected to `addr`, its files under `dir`; returns once its
+/// node list shows the simulated radio's 21 nodes (seed 1), with the file its exit code goes to.
+fn start_contact(contact: &std::path::Path, addr: &str, dir: &std::path::Path) -> (Tmux, PathBuf) {
+    // contact keeps its settings, log and message database under CONTACT_CONFIG_ROOT.
+    let config_root = dir.join("contact");
+    std::fs::create_dir(&config_root).expect("contact's config root");
+    let exit_file = dir.join("exit");
+    let command = format!(
+        "env CONTACT_CONFIG_ROOT={} TERM=xterm-256color {} --host {addr}; echo $? > {}; sleep 30",
+        config_root.display(),
+        contact.display(),
+        exit_file.display()
+    );
+    let started = std::time::Instant::now();
+    let term = Tmux::start("contact", 80, 24, &command);
+    let screen = term.wait_for("contact's node list", |s| {
+        s.contains("Nodes: 21") && s.contains("keysync sim")
+    });
+    let listed_after = started.elapsed();
+    let mut population = Population::new(1);
+    let _own = population.own_node();
+    let names: Vec<String> = (0..20)
+        .map(|_| population.next_node().user.expect("user").long_name)
+        .collect();
+    let listed = names.iter().filter(|n| screen.contains(n.as_str())).count();
+    // 19 rows: the radio's own node and 18 of the 20 others.
+    assert!(
+        listed >= 15,
+        "contact lists the simulated nodes by name ({listed} of 20 seen):\n{screen}"
+    );
+    eprintln!("contact's node list {listed_after:.1?} after it started:\n{screen}");
+    (term, exit_file)
+}
+
+/// The text of contact's message pane (the middle one of its three boxes), its wrapped lines
+/// joined and its spaces collapsed.
+fn messages_on(screen: &str) -> String {
+    let pane: Vec<&str> = screen.lines().filter_map(|l| l.split('│').nth(3)).collect();
+    pane.join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Trusts every node of `mesh` in a store at `db`, as if heard on the mesh.

@@ -532,3 +532,41 @@ fn hw_env(hw: Hw) -> &'static str {
         Hw::Linux => "native",
     }
 }
+
+#[tokio::test]
+async fn a_packet_wanting_an_ack_is_acknowledged_implicitly_when_broadcast_and_by_its_destination_when_direct()
+ {
+    // ReliableRouter.cpp: the radio hearing a neighbour rebroadcast its broadcast acks it
+    // itself (an implicit ack, from the own node); a DM is acked by the node it went to.
+    let sim = start_sim(sim_config(5));
+    let (mut client, my) = connected(&sim).await;
+    let peer = sim.mesh()[2].num;
+    // First a DM that asks for nothing: an ack for it would come before the others.
+    let unasked = client
+        .packet(peer, PortNum::PrivateApp, b"no ack".to_vec())
+        .await;
+    // Text and a port without a rate limit: neither is over the firmware's limits.
+    let broadcast = client
+        .packet_with(0xFFFF_FFFF, PortNum::TextMessageApp, b"all".to_vec(), true)
+        .await;
+    let direct = client
+        .packet_with(peer, PortNum::PrivateApp, b"you".to_vec(), true)
+        .await;
+    let mut acks = Vec::new();
+    while acks.len() < 2 {
+        let frame = client
+            .recv_until("an ack", |f| routing_error(f).is_some())
+            .await;
+        let Some(from_radio::PayloadVariant::Packet(p)) = &frame.payload_variant else {
+            unreachable!("routing_error picks packets");
+        };
+        let (error, request) = routing_error(&frame).expect("a routing packet");
+        assert_eq!(error, routing::Error::None);
+        acks.push((request, p.from, p.to));
+    }
+    acks.sort_unstable();
+    let mut expected = vec![(broadcast, my, my), (direct, peer, my)];
+    expected.sort_unstable();
+    assert_eq!(acks, expected);
+    assert!(!acks.iter().any(|(r, _, _)| *r == unasked));
+}

@@ -223,6 +223,7 @@ pub mod harness;
 pub use harness::{Harness, Linked, Rig};
 pub mod proto;
 pub mod raw;
+pub mod tmux;
 
 /// GETs `path` from an HTTP server over a plain TCP connection: status code, content type,
 /// body.

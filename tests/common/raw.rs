@@ -107,12 +107,26 @@ impl RawClient {
 
     /// Sends a packet; returns its id.
     pub async fn packet(&mut self, to: u32, portnum: PortNum, payload: Vec<u8>) -> u32 {
+        self.packet_with(to, portnum, payload, false).await
+    }
+
+    /// Sends a packet, asking the mesh for an acknowledgement when `want_ack`; returns its id.
+    pub async fn packet_with(
+        &mut self,
+        to: u32,
+        portnum: PortNum,
+        payload: Vec<u8>,
+        want_ack: bool,
+    ) -> u32 {
         self.next_id += 1;
         let id = self.next_id;
         self.send(ToRadio {
-            payload_variant: Some(to_radio::PayloadVariant::Packet(super::proto::packet(
-                to, id, portnum, payload,
-            ))),
+            payload_variant: Some(to_radio::PayloadVariant::Packet(
+                meshtastic::protobufs::MeshPacket {
+                    want_ack,
+                    ..super::proto::packet(to, id, portnum, payload)
+                },
+            )),
         })
         .await;
         id

@@ -355,6 +355,9 @@ impl Client {
             }
             radio.sent.push_back((Instant::now(), packet.clone()));
         }
+        if packet.want_ack {
+            acknowledge(&self.shared, packet);
+        }
         if let Some(text) = text_of(packet) {
             echo(&self.shared, packet.from, &text);
         }
@@ -709,9 +712,39 @@ fn echo(shared: &Arc<Shared>, to: u32, text: &str) {
             format!("echo: {text}").into_bytes(),
         ))),
     };
+    later(shared, reply, Duration::from_millis(150));
+}
+
+/// ReliableRouter.cpp: a packet sent with `want_ack` is acknowledged to the client with a
+/// routing packet (error NONE, `request_id` its id): a broadcast implicitly, by the radio itself
+/// once it hears a neighbour rebroadcast it, a DM by its destination. The simulated mesh always
+/// answers; a DM to a node not on it gets nothing (the firmware would NAK after its retries).
+fn acknowledge(shared: &Arc<Shared>, packet: &MeshPacket) {
+    let from = if packet.to == BROADCAST {
+        let radio = shared.radio();
+        if radio.mesh.is_empty() {
+            return;
+        }
+        radio.db.my_node_num()
+    } else if shared.radio().mesh.iter().any(|n| n.num == packet.to) {
+        packet.to
+    } else {
+        return;
+    };
+    let mut ack = shared.routing_error(RoutingError::None, packet.id);
+    ack.from = from;
+    let ack = FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::Packet(ack)),
+    };
+    later(shared, ack, Duration::from_millis(100));
+}
+
+/// Sends `frame` to the client after `delay`, as the mesh's answers come some time later.
+fn later(shared: &Arc<Shared>, frame: FromRadio, delay: Duration) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        sleep(std::time::Duration::from_millis(150)).await;
-        let _ = shared.live.send(reply);
+        sleep(delay).await;
+        let _ = shared.live.send(frame);
     });
 }
