@@ -194,6 +194,37 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
         .find(|l| l.starts_with("!7a110001"))
         .expect("listed");
     assert!(line.ends_with("MQTT via !0000beef"), "{line}");
+
+    // The broker's state and what it taught, as a dashboard scrapes them (the snapshot takes
+    // the broker's counts at the engine's next refresh).
+    let mut snap = gw.engine.snapshot.clone();
+    common::settled(&mut snap, "the broker's counts in the snapshot", |s| {
+        s.mqtt.as_ref().is_some_and(|m| m.counts.uplink_keys >= 2)
+    })
+    .await;
+    let metrics = keysync::metrics::serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        gw.engine.snapshot.clone(),
+    )
+    .expect("the metrics port binds");
+    let m = common::scrape(metrics.addr()).await;
+    let counts = mqtt_status(&gw.engine).expect("mqtt status").counts;
+    assert_eq!(
+        common::sample(&m, "keysync_mqtt_state", &[("state", "connected")]),
+        1
+    );
+    assert_eq!(
+        common::sample(&m, "keysync_mqtt_state", &[("state", "backoff")]),
+        0
+    );
+    let uplink_keys = common::sample(&m, "keysync_mqtt_keys_total", &[("from", "uplink")]);
+    assert!(uplink_keys >= 2, "both NodeInfos read: {uplink_keys}");
+    assert!(
+        uplink_keys <= counts.uplink_keys,
+        "scraped from the snapshot"
+    );
+    assert!(common::sample(&m, "keysync_mqtt_messages_total", &[]) >= uplink_keys);
+    drop(metrics);
     gw.engine.quit().await;
 }
 

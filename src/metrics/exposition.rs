@@ -114,6 +114,7 @@ struct Figures {
     keys: [u64; 4],
     standing: [u64; RadioKey::ALL.len()],
     proxy: Option<(usize, Vec<ClientSeries>)>,
+    mqtt: Option<crate::engine::mqtt::MqttStatus>,
     store_error: bool,
 }
 
@@ -162,6 +163,7 @@ impl Figures {
             proxy: s
                 .proxy_addr
                 .map(|_| (s.clients.len(), client_series(&s.clients, CLIENT_SERIES))),
+            mqtt: s.mqtt.clone(),
             store_error: s.store_error.is_some(),
         }
     }
@@ -180,6 +182,7 @@ impl Figures {
         self.encode_keys(e)?;
         self.encode_radio(e)?;
         self.encode_proxy(e)?;
+        self.encode_mqtt(e)?;
         gauge(
             e,
             "store_error",
@@ -477,6 +480,69 @@ impl Figures {
             series
                 .iter()
                 .map(|c| ([("client", c.client.as_str())], c.dropped)),
+        )
+    }
+}
+
+impl Figures {
+    /// The broker (`--mqtt`): its state and what it taught.
+    fn encode_mqtt(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        use crate::engine::mqtt::MqttState;
+        let Some(mqtt) = &self.mqtt else {
+            return Ok(());
+        };
+        let now = match mqtt.state {
+            MqttState::Connecting => "connecting",
+            MqttState::Connected => "connected",
+            MqttState::Backoff { .. } => "backoff",
+        };
+        family(
+            e,
+            "mqtt_state",
+            "The broker connection's state: 1 for the current one, 0 for the others.",
+            None,
+            MetricType::Gauge,
+            ["connecting", "connected", "backoff"]
+                .into_iter()
+                .map(|state| ([("state", state)], u64::from(state == now))),
+        )?;
+        let c = &mqtt.counts;
+        counter(
+            e,
+            "mqtt_messages",
+            "Messages received from the broker.",
+            None,
+            c.messages,
+        )?;
+        family(
+            e,
+            "mqtt_keys",
+            "Keys read from the broker and handed to the store, by where they came from.",
+            None,
+            MetricType::Counter,
+            [
+                ([("from", "uplink")], c.uplink_keys),
+                ([("from", "fleet")], c.fleet_in),
+            ],
+        )?;
+        counter(
+            e,
+            "mqtt_fleet_published",
+            "Key records this keysync published to its fleet.",
+            None,
+            c.fleet_out,
+        )?;
+        family(
+            e,
+            "mqtt_messages_refused",
+            "Messages from the broker that taught nothing, by why.",
+            None,
+            MetricType::Counter,
+            [
+                ([("why", "ignored")], c.ignored),
+                ([("why", "oversized")], c.oversized),
+                ([("why", "undecryptable")], c.undecryptable),
+            ],
         )
     }
 }
