@@ -176,12 +176,7 @@ fn draw_too_small(frame: &mut Frame<'_>, area: Rect, theme: &Theme) {
 }
 
 fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
-    let View {
-        app,
-        snap,
-        now,
-        theme,
-    } = *view;
+    let (app, snap, now, theme) = (view.app, view.snap, view.now, view.theme);
     let link = &snap.link;
     let kind = LinkKind::of(&link.state);
     let since = now.duration_since(link.since).unwrap_or_default();

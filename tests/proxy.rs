@@ -116,29 +116,13 @@ async fn config_replay_answers_downstream_without_asking_the_radio() {
     let before = p.sim.counters().received_besides_heartbeats();
     let mut client = connect(&p.engine).await;
     let full = download(&mut client, 777).await;
-    let nodes = full
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.payload_variant,
-                Some(from_radio::PayloadVariant::NodeInfo(_))
-            )
-        })
-        .count();
+    let nodes = raw::node_infos(&full).len();
     assert_eq!(nodes, 26, "own node + 25");
     assert!(
         matches!(full[0].payload_variant, Some(from_radio::PayloadVariant::MyInfo(ref m)) if m.nodedb_count == 26)
     );
     let config_only = download(&mut client, radio::CONFIG_ONLY_NONCE).await;
-    let nodes = config_only
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.payload_variant,
-                Some(from_radio::PayloadVariant::NodeInfo(_))
-            )
-        })
-        .count();
+    let nodes = raw::node_infos(&config_only).len();
     assert_eq!(nodes, 1, "69420: own node only");
     assert!(
         matches!(config_only[0].payload_variant, Some(from_radio::PayloadVariant::MyInfo(ref m)) if m.nodedb_count == 26),

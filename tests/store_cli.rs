@@ -105,14 +105,26 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     let (code, _, err) = run(keysync(&db).args(["keys", "reject", "!deadbeef"]));
     assert_eq!(code, 1);
     assert!(err.contains("no node !deadbeef"), "{err}");
-    let s = Store::open(&db).expect("opens");
-    let trusted: Vec<_> = s
+    assert_eq!(trusted(&db), vec![(0x0a0a_0a0a, 2), (0x0b0b_0b0b, 1)]);
+}
+
+/// The trusted keys in `db`: node and the key's first byte.
+fn trusted(db: &Path) -> Vec<(u32, u8)> {
+    Store::open(db)
+        .expect("opens")
         .trusted()
         .expect("reads")
         .iter()
         .map(|k| (k.num, k.key[0]))
-        .collect();
-    assert_eq!(trusted, vec![(0x0a0a_0a0a, 2), (0x0b0b_0b0b, 1)]);
+        .collect()
+}
+
+/// `keysync keys` on `db` fails (exit 1) naming each of `why`, and the file is still `before`.
+fn refused_untouched(db: &Path, why: &[&str], before: &[u8]) {
+    let (code, _, err) = run(keysync(db).arg("keys"));
+    assert_eq!(code, 1);
+    assert!(why.iter().all(|w| err.contains(w)), "{err}");
+    assert_eq!(std::fs::read(db).expect("read"), before);
 }
 
 #[test]
@@ -121,13 +133,7 @@ fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
     let db = dir.path().join("notes.txt");
     let text = b"shopping list: antenna, coax, 18650 cells\n".repeat(200);
     std::fs::write(&db, &text).expect("write");
-    let (code, _, err) = run(keysync(&db).arg("keys"));
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("notes.txt") && err.contains("not a keysync database"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(&db).expect("read"), text);
+    refused_untouched(&db, &["notes.txt", "not a keysync database"], &text);
 }
 
 #[test]
@@ -179,13 +185,7 @@ fn a_database_from_a_newer_keysync_is_refused_and_left_untouched() {
         .and_then(|c| c.execute_batch("PRAGMA user_version = 99; PRAGMA wal_checkpoint(TRUNCATE);"))
         .expect("bump");
     let before = std::fs::read(&db).expect("read");
-    let (code, _, err) = run(keysync(&db).arg("keys"));
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("newer keysync") && err.contains("schema 99"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(&db).expect("read"), before);
+    refused_untouched(&db, &["newer keysync", "schema 99"], &before);
 }
 
 #[test]
@@ -275,14 +275,8 @@ fn meshbot_import_reads_every_key_encoding_and_id_form_without_touching_the_sour
         before,
         "source untouched"
     );
+    assert_eq!(trusted(&db), vec![(0xa1, 0x11), (0xa2, 0x22), (0xa3, 0x99)]);
     let s = Store::open(&db).expect("opens");
-    let trusted: Vec<_> = s
-        .trusted()
-        .expect("reads")
-        .iter()
-        .map(|k| (k.num, k.key[0]))
-        .collect();
-    assert_eq!(trusted, vec![(0xa1, 0x11), (0xa2, 0x22), (0xa3, 0x99)]);
     assert_eq!(s.pending_nodes().expect("reads"), vec![0xa3]);
 
     let (code, _, err) = run(keysync(&db).args(["import", "meshbot", "/nonexistent/meshbot.db"]));

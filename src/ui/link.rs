@@ -190,12 +190,7 @@ fn bar<'a>(
 }
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
-    let View {
-        app,
-        snap,
-        now,
-        theme,
-    } = *view;
+    let (app, snap, now, theme) = (view.app, view.snap, view.now, view.theme);
     let focused = app.focus == Pane::Link;
     let window = app.window();
     let link = &snap.link;

@@ -29,12 +29,7 @@ pub fn radio_label(r: RadioKey) -> &'static str {
 }
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
-    let View {
-        app,
-        snap,
-        now,
-        theme,
-    } = *view;
+    let (app, snap, now, theme) = (view.app, view.snap, view.now, view.theme);
     let focused = app.focus == Pane::Nodes;
     let rows = app.visible_nodes(snap);
     let pending = snap

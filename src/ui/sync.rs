@@ -29,12 +29,7 @@ pub fn outcome_glyph(r: &SyncReport) -> char {
 }
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
-    let View {
-        app,
-        snap,
-        now,
-        theme,
-    } = *view;
+    let (app, snap, now, theme) = (view.app, view.snap, view.now, view.theme);
     let focused = app.focus == Pane::Sync;
     let sync = &snap.sync;
     let title = Line::from(vec![

@@ -87,45 +87,35 @@ fn event(secs_ago: u64, state: LinkState) -> LinkEvent {
     }
 }
 
+/// Waiting 800 ms before attempt `attempt`, under a ceiling of `ceiling` seconds.
+fn backoff(secs_ago: u64, attempt: u32, ceiling: u64) -> LinkEvent {
+    event(
+        secs_ago,
+        LinkState::Backoff {
+            attempt,
+            ceiling: Duration::from_secs(ceiling),
+            delay: Duration::from_millis(800),
+        },
+    )
+}
+
 /// The link's history: up, a drop 25 s after a pushing sync, a stall, up again.
 pub fn timeline() -> VecDeque<LinkEvent> {
-    let d = Duration::from_millis(800);
     [
         event(1500, LinkState::Connecting { attempt: 1 }),
         event(1499, LinkState::Configuring),
         event(1499, LinkState::Up),
         event(1000, LinkState::Closed(CloseCause::ClosedByRadio)),
-        event(
-            1000,
-            LinkState::Backoff {
-                attempt: 1,
-                ceiling: Duration::from_secs(1),
-                delay: d,
-            },
-        ),
+        backoff(1000, 1, 1),
         event(999, LinkState::Connecting { attempt: 2 }),
         event(990, LinkState::Closed(CloseCause::Refused)),
-        event(
-            990,
-            LinkState::Backoff {
-                attempt: 2,
-                ceiling: Duration::from_secs(2),
-                delay: d,
-            },
-        ),
+        backoff(990, 2, 2),
         event(960, LinkState::Connecting { attempt: 3 }),
         event(959, LinkState::Configuring),
         event(959, LinkState::Up),
         event(400, LinkState::Stalled),
         event(400, LinkState::Closed(CloseCause::Stalled)),
-        event(
-            400,
-            LinkState::Backoff {
-                attempt: 1,
-                ceiling: Duration::from_secs(1),
-                delay: d,
-            },
-        ),
+        backoff(400, 1, 1),
         event(399, LinkState::Connecting { attempt: 2 }),
         event(398, LinkState::Configuring),
         event(398, LinkState::Up),
