@@ -42,9 +42,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
-    AdminMessage, ClientNotification, Data, FromRadio, MeshPacket, NodeInfo, PortNum, QueueStatus,
-    Routing, ToRadio, admin_message, config, from_radio, log_record, mesh_packet, routing,
-    to_radio,
+    AdminMessage, ClientNotification, Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing,
+    ToRadio, admin_message, config, from_radio, log_record, mesh_packet, routing, to_radio,
 };
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -1076,15 +1075,12 @@ async fn refuse(stream: TcpStream, max: usize) {
 /// A QueueStatus composed by keysync: answers to heartbeats, and to packets keysync refuses
 /// as the radio would.
 fn queue_status(res: i32, free: u32, maxlen: u32, mesh_packet_id: u32) -> Bytes {
-    RadioFrame::composed(FromRadio {
-        id: 0,
-        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
-            res,
-            free,
-            maxlen,
-            mesh_packet_id,
-        })),
-    })
+    RadioFrame::composed(crate::radio::queue_status(
+        res,
+        free,
+        maxlen,
+        mesh_packet_id,
+    ))
     .payload
 }
 

@@ -414,6 +414,22 @@ pub fn answers_heartbeats(version: &str) -> bool {
     firmware_version(version).is_some_and(|v| v >= (2, 7, 6))
 }
 
+/// `FromRadio{queueStatus}`: the radio's queue after packet `mesh_packet_id` (0: none), with
+/// `res` 0 for taken.
+pub fn queue_status(res: i32, free: u32, maxlen: u32, mesh_packet_id: u32) -> FromRadio {
+    FromRadio {
+        id: 0,
+        payload_variant: Some(from_radio::PayloadVariant::QueueStatus(
+            meshtastic::protobufs::QueueStatus {
+                res,
+                free,
+                maxlen,
+                mesh_packet_id,
+            },
+        )),
+    }
+}
+
 /// The radio's answer to a heartbeat: a QueueStatus for no packet (`mesh_packet_id == 0`).
 pub fn answers_heartbeat(frame: &FromRadio) -> bool {
     matches!(&frame.payload_variant,

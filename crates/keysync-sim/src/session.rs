@@ -13,8 +13,8 @@ use futures::{SinkExt, StreamExt};
 use meshtastic::Message;
 use meshtastic::protobufs::{
     Channel, ChannelSettings, Config, DeviceMetadata, DeviceUiConfig, FileInfo, FromRadio,
-    MeshPacket, ModuleConfig, MyNodeInfo, NodeInfo, PortNum, QueueStatus, SharedContact, ToRadio,
-    admin_message, channel, config, from_radio, mesh_packet, module_config, to_radio,
+    MeshPacket, ModuleConfig, MyNodeInfo, NodeInfo, PortNum, SharedContact, ToRadio, admin_message,
+    channel, config, from_radio, mesh_packet, module_config, to_radio,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -238,15 +238,7 @@ impl Client {
             .queue_full_until
             .is_some_and(|t| Instant::now() < t);
         let free = if full { 0 } else { maxlen };
-        FromRadio {
-            id: 0,
-            payload_variant: Some(from_radio::PayloadVariant::QueueStatus(QueueStatus {
-                res,
-                free,
-                maxlen,
-                mesh_packet_id,
-            })),
-        }
+        keysync_engine::radio::queue_status(res, free, maxlen, mesh_packet_id)
     }
 
     fn profile(&self) -> &Profile {
