@@ -729,15 +729,11 @@ impl Store {
 
     /// Nodes with a pending key (their keys wait for the operator and are not pushed).
     pub fn pending_nodes(&self) -> Result<Vec<u32>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT DISTINCT node_num FROM keys WHERE state = 'pending' ORDER BY node_num",
-            )
-            .map_err(|e| self.error(e))?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .map_err(|e| self.error(e))
+        self.rows(
+            "SELECT DISTINCT node_num FROM keys WHERE state = 'pending' ORDER BY node_num",
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// Whether the store has heard of node `num`.
@@ -815,22 +811,18 @@ impl Store {
 
     /// Every key event of a node, oldest first.
     pub fn history(&self, num: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, at, source, event FROM key_history WHERE node_num = ?1 ORDER BY at, id",
-            )
-            .map_err(|e| self.error(e))?;
-        stmt.query_map([num], |r| {
-            Ok(KeyEvent {
-                key: r.get(0)?,
-                at: from_millis(r.get(1)?),
-                source: r.get(2)?,
-                event: r.get(3)?,
-            })
-        })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.error(e))
+        self.rows(
+            "SELECT key, at, source, event FROM key_history WHERE node_num = ?1 ORDER BY at, id",
+            [num],
+            |r| {
+                Ok(KeyEvent {
+                    key: r.get(0)?,
+                    at: from_millis(r.get(1)?),
+                    source: r.get(2)?,
+                    event: r.get(3)?,
+                })
+            },
+        )
     }
 
     /// The operator trusts the pending key: it replaces the trusted one (which is retired).
@@ -957,8 +949,19 @@ impl Store {
     }
 
     fn nums(&self, sql: &str) -> Result<BTreeSet<u32>, StoreError> {
+        self.rows(sql, [], |r| r.get(0))
+    }
+
+    /// Every row `sql` selects with `params`, each made by `row`; a failure is the store's
+    /// error, naming the file.
+    fn rows<T, C: FromIterator<T>>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<C, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.error(e))?;
-        stmt.query_map([], |r| r.get(0))
+        stmt.query_map(params, row)
             .and_then(Iterator::collect)
             .map_err(|e| self.error(e))
     }
@@ -1090,15 +1093,10 @@ impl Store {
 
     /// The latest `limit` runs, newest first.
     pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT started_at, outcome, reason, fingerprint, known, in_radio, pushed,
-                        conflicts, deferred, duration_ms, error
-                 FROM sync_runs ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.error(e))?;
-        stmt.query_map([limit], |r| {
+        let sql = "SELECT started_at, outcome, reason, fingerprint, known, in_radio, pushed,
+                          conflicts, deferred, duration_ms, error
+                   FROM sync_runs ORDER BY id DESC LIMIT ?1";
+        self.rows(sql, [limit], |r| {
             Ok(RunRecord {
                 started_at: from_millis(r.get(0)?),
                 outcome: r.get(1)?,
@@ -1113,8 +1111,6 @@ impl Store {
                 error: r.get(10)?,
             })
         })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.error(e))
     }
 
     pub fn record_link_event(
