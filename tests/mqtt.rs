@@ -224,6 +224,20 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
         "scraped from the snapshot"
     );
     assert!(common::sample(&m, "keysync_mqtt_messages_total", &[]) >= uplink_keys);
+    // Every broker series the Grafana dashboard queries is served.
+    let served: std::collections::BTreeSet<&str> =
+        m.samples.iter().map(|s| s.metric.as_str()).collect();
+    let queried: Vec<String> = common::dashboard_metrics()
+        .into_iter()
+        .filter(|n| n.starts_with("keysync_mqtt_"))
+        .collect();
+    assert!(queried.len() >= 4, "{queried:?}");
+    for name in &queried {
+        assert!(
+            served.contains(name.as_str()),
+            "the dashboard queries {name}, not served"
+        );
+    }
     drop(metrics);
     gw.engine.quit().await;
 }

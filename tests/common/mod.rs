@@ -306,3 +306,24 @@ pub fn sigterm(child: &std::process::Child) {
         .expect("kill runs");
     assert!(killed.success());
 }
+
+/// Every `keysync_…` name in the Grafana dashboard's queries.
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/grafana-keysync.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard is in assets/");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a query");
+            for (at, _) in expr.match_indices("keysync_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
