@@ -1179,12 +1179,7 @@ impl EngineLoop {
     }
 
     fn patch(&mut self, num: u32, patch: ViewPatch) {
-        match self.patches.entry(num) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(patch),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(patch);
-            }
-        }
+        self.patches.entry(num).or_default().merge(patch);
     }
 
     /// Applies the pending patches to the snapshot's rows in place; false when a patched node

@@ -797,20 +797,30 @@ impl ReplayEffect {
     }
 }
 
-/// What a client's packet, admitted and on its way to the radio, changes in the replay: the
-/// node list at once (as the firmware does it on receipt, AdminModule.cpp), the configuration
-/// through a config-only refresh queued behind the packet, so the radio has applied it first.
+/// What a client's admitted packet changes in the replay, applied by [`apply_to_replay`] once
+/// the packet is held for the radio: the node list at once (as the firmware does it on receipt,
+/// AdminModule.cpp), the configuration through a config-only refresh queued behind the packet,
+/// so the radio has applied it first.
 fn replay_effect(shared: &Shared, packet: &MeshPacket) -> ReplayEffect {
     let AdminPayload::Admin(admin) = admin_payload(packet) else {
         return ReplayEffect::None;
     };
-    let mut up = lock(&shared.upstream);
-    let own = up.session.as_ref().map_or(0, |s| s.my_node_num);
+    let own = lock(&shared.upstream)
+        .session
+        .as_ref()
+        .map_or(0, |s| s.my_node_num);
     // Admin for another node goes over the mesh and changes nothing here.
     if packet.to != own && packet.to != 0 {
         return ReplayEffect::None;
     }
-    let effect = ReplayEffect::of(&admin);
+    ReplayEffect::of(&admin)
+}
+
+/// Applies `effect` of a packet now held for the radio: the node list at once; a configuration
+/// change counts a refresh that replays wait for.
+fn apply_to_replay(shared: &Shared, effect: ReplayEffect) {
+    let mut up = lock(&shared.upstream);
+    let own = up.session.as_ref().map_or(0, |s| s.my_node_num);
     match effect {
         ReplayEffect::Removed(num) if num != own => up.nodes.retain(|n| n.num != num),
         ReplayEffect::Favourite(num, on) => {
@@ -828,7 +838,6 @@ fn replay_effect(shared: &Shared, packet: &MeshPacket) -> ReplayEffect {
         }
         ReplayEffect::Removed(_) | ReplayEffect::None => {}
     }
-    effect
 }
 
 /// The one writer towards the radio: the clients' held packets in turn, each when keysync's
@@ -1225,7 +1234,7 @@ fn take_packet(
     if packet.id == 0 {
         packet.id = rand::rng().random_range(1..=u32::MAX);
     }
-    // What it changes in the replay: the node list at once, the configuration by a
+    // What it changes in the replay once held: the node list at once, the configuration by a
     // config-only refresh queued right behind it.
     let effect = replay_effect(shared, &packet);
     let up = Upward {
@@ -1236,12 +1245,11 @@ fn take_packet(
         },
         reply: reply.clone(),
     };
-    let held = hold(shared, stats, up);
-    if effect == ReplayEffect::Config {
-        if held {
+    // A packet the full queue refused changes nothing on the radio, nor in the replay.
+    if hold(shared, stats, up) {
+        apply_to_replay(shared, effect);
+        if effect == ReplayEffect::Config {
             queue_refresh(shared, stats, reply);
-        } else {
-            shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 }
