@@ -683,17 +683,20 @@ impl App {
         match code {
             KeyCode::Enter => {}
             KeyCode::Esc => self.nodes.filter.clear(),
-            KeyCode::Backspace => {
-                self.nodes.filter.pop();
-                self.overlay = Some(Overlay::Filter);
-            }
-            KeyCode::Char(c) => {
-                if !c.is_control() && self.nodes.filter.chars().count() < 32 {
-                    self.nodes.filter.push(c);
+            typed => {
+                match typed {
+                    KeyCode::Backspace => {
+                        self.nodes.filter.pop();
+                    }
+                    KeyCode::Char(c)
+                        if !c.is_control() && self.nodes.filter.chars().count() < 32 =>
+                    {
+                        self.nodes.filter.push(c);
+                    }
+                    _ => {}
                 }
                 self.overlay = Some(Overlay::Filter);
             }
-            _ => self.overlay = Some(Overlay::Filter),
         }
         self.nodes.selected = 0;
     }
