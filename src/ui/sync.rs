@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
@@ -97,6 +98,14 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+/// `label` and `n`, in `marked` when there are any.
+fn count<'a>(label: &str, n: u32, marked: Style, theme: &Theme) -> Span<'a> {
+    Span::styled(
+        format!("{label}{n}"),
+        if n > 0 { marked } else { theme.text() },
+    )
+}
+
 /// The last run: badge, counts, error and reason.
 fn outcome_lines<'a>(
     last: Option<&SyncReport>,
@@ -133,36 +142,15 @@ fn outcome_lines<'a>(
                 ]));
             } else {
                 lines.push(Line::from(vec![
-                    Span::styled(
-                        format!("pushed {}", r.pushed),
-                        if r.pushed > 0 {
-                            theme.warn()
-                        } else {
-                            theme.text()
-                        },
-                    ),
+                    count("pushed ", r.pushed, theme.warn(), theme),
                     Span::raw(format!(" · known {} · in radio {}", r.known, r.in_radio)),
                 ]));
                 if r.plan.is_some() {
                     lines.push(plan_line(r, inner_width, theme));
                 }
                 lines.push(Line::from(vec![
-                    Span::styled(
-                        format!("conflicts {}", r.conflicts),
-                        if r.conflicts > 0 {
-                            theme.pending()
-                        } else {
-                            theme.text()
-                        },
-                    ),
-                    Span::styled(
-                        format!(" · deferred {}", r.deferred),
-                        if r.deferred > 0 {
-                            theme.warn()
-                        } else {
-                            theme.text()
-                        },
-                    ),
+                    count("conflicts ", r.conflicts, theme.pending(), theme),
+                    count(" · deferred ", r.deferred, theme.warn(), theme),
                     Span::raw(format!(
                         " · {} frame{}",
                         r.frames_sent,

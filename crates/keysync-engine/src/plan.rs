@@ -959,42 +959,16 @@ mod tests {
 
     #[test]
     fn capacity_comes_from_the_hardware() {
-        let t = RadioTraits::new(
-            "2.7.26",
-            HardwareModel::Rak4631 as i32,
-            "",
-            false,
-            false,
-            None,
-        );
-        assert_eq!(t.capacity, 80);
-        let t = RadioTraits::new(
-            "2.8.0",
-            HardwareModel::Rak4631 as i32,
-            "",
-            false,
-            false,
-            None,
-        );
-        assert_eq!(t.capacity, 120);
-        let t = RadioTraits::new(
-            "2.7.4",
-            HardwareModel::Tbeam as i32,
-            "tbeam",
-            false,
-            false,
-            None,
-        );
-        assert_eq!(t.capacity, 100);
-        let t = RadioTraits::new(
-            "2.7.26",
-            HardwareModel::Portduino as i32,
-            "native",
-            false,
-            false,
-            None,
-        );
-        assert_eq!(t.capacity, 200);
+        let cases = [
+            ("2.7.26", HardwareModel::Rak4631, "", 80),
+            ("2.8.0", HardwareModel::Rak4631, "", 120),
+            ("2.7.4", HardwareModel::Tbeam, "tbeam", 100),
+            ("2.7.26", HardwareModel::Portduino, "native", 200),
+        ];
+        for (firmware, hw, pio_env, capacity) in cases {
+            let t = RadioTraits::new(firmware, hw as i32, pio_env, false, false, None);
+            assert_eq!(t.capacity, capacity, "{firmware} on {hw:?}");
+        }
         let t = RadioTraits::new("2.7.26", 0, "", false, false, None);
         assert!(t.capacity_source.contains("--radio-capacity"));
     }

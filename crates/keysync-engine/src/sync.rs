@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, timeout_at};
 
+use super::codec::RadioFrame;
 use super::link::{LinkNotice, LinkSender, Session};
 use super::plan::{self, Mirror, Op, PlanInput, RadioNode, RadioTraits};
 use super::radio::{self, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, valid_key};
@@ -922,38 +923,23 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
     // proxy's config-only refresh, which the link lets finish first) or are live updates.
     let mut asked = false;
     loop {
-        let notice = match timeout_at(deadline, job.notices.recv()).await {
-            Err(_) => {
-                return Err(SyncError::DownloadTimeout {
-                    after: compact(job.settings.download_timeout),
-                    received: nodes.len(),
-                });
-            }
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => return Err(SyncError::Lagged(n)),
-            Ok(Err(broadcast::error::RecvError::Closed)) => return Err(SyncError::LinkStopped),
-            Ok(Ok(notice)) => notice,
+        let Some(notice) = next_notice(job, deadline, "during the download").await? else {
+            return Err(SyncError::DownloadTimeout {
+                after: compact(job.settings.download_timeout),
+                received: nodes.len(),
+            });
         };
         match notice {
-            LinkNotice::Down(cause) => {
-                return Err(SyncError::LinkLost {
-                    during: "during the download",
-                    cause: cause.to_string(),
-                });
-            }
-            LinkNotice::Up(_) => {
-                return Err(SyncError::Reconnected {
-                    during: "during the download",
-                });
-            }
-            LinkNotice::Download(n) => asked |= n == nonce,
-            LinkNotice::Frame(frame) if asked => match &frame.payload_variant {
+            Heard::Download(n) => asked |= n == nonce,
+            Heard::Frame(frame) if asked => match &frame.payload_variant {
                 Some(from_radio::PayloadVariant::NodeInfo(node)) => nodes.push(node.clone()),
                 Some(from_radio::PayloadVariant::ConfigCompleteId(n)) if *n == nonce => {
                     return Ok(nodes);
                 }
                 _ => {}
             },
-            LinkNotice::Frame(_) => {}
+            Heard::Frame(_) => {}
+            Heard::Lagged(n) => return Err(SyncError::Lagged(n)),
         }
     }
 }
@@ -1103,38 +1089,53 @@ fn record_op(
     }
 }
 
+/// What the link said while a run waits on it, within the session the run started in.
+enum Heard {
+    Download(u32),
+    Frame(Arc<RadioFrame>),
+    /// The run fell this many notices behind the link.
+    Lagged(u64),
+}
+
+/// The link's next notice before `deadline` (`None` once it passes). The session ending or a
+/// new one starting ends the run, as an error saying what it was `doing`.
+async fn next_notice(
+    job: &mut SyncJob,
+    deadline: Instant,
+    doing: &'static str,
+) -> Result<Option<Heard>, SyncError> {
+    let Ok(received) = timeout_at(deadline, job.notices.recv()).await else {
+        return Ok(None);
+    };
+    match received {
+        Err(broadcast::error::RecvError::Lagged(n)) => Ok(Some(Heard::Lagged(n))),
+        Err(broadcast::error::RecvError::Closed) => Err(SyncError::LinkStopped),
+        Ok(LinkNotice::Down(cause)) => Err(SyncError::LinkLost {
+            during: doing,
+            cause: cause.to_string(),
+        }),
+        Ok(LinkNotice::Up(_)) => Err(SyncError::Reconnected { during: doing }),
+        Ok(LinkNotice::Download(n)) => Ok(Some(Heard::Download(n))),
+        Ok(LinkNotice::Frame(frame)) => Ok(Some(Heard::Frame(frame))),
+    }
+}
+
 /// Waits for the QueueStatus answering packet `id`, and while the radio's queue is full, for
 /// one with room. Neither is guaranteed to come: each wait ends after `queue_timeout`.
 async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), SyncError> {
     let deadline = Instant::now() + job.settings.queue_timeout;
     let mut answered = false;
     loop {
-        let notice = match timeout_at(deadline, job.notices.recv()).await {
-            Err(_) => {
-                log::debug!(target: "keysync::sync",
-                    "no QueueStatus {} for packet {id:08x} within {}; going on",
-                    if answered { "with room" } else { "answer" },
-                    compact(job.settings.queue_timeout));
-                return Ok(());
-            }
-            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(broadcast::error::RecvError::Closed)) => return Err(SyncError::LinkStopped),
-            Ok(Ok(notice)) => notice,
+        let Some(notice) = next_notice(job, deadline, "while pushing").await? else {
+            log::debug!(target: "keysync::sync",
+                "no QueueStatus {} for packet {id:08x} within {}; going on",
+                if answered { "with room" } else { "answer" },
+                compact(job.settings.queue_timeout));
+            return Ok(());
         };
         match notice {
-            LinkNotice::Down(cause) => {
-                return Err(SyncError::LinkLost {
-                    during: "while pushing",
-                    cause: cause.to_string(),
-                });
-            }
-            LinkNotice::Up(_) => {
-                return Err(SyncError::Reconnected {
-                    during: "while pushing",
-                });
-            }
-            LinkNotice::Download(_) => {}
-            LinkNotice::Frame(frame) => {
+            Heard::Download(_) | Heard::Lagged(_) => {}
+            Heard::Frame(frame) => {
                 let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant
                 else {
                     continue;

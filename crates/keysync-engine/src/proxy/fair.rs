@@ -306,27 +306,29 @@ mod tests {
     fn positions_telemetry_and_traceroutes_are_limited_per_port() {
         let t0 = Instant::now();
         let mut c = Connection::default();
-        assert_eq!(c.judge(V2_7_26, 1, POSITION, t0), Judgement::Accepted);
-        assert_eq!(c.judge(V2_7_26, 2, TELEMETRY, t0), Judgement::Accepted);
-        assert!(matches!(
-            c.judge(V2_7_26, 3, POSITION, t0 + secs(9.9)),
+        let over = |gap, answer| {
             Judgement::Over(Limit {
-                answer: OverLimit::Silently,
-                ..
+                gap: secs(gap),
+                answer,
             })
-        ));
-        assert_eq!(
-            c.judge(V2_7_26, 4, POSITION, t0 + secs(10.0)),
-            Judgement::Accepted
-        );
-        assert_eq!(c.judge(V2_7_26, 5, TRACEROUTE, t0), Judgement::Accepted);
-        assert!(matches!(
-            c.judge(V2_7_26, 6, TRACEROUTE, t0 + secs(29.0)),
-            Judgement::Over(Limit {
-                answer: OverLimit::Notification(_),
-                ..
-            })
-        ));
+        };
+        let traceroute =
+            OverLimit::Notification("TraceRoute can only be sent once every 30 seconds");
+        let steps = [
+            (1, POSITION, 0.0, Judgement::Accepted),
+            (2, TELEMETRY, 0.0, Judgement::Accepted),
+            (3, POSITION, 9.9, over(10.0, OverLimit::Silently)),
+            (4, POSITION, 10.0, Judgement::Accepted),
+            (5, TRACEROUTE, 0.0, Judgement::Accepted),
+            (6, TRACEROUTE, 29.0, over(30.0, traceroute)),
+        ];
+        for (id, port, at, expected) in steps {
+            assert_eq!(
+                c.judge(V2_7_26, id, port, t0 + secs(at)),
+                expected,
+                "packet {id}"
+            );
+        }
         for id in 10..20 {
             assert_eq!(
                 c.judge(V2_7_26, id, PRIVATE, t0),
@@ -359,28 +361,28 @@ mod tests {
         let text = PortNum::TextMessageApp as i32;
         let position = PortNum::PositionApp as i32;
         let telemetry = PortNum::TelemetryApp as i32;
-        assert_eq!(limit(Some((2, 6, 11)), text), None);
-        assert!(matches!(
-            limit(Some((2, 7, 3)), text),
-            Some(Limit {
-                answer: OverLimit::Notification(_),
-                ..
-            })
-        ));
-        assert_eq!(
-            limit(None, text).map(|l| l.answer),
-            Some(OverLimit::RoutingError)
-        );
-        assert_eq!(limit(Some((2, 6, 11)), position), None);
-        assert_eq!(
-            limit(Some((2, 5, 20)), position).map(|l| l.gap),
-            Some(secs(5.0))
-        );
-        assert_eq!(limit(Some((2, 5, 20)), telemetry), None);
-        assert_eq!(
-            limit(Some((2, 7, 1)), telemetry).map(|l| l.gap),
-            Some(secs(10.0))
-        );
+        let notification =
+            OverLimit::Notification("Text messages can only be sent once every 2 seconds");
+        let cases = [
+            (Some((2, 6, 11)), text, None),
+            (Some((2, 7, 3)), text, Some((2.0, notification))),
+            (None, text, Some((2.0, OverLimit::RoutingError))),
+            (Some((2, 6, 11)), position, None),
+            (Some((2, 5, 20)), position, Some((5.0, OverLimit::Silently))),
+            (Some((2, 5, 20)), telemetry, None),
+            (
+                Some((2, 7, 1)),
+                telemetry,
+                Some((10.0, OverLimit::Silently)),
+            ),
+        ];
+        for (version, port, expected) in cases {
+            let expected = expected.map(|(gap, answer)| Limit {
+                gap: secs(gap),
+                answer,
+            });
+            assert_eq!(limit(version, port), expected, "{version:?} port {port}");
+        }
     }
 
     #[test]
