@@ -10,9 +10,11 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::EngineConfig;
 use crate::engine::mqtt::MqttConfig;
 use crate::engine::mqtt::broker::BrokerUrl;
 use crate::engine::mqtt::crypto::ChannelKey;
+use crate::engine::proxy::{DestructiveAdmin, ProxyConfig};
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
 /// The radio's TCP API port.
@@ -71,8 +73,10 @@ pub struct StoreArgs {
     pub db: Option<PathBuf>,
 }
 
-/// The radio link, the sync engine and the proxy: for the monitor, --headless and `sync`.
-#[derive(Debug, Clone, Default, Args)]
+/// The radio link, the sync engine and the proxy: for the monitor, --headless and `sync`. The
+/// config file takes the same options, as kebab-case keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct EngineArgs {
     /// Radio address, HOST[:PORT] (port 4403 when omitted).
     #[arg(long, env = "KEYSYNC_HOST", value_parser = normalize_host, value_name = "HOST[:PORT]")]
@@ -80,18 +84,22 @@ pub struct EngineArgs {
 
     /// How often to check whether a sync is needed.
     #[arg(long, env = "KEYSYNC_SYNC_INTERVAL", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
     pub sync_interval: Option<Duration>,
 
     /// How long a full sync stays good while the stored keys do not change.
     #[arg(long, env = "KEYSYNC_CACHE_TTL", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
     pub cache_ttl: Option<Duration>,
 
     /// Heartbeat period on the radio link; no frame for 3 periods means a stalled link.
     #[arg(long, env = "KEYSYNC_HEARTBEAT", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
     pub heartbeat: Option<Duration>,
 
     /// Pause between two flash writes on the radio (add_contact, unfavourite) [default: 1s].
     #[arg(long, env = "KEYSYNC_PUSH_GAP", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
     pub push_gap: Option<Duration>,
 
     /// At most this many add_contact pushes per sync run; the rest wait for the next run.
@@ -122,6 +130,7 @@ pub struct EngineArgs {
 
     /// Keep downstream clients connected through a radio outage this long.
     #[arg(long, env = "KEYSYNC_DOWNSTREAM_GRACE", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
     pub downstream_grace: Option<Duration>,
 
     /// Forward admin messages from downstream clients that are not on loopback.
@@ -136,7 +145,8 @@ pub struct EngineArgs {
         value_delimiter = ',',
         value_name = "KINDS"
     )]
-    pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
+    #[serde(deserialize_with = "from_strs")]
+    pub deny_admin: Vec<DestructiveAdmin>,
 
     /// Serve Prometheus metrics on http://ADDR/metrics and the status as JSON on /status
     /// (e.g. 127.0.0.1:9464).
@@ -154,6 +164,7 @@ pub struct EngineArgs {
         hide_env_values = true,
         value_name = "PASSWORD"
     )]
+    #[serde(skip)]
     pub mqtt_password: Option<String>,
 
     /// Topic root of the uplink, as the gateways' MQTT setting has it [default: msh/+].
@@ -163,6 +174,7 @@ pub struct EngineArgs {
     /// A channel to read the uplink with, besides LongFast and the radio's own: NAME=BASE64KEY
     /// (repeatable).
     #[arg(long, value_name = "NAME=KEY")]
+    #[serde(rename = "channel-keys")]
     pub channel_key: Vec<String>,
 
     /// Share keys with the other keysyncs of this fleet on the broker (keysync/NAME/…).
@@ -457,36 +469,41 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 }
 
 /// The config file's contents; every key optional.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
 pub struct FileConfig {
-    pub host: Option<String>,
     pub db: Option<PathBuf>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
-    pub sync_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
-    pub cache_ttl: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
-    pub heartbeat: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
-    pub push_gap: Option<Duration>,
-    pub max_pushes: Option<u32>,
-    pub max_flash_writes: Option<u32>,
-    pub key_slots: Option<u32>,
-    pub radio_capacity: Option<u32>,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    pub max_clients: Option<usize>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
-    pub downstream_grace: Option<Duration>,
-    pub allow_remote_admin: Option<bool>,
-    pub metrics: Option<SocketAddr>,
-    pub mqtt: Option<String>,
-    pub mqtt_root: Option<String>,
-    /// `NAME=BASE64` each, as `--channel-key`.
-    pub channel_keys: Option<Vec<String>>,
-    pub fleet: Option<String>,
+    #[serde(flatten)]
+    pub engine: EngineArgs,
+    /// Keys no option has: refused, so a misspelt one is not silently ignored.
+    #[serde(flatten)]
+    unknown: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        match file.unknown.keys().next() {
+            Some(key) => Err(format!(
+                "unknown key {key:?}: the keys are the long options without their dashes, e.g. cache-ttl = \"1h\""
+            )),
+            None => Ok(file),
+        }
+    }
+}
+
+/// `serde(deserialize_with)` for a list of values that parse from strings as their flag does.
+fn from_strs<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// A command line that cannot be carried out as written, found after parsing (an ambiguous
@@ -507,44 +524,21 @@ pub enum SettingsError {
 }
 
 /// Everything resolved; what the modes run with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
-    pub host: String,
-    pub db: PathBuf,
+    /// The radio link, the sync, the proxy and the broker, as the engine runs them.
+    pub engine: EngineConfig,
     /// The store is where keysync puts it by default (its directory may be created), not a
     /// path someone wrote (a typo must not leave directories behind).
     pub db_is_default: bool,
     pub config_file: Option<PathBuf>,
-    pub sync_interval: Duration,
-    pub cache_ttl: Duration,
-    pub heartbeat: Duration,
-    pub push_gap: Duration,
-    pub max_pushes: u32,
-    pub max_flash_writes: u32,
-    pub key_slots: Option<u32>,
-    pub radio_capacity: Option<u32>,
     pub log_level: LevelFilter,
     pub log_file: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    pub max_clients: usize,
-    pub downstream_grace: Duration,
-    pub allow_remote_admin: bool,
-    pub deny_admin: Vec<crate::engine::proxy::DestructiveAdmin>,
     /// Serve `/metrics` and `/status` here.
     pub metrics: Option<SocketAddr>,
-    /// The broker to learn from and share with (`--mqtt`).
-    pub mqtt: Option<MqttConfig>,
 }
 
 impl Settings {
-    pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
-    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
-    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
-    /// The QueueStatus comes before the radio's flash write is done: a second apart.
-    pub const DEFAULT_PUSH_GAP: Duration = Duration::from_secs(1);
-    pub const DEFAULT_MAX_PUSHES: u32 = 32;
-    pub const DEFAULT_MAX_FLASH_WRITES: u32 = 60;
-
     /// Reads the config file (the one named, or the default one if it exists) and merges.
     pub fn load(args: &GlobalArgs) -> Result<Self, SettingsError> {
         let dirs = directories::ProjectDirs::from("org", "keysync", "keysync");
@@ -576,12 +570,10 @@ impl Settings {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
-        let mqtt = mqtt_config(&args.engine, &file).map_err(SettingsError::Invalid)?;
-        let host = args
-            .engine
+        let e = args.engine.clone().over(file.engine);
+        let host = e
             .host
             .clone()
-            .or(file.host)
             .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
         let host = normalize_host(&host).map_err(SettingsError::Invalid)?;
         let log_level = match (args.common.log_level, file.log_level) {
@@ -589,126 +581,112 @@ impl Settings {
             (None, Some(s)) => parse_level(&s).map_err(SettingsError::Invalid)?,
             (None, None) => LevelFilter::Info,
         };
+        if e.max_clients == Some(0) {
+            return Err(SettingsError::Invalid(
+                "--max-clients 0 would refuse every downstream client; leave out --listen instead"
+                    .into(),
+            ));
+        }
+        let db = args.store.db.clone().or(file.db);
+        let mut engine = EngineConfig::new(host, db.clone().unwrap_or(default_db));
+        set(&mut engine.link.heartbeat, e.heartbeat);
+        set(&mut engine.sync_interval, e.sync_interval);
+        let sync = &mut engine.sync;
+        set(&mut sync.cache_ttl, e.cache_ttl);
+        set(&mut sync.push_gap, e.push_gap);
+        set(&mut sync.max_pushes, e.max_pushes);
+        set(&mut sync.max_flash_writes, e.max_flash_writes);
+        sync.key_slots = e.key_slots;
+        sync.radio_capacity = e.radio_capacity;
+        engine.proxy = e.listen.map(|listen| {
+            let mut proxy = ProxyConfig::new(listen);
+            set(&mut proxy.max_clients, e.max_clients);
+            set(&mut proxy.downstream_grace, e.downstream_grace);
+            proxy.allow_remote_admin = e.allow_remote_admin;
+            proxy.deny_admin.clone_from(&e.deny_admin);
+            proxy
+        });
+        engine.mqtt = mqtt_config(&e).map_err(SettingsError::Invalid)?;
         let settings = Self {
-            host,
-            db_is_default: args.store.db.is_none() && file.db.is_none(),
-            db: args.store.db.clone().or(file.db).unwrap_or(default_db),
+            engine,
+            db_is_default: db.is_none(),
             config_file,
-            sync_interval: args
-                .engine
-                .sync_interval
-                .or(file.sync_interval)
-                .unwrap_or(Self::DEFAULT_SYNC_INTERVAL),
-            cache_ttl: args
-                .engine
-                .cache_ttl
-                .or(file.cache_ttl)
-                .unwrap_or(Self::DEFAULT_CACHE_TTL),
-            heartbeat: args
-                .engine
-                .heartbeat
-                .or(file.heartbeat)
-                .unwrap_or(Self::DEFAULT_HEARTBEAT),
-            push_gap: args
-                .engine
-                .push_gap
-                .or(file.push_gap)
-                .unwrap_or(Self::DEFAULT_PUSH_GAP),
-            max_pushes: args
-                .engine
-                .max_pushes
-                .or(file.max_pushes)
-                .unwrap_or(Self::DEFAULT_MAX_PUSHES),
-            max_flash_writes: args
-                .engine
-                .max_flash_writes
-                .or(file.max_flash_writes)
-                .unwrap_or(Self::DEFAULT_MAX_FLASH_WRITES),
-            key_slots: args.engine.key_slots.or(file.key_slots),
-            radio_capacity: args.engine.radio_capacity.or(file.radio_capacity),
             log_level,
             log_file: args.common.log_file.clone().or(file.log_file),
-            listen: args.engine.listen.or(file.listen),
-            max_clients: args.engine.max_clients.or(file.max_clients).unwrap_or(8),
-            downstream_grace: args
-                .engine
-                .downstream_grace
-                .or(file.downstream_grace)
-                .unwrap_or(Duration::from_secs(30)),
-            allow_remote_admin: args.engine.allow_remote_admin
-                || file.allow_remote_admin.unwrap_or(false),
-            deny_admin: args.engine.deny_admin.clone(),
-            metrics: args.engine.metrics.or(file.metrics),
-            mqtt,
+            metrics: e.metrics,
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// `host:port` of the radio.
+    pub fn host(&self) -> &str {
+        &self.engine.link.host
+    }
+
+    /// The key store's file.
+    pub fn db(&self) -> &Path {
+        &self.engine.db_path
     }
 
     /// Opens (creating if needed) the key store; only the default location's directory is
     /// created.
     pub fn open_store(&self) -> Result<Store, StoreError> {
         if self.db_is_default
-            && let Some(dir) = self.db.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Some(dir) = self.db().parent().filter(|d| !d.as_os_str().is_empty())
         {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: self.db.clone(),
+                path: self.db().to_path_buf(),
                 detail: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        Store::open(&self.db)
+        Store::open(self.db())
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
-        if self.sync_interval < Duration::from_secs(1) {
+        let (interval, sync) = (self.engine.sync_interval, &self.engine.sync);
+        let heartbeat = self.engine.link.heartbeat;
+        if interval < Duration::from_secs(1) {
             return Err(SettingsError::Invalid(format!(
                 "--sync-interval {} is too short: at least 1s",
-                fmt(self.sync_interval)
+                fmt(interval)
             )));
         }
-        if self.cache_ttl < self.sync_interval {
+        if sync.cache_ttl < interval {
             return Err(SettingsError::Invalid(format!(
                 "--cache-ttl {} is shorter than --sync-interval {}: every check would find the cache expired and sync, which is what keysync exists to avoid; use a TTL of at least {}",
-                fmt(self.cache_ttl),
-                fmt(self.sync_interval),
-                fmt(self.sync_interval)
+                fmt(sync.cache_ttl),
+                fmt(interval),
+                fmt(interval)
             )));
         }
-        if !self
+        if !sync
             .cache_ttl
             .as_millis()
-            .is_multiple_of(self.sync_interval.as_millis())
+            .is_multiple_of(interval.as_millis())
         {
             return Err(SettingsError::Invalid(format!(
                 "--cache-ttl {} is not a multiple of --sync-interval {}: the cache would expire between checks and live longer than it says; try {}",
-                fmt(self.cache_ttl),
-                fmt(self.sync_interval),
-                fmt(self.sync_interval
-                    * u32::try_from(self.cache_ttl.as_millis() / self.sync_interval.as_millis())
+                fmt(sync.cache_ttl),
+                fmt(interval),
+                fmt(interval
+                    * u32::try_from(sync.cache_ttl.as_millis() / interval.as_millis())
                         .unwrap_or(1))
             )));
         }
-        if self.heartbeat < Duration::from_millis(100)
-            || self.heartbeat > Duration::from_secs(5 * 60)
-        {
+        if heartbeat < Duration::from_millis(100) || heartbeat > Duration::from_secs(5 * 60) {
             return Err(SettingsError::Invalid(format!(
                 "--heartbeat {} is out of range: between 100ms and 5m (the radio closes idle clients after 15m, proxies after 5m)",
-                fmt(self.heartbeat)
+                fmt(heartbeat)
             )));
         }
-        if self.max_clients == 0 {
-            return Err(SettingsError::Invalid(
-                "--max-clients 0 would refuse every downstream client; leave out --listen instead"
-                    .into(),
-            ));
-        }
-        if self.max_flash_writes == 0 {
+        if sync.max_flash_writes == 0 {
             return Err(SettingsError::Invalid(
                 "--max-flash-writes 0 would never restore a key; use at least 1".into(),
             ));
         }
-        if self
+        if sync
             .radio_capacity
             .is_some_and(|n| !(2..=10_000).contains(&n))
         {
@@ -716,7 +694,7 @@ impl Settings {
                 "--radio-capacity must be between 2 and 10000 (80 on nRF52, 100 on ESP32)".into(),
             ));
         }
-        if self.max_pushes == 0 {
+        if sync.max_pushes == 0 {
             return Err(SettingsError::Invalid(
                 "--max-pushes 0 would never restore a key; use at least 1".into(),
             ));
@@ -730,23 +708,25 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
         path: path.display().to_string(),
         why: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| SettingsError::ConfigParse {
+    FileConfig::parse(&text).map_err(|why| SettingsError::ConfigParse {
         path: path.display().to_string(),
-        why: e.to_string(),
+        why,
     })
 }
 
-/// The MQTT side from `--mqtt` and its companions (each over the file's); those without a
-/// broker are a usage error.
-fn mqtt_config(args: &EngineArgs, file: &FileConfig) -> Result<Option<MqttConfig>, String> {
-    let root = args.mqtt_root.as_ref().or(file.mqtt_root.as_ref());
-    let fleet = args.fleet.as_ref().or(file.fleet.as_ref());
-    let channel_keys = if args.channel_key.is_empty() {
-        file.channel_keys.as_deref().unwrap_or_default()
-    } else {
-        &args.channel_key
-    };
-    let Some(url) = args.mqtt.as_ref().or(file.mqtt.as_ref()) else {
+/// Overrides `slot` with an option that was given.
+fn set<T>(slot: &mut T, given: Option<T>) {
+    if let Some(value) = given {
+        *slot = value;
+    }
+}
+
+/// The MQTT side from `--mqtt` and its companions; those without a broker are a usage error.
+fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
+    let root = args.mqtt_root.as_ref();
+    let fleet = args.fleet.as_ref();
+    let channel_keys = &args.channel_key;
+    let Some(url) = args.mqtt.as_ref() else {
         let stray = [
             (root.is_some(), "--mqtt-root"),
             (!channel_keys.is_empty(), "--channel-key"),
@@ -815,13 +795,10 @@ mod tests {
 
     #[test]
     fn cli_beats_file_beats_defaults() {
-        let file = FileConfig {
-            host: Some("radio.lan".into()),
-            sync_interval: Some(Duration::from_secs(120)),
-            cache_ttl: Some(Duration::from_secs(600)),
-            db: Some("file.db".into()),
-            ..FileConfig::default()
-        };
+        let file = FileConfig::parse(
+            "host = \"radio.lan\"\nsync-interval = \"2m\"\ncache-ttl = \"10m\"\ndb = \"file.db\"",
+        )
+        .expect("a valid file");
         let args = GlobalArgs {
             engine: EngineArgs {
                 host: Some("10.0.0.5:4000".into()),
@@ -830,28 +807,59 @@ mod tests {
             ..GlobalArgs::default()
         };
         let s = resolve(&args, Some(file)).expect("valid");
-        assert_eq!(s.host, "10.0.0.5:4000");
-        assert_eq!(s.db, PathBuf::from("file.db"));
-        assert_eq!(s.sync_interval, Duration::from_secs(120));
-        assert_eq!(s.cache_ttl, Duration::from_secs(600));
-        assert_eq!(s.heartbeat, Settings::DEFAULT_HEARTBEAT);
+        assert_eq!(s.host(), "10.0.0.5:4000");
+        assert_eq!(s.db(), Path::new("file.db"));
+        assert!(!s.db_is_default);
+        assert_eq!(s.engine.sync_interval, Duration::from_secs(120));
+        assert_eq!(s.engine.sync.cache_ttl, Duration::from_secs(600));
+        assert_eq!(s.engine.link.heartbeat, Duration::from_secs(60));
         let s = resolve(&GlobalArgs::default(), None).expect("defaults are valid");
-        assert_eq!(s.host, "localhost:4403");
-        assert_eq!(s.db, PathBuf::from("default.db"));
+        assert_eq!(s.host(), "localhost:4403");
+        assert_eq!(s.db(), Path::new("default.db"));
+        assert!(s.db_is_default);
         assert_eq!(
-            (s.sync_interval, s.cache_ttl),
+            (s.engine.sync_interval, s.engine.sync.cache_ttl),
             (Duration::from_secs(300), Duration::from_secs(1800))
         );
+        assert!(s.engine.proxy.is_none());
+    }
+
+    #[test]
+    fn the_proxy_comes_from_the_file_with_the_flags_over_it() {
+        let file = FileConfig::parse(
+            "listen = \"127.0.0.1:4404\"\nmax-clients = 3\ndownstream-grace = \"1m\"\ndeny-admin = [\"reboot\", \"nodedb-reset\"]",
+        )
+        .expect("a valid file");
+        let args = GlobalArgs {
+            engine: EngineArgs {
+                max_clients: Some(5),
+                ..EngineArgs::default()
+            },
+            ..GlobalArgs::default()
+        };
+        let proxy = resolve(&args, Some(file))
+            .expect("valid")
+            .engine
+            .proxy
+            .expect("--listen from the file");
+        assert_eq!(proxy.listen.to_string(), "127.0.0.1:4404");
+        assert_eq!(proxy.max_clients, 5);
+        assert_eq!(proxy.downstream_grace, Duration::from_secs(60));
+        assert_eq!(
+            proxy.deny_admin,
+            [DestructiveAdmin::Reboot, DestructiveAdmin::NodedbReset]
+        );
+        assert!(!proxy.allow_remote_admin);
+        let err = FileConfig::parse("deny-admin = [\"reboot\", \"everything\"]").unwrap_err();
+        assert!(err.contains("everything"), "{err}");
     }
 
     #[test]
     fn the_broker_comes_from_the_flags_or_the_file_with_its_channels_and_fleet() {
-        let file = FileConfig {
-            mqtt: Some("mqtt://gw@broker.lan".into()),
-            fleet: Some("north".into()),
-            channel_keys: Some(vec!["ops=AQ==".into()]),
-            ..FileConfig::default()
-        };
+        let file = FileConfig::parse(
+            "mqtt = \"mqtt://gw@broker.lan\"\nfleet = \"north\"\nchannel-keys = [\"ops=AQ==\"]",
+        )
+        .expect("a valid file");
         let args = GlobalArgs {
             engine: EngineArgs {
                 mqtt_password: Some("from-env".into()),
@@ -861,7 +869,7 @@ mod tests {
             ..GlobalArgs::default()
         };
         let s = resolve(&args, Some(file)).expect("valid");
-        let m = s.mqtt.expect("mqtt");
+        let m = s.engine.mqtt.expect("mqtt");
         assert_eq!(m.broker.host, "broker.lan");
         assert_eq!(m.broker.password.as_deref(), Some("from-env"));
         assert_eq!(m.root, "msh/EU_868");
@@ -869,7 +877,12 @@ mod tests {
         assert_eq!(m.channel_keys.len(), 1);
         assert_eq!(m.channel_keys[0].name, "ops");
         let s = resolve(&GlobalArgs::default(), None).expect("valid");
-        assert_eq!(s.mqtt, None);
+        assert_eq!(s.engine.mqtt, None);
+        let err = FileConfig::parse("mqtt-password = \"x\"").unwrap_err();
+        assert!(
+            err.contains("mqtt-password"),
+            "the password is not a file key: {err}"
+        );
     }
 
     #[test]
@@ -1014,12 +1027,37 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_resolves_with_every_key_it_shows() {
+        let example = include_str!("../assets/config.example.toml");
+        let every_key: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for text in [example, every_key.as_str()] {
+            let file = FileConfig::parse(text).expect("the example parses");
+            resolve(&GlobalArgs::default(), Some(file)).expect("the example resolves");
+        }
+        assert!(every_key.contains("\ndeny-admin = "), "{every_key}");
+    }
+
+    #[test]
     fn config_file_rejects_unknown_keys() {
-        let err = toml::from_str::<FileConfig>("hots = \"x\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("hots"), "{err}");
-        let ok: FileConfig = toml::from_str("cache-ttl = \"1h\"\nmax-pushes = 4").unwrap();
-        assert_eq!(ok.cache_ttl, Some(Duration::from_secs(3600)));
+        for (text, names) in [("hots = \"x\"", "hots"), ("cache-ttl = 5", "cache-ttl")] {
+            let err = FileConfig::parse(text).unwrap_err();
+            assert!(err.contains(names), "{text}: {err}");
+        }
+        let ok = FileConfig::parse("cache-ttl = \"1h\"\nmax-pushes = 4").expect("valid");
+        assert_eq!(ok.engine.cache_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(ok.engine.max_pushes, Some(4));
     }
 }

@@ -54,7 +54,7 @@ impl From<&NodeRecord> for KeyRow {
 
 /// `keys [--json]` and `keys accept|reject NODE`.
 pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
-    let mut store = Store::open_existing(&settings.db)?;
+    let mut store = Store::open_existing(settings.db())?;
     match &args.action {
         None => {
             let rows: Vec<KeyRow> = store.nodes()?.iter().map(KeyRow::from).collect();

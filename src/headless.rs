@@ -4,43 +4,10 @@
 use std::time::Duration;
 
 use crate::cli::Settings;
-use crate::engine::link::LinkConfig;
 use crate::engine::store::Store;
-use crate::engine::sync::{Outcome, SyncSettings};
+use crate::engine::sync::Outcome;
 use crate::engine::{self, EngineConfig};
 use crate::sim;
-
-/// The engine's configuration from resolved settings.
-pub fn engine_config(settings: &Settings) -> EngineConfig {
-    let mut link = LinkConfig::new(settings.host.clone());
-    link.heartbeat = settings.heartbeat;
-    EngineConfig {
-        link,
-        sync_interval: settings.sync_interval,
-        sync: SyncSettings {
-            cache_ttl: settings.cache_ttl,
-            push_gap: settings.push_gap,
-            max_pushes: settings.max_pushes,
-            max_flash_writes: settings.max_flash_writes,
-            key_slots: settings.key_slots,
-            radio_capacity: settings.radio_capacity,
-            ..SyncSettings::default()
-        },
-        db_path: settings.db.clone(),
-        proxy: settings
-            .listen
-            .map(|listen| crate::engine::proxy::ProxyConfig {
-                listen,
-                max_clients: settings.max_clients,
-                downstream_grace: settings.downstream_grace,
-                allow_remote_admin: settings.allow_remote_admin,
-                deny_admin: settings.deny_admin.clone(),
-                idle_close: crate::engine::proxy::ProxyConfig::IDLE_CLOSE,
-                partial_frame: crate::engine::proxy::ProxyConfig::PARTIAL_FRAME,
-            }),
-        mqtt: settings.mqtt.clone(),
-    }
-}
 
 /// Runs until SIGINT or SIGTERM, then closes the link and returns.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
@@ -49,9 +16,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let store = settings.open_store()?;
     log::info!(target: "keysync",
         "keysync {} headless: radio {}, key store {}, check every {}, cache TTL {}",
-        env!("CARGO_PKG_VERSION"), settings.host, settings.db.display(),
-        humantime::format_duration(settings.sync_interval), humantime::format_duration(settings.cache_ttl));
-    let engine = start_engine(engine_config(settings), store)?;
+        env!("CARGO_PKG_VERSION"), settings.host(), settings.db().display(),
+        humantime::format_duration(settings.engine.sync_interval), humantime::format_duration(settings.engine.sync.cache_ttl));
+    let engine = start_engine(settings.engine.clone(), store)?;
     if let Some(addr) = engine.snapshot.borrow().proxy_addr {
         log::info!(target: "keysync", "point the gateway's bot at {addr} (TCPInterface(hostname=\"{}\", portNumber={}))", addr.ip(), addr.port());
     }
@@ -81,7 +48,7 @@ pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()
     // One sync with the radio: the broker is for the modes that keep running.
     let config = EngineConfig {
         mqtt: None,
-        ..engine_config(settings)
+        ..settings.engine.clone()
     };
     let engine = start_engine(config, store)?;
     let mut snapshot = engine.snapshot.clone();
@@ -100,7 +67,7 @@ pub async fn sync_once(settings: &Settings, wait: Duration) -> anyhow::Result<()
             .map_or_else(|| link.state.to_string(), |c| c.to_string());
         anyhow::bail!(
             "could not reach the radio at {} within {}: {cause}",
-            settings.host,
+            settings.host(),
             humantime::format_duration(wait)
         );
     };

@@ -16,7 +16,6 @@ use crate::cli::Settings;
 use crate::demo::Demo;
 use crate::engine::EngineHandle;
 use crate::engine::store::Store;
-use crate::headless::engine_config;
 use crate::ui::{self, theme::Theme};
 
 /// How many log records the log pane keeps to scroll back through.
@@ -54,7 +53,7 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the monitor against `settings.host`, or against the built-in simulated radio.
+/// Runs the monitor against `settings.host()`, or against the built-in simulated radio.
 pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
     init_logging(settings)?;
     // Bound before the engine starts: a taken port must not cost the radio's one TCP slot.
@@ -64,7 +63,7 @@ pub async fn run(settings: &Settings, demo: bool) -> anyhow::Result<()> {
         let config = demo.config.clone();
         (Some(demo), config, store)
     } else {
-        (None, engine_config(settings), settings.open_store()?)
+        (None, settings.engine.clone(), settings.open_store()?)
     };
     // A second connection for the key history view; the engine owns the first.
     let reader = Store::open(&config.db_path)?;

@@ -183,8 +183,9 @@ impl Figures {
         self.encode_radio(e)?;
         self.encode_proxy(e)?;
         self.encode_mqtt(e)?;
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "store_error",
             "1 while the last call to the key store failed (locked, disk full).",
             None,
@@ -203,15 +204,17 @@ impl Figures {
                 .iter()
                 .map(|l| ([("state", *l)], u64::from(*l == self.link_state))),
         )?;
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "link_up",
             "How long the radio link has been up; 0 while it is down.",
             Some(&Unit::Seconds),
             self.up_for.as_secs_f64(),
         )?;
-        counter(
+        single(
             e,
+            MetricType::Counter,
             "link_sessions",
             "Connections to the radio that completed their handshake.",
             None,
@@ -262,7 +265,7 @@ impl Figures {
                 t.undecodable,
             ),
         ] {
-            counter(e, name, help, unit, value)?;
+            single(e, MetricType::Counter, name, help, unit, value)?;
         }
         histogram(
             e,
@@ -301,16 +304,18 @@ impl Figures {
             "How long sync runs took, skipped ones included.",
             &totals.duration,
         )?;
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "sync_running",
             "1 while a sync run is in progress.",
             None,
             u64::from(self.running),
         )?;
         if let Some(at) = self.last_run {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "sync_last_run_timestamp",
                 "When the last sync run ended (Unix time).",
                 Some(&Unit::Seconds),
@@ -318,39 +323,44 @@ impl Figures {
             )?;
         }
         if let Some(at) = self.last_full_sync {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "sync_last_full_sync_timestamp",
                 "When the last full sync completed (Unix time); the cache's age starts there.",
                 Some(&Unit::Seconds),
                 unix(at),
             )?;
         }
-        counter(
+        single(
             e,
+            MetricType::Counter,
             "pushes",
             "add_contact messages sent to the radio (each one a flash write).",
             None,
             totals.pushes,
         )?;
-        counter(
+        single(
             e,
+            MetricType::Counter,
             "flash_writes",
             "Flash writes keysync caused on the radio: add_contact and remove_favorite_node.",
             None,
             totals.flash_writes(),
         )?;
         if let Some(n) = self.flash_last_hour {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "flash_writes_last_hour",
                 "Flash writes keysync caused in the last hour (across restarts).",
                 None,
                 n,
             )?;
         }
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "flash_writes_budget_per_hour",
             "--max-flash-writes: at most this many flash writes per hour.",
             None,
@@ -387,15 +397,17 @@ impl Figures {
                 .position(|x| *x == k)
                 .map_or(0, |i| self.standing[i])
         };
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "keys_in_radio",
             "Trusted keys the radio holds (pushed ones included).",
             None,
             count(RadioKey::InRadio) + count(RadioKey::Pushed),
         )?;
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "keys_stored_only",
             "Trusted keys stored but not on the radio: normal for nodes outside the working set.",
             None,
@@ -405,8 +417,9 @@ impl Figures {
 
     fn encode_radio(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         if let Some(n) = self.capacity {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "radio_capacity",
                 "How many nodes the radio's NodeDB holds.",
                 None,
@@ -414,8 +427,9 @@ impl Figures {
             )?;
         }
         if let Some(n) = self.radio_nodes {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "radio_nodes",
                 "Nodes in the radio's NodeDB at the last handshake.",
                 None,
@@ -423,15 +437,17 @@ impl Figures {
             )?;
         }
         if let Some((slots, protected)) = self.slots {
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "radio_key_slots",
                 "Favourites keysync may hold on the radio (its slot budget).",
                 None,
                 slots,
             )?;
-            gauge(
+            single(
                 e,
+                MetricType::Gauge,
                 "radio_protected_slots",
                 "Entries the radio can never evict (favourite, ignored or verified) after the last run; keep well below capacity.",
                 None,
@@ -445,8 +461,9 @@ impl Figures {
         let Some((connected, series)) = &self.proxy else {
             return Ok(());
         };
-        gauge(
+        single(
             e,
+            MetricType::Gauge,
             "proxy_clients",
             "Downstream clients connected through the proxy.",
             None,
@@ -507,8 +524,9 @@ impl Figures {
                 .map(|state| ([("state", state)], u64::from(state == now))),
         )?;
         let c = &mqtt.counts;
-        counter(
+        single(
             e,
+            MetricType::Counter,
             "mqtt_messages",
             "Messages received from the broker.",
             None,
@@ -525,8 +543,9 @@ impl Figures {
                 ([("from", "fleet")], c.fleet_in),
             ],
         )?;
-        counter(
+        single(
             e,
+            MetricType::Counter,
             "mqtt_fleet_published",
             "Key records this keysync published to its fleet.",
             None,
@@ -553,34 +572,24 @@ fn unix(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// One metric without labels: a gauge or a counter.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "plain numbers read more easily by value"
 )]
-fn gauge(
+fn single<V: EncodeGaugeValue + EncodeCounterValue>(
     e: &mut DescriptorEncoder,
+    kind: MetricType,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    value: impl EncodeGaugeValue,
+    value: V,
 ) -> Result<(), fmt::Error> {
-    e.encode_descriptor(name, help, unit, MetricType::Gauge)?
-        .encode_gauge(&value)
-}
-
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "plain numbers read more easily by value"
-)]
-fn counter(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: impl EncodeCounterValue,
-) -> Result<(), fmt::Error> {
-    e.encode_descriptor(name, help, unit, MetricType::Counter)?
-        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    let mut metric = e.encode_descriptor(name, help, unit, kind)?;
+    match kind {
+        MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => metric.encode_gauge(&value),
+    }
 }
 
 /// One metric with a series per label set: a gauge or a counter.

@@ -48,6 +48,23 @@ pub struct EngineConfig {
     pub mqtt: Option<mqtt::MqttConfig>,
 }
 
+impl EngineConfig {
+    pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+    /// The radio at `host`, the store at `db_path`; a check every five minutes, the link's and
+    /// the sync's defaults, no proxy, no broker.
+    pub fn new(host: impl Into<String>, db_path: PathBuf) -> Self {
+        Self {
+            link: LinkConfig::new(host),
+            sync_interval: Self::DEFAULT_SYNC_INTERVAL,
+            sync: SyncSettings::default(),
+            db_path,
+            proxy: None,
+            mqtt: None,
+        }
+    }
+}
+
 /// Frame counts since start, and how the link's connections ended and how fast it answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {

@@ -111,6 +111,20 @@ impl ProxyConfig {
     /// The firmware closes a client silent for 15 minutes (PhoneAPI).
     pub const IDLE_CLOSE: Duration = Duration::from_secs(15 * 60);
     pub const PARTIAL_FRAME: Duration = Duration::from_secs(10);
+
+    /// Clients served on `listen`: eight at most, kept through a 30 s radio outage, admin
+    /// from loopback only, nothing denied.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_clients: 8,
+            downstream_grace: Duration::from_secs(30),
+            allow_remote_admin: false,
+            deny_admin: Vec::new(),
+            idle_close: Self::IDLE_CLOSE,
+            partial_frame: Self::PARTIAL_FRAME,
+        }
+    }
 }
 
 /// Admin messages that destroy state on the radio: always logged at WARN with the sender,

@@ -1200,14 +1200,20 @@ mod tests {
         assert_ne!(a, fingerprint(&[key(1, 1)]));
     }
 
-    #[test]
-    fn skips_when_fingerprint_unchanged_and_cache_fresh() {
+    /// A cache from a full sync of keys with fingerprint `[7; 32]`, `secs` after the epoch.
+    fn full_sync_at(secs: u64) -> ([u8; 32], SystemTime, SyncCache) {
         let fp = [7; 32];
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         let cache = SyncCache {
             fingerprint: fp,
             synced_at: t0,
         };
+        (fp, t0, cache)
+    }
+
+    #[test]
+    fn skips_when_fingerprint_unchanged_and_cache_fresh() {
+        let (fp, t0, cache) = full_sync_at(1_000_000);
         let d = decide(Some(&cache), &fp, t0 + 12 * MIN, 30 * MIN, Trigger::Check);
         assert_eq!(
             d,
@@ -1219,12 +1225,7 @@ mod tests {
 
     #[test]
     fn syncs_when_the_ttl_expired_or_keys_changed_or_no_cache() {
-        let fp = [7; 32];
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let cache = SyncCache {
-            fingerprint: fp,
-            synced_at: t0,
-        };
+        let (fp, t0, cache) = full_sync_at(1_000_000);
         let expired = decide(Some(&cache), &fp, t0 + 30 * MIN, 30 * MIN, Trigger::Check);
         assert!(
             matches!(&expired, Decision::Sync { forced: false, reason } if reason.contains("≥ TTL"))
@@ -1239,12 +1240,7 @@ mod tests {
 
     #[test]
     fn the_old_bot_s_240s_ttl_with_300s_checks_never_skips() {
-        let fp = [7; 32];
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let cache = SyncCache {
-            fingerprint: fp,
-            synced_at: t0,
-        };
+        let (fp, t0, cache) = full_sync_at(1_000_000);
         let d = decide(
             Some(&cache),
             &fp,
@@ -1260,12 +1256,7 @@ mod tests {
 
     #[test]
     fn forced_triggers_ignore_a_fresh_cache() {
-        let fp = [7; 32];
-        let t0 = SystemTime::UNIX_EPOCH;
-        let cache = SyncCache {
-            fingerprint: fp,
-            synced_at: t0,
-        };
+        let (fp, t0, cache) = full_sync_at(0);
         for trigger in [Trigger::Startup, Trigger::Reconnect, Trigger::Operator] {
             let d = decide(Some(&cache), &fp, t0, 30 * MIN, trigger);
             assert!(
