@@ -55,7 +55,7 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         // Counted under the watch's read lock (a pass over the node list), encoded after it.
         let figures = Figures::of(&self.snapshot.borrow(), SystemTime::now());
-        figures.encode(&mut encoder)
+        figures.encode(&mut Out(&mut encoder))
     }
 }
 
@@ -168,9 +168,8 @@ impl Figures {
         }
     }
 
-    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        family(
-            e,
+    fn encode(&self, e: &mut Out) -> Result<(), fmt::Error> {
+        e.family(
             "build_info",
             "keysync's version; always 1.",
             None,
@@ -183,19 +182,15 @@ impl Figures {
         self.encode_radio(e)?;
         self.encode_proxy(e)?;
         self.encode_mqtt(e)?;
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "store_error",
             "1 while the last call to the key store failed (locked, disk full).",
-            None,
             u64::from(self.store_error),
         )
     }
 
-    fn encode_link(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        family(
-            e,
+    fn encode_link(&self, e: &mut Out) -> Result<(), fmt::Error> {
+        e.family(
             "link_state",
             "The radio link's state: 1 for the current one, 0 for the others.",
             None,
@@ -204,24 +199,17 @@ impl Figures {
                 .iter()
                 .map(|l| ([("state", *l)], u64::from(*l == self.link_state))),
         )?;
-        single(
-            e,
-            MetricType::Gauge,
+        e.seconds(
             "link_up",
             "How long the radio link has been up; 0 while it is down.",
-            Some(&Unit::Seconds),
             self.up_for.as_secs_f64(),
         )?;
-        single(
-            e,
-            MetricType::Counter,
+        e.counter(
             "link_sessions",
             "Connections to the radio that completed their handshake.",
-            None,
             self.sessions,
         )?;
-        family(
-            e,
+        e.family(
             "link_reconnects",
             "Connections (or connection attempts) to the radio that ended and were retried, by cause.",
             None,
@@ -265,26 +253,23 @@ impl Figures {
                 t.undecodable,
             ),
         ] {
-            single(e, MetricType::Counter, name, help, unit, value)?;
+            e.one(MetricType::Counter, unit, name, help, value)?;
         }
-        histogram(
-            e,
+        e.histogram(
             "link_heartbeat_rtt",
             "From a heartbeat to the radio's answer (firmware 2.7.6 and later answer).",
             &t.heartbeat_rtt,
         )?;
-        histogram(
-            e,
+        e.histogram(
             "link_config_download_duration",
             "From want_config to config_complete: the handshake's download.",
             &t.config_download,
         )
     }
 
-    fn encode_sync(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode_sync(&self, e: &mut Out) -> Result<(), fmt::Error> {
         let totals = &self.totals;
-        family(
-            e,
+        e.family(
             "sync_runs",
             "Sync runs by trigger and outcome (skipped: the cache was fresh and nothing was sent).",
             None,
@@ -298,79 +283,56 @@ impl Figures {
                 })
             }),
         )?;
-        histogram(
-            e,
+        e.histogram(
             "sync_run_duration",
             "How long sync runs took, skipped ones included.",
             &totals.duration,
         )?;
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "sync_running",
             "1 while a sync run is in progress.",
-            None,
             u64::from(self.running),
         )?;
         if let Some(at) = self.last_run {
-            single(
-                e,
-                MetricType::Gauge,
+            e.seconds(
                 "sync_last_run_timestamp",
                 "When the last sync run ended (Unix time).",
-                Some(&Unit::Seconds),
                 unix(at),
             )?;
         }
         if let Some(at) = self.last_full_sync {
-            single(
-                e,
-                MetricType::Gauge,
+            e.seconds(
                 "sync_last_full_sync_timestamp",
                 "When the last full sync completed (Unix time); the cache's age starts there.",
-                Some(&Unit::Seconds),
                 unix(at),
             )?;
         }
-        single(
-            e,
-            MetricType::Counter,
+        e.counter(
             "pushes",
             "add_contact messages sent to the radio (each one a flash write).",
-            None,
             totals.pushes,
         )?;
-        single(
-            e,
-            MetricType::Counter,
+        e.counter(
             "flash_writes",
             "Flash writes keysync caused on the radio: add_contact and remove_favorite_node.",
-            None,
             totals.flash_writes(),
         )?;
         if let Some(n) = self.flash_last_hour {
-            single(
-                e,
-                MetricType::Gauge,
+            e.gauge(
                 "flash_writes_last_hour",
                 "Flash writes keysync caused in the last hour (across restarts).",
-                None,
                 n,
             )?;
         }
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "flash_writes_budget_per_hour",
             "--max-flash-writes: at most this many flash writes per hour.",
-            None,
             self.flash_budget,
         )
     }
 
-    fn encode_keys(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-        family(
-            e,
+    fn encode_keys(&self, e: &mut Out) -> Result<(), fmt::Error> {
+        e.family(
             "keys",
             "Stored nodes by the state of their key (a node with a pending key counts as pending).",
             None,
@@ -380,8 +342,7 @@ impl Figures {
                 .zip(self.keys)
                 .map(|(k, n)| ([("state", k.as_str())], n)),
         )?;
-        family(
-            e,
+        e.family(
             "keys_radio",
             "Stored nodes by where their key stands on the radio, as of the last node list.",
             None,
@@ -397,80 +358,54 @@ impl Figures {
                 .position(|x| *x == k)
                 .map_or(0, |i| self.standing[i])
         };
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "keys_in_radio",
             "Trusted keys the radio holds (pushed ones included).",
-            None,
             count(RadioKey::InRadio) + count(RadioKey::Pushed),
         )?;
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "keys_stored_only",
             "Trusted keys stored but not on the radio: normal for nodes outside the working set.",
-            None,
             count(RadioKey::Missing),
         )
     }
 
-    fn encode_radio(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode_radio(&self, e: &mut Out) -> Result<(), fmt::Error> {
         if let Some(n) = self.capacity {
-            single(
-                e,
-                MetricType::Gauge,
+            e.gauge(
                 "radio_capacity",
                 "How many nodes the radio's NodeDB holds.",
-                None,
                 n,
             )?;
         }
         if let Some(n) = self.radio_nodes {
-            single(
-                e,
-                MetricType::Gauge,
+            e.gauge(
                 "radio_nodes",
                 "Nodes in the radio's NodeDB at the last handshake.",
-                None,
                 n,
             )?;
         }
         if let Some((slots, protected)) = self.slots {
-            single(
-                e,
-                MetricType::Gauge,
+            e.gauge(
                 "radio_key_slots",
                 "Favourites keysync may hold on the radio (its slot budget).",
-                None,
                 slots,
             )?;
-            single(
-                e,
-                MetricType::Gauge,
-                "radio_protected_slots",
-                "Entries the radio can never evict (favourite, ignored or verified) after the last run; keep well below capacity.",
-                None,
-                protected,
-            )?;
+            e.gauge("radio_protected_slots", "Entries the radio can never evict (favourite, ignored or verified) after the last run; keep well below capacity.", protected)?;
         }
         Ok(())
     }
 
-    fn encode_proxy(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode_proxy(&self, e: &mut Out) -> Result<(), fmt::Error> {
         let Some((connected, series)) = &self.proxy else {
             return Ok(());
         };
-        single(
-            e,
-            MetricType::Gauge,
+        e.gauge(
             "proxy_clients",
             "Downstream clients connected through the proxy.",
-            None,
             *connected,
         )?;
-        family(
-            e,
+        e.family(
             "proxy_client_frames",
             "Frames relayed for each connected downstream client, by direction.",
             None,
@@ -488,8 +423,7 @@ impl Figures {
                 ]
             }),
         )?;
-        family(
-            e,
+        e.family(
             "proxy_client_frames_dropped",
             "Frames dropped for each connected downstream client (it read too slowly).",
             None,
@@ -503,7 +437,7 @@ impl Figures {
 
 impl Figures {
     /// The broker (`--mqtt`): its state and what it taught.
-    fn encode_mqtt(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode_mqtt(&self, e: &mut Out) -> Result<(), fmt::Error> {
         use crate::engine::mqtt::MqttState;
         let Some(mqtt) = &self.mqtt else {
             return Ok(());
@@ -513,8 +447,7 @@ impl Figures {
             MqttState::Connected => "connected",
             MqttState::Backoff { .. } => "backoff",
         };
-        family(
-            e,
+        e.family(
             "mqtt_state",
             "The broker connection's state: 1 for the current one, 0 for the others.",
             None,
@@ -524,16 +457,12 @@ impl Figures {
                 .map(|state| ([("state", state)], u64::from(state == now))),
         )?;
         let c = &mqtt.counts;
-        single(
-            e,
-            MetricType::Counter,
+        e.counter(
             "mqtt_messages",
             "Messages received from the broker.",
-            None,
             c.messages,
         )?;
-        family(
-            e,
+        e.family(
             "mqtt_keys",
             "Keys read from the broker and handed to the store, by where they came from.",
             None,
@@ -543,16 +472,12 @@ impl Figures {
                 ([("from", "fleet")], c.fleet_in),
             ],
         )?;
-        single(
-            e,
-            MetricType::Counter,
+        e.counter(
             "mqtt_fleet_published",
             "Key records this keysync published to its fleet.",
-            None,
             c.fleet_out,
         )?;
-        family(
-            e,
+        e.family(
             "mqtt_messages_refused",
             "Messages from the broker that taught nothing, by why.",
             None,
@@ -572,61 +497,80 @@ fn unix(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// One metric without labels: a gauge or a counter.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "plain numbers read more easily by value"
-)]
-fn single<V: EncodeGaugeValue + EncodeCounterValue>(
-    e: &mut DescriptorEncoder,
-    kind: MetricType,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: V,
-) -> Result<(), fmt::Error> {
-    let mut metric = e.encode_descriptor(name, help, unit, kind)?;
-    match kind {
-        MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
-        _ => metric.encode_gauge(&value),
-    }
-}
+/// Writes metrics to a scrape: one line per metric where the pane of text allows.
+struct Out<'a, 'b>(&'a mut DescriptorEncoder<'b>);
 
-/// One metric with a series per label set: a gauge or a counter.
-fn family<L: EncodeLabelSet>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    kind: MetricType,
-    series: impl IntoIterator<Item = (L, u64)>,
-) -> Result<(), fmt::Error> {
-    let mut metric = e.encode_descriptor(name, help, unit, kind)?;
-    for (labels, value) in series {
-        let mut one: MetricEncoder = metric.encode_family(&labels)?;
+impl Out<'_, '_> {
+    fn gauge<V: EncodeGaugeValue + EncodeCounterValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        value: V,
+    ) -> Result<(), fmt::Error> {
+        self.one(MetricType::Gauge, None, name, help, value)
+    }
+
+    /// A gauge in seconds: a duration or a Unix time.
+    fn seconds(&mut self, name: &str, help: &str, value: f64) -> Result<(), fmt::Error> {
+        self.one(MetricType::Gauge, Some(&Unit::Seconds), name, help, value)
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) -> Result<(), fmt::Error> {
+        self.one(MetricType::Counter, None, name, help, value)
+    }
+
+    /// One metric without labels: a gauge or a counter.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "plain numbers read more easily by value"
+    )]
+    fn one<V: EncodeGaugeValue + EncodeCounterValue>(
+        &mut self,
+        kind: MetricType,
+        unit: Option<&Unit>,
+        name: &str,
+        help: &str,
+        value: V,
+    ) -> Result<(), fmt::Error> {
+        let mut metric = self.0.encode_descriptor(name, help, unit, kind)?;
         match kind {
-            MetricType::Counter => one.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
-            _ => one.encode_gauge(&value)?,
+            MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
+            _ => metric.encode_gauge(&value),
         }
     }
-    Ok(())
-}
 
-fn histogram(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    h: &Histogram,
-) -> Result<(), fmt::Error> {
-    // Counts per bucket: the encoder accumulates them.
-    let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-        .iter()
-        .copied()
-        .chain(std::iter::once(f64::INFINITY))
-        .zip(h.buckets)
-        .collect();
-    e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
-        .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+    /// One metric with a series per label set: a gauge or a counter.
+    fn family<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        kind: MetricType,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> Result<(), fmt::Error> {
+        let mut metric = self.0.encode_descriptor(name, help, unit, kind)?;
+        for (labels, value) in series {
+            let mut one: MetricEncoder = metric.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => one.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+                _ => one.encode_gauge(&value)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> Result<(), fmt::Error> {
+        // Counts per bucket: the encoder accumulates them.
+        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(h.buckets)
+            .collect();
+        self.0
+            .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+    }
 }
 
 #[cfg(test)]
@@ -675,7 +619,7 @@ mod tests {
         struct One(Histogram);
         impl Collector for One {
             fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
-                histogram(&mut e, "x", "help", &self.0)
+                Out(&mut e).histogram("x", "help", &self.0)
             }
         }
         let mut h = Histogram::default();
