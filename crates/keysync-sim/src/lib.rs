@@ -1026,20 +1026,51 @@ async fn run_scenario(scenario: Scenario, shared: Arc<Shared>, control: mpsc::Se
     }
 }
 
-/// Convenience for tests and tools: the counter values now.
+/// Convenience for tests and tools: the counter values now, each under its field's name, with
+/// the frames received by kind.
 pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
+    // Each field is named once: its key is `stringify!` of the field, so the two cannot drift.
+    macro_rules! by_name {
+        ($($field:ident),+ $(,)?) => {
+            [$((stringify!($field), SimCounters::get(&c.$field))),+]
+        };
+    }
     let mut m = c.received();
-    m.insert("connections", SimCounters::get(&c.connections));
-    m.insert("add_contacts", SimCounters::get(&c.add_contacts));
-    m.insert("invalid_contacts", SimCounters::get(&c.invalid_contacts));
-    m.insert("flash_writes", SimCounters::get(&c.flash_writes));
-    m.insert("idle_closes", SimCounters::get(&c.idle_closes));
-    m.insert("crashes", SimCounters::get(&c.crashes));
-    m.insert("refused_nodes", SimCounters::get(&c.refused_nodes));
-    m.insert("mesh_sent", SimCounters::get(&c.mesh_sent));
-    m.insert("rate_limited", SimCounters::get(&c.rate_limited));
-    m.insert("pki_send_fails", SimCounters::get(&c.pki_send_fails));
-    m.insert("ignored_admin", SimCounters::get(&c.ignored_admin));
-    m.insert("operator_actions", SimCounters::get(&c.operator_actions));
+    m.extend(by_name![
+        connections,
+        add_contacts,
+        invalid_contacts,
+        flash_writes,
+        idle_closes,
+        crashes,
+        refused_nodes,
+        mesh_sent,
+        rate_limited,
+        pki_send_fails,
+        ignored_admin,
+        operator_actions,
+    ]);
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_keys_each_reported_counter_by_its_field_beside_the_frames_received() {
+        let c = SimCounters::default();
+        c.add_contacts.store(3, Ordering::Relaxed);
+        c.operator_actions.store(1, Ordering::Relaxed);
+        c.bytes_received.store(99, Ordering::Relaxed);
+        c.count("heartbeat");
+        let snap = snapshot(&c);
+        assert_eq!(snap.get("add_contacts"), Some(&3));
+        assert_eq!(snap.get("operator_actions"), Some(&1));
+        assert_eq!(snap.get("connections"), Some(&0));
+        assert_eq!(snap.get("heartbeat"), Some(&1));
+        // Twelve counters and the one kind of frame received; byte counts are not reported.
+        assert_eq!(snap.len(), 13);
+        assert!(!snap.contains_key("bytes_received"));
+    }
 }

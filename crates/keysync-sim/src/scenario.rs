@@ -83,69 +83,38 @@ struct RawEvent {
 impl RawEvent {
     fn into_event(self) -> Result<ScenarioEvent, String> {
         let at = self.at;
-        let need = |v: Option<usize>, field: &str| {
-            v.ok_or_else(|| {
-                format!(
-                    "event at {}: {} needs `{field}`",
-                    humantime::format_duration(at),
-                    self.kind
-                )
-            })
-        };
-        let need_for = |v: Option<Duration>, field: &str| {
-            v.ok_or_else(|| {
-                format!(
-                    "event at {}: {} needs `{field}`",
-                    humantime::format_duration(at),
-                    self.kind
-                )
-            })
-        };
+        // The fields a kind needs: each one missing is an error naming it.
+        let duration = || self.need(self.duration, "for");
+        let node = || self.need(self.node, "node");
         let fault = match self.kind.as_str() {
             "drop" => Fault::Drop,
-            "stall" => Fault::Stall {
-                duration: need_for(self.duration, "for")?,
-            },
-            "refuse" => Fault::Refuse {
-                duration: need_for(self.duration, "for")?,
-            },
+            "stall" => duration().map(|duration| Fault::Stall { duration })?,
+            "refuse" => duration().map(|duration| Fault::Refuse { duration })?,
             "reboot" => Fault::Reboot {
-                down: need_for(self.down, "down")?,
+                down: self.need(self.down, "down")?,
                 forget: self.forget.unwrap_or_default(),
             },
-            "garbage" => Fault::Garbage {
-                bytes: need(self.bytes, "bytes")?,
-            },
-            "key-change" => Fault::KeyChange {
-                node: need(self.node, "node")?,
-            },
+            "garbage" => self
+                .need(self.bytes, "bytes")
+                .map(|bytes| Fault::Garbage { bytes })?,
+            "key-change" => node().map(|node| Fault::KeyChange { node })?,
             "new-nodes" => Fault::NewNodes {
-                count: need(self.count, "count")?,
+                count: self.need(self.count, "count")?,
                 portnum: self.portnum.as_deref().map(parse_portnum).transpose()?,
             },
-            "announce" => Fault::Announce {
-                node: need(self.node, "node")?,
-            },
+            "announce" => node().map(|node| Fault::Announce { node })?,
             "heard" => Fault::Heard {
-                node: need(self.node, "node")?,
+                node: node()?,
                 portnum: parse_portnum(self.portnum.as_deref().unwrap_or("position"))?,
             },
-            "bad-utf8-name" => Fault::BadUtf8Name {
-                node: need(self.node, "node")?,
-            },
-            "dm-fail" => Fault::DmFail {
-                node: need(self.node, "node")?,
-            },
-            "queue-full" => Fault::QueueFull {
-                duration: need_for(self.duration, "for")?,
-            },
-            "silent-queue" => Fault::SilentQueue {
-                duration: need_for(self.duration, "for")?,
-            },
+            "bad-utf8-name" => node().map(|node| Fault::BadUtf8Name { node })?,
+            "dm-fail" => node().map(|node| Fault::DmFail { node })?,
+            "queue-full" => duration().map(|duration| Fault::QueueFull { duration })?,
+            "silent-queue" => duration().map(|duration| Fault::SilentQueue { duration })?,
             other => match OperatorAction::parse(other) {
                 Some(action) => Fault::Operator {
                     action,
-                    node: need(self.node, "node")?,
+                    node: node()?,
                 },
                 None => {
                     return Err(format!(
@@ -156,6 +125,17 @@ impl RawEvent {
             },
         };
         Ok(ScenarioEvent { at, fault })
+    }
+
+    /// `value`, or an error saying this event's kind needs `field`.
+    fn need<T>(&self, value: Option<T>, field: &str) -> Result<T, String> {
+        value.ok_or_else(|| {
+            format!(
+                "event at {}: {} needs `{field}`",
+                humantime::format_duration(self.at),
+                self.kind
+            )
+        })
     }
 }
 
