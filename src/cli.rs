@@ -793,20 +793,26 @@ mod tests {
         )
     }
 
-    #[test]
-    fn cli_beats_file_beats_defaults() {
-        let file = FileConfig::parse(
-            "host = \"radio.lan\"\nsync-interval = \"2m\"\ncache-ttl = \"10m\"\ndb = \"file.db\"",
-        )
-        .expect("a valid file");
+    /// Settings from a config file's `text` under these `flags`.
+    fn with_file(text: &str, flags: EngineArgs) -> Settings {
+        let file = FileConfig::parse(text).expect("a valid file");
         let args = GlobalArgs {
-            engine: EngineArgs {
-                host: Some("10.0.0.5:4000".into()),
-                ..EngineArgs::default()
-            },
+            engine: flags,
             ..GlobalArgs::default()
         };
-        let s = resolve(&args, Some(file)).expect("valid");
+        resolve(&args, Some(file)).expect("valid settings")
+    }
+
+    #[test]
+    fn cli_beats_file_beats_defaults() {
+        let flags = EngineArgs {
+            host: Some("10.0.0.5:4000".into()),
+            ..EngineArgs::default()
+        };
+        let s = with_file(
+            "host = \"radio.lan\"\nsync-interval = \"2m\"\ncache-ttl = \"10m\"\ndb = \"file.db\"",
+            flags,
+        );
         assert_eq!(s.host(), "10.0.0.5:4000");
         assert_eq!(s.db(), Path::new("file.db"));
         assert!(!s.db_is_default);
@@ -826,19 +832,11 @@ mod tests {
 
     #[test]
     fn the_proxy_comes_from_the_file_with_the_flags_over_it() {
-        let file = FileConfig::parse(
-            "listen = \"127.0.0.1:4404\"\nmax-clients = 3\ndownstream-grace = \"1m\"\ndeny-admin = [\"reboot\", \"nodedb-reset\"]",
-        )
-        .expect("a valid file");
-        let args = GlobalArgs {
-            engine: EngineArgs {
-                max_clients: Some(5),
-                ..EngineArgs::default()
-            },
-            ..GlobalArgs::default()
+        let flags = EngineArgs {
+            max_clients: Some(5),
+            ..EngineArgs::default()
         };
-        let proxy = resolve(&args, Some(file))
-            .expect("valid")
+        let proxy = with_file("listen = \"127.0.0.1:4404\"\nmax-clients = 3\ndownstream-grace = \"1m\"\ndeny-admin = [\"reboot\", \"nodedb-reset\"]", flags)
             .engine
             .proxy
             .expect("--listen from the file");
@@ -856,19 +854,15 @@ mod tests {
 
     #[test]
     fn the_broker_comes_from_the_flags_or_the_file_with_its_channels_and_fleet() {
-        let file = FileConfig::parse(
-            "mqtt = \"mqtt://gw@broker.lan\"\nfleet = \"north\"\nchannel-keys = [\"ops=AQ==\"]",
-        )
-        .expect("a valid file");
-        let args = GlobalArgs {
-            engine: EngineArgs {
-                mqtt_password: Some("from-env".into()),
-                mqtt_root: Some("msh/EU_868/".into()),
-                ..EngineArgs::default()
-            },
-            ..GlobalArgs::default()
+        let flags = EngineArgs {
+            mqtt_password: Some("from-env".into()),
+            mqtt_root: Some("msh/EU_868/".into()),
+            ..EngineArgs::default()
         };
-        let s = resolve(&args, Some(file)).expect("valid");
+        let s = with_file(
+            "mqtt = \"mqtt://gw@broker.lan\"\nfleet = \"north\"\nchannel-keys = [\"ops=AQ==\"]",
+            flags,
+        );
         let m = s.engine.mqtt.expect("mqtt");
         assert_eq!(m.broker.host, "broker.lan");
         assert_eq!(m.broker.password.as_deref(), Some("from-env"));
