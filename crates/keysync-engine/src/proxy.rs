@@ -127,6 +127,21 @@ impl ProxyConfig {
     }
 }
 
+/// Who may administer the radio through the proxy, in words for the start-up log.
+fn admin_policy(config: &ProxyConfig) -> String {
+    let who = if config.allow_remote_admin {
+        "admin from any client"
+    } else {
+        "admin from loopback clients only"
+    };
+    let denied: Vec<&str> = config.deny_admin.iter().map(|k| k.name()).collect();
+    if denied.is_empty() {
+        format!("; {who}")
+    } else {
+        format!("; {who}, {} dropped from every client", denied.join(", "))
+    }
+}
+
 /// Admin messages that destroy state on the radio: always logged at WARN with the sender,
 /// and blocked when named in `--deny-admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,7 +459,7 @@ impl Bound {
             next_client: AtomicU64::new(1),
             close_all: Mutex::new(CancellationToken::new()),
         });
-        log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}");
+        log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}{}", admin_policy(&shared.config));
         let answers = notices.resubscribe();
         tokio::spawn(follow_upstream(shared.clone(), notices, sender.clone()));
         tokio::spawn(write_upstream(shared.clone(), answers, sender, needs));
