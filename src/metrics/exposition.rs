@@ -170,10 +170,9 @@ impl Figures {
 
     fn encode(&self, e: &mut Out) -> Result<(), fmt::Error> {
         e.family(
+            MetricType::Gauge,
             "build_info",
             "keysync's version; always 1.",
-            None,
-            MetricType::Gauge,
             [([("version", env!("CARGO_PKG_VERSION"))], 1u64)],
         )?;
         self.encode_link(e)?;
@@ -191,10 +190,9 @@ impl Figures {
 
     fn encode_link(&self, e: &mut Out) -> Result<(), fmt::Error> {
         e.family(
+            MetricType::Gauge,
             "link_state",
             "The radio link's state: 1 for the current one, 0 for the others.",
-            None,
-            MetricType::Gauge,
             LinkState::LABELS
                 .iter()
                 .map(|l| ([("state", *l)], u64::from(*l == self.link_state))),
@@ -210,10 +208,9 @@ impl Figures {
             self.sessions,
         )?;
         e.family(
+            MetricType::Counter,
             "link_reconnects",
             "Connections (or connection attempts) to the radio that ended and were retried, by cause.",
-            None,
-            MetricType::Counter,
             CloseCause::IDS
                 .iter()
                 .zip(self.traffic.closes)
@@ -270,10 +267,9 @@ impl Figures {
     fn encode_sync(&self, e: &mut Out) -> Result<(), fmt::Error> {
         let totals = &self.totals;
         e.family(
+            MetricType::Counter,
             "sync_runs",
             "Sync runs by trigger and outcome (skipped: the cache was fresh and nothing was sent).",
-            None,
-            MetricType::Counter,
             Trigger::ALL.iter().flat_map(|t| {
                 Outcome::ALL.iter().map(move |o| {
                     (
@@ -333,20 +329,18 @@ impl Figures {
 
     fn encode_keys(&self, e: &mut Out) -> Result<(), fmt::Error> {
         e.family(
+            MetricType::Gauge,
             "keys",
             "Stored nodes by the state of their key (a node with a pending key counts as pending).",
-            None,
-            MetricType::Gauge,
             KEY_STATES
                 .iter()
                 .zip(self.keys)
                 .map(|(k, n)| ([("state", k.as_str())], n)),
         )?;
         e.family(
+            MetricType::Gauge,
             "keys_radio",
             "Stored nodes by where their key stands on the radio, as of the last node list.",
-            None,
-            MetricType::Gauge,
             RadioKey::ALL
                 .iter()
                 .zip(self.standing)
@@ -406,10 +400,9 @@ impl Figures {
             *connected,
         )?;
         e.family(
+            MetricType::Counter,
             "proxy_client_frames",
             "Frames relayed for each connected downstream client, by direction.",
-            None,
-            MetricType::Counter,
             series.iter().flat_map(|c| {
                 [
                     (
@@ -424,10 +417,9 @@ impl Figures {
             }),
         )?;
         e.family(
+            MetricType::Counter,
             "proxy_client_frames_dropped",
             "Frames dropped for each connected downstream client (it read too slowly).",
-            None,
-            MetricType::Counter,
             series
                 .iter()
                 .map(|c| ([("client", c.client.as_str())], c.dropped)),
@@ -448,10 +440,9 @@ impl Figures {
             MqttState::Backoff { .. } => "backoff",
         };
         e.family(
+            MetricType::Gauge,
             "mqtt_state",
             "The broker connection's state: 1 for the current one, 0 for the others.",
-            None,
-            MetricType::Gauge,
             ["connecting", "connected", "backoff"]
                 .into_iter()
                 .map(|state| ([("state", state)], u64::from(state == now))),
@@ -463,10 +454,9 @@ impl Figures {
             c.messages,
         )?;
         e.family(
+            MetricType::Counter,
             "mqtt_keys",
             "Keys read from the broker and handed to the store, by where they came from.",
-            None,
-            MetricType::Counter,
             [
                 ([("from", "uplink")], c.uplink_keys),
                 ([("from", "fleet")], c.fleet_in),
@@ -478,10 +468,9 @@ impl Figures {
             c.fleet_out,
         )?;
         e.family(
+            MetricType::Counter,
             "mqtt_messages_refused",
             "Messages from the broker that taught nothing, by why.",
-            None,
-            MetricType::Counter,
             [
                 ([("why", "ignored")], c.ignored),
                 ([("why", "oversized")], c.oversized),
@@ -542,13 +531,12 @@ impl Out<'_, '_> {
     /// One metric with a series per label set: a gauge or a counter.
     fn family<L: EncodeLabelSet>(
         &mut self,
+        kind: MetricType,
         name: &str,
         help: &str,
-        unit: Option<&Unit>,
-        kind: MetricType,
         series: impl IntoIterator<Item = (L, u64)>,
     ) -> Result<(), fmt::Error> {
-        let mut metric = self.0.encode_descriptor(name, help, unit, kind)?;
+        let mut metric = self.0.encode_descriptor(name, help, None, kind)?;
         for (labels, value) in series {
             let mut one: MetricEncoder = metric.encode_family(&labels)?;
             match kind {
