@@ -61,141 +61,125 @@ pub enum Rule {
     RefuseWhenFull,
 }
 
-/// One row of the version table: a rule, the versions that have it, and where it is written.
+/// Where a rule holds: the versions that have it, and where it is written.
 struct Row {
-    rule: Rule,
     since: Version,
     /// Last version that has it, inclusive.
     until: Option<Version>,
     source: &'static str,
 }
 
-const fn row(rule: Rule, since: Version, until: Option<Version>, source: &'static str) -> Row {
+const fn row(since: Version, until: Option<Version>, source: &'static str) -> Row {
     Row {
-        rule,
         since,
         until,
         source,
     }
 }
 
-/// The one table that maps a firmware version to its behaviour.
-const RULES: &[Row] = &[
-    row(
-        Rule::AddContact,
-        (2, 6, 8),
-        None,
-        "modules/AdminModule.cpp handleReceivedProtobuf: add_contact_tag",
-    ),
-    row(
-        Rule::NodesOnlyDownload,
-        (2, 6, 8),
-        None,
-        "mesh/PhoneAPI.cpp handleStartConfig: SPECIAL_NONCE_ONLY_NODES",
-    ),
-    row(
-        Rule::ContactAlwaysVerified,
-        (2, 6, 9),
-        Some((2, 7, 11)),
-        "mesh/NodeDB.cpp addFromContact: verified bit set unconditionally (#6858)",
-    ),
-    row(
-        Rule::ContactShouldIgnore,
-        (2, 6, 12),
-        None,
-        "mesh/NodeDB.cpp addFromContact: should_ignore → is_ignored, key zeroed (#7044)",
-    ),
-    row(
-        Rule::ContactRefreshesLastHeard,
-        (2, 6, 8),
-        Some((2, 7, 13)),
-        "mesh/NodeDB.cpp addFromContact: last_heard = getValidTime (from 2.7.14 CLIENT_BASE only, #8495)",
-    ),
-    row(
-        Rule::VerifiedKeepsItsKey,
-        (2, 7, 12),
-        None,
-        "mesh/NodeDB.cpp addFromContact: manually_verified honoured, key conflict dropped (#8180)",
-    ),
-    row(
-        Rule::NodedbCount,
-        (2, 7, 4),
-        None,
-        "mesh/PhoneAPI.cpp getFromRadio STATE_SEND_MY_INFO: myNodeInfo.nodedb_count",
-    ),
-    row(
-        Rule::HeartbeatAnswered,
-        (2, 7, 6),
-        None,
-        "mesh/PhoneAPI.cpp getFromRadio: heartbeatReceived checked first → QueueStatus (#7506)",
-    ),
-    row(
-        Rule::KeyMismatchDropped,
-        (2, 7, 6),
-        None,
-        "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\"",
-    ),
-    row(
-        Rule::PositionRateLimit,
-        (2, 7, 1),
-        None,
-        "mesh/PhoneAPI.cpp handleToRadioPacket: lastPortNumToRadio, TEN_SECONDS_MS",
-    ),
-    row(
-        Rule::TextRateLimit,
-        (2, 7, 1),
-        None,
-        "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE_APP, TWO_SECONDS_MS",
-    ),
-    row(
-        Rule::TextRateLimitError,
-        (2, 7, 4),
-        None,
-        "mesh/PhoneAPI.cpp handleToRadioPacket: sendRoutingErrorResponse(RATE_LIMIT_EXCEEDED)",
-    ),
-    row(
-        Rule::ClientBaseFavouriteRoutes,
-        (2, 7, 10),
-        Some((2, 7, 13)),
-        "mesh/FloodingRouter.cpp isRebroadcaster: CLIENT_BASE and favourite",
-    ),
-    row(
-        Rule::ClientBaseNoFavourite,
-        (2, 7, 14),
-        None,
-        "mesh/NodeDB.cpp addFromContact: CLIENT_BASE keeps is_favorite, refreshes last_heard",
-    ),
-    row(
-        Rule::PkiSendFail,
-        (2, 7, 19),
-        None,
-        "mesh/Router.cpp perhapsEncode: no key for a DM → PKI_SEND_FAIL_PUBLIC_KEY (#9485)",
-    ),
-    row(
-        Rule::IdleClose,
-        (2, 7, 21),
-        None,
-        "mesh/api/ServerAPI.cpp / PhoneAPI.cpp checkConnectionTimeout: 15 min",
-    ),
-    row(
-        Rule::Utf8Validated,
-        (2, 7, 23),
-        None,
-        "mesh/TypeConversions.cpp ConvertToUserLite → meshUtils.cpp sanitizeUtf8",
-    ),
-    row(
-        Rule::IgnoreKeepsKey,
-        (2, 8, 0),
-        None,
-        "modules/AdminModule.cpp set_ignored_node (develop): key kept, satellite stores erased",
-    ),
-    row(
-        Rule::RefuseWhenFull,
-        (2, 8, 0),
-        None,
-        "mesh/NodeDB.cpp getOrCreateMeshNode: returns NULL when nothing is evictable (PR #10705)",
-    ),
-];
+impl Rule {
+    /// The one table that maps a firmware version to its behaviour: a match, so a rule cannot
+    /// be added without its versions and source.
+    const fn row(self) -> Row {
+        match self {
+            Self::AddContact => row(
+                (2, 6, 8),
+                None,
+                "modules/AdminModule.cpp handleReceivedProtobuf: add_contact_tag",
+            ),
+            Self::NodesOnlyDownload => row(
+                (2, 6, 8),
+                None,
+                "mesh/PhoneAPI.cpp handleStartConfig: SPECIAL_NONCE_ONLY_NODES",
+            ),
+            Self::ContactAlwaysVerified => row(
+                (2, 6, 9),
+                Some((2, 7, 11)),
+                "mesh/NodeDB.cpp addFromContact: verified bit set unconditionally (#6858)",
+            ),
+            Self::ContactShouldIgnore => row(
+                (2, 6, 12),
+                None,
+                "mesh/NodeDB.cpp addFromContact: should_ignore → is_ignored, key zeroed (#7044)",
+            ),
+            Self::ContactRefreshesLastHeard => row(
+                (2, 6, 8),
+                Some((2, 7, 13)),
+                "mesh/NodeDB.cpp addFromContact: last_heard = getValidTime (from 2.7.14 CLIENT_BASE only, #8495)",
+            ),
+            Self::VerifiedKeepsItsKey => row(
+                (2, 7, 12),
+                None,
+                "mesh/NodeDB.cpp addFromContact: manually_verified honoured, key conflict dropped (#8180)",
+            ),
+            Self::NodedbCount => row(
+                (2, 7, 4),
+                None,
+                "mesh/PhoneAPI.cpp getFromRadio STATE_SEND_MY_INFO: myNodeInfo.nodedb_count",
+            ),
+            Self::HeartbeatAnswered => row(
+                (2, 7, 6),
+                None,
+                "mesh/PhoneAPI.cpp getFromRadio: heartbeatReceived checked first → QueueStatus (#7506)",
+            ),
+            Self::KeyMismatchDropped => row(
+                (2, 7, 6),
+                None,
+                "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\"",
+            ),
+            Self::PositionRateLimit => row(
+                (2, 7, 1),
+                None,
+                "mesh/PhoneAPI.cpp handleToRadioPacket: lastPortNumToRadio, TEN_SECONDS_MS",
+            ),
+            Self::TextRateLimit => row(
+                (2, 7, 1),
+                None,
+                "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE_APP, TWO_SECONDS_MS",
+            ),
+            Self::TextRateLimitError => row(
+                (2, 7, 4),
+                None,
+                "mesh/PhoneAPI.cpp handleToRadioPacket: sendRoutingErrorResponse(RATE_LIMIT_EXCEEDED)",
+            ),
+            Self::ClientBaseFavouriteRoutes => row(
+                (2, 7, 10),
+                Some((2, 7, 13)),
+                "mesh/FloodingRouter.cpp isRebroadcaster: CLIENT_BASE and favourite",
+            ),
+            Self::ClientBaseNoFavourite => row(
+                (2, 7, 14),
+                None,
+                "mesh/NodeDB.cpp addFromContact: CLIENT_BASE keeps is_favorite, refreshes last_heard",
+            ),
+            Self::PkiSendFail => row(
+                (2, 7, 19),
+                None,
+                "mesh/Router.cpp perhapsEncode: no key for a DM → PKI_SEND_FAIL_PUBLIC_KEY (#9485)",
+            ),
+            Self::IdleClose => row(
+                (2, 7, 21),
+                None,
+                "mesh/api/ServerAPI.cpp / PhoneAPI.cpp checkConnectionTimeout: 15 min",
+            ),
+            Self::Utf8Validated => row(
+                (2, 7, 23),
+                None,
+                "mesh/TypeConversions.cpp ConvertToUserLite → meshUtils.cpp sanitizeUtf8",
+            ),
+            Self::IgnoreKeepsKey => row(
+                (2, 8, 0),
+                None,
+                "modules/AdminModule.cpp set_ignored_node (develop): key kept, satellite stores erased",
+            ),
+            Self::RefuseWhenFull => row(
+                (2, 8, 0),
+                None,
+                "mesh/NodeDB.cpp getOrCreateMeshNode: returns NULL when nothing is evictable (PR #10705)",
+            ),
+        }
+    }
+}
 
 /// The hardware family: it sets the NodeDB capacity and the queue towards the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -381,19 +365,13 @@ impl Profile {
 
     /// Whether this firmware has `rule`.
     pub fn has(&self, rule: Rule) -> bool {
-        Self::row(rule).is_some_and(|r| {
-            self.firmware.version >= r.since
-                && r.until.is_none_or(|until| self.firmware.version <= until)
-        })
+        let Row { since, until, .. } = rule.row();
+        self.firmware.version >= since && until.is_none_or(|until| self.firmware.version <= until)
     }
 
     /// The firmware file a rule comes from, for log lines.
     pub fn source(rule: Rule) -> &'static str {
-        Self::row(rule).map_or("", |r| r.source)
-    }
-
-    fn row(rule: Rule) -> Option<&'static Row> {
-        RULES.iter().find(|r| r.rule == rule)
+        rule.row().source
     }
 
     pub fn capacity(&self) -> usize {
@@ -554,13 +532,5 @@ mod tests {
         assert!("two".parse::<Firmware>().is_err());
         assert!("2".parse::<Firmware>().is_err());
         assert!("2.x.1".parse::<Firmware>().is_err());
-    }
-
-    #[test]
-    fn every_rule_has_one_row_with_a_source() {
-        for row in RULES {
-            assert!(!row.source.is_empty());
-            assert_eq!(RULES.iter().filter(|r| r.rule == row.rule).count(), 1);
-        }
     }
 }
