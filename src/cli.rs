@@ -180,6 +180,11 @@ pub struct EngineArgs {
     /// Share keys with the other keysyncs of this fleet on the broker (keysync/NAME/…).
     #[arg(long, env = "KEYSYNC_FLEET", value_name = "NAME")]
     pub fleet: Option<String>,
+
+    /// At most this many nodes known only from the broker (never heard by the radio) in the
+    /// store; new ones beyond are not stored [default: 20000].
+    #[arg(long, env = "KEYSYNC_MQTT_MAX_NODES", value_name = "N")]
+    pub mqtt_max_nodes: Option<usize>,
 }
 
 impl StoreArgs {
@@ -223,6 +228,7 @@ impl EngineArgs {
                 self.channel_key
             },
             fleet: self.fleet.or(before.fleet),
+            mqtt_max_nodes: self.mqtt_max_nodes.or(before.mqtt_max_nodes),
         }
     }
 }
@@ -731,6 +737,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
             (root.is_some(), "--mqtt-root"),
             (!channel_keys.is_empty(), "--channel-key"),
             (fleet.is_some(), "--fleet"),
+            (args.mqtt_max_nodes.is_some(), "--mqtt-max-nodes"),
         ];
         return match stray.iter().find(|(given, _)| *given) {
             Some((_, flag)) => Err(format!("{flag} needs --mqtt URL: the broker to use")),
@@ -759,6 +766,9 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
         crate::engine::mqtt::fleet::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
     }
     config.fleet = fleet.cloned();
+    if let Some(n) = args.mqtt_max_nodes {
+        config.max_unheard = n;
+    }
     Ok(Some(config))
 }
 
@@ -860,7 +870,7 @@ mod tests {
             ..EngineArgs::default()
         };
         let s = with_file(
-            "mqtt = \"mqtt://gw@broker.lan\"\nfleet = \"north\"\nchannel-keys = [\"ops=AQ==\"]",
+            "mqtt = \"mqtt://gw@broker.lan\"\nfleet = \"north\"\nchannel-keys = [\"ops=AQ==\"]\nmqtt-max-nodes = 500",
             flags,
         );
         let m = s.engine.mqtt.expect("mqtt");
@@ -870,6 +880,7 @@ mod tests {
         assert_eq!(m.fleet.as_deref(), Some("north"));
         assert_eq!(m.channel_keys.len(), 1);
         assert_eq!(m.channel_keys[0].name, "ops");
+        assert_eq!(m.max_unheard, 500);
         let s = resolve(&GlobalArgs::default(), None).expect("valid");
         assert_eq!(s.engine.mqtt, None);
         let err = FileConfig::parse("mqtt-password = \"x\"").unwrap_err();
@@ -897,6 +908,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("--fleet needs --mqtt"), "{err}");
+        let err = with(EngineArgs {
+            mqtt_max_nodes: Some(5),
+            ..EngineArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("--mqtt-max-nodes needs --mqtt"), "{err}");
         let broker = || Some("mqtt://h".to_string());
         for (key, why) in [
             ("ops", "NAME=BASE64KEY"),

@@ -452,3 +452,44 @@ async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason(
     assert_eq!(snap.mqtt.expect("mqtt").broker, url);
     gw.engine.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn the_broker_cannot_grow_the_store_past_its_bound_of_nodes_never_heard_here() {
+    let broker = Broker::start();
+    let mut config = mqtt_config(&broker, None);
+    config.max_unheard = 2;
+    let gw = gateway(1, 5, config).await;
+    let stored_nodes = || {
+        let store = Store::open_existing(&gw.db).expect("store opens");
+        store.nodes().expect("nodes").len()
+    };
+    let from_radio = stored_nodes();
+    let uplink = broker.client("gateway").await;
+    let far: Vec<u32> = (1..=4).map(|i| FAR_NODE + i).collect();
+    let no_room = || mqtt_status(&gw.engine).map_or(0, |m| m.counts.no_room);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // A gateway repeats its NodeInfos: until two of the four were refused for want of room.
+    while no_room() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: no room");
+        for (i, num) in far.iter().enumerate() {
+            let key = u8::try_from(i + 10).expect("small");
+            uplink.publish(TOPIC, long_fast(*num, *num, key)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = far.iter().filter(|n| node(&gw.db, **n).is_some()).count();
+    assert_eq!(
+        kept, 2,
+        "the store holds as many broker-only nodes as it may"
+    );
+    assert_eq!(
+        stored_nodes(),
+        from_radio + 2,
+        "only the two nodes that had room were added"
+    );
+    gw.engine.quit().await;
+}

@@ -470,11 +470,12 @@ impl Figures {
         e.family(
             MetricType::Counter,
             "mqtt_messages_refused",
-            "Messages from the broker that taught nothing, by why.",
+            "Messages from the broker that taught nothing, by why (no_room: a new node the store had no room for, --mqtt-max-nodes).",
             [
                 ([("why", "ignored")], c.ignored),
                 ([("why", "oversized")], c.oversized),
                 ([("why", "undecryptable")], c.undecryptable),
+                ([("why", "no_room")], c.no_room),
             ],
         )
     }

@@ -308,6 +308,9 @@ pub fn mqtt_text(m: &MqttStatus, now: SystemTime) -> String {
     if c.ignored > 0 {
         let _ = write!(text, " · ignored {}", c.ignored);
     }
+    if c.no_room > 0 {
+        let _ = write!(text, " · no room {}", c.no_room);
+    }
     if m.state != MqttState::Connected
         && let Some(e) = &m.last_error
     {
@@ -395,6 +398,11 @@ mod tests {
         assert!(mqtt_text(&m, at(90)).ends_with(
             "retry in 10s · 12 keys · fleet north in 3 out 4 · ignored 5 · I/O: connection refused"
         ));
+        m.counts.no_room = 7;
+        assert!(
+            mqtt_text(&m, at(90)).contains("ignored 5 · no room 7 · I/O"),
+            "the nodes the store had no room for are counted where the operator looks"
+        );
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
             Learned::FirstUse => report.imported += 1,
             Learned::Same => report.unchanged += 1,
             Learned::Pending { .. } | Learned::KnownOther(_) => report.conflicting += 1,
-            Learned::NamesOnly | Learned::NotANode => report.skipped_invalid += 1,
+            // An import is not bounded: no NoRoom.
+            Learned::NamesOnly | Learned::NotANode | Learned::NoRoom => report.skipped_invalid += 1,
         }
     }
     Ok(report)

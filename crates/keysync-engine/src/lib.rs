@@ -358,6 +358,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         mqtt,
         radio_channels: channels_tx,
         mqtt_log: MqttLearnLog::default(),
+        mqtt_no_room: 0,
         share_at: None,
     };
     let task = tokio::spawn(engine.run());
@@ -416,6 +417,9 @@ struct MqttLearnLog {
     last_line: Option<Instant>,
     first_use: u64,
     pending: u64,
+    /// New nodes the store had no room for, and the bound.
+    no_room: u64,
+    max_unheard: usize,
 }
 
 impl MqttLearnLog {
@@ -425,12 +429,19 @@ impl MqttLearnLog {
         let due = self
             .last_line
             .is_none_or(|at| now.duration_since(at) >= MQTT_LOG_EVERY);
-        if !due || self.first_use + self.pending == 0 {
+        if !due || self.first_use + self.pending + self.no_room == 0 {
             return;
         }
-        log::info!(target: "keysync::mqtt",
-            "learned {} new keys over MQTT (trusted on first use); {} different keys pending your decision",
-            self.first_use, self.pending);
+        if self.first_use + self.pending > 0 {
+            log::info!(target: "keysync::mqtt",
+                "learned {} new keys over MQTT (trusted on first use); {} different keys pending your decision",
+                self.first_use, self.pending);
+        }
+        if self.no_room > 0 {
+            log::warn!(target: "keysync::mqtt",
+                "{} new nodes from the broker not stored: the store already holds {} nodes known only from the broker (--mqtt-max-nodes)",
+                self.no_room, self.max_unheard);
+        }
         *self = Self {
             last_line: Some(now),
             ..Self::default()
@@ -495,6 +506,8 @@ struct EngineLoop {
     /// The radio's channels, for reading the uplink.
     radio_channels: watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
     mqtt_log: MqttLearnLog,
+    /// New nodes from the broker the store had no room for, since start.
+    mqtt_no_room: u64,
     /// When to publish the store view early, for the fleet.
     share_at: Option<Instant>,
 }
@@ -850,9 +863,17 @@ impl EngineLoop {
         let own = self.own_num;
         let batch: Vec<NodeSeen> = batch.into_iter().filter(|s| s.num != own).collect();
         let now = SystemTime::now();
+        let max_unheard = self
+            .config
+            .mqtt
+            .as_ref()
+            .map_or(usize::MAX, |m| m.max_unheard);
         let result = self
             .store
-            .call(move |s| s.learn_all(&batch, now).map(|l| (batch, l)))
+            .call(move |s| {
+                s.learn_from_broker(&batch, now, max_unheard)
+                    .map(|l| (batch, l))
+            })
             .await;
         let (batch, learned) = match result {
             Ok(v) => v,
@@ -873,6 +894,11 @@ impl EngineLoop {
                     continue;
                 }
                 Learned::Pending { .. } => log.pending += 1,
+                Learned::NoRoom => {
+                    log.no_room += 1;
+                    log.max_unheard = max_unheard;
+                    self.mqtt_no_room += 1;
+                }
                 _ => {}
             }
             log_learned(seen, *outcome, log::Level::Debug);
@@ -1172,7 +1198,11 @@ impl EngineLoop {
         let pushes = self.writes.pushes.load(Ordering::Relaxed);
         let unfavourites = self.writes.unfavourites.load(Ordering::Relaxed);
         self.count_flash_writes(pushes + unfavourites).await;
-        let mqtt = self.mqtt.as_ref().map(|m| m.status.borrow().clone());
+        let mqtt = self.mqtt.as_ref().map(|m| {
+            let mut status = m.status.borrow().clone();
+            status.counts.no_room = self.mqtt_no_room;
+            status
+        });
         self.snapshot.send_if_modified(|s| {
             let totals = &mut s.sync.totals;
             let mut changed = (totals.pushes, totals.unfavourites) != (pushes, unfavourites);
@@ -1443,7 +1473,11 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
         Learned::Pending { old, new } => log::warn!(target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
             sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
-        Learned::Same | Learned::KnownOther(_) | Learned::NamesOnly | Learned::NotANode => {}
+        Learned::Same
+        | Learned::KnownOther(_)
+        | Learned::NamesOnly
+        | Learned::NotANode
+        | Learned::NoRoom => {}
     }
 }
 

@@ -58,9 +58,14 @@ pub struct MqttConfig {
     pub fleet: Option<String>,
     pub keep_alive: Duration,
     pub backoff: BackoffPolicy,
+    /// Nodes known only from the broker (never heard here) the store may hold
+    /// (`--mqtt-max-nodes`); a new one beyond is not stored.
+    pub max_unheard: usize,
 }
 
 impl MqttConfig {
+    pub const DEFAULT_MAX_UNHEARD: usize = 20_000;
+
     pub fn new(broker: BrokerUrl) -> Self {
         Self {
             broker,
@@ -69,6 +74,7 @@ impl MqttConfig {
             fleet: None,
             keep_alive: Duration::from_secs(30),
             backoff: BackoffPolicy::default(),
+            max_unheard: Self::DEFAULT_MAX_UNHEARD,
         }
     }
 }
@@ -109,6 +115,9 @@ pub struct MqttCounts {
     pub ignored: u64,
     pub oversized: u64,
     pub undecryptable: u64,
+    /// Nodes new to the store that it had no room for (`--mqtt-max-nodes`): counted by the
+    /// engine, which stores what the broker teaches.
+    pub no_room: u64,
 }
 
 /// The MQTT side as the views show it.

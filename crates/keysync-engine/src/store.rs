@@ -212,6 +212,9 @@ pub enum Learned {
     NamesOnly,
     /// Node 0 or the broadcast address: nothing stored.
     NotANode,
+    /// A node new to the store that only the broker told of, while the store already holds
+    /// the most such nodes it may ([`Store::learn_from_broker`]): nothing stored.
+    NoRoom,
 }
 
 /// The trusted key of a node, with what add_contact needs to send.
@@ -535,7 +538,7 @@ impl Store {
     /// Records what a sighting says about a node and its key, under trust on first use.
     pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
         let tx = self.write_transaction()?;
-        let learned = self.learn_in(&tx, seen, now)?;
+        let learned = self.learn_in(&tx, seen, now, None)?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
     }
@@ -550,17 +553,44 @@ impl Store {
         let tx = self.write_transaction()?;
         let learned = seen
             .iter()
-            .map(|s| self.learn_in(&tx, s, now))
+            .map(|s| self.learn_in(&tx, s, now, None))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
     }
 
+    /// Learns what the broker told of, as [`Store::learn_all`] does, except that a node new to
+    /// the store is stored only while fewer than `max_unheard` nodes are known from the broker
+    /// alone (never heard here): anyone who may publish can name any number of nodes.
+    pub fn learn_from_broker(
+        &mut self,
+        seen: &[NodeSeen],
+        now: SystemTime,
+        max_unheard: usize,
+    ) -> Result<Vec<Learned>, StoreError> {
+        let tx = self.write_transaction()?;
+        let unheard: i64 = tx
+            .query_row("SELECT count(*) FROM nodes WHERE last_seen = 0", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.error(e))?;
+        let mut room = max_unheard.saturating_sub(usize::try_from(unheard).unwrap_or(usize::MAX));
+        let learned = seen
+            .iter()
+            .map(|s| self.learn_in(&tx, s, now, Some(&mut room)))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(learned)
+    }
+
+    /// Learns one sighting. `room`: how many more nodes known only from the broker may be
+    /// stored, when that is bounded.
     fn learn_in(
         &self,
         tx: &rusqlite::Transaction<'_>,
         seen: &NodeSeen,
         now: SystemTime,
+        room: Option<&mut usize>,
     ) -> Result<Learned, StoreError> {
         if !is_node_num(seen.num) {
             return Ok(Learned::NotANode);
@@ -598,6 +628,12 @@ impl Store {
             )
             .map_err(|e| self.error(e))?;
         } else {
+            if let Some(room) = room.filter(|_| !seen.source.heard_here()) {
+                if *room == 0 {
+                    return Ok(Learned::NoRoom);
+                }
+                *room -= 1;
+            }
             tx.execute(
                 "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1384,6 +1420,42 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn the_broker_fills_the_store_only_up_to_its_bound_and_a_node_heard_here_frees_room() {
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        let broker = |num: u32, key: u8| NodeSeen {
+            source: Source::Mqtt { gateway: 0xbeef },
+            ..seen(num, Some(key), "far")
+        };
+        let learned = s
+            .learn_from_broker(&[broker(1, 1), broker(2, 2), broker(3, 3)], t, 2)
+            .unwrap();
+        assert_eq!(
+            learned,
+            [Learned::FirstUse, Learned::FirstUse, Learned::NoRoom]
+        );
+        assert!(
+            !s.knows(3).unwrap(),
+            "nothing of a node without room is stored"
+        );
+        // Known nodes still learn at the bound: a changed key waits for the operator.
+        let changed = s.learn_from_broker(&[broker(2, 9)], t, 2).unwrap();
+        assert!(matches!(changed[0], Learned::Pending { .. }), "{changed:?}");
+        // Heard by the radio, node 1 is no longer known from the broker alone: room for one.
+        s.learn(&seen(1, Some(1), "near"), t).unwrap();
+        let learned = s
+            .learn_from_broker(&[broker(3, 3), broker(4, 4)], t, 2)
+            .unwrap();
+        assert_eq!(learned, [Learned::FirstUse, Learned::NoRoom]);
+        // A bound below what is stored takes nothing new and removes nothing.
+        assert_eq!(
+            s.learn_from_broker(&[broker(5, 5)], t, 0).unwrap(),
+            [Learned::NoRoom]
+        );
+        assert_eq!(s.nodes().unwrap().len(), 3);
     }
 
     #[test]
