@@ -796,7 +796,10 @@ impl EngineLoop {
         }
         self.waiters.push((num, need.done));
         self.lazy_asked.remove(&num);
-        self.need(num, Trigger::ClientDm).await;
+        if !self.need(num, Trigger::ClientDm).await {
+            // Backing off: no push is coming, so the DM need not wait for one.
+            self.answer_waiters(|n| n == num);
+        }
     }
 
     /// Answers the proxy DMs waiting for nodes that `pick` selects.
@@ -810,30 +813,32 @@ impl EngineLoop {
         }
     }
 
-    /// A node needs its key on the radio now: ahead of any bulk fill in progress.
-    async fn need(&mut self, num: u32, trigger: Trigger) {
+    /// A node needs its key on the radio now: ahead of any bulk fill in progress. Returns
+    /// whether a push was asked for (not when the node backs off or was asked for lately).
+    async fn need(&mut self, num: u32, trigger: Trigger) -> bool {
         let now = SystemTime::now();
         if self.backoff.get(&num).is_some_and(|b| b.until > now) {
-            return;
+            return false;
         }
         if self
             .lazy_asked
             .get(&num)
             .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < LAZY_AGAIN_AFTER)
         {
-            return;
+            return false;
         }
         self.lazy_asked.insert(num, now);
         if let Some(tx) = &self.urgent_tx
             && tx.try_send(num).is_ok()
         {
-            return;
+            return true;
         }
         if self.running.is_some() {
             self.lazy_queue.push((num, trigger));
         } else {
             self.start_run(trigger, false, vec![num]).await;
         }
+        true
     }
 
     async fn learn(&mut self, seen: NodeSeen) {
