@@ -17,6 +17,9 @@ use crate::engine::mqtt::crypto::ChannelKey;
 use crate::engine::proxy::{DestructiveAdmin, ProxyConfig};
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
+mod file;
+pub use file::FileConfig;
+
 /// The radio's TCP API port.
 pub const DEFAULT_PORT: u16 = 4403;
 
@@ -182,7 +185,7 @@ pub struct EngineArgs {
     pub fleet: Option<String>,
 
     /// At most this many nodes known only from the broker (never heard by the radio) in the
-    /// store; new ones beyond are not stored [default: 20000].
+    /// store; new ones beyond are not stored (0: only nodes already known) [default: 20000].
     #[arg(long, env = "KEYSYNC_MQTT_MAX_NODES", value_name = "N")]
     pub mqtt_max_nodes: Option<usize>,
 }
@@ -474,32 +477,6 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
     }
 }
 
-/// The config file's contents; every key optional.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-pub struct FileConfig {
-    pub db: Option<PathBuf>,
-    pub log_level: Option<String>,
-    pub log_file: Option<PathBuf>,
-    #[serde(flatten)]
-    pub engine: EngineArgs,
-    /// Keys no option has: refused, so a misspelt one is not silently ignored.
-    #[serde(flatten)]
-    unknown: std::collections::BTreeMap<String, toml::Value>,
-}
-
-impl FileConfig {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: Self = toml::from_str(text).map_err(|e| e.to_string())?;
-        match file.unknown.keys().next() {
-            Some(key) => Err(format!(
-                "unknown key {key:?}: the keys are the long options without their dashes, e.g. cache-ttl = \"1h\""
-            )),
-            None => Ok(file),
-        }
-    }
-}
-
 /// `serde(deserialize_with)` for a list of values that parse from strings as their flag does.
 fn from_strs<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
@@ -582,7 +559,7 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
         let host = normalize_host(&host).map_err(SettingsError::Invalid)?;
-        let log_level = match (args.common.log_level, file.log_level) {
+        let log_level = match (args.common.log_level, file.common.log_level) {
             (Some(l), _) => l,
             (None, Some(s)) => parse_level(&s).map_err(SettingsError::Invalid)?,
             (None, None) => LevelFilter::Info,
@@ -593,7 +570,7 @@ impl Settings {
                     .into(),
             ));
         }
-        let db = args.store.db.clone().or(file.db);
+        let db = args.store.db.clone().or(file.common.db);
         let mut engine = EngineConfig::new(host, db.clone().unwrap_or(default_db));
         set(&mut engine.link.heartbeat, e.heartbeat);
         set(&mut engine.sync_interval, e.sync_interval);
@@ -618,7 +595,7 @@ impl Settings {
             db_is_default: db.is_none(),
             config_file,
             log_level,
-            log_file: args.common.log_file.clone().or(file.log_file),
+            log_file: args.common.log_file.clone().or(file.common.log_file),
             metrics: e.metrics,
         };
         settings.validate()?;
@@ -1059,16 +1036,5 @@ mod tests {
             resolve(&GlobalArgs::default(), Some(file)).expect("the example resolves");
         }
         assert!(every_key.contains("\ndeny-admin = "), "{every_key}");
-    }
-
-    #[test]
-    fn config_file_rejects_unknown_keys() {
-        for (text, names) in [("hots = \"x\"", "hots"), ("cache-ttl = 5", "cache-ttl")] {
-            let err = FileConfig::parse(text).unwrap_err();
-            assert!(err.contains(names), "{text}: {err}");
-        }
-        let ok = FileConfig::parse("cache-ttl = \"1h\"\nmax-pushes = 4").expect("valid");
-        assert_eq!(ok.engine.cache_ttl, Some(Duration::from_secs(3600)));
-        assert_eq!(ok.engine.max_pushes, Some(4));
     }
 }

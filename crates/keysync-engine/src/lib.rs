@@ -439,7 +439,7 @@ impl MqttLearnLog {
         }
         if self.no_room > 0 {
             log::warn!(target: "keysync::mqtt",
-                "{} new nodes from the broker not stored: the store already holds {} nodes known only from the broker (--mqtt-max-nodes)",
+                "{} new nodes from the broker not stored: the store is at its bound of {} nodes known only from the broker (--mqtt-max-nodes)",
                 self.no_room, self.max_unheard);
         }
         *self = Self {
