@@ -10,7 +10,9 @@
 //!
 //! `cargo bench --bench mqtt` (needs mosquitto: apt-get install mosquitto).
 
+// The tests' broker; its TLS half is for the tests only.
 #[path = "../tests/common/broker.rs"]
+#[allow(dead_code)]
 mod broker;
 
 use std::path::Path;

@@ -188,6 +188,11 @@ pub struct EngineArgs {
     /// store; new ones beyond are not stored (0: only nodes already known) [default: 20000].
     #[arg(long, env = "KEYSYNC_MQTT_MAX_NODES", value_name = "N")]
     pub mqtt_max_nodes: Option<usize>,
+
+    /// Trust the authority in this PEM file for an mqtts:// broker, instead of the system's
+    /// roots (a broker with a private CA).
+    #[arg(long, env = "KEYSYNC_MQTT_CA", value_name = "PATH")]
+    pub mqtt_ca: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -232,6 +237,7 @@ impl EngineArgs {
             },
             fleet: self.fleet.or(before.fleet),
             mqtt_max_nodes: self.mqtt_max_nodes.or(before.mqtt_max_nodes),
+            mqtt_ca: self.mqtt_ca.or(before.mqtt_ca),
         }
     }
 }
@@ -697,6 +703,25 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
     })
 }
 
+/// The most a certificate file may hold: a bundle of authorities is a few hundred KiB.
+const CA_FILE_MAX: u64 = 1 << 20;
+
+/// Reads a file that must be small (a path could name a device or a huge file).
+fn read_small(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            max / 1024
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Overrides `slot` with an option that was given.
 fn set<T>(slot: &mut T, given: Option<T>) {
     if let Some(value) = given {
@@ -715,6 +740,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
             (!channel_keys.is_empty(), "--channel-key"),
             (fleet.is_some(), "--fleet"),
             (args.mqtt_max_nodes.is_some(), "--mqtt-max-nodes"),
+            (args.mqtt_ca.is_some(), "--mqtt-ca"),
         ];
         return match stray.iter().find(|(given, _)| *given) {
             Some((_, flag)) => Err(format!("{flag} needs --mqtt URL: the broker to use")),
@@ -745,6 +771,19 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
     config.fleet = fleet.cloned();
     if let Some(n) = args.mqtt_max_nodes {
         config.max_unheard = n;
+    }
+    if let Some(path) = &args.mqtt_ca {
+        if !config.broker.tls {
+            return Err(format!(
+                "--mqtt-ca {}: the broker is not mqtts:// (TLS)",
+                path.display()
+            ));
+        }
+        let pem = read_small(path, CA_FILE_MAX)
+            .map_err(|e| format!("cannot read --mqtt-ca {}: {e}", path.display()))?;
+        crate::engine::mqtt::ca_roots(&pem)
+            .map_err(|e| format!("--mqtt-ca {}: {e}", path.display()))?;
+        config.ca = Some(pem);
     }
     Ok(Some(config))
 }
@@ -886,6 +925,19 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("--mqtt-max-nodes needs --mqtt"), "{err}");
+        for (broker, ca, says) in [
+            ("mqtt://h", "/etc/hostname", "is not mqtts://"),
+            ("mqtts://h", "/etc/hostname", "no PEM certificate"),
+            ("mqtts://h", "/nonexistent/ca.pem", "cannot read --mqtt-ca"),
+        ] {
+            let err = with(EngineArgs {
+                mqtt: Some(broker.into()),
+                mqtt_ca: Some(ca.into()),
+                ..EngineArgs::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(says), "{broker} {ca}: {err}");
+        }
         let broker = || Some("mqtt://h".to_string());
         for (key, why) in [
             ("ops", "NAME=BASE64KEY"),
@@ -1026,6 +1078,13 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
+        // The authority file the example names, made real.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("broker-ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["mqtt.example.net".to_string()])
+            .expect("a certificate");
+        std::fs::write(&ca, cert.cert.pem()).expect("written");
+        let every_key = every_key.replace("/etc/keysync/broker-ca.pem", &ca.display().to_string());
         for text in [example, every_key.as_str()] {
             let file = FileConfig::parse(text).expect("the example parses");
             resolve(&GlobalArgs::default(), Some(file)).expect("the example resolves");

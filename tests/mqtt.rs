@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::broker::Broker;
+use common::broker::{Broker, Pki};
 use common::{WAIT, fast_engine, population, seeded_store, sim_config, start_sim, wait_until};
 use keysync::engine::mqtt::broker::BrokerUrl;
 use keysync::engine::mqtt::crypto::ChannelKey;
@@ -466,5 +466,50 @@ async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason(
         "the radio link is up"
     );
     assert_eq!(snap.mqtt.expect("mqtt").broker, url);
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
+    let pki = Pki::new("keysync test CA");
+    let broker = Broker::start_tls(&pki);
+    let tls_port = broker.tls_addr.expect("a TLS listener").port();
+    let over_tls = |ca: &str| {
+        let mut config = mqtt_config(&broker, None);
+        config.broker = BrokerUrl::parse(&format!("mqtts://localhost:{tls_port}")).expect("url");
+        config.ca = Some(ca.as_bytes().to_vec());
+        config
+    };
+    // Another authority's word for the broker is not enough: the handshake fails.
+    let stranger = start_gateway(2, 3, over_tls(&Pki::new("another CA").ca));
+    wait_until("the broker refused for its certificate", || {
+        mqtt_status(&stranger.engine).is_some_and(|m| {
+            matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
+                && m.last_error.is_some_and(|e| e.contains("certificate"))
+        })
+    })
+    .await;
+    stranger.engine.quit().await;
+    // With the broker's own authority: connected, and keys arrive over TLS.
+    let gw = gateway(1, 3, over_tls(&pki.ca)).await;
+    let uplink = broker.client("gateway").await;
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE, 42, 7),
+        "learned over TLS",
+        || stored(&gw.db, FAR_NODE).is_some(),
+    )
+    .await;
+    let status = mqtt_status(&gw.engine).expect("mqtt");
+    assert_eq!(status.state, keysync::engine::mqtt::MqttState::Connected);
+    assert!(
+        status.broker.starts_with("mqtts://localhost:"),
+        "{}",
+        status.broker
+    );
     gw.engine.quit().await;
 }

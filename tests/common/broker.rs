@@ -14,6 +14,8 @@ const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub struct Broker {
     pub addr: SocketAddr,
+    /// The TLS listener, when started with one.
+    pub tls_addr: Option<SocketAddr>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -28,15 +30,58 @@ fn mosquitto() -> String {
     "mosquitto".to_string()
 }
 
+/// A broker certificate for `localhost` and the authority that signed it, in PEM.
+pub struct Pki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pki {
+    /// A new authority named `name` and a certificate it signed for `localhost`.
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("broker key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("broker params")
+            .signed_by(&key, &issuer)
+            .expect("broker certificate");
+        Self {
+            ca: ca_cert.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// A free loopback port: bind, read it, let go; mosquitto takes it a moment later.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 impl Broker {
     /// Starts mosquitto and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Also a TLS listener (`tls_addr`) with `pki`'s certificate for `localhost`.
+    pub fn start_tls(pki: &Pki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        // A free port: bind, read it, let go; mosquitto takes it a moment later.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).expect("config file");
         writeln!(
@@ -44,6 +89,21 @@ impl Broker {
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning"
         )
         .expect("config written");
+        let tls_addr = pki.map(|pki| {
+            let (cert, key) = (dir.path().join("broker.pem"), dir.path().join("broker.key"));
+            std::fs::write(&cert, &pki.cert).expect("certificate written");
+            std::fs::write(&key, &pki.key).expect("key written");
+            let tls_port = free_port();
+            writeln!(
+                f,
+                "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}",
+                cert.display(),
+                key.display()
+            )
+            .expect("config written");
+            SocketAddr::from(([127, 0, 0, 1], tls_port))
+        });
+        drop(f);
         let mut child = Command::new(mosquitto())
             .arg("-c")
             .arg(&conf)
@@ -53,17 +113,20 @@ impl Broker {
             .expect("mosquitto starts (apt-get install mosquitto)");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            let exited = child.try_wait().ok().flatten();
-            assert!(exited.is_none(), "mosquitto exited: {exited:?}");
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for listening in std::iter::once(addr).chain(tls_addr) {
+            while TcpStream::connect(listening).is_err() {
+                let exited = child.try_wait().ok().flatten();
+                assert!(exited.is_none(), "mosquitto exited: {exited:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not listen on {listening}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Self {
             addr,
+            tls_addr,
             child,
             _dir: dir,
         }

@@ -61,6 +61,9 @@ pub struct MqttConfig {
     /// Nodes known only from the broker (never heard here) the store may hold
     /// (`--mqtt-max-nodes`); a new one beyond is not stored.
     pub max_unheard: usize,
+    /// PEM certificates of the authority that signed the broker's (`--mqtt-ca`): trusted
+    /// instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl MqttConfig {
@@ -75,6 +78,7 @@ impl MqttConfig {
             keep_alive: Duration::from_secs(30),
             backoff: BackoffPolicy::default(),
             max_unheard: Self::DEFAULT_MAX_UNHEARD,
+            ca: None,
         }
     }
 }
@@ -175,7 +179,11 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
         );
     }
     if config.broker.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls_config()?)));
+        let roots = match &config.ca {
+            Some(pem) => ca_roots(pem)?,
+            None => system_roots()?,
+        };
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls_config(roots)?)));
     }
     let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
     let (status_tx, status) = watch::channel(MqttStatus {
@@ -209,14 +217,35 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
     Ok(MqttHandle { status, task })
 }
 
-/// TLS with the system's root certificates and the ring provider.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+/// The authorities in a PEM file (`--mqtt-ca`), or why they cannot be used.
+pub fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err("mqtts: no root certificates found on this system".into());
+        return Err("mqtts: no root certificates found on this system (give --mqtt-ca)".into());
     }
+    Ok(roots)
+}
+
+/// TLS trusting `roots`, with the ring provider.
+fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
