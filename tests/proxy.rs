@@ -1375,3 +1375,69 @@ async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_
     }
     p.engine.quit().await;
 }
+
+#[tokio::test]
+async fn a_dm_waiting_for_its_key_lets_other_clients_packets_go_first() {
+    // A radio that holds 2 of the 12 nodes whose keys the store trusts: the startup sync fills
+    // it one push a second, so a DM's key waits for the next write slot.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(keysync::sim::SimConfig {
+        in_radio: Some(2),
+        ..sim_config(12)
+    });
+    let (db, store) = seeded_store(&dir, &sim.mesh());
+    let mut config = fast_engine(&sim, db.clone(), 60 * SEC, 600 * SEC);
+    config.sync.push_gap = SEC;
+    config.proxy = Some(ProxyConfig::new("127.0.0.1:0".parse().expect("addr")));
+    let engine = engine::try_start(config, store).expect("proxy binds");
+    wait_until("the fill under way", || !sim.contacts().is_empty()).await;
+    let (mut a, mut b) = (connect(&engine).await, connect(&engine).await);
+    download(&mut a, 1).await;
+    download(&mut b, 2).await;
+    let pushed: BTreeSet<u32> = sim.contacts().iter().map(|c| c.node_num).collect();
+    let on_radio: BTreeSet<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+    let target = sim
+        .mesh()
+        .iter()
+        .map(|n| n.num)
+        .find(|n| !pushed.contains(n) && !on_radio.contains(n))
+        .expect("a node whose key the radio still lacks");
+    let send = |id, to, body| ToRadio {
+        payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+            text_packet(to, id, body),
+        )),
+    };
+    a.send(send(7001, target, "a DM")).await.expect("sends");
+    // The proxy asked for the key once it took the DM: the store notes the DM.
+    let dm_noted = || {
+        let store = keysync::engine::store::Store::open_existing(&db).expect("store opens");
+        let key = store.trusted_of(&[target]).expect("reads");
+        key.first().is_some_and(|k| k.last_dm.is_some())
+    };
+    wait_until("the DM taken and its key asked for", dm_noted).await;
+    b.send(send(7002, radio::BROADCAST, "meanwhile"))
+        .await
+        .expect("sends");
+    let position = |id: u32| sent_index(&sim, id);
+    wait_until("both packets on the air", || {
+        position(7001).is_some() && position(7002).is_some()
+    })
+    .await;
+    assert!(
+        position(7002) < position(7001),
+        "the other client's text went while the DM waited for its key"
+    );
+    let contacts = sim.contacts();
+    let key_at = contacts.iter().position(|c| c.node_num == target);
+    let key_time = key_at
+        .map(|i| sim.contact_times()[i])
+        .expect("the key pushed");
+    let dm_time = sim.sent_times()[position(7001).expect("sent")];
+    assert!(key_time < dm_time, "the key went before the DM");
+    engine.quit().await;
+}
+
+/// Where packet `id` stands among the packets the radio sent.
+fn sent_index(sim: &SimHandle, id: u32) -> Option<usize> {
+    sim.sent().iter().position(|p| p.id == id)
+}

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use link::{Link, LinkConfig, LinkCounters, LinkNotice, LinkStatus, Session};
 use plan::{Mirror, RadioTraits};
-use radio::{NodeSeen, PublicKey, node_id};
+use radio::{NodeSeen, PublicKey, node_id, valid_key};
 use stats::{Histogram, SyncTotals, WriteCounters};
 use store::{Learned, NodeRecord, Store, SyncCache};
 use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
@@ -786,10 +786,18 @@ impl EngineLoop {
         let now = SystemTime::now();
         let num = need.num;
         let _ = self.store.call(move |s| s.note_dm(num, now)).await;
-        let lacks = self
-            .mirror
-            .as_ref()
-            .is_some_and(|m| m.get(&num).is_none_or(|n| n.key.is_none() && !n.ignored));
+        let lacks = match (&self.mirror, &self.session) {
+            (Some(m), _) => m.get(&num).is_none_or(|n| n.key.is_none() && !n.ignored),
+            // The first run has not pictured the radio yet: its handshake's node list says.
+            (None, Some(session)) => !session.nodes.iter().any(|n| {
+                n.num == num
+                    && (n.is_ignored
+                        || n.user
+                            .as_ref()
+                            .is_some_and(|u| valid_key(&u.public_key).is_some()))
+            }),
+            (None, None) => false,
+        };
         if !(lacks && self.trusted.contains(&num) && self.session.is_some()) {
             let _ = need.done.send(());
             return;

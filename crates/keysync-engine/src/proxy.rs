@@ -351,6 +351,36 @@ struct Upward {
     portnum: Option<i32>,
     /// Where the radio's answer goes.
     reply: mpsc::Sender<ToClient>,
+    /// A DM whose destination's key the engine was asked to push first.
+    key: Option<KeyWait>,
+}
+
+impl Upward {
+    fn new(msg: ToRadio, id: u32, portnum: Option<i32>, reply: mpsc::Sender<ToClient>) -> Self {
+        Self {
+            msg,
+            id,
+            portnum,
+            reply,
+            key: None,
+        }
+    }
+
+    /// Until when the packet waits for its destination's key, if it still does.
+    fn key_wait(&self) -> Option<Instant> {
+        self.key
+            .as_ref()
+            .filter(|k| !k.done.load(Ordering::Acquire))
+            .map(|k| k.until)
+    }
+}
+
+/// A DM waiting for its destination's key to be pushed: until the engine says it is done, or
+/// [`KEY_WAIT`] passes. Other clients' packets go meanwhile.
+#[derive(Debug)]
+struct KeyWait {
+    until: Instant,
+    done: Arc<AtomicBool>,
 }
 
 /// Room in the radio's queue for packets from its client.
@@ -891,10 +921,11 @@ async fn write_upstream(
             radio_session = session;
         }
         let version = shared.firmware();
-        let next = lock(&shared.held)
-            .queues
-            .next(Instant::now(), |up| radio.ready_at(version, up.portnum));
-        let (client, up) = match next {
+        let next = lock(&shared.held).queues.next(Instant::now(), |up| {
+            let radio_ready = radio.ready_at(version, up.portnum);
+            up.key_wait().max(radio_ready)
+        });
+        let (client, mut up) = match next {
             fair::Next::Take(client, up) => (client, up),
             fair::Next::WaitUntil(at) => {
                 tokio::select! {
@@ -912,7 +943,13 @@ async fn write_upstream(
             .session
             .as_ref()
             .map_or(0, |s| s.my_node_num);
-        key_first(&up.msg, own, &needs).await;
+        if up.key.is_none()
+            && let Some(to) = dm_to(&up.msg, own)
+        {
+            up.key = Some(ask_for_key(&shared, &needs, to, up.id).await);
+            lock(&shared.held).queues.put_back(client, up);
+            continue;
+        }
         if up.id != 0 {
             let mut pending = lock(&shared.pending_ids);
             if pending.len() >= PENDING_IDS {
@@ -1032,26 +1069,49 @@ impl OverflowLog {
 /// How long a client's DM waits for its destination's key to be pushed.
 const KEY_WAIT: Duration = Duration::from_secs(5);
 
-/// A DM to a node whose key the radio lacks goes out encrypted the first time: the engine
-/// pushes the key first (at most [`KEY_WAIT`]), then the DM follows.
-async fn key_first(msg: &ToRadio, own: u32, needs: &mpsc::Sender<crate::KeyNeed>) {
+/// The destination of a DM that the radio must encrypt with the destination's key.
+fn dm_to(msg: &ToRadio, own: u32) -> Option<u32> {
     let Some(to_radio::PayloadVariant::Packet(packet)) = &msg.payload_variant else {
-        return;
+        return None;
     };
-    if !crate::radio::is_pki_dm(packet, own) {
-        return;
-    }
-    let (done, answered) = tokio::sync::oneshot::channel();
+    crate::radio::is_pki_dm(packet, own).then_some(packet.to)
+}
+
+/// A DM to a node whose key the radio lacks goes out encrypted the first time: the engine
+/// pushes the key first. The DM waits for that (at most [`KEY_WAIT`]) in its client's queue,
+/// and the client's later packets behind it; other clients' packets go meanwhile.
+async fn ask_for_key(
+    shared: &Arc<Shared>,
+    needs: &mpsc::Sender<crate::KeyNeed>,
+    to: u32,
+    packet_id: u32,
+) -> KeyWait {
+    let done = Arc::new(AtomicBool::new(false));
+    let wait = KeyWait {
+        until: Instant::now() + KEY_WAIT,
+        done: Arc::clone(&done),
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
     let need = crate::KeyNeed {
-        num: packet.to,
-        packet_id: packet.id,
-        done,
+        num: to,
+        packet_id,
+        done: answer,
     };
-    if needs.send(need).await.is_ok() && tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
-        log::warn!(target: "keysync::engine::proxy",
-            "the key of {} was not pushed within {}: the DM goes as it is",
-            crate::radio::node_id(packet.to), humantime::format_duration(KEY_WAIT));
+    if needs.send(need).await.is_err() {
+        done.store(true, Ordering::Release);
+        return wait;
     }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
+            log::warn!(target: "keysync::engine::proxy",
+                "the key of {} was not pushed within {}: the DM goes as it is",
+                crate::radio::node_id(to), humantime::format_duration(KEY_WAIT));
+        }
+        done.store(true, Ordering::Release);
+        shared.held_more.notify_one();
+    });
+    wait
 }
 
 async fn accept(shared: Arc<Shared>, listener: TcpListener) {
@@ -1210,14 +1270,10 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
             | Some(to_radio::PayloadVariant::Heartbeat(_) | to_radio::PayloadVariant::Packet(_)) => {
             }
             Some(other) => {
-                let up = Upward {
-                    msg: ToRadio {
-                        payload_variant: Some(other),
-                    },
-                    id: 0,
-                    portnum: None,
-                    reply: direct.clone(),
+                let msg = ToRadio {
+                    payload_variant: Some(other),
                 };
+                let up = Upward::new(msg, 0, None, direct.clone());
                 hold(shared, &stats, up);
             }
         }
@@ -1266,14 +1322,11 @@ fn take_packet(
     // What it changes in the replay once held: the node list at once, the configuration by a
     // config-only refresh queued right behind it.
     let effect = replay_effect(shared, &packet);
-    let up = Upward {
-        id: packet.id,
-        portnum,
-        msg: ToRadio {
-            payload_variant: Some(to_radio::PayloadVariant::Packet(packet)),
-        },
-        reply: reply.clone(),
+    let id = packet.id;
+    let msg = ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::Packet(packet)),
     };
+    let up = Upward::new(msg, id, portnum, reply.clone());
     // A packet the full queue refused changes nothing on the radio, nor in the replay.
     if hold(shared, stats, up) {
         apply_to_replay(shared, effect);
@@ -1604,12 +1657,12 @@ fn admit(shared: &Shared, verdict: Verdict) -> bool {
 fn queue_refresh(shared: &Shared, stats: &ClientStats, reply: &mpsc::Sender<ToClient>) {
     log::info!(target: "keysync::engine::proxy",
         "{} changes the radio's configuration: refreshing it before the next replay", stats.addr);
-    let want = Upward {
-        msg: crate::radio::want_config(CONFIG_ONLY_NONCE),
-        id: 0,
-        portnum: None,
-        reply: reply.clone(),
-    };
+    let want = Upward::new(
+        crate::radio::want_config(CONFIG_ONLY_NONCE),
+        0,
+        None,
+        reply.clone(),
+    );
     if !hold(shared, stats, want) {
         shared.refreshes.send_modify(|n| *n = n.saturating_sub(1));
     }
