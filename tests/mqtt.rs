@@ -136,10 +136,13 @@ async fn publish_until(
     }
 }
 
-/// A gateway that learned [`FAR_NODE`]'s key `[7; 32]` from the LongFast uplink, and the
-/// uplink's connection.
-async fn gateway_that_learned_far_node(broker: &Broker) -> (Gateway, common::broker::Publisher) {
-    let gw = gateway(1, 5, mqtt_config(broker, None)).await;
+/// A gateway on the broker as `mqtt` says that learned [`FAR_NODE`]'s key `[7; 32]` from the
+/// LongFast uplink, and the uplink's connection.
+async fn gateway_that_learned_far_node(
+    broker: &Broker,
+    mqtt: MqttConfig,
+) -> (Gateway, common::broker::Publisher) {
+    let gw = gateway(1, 5, mqtt).await;
     let uplink = broker.client("gateway").await;
     publish_until(
         &uplink,
@@ -162,7 +165,7 @@ fn mqtt_status(engine: &EngineHandle) -> Option<MqttStatus> {
 )]
 async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
     let broker = Broker::start();
-    let (gw, uplink) = gateway_that_learned_far_node(&broker).await;
+    let (gw, uplink) = gateway_that_learned_far_node(&broker, mqtt_config(&broker, None)).await;
     let far = node(&gw.db, FAR_NODE).expect("stored");
     assert_eq!(far.trusted, Some([7; 32]));
     assert_eq!(far.source, Some(Source::Mqtt { gateway: GATEWAY }));
@@ -249,7 +252,7 @@ async fn an_encrypted_uplink_nodeinfo_is_learned_with_its_gateway_as_source() {
 )]
 async fn a_key_from_the_broker_stays_in_the_store_until_the_radio_hears_its_node() {
     let broker = Broker::start();
-    let (gw, _uplink) = gateway_that_learned_far_node(&broker).await;
+    let (gw, _uplink) = gateway_that_learned_far_node(&broker, mqtt_config(&broker, None)).await;
     let mut snap = gw.engine.snapshot.clone();
     let runs = snap.borrow().sync.history.len();
     gw.engine
@@ -495,15 +498,7 @@ async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
     .await;
     stranger.engine.quit().await;
     // With the broker's own authority: connected, and keys arrive over TLS.
-    let gw = gateway(1, 3, over_tls(&pki.ca)).await;
-    let uplink = broker.client("gateway").await;
-    publish_until(
-        &uplink,
-        &long_fast(FAR_NODE, 42, 7),
-        "learned over TLS",
-        || stored(&gw.db, FAR_NODE).is_some(),
-    )
-    .await;
+    let (gw, _uplink) = gateway_that_learned_far_node(&broker, over_tls(&pki.ca)).await;
     let status = mqtt_status(&gw.engine).expect("mqtt");
     assert_eq!(status.state, keysync::engine::mqtt::MqttState::Connected);
     assert!(
