@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::engine::EngineConfig;
+use crate::engine::files::{read_small, read_text};
 use crate::engine::mqtt::MqttConfig;
 use crate::engine::mqtt::broker::BrokerUrl;
 use crate::engine::mqtt::crypto::ChannelKey;
@@ -693,7 +694,7 @@ impl Settings {
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::ConfigRead {
+    let text = read_text(path, CONFIG_FILE_MAX).map_err(|e| SettingsError::ConfigRead {
         path: path.display().to_string(),
         why: e.to_string(),
     })?;
@@ -703,24 +704,11 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
     })
 }
 
+/// The most a config file may hold: a real one is a few hundred bytes.
+const CONFIG_FILE_MAX: u64 = 64 * 1024;
+
 /// The most a certificate file may hold: a bundle of authorities is a few hundred KiB.
 const CA_FILE_MAX: u64 = 1 << 20;
-
-/// Reads a file that must be small (a path could name a device or a huge file).
-fn read_small(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!(
-            "larger than {} KiB",
-            max / 1024
-        )));
-    }
-    Ok(bytes)
-}
 
 /// Overrides `slot` with an option that was given.
 fn set<T>(slot: &mut T, given: Option<T>) {

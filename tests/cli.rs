@@ -127,6 +127,10 @@ fn missing_or_invalid_config_file_is_a_usage_error_naming_the_file() {
     let (code, err) = stderr_of(keysync().arg("--headless").arg("--config").arg(&path));
     assert_eq!(code, 2);
     assert!(err.contains("heartbaet"), "{err}");
+    // A path that never ends is read only so far.
+    let (code, err) = stderr_of(keysync().args(["--headless", "--config", "/dev/zero"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("larger than 64 KiB"), "{err}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod duration;
+pub mod files;
 pub mod import;
 pub mod lenient;
 pub mod link;

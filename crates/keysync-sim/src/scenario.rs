@@ -35,6 +35,7 @@ use meshtastic::protobufs::PortNum;
 use serde::Deserialize;
 
 use keysync_engine::duration;
+use keysync_engine::files::read_text;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scenario {
@@ -259,20 +260,20 @@ impl Fault {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read scenario {path}: {why}")]
+    Read { path: String, why: String },
     #[error("scenario {path} is not valid: {why}")]
     Parse { path: String, why: String },
 }
 
+/// The most a scenario file may hold: a long one is a few KiB.
+const SCENARIO_FILE_MAX: u64 = 1 << 20;
+
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = read_text(path, SCENARIO_FILE_MAX).map_err(|e| ScenarioError::Read {
             path: path.display().to_string(),
-            source,
+            why: e.to_string(),
         })?;
         Self::parse(&text).map_err(|why| ScenarioError::Parse {
             path: path.display().to_string(),
