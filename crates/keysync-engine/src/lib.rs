@@ -418,14 +418,14 @@ struct MqttLearnLog {
     last_line: Option<Instant>,
     first_use: u64,
     pending: u64,
-    /// New nodes the store had no room for, and the bound.
+    /// New nodes the store had no room for.
     no_room: u64,
-    max_unheard: usize,
 }
 
 impl MqttLearnLog {
     /// Writes the summary if there is news and the last line is old enough.
-    fn flush(&mut self) {
+    /// `max_unheard`: the bound on nodes known only from the broker, for the no-room line.
+    fn flush(&mut self, max_unheard: usize) {
         let now = Instant::now();
         let due = self
             .last_line
@@ -441,7 +441,7 @@ impl MqttLearnLog {
         if self.no_room > 0 {
             log::warn!(target: "keysync::mqtt",
                 "{} new nodes from the broker not stored: the store is at its bound of {} nodes known only from the broker (--mqtt-max-nodes)",
-                self.no_room, self.max_unheard);
+                self.no_room, max_unheard);
         }
         *self = Self {
             last_line: Some(now),
@@ -873,15 +873,19 @@ impl EngineLoop {
 
     /// Keys from the broker, learned in one transaction under the same trust rules as the
     /// mesh's; what they did is summed up in one line every [`MQTT_LOG_EVERY`].
+    /// `--mqtt-max-nodes`: nodes known only from the broker the store may hold.
+    fn max_unheard(&self) -> usize {
+        self.config
+            .mqtt
+            .as_ref()
+            .map_or(usize::MAX, |m| m.max_unheard)
+    }
+
     async fn learn_from_broker(&mut self, batch: Vec<NodeSeen>) {
         let own = self.own_num;
         let batch: Vec<NodeSeen> = batch.into_iter().filter(|s| s.num != own).collect();
         let now = SystemTime::now();
-        let max_unheard = self
-            .config
-            .mqtt
-            .as_ref()
-            .map_or(usize::MAX, |m| m.max_unheard);
+        let max_unheard = self.max_unheard();
         let result = self
             .store
             .call(move |s| {
@@ -910,7 +914,6 @@ impl EngineLoop {
                 Learned::Pending { .. } => log.pending += 1,
                 Learned::NoRoom => {
                     log.no_room += 1;
-                    log.max_unheard = max_unheard;
                     self.mqtt_no_room += 1;
                 }
                 _ => {}
@@ -930,7 +933,7 @@ impl EngineLoop {
         {
             self.share_soon(seen.source);
         }
-        self.mqtt_log.flush();
+        self.mqtt_log.flush(self.max_unheard());
     }
 
     /// A new trusted key from `source`: with a fleet, the snapshot the MQTT side shares from
@@ -1233,7 +1236,7 @@ impl EngineLoop {
         if !self.nodes_dirty && !self.patches.is_empty() {
             self.nodes_dirty = !self.apply_patches();
         }
-        self.mqtt_log.flush();
+        self.mqtt_log.flush(self.max_unheard());
         if self.nodes_dirty {
             self.refresh_store_view().await;
         }
