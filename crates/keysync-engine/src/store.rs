@@ -550,13 +550,7 @@ impl Store {
         seen: &[NodeSeen],
         now: SystemTime,
     ) -> Result<Vec<Learned>, StoreError> {
-        let tx = self.write_transaction()?;
-        let learned = seen
-            .iter()
-            .map(|s| self.learn_in(&tx, s, now, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().map_err(|e| self.error(e))?;
-        Ok(learned)
+        self.learn_batch(seen, now, None)
     }
 
     /// Learns what the broker told of, as [`Store::learn_all`] does, except that a node new to
@@ -568,16 +562,30 @@ impl Store {
         now: SystemTime,
         max_unheard: usize,
     ) -> Result<Vec<Learned>, StoreError> {
+        self.learn_batch(seen, now, Some(max_unheard))
+    }
+
+    fn learn_batch(
+        &mut self,
+        seen: &[NodeSeen],
+        now: SystemTime,
+        max_unheard: Option<usize>,
+    ) -> Result<Vec<Learned>, StoreError> {
         let tx = self.write_transaction()?;
-        let unheard: i64 = tx
-            .query_row("SELECT count(*) FROM nodes WHERE last_seen = 0", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.error(e))?;
-        let mut room = max_unheard.saturating_sub(usize::try_from(unheard).unwrap_or(usize::MAX));
+        let mut room = match max_unheard {
+            Some(max) => {
+                let unheard: i64 = tx
+                    .query_row("SELECT count(*) FROM nodes WHERE last_seen = 0", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| self.error(e))?;
+                Some(max.saturating_sub(usize::try_from(unheard).unwrap_or(usize::MAX)))
+            }
+            None => None,
+        };
         let learned = seen
             .iter()
-            .map(|s| self.learn_in(&tx, s, now, Some(&mut room)))
+            .map(|s| self.learn_in(&tx, s, now, room.as_mut()))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(learned)
