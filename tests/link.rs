@@ -21,7 +21,10 @@ async fn handshake_brings_the_link_up_with_the_radio_s_node_list() {
     let session = loop {
         match linked.notices.recv().await.expect("notices flow") {
             LinkNotice::Up(s) => break s,
-            LinkNotice::Frame(_) | LinkNotice::Down(_) | LinkNotice::Download(_) => {}
+            LinkNotice::Frame(_)
+            | LinkNotice::Down(_)
+            | LinkNotice::Download(_)
+            | LinkNotice::Contact(_) => {}
         }
     };
     assert_eq!(session.my_node_num, linked.sim.my_node_num());

@@ -27,8 +27,13 @@ pub fn start_sim(config: SimConfig) -> SimHandle {
 
 /// Short timings so that faults play out in a second or two.
 pub fn fast_link(sim: &SimHandle) -> LinkConfig {
+    fast_link_to(&sim.addr().to_string())
+}
+
+/// [`fast_link`] to a radio at `host`.
+pub fn fast_link_to(host: &str) -> LinkConfig {
     LinkConfig {
-        host: sim.addr().to_string(),
+        host: host.to_owned(),
         connect_timeout: Duration::from_secs(2),
         heartbeat: Duration::from_millis(200),
         config_timeout: Duration::from_secs(5),
@@ -140,8 +145,18 @@ pub fn fast_engine(
     interval: Duration,
     ttl: Duration,
 ) -> keysync::engine::EngineConfig {
+    fast_engine_to(&sim.addr().to_string(), db, interval, ttl)
+}
+
+/// [`fast_engine`] against a radio at `host`.
+pub fn fast_engine_to(
+    host: &str,
+    db: std::path::PathBuf,
+    interval: Duration,
+    ttl: Duration,
+) -> keysync::engine::EngineConfig {
     keysync::engine::EngineConfig {
-        link: fast_link(sim),
+        link: fast_link_to(host),
         sync_interval: interval,
         sync: keysync::engine::sync::SyncSettings {
             cache_ttl: ttl,
@@ -217,11 +232,13 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
     }
 }
 pub mod broker;
+pub mod firmware;
 pub mod fixture;
 pub mod harness;
 #[allow(unused_imports)]
 pub use harness::{Harness, Linked, Rig};
 pub mod proto;
+pub mod python;
 pub mod raw;
 pub mod tmux;
 

@@ -667,7 +667,7 @@ impl EngineLoop {
                 self.session = None;
                 self.answer_waiters(|_| true);
             }
-            LinkNotice::Download(_) => {}
+            LinkNotice::Download(_) | LinkNotice::Contact(_) => {}
             LinkNotice::Frame(frame) => {
                 use meshtastic::protobufs::from_radio::PayloadVariant as V;
                 match &frame.payload_variant {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::{SinkExt, StreamExt};
-use meshtastic::protobufs::{NodeInfo, ToRadio, from_radio, to_radio};
+use meshtastic::protobufs::{NodeInfo, SharedContact, ToRadio, from_radio, to_radio};
 use rand::RngExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -340,6 +340,10 @@ pub enum LinkNotice {
     Frame(Arc<RadioFrame>),
     /// The session ended.
     Down(CloseCause),
+    /// An add_contact was written to the radio (keysync's push, or a client's through the
+    /// proxy). The firmware stores it and tells no client (AdminModule.cpp answers nothing but
+    /// the QueueStatus), so whoever mirrors the node list applies it from here.
+    Contact(Arc<SharedContact>),
 }
 
 #[derive(Debug)]
@@ -826,8 +830,14 @@ impl Supervisor {
                         if let Err(cause) = self.ask_download(framed, now).await {
                             return cause;
                         }
-                    } else if let Err(cause) = self.write(framed, out.msg).await {
-                        return cause;
+                    } else {
+                        let contact = radio::contact_of(&out.msg, session.my_node_num);
+                        if let Err(cause) = self.write(framed, out.msg).await {
+                            return cause;
+                        }
+                        if let Some(contact) = contact {
+                            let _ = self.notices.send(LinkNotice::Contact(Arc::new(contact)));
+                        }
                     }
                 }
                 c = self.control.recv() => return control_cause(c),

@@ -43,7 +43,8 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{
     AdminMessage, ClientNotification, Data, FromRadio, MeshPacket, NodeInfo, PortNum, Routing,
-    ToRadio, admin_message, config, from_radio, log_record, mesh_packet, routing, to_radio,
+    SharedContact, ToRadio, admin_message, config, from_radio, log_record, mesh_packet, routing,
+    to_radio,
 };
 use rand::RngExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -566,6 +567,7 @@ async fn follow_upstream(
                     refresh_config(&shared, &sender).await;
                 }
             }
+            Ok(LinkNotice::Contact(contact)) => on_contact(&shared, &contact),
         }
     }
 }
@@ -627,6 +629,31 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) -> bool {
         }
     }
     false
+}
+
+/// An add_contact the radio took: it replaced the node's user (or created the node) and made it
+/// a favourite (NodeDB.cpp addFromContact); the next nodes-only refresh corrects what differs.
+/// One with `should_ignore` or without a valid key is never written (the proxy drops it, the
+/// engine never composes it), so it is not applied either.
+fn on_contact(shared: &Shared, contact: &SharedContact) {
+    let Some(user) = contact.user.as_ref() else {
+        return;
+    };
+    if contact.should_ignore || valid_key(&user.public_key).is_none() {
+        return;
+    }
+    let mut up = lock(&shared.upstream);
+    if let Some(node) = up.nodes.iter_mut().find(|n| n.num == contact.node_num) {
+        node.user = Some(user.clone());
+        node.is_favorite = true;
+    } else if up.nodes.len() < MAX_NODES {
+        up.nodes.push(NodeInfo {
+            num: contact.node_num,
+            user: Some(user.clone()),
+            is_favorite: true,
+            ..NodeInfo::default()
+        });
+    }
 }
 
 fn upsert(nodes: &mut Vec<NodeInfo>, node: NodeInfo) {
@@ -991,8 +1018,10 @@ async fn wait_for_room(
             Ok(Ok(notice)) => notice,
             Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => break,
         };
-        let LinkNotice::Frame(frame) = notice else {
-            break;
+        let frame = match notice {
+            LinkNotice::Frame(frame) => frame,
+            LinkNotice::Contact(_) => continue,
+            LinkNotice::Up(_) | LinkNotice::Down(_) | LinkNotice::Download(_) => break,
         };
         let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant else {
             continue;

@@ -215,6 +215,20 @@ pub fn admin_of(packet: &MeshPacket) -> Option<AdminMessage> {
     AdminMessage::decode(data.payload.as_slice()).ok()
 }
 
+/// The contact of an add_contact to the radio's own node `own`, if `msg` is one.
+pub fn contact_of(msg: &ToRadio, own: u32) -> Option<SharedContact> {
+    let Some(to_radio::PayloadVariant::Packet(packet)) = &msg.payload_variant else {
+        return None;
+    };
+    if packet.to != own {
+        return None;
+    }
+    match admin_of(packet)?.payload_variant? {
+        admin_message::PayloadVariant::AddContact(contact) => Some(contact),
+        _ => None,
+    }
+}
+
 /// Where a node sighting came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -938,7 +938,7 @@ async fn download(job: &mut SyncJob, state: &mut RunState) -> Result<Vec<NodeInf
                 }
                 _ => {}
             },
-            Heard::Frame(_) => {}
+            Heard::Frame(_) | Heard::Contact => {}
             Heard::Lagged(n) => return Err(SyncError::Lagged(n)),
         }
     }
@@ -1095,6 +1095,8 @@ enum Heard {
     Frame(Arc<RadioFrame>),
     /// The run fell this many notices behind the link.
     Lagged(u64),
+    /// A contact went to the radio (this run's own push, or a proxy client's).
+    Contact,
 }
 
 /// The link's next notice before `deadline` (`None` once it passes). The session ending or a
@@ -1117,6 +1119,7 @@ async fn next_notice(
         Ok(LinkNotice::Up(_)) => Err(SyncError::Reconnected { during: doing }),
         Ok(LinkNotice::Download(n)) => Ok(Some(Heard::Download(n))),
         Ok(LinkNotice::Frame(frame)) => Ok(Some(Heard::Frame(frame))),
+        Ok(LinkNotice::Contact(_)) => Ok(Some(Heard::Contact)),
     }
 }
 
@@ -1134,7 +1137,7 @@ async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), SyncError> {
             return Ok(());
         };
         match notice {
-            Heard::Download(_) | Heard::Lagged(_) => {}
+            Heard::Download(_) | Heard::Lagged(_) | Heard::Contact => {}
             Heard::Frame(frame) => {
                 let Some(from_radio::PayloadVariant::QueueStatus(q)) = &frame.payload_variant
                 else {

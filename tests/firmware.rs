@@ -1,0 +1,502 @@
+//! keysync against the real firmware: meshtasticd 2.7.26 (and develop, 2.8, where its binary
+//! is there) from ../shared/firmware, the radio's own NodeDB, PhoneAPI, AdminModule and Router
+//! code with simulated LoRa. Each scenario starts its own instance (own filesystem, port and node
+//! number) and asserts what the firmware did: its frames, its own log lines, its exit status, a
+//! nodes-only download after the fact.
+//!
+//! A custom harness (libtest-mimic), so that a suite that cannot run here is reported *ignored,
+//! with the reason* (no binary, missing libraries, no private network namespace) instead of
+//! passing unrun; CI sets `KEYSYNC_FIRMWARE_REQUIRED` so that there it fails instead. The binary
+//! enters a private network namespace itself (../shared/firmware/in-private-net): meshtasticd
+//! binds 0.0.0.0 and multicasts its mesh.
+
+mod common;
+
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::Command;
+use std::time::Duration;
+
+use common::firmware::{Firmware, Radio, Setup, Suite};
+use common::raw::{RawClient, my_node_num, node_infos, routing_error};
+use common::{fast_engine_to, population, seeded_store};
+use keysync::engine::radio::{NODES_ONLY_NONCE, heartbeat};
+use keysync::engine::sync::{Outcome, SyncReport, Trigger};
+use keysync::engine::{self, Command as EngineCommand, EngineConfig, EngineHandle};
+use libtest_mimic::{Arguments, Failed, Trial};
+use meshtastic::protobufs::{
+    MeshPacket, NodeInfo, PortNum, ToRadio, User, admin_message::PayloadVariant as Admin,
+    from_radio, routing, to_radio,
+};
+
+type Scenario = fn(Firmware) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Scenarios by name; each runs against every firmware build found.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|fw| Box::pin($name(fw))) as Scenario)),*]
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    // The proxy scenario's Python client is installed outside, where the registry is reached.
+    let suite = Suite::detect(|| {
+        if let Err(why) = common::python::MESHTASTIC.provision() {
+            eprintln!("{why}");
+        }
+    });
+    let list = scenarios![
+        handshake_nodes_only_skip_force_and_reconnect_after_a_restart,
+        a_push_lands_with_its_key_names_and_favourite,
+        a_nodedb_with_nothing_evictable_crashes_at_the_next_new_node,
+        an_ignored_node_is_never_pushed,
+        clients_share_the_firmware_through_the_proxy_on_one_connection,
+        heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them,
+    ];
+    let trials = match &suite.builds {
+        Ok(builds) => builds
+            .iter()
+            .flat_map(|fw| {
+                list.iter().map(move |(name, scenario)| {
+                    let fw = fw.clone();
+                    let scenario = *scenario;
+                    Trial::test(format!("{}::{name}", fw.version), move || run(scenario, fw))
+                })
+            })
+            .collect(),
+        Err(why) => list
+            .iter()
+            .map(|(name, _)| {
+                Trial::test(format!("2.7.26::{name}"), || Ok(()))
+                    .with_ignored_flag(true)
+                    .with_kind(why.clone())
+            })
+            .collect(),
+    };
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+fn run(scenario: Scenario, fw: Firmware) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("no tokio runtime: {e}")))?;
+    runtime.block_on(scenario(fw));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up shared by the scenarios
+
+/// The engine against `radio`, its store seeded with `known` as if heard on the mesh.
+struct Keysync {
+    _dir: tempfile::TempDir,
+    engine: EngineHandle,
+}
+
+impl Keysync {
+    fn config(radio: &Radio, db: &Path, edit: impl FnOnce(&mut EngineConfig)) -> EngineConfig {
+        let mut config = fast_engine_to(
+            &radio.host(),
+            db.to_path_buf(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        // The firmware writes its whole NodeDB to flash on every add_contact.
+        config.sync.push_gap = Duration::from_millis(100);
+        config.link.heartbeat = Duration::from_secs(1);
+        edit(&mut config);
+        config
+    }
+
+    fn start(radio: &Radio, known: &[NodeInfo], edit: impl FnOnce(&mut EngineConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, store) = seeded_store(&dir, known);
+        let config = Self::config(radio, &db, edit);
+        let engine = engine::try_start(config, store).expect("the engine starts");
+        Self { _dir: dir, engine }
+    }
+
+    /// The `n`-th sync report (1-based).
+    async fn report(&mut self, n: usize) -> SyncReport {
+        common::nth_report(&mut self.engine.snapshot, n).await
+    }
+
+    async fn command(&self, command: EngineCommand) {
+        self.engine
+            .commands
+            .send(command)
+            .await
+            .expect("engine runs");
+    }
+
+    async fn quit(self) {
+        self.engine.quit().await;
+    }
+}
+
+/// `n` nodes of a generated mesh (seeded, so a scenario sees the same ones every run).
+fn mesh(seed: u64, n: usize) -> Vec<NodeInfo> {
+    population(seed, n)
+}
+
+/// A bare client after a full handshake: the client and the radio's node number.
+async fn client(radio: &Radio) -> (RawClient, u32) {
+    let mut client = RawClient::connect(radio.addr()).await;
+    let frames = client.download(7).await;
+    (client, my_node_num(&frames))
+}
+
+/// The radio's node list now, by a nodes-only download on a connection of its own (which
+/// closes the previous client: only between keysync's runs).
+async fn node_list(radio: &Radio) -> Vec<NodeInfo> {
+    let mut client = RawClient::connect(radio.addr()).await;
+    node_infos(&client.download(NODES_ONLY_NONCE).await)
+}
+
+fn find(nodes: &[NodeInfo], num: u32) -> Option<&NodeInfo> {
+    nodes.iter().find(|n| n.num == num)
+}
+
+fn key_of(node: &NodeInfo) -> &[u8] {
+    node.user.as_ref().map_or(&[], |u| u.public_key.as_slice())
+}
+
+/// A node with its own key and user record, for add_contact from a bare client.
+fn contact_node(num: u32) -> NodeInfo {
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::try_from((num as usize * 31 + i * 7) % 251).unwrap_or(1) + 1;
+    }
+    NodeInfo {
+        num,
+        user: Some(User {
+            id: keysync::engine::radio::node_id(num),
+            long_name: format!("Contact {num:x}"),
+            short_name: "CT".into(),
+            hw_model: 9,
+            public_key: key.to_vec(),
+            ..User::default()
+        }),
+        ..NodeInfo::default()
+    }
+}
+
+/// A broadcast text from the radio's own node number `my` with packet id `id`; the id.
+async fn text_from(client: &mut RawClient, my: u32, id: u32, body: &str) -> u32 {
+    let packet = MeshPacket {
+        from: my,
+        ..common::proto::text_packet(u32::MAX, id, body)
+    };
+    client
+        .send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(packet)),
+        })
+        .await;
+    id
+}
+
+/// Pushes `node` from a bare client; the QueueStatus `res`.
+async fn push(client: &mut RawClient, my: u32, node: &NodeInfo) -> i32 {
+    let id = client.contact(my, node).await;
+    client.queue_status(id).await.res
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmware) {
+    let mut radio = Radio::start(&fw, Setup::nodes(40)).await;
+    let known = mesh(11, 6);
+    let mut ks = Keysync::start(&radio, &known, |c| {
+        c.sync_interval = Duration::from_secs(2);
+        c.sync.cache_ttl = Duration::from_secs(120);
+    });
+
+    let first = ks.report(1).await;
+    assert_eq!(first.trigger, Trigger::Startup);
+    assert_eq!(first.outcome, Outcome::Forced, "{}", first.summary());
+    assert_eq!(first.pushed, 6, "{}", first.summary());
+    radio
+        .wait_log(0, "Client received add_contact command", 6)
+        .await;
+    assert!(
+        radio.count("Save /prefs/nodes.proto") >= 6,
+        "a flash write each"
+    );
+
+    // The next check: fingerprint unchanged, cache fresh — nothing on the wire.
+    let wants_before = radio.count("want_config");
+    let second = ks.report(2).await;
+    assert_eq!(second.trigger, Trigger::Check);
+    assert_eq!(second.outcome, Outcome::Skipped, "{}", second.summary());
+    assert_eq!(second.frames_sent, 0);
+    assert_eq!(radio.count("want_config"), wants_before);
+
+    // The operator forces one: a nodes-only download, every key present, nothing pushed.
+    let mark = radio.mark();
+    ks.command(EngineCommand::ForceSync).await;
+    let forced = ks.report(3).await;
+    assert_eq!(
+        (forced.trigger, forced.outcome),
+        (Trigger::Operator, Outcome::Forced)
+    );
+    assert_eq!(
+        (forced.in_radio, forced.pushed),
+        (6, 0),
+        "{}",
+        forced.summary()
+    );
+    assert_eq!(radio.count_since(mark, "Client received add_contact"), 0);
+
+    // Killed (a power cut) and back on the same flash: keysync reconnects, syncs, and finds
+    // every key still there.
+    radio.restart().await;
+    let after = loop {
+        let n = ks.engine.snapshot.borrow().sync.history.len() + 1;
+        let r = ks.report(n).await;
+        if r.trigger == Trigger::Reconnect {
+            break r;
+        }
+    };
+    assert_eq!(after.outcome, Outcome::Forced, "{}", after.summary());
+    assert_eq!(
+        (after.in_radio, after.pushed),
+        (6, 0),
+        "{}",
+        after.summary()
+    );
+    ks.quit().await;
+    let nodes = node_list(&radio).await;
+    for k in &known {
+        let held = find(&nodes, k.num).expect("kept across the restart");
+        assert_eq!(key_of(held), key_of(k));
+    }
+}
+
+async fn a_push_lands_with_its_key_names_and_favourite(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    let known = mesh(12, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &known);
+    drop(store);
+    // The binary, as an operator runs it once.
+    let out = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["sync", "--once", "--host", &radio.host()])
+        .arg("--db")
+        .arg(&db)
+        .args(["--push-gap", "100ms"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .expect("keysync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync --once failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    radio
+        .wait_log(0, "Client received add_contact command", 5)
+        .await;
+
+    let nodes = node_list(&radio).await;
+    for k in &known {
+        let held = find(&nodes, k.num).unwrap_or_else(|| panic!("{:x} landed", k.num));
+        let (sent, got) = (
+            k.user.as_ref().expect("user"),
+            held.user.as_ref().expect("the radio keeps the user"),
+        );
+        assert_eq!(got.public_key, sent.public_key, "the key");
+        assert_eq!(
+            (&got.long_name, &got.short_name, got.hw_model, got.role),
+            (&sent.long_name, &sent.short_name, sent.hw_model, sent.role),
+            "the user fields"
+        );
+        assert!(held.is_favorite, "add_contact makes a favourite");
+    }
+}
+
+async fn a_nodedb_with_nothing_evictable_crashes_at_the_next_new_node(fw: Firmware) {
+    // The hazard, shown on the binary so that the suite is known to see a crash: MaxNodes 20,
+    // the own node and 19 favourites, then one more new node.
+    let mut radio = Radio::start(&fw, Setup::nodes(20)).await;
+    let (mut client, my) = client(&radio).await;
+    for num in 0x100..0x100 + 19 {
+        assert_eq!(push(&mut client, my, &contact_node(num)).await, 0);
+    }
+    radio
+        .wait_log(0, "Client received add_contact command", 19)
+        .await;
+    let _ = client.contact(my, &contact_node(0x200)).await;
+    if fw.is_develop() {
+        // develop caps protected entries at MAX−2 and refuses instead (NodeDB.cpp, #10705).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(radio.is_running(), "2.8 stays up:\n{}", radio.tail(20));
+        let nodes = node_list(&radio).await;
+        assert!(nodes.len() <= 20);
+        let protected = nodes.iter().skip(1).filter(|n| n.is_favorite).count();
+        assert!(protected <= 18, "protected capped at MAX−2: {protected}");
+    } else {
+        let status = radio.exit_status().await;
+        assert_eq!(status.signal(), Some(6), "abort(): {status}");
+        assert!(radio.count("std::out_of_range") >= 1, "{}", radio.tail(20));
+        assert!(radio.count("Node database full") >= 1);
+    }
+}
+
+async fn an_ignored_node_is_never_pushed(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    let known = mesh(13, 4);
+    let ignored = known[0].num;
+    {
+        let (mut client, my) = client(&radio).await;
+        assert_eq!(push(&mut client, my, &known[0]).await, 0);
+        let id = client.admin(my, Admin::SetIgnoredNode(ignored)).await;
+        let _ = client.queue_status(id).await;
+    }
+    radio.wait_log(0, "Client received add_contact", 1).await;
+
+    let mut ks = Keysync::start(&radio, &known, |_| {});
+    let first = ks.report(1).await;
+    assert_eq!(first.pushed, 3, "{}", first.summary());
+    ks.quit().await;
+    let nodes = node_list(&radio).await;
+    let held = find(&nodes, ignored).expect("the ignored node stays listed");
+    assert!(held.is_ignored);
+    if !fw.is_develop() {
+        assert!(key_of(held).is_empty(), "set_ignored_node erases the key");
+    }
+    assert_eq!(
+        radio.count("Client received add_contact"),
+        4,
+        "one by the operator's client, three by keysync"
+    );
+}
+
+async fn clients_share_the_firmware_through_the_proxy_on_one_connection(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    let cli = common::python::required_cli();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &mesh(14, 3));
+    drop(store);
+    let (mut keysync, listen, _log) = common::python::spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args([
+                "--headless",
+                "--host",
+                &radio.host(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--db")
+            .arg(&db)
+            .args(["--push-gap", "100ms"]),
+        "serving downstream clients on ",
+    );
+    radio.wait_log(0, "Client received add_contact", 3).await;
+    let mark = radio.mark();
+
+    let script = "import sys, time, meshtastic.tcp_interface\n\
+        i = meshtastic.tcp_interface.TCPInterface(hostname=sys.argv[1], portNumber=int(sys.argv[2]))\n\
+        print('nodes', len(i.nodes or {}), flush=True)\n\
+        i.sendText('hello from the bot')\n\
+        time.sleep(4)\n\
+        print('connected', i.isConnected.is_set(), flush=True)\n\
+        i.close()\n";
+    let (host, port) = listen.split_once(':').expect("host:port");
+    let bot = Command::new(common::python::python())
+        .args(["-c", script, host, port])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the bot starts");
+    let nodes = common::python::run_client(&cli, &listen, "--nodes");
+    let info = common::python::run_client(&cli, &listen, "--info");
+    let sent = common::python::run_client_args(&cli, &listen, &["--sendtext", "hi from the cli"]);
+    let bot = bot.wait_with_output().expect("the bot ends");
+    let said = String::from_utf8_lossy(&bot.stdout);
+    let _ = keysync.kill();
+    let _ = keysync.wait();
+
+    assert!(
+        said.contains("connected True"),
+        "the bot kept its link: {said}"
+    );
+    assert!(
+        nodes.contains(&keysync::engine::radio::node_id(mesh(14, 1)[0].num)),
+        "{nodes}"
+    );
+    assert!(info.contains("2.7.26") || fw.is_develop(), "{info}");
+    assert!(sent.contains("Sending text message"), "{sent}");
+    assert_eq!(
+        radio.count_since(mark, "Force close previous TCP connection"),
+        0,
+        "one TCP connection on the firmware's side:\n{}",
+        radio.tail(30)
+    );
+}
+
+async fn heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    let (mut client, my) = client(&radio).await;
+
+    // ≥ 2.7.6 answers every heartbeat with a QueueStatus (PhoneAPI.cpp).
+    client.send(heartbeat(7)).await;
+    let answer = client
+        .recv_until("the heartbeat's answer", |f| {
+            matches!(
+                f.payload_variant,
+                Some(from_radio::PayloadVariant::QueueStatus(_))
+            )
+        })
+        .await;
+    let Some(from_radio::PayloadVariant::QueueStatus(q)) = answer.payload_variant else {
+        unreachable!()
+    };
+    assert_eq!((q.res, q.mesh_packet_id), (0, 0));
+
+    // A packet gets its QueueStatus, by id.
+    let first = client
+        .packet(u32::MAX, PortNum::TextMessageApp, b"one".to_vec())
+        .await;
+    let q = client.queue_status(first).await;
+    assert_eq!(q.res, 0);
+    assert!(q.maxlen > 0);
+
+    // A second text on the same connection within 2 s is over the limit (PhoneAPI.cpp). The
+    // routing error RATE_LIMIT_EXCEEDED reaches the client only when the packet names the
+    // radio as its sender: from 0 (as most clients send) it goes to node 0 over the mesh, and
+    // the client sees nothing but its QueueStatus `res = 0`.
+    let mark = radio.mark();
+    let silent = client
+        .packet(u32::MAX, PortNum::TextMessageApp, b"two".to_vec())
+        .await;
+    assert_eq!(client.queue_status(silent).await.res, 0);
+    radio.wait_log(mark, "Rate limit portnum 1", 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let first = text_from(&mut client, my, 0x7100, "three").await;
+    assert_eq!(client.queue_status(first).await.res, 0);
+    let named = text_from(&mut client, my, 0x7101, "four").await;
+    let refused = client
+        .recv_until("the rate limit's routing error", |f| {
+            routing_error(f).is_some()
+        })
+        .await;
+    assert_eq!(
+        routing_error(&refused),
+        Some((routing::Error::RateLimitExceeded, named))
+    );
+    assert!(
+        client
+            .seen
+            .iter()
+            .all(|f| routing_error(f).is_none_or(|(_, id)| id != silent)),
+        "no routing error for the text from 0"
+    );
+
+    // add_contact to the own node: res 0 (Router.cpp ERRNO_OK).
+    assert_eq!(push(&mut client, my, &contact_node(0x300)).await, 0);
+}
