@@ -27,8 +27,8 @@ use keysync::engine::sync::{Outcome, SyncReport, Trigger};
 use keysync::engine::{self, Command as EngineCommand, EngineConfig, EngineHandle};
 use libtest_mimic::{Arguments, Failed, Trial};
 use meshtastic::protobufs::{
-    MeshPacket, NodeInfo, PortNum, ToRadio, User, admin_message::PayloadVariant as Admin,
-    from_radio, routing, to_radio,
+    FromRadio, MeshPacket, NodeInfo, PortNum, SharedContact, ToRadio, User,
+    admin_message::PayloadVariant as Admin, from_radio, routing, to_radio,
 };
 
 type Scenario = fn(Firmware) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -55,6 +55,7 @@ fn main() -> std::process::ExitCode {
         an_ignored_node_is_never_pushed,
         clients_share_the_firmware_through_the_proxy_on_one_connection,
         heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them,
+        the_simulator_answers_a_scripted_session_as_the_firmware_does,
     ];
     let trials = match &suite.builds {
         Ok(builds) => builds
@@ -499,4 +500,320 @@ async fn heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them(fw
 
     // add_contact to the own node: res 0 (Router.cpp ERRNO_OK).
     assert_eq!(push(&mut client, my, &contact_node(0x300)).await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator held to the firmware
+
+/// One scripted client session, as plain lines: what the radio answered at each step. Run
+/// against the firmware and against `keysync sim` with the same version and capacity, the two
+/// transcripts must agree but for the differences listed in [`ACCEPTED`].
+#[derive(Debug, Default)]
+struct Transcript {
+    steps: Vec<(&'static str, String)>,
+}
+
+impl Transcript {
+    fn note(&mut self, step: &'static str, what: impl Into<String>) {
+        self.steps.push((step, what.into()));
+    }
+}
+
+/// Differences between the simulator and the firmware that stay, each with the reason.
+const ACCEPTED: &[(&str, &str)] = &[];
+
+/// The NodeDB's size in the session: small, so that overfilling takes a few pushes.
+const DIFF_CAPACITY: usize = 12;
+
+/// A node list as the transcript shows it: every node but the radio's own, by number.
+fn listing(nodes: &[NodeInfo], my: u32) -> String {
+    let mut rows: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.num != my)
+        .map(|n| {
+            let user = n.user.clone().unwrap_or_default();
+            let key = if user.public_key.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:02x}{:02x}", user.public_key[0], user.public_key[1])
+            };
+            format!(
+                "{:x} key={key} name={:?} fav={} ign={} ver={}",
+                n.num,
+                user.long_name,
+                u8::from(n.is_favorite),
+                u8::from(n.is_ignored),
+                u8::from(n.is_key_manually_verified)
+            )
+        })
+        .collect();
+    rows.sort();
+    format!("{} nodes: {}", rows.len(), rows.join("; "))
+}
+
+/// Reads whatever the radio sends for `wait` (into `client.seen`).
+async fn drain(client: &mut RawClient, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, client.recv()).await {}
+}
+
+/// Whether the radio closed the connection within a short while (it crashed or hung up).
+async fn closed_soon(client: &mut RawClient) -> bool {
+    client.send(heartbeat(9)).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), client.recv()).await {
+            Ok(None) => return true,
+            Ok(Some(f)) if matches!(f.payload_variant, Some(from_radio::PayloadVariant::QueueStatus(ref q)) if q.mesh_packet_id == 0) =>
+            {
+                return false;
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Runs the scripted session against the radio at `addr` (a fresh one, `DIFF_CAPACITY` nodes,
+/// nothing but its own node in its NodeDB).
+async fn scripted_session(addr: std::net::SocketAddr) -> Transcript {
+    let mut t = Transcript::default();
+    let mut client = RawClient::connect(addr).await;
+    let frames = client.download(7).await;
+    let my = my_node_num(&frames);
+    handshake_steps(&mut client, &frames, &mut t).await;
+    contact_steps(&mut client, my, &mut t).await;
+    limit_steps(&mut client, my, &mut t).await;
+    overfill_steps(&mut client, my, &mut t).await;
+    t
+}
+
+/// The handshake's order and count, a heartbeat's answer, a nodes-only download.
+async fn handshake_steps(client: &mut RawClient, frames: &[FromRadio], t: &mut Transcript) {
+    use meshtastic::protobufs::from_radio::PayloadVariant as V;
+    let my = my_node_num(frames);
+    let kinds: Vec<&str> = frames
+        .iter()
+        .map(|f| match f.payload_variant {
+            Some(V::MyInfo(_)) => "my_info",
+            Some(V::NodeInfo(_)) => "node_info",
+            Some(V::Metadata(_)) => "metadata",
+            Some(V::Channel(_)) => "channel",
+            Some(V::ConfigCompleteId(_)) => "complete",
+            _ => "other",
+        })
+        .filter(|k| *k != "other")
+        .collect();
+    t.note("handshake order", kinds.join(" "));
+    t.note(
+        "handshake nodedb_count",
+        common::raw::nodedb_count(frames).to_string(),
+    );
+
+    client.send(heartbeat(7)).await;
+    let answer = client
+        .recv_until("a heartbeat answer", |f| {
+            matches!(f.payload_variant, Some(V::QueueStatus(_)))
+        })
+        .await;
+    if let Some(V::QueueStatus(q)) = answer.payload_variant {
+        t.note(
+            "heartbeat answer",
+            format!("res={} id={}", q.res, q.mesh_packet_id),
+        );
+    }
+
+    let nodes_only = client.download(NODES_ONLY_NONCE).await;
+    let first = node_infos(&nodes_only)
+        .first()
+        .map(|n| (n.num == my, n.is_favorite));
+    t.note(
+        "69421 on a fresh radio",
+        format!(
+            "my_info={} own first={first:?} {}",
+            nodes_only
+                .iter()
+                .any(|f| matches!(f.payload_variant, Some(V::MyInfo(_)))),
+            listing(&node_infos(&nodes_only), my)
+        ),
+    );
+}
+
+/// add_contact, the operator's favourite, ignore and remove, should_ignore, a new key.
+async fn contact_steps(client: &mut RawClient, my: u32, t: &mut Transcript) {
+    // add_contacts: each a favourite with its key.
+    let contacts: Vec<NodeInfo> = (0..6).map(|i| contact_node(0x5000 + i)).collect();
+    let mut answers = Vec::new();
+    for c in &contacts {
+        answers.push(push(client, my, c).await);
+    }
+    t.note("add_contact answers", format!("{answers:?}"));
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    t.note("after 6 add_contacts", listing(&list, my));
+
+    // The operator's admin: favourite off and on, ignore, remove.
+    let ops = [
+        Admin::RemoveFavoriteNode(contacts[0].num),
+        Admin::RemoveFavoriteNode(contacts[1].num),
+        Admin::SetFavoriteNode(contacts[1].num),
+        Admin::SetIgnoredNode(contacts[2].num),
+        Admin::RemoveByNodenum(contacts[3].num),
+    ];
+    for op in ops {
+        let id = client.admin(my, op).await;
+        let _ = client.queue_status(id).await;
+    }
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    t.note("after favourite, ignore, remove", listing(&list, my));
+
+    // A contact that asks to be ignored; one that brings another key for a node held.
+    let id = client
+        .admin(my, Admin::AddContact(ignoring(&contact_node(0x5100))))
+        .await;
+    let _ = client.queue_status(id).await;
+    let mut rekeyed = contact_node(contacts[4].num);
+    if let Some(u) = rekeyed.user.as_mut() {
+        u.public_key = contact_node(0x6000).user.unwrap_or_default().public_key;
+        u.long_name = "Rekeyed".into();
+    }
+    t.note(
+        "add_contact with another key",
+        format!("res={}", push(client, my, &rekeyed).await),
+    );
+    let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    t.note("after should_ignore and a new key", listing(&list, my));
+}
+
+/// A repeated packet id; texts over the per-connection limit.
+async fn limit_steps(client: &mut RawClient, my: u32, t: &mut Transcript) {
+    use meshtastic::protobufs::from_radio::PayloadVariant as V;
+    // A packet id repeated within the last 20 is dropped without an answer.
+    let id = client
+        .packet(u32::MAX, PortNum::PrivateApp, b"once".to_vec())
+        .await;
+    let _ = client.queue_status(id).await;
+    client
+        .send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(common::proto::packet(
+                u32::MAX,
+                id,
+                PortNum::PrivateApp,
+                b"again".to_vec(),
+            ))),
+        })
+        .await;
+    let repeated_answered = !closed_soon(client).await
+        && client.seen.iter().rev().take(4).any(
+            |f| matches!(&f.payload_variant, Some(V::QueueStatus(q)) if q.mesh_packet_id == id),
+        );
+    t.note(
+        "a repeated packet id",
+        format!("answered={repeated_answered}"),
+    );
+
+    // Texts over the per-connection limit, from 0 and from the radio's own number.
+    let a = text_from(client, 0, 0x7200, "a").await;
+    let _ = client.queue_status(a).await;
+    let b = text_from(client, 0, 0x7201, "b").await;
+    let b_res = client.queue_status(b).await.res;
+    let c = text_from(client, my, 0x7202, "c").await;
+    let c_res = client.queue_status(c).await.res;
+    // The routing error may come after the QueueStatus: read what comes for a while.
+    drain(client, Duration::from_millis(1500)).await;
+    let errors: Vec<String> = client
+        .seen
+        .iter()
+        .filter_map(routing_error)
+        .filter(|(_, id)| *id == b || *id == c)
+        .map(|(e, id)| {
+            format!(
+                "{:?} for {}",
+                e,
+                if id == b { "from 0" } else { "from own" }
+            )
+        })
+        .collect();
+    t.note(
+        "texts over the limit",
+        format!("res from 0={b_res} from own={c_res} errors={errors:?}"),
+    );
+}
+
+/// New contacts until nothing is evictable, then one more: a crash, or what the NodeDB holds.
+async fn overfill_steps(client: &mut RawClient, my: u32, t: &mut Transcript) {
+    let held = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    let mut crashed = false;
+    for next in (0x5200..).take(DIFF_CAPACITY + 1 - held.len()) {
+        let id = client.contact(my, &contact_node(next)).await;
+        if tokio::time::timeout(Duration::from_secs(3), client.queue_status(id))
+            .await
+            .is_err()
+            || closed_soon(client).await
+        {
+            crashed = true;
+            break;
+        }
+    }
+    t.note("overfilled with favourites", format!("closed={crashed}"));
+    if !crashed {
+        let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+        let protected = list
+            .iter()
+            .filter(|n| {
+                n.num != my && (n.is_favorite || n.is_ignored || n.is_key_manually_verified)
+            })
+            .count();
+        t.note(
+            "overfilled NodeDB",
+            format!("{} nodes, {protected} protected", list.len()),
+        );
+    }
+}
+
+/// add_contact's contact for `node`, asking the radio to ignore it.
+fn ignoring(node: &NodeInfo) -> SharedContact {
+    SharedContact {
+        node_num: node.num,
+        user: node.user.clone(),
+        should_ignore: true,
+        ..SharedContact::default()
+    }
+}
+
+async fn the_simulator_answers_a_scripted_session_as_the_firmware_does(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(DIFF_CAPACITY)).await;
+    let real = scripted_session(radio.addr()).await;
+    let sim = keysync::sim::SimHandle::start(keysync::sim::SimConfig {
+        nodes: 0,
+        capacity: Some(DIFF_CAPACITY),
+        profile: keysync::sim::Profile::new(
+            fw.version,
+            keysync::sim::Hw::Linux,
+            keysync::sim::SimRole::Client,
+        )
+        .expect("a profile"),
+        reboot_time: Duration::from_secs(1),
+        ..common::sim_config(0)
+    })
+    .expect("the sim starts");
+    let simulated = scripted_session(sim.addr()).await;
+
+    let mut differences = Vec::new();
+    for ((step, want), (_, got)) in real.steps.iter().zip(&simulated.steps) {
+        if want != got && !ACCEPTED.iter().any(|(s, _)| s == step) {
+            differences.push(format!("{step}:\n  firmware: {want}\n  sim:      {got}"));
+        }
+    }
+    assert_eq!(
+        real.steps.len(),
+        simulated.steps.len(),
+        "the sessions took different paths:\nfirmware {:#?}\nsim {:#?}",
+        real.steps,
+        simulated.steps
+    );
+    assert!(
+        differences.is_empty(),
+        "the simulator differs from meshtasticd {}:\n{}",
+        fw.version,
+        differences.join("\n")
+    );
 }

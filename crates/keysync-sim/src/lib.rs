@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use keysync_engine::lenient::length_delimited;
 use keysync_engine::radio::{BROADCAST, node_id, valid_key};
 pub use nodedb::Protected;
-use nodedb::{Heard, NodeDb, RawNames};
+use nodedb::{Flagged, Heard, NodeDb, RawNames};
 use population::{Population, now_secs};
 pub use profile::{Hw, Profile, Rule, SimRole, WhenFull};
 pub use scenario::{Fault, Forget, OperatorAction, Scenario, ScenarioEvent};
@@ -308,12 +308,33 @@ impl Shared {
     /// What the radio's operator decides (phone app or CLI; AdminModule.cpp).
     fn operator(&self, action: OperatorAction, num: u32) -> bool {
         let mut radio = self.radio();
-        let done = match action {
+        let flagged = match action {
             OperatorAction::Ignore => radio.db.ignore(num),
-            OperatorAction::Remove => radio.db.remove(num),
+            OperatorAction::Remove => {
+                if radio.db.remove(num) {
+                    Flagged::Done
+                } else {
+                    Flagged::Unknown
+                }
+            }
             OperatorAction::Favorite => radio.db.set_favourite(num, true),
             OperatorAction::Unfavorite => radio.db.set_favourite(num, false),
         };
+        if let Flagged::Refused { limit } = flagged {
+            // AdminModule.cpp (develop): refused with a ClientNotification, nothing saved.
+            drop(radio);
+            let verb = if action == OperatorAction::Ignore {
+                "ignore"
+            } else {
+                "favorite"
+            };
+            let message =
+                format!("Can't {verb} 0x{num:08x}: protected-node limit ({limit}) reached");
+            log::info!(target: "keysync::sim", "operator: {} {}: {message}", action.name(), node_id(num));
+            self.notify(message);
+            return false;
+        }
+        let done = flagged == Flagged::Done;
         if done {
             self.write_flash(&mut radio);
             self.counters
@@ -405,6 +426,20 @@ impl Shared {
             data.request_id = request_id;
         }
         packet
+    }
+
+    /// A ClientNotification at WARNING level to every client.
+    fn notify(&self, message: String) {
+        let _ = self.live.send(FromRadio {
+            id: 0,
+            payload_variant: Some(from_radio::PayloadVariant::ClientNotification(
+                meshtastic::protobufs::ClientNotification {
+                    level: meshtastic::protobufs::log_record::Level::Warning as i32,
+                    message,
+                    ..Default::default()
+                },
+            )),
+        });
     }
 
     fn to_client(&self, packet: MeshPacket) {

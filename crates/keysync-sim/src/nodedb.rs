@@ -31,6 +31,18 @@ pub enum ContactResult {
     NoRoom,
 }
 
+/// What set_favorite_node or set_ignored_node did (AdminModule.cpp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flagged {
+    Done,
+    /// No such node.
+    Unknown,
+    /// 2.8: the protected-node limit is reached; the client gets a ClientNotification.
+    Refused {
+        limit: usize,
+    },
+}
+
 /// Entries that eviction may not take (getOrCreateMeshNode): the hazard's measure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Protected {
@@ -253,12 +265,16 @@ impl NodeDb {
         if contact.node_num == self.own.num {
             return ContactResult::Stored;
         }
-        if contact.should_ignore && rules.should_ignore {
-            return self.ignore_contact(contact.node_num);
-        }
         let mut user = contact.user.clone().unwrap_or_default();
         user.id = node_id(contact.node_num);
-        let verified = rules.always_verified || contact.manually_verified;
+        if contact.should_ignore && rules.should_ignore {
+            return self.ignore_contact(contact.node_num, user);
+        }
+        // 2.8: past the protected-node limit the node is stored, neither favourite nor
+        // verified ("Can't verify …" in the log only, no notification: seen on the binary).
+        let may_protect = self.limit_for(contact.node_num).is_none();
+        let favourite = rules.favourite && may_protect;
+        let verified = (rules.always_verified || contact.manually_verified) && may_protect;
         self.clock += 1;
         let clock = self.clock;
         if let Some(e) = self.entry_mut(contact.node_num) {
@@ -274,7 +290,7 @@ impl NodeDb {
                 e.heard = clock;
             }
             e.raw_names = None;
-            if rules.favourite {
+            if favourite {
                 e.info.is_favorite = true;
             }
             if verified {
@@ -290,7 +306,7 @@ impl NodeDb {
                 num: contact.node_num,
                 user: Some(user),
                 last_heard,
-                is_favorite: rules.favourite,
+                is_favorite: favourite,
                 is_key_manually_verified: verified,
                 ..NodeInfo::default()
             },
@@ -300,11 +316,28 @@ impl NodeDb {
     }
 
     /// set_ignored_node (AdminModule.cpp): the node is ignored and, until 2.7.x, its key is
-    /// erased. False when the node is unknown.
-    pub fn ignore(&mut self, num: u32) -> bool {
+    /// erased. An unknown node is left alone, except on 2.8, which creates it first (and may
+    /// evict for it) even when the protected-node limit then refuses the flag.
+    pub fn ignore(&mut self, num: u32) -> Flagged {
         let erase = self.rules.ignore_erases_key;
+        if self.rules.protected_cap && num != self.own.num && self.entry_mut(num).is_none() {
+            if self.make_room().is_err() {
+                return Flagged::Unknown;
+            }
+            self.clock += 1;
+            self.push(
+                NodeInfo {
+                    num,
+                    ..NodeInfo::default()
+                },
+                None,
+            );
+        }
+        if let Some(limit) = self.limit_for(num) {
+            return Flagged::Refused { limit };
+        }
         let Some(e) = self.entry_mut(num) else {
-            return false;
+            return Flagged::Unknown;
         };
         e.info.is_ignored = true;
         let mut lost = false;
@@ -313,12 +346,13 @@ impl NodeDb {
             u.public_key.clear();
         }
         self.lose_key(num, lost);
-        true
+        Flagged::Done
     }
 
     /// add_contact with `should_ignore` (addFromContact, 2.6.12+): the node is created if
-    /// needed, ignored, its key zeroed, and from 2.7.14 unfavourited.
-    fn ignore_contact(&mut self, num: u32) -> ContactResult {
+    /// needed with the contact's user (names kept), ignored, its key zeroed until 2.7.x (2.8
+    /// keeps it), and from 2.7.14 unfavourited. Seen so on meshtasticd 2.7.26 and 2.8.
+    fn ignore_contact(&mut self, num: u32, user: User) -> ContactResult {
         if self.entry_mut(num).is_none() {
             if self.make_room().is_err() {
                 return ContactResult::NoRoom;
@@ -333,12 +367,18 @@ impl NodeDb {
             );
         }
         let unfavourite = self.rules.ignore_unfavourites;
+        let erase = self.rules.ignore_erases_key;
+        let refused = self.limit_for(num).is_some();
         if let Some(e) = self.entry_mut(num) {
-            e.info.is_ignored = true;
+            e.info.user = Some(user);
+            e.raw_names = None;
+            if !refused {
+                e.info.is_ignored = true;
+            }
             if unfavourite {
                 e.info.is_favorite = false;
             }
-            if let Some(u) = e.info.user.as_mut() {
+            if erase && let Some(u) = e.info.user.as_mut() {
                 u.public_key.clear();
             }
         }
@@ -355,12 +395,15 @@ impl NodeDb {
     }
 
     /// set_favorite_node / remove_favorite_node (AdminModule.cpp).
-    pub fn set_favourite(&mut self, num: u32, favourite: bool) -> bool {
+    pub fn set_favourite(&mut self, num: u32, favourite: bool) -> Flagged {
+        if favourite && let Some(limit) = self.limit_for(num) {
+            return Flagged::Refused { limit };
+        }
         let Some(e) = self.entry_mut(num) else {
-            return false;
+            return Flagged::Unknown;
         };
         e.info.is_favorite = favourite;
-        true
+        Flagged::Done
     }
 
     /// saveNodeDatabaseToDisk: what a crash will come back with.
@@ -394,6 +437,17 @@ impl NodeDb {
     pub fn forget_nodes(&mut self) {
         self.forget_keys();
         self.others.clear();
+    }
+
+    /// 2.8's limit on protected entries (own node aside), when `num` would pass it: the node
+    /// is not protected yet and MAX − 2 others are.
+    fn limit_for(&self, num: u32) -> Option<usize> {
+        if !self.rules.protected_cap {
+            return None;
+        }
+        let limit = self.capacity.saturating_sub(2);
+        let already = self.get(num).is_some_and(is_protected);
+        (!already && self.protected().total >= limit).then_some(limit)
     }
 
     fn entry_mut(&mut self, num: u32) -> Option<&mut Entry> {
@@ -630,7 +684,7 @@ mod tests {
         hear(&mut db, 10, 1);
         hear(&mut db, 11, 2);
         db.add_contact(&contact(10, 1), 0);
-        assert!(db.ignore(10));
+        assert_eq!(db.ignore(10), Flagged::Done);
         let n = db.get(10).expect("kept");
         // set_ignored_node leaves the favourite bit alone.
         assert!(n.is_ignored && n.is_favorite);
@@ -645,7 +699,44 @@ mod tests {
         assert!(db.remove(11));
         assert!(db.get(11).is_none());
         assert!(!db.remove(11));
-        assert!(db.set_favourite(10, true) && !db.set_favourite(99, true));
+        assert_eq!(db.set_favourite(10, true), Flagged::Done);
+        assert_eq!(db.set_favourite(99, true), Flagged::Unknown);
+        assert_eq!(
+            db.ignore(99),
+            Flagged::Unknown,
+            "2.7 leaves an unknown node alone"
+        );
+    }
+
+    #[test]
+    fn develop_caps_protected_entries_at_max_minus_two() {
+        // setProtectedFlag (PR #10705); seen on meshtasticd 2.8 with MaxNodes 20: 18 favourites,
+        // the 19th contact stored unprotected, set_favorite and set_ignored refused.
+        let mut db = db(6, "2.8");
+        for num in 10..14 {
+            db.add_contact(&contact(num, 1), 0);
+        }
+        assert_eq!(db.protected().total, 4);
+        assert_eq!(db.add_contact(&contact(14, 2), 0), ContactResult::Stored);
+        let n = db.get(14).expect("stored");
+        assert!(!n.is_favorite && n.user.as_ref().is_some_and(|u| u.public_key.len() == 32));
+        assert_eq!(db.set_favourite(14, true), Flagged::Refused { limit: 4 });
+        assert_eq!(
+            db.set_favourite(10, true),
+            Flagged::Done,
+            "already protected"
+        );
+        // set_ignored on an unknown node creates it (evicting the unprotected one), then refuses.
+        assert_eq!(db.ignore(99), Flagged::Refused { limit: 4 });
+        assert!(db.get(99).is_some_and(|n| !n.is_ignored) && db.get(14).is_none());
+        // A full NodeDB keeps an evictable entry: a new node never finds no room.
+        assert_eq!(hear(&mut db, 20, 3), Heard::Added);
+        // 2.7 has no such cap.
+        let mut old = self::db(6, "2.7.26");
+        for num in 10..15 {
+            old.add_contact(&contact(num, 1), 0);
+        }
+        assert_eq!(old.protected().total, 5);
     }
 
     #[test]
@@ -660,7 +751,12 @@ mod tests {
         assert_eq!(db.add_contact(&ignore, 0), ContactResult::Stored);
         let n = db.get(10).expect("kept");
         assert!(n.is_ignored && !n.is_favorite, "2.7.14+ also unfavourites");
-        assert!(n.user.as_ref().is_some_and(|u| u.public_key.is_empty()));
+        let user = n.user.as_ref().expect("the contact's user is stored");
+        assert!(user.public_key.is_empty());
+        assert_eq!(
+            user.long_name, "n1",
+            "names kept (seen on meshtasticd 2.7.26)"
+        );
         // 2.8 keeps the key of an ignored node.
         let mut develop = self::db(10, "2.8");
         hear(&mut develop, 10, 1);

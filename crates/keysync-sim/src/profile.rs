@@ -59,6 +59,10 @@ pub enum Rule {
     /// A full NodeDB with nothing evictable refuses the new node (before: writes past the end
     /// of the node array and the radio crashes).
     RefuseWhenFull,
+    /// Favourite, ignored and verified entries (own node aside) are capped at MAX − 2: past it
+    /// add_contact stores the node unprotected, set_favorite and set_ignored are refused with a
+    /// ClientNotification, and set_ignored creates an unknown node first.
+    ProtectedCap,
 }
 
 /// Where a rule holds: the versions that have it, and where it is written.
@@ -80,6 +84,10 @@ const fn row(since: Version, until: Option<Version>, source: &'static str) -> Ro
 impl Rule {
     /// The one table that maps a firmware version to its behaviour: a match, so a rule cannot
     /// be added without its versions and source.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the version table: one arm per rule, nothing else"
+    )]
     const fn row(self) -> Row {
         match self {
             Self::AddContact => row(
@@ -176,6 +184,11 @@ impl Rule {
                 (2, 8, 0),
                 None,
                 "mesh/NodeDB.cpp getOrCreateMeshNode: returns NULL when nothing is evictable (PR #10705)",
+            ),
+            Self::ProtectedCap => row(
+                (2, 8, 0),
+                None,
+                "mesh/NodeDB.cpp setProtectedFlag: protected entries capped at MAX_NUM_NODES − 2 (PR #10705); seen on meshtasticd 2.8.0.7754068",
             ),
         }
     }
@@ -397,6 +410,7 @@ impl Profile {
                 || (self.is_client_base() && self.has(Rule::ClientBaseNoFavourite)),
             ignore_unfavourites: self.has(Rule::ClientBaseNoFavourite),
             ignore_erases_key: !self.has(Rule::IgnoreKeepsKey),
+            protected_cap: self.has(Rule::ProtectedCap),
             sanitize_utf8: self.has(Rule::Utf8Validated),
         }
     }
@@ -439,6 +453,8 @@ pub struct ContactRules {
     pub ignore_unfavourites: bool,
     /// set_ignored_node and `should_ignore` zero the key (until 2.7.x).
     pub ignore_erases_key: bool,
+    /// Protected entries capped at MAX − 2 (2.8).
+    pub protected_cap: bool,
     /// Names go through sanitizeUtf8 (2.7.23+).
     pub sanitize_utf8: bool,
 }

@@ -307,8 +307,13 @@ impl Client {
             let last = self.last_sent.get(&portnum);
             if last.is_some_and(|t| now < *t + kind.gap()) {
                 log::info!(target: "keysync::sim", "{}: {kind:?} packet {:08x} over the per-connection limit", self.peer, packet.id);
-                let error = (kind == Limited::Text && self.profile().has(Rule::TextRateLimitError))
-                    .then_some(RoutingError::RateLimitExceeded);
+                // The routing error is addressed to the packet's sender: it reaches the client
+                // only when that names the radio itself; from 0 (as clients send) it goes to
+                // node 0 over the mesh (PhoneAPI.cpp; seen so on meshtasticd 2.7.26 and 2.8).
+                let mine = packet.from == self.shared.radio().db.my_node_num();
+                let error =
+                    (kind == Limited::Text && mine && self.profile().has(Rule::TextRateLimitError))
+                        .then_some(RoutingError::RateLimitExceeded);
                 return Verdict::OverLimit(error);
             }
             // Only an accepted packet moves the limit on.
@@ -452,9 +457,6 @@ impl Client {
         radio.contacts.push((Instant::now(), contact.clone()));
         match radio.db.add_contact(contact, now_secs()) {
             ContactResult::Stored => {
-                if contact.should_ignore {
-                    radio.db.ignore(contact.node_num);
-                }
                 self.shared.write_flash(&mut radio);
                 let rules = self.profile().contact_rules();
                 log::info!(target: "keysync::sim", "add_contact {}: stored{}{}{}, NodeDB written to flash",
