@@ -223,6 +223,31 @@ async fn nodedb_count_is_the_total_also_in_a_config_only_download_from_2_7_4() {
 }
 
 #[tokio::test]
+async fn a_changed_key_heard_on_the_mesh_never_replaces_the_stored_one() {
+    // NodeDB.cpp updateUser: 2.5.0 – 2.7.5 copy the stored key into the incoming User; 2.7.6+
+    // drop the NodeInfo. Either way the client sees the NODEINFO_APP packet with the new key.
+    for firmware in ["2.5.6", "2.7.5", "2.7.26"] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Linux, 3));
+        let (mut client, _) = connected(&sim).await;
+        let num = sim.mesh()[0].num;
+        let stored = sim.key_of(num);
+        assert!(stored.is_some(), "{firmware}");
+        sim.inject(Fault::KeyChange { node: 0 }).await;
+        client
+            .recv_until("the announcement", |f| {
+                matches!(&f.payload_variant, Some(from_radio::PayloadVariant::Packet(p)) if p.from == num)
+            })
+            .await;
+        let announced = sim.mesh()[0].user.clone().map(|u| u.public_key);
+        assert_ne!(
+            announced.as_deref(),
+            stored.as_ref().map(<[u8; 32]>::as_slice)
+        );
+        assert_eq!(sim.key_of(num), stored, "{firmware}");
+    }
+}
+
+#[tokio::test]
 async fn add_contact_marks_the_node_verified_on_2_7_11_and_a_managed_radio_ignores_it() {
     // NodeDB.cpp addFromContact (2.6.9 – 2.7.11); AdminModule.cpp is_managed.
     let sim = start_sim(firmware_sim("2.7.11", Hw::Esp32, 5));

@@ -230,8 +230,7 @@ impl Shared {
         let user = node.user.clone().unwrap_or_default();
         let (portnum, payload, outcome) = match how {
             Sighting::NodeInfo => {
-                let dropped = self.profile().has(Rule::KeyMismatchDropped);
-                let outcome = radio.db.heard(num, &user, None, now_secs(), dropped);
+                let outcome = radio.db.heard(num, &user, None, now_secs());
                 (PortNum::NodeinfoApp, user.encode_to_vec(), outcome)
             }
             Sighting::BadUtf8 => {
@@ -245,10 +244,7 @@ impl Shared {
                     ..user.clone()
                 };
                 let keep_raw = (!self.profile().has(Rule::Utf8Validated)).then_some(raw);
-                let dropped = self.profile().has(Rule::KeyMismatchDropped);
-                let outcome = radio
-                    .db
-                    .heard(num, &sanitized, keep_raw, now_secs(), dropped);
+                let outcome = radio.db.heard(num, &sanitized, keep_raw, now_secs());
                 (PortNum::NodeinfoApp, payload, outcome)
             }
             Sighting::Packet(portnum) => {
@@ -265,8 +261,17 @@ impl Shared {
             node_id(num), sanitize(&user.long_name), portnum.as_str_name());
         self.counters.announcements.fetch_add(1, Ordering::Relaxed);
         self.to_client(mesh_packet(num, BROADCAST, id, portnum, payload));
-        if outcome == Heard::KeyMismatch {
-            log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
+        match outcome {
+            Heard::KeyMismatch | Heard::KeylessDropped => {
+                log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
+            }
+            Heard::KeyKept => {
+                log::info!(target: "keysync::sim", "Public Key set for node {}, not updating!", node_id(num));
+            }
+            Heard::KeyErased => {
+                log::info!(target: "keysync::sim", "keyless NodeInfo of {} erased its stored key (updateUser before #6372)", node_id(num));
+            }
+            _ => {}
         }
     }
 
@@ -564,7 +569,7 @@ impl SimHandle {
             user.hw_model = profile.hw.hw_model() as i32;
             user.role = profile.role.role() as i32;
         }
-        let mut db = NodeDb::new(own, capacity, profile.contact_rules());
+        let mut db = NodeDb::new(own, capacity, profile.nodedb_rules());
         let mesh: Vec<NodeInfo> = (0..config.nodes).map(|_| population.next_node()).collect();
         let in_radio = config
             .in_radio

@@ -4,7 +4,7 @@
 
 use meshtastic::protobufs::{NodeInfo, SharedContact, User};
 
-use super::profile::ContactRules;
+use super::profile::{NodeDbRules, StoredKey};
 use keysync_engine::radio::{node_id, valid_key};
 
 /// What happened to a node heard on the mesh.
@@ -12,9 +12,14 @@ use keysync_engine::radio::{node_id, valid_key};
 pub enum Heard {
     Added,
     Updated,
+    /// The names were taken but not the NodeInfo's key, which differs from the stored one or is
+    /// missing: "Public Key set for node, not updating!" (updateUser, 2.5.0 – 2.7.5).
+    KeyKept,
+    /// A keyless NodeInfo erased the stored key (updateUser, 2.5.0 – 2.6.2).
+    KeyErased,
     /// "Public Key mismatch, dropping NodeInfo" (updateUser, ≥ 2.7.6).
     KeyMismatch,
-    /// A keyless NodeInfo for a node with a stored key.
+    /// A keyless NodeInfo for a node with a stored key (updateUser, ≥ 2.7.6).
     KeylessDropped,
     /// The node is new and nothing in the NodeDB can be evicted (getOrCreateMeshNode).
     NoRoom,
@@ -75,7 +80,7 @@ pub struct NodeDb {
     own: NodeInfo,
     others: Vec<Entry>,
     capacity: usize,
-    rules: ContactRules,
+    rules: NodeDbRules,
     /// The NodeDB as last saved (saveNodeDatabaseToDisk): what a crash comes back with.
     flash: Vec<Entry>,
     clock: u64,
@@ -85,7 +90,7 @@ pub struct NodeDb {
 }
 
 impl NodeDb {
-    pub fn new(own: NodeInfo, capacity: usize, rules: ContactRules) -> Self {
+    pub fn new(own: NodeInfo, capacity: usize, rules: NodeDbRules) -> Self {
         Self {
             own,
             others: Vec::new(),
@@ -178,50 +183,65 @@ impl NodeDb {
         true
     }
 
-    /// A NodeInfo heard on the mesh (updateUser), under the firmware's key rules.
-    /// `key_mismatch_dropped`: firmware ≥ 2.7.6 keeps the stored key.
+    /// A NodeInfo heard on the mesh (updateUser), under the firmware's key rules
+    /// ([`StoredKey`]).
     pub fn heard(
         &mut self,
         num: u32,
         user: &User,
         raw_names: Option<RawNames>,
         last_heard: u32,
-        key_mismatch_dropped: bool,
     ) -> Heard {
         if num == self.own.num {
             return Heard::Updated;
         }
         self.clock += 1;
         let clock = self.clock;
-        if let Some(e) = self.entry_mut(num) {
-            let stored = e.info.user.as_ref().and_then(|u| valid_key(&u.public_key));
-            match (stored, valid_key(&user.public_key)) {
-                (Some(old), Some(new)) if old != new && key_mismatch_dropped => {
-                    return Heard::KeyMismatch;
-                }
-                (Some(_), None) => return Heard::KeylessDropped,
-                _ => {}
-            }
-            // An ignored node stays ignored and keyless (set_ignored_node erased its key).
-            let mut user = user.clone();
-            if e.info.is_ignored {
-                user.public_key.clear();
-            }
-            e.info.user = Some(user);
-            e.info.last_heard = last_heard;
-            e.heard = clock;
-            e.raw_names = raw_names;
-            return Heard::Updated;
-        }
-        self.create(
-            NodeInfo {
-                num,
-                user: Some(user.clone()),
-                last_heard,
-                ..NodeInfo::default()
+        let rules = self.rules;
+        let Some(e) = self.entry_mut(num) else {
+            return self.create(
+                NodeInfo {
+                    num,
+                    user: Some(user.clone()),
+                    last_heard,
+                    ..NodeInfo::default()
+                },
+                raw_names,
+            );
+        };
+        let stored = e.info.user.as_ref().and_then(|u| valid_key(&u.public_key));
+        let incoming = valid_key(&user.public_key);
+        let mut user = user.clone();
+        let mut outcome = Heard::Updated;
+        match (rules.stored_key, stored) {
+            (StoredKey::Replaced, _) | (_, None) => {}
+            (StoredKey::MismatchDropped, Some(old)) => match incoming {
+                Some(new) if new == old => {}
+                Some(_) => return Heard::KeyMismatch,
+                None => return Heard::KeylessDropped,
             },
-            raw_names,
-        )
+            // Only a key the NodeInfo carries is overwritten with the stored one; without one,
+            // the User as received (keyless) replaces the stored one (fixed by #6372).
+            (StoredKey::KeylessErases, Some(_)) if incoming.is_none() => {
+                outcome = Heard::KeyErased;
+            }
+            (StoredKey::KeylessErases | StoredKey::Copied, Some(old)) => {
+                if incoming != Some(old) {
+                    outcome = Heard::KeyKept;
+                }
+                user.public_key = old.to_vec();
+            }
+        }
+        // An ignored node stays ignored and keyless (set_ignored_node erased its key).
+        if e.info.is_ignored {
+            user.public_key.clear();
+        }
+        e.info.user = Some(user);
+        e.info.last_heard = last_heard;
+        e.heard = clock;
+        e.raw_names = raw_names;
+        self.lose_key(num, outcome == Heard::KeyErased);
+        outcome
     }
 
     /// Any other packet from `num` (updateFrom via getOrCreateMeshNode): an unknown sender gets
@@ -528,10 +548,10 @@ mod tests {
         }
     }
 
-    fn rules(firmware: &str) -> ContactRules {
+    fn rules(firmware: &str) -> NodeDbRules {
         Profile::new(firmware, Hw::Linux, SimRole::Client)
             .expect("valid")
-            .contact_rules()
+            .nodedb_rules()
     }
 
     fn db(capacity: usize, firmware: &str) -> NodeDb {
@@ -547,7 +567,7 @@ mod tests {
     }
 
     fn hear(db: &mut NodeDb, num: u32, key: u8) -> Heard {
-        db.heard(num, &user(key), None, 0, true)
+        db.heard(num, &user(key), None, 0)
     }
 
     #[test]
@@ -592,21 +612,76 @@ mod tests {
         assert!(created.user.is_none() && created.last_heard == 5);
     }
 
-    #[test]
-    fn drops_mismatched_and_keyless_nodeinfo_for_a_keyed_node() {
-        let mut db = db(10, "2.7.26");
-        hear(&mut db, 10, 1);
-        assert_eq!(hear(&mut db, 10, 2), Heard::KeyMismatch);
-        assert_eq!(hear(&mut db, 10, 0), Heard::KeylessDropped);
-        let key = |db: &NodeDb| {
-            db.get(10)
-                .and_then(|n| n.user.clone())
-                .map(|u| u.public_key)
+    /// The key and long name node 10 has in `db`.
+    fn key_and_name(db: &NodeDb) -> (Option<Vec<u8>>, Option<String>) {
+        let user = db.get(10).and_then(|n| n.user.clone());
+        (
+            user.as_ref().map(|u| u.public_key.clone()),
+            user.map(|u| u.long_name),
+        )
+    }
+
+    /// A NodeInfo for node 10 with key byte `key` (0: none) and long name `name`.
+    fn hear_named(db: &mut NodeDb, key: u8, name: &str) -> Heard {
+        let user = User {
+            long_name: name.into(),
+            ..user(key)
         };
-        assert_eq!(key(&db), Some(vec![1; 32]));
-        // Before 2.7.6 a different key replaced the stored one.
-        assert_eq!(db.heard(10, &user(2), None, 0, false), Heard::Updated);
-        assert_eq!(key(&db), Some(vec![2; 32]));
+        db.heard(10, &user, None, 0)
+    }
+
+    #[test]
+    fn from_2_7_6_a_nodeinfo_with_another_key_or_none_is_dropped_names_and_all() {
+        // updateUser: "Public Key mismatch, dropping NodeInfo" (#7652).
+        let mut db = db(10, "2.7.6");
+        hear_named(&mut db, 1, "first");
+        assert_eq!(hear_named(&mut db, 2, "renamed"), Heard::KeyMismatch);
+        assert_eq!(hear_named(&mut db, 0, "renamed"), Heard::KeylessDropped);
+        assert_eq!(key_and_name(&db), (Some(vec![1; 32]), Some("first".into())));
+        assert_eq!(hear_named(&mut db, 1, "renamed"), Heard::Updated);
+        assert_eq!(key_and_name(&db).1.as_deref(), Some("renamed"));
+    }
+
+    #[test]
+    fn from_2_5_0_to_2_7_5_a_nodeinfo_never_replaces_a_stored_key_but_its_names_are_taken() {
+        // updateUser copies the stored key into the incoming User ("Public Key set for node,
+        // not updating!"), then stores that User.
+        for firmware in ["2.5.0", "2.6.2", "2.7.5"] {
+            let mut db = db(10, firmware);
+            hear_named(&mut db, 1, "first");
+            assert_eq!(
+                hear_named(&mut db, 2, "renamed"),
+                Heard::KeyKept,
+                "{firmware}"
+            );
+            assert_eq!(
+                key_and_name(&db),
+                (Some(vec![1; 32]), Some("renamed".into())),
+                "{firmware}"
+            );
+            assert_eq!(db.key_losses(10), 0, "{firmware}");
+        }
+    }
+
+    #[test]
+    fn a_keyless_nodeinfo_erases_the_stored_key_before_2_6_3_and_keeps_it_from_2_6_3() {
+        // updateUser before #6372 copied the stored key only into a NodeInfo that had one.
+        let mut old = db(10, "2.6.2");
+        hear_named(&mut old, 1, "first");
+        assert_eq!(hear_named(&mut old, 0, "renamed"), Heard::KeyErased);
+        assert_eq!(key_and_name(&old), (Some(vec![]), Some("renamed".into())));
+        assert_eq!(old.key_losses(10), 1);
+        // Once erased, the next NodeInfo's key is learned, whichever it is.
+        assert_eq!(hear_named(&mut old, 2, "again"), Heard::Updated);
+        assert_eq!(key_and_name(&old).0, Some(vec![2; 32]));
+
+        let mut fixed = db(10, "2.6.3");
+        hear_named(&mut fixed, 1, "first");
+        assert_eq!(hear_named(&mut fixed, 0, "renamed"), Heard::KeyKept);
+        assert_eq!(
+            key_and_name(&fixed),
+            (Some(vec![1; 32]), Some("renamed".into()))
+        );
     }
 
     #[test]
@@ -619,7 +694,7 @@ mod tests {
         {
             rich.macaddr = vec![1, 2, 3, 4, 5, 6];
         }
-        db.heard(10, &rich, None, 0, true);
+        db.heard(10, &rich, None, 0);
         assert_eq!(db.add_contact(&contact(10, 1), 0), ContactResult::Stored);
         let stored = db.get(10).and_then(|n| n.user.clone()).expect("user");
         // ConvertToUserLite: fields the contact omits are reset, not kept.
@@ -670,7 +745,7 @@ mod tests {
     fn add_contact_on_a_client_base_from_2_7_14_does_not_favourite() {
         let rules = Profile::new("2.7.14", Hw::Esp32, SimRole::ClientBase)
             .expect("valid")
-            .contact_rules();
+            .nodedb_rules();
         let mut db = NodeDb::new(own(), 10, rules);
         db.add_contact(&contact(10, 1), 77);
         let n = db.get(10).expect("stored");

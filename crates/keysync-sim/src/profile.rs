@@ -34,7 +34,14 @@ pub enum Rule {
     /// Every heartbeat is answered with a QueueStatus (2.7.4 – 2.7.5 only when something else
     /// is queued, which the simulator treats as never).
     HeartbeatAnswered,
-    /// A NodeInfo whose key differs from the stored one is dropped.
+    /// A NodeInfo heard on the mesh never replaces a stored key: the stored key is copied into
+    /// the incoming User, whose names are still taken.
+    NodeInfoKeepsKey,
+    /// A NodeInfo without a key keeps the stored key (before, it erased it: the User is stored
+    /// as received).
+    KeylessNodeInfoKeepsKey,
+    /// A NodeInfo whose key differs from the stored one, or that has none, is dropped whole:
+    /// names are not updated either.
     KeyMismatchDropped,
     /// Position, telemetry, waypoint and alert from one connection: one per 10 s per port, else
     /// dropped with a QueueStatus `res = 0` (the 2.6.7 – 2.7.0 limiter tested a constant and
@@ -130,10 +137,20 @@ impl Rule {
                 None,
                 "mesh/PhoneAPI.cpp getFromRadio: heartbeatReceived checked first → QueueStatus (#7506)",
             ),
+            Self::NodeInfoKeepsKey => row(
+                (2, 5, 0),
+                None,
+                "mesh/NodeDB.cpp updateUser: stored key copied into the incoming User (\"Public Key set for node, not updating!\")",
+            ),
+            Self::KeylessNodeInfoKeepsKey => row(
+                (2, 6, 3),
+                None,
+                "mesh/NodeDB.cpp updateUser: stored key copied whatever the NodeInfo carries (#6372)",
+            ),
             Self::KeyMismatchDropped => row(
                 (2, 7, 6),
                 None,
-                "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\"",
+                "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\" (#7652)",
             ),
             Self::PositionRateLimit => row(
                 (2, 7, 1),
@@ -399,9 +416,11 @@ impl Profile {
         self.role == SimRole::ClientBase
     }
 
-    /// What add_contact does to the stored node on this profile.
-    pub fn contact_rules(&self) -> ContactRules {
-        ContactRules {
+    /// How the NodeDB treats its nodes on this profile: add_contact, NodeInfo heard, operator
+    /// decisions.
+    pub fn nodedb_rules(&self) -> NodeDbRules {
+        NodeDbRules {
+            stored_key: self.stored_key(),
             always_verified: self.has(Rule::ContactAlwaysVerified),
             verified_keeps_key: self.has(Rule::VerifiedKeepsItsKey),
             favourite: !(self.is_client_base() && self.has(Rule::ClientBaseNoFavourite)),
@@ -412,6 +431,19 @@ impl Profile {
             ignore_erases_key: !self.has(Rule::IgnoreKeepsKey),
             protected_cap: self.has(Rule::ProtectedCap),
             sanitize_utf8: self.has(Rule::Utf8Validated),
+        }
+    }
+
+    /// What a NodeInfo heard on the mesh does to a stored key (NodeDB.cpp updateUser).
+    pub fn stored_key(&self) -> StoredKey {
+        if self.has(Rule::KeyMismatchDropped) {
+            StoredKey::MismatchDropped
+        } else if self.has(Rule::KeylessNodeInfoKeepsKey) {
+            StoredKey::Copied
+        } else if self.has(Rule::NodeInfoKeepsKey) {
+            StoredKey::KeylessErases
+        } else {
+            StoredKey::Replaced
         }
     }
 
@@ -436,13 +468,16 @@ impl Profile {
     }
 }
 
-/// How add_contact treats the stored node (NodeDB.cpp addFromContact).
+/// How the NodeDB treats the nodes it stores (NodeDB.cpp addFromContact and updateUser,
+/// AdminModule.cpp).
 #[expect(
     clippy::struct_excessive_bools,
     reason = "independent firmware switches, each a row of the version table"
 )]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContactRules {
+pub struct NodeDbRules {
+    /// What a NodeInfo heard on the mesh does to a stored key.
+    pub stored_key: StoredKey,
     pub always_verified: bool,
     pub verified_keeps_key: bool,
     pub favourite: bool,
@@ -459,10 +494,26 @@ pub struct ContactRules {
     pub sanitize_utf8: bool,
 }
 
-impl Default for ContactRules {
+impl Default for NodeDbRules {
     fn default() -> Self {
-        Profile::default().contact_rules()
+        Profile::default().nodedb_rules()
     }
+}
+
+/// What a NodeInfo heard on the mesh does to the key stored for its node (NodeDB.cpp
+/// updateUser). Whatever the version, a node without a stored key learns the NodeInfo's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKey {
+    /// Before 2.5.0 (no PKI): the User is stored as received.
+    Replaced,
+    /// 2.5.0 – 2.6.2: a different key is overwritten with the stored one, but a NodeInfo
+    /// without a key is stored as received and erases the stored key.
+    KeylessErases,
+    /// 2.6.3 – 2.7.5: the stored key is copied into the incoming User, keyed or not; the names
+    /// are taken.
+    Copied,
+    /// 2.7.6+: a NodeInfo with a different key, or none, is dropped whole.
+    MismatchDropped,
 }
 
 /// What a full NodeDB with nothing evictable does (NodeDB.cpp getOrCreateMeshNode).
@@ -496,23 +547,36 @@ mod tests {
     fn contacts_are_always_verified_from_2_6_8_to_2_7_11_only() {
         // NodeDB.cpp addFromContact.
         // 2.6.8 itself does not set the bit; 2.6.9 (#6858) does.
-        assert!(!profile("2.6.8").contact_rules().always_verified);
-        assert!(profile("2.6.9").contact_rules().always_verified);
-        assert!(profile("2.7.11").contact_rules().always_verified);
-        assert!(!profile("2.7.12").contact_rules().always_verified);
-        assert!(profile("2.7.12").contact_rules().verified_keeps_key);
-        assert!(!profile("2.7.11").contact_rules().verified_keeps_key);
+        assert!(!profile("2.6.8").nodedb_rules().always_verified);
+        assert!(profile("2.6.9").nodedb_rules().always_verified);
+        assert!(profile("2.7.11").nodedb_rules().always_verified);
+        assert!(!profile("2.7.12").nodedb_rules().always_verified);
+        assert!(profile("2.7.12").nodedb_rules().verified_keeps_key);
+        assert!(!profile("2.7.11").nodedb_rules().verified_keeps_key);
     }
 
     #[test]
     fn client_base_favourites_route_until_2_7_13_and_are_not_made_from_2_7_14() {
         let base = |v| Profile::new(v, Hw::Esp32, SimRole::ClientBase).expect("valid");
         assert!(base("2.7.10").has(Rule::ClientBaseFavouriteRoutes));
-        assert!(base("2.7.13").contact_rules().favourite);
-        assert!(!base("2.7.14").contact_rules().favourite);
+        assert!(base("2.7.13").nodedb_rules().favourite);
+        assert!(!base("2.7.14").nodedb_rules().favourite);
         assert!(!base("2.7.9").has(Rule::ClientBaseFavouriteRoutes));
         // A plain client favourites on every version with add_contact.
-        assert!(profile("2.7.26").contact_rules().favourite);
+        assert!(profile("2.7.26").nodedb_rules().favourite);
+    }
+
+    #[test]
+    fn a_nodeinfo_keeps_the_stored_key_from_2_5_0_and_is_dropped_on_mismatch_from_2_7_6() {
+        // NodeDB.cpp updateUser: the copy of the stored key (2.5.0), the keyless fix (#6372,
+        // 2.6.3), the mismatch drop (#7652, 2.7.6).
+        assert_eq!(profile("2.4.3").stored_key(), StoredKey::Replaced);
+        assert_eq!(profile("2.5.0").stored_key(), StoredKey::KeylessErases);
+        assert_eq!(profile("2.6.2").stored_key(), StoredKey::KeylessErases);
+        assert_eq!(profile("2.6.3").stored_key(), StoredKey::Copied);
+        assert_eq!(profile("2.7.5").stored_key(), StoredKey::Copied);
+        assert_eq!(profile("2.7.6").stored_key(), StoredKey::MismatchDropped);
+        assert_eq!(profile("2.8").stored_key(), StoredKey::MismatchDropped);
     }
 
     #[test]

@@ -458,7 +458,7 @@ impl Client {
         match radio.db.add_contact(contact, now_secs()) {
             ContactResult::Stored => {
                 self.shared.write_flash(&mut radio);
-                let rules = self.profile().contact_rules();
+                let rules = self.profile().nodedb_rules();
                 log::info!(target: "keysync::sim", "add_contact {}: stored{}{}{}, NodeDB written to flash",
                     node_id(contact.node_num),
                     if rules.favourite { ", favourite" } else { ", not favourite (CLIENT_BASE)" },
