@@ -845,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn should_ignore_is_not_read_before_2_6_12_the_contact_is_stored_as_any_other() {
+        // addFromContact before #7044 has no should_ignore branch: the node is favourited,
+        // verified from 2.6.9, and keeps the contact's key.
+        let ignore = SharedContact {
+            should_ignore: true,
+            ..contact(10, 1)
+        };
+        for (firmware, verified) in [("2.6.8", false), ("2.6.10", true), ("2.6.11", true)] {
+            let mut db = db(10, firmware);
+            assert_eq!(db.add_contact(&ignore, 0), ContactResult::Stored);
+            let n = db.get(10).expect("stored");
+            assert!(!n.is_ignored && n.is_favorite, "{firmware}");
+            assert_eq!(n.is_key_manually_verified, verified, "{firmware}");
+            assert_eq!(key_and_name(&db).0, Some(vec![1; 32]), "{firmware}");
+        }
+        let mut read = db(10, "2.6.12");
+        read.add_contact(&ignore, 0);
+        let n = read.get(10).expect("stored");
+        assert!(n.is_ignored && !n.is_favorite && !n.is_key_manually_verified);
+        assert_eq!(key_and_name(&read).0, Some(vec![]));
+    }
+
+    #[test]
     fn the_keyless_pass_of_eviction_does_not_spare_verified_nodes() {
         // getOrCreateMeshNode's first pass checks favourite, ignored and key only.
         let mut db = db(3, "2.7.26");

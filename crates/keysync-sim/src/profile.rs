@@ -556,6 +556,14 @@ mod tests {
     }
 
     #[test]
+    fn should_ignore_is_read_from_2_6_12_only() {
+        // NodeDB.cpp addFromContact (#7044).
+        assert!(!profile("2.6.8").nodedb_rules().should_ignore);
+        assert!(!profile("2.6.11").nodedb_rules().should_ignore);
+        assert!(profile("2.6.12").nodedb_rules().should_ignore);
+    }
+
+    #[test]
     fn client_base_favourites_route_until_2_7_13_and_are_not_made_from_2_7_14() {
         let base = |v| Profile::new(v, Hw::Esp32, SimRole::ClientBase).expect("valid");
         assert!(base("2.7.10").has(Rule::ClientBaseFavouriteRoutes));

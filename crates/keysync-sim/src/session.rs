@@ -458,12 +458,14 @@ impl Client {
         match radio.db.add_contact(contact, now_secs()) {
             ContactResult::Stored => {
                 self.shared.write_flash(&mut radio);
-                let rules = self.profile().nodedb_rules();
+                // The node as stored, not as asked: the firmware may not read should_ignore, may
+                // favourite or verify on its own, or refuse the flags past its limit.
+                let stored = radio.db.get(contact.node_num).cloned().unwrap_or_default();
                 log::info!(target: "keysync::sim", "add_contact {}: stored{}{}{}, NodeDB written to flash",
                     node_id(contact.node_num),
-                    if rules.favourite { ", favourite" } else { ", not favourite (CLIENT_BASE)" },
-                    if rules.always_verified { ", manually verified" } else { "" },
-                    if contact.should_ignore { ", ignored" } else { "" });
+                    if stored.is_favorite { ", favourite" } else { ", not favourite" },
+                    if stored.is_key_manually_verified { ", manually verified" } else { "" },
+                    if stored.is_ignored { ", ignored" } else { "" });
             }
             ContactResult::DroppedVerified => {
                 log::info!(target: "keysync::sim", "add_contact {}: dropped (node is manually verified, key differs)", node_id(contact.node_num));
