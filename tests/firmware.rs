@@ -56,6 +56,7 @@ fn main() -> std::process::ExitCode {
         clients_share_the_firmware_through_the_proxy_on_one_connection,
         heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them,
         the_simulator_answers_a_scripted_session_as_the_firmware_does,
+        a_small_radio_never_crashes_whatever_the_store_holds,
     ];
     let trials = match &suite.builds {
         Ok(builds) => builds
@@ -201,6 +202,18 @@ async fn text_from(client: &mut RawClient, my: u32, id: u32, body: &str) -> u32 
     id
 }
 
+/// Gives the radio `n` entries it holds unprotected, as nodes it heard: contacts pushed and
+/// given back (the suite has one instance per mesh node, too few to be heard from). keysync
+/// protects at most half of what a radio holds, so a scenario that pushes gives it a mesh.
+async fn heard_nodes(radio: &Radio, n: u32) {
+    let (mut client, my) = client(radio).await;
+    for num in 0x7000..0x7000 + n {
+        assert_eq!(push(&mut client, my, &contact_node(num)).await, 0);
+        let id = client.admin(my, Admin::RemoveFavoriteNode(num)).await;
+        let _ = client.queue_status(id).await;
+    }
+}
+
 /// Pushes `node` from a bare client; the QueueStatus `res`.
 async fn push(client: &mut RawClient, my: u32, node: &NodeInfo) -> i32 {
     let id = client.contact(my, node).await;
@@ -212,6 +225,8 @@ async fn push(client: &mut RawClient, my: u32, node: &NodeInfo) -> i32 {
 
 async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmware) {
     let mut radio = Radio::start(&fw, Setup::nodes(40)).await;
+    heard_nodes(&radio, 14).await;
+    let mark = radio.mark();
     let known = mesh(11, 6);
     let mut ks = Keysync::start(&radio, &known, |c| {
         c.sync_interval = Duration::from_secs(2);
@@ -223,10 +238,10 @@ async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmw
     assert_eq!(first.outcome, Outcome::Forced, "{}", first.summary());
     assert_eq!(first.pushed, 6, "{}", first.summary());
     radio
-        .wait_log(0, "Client received add_contact command", 6)
+        .wait_log(mark, "Client received add_contact command", 6)
         .await;
     assert!(
-        radio.count("Save /prefs/nodes.proto") >= 6,
+        radio.count_since(mark, "Save /prefs/nodes.proto") >= 6,
         "a flash write each"
     );
 
@@ -246,9 +261,10 @@ async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmw
         (forced.trigger, forced.outcome),
         (Trigger::Operator, Outcome::Forced)
     );
+    // The nodes the radio heard are trusted too (first use, from the handshake).
     assert_eq!(
-        (forced.in_radio, forced.pushed),
-        (6, 0),
+        (forced.known, forced.in_radio, forced.pushed),
+        (20, 20, 0),
         "{}",
         forced.summary()
     );
@@ -267,7 +283,7 @@ async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmw
     assert_eq!(after.outcome, Outcome::Forced, "{}", after.summary());
     assert_eq!(
         (after.in_radio, after.pushed),
-        (6, 0),
+        (20, 0),
         "{}",
         after.summary()
     );
@@ -281,6 +297,8 @@ async fn handshake_nodes_only_skip_force_and_reconnect_after_a_restart(fw: Firmw
 
 async fn a_push_lands_with_its_key_names_and_favourite(fw: Firmware) {
     let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    heard_nodes(&radio, 12).await;
+    let mark = radio.mark();
     let known = mesh(12, 5);
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = seeded_store(&dir, &known);
@@ -301,7 +319,7 @@ async fn a_push_lands_with_its_key_names_and_favourite(fw: Firmware) {
         String::from_utf8_lossy(&out.stderr)
     );
     radio
-        .wait_log(0, "Client received add_contact command", 5)
+        .wait_log(mark, "Client received add_contact command", 5)
         .await;
 
     let nodes = node_list(&radio).await;
@@ -351,6 +369,8 @@ async fn a_nodedb_with_nothing_evictable_crashes_at_the_next_new_node(fw: Firmwa
 
 async fn an_ignored_node_is_never_pushed(fw: Firmware) {
     let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    heard_nodes(&radio, 12).await;
+    let mark = radio.mark();
     let known = mesh(13, 4);
     let ignored = known[0].num;
     {
@@ -359,7 +379,7 @@ async fn an_ignored_node_is_never_pushed(fw: Firmware) {
         let id = client.admin(my, Admin::SetIgnoredNode(ignored)).await;
         let _ = client.queue_status(id).await;
     }
-    radio.wait_log(0, "Client received add_contact", 1).await;
+    radio.wait_log(mark, "Client received add_contact", 1).await;
 
     let mut ks = Keysync::start(&radio, &known, |_| {});
     let first = ks.report(1).await;
@@ -372,7 +392,7 @@ async fn an_ignored_node_is_never_pushed(fw: Firmware) {
         assert!(key_of(held).is_empty(), "set_ignored_node erases the key");
     }
     assert_eq!(
-        radio.count("Client received add_contact"),
+        radio.count_since(mark, "Client received add_contact"),
         4,
         "one by the operator's client, three by keysync"
     );
@@ -380,6 +400,8 @@ async fn an_ignored_node_is_never_pushed(fw: Firmware) {
 
 async fn clients_share_the_firmware_through_the_proxy_on_one_connection(fw: Firmware) {
     let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    heard_nodes(&radio, 8).await;
+    let setup = radio.mark();
     let cli = common::python::required_cli();
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, store) = seeded_store(&dir, &mesh(14, 3));
@@ -398,7 +420,9 @@ async fn clients_share_the_firmware_through_the_proxy_on_one_connection(fw: Firm
             .args(["--push-gap", "100ms"]),
         "serving downstream clients on ",
     );
-    radio.wait_log(0, "Client received add_contact", 3).await;
+    radio
+        .wait_log(setup, "Client received add_contact", 3)
+        .await;
     let mark = radio.mark();
 
     let script = "import sys, time, meshtastic.tcp_interface\n\
@@ -500,6 +524,105 @@ async fn heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them(fw
 
     // add_contact to the own node: res 0 (Router.cpp ERRNO_OK).
     assert_eq!(push(&mut client, my, &contact_node(0x300)).await, 0);
+}
+
+/// Protected entries (own node aside) and entries in all, in a node list.
+fn protected_of(nodes: &[NodeInfo], my: u32) -> (usize, usize) {
+    let protected = nodes
+        .iter()
+        .filter(|n| n.num != my && (n.is_favorite || n.is_ignored || n.is_key_manually_verified))
+        .count();
+    (protected, nodes.len())
+}
+
+/// `keysync sync --once` against `radio` with the store at `db`; its stdout, after asserting
+/// that it succeeded.
+fn sync_once(radio: &Radio, db: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args(["sync", "--once", "--host", &radio.host()])
+        .arg("--db")
+        .arg(db)
+        .args(["--push-gap", "100ms"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .expect("keysync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sync --once failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn a_small_radio_never_crashes_whatever_the_store_holds(fw: Firmware) {
+    // MaxNodes 20 (not told over the API), full of nodes it heard (here: contacts given back,
+    // so they are neither favourite nor verified), one of them the operator's favourite; the
+    // store holds 60 other trusted keys. keysync at 46f6436 pushed 20 and crashed this radio.
+    let cli = common::python::required_cli();
+    let mut radio = Radio::start(&fw, Setup::nodes(20)).await;
+    let mesh_node = Radio::start(&fw, Setup::nodes(40)).await;
+    tokio::join!(radio.join_mesh(&cli), mesh_node.join_mesh(&cli));
+    let operators = contact_node(0x6000);
+    {
+        let (mut client, my) = client(&radio).await;
+        for num in 0x6000..0x6000 + 19 {
+            assert_eq!(push(&mut client, my, &contact_node(num)).await, 0);
+            let id = client.admin(my, Admin::RemoveFavoriteNode(num)).await;
+            let _ = client.queue_status(id).await;
+        }
+        let id = client
+            .admin(my, Admin::SetFavoriteNode(operators.num))
+            .await;
+        let _ = client.queue_status(id).await;
+        let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
+        assert_eq!(nodes.len(), 20, "full");
+        assert_eq!(
+            protected_of(&nodes, my).0,
+            1,
+            "the operator's favourite only"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &mesh(21, 60));
+    drop(store);
+
+    let mark = radio.mark();
+    sync_once(&radio, &db);
+    assert!(radio.is_running(), "{}", radio.tail(20));
+    let pushed = radio.count_since(mark, "Client received add_contact");
+    assert!(pushed > 0, "keysync pushed nothing");
+    let nodes = node_list(&radio).await;
+    let (protected, held) = protected_of(&nodes, nodes.first().map_or(0, |n| n.num));
+    assert!(
+        2 * protected <= held,
+        "{protected} protected of {held} after {pushed} pushes"
+    );
+
+    // A node the gateway never heard speaks: the radio evicts, it does not crash.
+    let (mut other, _) = client(&mesh_node).await;
+    let mark = radio.mark();
+    let _ = other
+        .packet(u32::MAX, PortNum::TextMessageApp, b"hello gateway".to_vec())
+        .await;
+    radio.wait_log(mark, "Received text msg", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(radio.is_running(), "{}", radio.tail(20));
+
+    // Killed and back on its flash; a forced sync again pushes nothing past the invariant.
+    radio.restart().await;
+    sync_once(&radio, &db);
+    assert!(radio.is_running(), "{}", radio.tail(20));
+    let nodes = node_list(&radio).await;
+    let my = nodes.first().map_or(0, |n| n.num);
+    let (protected, held) = protected_of(&nodes, my);
+    assert!(
+        2 * protected <= held,
+        "{protected} of {held} after the restart"
+    );
+    let kept = find(&nodes, operators.num).expect("the operator's node stays");
+    assert!(kept.is_favorite, "the operator's favourite stays theirs");
+    assert_eq!(radio.count("std::out_of_range"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

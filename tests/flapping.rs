@@ -29,7 +29,9 @@ fn rss_kib() -> u64 {
 
 async fn flap(cycles: usize) {
     let known = population(1, 30);
-    let mut h = Harness::start(sim_config(30), &known, |c| {
+    let rig = Rig::new(sim_config(30), &known);
+    heard_keyless(&rig.sim, 30).await;
+    let mut h = rig.start(|c| {
         // A flapping radio looks like a takeover to the three-early-closes rule; keep its
         // pause short here so the cycles keep coming.
         c.link.takeover_backoff = Duration::from_millis(50);

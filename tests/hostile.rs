@@ -24,6 +24,7 @@ fn gaps(times: &[Instant]) -> Vec<Duration> {
 #[tokio::test]
 async fn pushes_wait_while_the_radio_queue_is_full_then_resume_without_a_burst() {
     let rig = Rig::new(sim_config(0), &population(1, 12));
+    heard_keyless(&rig.sim, 30).await;
     let full_for = Duration::from_millis(1200);
     rig.sim
         .inject(Fault::QueueFull { duration: full_for })
@@ -54,6 +55,7 @@ async fn pushes_wait_while_the_radio_queue_is_full_then_resume_without_a_burst()
 #[tokio::test]
 async fn pushes_pace_on_a_timeout_when_the_radio_never_answers() {
     let rig = Rig::new(sim_config(0), &population(1, 5));
+    heard_keyless(&rig.sim, 12).await;
     rig.sim
         .inject(Fault::SilentQueue {
             duration: Duration::from_secs(600),
@@ -87,7 +89,9 @@ fn pushed_keys_for(sim: &keysync::sim::SimHandle, num: u32) -> Vec<[u8; 32]> {
 
 #[tokio::test]
 async fn an_impostor_key_is_never_pushed_across_reconnects_and_restarts() {
-    let mut h = Harness::start(sim_config(6), &[], |c| c.sync_interval = SEC);
+    let rig = Rig::new(sim_config(6), &[]);
+    heard_keyless(&rig.sim, 12).await;
+    let mut h = rig.start(|c| c.sync_interval = SEC);
     h.report(1).await;
     let victim = h.sim.mesh()[2].clone();
     let genuine = valid_key(&victim.user.as_ref().expect("user").public_key).expect("key");

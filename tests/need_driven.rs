@@ -258,7 +258,9 @@ async fn a_node_removed_from_the_radio_is_not_brought_back_until_heard() {
 #[tokio::test]
 async fn a_pending_key_keeps_the_trusted_one_on_the_radio_after_a_reboot() {
     let known = population(1, 6);
-    let mut h = Harness::start(sim_config(6), &known, |c| c.sync_interval = SEC);
+    let rig = Rig::new(sim_config(6), &known);
+    heard_keyless(&rig.sim, 12).await;
+    let mut h = rig.start(|c| c.sync_interval = SEC);
     h.report(1).await;
     let node = known[2].clone();
     h.sim.inject(Fault::KeyChange { node: 2 }).await;

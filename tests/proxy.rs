@@ -1402,6 +1402,7 @@ async fn a_dm_waiting_for_its_key_lets_other_clients_packets_go_first() {
         ..sim_config(12)
     });
     let (db, store) = seeded_store(&dir, &sim.mesh());
+    heard_keyless(&sim, 30).await;
     let mut config = fast_engine(&sim, db.clone(), 60 * SEC, 600 * SEC);
     config.sync.push_gap = SEC;
     config.proxy = Some(ProxyConfig::new("127.0.0.1:0".parse().expect("addr")));

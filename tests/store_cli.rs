@@ -346,6 +346,7 @@ fn headless(sim: &keysync::sim::SimHandle, db: &Path, args: &[&str]) -> Command 
 async fn kill_during_syncs(rounds: u64) {
     let known = population(1, 60);
     let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &known);
+    heard_keyless(&sim, 120).await;
     for round in 0..rounds {
         let before = sim.counters().add_contacts.load(Ordering::Relaxed);
         // Robustness, not the flash budget, is under test: every round pushes.
@@ -544,6 +545,7 @@ async fn sync_once_debug(db: &Path, sim: &keysync::sim::SimHandle) -> (i32, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_headless_log_prints_hostile_node_names_without_their_escape_sequences() {
     let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &[]);
+    heard_keyless(&sim, 2).await;
     Store::open(&db)
         .expect("opens")
         .learn(&node_seen(0x1234_abcd, 7, HOSTILE_NAME), SystemTime::now())
@@ -840,6 +842,7 @@ fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
     let Rig { dir: _dir, db, sim } = Rig::new(sim_config(0), &population(1, 30));
+    heard_keyless(&sim, 60).await;
     let mut child = headless(&sim, &db, &["--push-gap", "200ms"])
         .stderr(Stdio::null())
         .spawn()

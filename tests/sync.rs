@@ -108,7 +108,9 @@ async fn after_the_ttl_a_nodes_only_download_syncs_with_zero_pushes() {
 
 #[tokio::test]
 async fn a_reboot_that_forgets_keys_is_repaired_by_the_reconnect_sync() {
-    let mut h = Harness::start(sim_config(12), &[], |_| {});
+    let rig = Rig::new(sim_config(12), &[]);
+    heard_keyless(&rig.sim, 12).await;
+    let mut h = rig.start(|_| {});
     let first = h.report(1).await;
     assert_eq!(
         (first.known, first.pushed),

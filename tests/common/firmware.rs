@@ -319,6 +319,35 @@ impl Radio {
         self.spawn().await;
     }
 
+    /// Puts it on the firmware's UDP mesh (`network.enabled_protocols = 1`) with a LoRa region
+    /// (US: 2.7.26 makes its key pair only once a region is set) through the Python client, as
+    /// an operator does; the node reboots in-process (same PID) about 7 s later, and this
+    /// returns once its API listens again.
+    pub async fn join_mesh(&self, cli: &Path) {
+        let mark = self.mark();
+        let out = Command::new(cli)
+            .args(["--host", &self.host()])
+            .args([
+                "--set",
+                "lora.region",
+                "US",
+                "--set",
+                "network.enabled_protocols",
+                "1",
+            ])
+            .output()
+            .expect("the meshtastic client runs");
+        // The client may print a BrokenPipe trace as the node closes it for the reboot.
+        assert!(
+            out.status.success(),
+            "meshtastic --set failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_log(mark, "Rebooting", 1).await;
+        self.wait_log(mark, "API server listen on TCP port", 1)
+            .await;
+    }
+
     /// Every log line so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().expect("log").clone()
@@ -352,7 +381,8 @@ impl Radio {
 
     /// Waits until `n` log lines after `mark` contain `needle`.
     pub async fn wait_log(&self, mark: usize, needle: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        // A mesh reboot alone takes 7 s.
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
         while self.count_since(mark, needle) < n {
             assert!(
                 tokio::time::Instant::now() < deadline,

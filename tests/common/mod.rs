@@ -114,6 +114,18 @@ pub fn states(status: &watch::Receiver<LinkStatus>) -> Vec<LinkState> {
         .collect()
 }
 
+/// The radio hears `n` new nodes without their NodeInfo (a position packet each): entries it
+/// holds that are not protected and whose keys keysync does not know. A radio holds the mesh it
+/// hears; the invariant lets keysync protect at most half of what it holds, so a test that
+/// pushes many keys gives the radio a mesh first.
+pub async fn heard_keyless(sim: &SimHandle, n: usize) {
+    sim.inject(keysync::sim::Fault::NewNodes {
+        count: n,
+        portnum: Some(meshtastic::protobufs::PortNum::PositionApp),
+    })
+    .await;
+}
+
 /// A store in a temporary directory, optionally seeded with nodes as if heard on the mesh.
 pub fn seeded_store(
     dir: &tempfile::TempDir,

@@ -28,7 +28,13 @@ impl RawClient {
         let stream = TcpStream::connect(addr).await.expect("radio accepts");
         Self {
             conn: Framed::new(stream, ClientCodec::new()),
-            next_id: 0x1000,
+            // The radio ignores a packet whose id repeats one of its last 20, across
+            // connections too (seen on meshtasticd): each client numbers from its own base.
+            next_id: {
+                static BASE: std::sync::atomic::AtomicU32 =
+                    std::sync::atomic::AtomicU32::new(0x1000);
+                BASE.fetch_add(0x1_0000, std::sync::atomic::Ordering::Relaxed)
+            },
             seen: Vec::new(),
         }
     }

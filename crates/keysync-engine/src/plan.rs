@@ -132,6 +132,10 @@ pub struct RadioTraits {
     /// NodeDB capacity, and where the figure comes from.
     pub capacity: usize,
     pub capacity_source: String,
+    /// Whether the radio surely holds at least `capacity` entries. Not so on Linux native,
+    /// whose `MaxNodes` the API does not tell: there a new node may evict instead of adding an
+    /// entry, so the invariant counts no growth.
+    pub capacity_sure: bool,
     /// add_contact and nodes-only downloads exist (≥ 2.6.8).
     pub can_take_contacts: bool,
     /// add_contact also marks the key manually verified (2.6.9 – 2.7.11).
@@ -159,10 +163,12 @@ impl RadioTraits {
             Some(n) => (n, "--radio-capacity".to_owned()),
             None => capacity_of(hw_model, pio_env, develop),
         };
+        let capacity_sure = capacity_override.is_some() || !is_linux_native(hw_model, pio_env);
         Self {
             firmware: firmware.to_owned(),
             capacity,
             capacity_source,
+            capacity_sure,
             can_take_contacts: at_least((2, 6, 8)),
             marks_verified: at_least((2, 6, 9)) && !at_least((2, 7, 12)),
             favourites: !(client_base && at_least((2, 7, 14))),
@@ -182,6 +188,11 @@ impl RadioTraits {
         }
         self.managed.then_some(Blocked::Managed)
     }
+}
+
+/// meshtasticd: its NodeDB size is config.yaml's `General.MaxNodes`.
+fn is_linux_native(hw_model: i32, pio_env: &str) -> bool {
+    hw_model == HardwareModel::Portduino as i32 || pio_env == "native"
 }
 
 /// MAX_NUM_NODES by board family (firmware mesh/mesh-pb-constants.h). ESP32-S3 boards hold
@@ -243,8 +254,11 @@ fn capacity_of(hw_model: i32, pio_env: &str, develop: bool) -> (usize, String) {
         H::ThinknodeM5,
         H::Rak3312,
     ];
-    if model == H::Portduino || pio_env == "native" {
-        return (200, "Linux native (MaxNodes default)".into());
+    if is_linux_native(hw_model, pio_env) {
+        return (
+            200,
+            "Linux native: MaxNodes is not told over the API (200 by default; --radio-capacity sets it)".into(),
+        );
     }
     if nrf52.contains(&model) || pio_env.starts_with("rak4631") || pio_env.contains("nrf52") {
         let n = if develop { 120 } else { 80 };
@@ -338,6 +352,10 @@ pub struct PlanInput<'a> {
     pub max_pushes: usize,
     /// Pushing stopped because earlier pushes never landed.
     pub pushes_ignored: Option<usize>,
+    /// Entries the radio surely holds now (own node included), when known better than the
+    /// mirror's length: a run's pushes add new nodes to its mirror even where the radio made
+    /// room for them by evicting another.
+    pub held: Option<usize>,
 }
 
 /// What a sync will do and what it leaves, with the reasons counted.
@@ -365,6 +383,9 @@ pub struct Plan {
     pub blocked: Option<Blocked>,
     /// Protected entries on the radio after the plan, as far as keysync can tell.
     pub protected_after: usize,
+    /// Entries the radio surely holds after the plan: the invariant keeps `protected_after`
+    /// at most half of it.
+    pub held_after: usize,
 }
 
 impl Plan {
@@ -482,6 +503,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .blocked()
             .or_else(|| input.pushes_ignored.map(Blocked::PushesIgnored)),
         protected_after: protected_now,
+        held_after: mirror.len(),
     };
 
     let mut candidates = classify(input, &mut plan);
@@ -510,30 +532,19 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         return plan;
     }
 
-    // Keysync's favourites outside the working set, least needed first: what can be given
-    // back. On 2.6.9 – 2.7.11 the push also made them "verified", which no admin message
-    // undoes: giving the favourite back frees nothing there.
-    let mut releasable: Vec<u32> = ranked
-        .iter()
-        .rev()
-        .map(|k| k.num)
-        .filter(|n| input.ours.contains(n) && !working.contains(n))
-        .collect();
-    let ranked_nums: BTreeSet<u32> = ranked.iter().map(|k| k.num).collect();
-    releasable.extend(
-        input
-            .ours
-            .iter()
-            .filter(|n| !ranked_nums.contains(n) && !working.contains(n)),
-    );
-    if traits.marks_verified {
-        releasable.clear();
-    }
+    let releasable = releasable(input, &ranked, &working);
+    let held = input.held.unwrap_or(mirror.len()).max(1);
     let mut budget = Schedule {
         ops: Vec::new(),
         releasable: releasable.into(),
         ours: input.ours.len(),
         protected: protected_now,
+        held,
+        room: if traits.capacity_sure {
+            traits.capacity.saturating_sub(held)
+        } else {
+            0
+        },
         flash: input.flash_left,
         slots: plan.budget.slots,
         ceiling: plan.budget.protected_ceiling(),
@@ -549,8 +560,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             plan.deferred_max += 1;
         } else {
             let adds = protects && !mirror.get(&key.num).is_some_and(RadioNode::is_protected);
-            if budget.make_room(adds) {
-                budget.push(contact_for(key, mirror.get(&key.num)), adds);
+            let new = !mirror.contains_key(&key.num);
+            if budget.make_room(adds, new) {
+                budget.push(contact_for(key, mirror.get(&key.num)), adds, new);
                 pushes += 1;
             } else {
                 plan.deferred_slots += 1;
@@ -558,8 +570,34 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
     plan.protected_after = budget.protected;
+    plan.held_after = budget.held;
     plan.ops = budget.ops;
     plan
+}
+
+/// Keysync's favourites outside the working set, least needed first: what can be given back.
+/// On 2.6.9 – 2.7.11 the push also made them "verified", which no admin message undoes; and a
+/// node the radio shows verified or ignored stays protected when its favourite goes: giving
+/// those back frees nothing (PROTOCOL.md § add_contact, "Giving a slot back").
+fn releasable(input: &PlanInput<'_>, ranked: &[&TrustedKey], working: &BTreeSet<u32>) -> Vec<u32> {
+    if input.traits.marks_verified {
+        return Vec::new();
+    }
+    let ranked_nums: BTreeSet<u32> = ranked.iter().map(|k| k.num).collect();
+    let unranked = input
+        .ours
+        .iter()
+        .copied()
+        .filter(|n| !ranked_nums.contains(n));
+    ranked
+        .iter()
+        .rev()
+        .map(|k| k.num)
+        .filter(|n| input.ours.contains(n))
+        .chain(unranked)
+        .filter(|n| !working.contains(n))
+        .filter(|n| !input.mirror.get(n).is_some_and(|m| m.verified || m.ignored))
+        .collect()
 }
 
 /// Counts where the trusted keys stand and returns those the radio lacks (or holds
@@ -594,16 +632,40 @@ struct Schedule {
     /// keysync's favourites that may be given back, least needed first.
     releasable: std::collections::VecDeque<u32>,
     ours: usize,
+    /// Protected entries on the radio (own node aside), anyone's.
     protected: usize,
+    /// Entries the radio holds (own node included).
+    held: usize,
+    /// New entries the radio surely has room for: a new node pushed beyond them evicts one
+    /// (an unprotected one, as the invariant keeps some) instead of adding to `held`.
+    room: usize,
     flash: usize,
     slots: usize,
     ceiling: usize,
+}
+
+/// The invariant that keeps any radio, whatever its size, from crashing at the next unknown
+/// node: protected entries (own node aside) at most half of the entries it holds. A radio
+/// whose capacity keysync does not know is safe by it alone; a full one always keeps
+/// evictable entries.
+pub fn within_invariant(protected: usize, held: usize) -> bool {
+    2 * protected <= held
 }
 
 impl Schedule {
     /// Whether `adding` more protected entries would pass a budget.
     fn over(&self, adding: usize) -> bool {
         self.ours + adding > self.slots || self.protected + adding > self.ceiling
+    }
+
+    /// Whether a push that protects one more node (a new one when `new`) keeps the invariant.
+    fn safe(&self, new: bool) -> bool {
+        within_invariant(self.protected + 1, self.held + usize::from(self.grows(new)))
+    }
+
+    /// Whether pushing a node makes the radio hold one more entry.
+    fn grows(&self, new: bool) -> bool {
+        new && self.room > 0
     }
 
     /// Gives one slot back; false when there is none to give.
@@ -618,18 +680,23 @@ impl Schedule {
         true
     }
 
-    /// Frees a slot for a push that protects its node (keeping a write for the push itself).
-    fn make_room(&mut self, adds: bool) -> bool {
+    /// Frees a slot for a push that protects its node (keeping a write for the push itself):
+    /// within the budget, and within the invariant on what the radio holds.
+    fn make_room(&mut self, adds: bool, new: bool) -> bool {
         if !adds {
             return true;
         }
-        while self.over(1) && self.flash > 1 && self.release_one() {}
-        !self.over(1)
+        while (self.over(1) || !self.safe(new)) && self.flash > 1 && self.release_one() {}
+        !self.over(1) && self.safe(new)
     }
 
-    fn push(&mut self, contact: Contact, adds: bool) {
+    fn push(&mut self, contact: Contact, adds: bool, new: bool) {
         self.ops.push(Op::Push(contact));
         self.flash -= 1;
+        if self.grows(new) {
+            self.held += 1;
+            self.room -= 1;
+        }
         if adds {
             self.ours += 1;
             self.protected += 1;
@@ -641,11 +708,13 @@ impl Schedule {
 pub fn describe(plan: &Plan) -> String {
     let b = &plan.budget;
     let mut s = format!(
-        "slots {} of capacity {} ({} protected by others, headroom {}); working set {}, in radio {}, stored only {}",
+        "slots {} of capacity {} ({} protected by others, headroom {}); protected {} of {} held (at most half); working set {}, in radio {}, stored only {}",
         b.slots,
         b.capacity,
         b.others_protected,
         b.headroom,
+        plan.protected_after,
+        plan.held_after,
         plan.working.len(),
         plan.present,
         plan.stored_only
@@ -654,7 +723,7 @@ pub fn describe(plan: &Plan) -> String {
         use fmt::Write as _;
         let _ = write!(
             s,
-            "; waiting: {} (flash budget {}, max pushes {}, no slot {})",
+            "; waiting: {} (flash budget {}, max pushes {}, no slot or over half protected {})",
             plan.deferred(),
             plan.deferred_flash,
             plan.deferred_max,
@@ -716,11 +785,29 @@ mod tests {
         key_slots: Option<usize>,
     }
 
+    /// A full radio's node list: its own node (0) and `capacity − 1` nodes it heard, none
+    /// protected, none of them trusted keys.
+    pub(super) fn full_radio(capacity: usize) -> Mirror {
+        let mut mirror = Mirror::new();
+        mirror.insert(
+            0,
+            RadioNode {
+                favourite: true,
+                ..RadioNode::default()
+            },
+        );
+        for i in 1..capacity {
+            let num = 1_000_000 + u32::try_from(i).unwrap_or(0);
+            mirror.insert(num, RadioNode::default());
+        }
+        mirror
+    }
+
     impl Case {
         fn new(n: u32, capacity: usize) -> Self {
             Self {
                 trusted: (1..=n).map(|i| key(i, u64::from(i))).collect(),
-                mirror: Mirror::new(),
+                mirror: full_radio(capacity),
                 traits: traits("2.7.26", capacity),
                 ours: BTreeSet::new(),
                 held_back: BTreeSet::new(),
@@ -745,6 +832,7 @@ mod tests {
                 flash_left: self.flash_left,
                 max_pushes: 1000,
                 pushes_ignored: None,
+                held: None,
             })
         }
     }
@@ -1021,6 +1109,202 @@ mod tests {
     }
 }
 #[cfg(test)]
+mod invariant_tests {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, SystemTime};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn trusted(num: u32, heard: u64, pinned: bool) -> TrustedKey {
+        TrustedKey {
+            num,
+            key: [u8::try_from(num % 250).unwrap_or(1) + 1; 32],
+            long_name: format!("n{num}"),
+            short_name: String::new(),
+            hw_model: 0,
+            role: 0,
+            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(heard),
+            pinned,
+            last_dm: None,
+        }
+    }
+
+    /// What a plan does to the radio's counts, op by op: each protecting op must leave the
+    /// protected entries (own node aside) at most half of the entries the radio surely holds.
+    fn check(input: &PlanInput<'_>, plan: &Plan) -> Result<(), TestCaseError> {
+        let mirror = input.mirror;
+        let own = input.own;
+        let mut protected: BTreeSet<u32> = mirror
+            .iter()
+            .filter(|(n, node)| **n != own && node.is_protected())
+            .map(|(n, _)| *n)
+            .collect();
+        let mut known: BTreeSet<u32> = mirror.keys().copied().collect();
+        let mut held = mirror.len().max(1);
+        let capacity = input.traits.capacity;
+        for op in &plan.ops {
+            match op {
+                Op::Release(n) => {
+                    prop_assert!(input.ours.contains(n), "released {n}, not keysync's");
+                    prop_assert!(
+                        !mirror.get(n).is_some_and(|m| m.verified || m.ignored),
+                        "released {n}, which stays protected"
+                    );
+                    protected.remove(n);
+                }
+                Op::Push(c) => {
+                    let new = known.insert(c.num);
+                    if new && input.traits.capacity_sure && held < capacity {
+                        held += 1;
+                    }
+                    let protects = input.traits.favourites || input.traits.marks_verified;
+                    if protects && protected.insert(c.num) {
+                        prop_assert!(
+                            within_invariant(protected.len(), held),
+                            "push of {} leaves {} protected of {held} held",
+                            c.num,
+                            protected.len()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn no_plan_breaks_the_invariant_whatever_the_radio_and_the_store(
+            capacity in 4usize..120,
+            sure in any::<bool>(),
+            firmware in prop::sample::select(vec!["2.6.10", "2.7.11", "2.7.26", "2.8.0"]),
+            // The radio's node list: (number, has key, favourite, ignored, verified, ours).
+            radio in prop::collection::vec(
+                (1u32..400, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+                0..150,
+            ),
+            store in prop::collection::vec((1u32..400, 0u64..1000, any::<bool>()), 0..300),
+            urgent in prop::collection::vec(1u32..400, 0..5),
+            key_slots in prop::option::of(0usize..200),
+            flash_left in 0usize..80,
+        ) {
+            let traits = RadioTraits::new(firmware, 0, "", false, false, sure.then_some(capacity));
+            let traits = RadioTraits { capacity, capacity_sure: sure, ..traits };
+            let trusted: Vec<TrustedKey> = store
+                .iter()
+                .map(|(n, heard, pinned)| trusted(*n, *heard, *pinned))
+                .collect();
+            let mut mirror = Mirror::new();
+            mirror.insert(0, RadioNode { favourite: true, ..RadioNode::default() });
+            let mut ours = BTreeSet::new();
+            for (num, keyed, favourite, ignored, verified, mine) in radio {
+                let key = keyed.then_some([u8::try_from(num % 7).unwrap_or(0) + 1; 32]);
+                mirror.insert(num, RadioNode { key, favourite, ignored, verified, user: None });
+                if favourite && mine {
+                    ours.insert(num);
+                }
+            }
+            let input = PlanInput {
+                trusted: &trusted,
+                pending: &BTreeSet::new(),
+                mirror: &mirror,
+                own: 0,
+                traits: &traits,
+                key_slots,
+                ours: &ours,
+                held_back: &BTreeSet::new(),
+                urgent: &urgent,
+                flash_left,
+                max_pushes: 1000,
+                pushes_ignored: None,
+                held: None,
+            };
+            let plan = plan(&input);
+            check(&input, &plan)?;
+        }
+    }
+
+    #[test]
+    fn a_radio_that_forgot_everything_gets_few_pushes() {
+        // A NodeDB reset: the radio holds its own node only. Half of what it holds may be
+        // protected, growth included where its capacity is sure.
+        let trusted: Vec<TrustedKey> = (1..=60).map(|n| trusted(n, u64::from(n), false)).collect();
+        let mut mirror = Mirror::new();
+        mirror.insert(
+            0,
+            RadioNode {
+                favourite: true,
+                ..RadioNode::default()
+            },
+        );
+        let sure = RadioTraits::new("2.7.26", 0, "", false, false, Some(20));
+        let unsure = RadioTraits::new("2.7.26", 0, "native", false, false, None);
+        assert!(!unsure.capacity_sure, "Linux MaxNodes is not told");
+        for (traits, pushes) in [(&sure, 1), (&unsure, 0)] {
+            let input = PlanInput {
+                trusted: &trusted,
+                pending: &BTreeSet::new(),
+                mirror: &mirror,
+                own: 0,
+                traits,
+                key_slots: None,
+                ours: &BTreeSet::new(),
+                held_back: &BTreeSet::new(),
+                urgent: &[],
+                flash_left: 60,
+                max_pushes: 1000,
+                pushes_ignored: None,
+                held: None,
+            };
+            assert_eq!(plan(&input).pushes(), pushes, "{}", traits.capacity_source);
+        }
+    }
+
+    #[test]
+    fn a_node_the_radio_shows_verified_is_never_given_back() {
+        let trusted: Vec<TrustedKey> = (1..=3).map(|n| trusted(n, u64::from(n), false)).collect();
+        let mut mirror = tests::full_radio(10);
+        for k in &trusted[..2] {
+            mirror.insert(
+                k.num,
+                RadioNode {
+                    key: Some(k.key),
+                    favourite: true,
+                    verified: true,
+                    user: None,
+                    ..RadioNode::default()
+                },
+            );
+        }
+        let ours: BTreeSet<u32> = [1, 2].into();
+        let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(10));
+        let input = PlanInput {
+            trusted: &trusted,
+            pending: &BTreeSet::new(),
+            mirror: &mirror,
+            own: 0,
+            traits: &traits,
+            key_slots: Some(2),
+            ours: &ours,
+            held_back: &BTreeSet::new(),
+            urgent: &[3],
+            flash_left: 60,
+            max_pushes: 1000,
+            pushes_ignored: None,
+            held: None,
+        };
+        let plan = plan(&input);
+        assert_eq!(plan.releases(), 0, "{:?}", plan.ops);
+        assert_eq!(plan.pushes(), 0);
+        assert_eq!(plan.deferred_slots, 1);
+    }
+}
+
+#[cfg(test)]
 mod urgent_tests {
     use super::*;
     use std::time::{Duration, SystemTime};
@@ -1039,7 +1323,7 @@ mod urgent_tests {
             last_dm: None,
         };
         let trusted: Vec<TrustedKey> = (1..=41).map(mk).collect();
-        let mut mirror = Mirror::new();
+        let mut mirror = tests::full_radio(40);
         let mut ours = BTreeSet::new();
         for k in &trusted[..40] {
             mirror.insert(
@@ -1064,6 +1348,7 @@ mod urgent_tests {
             held_back: &BTreeSet::new(),
             urgent: &[41],
             flash_left: 10,
+            held: None,
             max_pushes: 1,
             pushes_ignored: None,
         });

@@ -112,7 +112,8 @@ const MIGRATIONS: &[&str] = &[
 /// A flash write keysync causes on the radio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashWrite {
-    /// add_contact; `favourite` when the firmware makes the node a favourite.
+    /// add_contact; `favourite` when it makes the node a favourite that is keysync's (the
+    /// firmware favourites it, and nobody protected it before).
     Push { favourite: bool },
     /// remove_favorite_node: a slot given back.
     Unfavourite,

@@ -601,6 +601,7 @@ async fn execute(
         held_back,
         writes,
         pushes: 0,
+        held: mirror.len(),
     };
     let (inputs, first) = first_plan(job, inputs, &mirror, &ours).await?;
     report_start(job, &first, inputs.writes, report);
@@ -735,6 +736,9 @@ struct Inputs {
     writes: usize,
     /// Pushes this run made.
     pushes: usize,
+    /// Entries the radio surely holds: the node list's, plus the new nodes pushed while it
+    /// surely had room (beyond that a new node evicts another).
+    held: usize,
 }
 
 /// What a run plans with besides the keys: owned, so a plan can be made on the store's thread.
@@ -781,6 +785,7 @@ fn plan_step(
         flash_left: params.max_writes.saturating_sub(inputs.writes),
         max_pushes: params.max_pushes.saturating_sub(inputs.pushes),
         pushes_ignored: params.pushes_ignored,
+        held: Some(inputs.held),
     })
 }
 
@@ -999,6 +1004,11 @@ async fn apply(
         done += 1;
         inputs.writes += 1;
         let num = op.num();
+        let grows = matches!(op, Op::Push(_))
+            && !mirror.contains_key(&num)
+            && params.traits.capacity_sure
+            && inputs.held < params.traits.capacity;
+        inputs.held += usize::from(grows);
         let write = record_op(job, &op, mirror, ours, report);
         if matches!(op, Op::Push(_)) {
             inputs.pushes += 1;
@@ -1067,14 +1077,17 @@ fn record_op(
             report.pushed += 1;
             report.pushed_keys.push((num, contact.key));
             let node = mirror.entry(num).or_default();
+            // Only a node nobody protected becomes keysync's: a favourite, ignore or verified
+            // key the operator set stays theirs, never released by keysync.
+            let made = favourite && !node.is_protected();
             node.key = Some(contact.key);
             node.favourite |= favourite;
             node.verified |= job.traits.marks_verified;
-            if favourite {
+            if made {
                 ours.insert(num);
             }
             log::info!(target: "keysync::sync", "add_contact {} sent", radio::node_label(num, &contact.long_name));
-            FlashWrite::Push { favourite }
+            FlashWrite::Push { favourite: made }
         }
         Op::Release(_) => {
             report.released += 1;
