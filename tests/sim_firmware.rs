@@ -359,6 +359,38 @@ async fn any_packet_from_an_unknown_node_creates_a_keyless_entry_that_evicts() {
     assert_eq!(sim.evictions(), 1, "a keyed node made room");
 }
 
+#[tokio::test]
+async fn a_node_pushed_and_given_back_is_evicted_first_from_2_7_14() {
+    // NodeDB.cpp: addFromContact leaves last_heard at 0 for a node it creates (2.7.14+; before,
+    // the time of the push), and getOrCreateMeshNode evicts the lowest last_heard.
+    for (firmware, pushed_evicted) in [("2.7.26", true), ("2.7.13", false)] {
+        let sim = start_sim(SimConfig {
+            capacity: Some(6),
+            ..firmware_sim(firmware, Hw::Linux, 10)
+        });
+        let (mut client, my) = connected(&sim).await;
+        let pushed = sim
+            .mesh()
+            .into_iter()
+            .find(|n| sim.nodedb().iter().all(|held| held.num != n.num))
+            .expect("a node the radio lacks");
+        let id = client.contact(my, &pushed).await;
+        client.queue_status(id).await;
+        let id = client
+            .admin(my, Admin::RemoveFavoriteNode(pushed.num))
+            .await;
+        client.queue_status(id).await;
+        let held_before: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+        sim.hear_from(unknown_node(&sim), PortNum::TextMessageApp);
+        let gone: Vec<u32> = held_before
+            .into_iter()
+            .filter(|num| sim.nodedb().iter().all(|n| n.num != *num))
+            .collect();
+        assert_eq!(gone.len(), 1, "{firmware}");
+        assert_eq!(gone[0] == pushed.num, pushed_evicted, "{firmware}");
+    }
+}
+
 fn text_ids_refused(frames: &[FromRadio], error: routing::Error) -> Vec<u32> {
     frames
         .iter()

@@ -66,11 +66,11 @@ pub struct RawNames {
     pub short_name: Vec<u8>,
 }
 
+/// A stored node. Entries stay in the order they were added, as in the firmware's node array:
+/// eviction breaks ties of `last_heard` by that order.
 #[derive(Debug, Clone)]
 struct Entry {
     info: NodeInfo,
-    /// Order of last hearing, for eviction (the firmware uses `last_heard`).
-    heard: u64,
     raw_names: Option<RawNames>,
 }
 
@@ -83,7 +83,6 @@ pub struct NodeDb {
     rules: NodeDbRules,
     /// The NodeDB as last saved (saveNodeDatabaseToDisk): what a crash comes back with.
     flash: Vec<Entry>,
-    clock: u64,
     evictions: u64,
     /// How often each node lost a key it held (eviction, erasure, removal, forgetting).
     losses: std::collections::HashMap<u32, u32>,
@@ -97,7 +96,6 @@ impl NodeDb {
             capacity: capacity.max(2),
             rules,
             flash: Vec::new(),
-            clock: 0,
             evictions: 0,
             losses: std::collections::HashMap::new(),
         }
@@ -171,7 +169,6 @@ impl NodeDb {
         if info.num == self.own.num {
             return false;
         }
-        self.clock += 1;
         if let Some(e) = self.entry_mut(info.num) {
             e.info = info;
             return true;
@@ -195,8 +192,6 @@ impl NodeDb {
         if num == self.own.num {
             return Heard::Updated;
         }
-        self.clock += 1;
-        let clock = self.clock;
         let rules = self.rules;
         let Some(e) = self.entry_mut(num) else {
             return self.create(
@@ -238,7 +233,6 @@ impl NodeDb {
         }
         e.info.user = Some(user);
         e.info.last_heard = last_heard;
-        e.heard = clock;
         e.raw_names = raw_names;
         self.lose_key(num, outcome == Heard::KeyErased);
         outcome
@@ -250,11 +244,8 @@ impl NodeDb {
         if num == self.own.num {
             return Heard::Updated;
         }
-        self.clock += 1;
-        let clock = self.clock;
         if let Some(e) = self.entry_mut(num) {
             e.info.last_heard = last_heard;
-            e.heard = clock;
             return Heard::Updated;
         }
         self.create(
@@ -278,8 +269,9 @@ impl NodeDb {
 
     /// add_contact (addFromContact): the whole user is replaced by the contact's
     /// (ConvertToUserLite: `is_unmessagable`, `macaddr`, `is_licensed` reset when omitted); the
-    /// node becomes favourite (not on a CLIENT_BASE from 2.7.14) and, on 2.6.8 – 2.7.11,
-    /// manually verified. An empty key erases the stored one.
+    /// node becomes favourite (not on a CLIENT_BASE from 2.7.14) and, on 2.6.9 – 2.7.11,
+    /// manually verified. An empty key erases the stored one. `last_heard` is the time of the
+    /// push (seconds), which the firmware stamps only on some versions and roles.
     pub fn add_contact(&mut self, contact: &SharedContact, last_heard: u32) -> ContactResult {
         let rules = self.rules;
         if contact.node_num == self.own.num {
@@ -295,8 +287,11 @@ impl NodeDb {
         let may_protect = self.limit_for(contact.node_num).is_none();
         let favourite = rules.favourite && may_protect;
         let verified = (rules.always_verified || contact.manually_verified) && may_protect;
-        self.clock += 1;
-        let clock = self.clock;
+        // 2.6.8 – 2.7.13 stamp the push time on every contact; from 2.7.14 only a CLIENT_BASE
+        // does, and 2.8 when its limit refuses the favourite. Otherwise `last_heard` stays as
+        // it was: 0 for a node the contact creates, so once no longer favourite it is among
+        // the first evicted.
+        let stamp = rules.refresh_last_heard || (rules.favourite && !favourite);
         if let Some(e) = self.entry_mut(contact.node_num) {
             if rules.verified_keeps_key && e.info.is_key_manually_verified && !verified {
                 let stored = e.info.user.as_ref().map(|u| u.public_key.as_slice());
@@ -305,9 +300,8 @@ impl NodeDb {
                 }
             }
             e.info.user = Some(user);
-            if rules.refresh_last_heard {
+            if stamp {
                 e.info.last_heard = last_heard;
-                e.heard = clock;
             }
             e.raw_names = None;
             if favourite {
@@ -325,7 +319,7 @@ impl NodeDb {
             NodeInfo {
                 num: contact.node_num,
                 user: Some(user),
-                last_heard,
+                last_heard: if stamp { last_heard } else { 0 },
                 is_favorite: favourite,
                 is_key_manually_verified: verified,
                 ..NodeInfo::default()
@@ -344,7 +338,6 @@ impl NodeDb {
             if self.make_room().is_err() {
                 return Flagged::Unknown;
             }
-            self.clock += 1;
             self.push(
                 NodeInfo {
                     num,
@@ -377,7 +370,6 @@ impl NodeDb {
             if self.make_room().is_err() {
                 return ContactResult::NoRoom;
             }
-            self.clock += 1;
             self.push(
                 NodeInfo {
                     num,
@@ -475,17 +467,16 @@ impl NodeDb {
     }
 
     fn push(&mut self, info: NodeInfo, raw_names: Option<RawNames>) {
-        self.others.push(Entry {
-            info,
-            heard: self.clock,
-            raw_names,
-        });
+        self.others.push(Entry { info, raw_names });
     }
 
     /// Evicts until one more node fits: first the oldest node without a key that is neither
     /// favourite nor ignored (this pass does not look at "verified"), then the oldest node that
     /// is not favourite, ignored or manually verified. There is no other fallback in the
-    /// firmware: with nothing evictable, there is no room.
+    /// firmware: with nothing evictable, there is no room. "Oldest" is the firmware's
+    /// `last_heard` (seconds, 0 for a node never heard), the first in storage order on a tie
+    /// (the strict `<` of getOrCreateMeshNode's scan). The firmware also re-sorts its array
+    /// by `last_heard` now and then (sortMeshDB, at most every 5 s); the simulator does not.
     fn make_room(&mut self) -> Result<(), NoRoom> {
         while self.len() >= self.capacity {
             let keyless = |e: &&Entry| {
@@ -501,8 +492,13 @@ impl NodeDb {
                 .others
                 .iter()
                 .filter(keyless)
-                .min_by_key(|e| e.heard)
-                .or_else(|| self.others.iter().filter(evictable).min_by_key(|e| e.heard))
+                .min_by_key(|e| e.info.last_heard)
+                .or_else(|| {
+                    self.others
+                        .iter()
+                        .filter(evictable)
+                        .min_by_key(|e| e.info.last_heard)
+                })
                 .map(|e| e.info.num)
                 .ok_or(NoRoom)?;
             let held = self.get(victim).is_some_and(has_key);
@@ -584,6 +580,49 @@ mod tests {
         assert!(db.get(10).is_some(), "favourite stays");
         assert!(db.get(12).is_none(), "oldest keyed non-favourite goes");
         assert_eq!(db.evictions(), 2);
+    }
+
+    fn hear_at(db: &mut NodeDb, num: u32, key: u8, last_heard: u32) -> Heard {
+        db.heard(num, &user(key), None, last_heard)
+    }
+
+    #[test]
+    fn eviction_takes_the_lowest_last_heard_and_on_a_tie_the_first_stored() {
+        // getOrCreateMeshNode scans for the smallest last_heard with a strict `<`.
+        let mut db = db(4, "2.7.26");
+        hear_at(&mut db, 10, 1, 300);
+        hear_at(&mut db, 11, 2, 100);
+        hear_at(&mut db, 12, 3, 100);
+        hear_at(&mut db, 13, 4, 400);
+        assert!(db.get(11).is_none(), "lowest last_heard, stored first");
+        // Hearing a node again raises its last_heard but does not move it.
+        hear_at(&mut db, 12, 3, 500);
+        hear_at(&mut db, 14, 5, 600);
+        assert!(db.get(10).is_none(), "300 is now the lowest");
+        assert!(db.get(12).is_some() && db.get(13).is_some());
+    }
+
+    #[test]
+    fn a_node_pushed_then_unfavourited_is_among_the_first_evicted_from_2_7_14() {
+        // addFromContact leaves last_heard alone from 2.7.14 (#8495): 0 for a node it creates.
+        // 2.6.8 – 2.7.13 stamp the time of the push.
+        for (firmware, pushed_evicted) in [("2.7.14", true), ("2.7.26", true), ("2.7.13", false)] {
+            let mut db = db(4, firmware);
+            hear_at(&mut db, 10, 1, 100);
+            hear_at(&mut db, 11, 2, 200);
+            db.add_contact(&contact(12, 3), 900);
+            let pushed = db.get(12).expect("stored");
+            assert_eq!(pushed.last_heard, if pushed_evicted { 0 } else { 900 });
+            db.set_favourite(12, false);
+            hear_at(&mut db, 13, 4, 300);
+            assert_eq!(db.get(12).is_none(), pushed_evicted, "{firmware}");
+            assert_eq!(db.get(10).is_none(), !pushed_evicted, "{firmware}");
+        }
+        // A push for a node already heard leaves its last_heard as it was (2.7.14+).
+        let mut db = db(4, "2.7.26");
+        hear_at(&mut db, 10, 1, 100);
+        db.add_contact(&contact(10, 1), 900);
+        assert_eq!(db.get(10).expect("kept").last_heard, 100);
     }
 
     #[test]
