@@ -336,6 +336,31 @@ async fn operator_decisions_ignore_remove_and_favourite_as_the_admin_module_does
 }
 
 #[tokio::test]
+async fn favourite_and_ignore_decisions_restart_the_lora_chip_up_to_2_7_26() {
+    // AdminModule.cpp saveChanges → MeshService::reloadConfig → RadioInterface::reconfigure
+    // for a node the radio knows; remove_by_nodenum saves the NodeDB only. Develop (2.8)
+    // reconfigures only for LoRa config and channel saves (#11146).
+    for (firmware, restarts) in [("2.7.26", 3), ("2.8", 0)] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Linux, 6));
+        let (mut client, my) = connected(&sim).await;
+        let nodes = sim.nodedb();
+        let (a, b, c) = (nodes[1].num, nodes[2].num, nodes[3].num);
+        for admin in [
+            Admin::SetFavoriteNode(a),
+            Admin::RemoveFavoriteNode(a),
+            Admin::SetIgnoredNode(b),
+            Admin::RemoveByNodenum(c),
+            Admin::SetFavoriteNode(0x0bad_cafe),
+        ] {
+            let id = client.admin(my, admin).await;
+            client.queue_status(id).await;
+        }
+        assert_eq!(counter(&sim, |c| &c.operator_actions), 4, "{firmware}");
+        assert_eq!(counter(&sim, |c| &c.lora_restarts), restarts, "{firmware}");
+    }
+}
+
+#[tokio::test]
 async fn any_packet_from_an_unknown_node_creates_a_keyless_entry_that_evicts() {
     // NodeDB.cpp updateFrom → getOrCreateMeshNode, for every packet, not only NodeInfo.
     let sim = start_sim(SimConfig {

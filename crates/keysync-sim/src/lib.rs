@@ -121,6 +121,8 @@ pub struct SimCounters {
     pub ignored_admin: AtomicU64,
     /// Operator decisions applied (ignore, remove, favourite, unfavourite).
     pub operator_actions: AtomicU64,
+    /// Times a favourite or ignore decision restarted the LoRa chip (up to 2.7.26).
+    pub lora_restarts: AtomicU64,
 }
 
 impl SimCounters {
@@ -346,10 +348,24 @@ impl Shared {
                 .operator_actions
                 .fetch_add(1, Ordering::Relaxed);
             log::info!(target: "keysync::sim", "operator: {} {}; NodeDB written to flash", action.name(), node_id(num));
+            if action != OperatorAction::Remove && self.profile().has(Rule::FavouriteRestartsLora) {
+                self.restart_lora(action);
+            }
         } else {
             log::info!(target: "keysync::sim", "operator: {} {}: no such node", action.name(), node_id(num));
         }
         done
+    }
+
+    /// AdminModule.cpp saveChanges → MeshService::reloadConfig → RadioInterface::reconfigure:
+    /// the chip goes to standby and is programmed again, as for a change of LoRa settings. The
+    /// simulator sends each client packet at once, so it has no transmit queue to lose; the
+    /// restart is counted and logged as the firmware logs it.
+    fn restart_lora(&self, action: OperatorAction) {
+        self.counters.lora_restarts.fetch_add(1, Ordering::Relaxed);
+        log::info!(target: "keysync::sim",
+            "[Router] Set radio: region=EU_868, name=LongFast, config=0 (LoRa chip restarted by {}: saveChanges → reloadConfig → RadioInterface::reconfigure; packets in flight are lost)",
+            action.admin_field());
     }
 
     /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
@@ -1089,6 +1105,7 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
         pki_send_fails,
         ignored_admin,
         operator_actions,
+        lora_restarts,
     ]);
     m
 }
@@ -1109,8 +1126,8 @@ mod tests {
         assert_eq!(snap.get("operator_actions"), Some(&1));
         assert_eq!(snap.get("connections"), Some(&0));
         assert_eq!(snap.get("heartbeat"), Some(&1));
-        // Twelve counters and the one kind of frame received; byte counts are not reported.
-        assert_eq!(snap.len(), 13);
+        // Thirteen counters and the one kind of frame received; byte counts are not reported.
+        assert_eq!(snap.len(), 14);
         assert!(!snap.contains_key("bytes_received"));
     }
 }

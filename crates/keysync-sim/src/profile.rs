@@ -51,6 +51,10 @@ pub enum Rule {
     TextRateLimit,
     /// A text over the limit is also answered with a routing error RATE_LIMIT_EXCEEDED.
     TextRateLimitError,
+    /// set_favorite_node, remove_favorite_node and set_ignored_node restart the LoRa chip: they
+    /// save through saveChanges → MeshService::reloadConfig, which reconfigures the radio;
+    /// packets in flight are lost. remove_by_nodenum saves the NodeDB only.
+    FavouriteRestartsLora,
     /// A favourite makes a CLIENT_BASE rebroadcast like a router for that node.
     ClientBaseFavouriteRoutes,
     /// add_contact on a CLIENT_BASE does not favourite; it only refreshes `last_heard`.
@@ -166,6 +170,12 @@ impl Rule {
                 (2, 7, 4),
                 None,
                 "mesh/PhoneAPI.cpp handleToRadioPacket: sendRoutingErrorResponse(RATE_LIMIT_EXCEEDED)",
+            ),
+            Self::FavouriteRestartsLora => row(
+                // Older than any release the simulator models (set_ignored_node: 2.5.13).
+                (2, 0, 0),
+                Some((2, 7, 26)),
+                "modules/AdminModule.cpp saveChanges → mesh/MeshService.cpp reloadConfig → RadioInterface::reconfigure (develop skips it for NodeDB saves, #11146); seen on meshtasticd 2.7.26: \"Set radio: region=…\"",
             ),
             Self::ClientBaseFavouriteRoutes => row(
                 (2, 7, 10),
@@ -585,6 +595,15 @@ mod tests {
         assert_eq!(profile("2.7.5").stored_key(), StoredKey::Copied);
         assert_eq!(profile("2.7.6").stored_key(), StoredKey::MismatchDropped);
         assert_eq!(profile("2.8").stored_key(), StoredKey::MismatchDropped);
+    }
+
+    #[test]
+    fn favourite_and_ignore_decisions_restart_the_lora_chip_up_to_2_7_26_only() {
+        // MeshService.cpp reloadConfig: develop reconfigures the radio only for LoRa config
+        // and channel saves (#11146).
+        assert!(profile("2.5.0").has(Rule::FavouriteRestartsLora));
+        assert!(profile("2.7.26").has(Rule::FavouriteRestartsLora));
+        assert!(!profile("2.8").has(Rule::FavouriteRestartsLora));
     }
 
     #[test]

@@ -189,6 +189,15 @@ impl OperatorAction {
             Self::Unfavorite => "unfavorite",
         }
     }
+    /// The AdminMessage field that carries the decision.
+    pub fn admin_field(self) -> &'static str {
+        match self {
+            Self::Ignore => "set_ignored_node",
+            Self::Remove => "remove_by_nodenum",
+            Self::Favorite => "set_favorite_node",
+            Self::Unfavorite => "remove_favorite_node",
+        }
+    }
 }
 
 /// Which nodes a reboot forgets.
