@@ -55,8 +55,14 @@ pub enum Rule {
     /// save through saveChanges → MeshService::reloadConfig, which reconfigures the radio;
     /// packets in flight are lost. remove_by_nodenum saves the NodeDB only.
     FavouriteRestartsLora,
-    /// A favourite makes a CLIENT_BASE rebroadcast like a router for that node.
+    /// A favourite makes a CLIENT_BASE rebroadcast like a router for packets from or to it.
     ClientBaseFavouriteRoutes,
+    /// A gateway with role ROUTER, ROUTER_LATE or CLIENT_BASE keeps `hop_limit` when it
+    /// rebroadcasts a packet relayed by a favourite with one of those roles.
+    FavouriteRelayKeepsHops,
+    /// That relay is matched by the last byte of its node number alone, the first favourite
+    /// router in NodeDB order winning: unrelated relays sharing the byte keep their hops too.
+    FavouriteRelayFirstMatch,
     /// add_contact on a CLIENT_BASE does not favourite; it only refreshes `last_heard`.
     ClientBaseNoFavourite,
     /// A DM to a node without a key is refused with PKI_SEND_FAIL_PUBLIC_KEY.
@@ -179,8 +185,18 @@ impl Rule {
             ),
             Self::ClientBaseFavouriteRoutes => row(
                 (2, 7, 10),
-                Some((2, 7, 13)),
-                "mesh/FloodingRouter.cpp isRebroadcaster: CLIENT_BASE and favourite",
+                None,
+                "mesh/FloodingRouter.cpp roleAllowsCancelingDupe, perhapsCancelDupe: CLIENT_BASE and isFromOrToFavoritedNode (#7873)",
+            ),
+            Self::FavouriteRelayKeepsHops => row(
+                (2, 7, 11),
+                None,
+                "mesh/Router.cpp shouldDecrementHopLimit, mesh/NextHopRouter.cpp perhapsRebroadcast: \"preserving hop_limit\" (#7992)",
+            ),
+            Self::FavouriteRelayFirstMatch => row(
+                (2, 7, 11),
+                Some((2, 7, 26)),
+                "mesh/Router.cpp shouldDecrementHopLimit: getLastByteOfNodeNum == relay_node, first match (develop: resolveUniqueLastByte, #10745)",
             ),
             Self::ClientBaseNoFavourite => row(
                 (2, 7, 14),
@@ -444,6 +460,14 @@ impl Profile {
         }
     }
 
+    /// Whether this gateway keeps `hop_limit` for packets relayed by a favourite router
+    /// (Router.cpp shouldDecrementHopLimit): only on a router role. The simulator relays
+    /// nothing; the rule is here so that the hazard has its row.
+    pub fn favourite_relays_keep_hops(&self) -> bool {
+        matches!(self.role, SimRole::Router | SimRole::ClientBase)
+            && self.has(Rule::FavouriteRelayKeepsHops)
+    }
+
     /// What a NodeInfo heard on the mesh does to a stored key (NodeDB.cpp updateUser).
     pub fn stored_key(&self) -> StoredKey {
         if self.has(Rule::KeyMismatchDropped) {
@@ -574,14 +598,32 @@ mod tests {
     }
 
     #[test]
-    fn client_base_favourites_route_until_2_7_13_and_are_not_made_from_2_7_14() {
+    fn client_base_favourites_route_from_2_7_10_on_and_are_not_made_from_2_7_14() {
         let base = |v| Profile::new(v, Hw::Esp32, SimRole::ClientBase).expect("valid");
         assert!(base("2.7.10").has(Rule::ClientBaseFavouriteRoutes));
+        // FloodingRouter.cpp still has it on 2.7.26 and develop: favourites made by hand
+        // (set_favorite_node) route.
+        assert!(base("2.7.26").has(Rule::ClientBaseFavouriteRoutes));
+        assert!(base("2.8").has(Rule::ClientBaseFavouriteRoutes));
         assert!(base("2.7.13").nodedb_rules().favourite);
         assert!(!base("2.7.14").nodedb_rules().favourite);
         assert!(!base("2.7.9").has(Rule::ClientBaseFavouriteRoutes));
         // A plain client favourites on every version with add_contact.
         assert!(profile("2.7.26").nodedb_rules().favourite);
+    }
+
+    #[test]
+    fn favourite_routers_keep_the_hop_limit_on_router_roles_from_2_7_11() {
+        // Router.cpp shouldDecrementHopLimit: the gateway's own role must be a router one.
+        let as_role = |v, role| Profile::new(v, Hw::Esp32, role).expect("valid");
+        assert!(as_role("2.7.11", SimRole::Router).favourite_relays_keep_hops());
+        assert!(as_role("2.7.26", SimRole::ClientBase).favourite_relays_keep_hops());
+        assert!(as_role("2.8", SimRole::Router).favourite_relays_keep_hops());
+        assert!(!as_role("2.7.10", SimRole::Router).favourite_relays_keep_hops());
+        assert!(!as_role("2.7.26", SimRole::Client).favourite_relays_keep_hops());
+        // First match by last byte up to 2.7.26; develop wants the byte unambiguous.
+        assert!(profile("2.7.26").has(Rule::FavouriteRelayFirstMatch));
+        assert!(!profile("2.8").has(Rule::FavouriteRelayFirstMatch));
     }
 
     #[test]
