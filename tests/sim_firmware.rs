@@ -12,8 +12,8 @@ use common::{sim_config, start_sim, wait_until};
 use keysync::engine::radio::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, heartbeat};
 use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::{
-    FromRadio, PortNum, SharedContact, admin_message::PayloadVariant as Admin, from_radio,
-    mesh_packet, routing,
+    FromRadio, MeshPacket, PortNum, SharedContact, ToRadio, admin_message::PayloadVariant as Admin,
+    from_radio, mesh_packet, routing, to_radio,
 };
 
 fn profile(firmware: &str, hw: Hw) -> Profile {
@@ -416,21 +416,36 @@ async fn a_node_pushed_and_given_back_is_evicted_first_from_2_7_14() {
     }
 }
 
-fn text_ids_refused(frames: &[FromRadio], error: routing::Error) -> Vec<u32> {
-    frames
-        .iter()
-        .filter_map(routing_error)
-        .filter(|(e, _)| *e == error)
-        .map(|(_, id)| id)
-        .collect()
+/// A text that names `from` as its sender (clients send from 0; the radio's own number makes
+/// the firmware's routing error come back to the client).
+async fn text_from(client: &mut RawClient, from: u32, id: u32, body: &str) -> u32 {
+    client
+        .send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
+                from,
+                ..common::proto::text_packet(0xFFFF_FFFF, id, body)
+            })),
+        })
+        .await;
+    id
+}
+
+fn notification(frame: &FromRadio) -> Option<(Option<u32>, String)> {
+    match &frame.payload_variant {
+        Some(from_radio::PayloadVariant::ClientNotification(n)) => {
+            Some((n.reply_id, n.message.clone()))
+        }
+        _ => None,
+    }
 }
 
 #[tokio::test]
 async fn per_connection_rate_limits_follow_phoneapi() {
-    // PhoneAPI.cpp handleToRadioPacket: text 2 s (RATE_LIMIT_EXCEEDED from 2.7.4), position
-    // and telemetry 10 s per port, dropped with res = 0.
+    // PhoneAPI.cpp handleToRadioPacket: text 2 s, position and telemetry 10 s per port, dropped
+    // with res = 0. The RATE_LIMIT_EXCEEDED error (2.7.4+) goes to the packet's sender: to the
+    // client only when that names the radio (seen so on meshtasticd 2.7.26).
     let sim = start_sim(firmware_sim("2.7.26", Hw::Linux, 3));
-    let (mut client, _) = connected(&sim).await;
+    let (mut client, my) = connected(&sim).await;
     let all = 0xFFFF_FFFF;
     let t1 = client
         .packet(all, PortNum::TextMessageApp, b"one".to_vec())
@@ -450,16 +465,6 @@ async fn per_connection_rate_limits_follow_phoneapi() {
     );
     let tel = client.packet(all, PortNum::TelemetryApp, vec![]).await;
     client.queue_status(tel).await;
-    if !client.seen.iter().any(|f| routing_error(f).is_some()) {
-        client
-            .recv_until("the routing error", |f| routing_error(f).is_some())
-            .await;
-    }
-    let seen = client.seen.clone();
-    assert_eq!(
-        text_ids_refused(&seen, routing::Error::RateLimitExceeded),
-        vec![t2]
-    );
     assert_eq!(counter(&sim, |c| &c.rate_limited), 2);
     assert_eq!(
         counter(&sim, |c| &c.mesh_sent),
@@ -467,14 +472,65 @@ async fn per_connection_rate_limits_follow_phoneapi() {
         "text, position, telemetry (another port)"
     );
 
-    // The limits belong to the connection: a new one starts afresh.
+    // The limits belong to the connection: a new one starts afresh. Texts naming the radio as
+    // sender get the routing error back.
     drop(client);
     let (mut again, _) = connected(&sim).await;
-    let t3 = again
-        .packet(all, PortNum::TextMessageApp, b"three".to_vec())
-        .await;
+    let t3 = text_from(&mut again, my, 0x9001, "three").await;
     again.queue_status(t3).await;
     assert_eq!(counter(&sim, |c| &c.mesh_sent), 4);
+    let t4 = text_from(&mut again, my, 0x9002, "four").await;
+    let frame = again
+        .recv_until("the routing error", |f| {
+            routing_error(f).is_some_and(|(e, _)| e != routing::Error::None)
+        })
+        .await;
+    assert_eq!(
+        routing_error(&frame),
+        Some((routing::Error::RateLimitExceeded, t4))
+    );
+    assert!(
+        !again.seen.iter().any(|f| notification(f).is_some()),
+        "2.7.4+ sends no notification for texts"
+    );
+    assert_eq!(counter(&sim, |c| &c.mesh_sent), 4);
+}
+
+#[tokio::test]
+async fn the_text_limit_exists_from_2_7_0_and_is_told_by_a_notification_until_2_7_3() {
+    // PhoneAPI.cpp handleToRadioPacket (#7139, 2.7.0.705515a): 2.7.0 – 2.7.3 answer a text over
+    // the limit with a ClientNotification (whoever the sender), 2.7.4+ with a routing error;
+    // 2.6.x has no text limit.
+    for (firmware, limited) in [("2.6.13", false), ("2.7.0.705515a", true), ("2.7.3", true)] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Linux, 3));
+        let (mut client, _) = connected(&sim).await;
+        let t1 = client
+            .packet(0xFFFF_FFFF, PortNum::TextMessageApp, b"one".to_vec())
+            .await;
+        client.queue_status(t1).await;
+        let t2 = client
+            .packet(0xFFFF_FFFF, PortNum::TextMessageApp, b"two".to_vec())
+            .await;
+        assert_eq!(client.queue_status(t2).await.res, 0, "{firmware}");
+        if limited {
+            let frame = client
+                .recv_until("the notification", |f| notification(f).is_some())
+                .await;
+            assert_eq!(
+                notification(&frame),
+                Some((
+                    Some(t2),
+                    "Text messages can only be sent once every 2 seconds".into()
+                )),
+                "{firmware}"
+            );
+        }
+        let sent = if limited { 1 } else { 2 };
+        assert_eq!(counter(&sim, |c| &c.mesh_sent), sent, "{firmware}");
+        assert!(!client.seen.iter().any(|f| {
+            routing_error(f).is_some_and(|(e, _)| e == routing::Error::RateLimitExceeded)
+        }));
+    }
 }
 
 #[tokio::test]

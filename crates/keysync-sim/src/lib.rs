@@ -338,7 +338,7 @@ impl Shared {
             let message =
                 format!("Can't {verb} 0x{num:08x}: protected-node limit ({limit}) reached");
             log::info!(target: "keysync::sim", "operator: {} {}: {message}", action.name(), node_id(num));
-            self.notify(message);
+            self.notify(message, None);
             return false;
         }
         let done = flagged == Flagged::Done;
@@ -449,14 +449,16 @@ impl Shared {
         packet
     }
 
-    /// A ClientNotification at WARNING level to every client.
-    fn notify(&self, message: String) {
+    /// A ClientNotification at WARNING level to every client, answering the client's packet
+    /// `reply_id` if given.
+    fn notify(&self, message: String, reply_id: Option<u32>) {
         let _ = self.live.send(FromRadio {
             id: 0,
             payload_variant: Some(from_radio::PayloadVariant::ClientNotification(
                 meshtastic::protobufs::ClientNotification {
                     level: meshtastic::protobufs::log_record::Level::Warning as i32,
                     message,
+                    reply_id,
                     ..Default::default()
                 },
             )),

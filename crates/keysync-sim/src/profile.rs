@@ -44,11 +44,14 @@ pub enum Rule {
     /// names are not updated either.
     KeyMismatchDropped,
     /// Position, telemetry, waypoint and alert from one connection: one per 10 s per port, else
-    /// dropped with a QueueStatus `res = 0` (the 2.6.7 – 2.7.0 limiter tested a constant and
-    /// never fired; 2.5.x limited positions to one per 5 s).
+    /// dropped with a QueueStatus `res = 0` (the limiter of 2.6.7 – 2.7.0.195b7cc tested a
+    /// constant and never fired; 2.5.x limited positions to one per 5 s).
     PositionRateLimit,
     /// Texts from one connection: one per 2 s; the excess is dropped with QueueStatus `res = 0`.
     TextRateLimit,
+    /// A text over the limit is also answered with a ClientNotification "Text messages can only
+    /// be sent once every 2 seconds" (replaced by the routing error in 2.7.4).
+    TextRateLimitNotice,
     /// A text over the limit is also answered with a routing error RATE_LIMIT_EXCEEDED.
     TextRateLimitError,
     /// set_favorite_node, remove_favorite_node and set_ignored_node restart the LoRa chip: they
@@ -162,15 +165,22 @@ impl Rule {
                 None,
                 "mesh/NodeDB.cpp updateUser: \"Public Key mismatch, dropping NodeInfo\" (#7652)",
             ),
+            // Both limits came with #7139 in the 2.7.0.705515a build; the earlier 2.7.0.195b7cc
+            // build has neither, but a version number cannot tell the two apart.
             Self::PositionRateLimit => row(
-                (2, 7, 1),
+                (2, 7, 0),
                 None,
-                "mesh/PhoneAPI.cpp handleToRadioPacket: lastPortNumToRadio, TEN_SECONDS_MS",
+                "mesh/PhoneAPI.cpp handleToRadioPacket: lastPortNumToRadio, TEN_SECONDS_MS (#7139, 2.7.0.705515a)",
             ),
             Self::TextRateLimit => row(
-                (2, 7, 1),
+                (2, 7, 0),
                 None,
-                "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE_APP, TWO_SECONDS_MS",
+                "mesh/PhoneAPI.cpp handleToRadioPacket: TEXT_MESSAGE_APP, TWO_SECONDS_MS (#7139, 2.7.0.705515a)",
+            ),
+            Self::TextRateLimitNotice => row(
+                (2, 7, 0),
+                Some((2, 7, 3)),
+                "mesh/PhoneAPI.cpp handleToRadioPacket: sendNotification(\"Text messages can only be sent once every 2 seconds\")",
             ),
             Self::TextRateLimitError => row(
                 (2, 7, 4),
@@ -624,6 +634,24 @@ mod tests {
         // First match by last byte up to 2.7.26; develop wants the byte unambiguous.
         assert!(profile("2.7.26").has(Rule::FavouriteRelayFirstMatch));
         assert!(!profile("2.8").has(Rule::FavouriteRelayFirstMatch));
+    }
+
+    #[test]
+    fn the_text_limit_exists_from_2_7_0_with_a_notification_until_2_7_3_then_a_routing_error() {
+        // PhoneAPI.cpp handleToRadioPacket (#7139, 2.7.0.705515a).
+        for (firmware, limited, notice, error) in [
+            ("2.6.13", false, false, false),
+            ("2.7.0.705515a", true, true, false),
+            ("2.7.3", true, true, false),
+            ("2.7.4", true, false, true),
+            ("2.8", true, false, true),
+        ] {
+            let p = profile(firmware);
+            assert_eq!(p.has(Rule::TextRateLimit), limited, "{firmware}");
+            assert_eq!(p.has(Rule::PositionRateLimit), limited, "{firmware}");
+            assert_eq!(p.has(Rule::TextRateLimitNotice), notice, "{firmware}");
+            assert_eq!(p.has(Rule::TextRateLimitError), error, "{firmware}");
+        }
     }
 
     #[test]

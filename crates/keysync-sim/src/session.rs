@@ -35,7 +35,7 @@ use keysync_engine::radio::{
 
 /// The firmware ignores a packet whose id repeats one of the last this many.
 const RECENT_IDS: usize = 20;
-/// PhoneAPI.cpp: one text per connection every 2 s (≥ 2.7.9, else RATE_LIMIT_EXCEEDED).
+/// PhoneAPI.cpp: one text per connection every 2 s (from 2.7.0.705515a).
 const TEXT_GAP: Duration = Duration::from_secs(2);
 /// PhoneAPI.cpp: position, telemetry, waypoint and alert, one per 10 s per connection.
 const POSITION_GAP: Duration = Duration::from_secs(10);
@@ -97,8 +97,11 @@ enum Verdict {
     /// Sent on to the mesh (or handled, when addressed to the radio): QueueStatus `res = 0`.
     Accepted,
     /// Over a limit and dropped: QueueStatus `res = 0`, so the sender believes it went; with a
-    /// routing error too where the firmware sends one.
-    OverLimit(Option<RoutingError>),
+    /// routing error or a ClientNotification too where the firmware sends one.
+    OverLimit {
+        error: Option<RoutingError>,
+        notice: Option<&'static str>,
+    },
     /// Refused with a routing error to the client (Router.cpp abortSendAndNak).
     Refused(RoutingError),
 }
@@ -278,11 +281,14 @@ impl Client {
                 self.shared.dm_fail(packet.to, packet.id);
                 return None;
             }
-            Verdict::OverLimit(error) => {
+            Verdict::OverLimit { error, notice } => {
                 counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 if let Some(error) = error {
                     self.shared
                         .to_client(self.shared.routing_error(error, packet.id));
+                }
+                if let Some(notice) = notice {
+                    self.shared.notify(notice.to_owned(), Some(packet.id));
                 }
             }
             Verdict::Accepted => {}
@@ -314,7 +320,17 @@ impl Client {
                 let error =
                     (kind == Limited::Text && mine && self.profile().has(Rule::TextRateLimitError))
                         .then_some(RoutingError::RateLimitExceeded);
-                return Verdict::OverLimit(error);
+                // sendNotification goes to the client whoever the packet names as sender.
+                let notice = match kind {
+                    Limited::Traceroute => {
+                        Some("TraceRoute can only be sent once every 30 seconds")
+                    }
+                    Limited::Text if self.profile().has(Rule::TextRateLimitNotice) => {
+                        Some("Text messages can only be sent once every 2 seconds")
+                    }
+                    Limited::Text | Limited::Position => None,
+                };
+                return Verdict::OverLimit { error, notice };
             }
             // Only an accepted packet moves the limit on.
             self.last_sent.insert(portnum, now);
