@@ -207,6 +207,42 @@ async fn heartbeats_are_answered_from_2_7_6_and_not_by_2_7_4() {
 }
 
 #[tokio::test]
+async fn heartbeat_nonce_1_broadcasts_the_own_nodeinfo_from_2_7_23_once_per_minute_unanswered() {
+    // PhoneAPI.cpp handleToRadio: nonce 1 → NodeInfoModule::sendOurNodeInfo on its 60 s path,
+    // and heartbeatReceived is not set, so no QueueStatus. Before 2.7.23 it is a heartbeat.
+    for (firmware, pings) in [("2.7.26", true), ("2.7.22", false)] {
+        let sim = start_sim(firmware_sim(firmware, Hw::Linux, 3));
+        let (mut client, my) = connected(&sim).await;
+        client.send(heartbeat(1)).await;
+        client.send(heartbeat(1)).await;
+        let id = client
+            .packet(0xFFFF_FFFF, PortNum::RangeTestApp, b"x".to_vec())
+            .await;
+        let first = client.recv().await.expect("an answer");
+        let Some(from_radio::PayloadVariant::QueueStatus(q)) = first.payload_variant else {
+            panic!("{firmware}: expected a QueueStatus, got {first:?}");
+        };
+        assert_eq!(q.mesh_packet_id == id, pings, "{firmware}");
+        let own_nodeinfos = sim
+            .sent()
+            .iter()
+            .filter(|p| {
+                p.from == my
+                    && matches!(&p.payload_variant, Some(mesh_packet::PayloadVariant::Decoded(d))
+                        if d.portnum == PortNum::NodeinfoApp as i32 && d.want_response)
+            })
+            .count();
+        let expected = u64::from(pings);
+        assert_eq!(own_nodeinfos as u64, expected, "{firmware}: one per 60 s");
+        assert_eq!(
+            counter(&sim, |c| &c.nodeinfo_broadcasts),
+            expected,
+            "{firmware}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn nodedb_count_is_the_total_also_in_a_config_only_download_from_2_7_4() {
     for (firmware, expect_total) in [("2.7.26", true), ("2.7.3", false)] {
         let sim = start_sim(firmware_sim(firmware, Hw::Linux, 12));

@@ -123,6 +123,8 @@ pub struct SimCounters {
     pub operator_actions: AtomicU64,
     /// Times a favourite or ignore decision restarted the LoRa chip (up to 2.7.26).
     pub lora_restarts: AtomicU64,
+    /// The radio's own NodeInfo broadcast on a heartbeat with nonce 1 (2.7.23+).
+    pub nodeinfo_broadcasts: AtomicU64,
 }
 
 impl SimCounters {
@@ -173,6 +175,26 @@ struct Radio {
     down: bool,
     /// The eight channel slots (the firmware's ChannelFile, kept in flash across reboots).
     channels: Vec<Channel>,
+    /// When the radio last sent its own NodeInfo to the mesh (NodeInfoModule.cpp).
+    last_nodeinfo: Option<Instant>,
+}
+
+impl Radio {
+    /// Keeps `packet` among the last ones sent on to the mesh.
+    fn record_sent(&mut self, packet: MeshPacket) {
+        if self.sent.len() == SENT_KEPT {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((Instant::now(), packet));
+    }
+}
+
+/// NodeInfoModule.cpp allocReply: on its short path (a nodeinfo ping) the own NodeInfo goes out
+/// unless one went out less than 60 s ago.
+const NODEINFO_PING_GAP: Duration = Duration::from_secs(60);
+
+fn nodeinfo_due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= NODEINFO_PING_GAP)
 }
 
 /// The firmware's channel slots (MAX_NUM_CHANNELS).
@@ -366,6 +388,39 @@ impl Shared {
         log::info!(target: "keysync::sim",
             "[Router] Set radio: region=EU_868, name=LongFast, config=0 (LoRa chip restarted by {}: saveChanges → reloadConfig → RadioInterface::reconfigure; packets in flight are lost)",
             action.admin_field());
+    }
+
+    /// A heartbeat with nonce 1 (PhoneAPI.cpp, 2.7.23+): the own NodeInfo is broadcast with
+    /// want_response so that peers re-learn the radio's key, unless it went out less than 60 s
+    /// ago.
+    fn nodeinfo_ping(&self) {
+        let now = Instant::now();
+        let mut radio = self.radio();
+        if !nodeinfo_due(radio.last_nodeinfo, now) {
+            log::debug!(target: "keysync::sim", "Skip send NodeInfo since we sent it <60s ago");
+            return;
+        }
+        radio.last_nodeinfo = Some(now);
+        let own = radio.db.own().clone();
+        let user = own.user.unwrap_or_default();
+        let id = radio.population.packet_id();
+        let mut packet = mesh_packet(
+            own.num,
+            BROADCAST,
+            id,
+            PortNum::NodeinfoApp,
+            user.encode_to_vec(),
+        );
+        if let Some(mesh_packet::PayloadVariant::Decoded(data)) = packet.payload_variant.as_mut() {
+            data.want_response = true;
+        }
+        radio.record_sent(packet);
+        drop(radio);
+        self.counters
+            .nodeinfo_broadcasts
+            .fetch_add(1, Ordering::Relaxed);
+        log::info!(target: "keysync::sim", "Broadcasting nodeinfo ping (serial); Send owner {}/{}/{}",
+            user.id, sanitize(&user.long_name), sanitize(&user.short_name));
     }
 
     /// set_channel (AdminModule.cpp handleSetChannel, Channels.cpp setChannel): the slot takes
@@ -612,6 +667,7 @@ impl SimHandle {
                 silent_until: None,
                 down: false,
                 channels: session::channels(),
+                last_nodeinfo: None,
             }),
             counters: Arc::new(SimCounters::default()),
             live,
@@ -1108,6 +1164,7 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
         ignored_admin,
         operator_actions,
         lora_restarts,
+        nodeinfo_broadcasts,
     ]);
     m
 }
@@ -1115,6 +1172,15 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodeinfo_ping_goes_out_at_most_once_per_60_s() {
+        // NodeInfoModule.cpp allocReply: Throttle::isWithinTimespanMs(lastNodeInfo, 60 * 1000).
+        let t0 = Instant::now();
+        assert!(nodeinfo_due(None, t0));
+        assert!(!nodeinfo_due(Some(t0), t0 + Duration::from_secs(59)));
+        assert!(nodeinfo_due(Some(t0), t0 + Duration::from_secs(60)));
+    }
 
     #[test]
     fn snapshot_keys_each_reported_counter_by_its_field_beside_the_frames_received() {
@@ -1128,8 +1194,8 @@ mod tests {
         assert_eq!(snap.get("operator_actions"), Some(&1));
         assert_eq!(snap.get("connections"), Some(&0));
         assert_eq!(snap.get("heartbeat"), Some(&1));
-        // Thirteen counters and the one kind of frame received; byte counts are not reported.
-        assert_eq!(snap.len(), 14);
+        // Fourteen counters and the one kind of frame received; byte counts are not reported.
+        assert_eq!(snap.len(), 15);
         assert!(!snap.contains_key("bytes_received"));
     }
 }

@@ -72,6 +72,9 @@ pub enum Rule {
     PkiSendFail,
     /// A client that sent no complete frame for 15 minutes is closed.
     IdleClose,
+    /// A heartbeat with nonce 1 makes the radio broadcast its own NodeInfo (at most once per
+    /// 60 s) and is not answered with a QueueStatus.
+    HeartbeatNodeInfoPing,
     /// Names with invalid UTF-8 are sanitized: each invalid byte becomes `?`.
     Utf8Validated,
     /// set_ignored_node keeps the key (2.8; before, it erases it).
@@ -222,6 +225,11 @@ impl Rule {
                 (2, 7, 21),
                 None,
                 "mesh/api/ServerAPI.cpp / PhoneAPI.cpp checkConnectionTimeout: 15 min",
+            ),
+            Self::HeartbeatNodeInfoPing => row(
+                (2, 7, 23),
+                None,
+                "mesh/PhoneAPI.cpp handleToRadio: heartbeat nonce 1 → modules/NodeInfoModule.cpp sendOurNodeInfo(shorterTimeout), 60 s; seen on meshtasticd 2.7.26: \"Broadcasting nodeinfo ping\"",
             ),
             Self::Utf8Validated => row(
                 (2, 7, 23),
@@ -652,6 +660,13 @@ mod tests {
             assert_eq!(p.has(Rule::TextRateLimitNotice), notice, "{firmware}");
             assert_eq!(p.has(Rule::TextRateLimitError), error, "{firmware}");
         }
+    }
+
+    #[test]
+    fn heartbeat_nonce_1_broadcasts_the_own_nodeinfo_from_2_7_23() {
+        assert!(!profile("2.7.22").has(Rule::HeartbeatNodeInfoPing));
+        assert!(profile("2.7.23").has(Rule::HeartbeatNodeInfoPing));
+        assert!(profile("2.8").has(Rule::HeartbeatNodeInfoPing));
     }
 
     #[test]

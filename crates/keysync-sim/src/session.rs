@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::nodedb::{ContactResult, RawNames};
 use super::population::now_secs;
 use super::profile::{Profile, Rule};
-use super::{ClientCmd, OperatorAction, RoutingError, SENT_KEPT, Shared};
+use super::{ClientCmd, OperatorAction, RoutingError, Shared};
 use keysync_engine::codec::RadioCodec;
 use keysync_engine::lenient::length_delimited;
 use keysync_engine::radio::{
@@ -217,6 +217,13 @@ impl Client {
                 }
                 conn.flush().await.is_ok()
             }
+            // Nonce 1 is a nodeinfo ping (2.7.23+), answered by a broadcast and no QueueStatus.
+            Some(to_radio::PayloadVariant::Heartbeat(h))
+                if h.nonce == 1 && self.profile().has(Rule::HeartbeatNodeInfoPing) =>
+            {
+                self.shared.nodeinfo_ping();
+                true
+            }
             // 2.7.6+ answers every heartbeat; older firmware answers nothing.
             Some(to_radio::PayloadVariant::Heartbeat(_))
                 if self.profile().has(Rule::HeartbeatAnswered) =>
@@ -361,13 +368,7 @@ impl Client {
             .counters
             .mesh_sent
             .fetch_add(1, Ordering::Relaxed);
-        {
-            let mut radio = self.shared.radio();
-            if radio.sent.len() == SENT_KEPT {
-                radio.sent.pop_front();
-            }
-            radio.sent.push_back((Instant::now(), packet.clone()));
-        }
+        self.shared.radio().record_sent(packet.clone());
         if packet.want_ack {
             acknowledge(&self.shared, packet);
         }
