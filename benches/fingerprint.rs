@@ -21,6 +21,7 @@ fn keys(n: u32) -> Vec<TrustedKey> {
                 last_seen: std::time::SystemTime::UNIX_EPOCH,
                 pinned: false,
                 last_dm: None,
+                last_pushed: None,
             }
         })
         .collect()

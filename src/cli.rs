@@ -119,9 +119,21 @@ pub struct EngineArgs {
     #[arg(long, env = "KEYSYNC_KEY_SLOTS", value_name = "N")]
     pub key_slots: Option<u32>,
 
-    /// The radio's NodeDB capacity, when its hardware does not tell (80 nRF52, 100 ESP32, …).
+    /// The radio's NodeDB capacity, when its hardware does not tell (80 nRF52, 100 ESP32, …;
+    /// a Linux meshtasticd's `MaxNodes`, which the API does not tell).
     #[arg(long, env = "KEYSYNC_RADIO_CAPACITY", value_name = "N")]
     pub radio_capacity: Option<u32>,
+
+    /// At most this many slots given back per hour on firmware 2.6.8 – 2.7.x, where each one
+    /// restarts the radio's LoRa chip [default: 4].
+    #[arg(long, env = "KEYSYNC_MAX_RELEASES", value_name = "N")]
+    pub max_releases: Option<u32>,
+
+    /// A node that exchanged a direct message with the gateway within this window is a DM
+    /// partner: heard without a key, its key goes to the radio at once [default: 7days].
+    #[arg(long, env = "KEYSYNC_DM_WINDOW", value_parser = duration::parse, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration::deserialize_opt")]
+    pub dm_window: Option<Duration>,
 
     /// Serve the gateway's bot and apps on this address, as a proxy for the radio's one TCP slot
     /// (e.g. 127.0.0.1:4404).
@@ -218,6 +230,8 @@ impl EngineArgs {
             max_flash_writes: self.max_flash_writes.or(before.max_flash_writes),
             key_slots: self.key_slots.or(before.key_slots),
             radio_capacity: self.radio_capacity.or(before.radio_capacity),
+            max_releases: self.max_releases.or(before.max_releases),
+            dm_window: self.dm_window.or(before.dm_window),
             listen: self.listen.or(before.listen),
             max_clients: self.max_clients.or(before.max_clients),
             downstream_grace: self.downstream_grace.or(before.downstream_grace),
@@ -588,6 +602,8 @@ impl Settings {
         set(&mut sync.max_flash_writes, e.max_flash_writes);
         sync.key_slots = e.key_slots;
         sync.radio_capacity = e.radio_capacity;
+        set(&mut sync.max_releases, e.max_releases);
+        set(&mut sync.dm_window, e.dm_window);
         engine.proxy = e.listen.map(|listen| {
             let mut proxy = ProxyConfig::new(listen);
             set(&mut proxy.max_clients, e.max_clients);

@@ -47,6 +47,7 @@ fn node(
             our_favourite: false,
             removed: false,
             source: Some(keysync::engine::radio::Source::Mesh),
+            last_dm: None,
         },
         radio,
     }

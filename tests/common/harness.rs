@@ -33,6 +33,27 @@ impl Rig {
         Self { dir, db, sim }
     }
 
+    /// Records a DM exchanged with each of `nums` now: they are DM partners, whose keys go to
+    /// the radio at once when they are heard without one.
+    pub fn partners(&self, nums: impl IntoIterator<Item = u32>) {
+        let mut store = Store::open(&self.db).expect("store opens");
+        let now = std::time::SystemTime::now();
+        for num in nums {
+            store.note_dm(num, now).expect("notes the DM");
+        }
+    }
+
+    /// The nodes of the mesh the radio does not hold.
+    pub fn outside_the_radio(&self) -> Vec<u32> {
+        let held: Vec<u32> = self.sim.nodedb().iter().map(|n| n.num).collect();
+        self.sim
+            .mesh()
+            .iter()
+            .map(|n| n.num)
+            .filter(|n| !held.contains(n))
+            .collect()
+    }
+
     /// The engine on this rig's radio and store: sync checks every minute, a cache TTL of ten
     /// minutes, the rest of [`fast_engine`], then whatever `edit` changes.
     pub fn start(self, edit: impl FnOnce(&mut EngineConfig)) -> Harness {

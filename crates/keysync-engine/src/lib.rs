@@ -348,6 +348,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         backoff: HashMap::new(),
         pushes_ignored: None,
         trusted: HashSet::new(),
+        partners: HashSet::new(),
         dm_ids: VecDeque::new(),
         waiters: Vec::new(),
         needs,
@@ -477,6 +478,11 @@ struct EngineLoop {
     pushes_ignored: Option<usize>,
     /// Nodes with a trusted key.
     trusted: HashSet<u32>,
+    /// Trusted nodes that are pinned or exchanged a DM with the gateway within `--dm-window`:
+    /// heard without a key, theirs goes to the radio at once. Others wait for a need (a DM to
+    /// the gateway heals itself: the firmware's PKI_UNKNOWN_PUBKEY NAK makes the sender send
+    /// its NodeInfo).
+    partners: HashSet<u32>,
     /// Recent DMs from proxy clients: packet id → destination.
     dm_ids: VecDeque<(u32, u32)>,
     /// Proxy DMs waiting for their key to be pushed.
@@ -696,7 +702,8 @@ impl EngineLoop {
             facts.client_base,
             facts.managed,
             capacity,
-        );
+        )
+        .with_router_role(facts.router_role);
         log::info!(target: "keysync::sync",
             "radio NodeDB capacity {} ({})", traits.capacity, traits.capacity_source);
         let capacity = u32::try_from(traits.capacity).ok();
@@ -708,6 +715,11 @@ impl EngineLoop {
         if traits.marks_verified {
             log::warn!(target: "keysync::sync",
                 "firmware {} marks every pushed key \"manually verified\" and protects it for good (2.6.9 – 2.7.11): keysync counts each push as a slot it cannot give back",
+                session.firmware);
+        }
+        if traits.router_role {
+            log::warn!(target: "keysync::sync",
+                "the gateway's role is a router role (ROUTER, ROUTER_LATE or CLIENT_BASE) on firmware {}: favourites change its hop counting, so only pinned nodes and DM partners get slots",
                 session.firmware);
         }
         if !traits.favourites {
@@ -730,6 +742,7 @@ impl EngineLoop {
         if packet.to == self.own_num {
             // A DM to the gateway: the sender is a partner that deserves a slot.
             let _ = self.store.call(move |s| s.note_dm(from, now)).await;
+            self.partners.insert(from);
         }
         let heard = radio::heard_key(packet);
         let Some(mirror) = self.mirror.as_mut() else {
@@ -752,7 +765,12 @@ impl EngineLoop {
             Err(e) => self.store_failed(&e),
         }
         if lacks_key && self.trusted.contains(&from) {
-            self.need(from, Trigger::Heard).await;
+            if self.partners.contains(&from) {
+                self.need(from, Trigger::Heard).await;
+            } else {
+                log::debug!(target: "keysync::sync",
+                    "{} heard without a key: not pinned nor a DM partner, it waits for a need", node_id(from));
+            }
         }
     }
 
@@ -787,6 +805,7 @@ impl EngineLoop {
         let now = SystemTime::now();
         let num = need.num;
         let _ = self.store.call(move |s| s.note_dm(num, now)).await;
+        self.partners.insert(num);
         let lacks = match (&self.mirror, &self.session) {
             (Some(m), _) => m.get(&num).is_none_or(|n| n.key.is_none() && !n.ignored),
             // The first run has not pictured the radio yet: its handshake's node list says.
@@ -1302,13 +1321,20 @@ impl EngineLoop {
         let mirror = self.mirror.clone();
         let pushed = self.pushed_last.clone();
         let backing_off = self.backing_off();
+        let partner_since = SystemTime::now()
+            .checked_sub(self.config.sync.dm_window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let loaded = self
             .store
             .call(move |s| {
                 let mut trusted = HashSet::new();
+                let mut partners = HashSet::new();
                 let nodes = s.nodes_as(|record| {
                     if record.trusted.is_some() {
                         trusted.insert(record.num);
+                        if record.pinned || record.last_dm.is_some_and(|t| t >= partner_since) {
+                            partners.insert(record.num);
+                        }
                     }
                     NodeView {
                         radio: radio_key(
@@ -1320,10 +1346,10 @@ impl EngineLoop {
                         record,
                     }
                 })?;
-                Ok((nodes, trusted, s.cache()?))
+                Ok((nodes, (trusted, partners), s.cache()?))
             })
             .await;
-        let (nodes, trusted, cache) = match loaded {
+        let (nodes, (trusted, partners), cache) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 self.store_failed(&e);
@@ -1331,6 +1357,7 @@ impl EngineLoop {
             }
         };
         self.trusted = trusted;
+        self.partners = partners;
         self.snapshot.send_modify(|s| {
             s.nodes = Arc::new(nodes);
             s.sync.cache = cache;

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::time::SystemTime;
 
 use meshtastic::protobufs::{HardwareModel, User};
 
@@ -143,6 +144,13 @@ pub struct RadioTraits {
     /// add_contact makes the node favourite (not on a CLIENT_BASE from 2.7.14).
     pub favourites: bool,
     pub managed: bool,
+    /// remove_favorite_node restarts the LoRa chip (every release 2.6.8 – 2.7.x: saveChanges →
+    /// reloadConfig → RadioInterface::reconfigure; not on 2.8): releases are rationed.
+    pub release_restarts_lora: bool,
+    /// A ROUTER, ROUTER_LATE or CLIENT_BASE gateway on 2.7.11+ keeps hop_limit for packets
+    /// relayed by a favourite router matched by the last byte of its number: favourites touch
+    /// routing there, so only pinned nodes and DM partners get slots.
+    pub router_role: bool,
 }
 
 impl RadioTraits {
@@ -173,6 +181,20 @@ impl RadioTraits {
             marks_verified: at_least((2, 6, 9)) && !at_least((2, 7, 12)),
             favourites: !(client_base && at_least((2, 7, 14))),
             managed,
+            release_restarts_lora: at_least((2, 6, 8)) && !develop,
+            router_role: false,
+        }
+    }
+
+    /// With the gateway's own role (ROUTER, ROUTER_LATE or CLIENT_BASE is a router role from
+    /// 2.7.10 on CLIENT_BASE, 2.7.11 on the others; NextHopRouter.cpp, FloodingRouter.cpp).
+    #[must_use]
+    pub fn with_router_role(self, router_role: bool) -> Self {
+        let version = firmware_version(&self.firmware);
+        let since = (2, 7, 10);
+        Self {
+            router_role: router_role && version.is_some_and(|v| v >= since),
+            ..self
         }
     }
 
@@ -352,6 +374,13 @@ pub struct PlanInput<'a> {
     pub max_pushes: usize,
     /// Pushing stopped because earlier pushes never landed.
     pub pushes_ignored: Option<usize>,
+    /// A DM partner exchanged a direct message with the gateway since then (`--dm-window`).
+    pub partner_since: SystemTime,
+    /// Slots that may still be given back this hour (`--max-releases` where a release
+    /// restarts the LoRa chip); `None`: no such limit.
+    pub releases_left: Option<usize>,
+    /// A node keysync pushed since then keeps its slot: no push and release within the hour.
+    pub hold_since: SystemTime,
     /// Entries the radio surely holds now (own node included), when known better than the
     /// mirror's length: a run's pushes add new nodes to its mirror even where the radio made
     /// room for them by evicting another.
@@ -425,12 +454,15 @@ fn standing(key: &TrustedKey, mirror: &Mirror) -> Standing {
 
 /// Whether a key may have a slot at all: pinned, needed now, a direct-message partner, or at
 /// least heard here once. A key keysync only knows from the MQTT broker or its fleet (never
-/// heard by this radio) stays in the store until one of those holds.
-fn has_claim(key: &TrustedKey, urgent: &[u32]) -> bool {
+/// heard by this radio) stays in the store until one of those holds. On a router-role gateway
+/// only pinned nodes, needs and DM partners within the window get slots.
+fn has_claim(key: &TrustedKey, input: &PlanInput<'_>) -> bool {
+    let partner = key.last_dm.is_some_and(|dm| dm >= input.partner_since);
     key.pinned
-        || urgent.contains(&key.num)
-        || key.last_dm.is_some()
-        || key.last_seen > std::time::SystemTime::UNIX_EPOCH
+        || input.urgent.contains(&key.num)
+        || partner
+        || (!input.traits.router_role
+            && (key.last_dm.is_some() || key.last_seen > SystemTime::UNIX_EPOCH))
 }
 
 /// The order of need: pinned, urgent, direct-message partners, then the most recently heard.
@@ -513,7 +545,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .trusted
         .iter()
         .filter(|k| k.num != input.own && standing(k, mirror) != Standing::Ignored)
-        .filter(|k| has_claim(k, input.urgent))
+        .filter(|k| has_claim(k, input))
         .collect();
     ranked.sort_by_key(|k| rank(k, input.urgent));
     plan.working = ranked
@@ -546,6 +578,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             0
         },
         flash: input.flash_left,
+        releases: input.releases_left,
         slots: plan.budget.slots,
         ceiling: plan.budget.protected_ceiling(),
     };
@@ -584,6 +617,13 @@ fn releasable(input: &PlanInput<'_>, ranked: &[&TrustedKey], working: &BTreeSet<
         return Vec::new();
     }
     let ranked_nums: BTreeSet<u32> = ranked.iter().map(|k| k.num).collect();
+    // No push and release within the hour: a slot just filled is not the one given back.
+    let pushed_since: BTreeSet<u32> = input
+        .trusted
+        .iter()
+        .filter(|k| k.last_pushed.is_some_and(|t| t >= input.hold_since))
+        .map(|k| k.num)
+        .collect();
     let unranked = input
         .ours
         .iter()
@@ -597,6 +637,7 @@ fn releasable(input: &PlanInput<'_>, ranked: &[&TrustedKey], working: &BTreeSet<
         .chain(unranked)
         .filter(|n| !working.contains(n))
         .filter(|n| !input.mirror.get(n).is_some_and(|m| m.verified || m.ignored))
+        .filter(|n| !pushed_since.contains(n))
         .collect()
 }
 
@@ -640,6 +681,8 @@ struct Schedule {
     /// (an unprotected one, as the invariant keeps some) instead of adding to `held`.
     room: usize,
     flash: usize,
+    /// Releases still allowed this hour (`None`: no limit).
+    releases: Option<usize>,
     slots: usize,
     ceiling: usize,
 }
@@ -670,9 +713,13 @@ impl Schedule {
 
     /// Gives one slot back; false when there is none to give.
     fn release_one(&mut self) -> bool {
+        if self.releases == Some(0) {
+            return false;
+        }
         let Some(num) = self.releasable.pop_front() else {
             return false;
         };
+        self.releases = self.releases.map(|n| n.saturating_sub(1));
         self.ops.push(Op::Release(num));
         self.flash -= 1;
         self.ours -= 1;
@@ -758,6 +805,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(heard),
             pinned: false,
             last_dm: None,
+            last_pushed: None,
         }
     }
 
@@ -832,6 +880,9 @@ mod tests {
                 flash_left: self.flash_left,
                 max_pushes: 1000,
                 pushes_ignored: None,
+                partner_since: SystemTime::UNIX_EPOCH,
+                releases_left: None,
+                hold_since: SystemTime::UNIX_EPOCH,
                 held: None,
             })
         }
@@ -1128,6 +1179,7 @@ mod invariant_tests {
             last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(heard),
             pinned,
             last_dm: None,
+            last_pushed: None,
         }
     }
 
@@ -1221,6 +1273,9 @@ mod invariant_tests {
                 flash_left,
                 max_pushes: 1000,
                 pushes_ignored: None,
+                partner_since: SystemTime::UNIX_EPOCH,
+                releases_left: None,
+                hold_since: SystemTime::UNIX_EPOCH,
                 held: None,
             };
             let plan = plan(&input);
@@ -1258,10 +1313,112 @@ mod invariant_tests {
                 flash_left: 60,
                 max_pushes: 1000,
                 pushes_ignored: None,
+                partner_since: SystemTime::UNIX_EPOCH,
+                releases_left: None,
+                hold_since: SystemTime::UNIX_EPOCH,
                 held: None,
             };
             assert_eq!(plan(&input).pushes(), pushes, "{}", traits.capacity_source);
         }
+    }
+
+    fn input<'a>(
+        trusted: &'a [TrustedKey],
+        mirror: &'a Mirror,
+        traits: &'a RadioTraits,
+        ours: &'a BTreeSet<u32>,
+        urgent: &'a [u32],
+    ) -> PlanInput<'a> {
+        PlanInput {
+            trusted,
+            pending: &EMPTY,
+            mirror,
+            own: 0,
+            traits,
+            key_slots: None,
+            ours,
+            held_back: &EMPTY,
+            urgent,
+            flash_left: 60,
+            max_pushes: 1000,
+            pushes_ignored: None,
+            partner_since: SystemTime::UNIX_EPOCH + Duration::from_secs(100),
+            releases_left: None,
+            hold_since: SystemTime::UNIX_EPOCH + Duration::from_secs(3600),
+            held: None,
+        }
+    }
+
+    static EMPTY: BTreeSet<u32> = BTreeSet::new();
+
+    #[test]
+    fn on_a_router_role_gateway_only_pinned_nodes_needs_and_dm_partners_get_slots() {
+        let mut trusted: Vec<TrustedKey> =
+            (1..=6).map(|n| trusted(n, u64::from(n), false)).collect();
+        trusted[0].pinned = true;
+        trusted[1].last_dm = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(500));
+        // A DM long before the window: not a partner any more.
+        trusted[2].last_dm = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(50));
+        let mirror = tests::full_radio(40);
+        let ours = BTreeSet::new();
+        let client = RadioTraits::new("2.7.26", 0, "", false, false, Some(40));
+        let router = client.clone().with_router_role(true);
+        assert!(router.router_role);
+        assert!(
+            !RadioTraits::new("2.7.9", 0, "", false, false, Some(40))
+                .with_router_role(true)
+                .router_role
+        );
+        let pushed = |traits: &RadioTraits, urgent: &[u32]| {
+            let mut p: Vec<u32> = plan(&input(&trusted, &mirror, traits, &ours, urgent))
+                .ops
+                .iter()
+                .map(Op::num)
+                .collect();
+            p.sort_unstable();
+            p
+        };
+        assert_eq!(pushed(&client, &[]), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(pushed(&router, &[]), [1, 2], "pinned and the DM partner");
+        assert_eq!(pushed(&router, &[5]), [1, 2, 5], "and what a DM needs now");
+    }
+
+    #[test]
+    fn releases_are_rationed_and_never_of_a_node_pushed_within_the_hour() {
+        // A full budget of keysync's favourites and two nodes that need a slot now.
+        let trusted: Vec<TrustedKey> = (1..=8).map(|n| trusted(n, u64::from(n), false)).collect();
+        let mut mirror = tests::full_radio(12);
+        let mut ours = BTreeSet::new();
+        for k in &trusted[..6] {
+            mirror.insert(
+                k.num,
+                RadioNode {
+                    key: Some(k.key),
+                    favourite: true,
+                    ..RadioNode::default()
+                },
+            );
+            ours.insert(k.num);
+        }
+        let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(12));
+        assert!(traits.release_restarts_lora);
+        assert!(!RadioTraits::new("2.8.0", 0, "", false, false, Some(12)).release_restarts_lora);
+        let urgent = [7, 8];
+        let mut i = input(&trusted, &mirror, &traits, &ours, &urgent);
+        let released = |i: &PlanInput<'_>| plan(i).releases();
+        assert_eq!(released(&i), 2, "two slots given back for two needs");
+        i.releases_left = Some(1);
+        assert_eq!(released(&i), 1, "--max-releases: one left this hour");
+        i.releases_left = Some(0);
+        let p = plan(&i);
+        assert_eq!((p.releases(), p.pushes(), p.deferred_slots), (0, 0, 2));
+        // Pushed within the hour: kept, whatever needs a slot.
+        let mut recent = trusted.clone();
+        for k in &mut recent[..6] {
+            k.last_pushed = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4000));
+        }
+        let i = input(&recent, &mirror, &traits, &ours, &urgent);
+        assert_eq!(released(&i), 0);
     }
 
     #[test]
@@ -1295,6 +1452,9 @@ mod invariant_tests {
             flash_left: 60,
             max_pushes: 1000,
             pushes_ignored: None,
+            partner_since: SystemTime::UNIX_EPOCH,
+            releases_left: None,
+            hold_since: SystemTime::UNIX_EPOCH,
             held: None,
         };
         let plan = plan(&input);
@@ -1321,6 +1481,7 @@ mod urgent_tests {
             last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(num)),
             pinned: false,
             last_dm: None,
+            last_pushed: None,
         };
         let trusted: Vec<TrustedKey> = (1..=41).map(mk).collect();
         let mut mirror = tests::full_radio(40);
@@ -1348,6 +1509,9 @@ mod urgent_tests {
             held_back: &BTreeSet::new(),
             urgent: &[41],
             flash_left: 10,
+            partner_since: SystemTime::UNIX_EPOCH,
+            releases_left: None,
+            hold_since: SystemTime::UNIX_EPOCH,
             held: None,
             max_pushes: 1,
             pushes_ignored: None,

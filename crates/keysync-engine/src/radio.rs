@@ -456,6 +456,8 @@ pub struct HandshakeFacts {
     pub hw_model: i32,
     pub pio_env: String,
     pub client_base: bool,
+    /// ROUTER, ROUTER_LATE or CLIENT_BASE: favourites change its hop counting (2.7.11+).
+    pub router_role: bool,
     /// `security.is_managed`: the radio ignores admin messages from clients.
     pub managed: bool,
 }
@@ -463,28 +465,33 @@ pub struct HandshakeFacts {
 impl HandshakeFacts {
     pub fn of<'a>(frames: impl IntoIterator<Item = &'a FromRadio>) -> Self {
         use meshtastic::protobufs::config::PayloadVariant as C;
-        use meshtastic::protobufs::config::device_config::Role;
         let mut facts = Self::default();
         for frame in frames {
             match &frame.payload_variant {
                 Some(from_radio::PayloadVariant::Metadata(m)) => {
                     facts.hw_model = m.hw_model;
-                    facts.client_base |= m.role == Role::ClientBase as i32;
+                    facts.note_role(m.role);
                 }
                 Some(from_radio::PayloadVariant::MyInfo(m)) => {
                     facts.pio_env.clone_from(&m.pio_env);
                 }
                 Some(from_radio::PayloadVariant::Config(c)) => match &c.payload_variant {
                     Some(C::Security(sec)) => facts.managed = sec.is_managed,
-                    Some(C::Device(dev)) => {
-                        facts.client_base |= dev.role == Role::ClientBase as i32;
-                    }
+                    Some(C::Device(dev)) => facts.note_role(dev.role),
                     _ => {}
                 },
                 _ => {}
             }
         }
         facts
+    }
+
+    fn note_role(&mut self, role: i32) {
+        use meshtastic::protobufs::config::device_config::Role;
+        self.client_base |= role == Role::ClientBase as i32;
+        self.router_role |= [Role::Router, Role::RouterLate, Role::ClientBase]
+            .iter()
+            .any(|r| *r as i32 == role);
     }
 }
 

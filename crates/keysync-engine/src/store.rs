@@ -233,6 +233,8 @@ pub struct TrustedKey {
     pub pinned: bool,
     /// When it last exchanged a direct message with the gateway.
     pub last_dm: Option<SystemTime>,
+    /// When keysync last pushed its key: a slot is not given back within the hour after.
+    pub last_pushed: Option<SystemTime>,
 }
 
 impl TrustedKey {
@@ -273,6 +275,8 @@ pub struct NodeRecord {
     pub removed: bool,
     /// Where the trusted key (else the pending one) came from.
     pub source: Option<Source>,
+    /// When it last exchanged a direct message with the gateway.
+    pub last_dm: Option<SystemTime>,
 }
 
 impl NodeRecord {
@@ -749,7 +753,7 @@ impl Store {
     fn trusted_where(&self, filter: &str) -> Result<Vec<TrustedKey>, StoreError> {
         let sql = format!(
             "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
-                    n.pinned, n.last_dm
+                    n.pinned, n.last_dm, n.last_pushed
              FROM keys k JOIN nodes n ON n.num = k.node_num
              WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) AND ({filter})
              ORDER BY n.num"
@@ -766,6 +770,7 @@ impl Store {
                 last_seen: from_millis(r.get(6)?),
                 pinned: r.get(7)?,
                 last_dm: r.get::<_, Option<i64>>(8)?.map(from_millis),
+                last_pushed: r.get::<_, Option<i64>>(9)?.map(from_millis),
             })
         })
         .and_then(Iterator::collect)
@@ -817,7 +822,8 @@ impl Store {
                         n.role,
                         (SELECT source FROM keys WHERE node_num = n.num
                             AND state IN ('trusted', 'pending')
-                         ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1)
+                         ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1),
+                        n.last_dm
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| self.error(e))?;
@@ -842,6 +848,7 @@ impl Store {
                     .get::<_, Option<String>>(15)?
                     .as_deref()
                     .and_then(Source::parse),
+                last_dm: r.get::<_, Option<i64>>(16)?.map(from_millis),
             })
         })
         .and_then(|rows| {
@@ -1066,6 +1073,20 @@ impl Store {
     }
 
     /// Flash writes keysync caused since `since`.
+    /// Slots given back (remove_favorite_node) since `since`: below 2.8 each one restarted the
+    /// radio's LoRa chip.
+    pub fn releases_since(&self, since: SystemTime) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM flash_writes WHERE at >= ?1 AND kind = 'unfavourite'",
+                params![millis(since)],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     pub fn flash_writes_since(&self, since: SystemTime) -> Result<usize, StoreError> {
         let n: i64 = self
             .conn

@@ -415,6 +415,12 @@ pub struct SyncSettings {
     pub key_slots: Option<u32>,
     /// `--radio-capacity`: the radio's NodeDB size when the hardware does not tell.
     pub radio_capacity: Option<u32>,
+    /// `--max-releases`: slots given back per hour where each restarts the LoRa chip (2.6.8 –
+    /// 2.7.x).
+    pub max_releases: u32,
+    /// `--dm-window`: a node that exchanged a DM with the gateway within it is a DM partner
+    /// (its key goes to the radio at once when it is heard without one).
+    pub dm_window: Duration,
 }
 
 impl Default for SyncSettings {
@@ -428,6 +434,8 @@ impl Default for SyncSettings {
             max_flash_writes: 60,
             key_slots: None,
             radio_capacity: None,
+            max_releases: 4,
+            dm_window: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -567,7 +575,7 @@ async fn execute(
         .collect();
     let now = SystemTime::now();
     let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-    let (learned, (fp, known), pending, ours, removed, writes) = job
+    let (learned, (fp, known), pending, ours, removed, (writes, releases)) = job
         .store
         .run(move |s| {
             let learned = s.learn_all(&seen, now)?;
@@ -577,7 +585,7 @@ async fn execute(
                 s.pending_nodes()?,
                 s.our_favourites()?,
                 s.removed()?,
-                s.flash_writes_since(hour_ago)?,
+                (s.flash_writes_since(hour_ago)?, s.releases_since(hour_ago)?),
             ))
         })
         .await?;
@@ -586,13 +594,19 @@ async fn execute(
     report.fingerprint = fp;
     report.known = count(known);
 
-    let mut ours = if fresh.is_some() {
+    let (mut ours, removed_now) = if fresh.is_some() {
         reconcile_favourites(job, &mirror, ours, now, report).await?
     } else {
-        ours
+        (ours, Vec::new())
     };
     let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
-    held_back.extend(removed.iter().filter(|n| !job.urgent.contains(n)));
+    // Removed before, or found removed by this very run: not pushed back until heard.
+    held_back.extend(
+        removed
+            .iter()
+            .chain(&removed_now)
+            .filter(|n| !job.urgent.contains(n)),
+    );
     held_back.extend(report.lost.iter().copied());
     let inputs = Inputs {
         urgent: job.urgent.clone(),
@@ -601,6 +615,7 @@ async fn execute(
         held_back,
         writes,
         pushes: 0,
+        releases,
         held: mirror.len(),
     };
     let (inputs, first) = first_plan(job, inputs, &mirror, &ours).await?;
@@ -736,6 +751,8 @@ struct Inputs {
     writes: usize,
     /// Pushes this run made.
     pushes: usize,
+    /// Slots given back in the last hour, this run's included.
+    releases: usize,
     /// Entries the radio surely holds: the node list's, plus the new nodes pushed while it
     /// surely had room (beyond that a new node evicts another).
     held: usize,
@@ -750,11 +767,23 @@ struct PlanParams {
     max_writes: usize,
     max_pushes: usize,
     pushes_ignored: Option<usize>,
+    partner_since: SystemTime,
+    /// Releases allowed per hour where each restarts the LoRa chip.
+    max_releases: Option<usize>,
+    hold_since: SystemTime,
 }
 
 impl PlanParams {
     fn of(job: &SyncJob) -> Self {
+        let now = SystemTime::now();
+        let ago = |d: Duration| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH);
         Self {
+            partner_since: ago(job.settings.dm_window),
+            max_releases: job
+                .traits
+                .release_restarts_lora
+                .then_some(job.settings.max_releases as usize),
+            hold_since: ago(Duration::from_secs(3600)),
             own: job.session.my_node_num,
             traits: job.traits.clone(),
             key_slots: job.settings.key_slots.map(|n| n as usize),
@@ -785,6 +814,11 @@ fn plan_step(
         flash_left: params.max_writes.saturating_sub(inputs.writes),
         max_pushes: params.max_pushes.saturating_sub(inputs.pushes),
         pushes_ignored: params.pushes_ignored,
+        partner_since: params.partner_since,
+        releases_left: params
+            .max_releases
+            .map(|max| max.saturating_sub(inputs.releases)),
+        hold_since: params.hold_since,
         held: Some(inputs.held),
     })
 }
@@ -845,7 +879,7 @@ async fn reconcile_favourites(
     ours: BTreeSet<u32>,
     now: SystemTime,
     report: &mut SyncReport,
-) -> Result<BTreeSet<u32>, SyncError> {
+) -> Result<(BTreeSet<u32>, Vec<u32>), SyncError> {
     let r = plan::reconcile(&ours, mirror, job.traits.capacity);
     let removed_now = if r.reset {
         Vec::new()
@@ -867,6 +901,7 @@ async fn reconcile_favourites(
         .copied()
         .collect();
     if !gone.is_empty() {
+        let removed_now = removed_now.clone();
         job.store
             .run(move |s| {
                 for num in gone {
@@ -889,7 +924,7 @@ async fn reconcile_favourites(
             "{} pushed last run still not in the radio: it cannot keep them (managed, verified conflict or refused); they back off",
             plan::ids(&report.lost));
     }
-    Ok(r.held)
+    Ok((r.held, removed_now))
 }
 
 /// Keys pushed by the last run that the node list still lacks.
@@ -1013,6 +1048,8 @@ async fn apply(
         if matches!(op, Op::Push(_)) {
             inputs.pushes += 1;
             inputs.urgent.retain(|n| *n != num);
+        } else {
+            inputs.releases += 1;
         }
         let now = SystemTime::now();
         let recorded = job
@@ -1096,7 +1133,13 @@ fn record_op(
                 node.favourite = false;
             }
             ours.remove(&num);
-            log::info!(target: "keysync::sync", "remove_favorite_node {} sent: slot given back", radio::node_id(num));
+            if job.traits.release_restarts_lora {
+                log::warn!(target: "keysync::sync",
+                    "remove_favorite_node {} sent: slot given back; firmware {} restarts its LoRa chip for it (packets in flight are lost)",
+                    radio::node_id(num), job.traits.firmware);
+            } else {
+                log::info!(target: "keysync::sync", "remove_favorite_node {} sent: slot given back", radio::node_id(num));
+            }
             FlashWrite::Unfavourite
         }
     }
@@ -1192,6 +1235,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH,
             pinned: false,
             last_dm: None,
+            last_pushed: None,
         }
     }
 

@@ -230,6 +230,7 @@ mod tests {
                 our_favourite: false,
                 removed: false,
                 source: Some(source),
+                last_dm: None,
             },
             radio: RadioKey::Unknown,
         }
