@@ -9,7 +9,9 @@
 //! `cargo bench --bench full_radio` (env: `KEYS` trusted keys, default 300; `CAPACITY`, 100;
 //! `FIRMWARE`, 2.7.26; `HW`, nrf52; `CHECKS`, 120 = 10 simulated hours; `NEW_PER_CHECK`,
 //! unknown nodes heard per check as plain packets, 2; `HEARD_PER_CHECK`, nodes keysync trusts
-//! heard per check as position packets — keyless on the radio if it evicted them, 4).
+//! heard per check as position packets — keyless on the radio if it evicted them, 4;
+//! `PARTNERS`, of the trusted keys those that exchanged DMs with the gateway, 10). A partner's
+//! lazy push within 3 s is asserted by tests/need_driven.rs.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -43,10 +45,16 @@ async fn main() -> anyhow::Result<()> {
     let checks: u32 = env_or("CHECKS", 120);
     let new_per_check: usize = env_or("NEW_PER_CHECK", 2);
     let heard_per_check: usize = env_or("HEARD_PER_CHECK", 4);
+    let partners: usize = env_or("PARTNERS", 10);
 
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
-    let store = common::trusting_store(&db, keys)?;
+    let mut store = common::trusting_store(&db, keys)?;
+    // DM partners: the last of the mesh (the radio holds the first nodes).
+    let now = std::time::SystemTime::now();
+    for node in common::population(keys).iter().rev().take(partners) {
+        store.note_dm(node.num, now)?;
+    }
     let sim = SimHandle::start(SimConfig {
         listen: "127.0.0.1:0".parse()?,
         nodes: keys,
@@ -110,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     let per_hour = |n: u64| n as f64 / hours;
     let protected = sim.protected();
     println!(
-        "{keys} trusted keys, firmware {firmware} on {hw}, NodeDB capacity {capacity}; per check {heard_per_check} trusted nodes heard as position packets, {new_per_check} unknown nodes"
+        "{keys} trusted keys ({partners} DM partners), firmware {firmware} on {hw}, NodeDB capacity {capacity}; per check {heard_per_check} trusted nodes heard as position packets, {new_per_check} unknown nodes"
     );
     println!(
         "{checks} checks = {hours:.1} simulated hours at one check per {}",
@@ -123,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         ("add_contact received", get(&counters.add_contacts)),
         ("connections", get(&counters.connections)),
         ("new nodes refused (2.8)", get(&counters.refused_nodes)),
+        ("LoRa restarts (releases < 2.8)", get(&counters.lora_restarts)),
         ("evictions", sim.evictions()),
     ] {
         println!("{label:<34} {n:>10} {:>12.1}", per_hour(n));
