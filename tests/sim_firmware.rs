@@ -109,26 +109,124 @@ async fn a_2_7_26_nrf52_full_of_favourites_crashes_at_the_next_unknown_node_and_
 }
 
 #[tokio::test]
-async fn a_2_8_radio_full_of_favourites_refuses_the_new_node_and_stays_up() {
-    // NodeDB.cpp getOrCreateMeshNode on develop (PR #10705): returns NULL instead.
+async fn a_2_8_radio_caps_favourites_so_the_next_unknown_node_evicts_instead_of_crashing() {
+    // NodeDB.cpp setProtectedFlag (PR #10705): favourites stop at MAX − 2, so a careless client
+    // cannot fill the NodeDB with protected nodes; the one stored past the cap is evicted for
+    // the stranger, into the warm tier.
     let sim = start_sim(firmware_sim("2.8", Hw::Nrf52, 130));
     assert_eq!(sim.capacity(), 120);
     let (mut client, my) = connected(&sim).await;
     favourite_everything(&sim, &mut client, my).await;
+    assert_eq!(sim.protected().total, 118);
+    let unprotected = sim
+        .nodedb()
+        .into_iter()
+        .skip(1)
+        .find(|n| !n.is_favorite)
+        .expect("the node past the cap");
     let stranger = unknown_node(&sim);
     sim.hear_from(stranger, PortNum::PositionApp);
-    let packet = client
+    client
         .recv_until("the stranger's packet", |f| {
             matches!(&f.payload_variant, Some(from_radio::PayloadVariant::Packet(p)) if p.from == stranger)
         })
         .await;
-    assert!(packet.payload_variant.is_some());
-    assert_eq!(counter(&sim, |c| &c.refused_nodes), 1);
     assert_eq!(counter(&sim, |c| &c.crashes), 0);
-    assert!(sim.nodedb().iter().all(|n| n.num != stranger));
+    assert_eq!(counter(&sim, |c| &c.refused_nodes), 0);
+    assert!(sim.nodedb().iter().any(|n| n.num == stranger));
+    assert!(sim.nodedb().iter().all(|n| n.num != unprotected.num));
+    assert!(sim.warm_key_of(unprotected.num).is_some());
     // The link is still up.
     let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
     assert_eq!(nodes.len(), 120);
+}
+
+#[tokio::test]
+async fn on_2_8_an_evicted_node_stays_encrypted_to_from_a_warm_tier_no_client_sees() {
+    // WarmNodeStore.cpp (PR #10705): eviction keeps {num, last_heard, key}; copyPublicKey falls
+    // back to it, so a DM still goes out (2.7.26 refuses it with PKI_SEND_FAIL_PUBLIC_KEY); the
+    // node list and nodedb_count cover the NodeDB alone; remove_by_nodenum erases the copy.
+    // When full, a second new node from a packet within 2 s is not admitted (#11102).
+    for (firmware, warm) in [("2.8", true), ("2.7.26", false)] {
+        let sim = start_sim(SimConfig {
+            capacity: Some(6),
+            ..firmware_sim(firmware, Hw::Linux, 10)
+        });
+        let (mut client, my) = connected(&sim).await;
+        let held_before: Vec<u32> = sim.nodedb().iter().map(|n| n.num).collect();
+        let first = unknown_node(&sim);
+        sim.hear_from(first, PortNum::TextMessageApp);
+        // Another stranger right away: deferred on 2.8, admitted on 2.7 (evicting the first
+        // one, keyless).
+        let second = sim
+            .mesh()
+            .iter()
+            .map(|n| n.num)
+            .find(|n| !held_before.contains(n) && *n != first)
+            .expect("a second stranger");
+        sim.hear_from(second, PortNum::TelemetryApp);
+        let admitted = sim.nodedb().iter().any(|n| n.num == second);
+        assert_eq!(admitted, !warm, "{firmware}");
+        assert_eq!(
+            counter(&sim, |c| &c.deferred_nodes),
+            u64::from(warm),
+            "{firmware}"
+        );
+        let evicted = held_before
+            .into_iter()
+            .find(|num| sim.nodedb().iter().all(|n| n.num != *num))
+            .expect("a node made room");
+        let key = sim
+            .mesh()
+            .into_iter()
+            .find(|n| n.num == evicted)
+            .and_then(|n| n.user)
+            .map(|u| u.public_key);
+        assert_eq!(
+            sim.warm_key_of(evicted).map(|k| k.to_vec()),
+            key.filter(|_| warm),
+            "{firmware}"
+        );
+
+        let frames = client.download(7).await;
+        assert_eq!(nodedb_count(&frames), 6, "{firmware}");
+        assert!(
+            node_infos(&frames).iter().all(|n| n.num != evicted),
+            "{firmware}"
+        );
+
+        let dm = client
+            .packet(evicted, PortNum::PrivateApp, b"still there?".to_vec())
+            .await;
+        if warm {
+            client.queue_status(dm).await;
+            assert!(sim.sent().iter().any(|p| p.id == dm), "{firmware}");
+        } else {
+            let frame = client
+                .recv_until("a routing error", |f| routing_error(f).is_some())
+                .await;
+            assert_eq!(
+                routing_error(&frame),
+                Some((routing::Error::PkiSendFailPublicKey, dm))
+            );
+        }
+
+        let id = client.admin(my, Admin::RemoveByNodenum(evicted)).await;
+        client.queue_status(id).await;
+        assert!(sim.warm_key_of(evicted).is_none(), "{firmware}");
+        let dm = client
+            .packet(evicted, PortNum::PrivateApp, b"gone".to_vec())
+            .await;
+        let frame = client
+            .recv_until("a routing error", |f| {
+                routing_error(f).is_some_and(|(_, id)| id == dm)
+            })
+            .await;
+        assert_eq!(
+            routing_error(&frame),
+            Some((routing::Error::PkiSendFailPublicKey, dm))
+        );
+    }
 }
 
 #[tokio::test]

@@ -125,6 +125,8 @@ pub struct SimCounters {
     pub lora_restarts: AtomicU64,
     /// The radio's own NodeInfo broadcast on a heartbeat with nonce 1 (2.7.23+).
     pub nodeinfo_broadcasts: AtomicU64,
+    /// New nodes a full NodeDB did not admit, within 2 s of the last one admitted (2.8).
+    pub deferred_nodes: AtomicU64,
 }
 
 impl SimCounters {
@@ -272,12 +274,16 @@ impl Shared {
                 (PortNum::NodeinfoApp, payload, outcome)
             }
             Sighting::Packet(portnum) => {
-                let outcome = radio.db.heard_packet(num, now_secs());
+                let outcome = radio.db.heard_packet(num, now_secs(), Instant::now());
                 (*portnum, portnum_payload(*portnum), outcome)
             }
         };
         if outcome == Heard::NoRoom && self.no_room(&mut radio, num) == WhenFull::Crash {
             return;
+        }
+        if outcome == Heard::Deferred {
+            self.counters.deferred_nodes.fetch_add(1, Ordering::Relaxed);
+            log::debug!(target: "keysync::sim", "Node database full, defer admitting {}", node_id(num));
         }
         let id = radio.population.packet_id();
         drop(radio);
@@ -724,6 +730,16 @@ impl SimHandle {
             .and_then(|u| valid_key(&u.public_key))
     }
 
+    /// The key 2.8's warm tier keeps for `num`, evicted from the NodeDB: clients cannot see it.
+    pub fn warm_key_of(&self, num: u32) -> Option<[u8; 32]> {
+        self.shared.radio().db.warm_key(num)
+    }
+
+    /// How many evicted nodes 2.8's warm tier keeps.
+    pub fn warm_len(&self) -> usize {
+        self.shared.radio().db.warm_len()
+    }
+
     /// Every generated node as the mesh knows it (current keys).
     pub fn mesh(&self) -> Vec<NodeInfo> {
         self.shared.radio().mesh.clone()
@@ -1165,6 +1181,7 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
         operator_actions,
         lora_restarts,
         nodeinfo_broadcasts,
+        deferred_nodes,
     ]);
     m
 }
@@ -1194,8 +1211,8 @@ mod tests {
         assert_eq!(snap.get("operator_actions"), Some(&1));
         assert_eq!(snap.get("connections"), Some(&0));
         assert_eq!(snap.get("heartbeat"), Some(&1));
-        // Fourteen counters and the one kind of frame received; byte counts are not reported.
-        assert_eq!(snap.len(), 15);
+        // Fifteen counters and the one kind of frame received; byte counts are not reported.
+        assert_eq!(snap.len(), 16);
         assert!(!snap.contains_key("bytes_received"));
     }
 }

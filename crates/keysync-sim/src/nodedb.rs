@@ -2,10 +2,20 @@
 //! (PROTOCOL.md § Nodes and keys, § add_contact, § Operator decisions, § When the NodeDB is
 //! full). Everything here is from firmware `src/mesh/NodeDB.cpp` unless a comment says otherwise.
 
+mod warm;
+
+use std::time::Duration;
+
 use meshtastic::protobufs::{NodeInfo, SharedContact, User};
+use tokio::time::Instant;
 
 use super::profile::{NodeDbRules, StoredKey};
 use keysync_engine::radio::{node_id, valid_key};
+pub use warm::{Absorbed, WarmEntry, WarmTier};
+
+/// NodeDB.cpp NODEDB_FULL_EVICTION_INTERVAL_MS (2.8): a full NodeDB admits a new node from a
+/// packet at most this often.
+const ADMISSION_GAP: Duration = Duration::from_secs(2);
 
 /// What happened to a node heard on the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +33,9 @@ pub enum Heard {
     KeylessDropped,
     /// The node is new and nothing in the NodeDB can be evicted (getOrCreateMeshNode).
     NoRoom,
+    /// The node is new, the NodeDB full, and a new node was admitted less than 2 s ago: not
+    /// stored ("Node database full, defer admitting", updateFrom, 2.8).
+    Deferred,
 }
 
 /// What an add_contact did (addFromContact).
@@ -72,6 +85,32 @@ pub struct RawNames {
 struct Entry {
     info: NodeInfo,
     raw_names: Option<RawNames>,
+    /// The user holds only a key the warm tier gave back (2.8): the firmware has the key but no
+    /// User for the node, so clients get the node without one (ConvertToNodeInfo: has_user).
+    user_hidden: bool,
+}
+
+impl Entry {
+    fn new(info: NodeInfo, raw_names: Option<RawNames>) -> Self {
+        Self {
+            info,
+            raw_names,
+            user_hidden: false,
+        }
+    }
+
+    /// The User as the node or a contact gave it: names and all, visible to clients.
+    fn set_user(&mut self, user: User) {
+        self.info.user = Some(user);
+        self.user_hidden = false;
+    }
+
+    fn key(&self) -> Option<[u8; 32]> {
+        self.info
+            .user
+            .as_ref()
+            .and_then(|u| valid_key(&u.public_key))
+    }
 }
 
 /// A NodeDB of fixed capacity; the own node counts towards it and is never evicted.
@@ -86,6 +125,10 @@ pub struct NodeDb {
     evictions: u64,
     /// How often each node lost a key it held (eviction, erasure, removal, forgetting).
     losses: std::collections::HashMap<u32, u32>,
+    /// What eviction keeps of a node (2.8; no slots before).
+    warm: WarmTier,
+    /// When a full NodeDB last admitted a new node from a packet (2.8's throttle).
+    last_full_admission: Option<Instant>,
 }
 
 impl NodeDb {
@@ -98,6 +141,8 @@ impl NodeDb {
             flash: Vec::new(),
             evictions: 0,
             losses: std::collections::HashMap::new(),
+            warm: WarmTier::new(rules.warm_capacity),
+            last_full_admission: None,
         }
     }
 
@@ -113,15 +158,42 @@ impl NodeDb {
         self.capacity
     }
 
-    /// Every node, own node first.
+    /// Every node as the radio holds it, own node first (a node whose key came back from the
+    /// warm tier has a User with that key only).
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         std::iter::once(&self.own).chain(self.others.iter().map(|e| &e.info))
     }
 
-    /// Nodes other than our own, in storage order, with their raw names where those are not
-    /// valid UTF-8.
-    pub fn others(&self) -> impl Iterator<Item = (&NodeInfo, Option<&RawNames>)> {
-        self.others.iter().map(|e| (&e.info, e.raw_names.as_ref()))
+    /// Nodes other than our own as clients are given them, in storage order, with their raw
+    /// names where those are not valid UTF-8.
+    pub fn others(&self) -> impl Iterator<Item = (NodeInfo, Option<&RawNames>)> {
+        self.others.iter().map(|e| {
+            let mut info = e.info.clone();
+            if e.user_hidden {
+                info.user = None;
+            }
+            (info, e.raw_names.as_ref())
+        })
+    }
+
+    /// The key a DM to `num` is encrypted with (copyPublicKey): the NodeDB's, else on 2.8 the
+    /// warm tier's.
+    pub fn dm_key(&self, num: u32) -> Option<[u8; 32]> {
+        self.others
+            .iter()
+            .find(|e| e.info.num == num)
+            .and_then(Entry::key)
+            .or_else(|| self.warm.key(num))
+    }
+
+    /// The warm tier's key for `num`, if it holds one (2.8).
+    pub fn warm_key(&self, num: u32) -> Option<[u8; 32]> {
+        self.warm.key(num)
+    }
+
+    /// Entries in the warm tier (2.8).
+    pub fn warm_len(&self) -> usize {
+        self.warm.len()
     }
 
     pub fn get(&self, num: u32) -> Option<&NodeInfo> {
@@ -181,7 +253,8 @@ impl NodeDb {
     }
 
     /// A NodeInfo heard on the mesh (updateUser), under the firmware's key rules
-    /// ([`StoredKey`]).
+    /// ([`StoredKey`]). A new node is created first (getOrCreateMeshNode), and on 2.8 gets
+    /// back what the warm tier kept, its key included, before the NodeInfo is checked against it.
     pub fn heard(
         &mut self,
         num: u32,
@@ -192,22 +265,22 @@ impl NodeDb {
         if num == self.own.num {
             return Heard::Updated;
         }
+        let created = self.entry_mut(num).is_none();
+        if created && self.admit(num).is_err() {
+            return Heard::NoRoom;
+        }
         let rules = self.rules;
         let Some(e) = self.entry_mut(num) else {
-            return self.create(
-                NodeInfo {
-                    num,
-                    user: Some(user.clone()),
-                    last_heard,
-                    ..NodeInfo::default()
-                },
-                raw_names,
-            );
+            return Heard::NoRoom;
         };
-        let stored = e.info.user.as_ref().and_then(|u| valid_key(&u.public_key));
+        let stored = e.key();
         let incoming = valid_key(&user.public_key);
         let mut user = user.clone();
-        let mut outcome = Heard::Updated;
+        let mut outcome = if created {
+            Heard::Added
+        } else {
+            Heard::Updated
+        };
         match (rules.stored_key, stored) {
             (StoredKey::Replaced, _) | (_, None) => {}
             (StoredKey::MismatchDropped, Some(old)) => match incoming {
@@ -227,11 +300,11 @@ impl NodeDb {
                 user.public_key = old.to_vec();
             }
         }
-        // An ignored node stays ignored and keyless (set_ignored_node erased its key).
-        if e.info.is_ignored {
+        // An ignored node stays keyless where set_ignored_node erased its key.
+        if e.info.is_ignored && rules.ignore_erases_key {
             user.public_key.clear();
         }
-        e.info.user = Some(user);
+        e.set_user(user);
         e.info.last_heard = last_heard;
         e.raw_names = raw_names;
         self.lose_key(num, outcome == Heard::KeyErased);
@@ -239,32 +312,63 @@ impl NodeDb {
     }
 
     /// Any other packet from `num` (updateFrom via getOrCreateMeshNode): an unknown sender gets
-    /// a new entry without a user or key, which may evict another node.
-    pub fn heard_packet(&mut self, num: u32, last_heard: u32) -> Heard {
+    /// a new entry without a user or key (on 2.8 with what the warm tier kept), which may evict
+    /// another node; on 2.8 a full NodeDB admits one such node per 2 s. `last_heard` is the
+    /// packet's `rx_time`, 0 when it has none.
+    pub fn heard_packet(&mut self, num: u32, last_heard: u32, now: Instant) -> Heard {
         if num == self.own.num {
             return Heard::Updated;
         }
-        if let Some(e) = self.entry_mut(num) {
-            e.info.last_heard = last_heard;
-            return Heard::Updated;
+        let mut outcome = Heard::Updated;
+        if self.entry_mut(num).is_none() {
+            if self.rules.admission_throttle && self.len() >= self.capacity {
+                let recent = self
+                    .last_full_admission
+                    .is_some_and(|t| now.saturating_duration_since(t) < ADMISSION_GAP);
+                if recent {
+                    return Heard::Deferred;
+                }
+                self.last_full_admission = Some(now);
+            }
+            if self.admit(num).is_err() {
+                return Heard::NoRoom;
+            }
+            outcome = Heard::Added;
         }
-        self.create(
+        if let Some(e) = self.entry_mut(num)
+            && last_heard != 0
+        {
+            e.info.last_heard = last_heard;
+        }
+        outcome
+    }
+
+    /// getOrCreateMeshNode for a node the NodeDB lacks: room is made, an empty entry added,
+    /// and on 2.8 the warm tier's copy taken back into it (last_heard, key).
+    fn admit(&mut self, num: u32) -> Result<(), NoRoom> {
+        self.make_room()?;
+        self.push(
             NodeInfo {
                 num,
-                last_heard,
                 ..NodeInfo::default()
             },
             None,
-        )
-    }
-
-    /// A new entry (getOrCreateMeshNode), if eviction makes room for it.
-    fn create(&mut self, info: NodeInfo, raw_names: Option<RawNames>) -> Heard {
-        if self.make_room().is_err() {
-            return Heard::NoRoom;
+        );
+        let Some(kept) = self.warm.take(num) else {
+            return Ok(());
+        };
+        if let Some(e) = self.entry_mut(num) {
+            e.info.last_heard = kept.last_heard;
+            if let Some(key) = kept.key {
+                e.info.user = Some(User {
+                    id: node_id(num),
+                    public_key: key.to_vec(),
+                    ..User::default()
+                });
+                e.user_hidden = true;
+            }
         }
-        self.push(info, raw_names);
-        Heard::Added
+        Ok(())
     }
 
     /// add_contact (addFromContact): the whole user is replaced by the contact's
@@ -292,40 +396,29 @@ impl NodeDb {
         // it was: 0 for a node the contact creates, so once no longer favourite it is among
         // the first evicted.
         let stamp = rules.refresh_last_heard || (rules.favourite && !favourite);
-        if let Some(e) = self.entry_mut(contact.node_num) {
-            if rules.verified_keeps_key && e.info.is_key_manually_verified && !verified {
-                let stored = e.info.user.as_ref().map(|u| u.public_key.as_slice());
-                if stored != Some(user.public_key.as_slice()) {
-                    return ContactResult::DroppedVerified;
-                }
-            }
-            e.info.user = Some(user);
-            if stamp {
-                e.info.last_heard = last_heard;
-            }
-            e.raw_names = None;
-            if favourite {
-                e.info.is_favorite = true;
-            }
-            if verified {
-                e.info.is_key_manually_verified = true;
-            }
-            return ContactResult::Stored;
-        }
-        if self.make_room().is_err() {
+        if self.entry_mut(contact.node_num).is_none() && self.admit(contact.node_num).is_err() {
             return ContactResult::NoRoom;
         }
-        self.push(
-            NodeInfo {
-                num: contact.node_num,
-                user: Some(user),
-                last_heard: if stamp { last_heard } else { 0 },
-                is_favorite: favourite,
-                is_key_manually_verified: verified,
-                ..NodeInfo::default()
-            },
-            None,
-        );
+        let Some(e) = self.entry_mut(contact.node_num) else {
+            return ContactResult::NoRoom;
+        };
+        if rules.verified_keeps_key && e.info.is_key_manually_verified && !verified {
+            let stored = e.info.user.as_ref().map(|u| u.public_key.as_slice());
+            if stored != Some(user.public_key.as_slice()) {
+                return ContactResult::DroppedVerified;
+            }
+        }
+        e.set_user(user);
+        if stamp {
+            e.info.last_heard = last_heard;
+        }
+        e.raw_names = None;
+        if favourite {
+            e.info.is_favorite = true;
+        }
+        if verified {
+            e.info.is_key_manually_verified = true;
+        }
         ContactResult::Stored
     }
 
@@ -334,17 +427,12 @@ impl NodeDb {
     /// evict for it) even when the protected-node limit then refuses the flag.
     pub fn ignore(&mut self, num: u32) -> Flagged {
         let erase = self.rules.ignore_erases_key;
-        if self.rules.protected_cap && num != self.own.num && self.entry_mut(num).is_none() {
-            if self.make_room().is_err() {
-                return Flagged::Unknown;
-            }
-            self.push(
-                NodeInfo {
-                    num,
-                    ..NodeInfo::default()
-                },
-                None,
-            );
+        if self.rules.protected_cap
+            && num != self.own.num
+            && self.entry_mut(num).is_none()
+            && self.admit(num).is_err()
+        {
+            return Flagged::Unknown;
         }
         if let Some(limit) = self.limit_for(num) {
             return Flagged::Refused { limit };
@@ -366,23 +454,14 @@ impl NodeDb {
     /// needed with the contact's user (names kept), ignored, its key zeroed until 2.7.x (2.8
     /// keeps it), and from 2.7.14 unfavourited. Seen so on meshtasticd 2.7.26 and 2.8.
     fn ignore_contact(&mut self, num: u32, user: User) -> ContactResult {
-        if self.entry_mut(num).is_none() {
-            if self.make_room().is_err() {
-                return ContactResult::NoRoom;
-            }
-            self.push(
-                NodeInfo {
-                    num,
-                    ..NodeInfo::default()
-                },
-                None,
-            );
+        if self.entry_mut(num).is_none() && self.admit(num).is_err() {
+            return ContactResult::NoRoom;
         }
         let unfavourite = self.rules.ignore_unfavourites;
         let erase = self.rules.ignore_erases_key;
         let refused = self.limit_for(num).is_some();
         if let Some(e) = self.entry_mut(num) {
-            e.info.user = Some(user);
+            e.set_user(user);
             e.raw_names = None;
             if !refused {
                 e.info.is_ignored = true;
@@ -397,11 +476,13 @@ impl NodeDb {
         ContactResult::Stored
     }
 
-    /// remove_by_nodenum (AdminModule.cpp → NodeDB::removeNodeByNum).
+    /// remove_by_nodenum (AdminModule.cpp → NodeDB::removeNodeByNum): the node is deleted, and
+    /// on 2.8 its warm copy too, so that nothing brings it back. True when the NodeDB held it.
     pub fn remove(&mut self, num: u32) -> bool {
-        let held = self.get(num).is_some_and(has_key);
+        let held = self.dm_key(num).is_some();
         let before = self.others.len();
         self.others.retain(|e| e.info.num != num);
+        self.warm.remove(num);
         self.lose_key(num, held);
         before != self.others.len()
     }
@@ -428,24 +509,33 @@ impl NodeDb {
         self.others.clone_from(&self.flash);
     }
 
-    /// Reboot without keys: every other node's key is gone.
+    /// Reboot without keys: every other node's key is gone, the warm tier's too (it is saved
+    /// beside the NodeDB, /prefs/warm.dat).
     pub fn forget_keys(&mut self) {
-        let keyed: Vec<u32> = self
-            .others()
-            .filter(|(n, _)| has_key(n))
-            .map(|(n, _)| n.num)
+        let mut keyed: Vec<u32> = self
+            .others
+            .iter()
+            .filter(|e| e.key().is_some())
+            .map(|e| e.info.num)
             .collect();
         for e in &mut self.others {
             if let Some(u) = e.info.user.as_mut() {
                 u.public_key.clear();
             }
         }
+        keyed.extend(
+            self.warm
+                .clear()
+                .into_iter()
+                .filter(|w| w.key.is_some())
+                .map(|w| w.num),
+        );
         for num in keyed {
             self.lose_key(num, true);
         }
     }
 
-    /// NodeDB reset: only the own node is left.
+    /// NodeDB reset (resetNodes): only the own node is left, and the warm tier is cleared.
     pub fn forget_nodes(&mut self) {
         self.forget_keys();
         self.others.clear();
@@ -467,7 +557,7 @@ impl NodeDb {
     }
 
     fn push(&mut self, info: NodeInfo, raw_names: Option<RawNames>) {
-        self.others.push(Entry { info, raw_names });
+        self.others.push(Entry::new(info, raw_names));
     }
 
     /// Evicts until one more node fits: first the oldest node without a key that is neither
@@ -477,16 +567,11 @@ impl NodeDb {
     /// `last_heard` (seconds, 0 for a node never heard), the first in storage order on a tie
     /// (the strict `<` of getOrCreateMeshNode's scan). The firmware also re-sorts its array
     /// by `last_heard` now and then (sortMeshDB, at most every 5 s); the simulator does not.
+    /// On 2.8 the evicted node goes to the warm tier.
     fn make_room(&mut self) -> Result<(), NoRoom> {
         while self.len() >= self.capacity {
-            let keyless = |e: &&Entry| {
-                !e.info.is_favorite
-                    && !e.info.is_ignored
-                    && e.info
-                        .user
-                        .as_ref()
-                        .is_none_or(|u| valid_key(&u.public_key).is_none())
-            };
+            let keyless =
+                |e: &&Entry| !e.info.is_favorite && !e.info.is_ignored && e.key().is_none();
             let evictable = |e: &&Entry| !is_protected(&e.info);
             let victim = self
                 .others
@@ -501,10 +586,25 @@ impl NodeDb {
                 })
                 .map(|e| e.info.num)
                 .ok_or(NoRoom)?;
-            let held = self.get(victim).is_some_and(has_key);
-            self.others.retain(|e| e.info.num != victim);
-            self.lose_key(victim, held);
+            let Some(at) = self.others.iter().position(|e| e.info.num == victim) else {
+                return Err(NoRoom);
+            };
+            let evicted = self.others.remove(at);
             self.evictions += 1;
+            let key = evicted.key();
+            let kept = match self.warm.absorb(WarmEntry {
+                num: victim,
+                last_heard: evicted.info.last_heard,
+                key,
+            }) {
+                Absorbed::Kept => true,
+                Absorbed::Displaced(gone) => {
+                    self.lose_key(gone.num, gone.key.is_some());
+                    true
+                }
+                Absorbed::NotKept => false,
+            };
+            self.lose_key(victim, key.is_some() && !kept);
         }
         Ok(())
     }
@@ -513,12 +613,6 @@ impl NodeDb {
 /// Nothing in a full NodeDB can be evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoRoom;
-
-fn has_key(info: &NodeInfo) -> bool {
-    info.user
-        .as_ref()
-        .is_some_and(|u| valid_key(&u.public_key).is_some())
-}
 
 fn is_protected(info: &NodeInfo) -> bool {
     info.is_favorite || info.is_ignored || info.is_key_manually_verified
@@ -632,7 +726,7 @@ mod tests {
         db.add_contact(&contact(10, 1), 0);
         db.add_contact(&contact(11, 2), 0);
         assert_eq!(db.protected().favourite, 2);
-        assert_eq!(db.heard_packet(12, 0), Heard::NoRoom);
+        assert_eq!(db.heard_packet(12, 0, Instant::now()), Heard::NoRoom);
         assert_eq!(hear(&mut db, 12, 3), Heard::NoRoom);
         assert_eq!(db.add_contact(&contact(12, 3), 0), ContactResult::NoRoom);
         assert!(db.get(10).is_some() && db.get(11).is_some());
@@ -645,7 +739,7 @@ mod tests {
         let mut db = db(3, "2.7.26");
         hear(&mut db, 10, 1);
         hear(&mut db, 11, 2);
-        assert_eq!(db.heard_packet(20, 5), Heard::Added);
+        assert_eq!(db.heard_packet(20, 5, Instant::now()), Heard::Added);
         assert!(db.get(10).is_none(), "oldest keyed node evicted");
         let created = db.get(20).expect("created");
         assert!(created.user.is_none() && created.last_heard == 5);
@@ -919,6 +1013,105 @@ mod tests {
         hear(&mut db, 11, 2);
         assert_eq!(hear(&mut db, 12, 3), Heard::Added);
         assert!(db.get(10).is_none(), "verified but keyless: evicted first");
+    }
+
+    #[test]
+    fn on_2_8_an_evicted_node_keeps_its_key_in_the_warm_tier_unseen_by_clients() {
+        // getOrCreateMeshNode absorbs the evicted node (PR #10705); copyPublicKey falls back
+        // to the warm tier, the node list and the count do not.
+        let mut db = db(3, "2.8");
+        hear_at(&mut db, 10, 1, 1000);
+        hear_at(&mut db, 11, 2, 2000);
+        hear_at(&mut db, 12, 3, 3000);
+        assert!(db.get(10).is_none() && db.len() == 3);
+        assert!(db.others().all(|(n, _)| n.num != 10));
+        assert_eq!(
+            db.dm_key(10),
+            Some([1; 32]),
+            "DMs to it are still encrypted"
+        );
+        assert_eq!((db.warm_len(), db.key_losses(10)), (1, 0));
+        // 2.7 has no warm tier: the key is lost with the node.
+        let mut old = self::db(3, "2.7.26");
+        hear_at(&mut old, 10, 1, 1000);
+        hear_at(&mut old, 11, 2, 2000);
+        hear_at(&mut old, 12, 3, 3000);
+        assert_eq!((old.dm_key(10), old.key_losses(10)), (None, 1));
+    }
+
+    #[test]
+    fn on_2_8_a_node_heard_again_gets_its_key_back_from_the_warm_tier() {
+        let mut db = db(3, "2.8");
+        hear_at(&mut db, 10, 1, 1000);
+        hear_at(&mut db, 11, 2, 2000);
+        hear_at(&mut db, 12, 3, 3000);
+        // A position from 10: re-admitted with its key and its last_heard (to 128 s) back.
+        assert_eq!(db.heard_packet(10, 0, Instant::now()), Heard::Added);
+        let back = db.get(10).expect("re-admitted");
+        assert_eq!(back.last_heard, 896);
+        assert_eq!(key_and_name(&db).0, Some(vec![1; 32]));
+        assert!(db.warm_key(10).is_none(), "taken out of the warm tier");
+        assert_eq!(db.warm_key(11), Some([2; 32]), "11 made room");
+        // The firmware holds the key but no User: clients get the node without one.
+        let listed = db.others().find(|(n, _)| n.num == 10).map(|(n, _)| n);
+        assert!(listed.is_some_and(|n| n.user.is_none()));
+        // Its next NodeInfo is checked against the key it got back.
+        assert_eq!(hear_at(&mut db, 10, 9, 4000), Heard::KeyMismatch);
+        assert_eq!(hear_at(&mut db, 10, 1, 4000), Heard::Updated);
+        let listed = db.others().find(|(n, _)| n.num == 10).map(|(n, _)| n);
+        assert!(listed.is_some_and(|n| n.user.is_some_and(|u| u.long_name == "n1")));
+    }
+
+    #[test]
+    fn on_2_8_a_node_pushed_back_takes_the_warm_tiers_last_heard() {
+        // addFromContact → getOrCreateMeshNode re-admits from the warm tier; the contact's
+        // user then replaces the User, and last_heard is left alone (2.7.14+).
+        let mut db = db(3, "2.8");
+        hear_at(&mut db, 10, 1, 1000);
+        hear_at(&mut db, 11, 2, 2000);
+        hear_at(&mut db, 12, 3, 3000);
+        assert_eq!(db.add_contact(&contact(10, 1), 9000), ContactResult::Stored);
+        let back = db.get(10).expect("stored");
+        assert!(back.is_favorite && back.last_heard == 896);
+        assert!(db.warm_key(10).is_none());
+    }
+
+    #[test]
+    fn on_2_8_removing_a_node_erases_its_warm_copy_and_a_reset_clears_the_tier() {
+        let mut db = db(3, "2.8");
+        for (num, key) in [(10, 1), (11, 2), (12, 3), (13, 4)] {
+            hear_at(&mut db, num, key, u32::from(key) * 1000);
+        }
+        assert_eq!(db.warm_len(), 2);
+        // removeNodeByNum: "don't let the warm tier resurrect the node".
+        assert!(!db.remove(10), "not in the NodeDB");
+        assert_eq!((db.dm_key(10), db.key_losses(10)), (None, 1));
+        // resetNodes: warmStore.clear().
+        db.forget_nodes();
+        assert_eq!((db.warm_len(), db.dm_key(11)), (0, None));
+    }
+
+    #[test]
+    fn a_full_2_8_nodedb_admits_one_new_node_from_packets_per_2_s_but_every_nodeinfo() {
+        // updateFrom: NODEDB_FULL_EVICTION_INTERVAL_MS (#11102); updateUser is not throttled.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut db = db(3, "2.8");
+        hear_at(&mut db, 10, 1, 1000);
+        hear_at(&mut db, 11, 2, 2000);
+        assert_eq!(db.heard_packet(20, 3000, at(0)), Heard::Added);
+        assert_eq!(db.heard_packet(21, 3000, at(1999)), Heard::Deferred);
+        assert!(db.get(21).is_none());
+        assert_eq!(hear_at(&mut db, 22, 5, 3000), Heard::Added);
+        assert_eq!(db.heard_packet(21, 3000, at(2000)), Heard::Added);
+        // A known node's packets are never deferred.
+        assert_eq!(db.heard_packet(21, 3100, at(2001)), Heard::Updated);
+        // 2.7 admits every one.
+        let mut old = self::db(3, "2.7.26");
+        hear_at(&mut old, 10, 1, 1000);
+        hear_at(&mut old, 11, 2, 2000);
+        assert_eq!(old.heard_packet(20, 3000, at(0)), Heard::Added);
+        assert_eq!(old.heard_packet(21, 3000, at(1)), Heard::Added);
     }
 
     #[test]

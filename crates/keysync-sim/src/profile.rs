@@ -82,6 +82,12 @@ pub enum Rule {
     /// A full NodeDB with nothing evictable refuses the new node (before: writes past the end
     /// of the node array and the radio crashes).
     RefuseWhenFull,
+    /// An evicted node's {num, last_heard, key} is kept in a warm tier the clients do not see: a
+    /// node that comes back gets its key back, and DMs to it are still encrypted.
+    WarmTier,
+    /// When the NodeDB is full, a new node from a packet other than a NodeInfo is admitted at
+    /// most once per 2 s (the others are not stored; their packets still reach the client).
+    FullAdmissionThrottle,
     /// Favourite, ignored and verified entries (own node aside) are capped at MAX − 2: past it
     /// add_contact stores the node unprotected, set_favorite and set_ignored are refused with a
     /// ClientNotification, and set_ignored creates an unknown node first.
@@ -246,6 +252,16 @@ impl Rule {
                 None,
                 "mesh/NodeDB.cpp getOrCreateMeshNode: returns NULL when nothing is evictable (PR #10705)",
             ),
+            Self::WarmTier => row(
+                (2, 8, 0),
+                None,
+                "mesh/WarmNodeStore.cpp; mesh/NodeDB.cpp getOrCreateMeshNode (absorb, take), copyPublicKey, removeNodeByNum, resetNodes (PR #10705)",
+            ),
+            Self::FullAdmissionThrottle => row(
+                (2, 8, 0),
+                None,
+                "mesh/NodeDB.cpp updateFrom: NODEDB_FULL_EVICTION_INTERVAL_MS, \"Node database full, defer admitting\" (#11102)",
+            ),
             Self::ProtectedCap => row(
                 (2, 8, 0),
                 None,
@@ -287,6 +303,16 @@ impl Hw {
             Hw::Esp32 => 100,
             Hw::Esp32s3 => 250,
             Hw::Linux => 200,
+        }
+    }
+
+    /// `WARM_NODE_COUNT` (mesh/mesh-pb-constants.h, develop): the warm tier's slots. An
+    /// ESP32-S3 here is a Heltec V3, without PSRAM; with PSRAM it would be 2000.
+    pub fn warm_capacity(self) -> usize {
+        match self {
+            Hw::Nrf52 | Hw::Esp32 => 100,
+            Hw::Esp32s3 => 150,
+            Hw::Linux => 2000,
         }
     }
 
@@ -475,6 +501,17 @@ impl Profile {
             ignore_erases_key: !self.has(Rule::IgnoreKeepsKey),
             protected_cap: self.has(Rule::ProtectedCap),
             sanitize_utf8: self.has(Rule::Utf8Validated),
+            warm_capacity: self.warm_capacity(),
+            admission_throttle: self.has(Rule::FullAdmissionThrottle),
+        }
+    }
+
+    /// The warm tier's slots: none before 2.8.
+    pub fn warm_capacity(&self) -> usize {
+        if self.has(Rule::WarmTier) {
+            self.hw.warm_capacity()
+        } else {
+            0
         }
     }
 
@@ -544,6 +581,10 @@ pub struct NodeDbRules {
     pub protected_cap: bool,
     /// Names go through sanitizeUtf8 (2.7.23+).
     pub sanitize_utf8: bool,
+    /// Slots of the warm tier for evicted nodes (2.8; 0 before).
+    pub warm_capacity: usize,
+    /// A full NodeDB admits a new node from a packet at most once per 2 s (2.8).
+    pub admission_throttle: bool,
 }
 
 impl Default for NodeDbRules {
@@ -710,6 +751,19 @@ mod tests {
         assert_eq!((linux.capacity(), linux.client_queue()), (200, 100));
         let s3 = Profile::new("2.7.26", Hw::Esp32s3, SimRole::Client).expect("valid");
         assert_eq!((s3.capacity(), s3.client_queue()), (250, 32));
+    }
+
+    #[test]
+    fn the_warm_tier_exists_on_2_8_with_slots_by_hardware() {
+        // mesh-pb-constants.h WARM_NODE_COUNT (develop).
+        assert_eq!(profile("2.7.26").warm_capacity(), 0);
+        assert_eq!(profile("2.8").warm_capacity(), 100);
+        let on = |hw| Profile::new("2.8", hw, SimRole::Client).expect("valid");
+        assert_eq!(on(Hw::Esp32).warm_capacity(), 100);
+        assert_eq!(on(Hw::Esp32s3).warm_capacity(), 150);
+        assert_eq!(on(Hw::Linux).warm_capacity(), 2000);
+        assert!(profile("2.8").nodedb_rules().admission_throttle);
+        assert!(!profile("2.7.26").nodedb_rules().admission_throttle);
     }
 
     #[test]

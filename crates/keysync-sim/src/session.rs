@@ -353,13 +353,8 @@ impl Client {
         .any(|p| p as i32 == portnum);
         let unicast = packet.to != BROADCAST;
         if unicast && pki_port && self.profile().has(Rule::PkiSendFail) {
-            let keyed = self
-                .shared
-                .radio()
-                .db
-                .get(packet.to)
-                .and_then(|n| n.user.as_ref())
-                .is_some_and(|u| valid_key(&u.public_key).is_some());
+            // On 2.8 a node evicted to the warm tier is still encrypted to.
+            let keyed = self.shared.radio().db.dm_key(packet.to).is_some();
             if !keyed {
                 return Verdict::Refused(RoutingError::PkiSendFailPublicKey);
             }
@@ -510,8 +505,8 @@ impl Client {
             .db
             .others()
             .map(|(n, raw)| match raw {
-                Some(raw) => Outgoing::Raw(node_info_with_raw_names(n, raw)),
-                None => frame(V::NodeInfo(n.clone())),
+                Some(raw) => Outgoing::Raw(node_info_with_raw_names(&n, raw)),
+                None => frame(V::NodeInfo(n)),
             })
             .collect();
         let total = radio.db.len();
