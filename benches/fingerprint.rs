@@ -22,6 +22,7 @@ fn keys(n: u32) -> Vec<TrustedKey> {
                 pinned: false,
                 last_dm: None,
                 last_pushed: None,
+                flags: keysync::engine::radio::UserFlags::default(),
             }
         })
         .collect()

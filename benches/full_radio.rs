@@ -131,7 +131,10 @@ async fn main() -> anyhow::Result<()> {
         ("add_contact received", get(&counters.add_contacts)),
         ("connections", get(&counters.connections)),
         ("new nodes refused (2.8)", get(&counters.refused_nodes)),
-        ("LoRa restarts (releases < 2.8)", get(&counters.lora_restarts)),
+        (
+            "LoRa restarts (releases < 2.8)",
+            get(&counters.lora_restarts),
+        ),
         ("evictions", sim.evictions()),
     ] {
         println!("{label:<34} {n:>10} {:>12.1}", per_hour(n));

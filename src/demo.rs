@@ -58,7 +58,8 @@ impl Demo {
         let mut population = Population::new(SEED);
         let _own = population.own_node();
         // The radio holds the mesh's first nodes; the last few it does not, but keysync
-        // remembers them — two of them pinned, so the startup sync pushes those.
+        // remembers them — two of them pinned and one a DM partner, so the startup sync pushes
+        // those.
         let now = SystemTime::now();
         for _ in 0..MESH_NODES {
             population.next_node();
@@ -68,6 +69,9 @@ impl Demo {
             store.learn(&NodeSeen::from_node_info(&node, Source::Mesh), now)?;
             if i < PINNED {
                 store.set_pinned(node.num, true)?;
+            } else if i == PINNED {
+                // A DM partner: its key goes to the radio with the pinned ones.
+                store.note_dm(node.num, now)?;
             }
         }
         let heartbeat = Duration::from_secs(2);

@@ -264,9 +264,21 @@ async fn a_key_from_the_broker_stays_in_the_store_until_the_radio_hears_its_node
     assert!(report.error.is_none(), "{}", report.summary());
     let pushed = |sim: &SimHandle| sim.contacts().iter().any(|c| c.node_num == FAR_NODE);
     assert!(!pushed(&gw.sim), "the radio has room, but no need of it");
-    // A packet from it reaches the radio, which has no key for it: now it is pushed.
+    // A packet from it reaches the radio, which has no key for it: heard here, it has a claim
+    // on a slot, and the next sync pushes it (at once only for a pinned node or a DM partner).
     gw.sim
         .hear_from(FAR_NODE, meshtastic::protobufs::PortNum::TextMessageApp);
+    wait_until("the node heard", || {
+        snap.borrow().nodes.iter().any(|n| {
+            n.record.num == FAR_NODE && n.record.last_seen > std::time::SystemTime::UNIX_EPOCH
+        })
+    })
+    .await;
+    gw.engine
+        .commands
+        .send(engine::Command::ForceSync)
+        .await
+        .expect("engine runs");
     wait_until("the key pushed once the node is heard", || pushed(&gw.sim)).await;
     assert_eq!(gw.sim.key_of(FAR_NODE), Some([7; 32]));
     gw.engine.quit().await;

@@ -95,6 +95,7 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
             public_key: key.to_vec(),
             source: Source::Import,
             is_favorite: false,
+            flags: crate::radio::UserFlags::default(),
         });
     }
     // One transaction: an import that cannot finish (a full disk) leaves the store as it was.

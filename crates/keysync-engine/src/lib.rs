@@ -1573,6 +1573,7 @@ mod tests {
             public_key: vec![key; 32],
             source: Source::Mesh,
             is_favorite: false,
+            flags: crate::radio::UserFlags::default(),
         };
         let load = |store: &Store| {
             store

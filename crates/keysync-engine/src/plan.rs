@@ -806,6 +806,7 @@ mod tests {
             pinned: false,
             last_dm: None,
             last_pushed: None,
+            flags: crate::radio::UserFlags::default(),
         }
     }
 
@@ -1180,6 +1181,7 @@ mod invariant_tests {
             pinned,
             last_dm: None,
             last_pushed: None,
+            flags: crate::radio::UserFlags::default(),
         }
     }
 
@@ -1246,10 +1248,13 @@ mod invariant_tests {
         ) {
             let traits = RadioTraits::new(firmware, 0, "", false, false, sure.then_some(capacity));
             let traits = RadioTraits { capacity, capacity_sure: sure, ..traits };
-            let trusted: Vec<TrustedKey> = store
+            // The store holds one trusted key per node.
+            let mut trusted: Vec<TrustedKey> = store
                 .iter()
                 .map(|(n, heard, pinned)| trusted(*n, *heard, *pinned))
                 .collect();
+            trusted.sort_by_key(|k| k.num);
+            trusted.dedup_by_key(|k| k.num);
             let mut mirror = Mirror::new();
             mirror.insert(0, RadioNode { favourite: true, ..RadioNode::default() });
             let mut ours = BTreeSet::new();
@@ -1482,6 +1487,7 @@ mod urgent_tests {
             pinned: false,
             last_dm: None,
             last_pushed: None,
+            flags: crate::radio::UserFlags::default(),
         };
         let trusted: Vec<TrustedKey> = (1..=41).map(mk).collect();
         let mut mirror = tests::full_radio(40);

@@ -1759,6 +1759,7 @@ fn filter(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr
             public_key: user.public_key,
             source: Source::Downstream,
             is_favorite: true,
+            flags: crate::radio::UserFlags::default(),
         });
         return Verdict::Contact {
             seen,

@@ -312,6 +312,26 @@ pub struct NodeSeen {
     pub public_key: Vec<u8>,
     pub source: Source,
     pub is_favorite: bool,
+    /// The user record's flags the firmware stores with it: a push from the store sends them
+    /// back (add_contact replaces the whole user).
+    pub flags: UserFlags,
+}
+
+/// The flags of a node's user record besides its names, hardware, role and key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserFlags {
+    /// `None`: the node never said (before 2.6.x, or a keyless update).
+    pub is_unmessagable: Option<bool>,
+    pub is_licensed: bool,
+}
+
+impl UserFlags {
+    pub fn of(user: &User) -> Self {
+        Self {
+            is_unmessagable: user.is_unmessagable,
+            is_licensed: user.is_licensed,
+        }
+    }
 }
 
 impl NodeSeen {
@@ -340,6 +360,7 @@ impl NodeSeen {
             public_key: user.public_key.clone(),
             source,
             is_favorite,
+            flags: UserFlags::of(user),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::radio::{
 };
 
 /// The schema version this keysync writes; databases from newer versions are refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// `PRAGMA application_id` of a keysync store ("KSYN"), so that keysync recognises its own
 /// files and leaves other programs' SQLite databases alone. (`file(1)` shows it too.)
 pub const APPLICATION_ID: i32 = 0x4b53_594e;
@@ -107,6 +107,10 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL
      );
      CREATE INDEX flash_writes_at ON flash_writes(at);",
+    // 3: the user record's flags the firmware keeps (add_contact replaces the whole user: a
+    // push from the store sends them back). NULL: the node never said.
+    "ALTER TABLE nodes ADD COLUMN is_unmessagable INTEGER;
+     ALTER TABLE nodes ADD COLUMN is_licensed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A flash write keysync causes on the radio.
@@ -235,6 +239,8 @@ pub struct TrustedKey {
     pub last_dm: Option<SystemTime>,
     /// When keysync last pushed its key: a slot is not given back within the hour after.
     pub last_pushed: Option<SystemTime>,
+    /// The user record's other flags, as the node last said them.
+    pub flags: crate::radio::UserFlags,
 }
 
 impl TrustedKey {
@@ -246,8 +252,8 @@ impl TrustedKey {
             hw_model: self.hw_model,
             role: self.role,
             key: self.key,
-            is_unmessagable: None,
-            is_licensed: false,
+            is_unmessagable: self.flags.is_unmessagable,
+            is_licensed: self.flags.is_licensed,
             macaddr: Vec::new(),
         }
     }
@@ -598,6 +604,9 @@ impl Store {
 
     /// Learns one sighting. `room`: how many more nodes known only from the broker may be
     /// stored, when that is bounded.
+    ///
+    /// The user record's flags are taken only from a record that says who the node is (names):
+    /// a bare update carries none and must not reset them.
     fn learn_in(
         &self,
         tx: &rusqlite::Transaction<'_>,
@@ -620,6 +629,7 @@ impl Store {
             .map_err(|e| self.error(e))?
             .is_some();
         if exists {
+            self.note_flags(tx, seen)?;
             // Names only from messages that carry them: a bare update must not blank them.
             tx.execute(
                 "UPDATE nodes SET
@@ -648,11 +658,13 @@ impl Store {
                 *room -= 1;
             }
             tx.execute(
-                "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen,
+                                    is_unmessagable, is_licensed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms,
                     // A node only the broker told of was never heard here.
-                    if seen.source.heard_here() { now_ms } else { 0 }],
+                    if seen.source.heard_here() { now_ms } else { 0 },
+                    seen.flags.is_unmessagable, seen.flags.is_licensed],
             )
             .map_err(|e| self.error(e))?;
         }
@@ -753,7 +765,7 @@ impl Store {
     fn trusted_where(&self, filter: &str) -> Result<Vec<TrustedKey>, StoreError> {
         let sql = format!(
             "SELECT n.num, k.key, n.long_name, n.short_name, n.hw_model, n.role, n.last_seen,
-                    n.pinned, n.last_dm, n.last_pushed
+                    n.pinned, n.last_dm, n.last_pushed, n.is_unmessagable, n.is_licensed
              FROM keys k JOIN nodes n ON n.num = k.node_num
              WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) AND ({filter})
              ORDER BY n.num"
@@ -771,6 +783,10 @@ impl Store {
                 pinned: r.get(7)?,
                 last_dm: r.get::<_, Option<i64>>(8)?.map(from_millis),
                 last_pushed: r.get::<_, Option<i64>>(9)?.map(from_millis),
+                flags: crate::radio::UserFlags {
+                    is_unmessagable: r.get(10)?,
+                    is_licensed: r.get(11)?,
+                },
             })
         })
         .and_then(Iterator::collect)
@@ -1073,6 +1089,23 @@ impl Store {
     }
 
     /// Flash writes keysync caused since `since`.
+    /// Stores the flags of a known node's user record, when `seen` is a whole record.
+    fn note_flags(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        seen: &NodeSeen,
+    ) -> Result<(), StoreError> {
+        if seen.long_name.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "UPDATE nodes SET is_unmessagable = ?2, is_licensed = ?3 WHERE num = ?1",
+            params![seen.num, seen.flags.is_unmessagable, seen.flags.is_licensed],
+        )
+        .map(drop)
+        .map_err(|e| self.error(e))
+    }
+
     /// Slots given back (remove_favorite_node) since `since`: below 2.8 each one restarted the
     /// radio's LoRa chip.
     pub fn releases_since(&self, since: SystemTime) -> Result<usize, StoreError> {
@@ -1443,6 +1476,7 @@ mod tests {
             public_key: key.map(|k| vec![k; 32]).unwrap_or_default(),
             source: Source::Mesh,
             is_favorite: false,
+            flags: crate::radio::UserFlags::default(),
         }
     }
 
@@ -1450,6 +1484,37 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn the_user_record_s_flags_are_kept_and_a_push_from_the_store_sends_them() {
+        // add_contact replaces the whole user: a node that set is_unmessagable must not be
+        // reset by a push made from the store.
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        let flagged = NodeSeen {
+            flags: crate::radio::UserFlags {
+                is_unmessagable: Some(true),
+                is_licensed: true,
+            },
+            ..seen(7, Some(7), "Ham")
+        };
+        s.learn(&flagged, t).unwrap();
+        // A bare update (no names: a keyless NodeInfo, a radio's node list entry) says nothing
+        // of the flags and changes none.
+        s.learn(&seen(7, Some(7), ""), t).unwrap();
+        let contact = s.trusted().unwrap()[0].contact();
+        assert_eq!(
+            (contact.is_unmessagable, contact.is_licensed),
+            (Some(true), true)
+        );
+        // The node says otherwise later: that is kept.
+        s.learn(&seen(7, Some(7), "Ham"), t).unwrap();
+        let contact = s.trusted().unwrap()[0].contact();
+        assert_eq!(
+            (contact.is_unmessagable, contact.is_licensed),
+            (None, false)
+        );
     }
 
     #[test]

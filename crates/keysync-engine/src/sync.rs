@@ -1236,6 +1236,7 @@ mod tests {
             pinned: false,
             last_dm: None,
             last_pushed: None,
+            flags: crate::radio::UserFlags::default(),
         }
     }
 

@@ -146,6 +146,7 @@ pub fn read(topic: &str, payload: &[u8]) -> Result<FleetKey, Reject> {
             public_key: key.to_vec(),
             source: Source::Fleet { gateway: origin },
             is_favorite: false,
+            flags: crate::radio::UserFlags::default(),
         },
         key,
         origin,

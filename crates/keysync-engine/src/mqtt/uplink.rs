@@ -242,6 +242,7 @@ fn read_json(payload: &[u8], topic_gateway: &str) -> Result<NodeSeen, Reject> {
         public_key: key.to_vec(),
         source: Source::Mqtt { gateway },
         is_favorite: false,
+        flags: crate::radio::UserFlags::default(),
     })
 }
 
