@@ -569,7 +569,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut budget = Schedule {
         ops: Vec::new(),
         releasable: releasable.into(),
-        ours: input.ours.len(),
+        // keysync's favourites that the radio shows protected now (the list may be older).
+        ours: input
+            .ours
+            .iter()
+            .filter(|n| mirror.get(n).is_some_and(RadioNode::is_protected))
+            .count(),
         protected: protected_now,
         held,
         room: if traits.capacity_sure {
@@ -636,7 +641,13 @@ fn releasable(input: &PlanInput<'_>, ranked: &[&TrustedKey], working: &BTreeSet<
         .filter(|n| input.ours.contains(n))
         .chain(unranked)
         .filter(|n| !working.contains(n))
-        .filter(|n| !input.mirror.get(n).is_some_and(|m| m.verified || m.ignored))
+        // Only a favourite that nothing else protects frees an entry when given back.
+        .filter(|n| {
+            input
+                .mirror
+                .get(n)
+                .is_some_and(|m| m.favourite && !m.verified && !m.ignored)
+        })
         .filter(|n| !pushed_since.contains(n))
         .collect()
 }
