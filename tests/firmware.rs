@@ -560,6 +560,7 @@ async fn a_small_radio_never_crashes_whatever_the_store_holds(fw: Firmware) {
     // so they are neither favourite nor verified), one of them the operator's favourite; the
     // store holds 60 other trusted keys. keysync at 46f6436 pushed 20 and crashed this radio.
     let cli = common::python::required_cli();
+    let _mesh = common::firmware::mesh_lock().await;
     let mut radio = Radio::start(&fw, Setup::nodes(20)).await;
     let mesh_node = Radio::start(&fw, Setup::nodes(40)).await;
     tokio::join!(radio.join_mesh(&cli), mesh_node.join_mesh(&cli));
@@ -698,7 +699,7 @@ async fn closed_soon(client: &mut RawClient) -> bool {
 
 /// Runs the scripted session against the radio at `addr` (a fresh one, `DIFF_CAPACITY` nodes,
 /// nothing but its own node in its NodeDB).
-async fn scripted_session(addr: std::net::SocketAddr) -> Transcript {
+async fn scripted_session(addr: std::net::SocketAddr, mesh: Speaker<'_>) -> Transcript {
     let mut t = Transcript::default();
     let mut client = RawClient::connect(addr).await;
     let frames = client.download(7).await;
@@ -706,8 +707,64 @@ async fn scripted_session(addr: std::net::SocketAddr) -> Transcript {
     handshake_steps(&mut client, &frames, &mut t).await;
     contact_steps(&mut client, my, &mut t).await;
     limit_steps(&mut client, my, &mut t).await;
+    heard_steps(&mut client, my, mesh, &mut t).await;
     overfill_steps(&mut client, my, &mut t).await;
     t
+}
+
+/// A node on the mesh that the radio under test never heard.
+enum Speaker<'a> {
+    /// A second meshtasticd on the firmware's UDP mesh.
+    Firmware(&'a Radio),
+    /// The simulated mesh.
+    Sim(&'a keysync::sim::SimHandle),
+}
+
+impl Speaker<'_> {
+    /// Sends a text to everyone; the speaker's node number.
+    async fn speak(&self) -> u32 {
+        match self {
+            Self::Firmware(radio) => {
+                let (mut client, num) = client(radio).await;
+                let _ = client
+                    .packet(u32::MAX, PortNum::TextMessageApp, b"hello mesh".to_vec())
+                    .await;
+                num
+            }
+            Self::Sim(sim) => {
+                let num = sim
+                    .mesh()
+                    .first()
+                    .expect("a node on the simulated mesh")
+                    .num;
+                sim.hear_from(num, PortNum::TextMessageApp);
+                num
+            }
+        }
+    }
+}
+
+/// A node the radio never heard speaks: what the radio's node list says of it after.
+async fn heard_steps(client: &mut RawClient, my: u32, mesh: Speaker<'_>, t: &mut Transcript) {
+    let speaker = mesh.speak().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while seen.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let list = node_infos(&client.download(NODES_ONLY_NONCE).await);
+        seen = find(&list, speaker).cloned();
+    }
+    let what = seen.map_or("not listed".to_owned(), |n| {
+        let user = n.user.unwrap_or_default();
+        format!(
+            "listed, key={} named={} fav={}",
+            !user.public_key.is_empty(),
+            !user.long_name.is_empty(),
+            n.is_favorite
+        )
+    });
+    let _ = my;
+    t.note("a node the radio never heard speaks", what);
 }
 
 /// The handshake's order and count, a heartbeat's answer, a nodes-only download.
@@ -903,10 +960,18 @@ fn ignoring(node: &NodeInfo) -> SharedContact {
 }
 
 async fn the_simulator_answers_a_scripted_session_as_the_firmware_does(fw: Firmware) {
+    let cli = common::python::required_cli();
+    let _mesh = common::firmware::mesh_lock().await;
     let radio = Radio::start(&fw, Setup::nodes(DIFF_CAPACITY)).await;
-    let real = scripted_session(radio.addr()).await;
+    let speaker = Radio::start(&fw, Setup::nodes(20)).await;
+    tokio::join!(radio.join_mesh(&cli), speaker.join_mesh(&cli));
+    let real = scripted_session(radio.addr(), Speaker::Firmware(&speaker)).await;
+    // One node on the simulated mesh, not in the radio, that just booted (as the firmware's
+    // speaker did): the speaker.
     let sim = keysync::sim::SimHandle::start(keysync::sim::SimConfig {
-        nodes: 0,
+        nodes: 1,
+        in_radio: Some(0),
+        nodeinfo_sent_at_start: false,
         capacity: Some(DIFF_CAPACITY),
         profile: keysync::sim::Profile::new(
             fw.version,
@@ -918,7 +983,7 @@ async fn the_simulator_answers_a_scripted_session_as_the_firmware_does(fw: Firmw
         ..common::sim_config(0)
     })
     .expect("the sim starts");
-    let simulated = scripted_session(sim.addr()).await;
+    let simulated = scripted_session(sim.addr(), Speaker::Sim(&sim)).await;
 
     let mut differences = Vec::new();
     for ((step, want), (_, got)) in real.steps.iter().zip(&simulated.steps) {

@@ -842,3 +842,43 @@ async fn a_packet_wanting_an_ack_is_acknowledged_implicitly_when_broadcast_and_b
     assert_eq!(acks, expected);
     assert!(!acks.iter().any(|(r, _, _)| *r == unasked));
 }
+
+#[tokio::test]
+async fn a_node_heard_without_its_user_is_asked_for_its_nodeinfo_and_answers_once_per_10_minutes() {
+    // MeshService.cpp: "Heard new node on ch. N, send NodeInfo and ask for response"; the
+    // answer is rate-limited (NodeInfoModule.cpp). Seen on meshtasticd 2.7.26 and 2.8: the key
+    // of a node that just booted is on the gateway within milliseconds of its first text.
+    let sim = start_sim(SimConfig {
+        in_radio: Some(0),
+        nodeinfo_sent_at_start: false,
+        ..firmware_sim("2.7.26", Hw::Linux, 2)
+    });
+    let mesh = sim.mesh();
+    let key = |num: u32| sim.key_of(num);
+    let (mut client, _) = connected(&sim).await;
+    sim.hear_from(mesh[0].num, PortNum::TextMessageApp);
+    let answer = client
+        .recv_until("the node's NodeInfo", |f| {
+            matches!(&f.payload_variant, Some(from_radio::PayloadVariant::Packet(p))
+                if p.from == mesh[0].num
+                    && matches!(&p.payload_variant, Some(mesh_packet::PayloadVariant::Decoded(d)) if d.portnum == PortNum::NodeinfoApp as i32))
+        })
+        .await;
+    assert!(answer.payload_variant.is_some());
+    assert!(
+        key(mesh[0].num).is_some(),
+        "the radio learned the key itself"
+    );
+    // A node that sent its NodeInfo lately does not answer: it stays keyless.
+    let quiet = start_sim(SimConfig {
+        in_radio: Some(0),
+        ..firmware_sim("2.7.26", Hw::Linux, 2)
+    });
+    let node = quiet.mesh()[1].num;
+    quiet.hear_from(node, PortNum::TextMessageApp);
+    wait_until("the node listed", || {
+        quiet.nodedb().iter().any(|n| n.num == node)
+    })
+    .await;
+    assert_eq!(quiet.key_of(node), None);
+}

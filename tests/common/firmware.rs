@@ -406,6 +406,13 @@ impl Drop for Radio {
     }
 }
 
+/// Held by a scenario whose instances are on the UDP mesh: every instance on it hears every
+/// other in the namespace, so two such scenarios at once would hear each other's nodes.
+pub async fn mesh_lock() -> tokio::sync::OwnedMutexGuard<()> {
+    static MESH: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    MESH.get_or_init(Arc::default).clone().lock_owned().await
+}
+
 /// A port nobody listens on now (the namespace holds only this suite's processes).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds loopback");

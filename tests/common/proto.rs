@@ -67,5 +67,6 @@ pub fn node_seen(num: u32, key: u8, long_name: &str) -> NodeSeen {
         public_key: vec![key; 32],
         source: Source::Mesh,
         is_favorite: false,
+        flags: keysync::engine::radio::UserFlags::default(),
     }
 }

@@ -62,6 +62,11 @@ pub struct SimConfig {
     pub reboot_time: Duration,
     /// `security.is_managed`: admin messages from the client are ignored (AdminModule.cpp).
     pub managed: bool,
+    /// Every node of the mesh sent its NodeInfo just before the start (as nodes do every few
+    /// hours), so for 10 minutes none answers the radio's request for it: a node heard by a
+    /// plain packet stays keyless. Off: the first request is answered, as a node that just
+    /// booted answers it.
+    pub nodeinfo_sent_at_start: bool,
 }
 
 impl SimConfig {
@@ -85,6 +90,7 @@ impl Default for SimConfig {
             queue_len: 16,
             reboot_time: Duration::from_secs(8),
             managed: false,
+            nodeinfo_sent_at_start: true,
         }
     }
 }
@@ -179,7 +185,14 @@ struct Radio {
     channels: Vec<Channel>,
     /// When the radio last sent its own NodeInfo to the mesh (NodeInfoModule.cpp).
     last_nodeinfo: Option<Instant>,
+    /// When each node of the mesh last sent its NodeInfo: each node answers a request for it
+    /// at most once per [`NODEINFO_GAP`].
+    nodeinfo_sent: std::collections::HashMap<u32, Instant>,
 }
+
+/// A node sends its NodeInfo at most this often (NodeInfoModule.cpp; seen on meshtasticd:
+/// "Skip send NodeInfo since we sent it <600s ago").
+const NODEINFO_GAP: Duration = Duration::from_secs(600);
 
 impl Radio {
     /// Keeps `packet` among the last ones sent on to the mesh.
@@ -256,6 +269,7 @@ impl Shared {
         let user = node.user.clone().unwrap_or_default();
         let (portnum, payload, outcome) = match how {
             Sighting::NodeInfo => {
+                radio.nodeinfo_sent.insert(num, Instant::now());
                 let outcome = radio.db.heard(num, &user, None, now_secs());
                 (PortNum::NodeinfoApp, user.encode_to_vec(), outcome)
             }
@@ -286,11 +300,25 @@ impl Shared {
             log::debug!(target: "keysync::sim", "Node database full, defer admitting {}", node_id(num));
         }
         let id = radio.population.packet_id();
+        // A node the radio holds no user of is asked for its NodeInfo, and answers unless it
+        // sent one lately or has nothing to tell.
+        let asked = matches!(how, Sighting::Packet(_))
+            && self.profile().has(Rule::AsksNewNodeForNodeInfo)
+            && radio.db.get(num).is_some_and(|n| n.user.is_none())
+            && valid_key(&user.public_key).is_some()
+            && radio
+                .nodeinfo_sent
+                .get(&num)
+                .is_none_or(|t| t.elapsed() >= NODEINFO_GAP);
         drop(radio);
         log::info!(target: "keysync::sim", "{} ({}) heard on {}: {outcome:?}",
             node_id(num), sanitize(&user.long_name), portnum.as_str_name());
         self.counters.announcements.fetch_add(1, Ordering::Relaxed);
         self.to_client(mesh_packet(num, BROADCAST, id, portnum, payload));
+        if asked {
+            log::info!(target: "keysync::sim", "Heard new node {}, send NodeInfo and ask for response", node_id(num));
+            self.hear(index, &Sighting::NodeInfo);
+        }
         match outcome {
             Heard::KeyMismatch | Heard::KeylessDropped => {
                 log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
@@ -470,8 +498,12 @@ impl Shared {
         let first = {
             let mut radio = self.radio();
             let first = radio.mesh.len();
+            // Strangers arriving on the mesh: they announced themselves elsewhere just now, so
+            // heard by a plain packet here they stay keyless (they do not answer the request).
+            let now = Instant::now();
             for _ in 0..count {
                 let node = radio.population.next_node();
+                radio.nodeinfo_sent.insert(node.num, now);
                 radio.mesh.push(node);
             }
             first
@@ -660,6 +692,12 @@ impl SimHandle {
         db.save_to_flash();
         let (live, _) = broadcast::channel(profile.client_queue());
         let announce_every = config.announce_every;
+        let nodeinfo_sent = if config.nodeinfo_sent_at_start {
+            let now = Instant::now();
+            mesh.iter().map(|n| (n.num, now)).collect()
+        } else {
+            std::collections::HashMap::new()
+        };
         let scenario = config.scenario.clone();
         let shared = Arc::new(Shared {
             config,
@@ -674,6 +712,7 @@ impl SimHandle {
                 down: false,
                 channels: session::channels(),
                 last_nodeinfo: None,
+                nodeinfo_sent,
             }),
             counters: Arc::new(SimCounters::default()),
             live,

@@ -75,6 +75,9 @@ pub enum Rule {
     /// A heartbeat with nonce 1 makes the radio broadcast its own NodeInfo (at most once per
     /// 60 s) and is not answered with a QueueStatus.
     HeartbeatNodeInfoPing,
+    /// A packet from a node without a user record makes the radio send it its own NodeInfo
+    /// asking for one back; the node answers unless it sent a NodeInfo in the last 10 minutes.
+    AsksNewNodeForNodeInfo,
     /// Names with invalid UTF-8 are sanitized: each invalid byte becomes `?`.
     Utf8Validated,
     /// set_ignored_node keeps the key (2.8; before, it erases it).
@@ -231,6 +234,11 @@ impl Rule {
                 (2, 7, 21),
                 None,
                 "mesh/api/ServerAPI.cpp / PhoneAPI.cpp checkConnectionTimeout: 15 min",
+            ),
+            Self::AsksNewNodeForNodeInfo => row(
+                (2, 5, 0),
+                None,
+                "mesh/MeshService.cpp handleFromRadio: \"Heard new node on ch. N, send NodeInfo and ask for response\"; the answer is limited to one NodeInfo per 10 min (modules/NodeInfoModule.cpp); seen on meshtasticd 2.7.26 and 2.8",
             ),
             Self::HeartbeatNodeInfoPing => row(
                 (2, 7, 23),
