@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
         heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them,
         the_simulator_answers_a_scripted_session_as_the_firmware_does,
         a_small_radio_never_crashes_whatever_the_store_holds,
+        a_node_number_is_the_crc32_of_its_key_from_2_8,
     ];
     let trials = match &suite.builds {
         Ok(builds) => builds
@@ -524,6 +525,27 @@ async fn heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them(fw
 
     // add_contact to the own node: res 0 (Router.cpp ERRNO_OK).
     assert_eq!(push(&mut client, my, &contact_node(0x300)).await, 0);
+}
+
+async fn a_node_number_is_the_crc32_of_its_key_from_2_8(fw: Firmware) {
+    // NodeDB.cpp (develop): my_node_num = crc32(public key); keysync takes a trusted key seen
+    // under that number as the same node, renumbered (store.rs `claimed`).
+    let setup = Setup::nodes(20);
+    let hwid = setup.hwid;
+    let radio = Radio::start(&fw, setup).await;
+    let mut client = RawClient::connect(radio.addr()).await;
+    let frames = client.download(7).await;
+    let my = my_node_num(&frames);
+    let own = find(&node_infos(&frames), my)
+        .cloned()
+        .expect("own node_info");
+    if fw.is_develop() {
+        let key = keysync::engine::radio::valid_key(key_of(&own)).expect("2.8 makes a key at boot");
+        assert_eq!(my, keysync::engine::radio::num_of_key(&key));
+        assert_ne!(my, hwid, "-h sets the MAC only");
+    } else {
+        assert_eq!(my, hwid, "2.7: the number -h gives");
+    }
 }
 
 /// Protected entries (own node aside) and entries in all, in a node list.

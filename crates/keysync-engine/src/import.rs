@@ -101,9 +101,11 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
     // One transaction: an import that cannot finish (a full disk) leaves the store as it was.
     for learned in store.learn_all(&sightings, SystemTime::now())? {
         match learned {
-            Learned::FirstUse => report.imported += 1,
+            Learned::FirstUse | Learned::Renumbered { .. } => report.imported += 1,
             Learned::Same => report.unchanged += 1,
-            Learned::Pending { .. } | Learned::KnownOther(_) => report.conflicting += 1,
+            Learned::Pending { .. } | Learned::KnownOther(_) | Learned::Claimed { .. } => {
+                report.conflicting += 1;
+            }
             // An import is not bounded: no NoRoom.
             Learned::NamesOnly | Learned::NotANode | Learned::NoRoom => report.skipped_invalid += 1,
         }

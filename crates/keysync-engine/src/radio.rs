@@ -229,6 +229,23 @@ pub fn contact_of(msg: &ToRadio, own: u32) -> Option<SharedContact> {
     }
 }
 
+/// The node number develop (2.8) gives itself: CRC-32 (IEEE) of its public key (NodeDB.cpp;
+/// checked against meshtasticd 2.8's own number and key).
+pub fn num_of_key(key: &PublicKey) -> u32 {
+    let mut crc = !0u32;
+    for byte in key {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Where a node sighting came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -220,6 +220,12 @@ pub enum Learned {
     /// A node new to the store that only the broker told of, while the store already holds
     /// the most such nodes it may ([`Store::learn_from_broker`]): nothing stored.
     NoRoom,
+    /// A trusted key seen under a new number that is the key's CRC-32: the node upgraded to
+    /// 2.8's numbering. Trust, pin, DM history and names carried over; `from` is retired.
+    Renumbered { from: u32 },
+    /// A key another node holds trusted, claimed by a node that is not its renumbering:
+    /// pending the operator's decision.
+    Claimed { owner: u32 },
 }
 
 /// The trusted key of a node, with what add_contact needs to send.
@@ -700,11 +706,14 @@ impl Store {
                     Learned::KnownOther(state)
                 }
             }
-            (None, None) => {
-                insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
-                    .map_err(|e| self.error(e))?;
-                Learned::FirstUse
-            }
+            (None, None) => match self.owner_of(tx, seen.num, &key)? {
+                Some(owner) => self.claimed(tx, seen.num, &key, owner, now_ms, &source)?,
+                None => {
+                    insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
+                        .map_err(|e| self.error(e))?;
+                    Learned::FirstUse
+                }
+            },
             (None, Some(old)) => {
                 insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")
                     .map_err(|e| self.error(e))?;
@@ -1089,6 +1098,78 @@ impl Store {
     }
 
     /// Flash writes keysync caused since `since`.
+    /// Another node that holds `key` trusted.
+    fn owner_of(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        num: u32,
+        key: &PublicKey,
+    ) -> Result<Option<u32>, StoreError> {
+        tx.query_row(
+            "SELECT node_num FROM keys WHERE key = ?1 AND state = 'trusted' AND node_num <> ?2
+             LIMIT 1",
+            params![key, num],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| self.error(e))
+    }
+
+    /// Node `num` presents the key `owner` holds trusted. Under the number 2.8 derives from
+    /// that key it is the same node, upgraded: it takes over the trust, pin, DM history and
+    /// first sighting, and the old number is retired (kept in the history, never pushed
+    /// again). Any other number is a different node claiming the key: pending, for the
+    /// operator.
+    fn claimed(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        num: u32,
+        key: &PublicKey,
+        owner: u32,
+        now_ms: i64,
+        source: &str,
+    ) -> Result<Learned, StoreError> {
+        if num != crate::radio::num_of_key(key) {
+            let event = format!("claims the trusted key of {}", node_id(owner));
+            insert_key(tx, num, key, "pending", now_ms, source, &event)
+                .map_err(|e| self.error(e))?;
+            return Ok(Learned::Claimed { owner });
+        }
+        let renumbered = || -> rusqlite::Result<()> {
+            tx.execute(
+                "UPDATE keys SET state = 'retired' WHERE node_num = ?1 AND key = ?2",
+                params![owner, key],
+            )?;
+            tx.execute(
+                "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![owner, key, now_ms, source, format!("renumbered to {}", node_id(num))],
+            )?;
+            insert_key(
+                tx,
+                num,
+                key,
+                "trusted",
+                now_ms,
+                source,
+                &format!("renumbered from {}", node_id(owner)),
+            )?;
+            tx.execute(
+                "UPDATE nodes SET
+                    pinned = (SELECT pinned FROM nodes WHERE num = ?2),
+                    last_dm = coalesce(last_dm, (SELECT last_dm FROM nodes WHERE num = ?2)),
+                    first_seen = min(first_seen, (SELECT first_seen FROM nodes WHERE num = ?2)),
+                    long_name = CASE WHEN long_name = '' THEN (SELECT long_name FROM nodes WHERE num = ?2) ELSE long_name END,
+                    short_name = CASE WHEN short_name = '' THEN (SELECT short_name FROM nodes WHERE num = ?2) ELSE short_name END
+                 WHERE num = ?1",
+                params![num, owner],
+            )?;
+            tx.execute("UPDATE nodes SET pinned = 0 WHERE num = ?1", [owner])?;
+            Ok(())
+        };
+        renumbered().map_err(|e| self.error(e))?;
+        Ok(Learned::Renumbered { from: owner })
+    }
+
     /// Stores the flags of a known node's user record, when `seen` is a whole record.
     fn note_flags(
         &self,
@@ -1484,6 +1565,55 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn a_node_renumbered_by_its_key_is_the_same_node_and_another_claiming_the_key_is_a_conflict() {
+        // 2.8: my_node_num = crc32(public key) (NodeDB.cpp; checked on meshtasticd 2.8), so a
+        // node that upgrades comes back under a new number with the same key.
+        let (_d, mut s) = open();
+        let t = SystemTime::now();
+        let key = [7u8; 32];
+        s.learn(&seen(5, Some(7), "Hilltop"), t).unwrap();
+        s.set_pinned(5, true).unwrap();
+        s.note_dm(5, t).unwrap();
+        let upgraded = crate::radio::num_of_key(&key);
+        assert_eq!(
+            s.learn(&seen(upgraded, Some(7), ""), t).unwrap(),
+            Learned::Renumbered { from: 5 }
+        );
+        let trusted = s.trusted().unwrap();
+        assert_eq!(
+            trusted.len(),
+            1,
+            "the old number is retired, never pushed again"
+        );
+        let node = &trusted[0];
+        assert_eq!((node.num, node.key), (upgraded, key));
+        assert!(
+            node.pinned && node.last_dm.is_some(),
+            "pin and DM history carried over"
+        );
+        assert_eq!(node.long_name, "Hilltop", "names carried over");
+        assert!(s.pending_nodes().unwrap().is_empty(), "never pending");
+        // A different node claiming the trusted key is the operator's to decide.
+        assert_eq!(
+            s.learn(&seen(6, Some(7), "Impostor"), t).unwrap(),
+            Learned::Claimed { owner: upgraded }
+        );
+        assert_eq!(s.pending_nodes().unwrap(), [6]);
+        assert_eq!(s.trusted().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_2_8_node_number_is_the_crc32_of_the_key() {
+        // meshtasticd 2.8.0.7754068 in the firmware suite gave itself 0x60e2e74b for this key.
+        let key: PublicKey = [
+            0x49, 0x66, 0x79, 0x82, 0x89, 0x25, 0xdc, 0x6d, 0x8a, 0x6d, 0x6a, 0x75, 0xe3, 0x13,
+            0x56, 0x2d, 0x9f, 0xc1, 0xb6, 0x86, 0x83, 0x32, 0xe5, 0xca, 0xc4, 0x8a, 0x88, 0xc6,
+            0xe5, 0xd2, 0xe4, 0x36,
+        ];
+        assert_eq!(crate::radio::num_of_key(&key), 0x60e2_e74b);
     }
 
     #[test]
