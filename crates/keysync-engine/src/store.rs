@@ -706,14 +706,15 @@ impl Store {
                     Learned::KnownOther(state)
                 }
             }
-            (None, None) => match self.owner_of(tx, seen.num, &key)? {
-                Some(owner) => self.claimed(tx, seen.num, &key, owner, now_ms, &source)?,
-                None => {
+            (None, None) => {
+                if let Some(owner) = self.owner_of(tx, seen.num, &key)? {
+                    self.claimed(tx, seen.num, &key, owner, now_ms, &source)?
+                } else {
                     insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
                         .map_err(|e| self.error(e))?;
                     Learned::FirstUse
                 }
-            },
+            }
             (None, Some(old)) => {
                 insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")
                     .map_err(|e| self.error(e))?;
