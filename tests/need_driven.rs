@@ -41,6 +41,17 @@ fn setup(firmware: &str, hw: Hw, capacity: Option<usize>, mesh: usize) -> (Harne
     (h, known)
 }
 
+/// Each sync run so far with its plan, for failure messages.
+fn runs(h: &Harness) -> Vec<String> {
+    h.snap
+        .borrow()
+        .sync
+        .history
+        .iter()
+        .map(|r| format!("{} {:?}", r.summary(), r.plan))
+        .collect()
+}
+
 async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<usize>) {
     let (mut h, known) = setup(firmware, hw, capacity, 300);
     let first = h.report(1).await;
@@ -67,7 +78,8 @@ async fn a_busy_mesh_on_a_small_radio(firmware: &str, hw: Hw, capacity: Option<u
     while h.sim.key_of(target.num) != Some(key_of(&target)) {
         assert!(
             heard_at.elapsed() < 3 * SEC,
-            "the heard node's key was not pushed within 3 s"
+            "the heard node's key was not pushed within 3 s: {:#?}",
+            runs(&h)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

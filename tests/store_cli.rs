@@ -83,10 +83,11 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     let db = dir.path().join("k.db");
     {
         let mut s = Store::open(&db).expect("opens");
-        for (num, name) in [(0x0a0a_0a0a, "a"), (0x0b0b_0b0b, "b")] {
-            s.learn(&node_seen(num, 1, name), SystemTime::now())
+        // Each node its own keys: a key another node holds trusted would be a claim.
+        for (num, name, first) in [(0x0a0a_0a0a, "a", 1), (0x0b0b_0b0b, "b", 3)] {
+            s.learn(&node_seen(num, first, name), SystemTime::now())
                 .expect("learns");
-            s.learn(&node_seen(num, 2, name), SystemTime::now())
+            s.learn(&node_seen(num, first + 1, name), SystemTime::now())
                 .expect("learns");
         }
     }
@@ -105,7 +106,7 @@ fn keys_accept_and_reject_take_every_node_form_and_explain_mistakes() {
     let (code, _, err) = run(keysync(&db).args(["keys", "reject", "!deadbeef"]));
     assert_eq!(code, 1);
     assert!(err.contains("no node !deadbeef"), "{err}");
-    assert_eq!(trusted(&db), vec![(0x0a0a_0a0a, 2), (0x0b0b_0b0b, 1)]);
+    assert_eq!(trusted(&db), vec![(0x0a0a_0a0a, 2), (0x0b0b_0b0b, 3)]);
 }
 
 /// The trusted keys in `db`: node and the key's first byte.

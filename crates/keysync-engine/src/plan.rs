@@ -151,6 +151,10 @@ pub struct RadioTraits {
     /// relayed by a favourite router matched by the last byte of its number: favourites touch
     /// routing there, so only pinned nodes and DM partners get slots.
     pub router_role: bool,
+    /// develop (2.8): an evicted node's key stays in the warm tier, protected entries are
+    /// capped at MAX − 2 and a release costs only a flash write. keysync pushes, then gives
+    /// the favourite back once the push has served (push and release).
+    pub warm_tier: bool,
 }
 
 impl RadioTraits {
@@ -183,6 +187,7 @@ impl RadioTraits {
             managed,
             release_restarts_lora: at_least((2, 6, 8)) && !develop,
             router_role: false,
+            warm_tier: develop,
         }
     }
 
@@ -379,8 +384,12 @@ pub struct PlanInput<'a> {
     /// Slots that may still be given back this hour (`--max-releases` where a release
     /// restarts the LoRa chip); `None`: no such limit.
     pub releases_left: Option<usize>,
-    /// A node keysync pushed since then keeps its slot: no push and release within the hour.
+    /// A node keysync pushed since then keeps its slot: no push and release within the hour
+    /// (below 2.8), within a short hold on 2.8.
     pub hold_since: SystemTime,
+    /// 2.8: keys pushed since the radio's NodeDB was last reset are in its warm tier even when
+    /// evicted: not pushed again but for a need. `None` below 2.8.
+    pub warm_since: Option<SystemTime>,
     /// Entries the radio surely holds now (own node included), when known better than the
     /// mirror's length: a run's pushes add new nodes to its mirror even where the radio made
     /// room for them by evicting another.
@@ -403,6 +412,9 @@ pub struct Plan {
     pub conflicts: Vec<u32>,
     /// Nodes the radio's operator ignored: never pushed.
     pub ignored: usize,
+    /// 2.8: keys in the radio's warm tier (pushed since its last reset, evicted since): not
+    /// pushed again but for a need.
+    pub warm: usize,
     pub held_back: usize,
     /// Pushes the working set needs that wait: no flash budget left, over `max_pushes`, or no
     /// slot to free.
@@ -527,6 +539,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         stored_only: 0,
         conflicts: Vec::new(),
         ignored: 0,
+        warm: 0,
         held_back: 0,
         deferred_flash: 0,
         deferred_max: 0,
@@ -589,6 +602,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     // Over budget already (the operator protected more since): give back down to it.
     while budget.over(0) && budget.flash > 0 && budget.release_one() {}
+    if traits.warm_tier {
+        budget.give_back_served(input);
+    }
     let protects = traits.favourites || traits.marks_verified;
     let mut pushes = 0;
     for key in wanted {
@@ -597,7 +613,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         } else if pushes == input.max_pushes {
             plan.deferred_max += 1;
         } else {
-            let adds = protects && !mirror.get(&key.num).is_some_and(RadioNode::is_protected);
+            // A node given back earlier in this plan is protected again by its push.
+            let given_back = budget.ops.contains(&Op::Release(key.num));
+            let adds = protects
+                && (given_back || !mirror.get(&key.num).is_some_and(RadioNode::is_protected));
             let new = !mirror.contains_key(&key.num);
             if budget.make_room(adds, new) {
                 budget.push(contact_for(key, mirror.get(&key.num)), adds, new);
@@ -652,6 +671,39 @@ fn releasable(input: &PlanInput<'_>, ranked: &[&TrustedKey], working: &BTreeSet<
         .collect()
 }
 
+/// 2.8: a key pushed since the last NodeDB reset that the node list no longer shows (evicted)
+/// is in the radio's warm tier; it goes again only for a need.
+fn is_warm(key: &TrustedKey, input: &PlanInput<'_>) -> bool {
+    let Some(since) = input.warm_since else {
+        return false;
+    };
+    !input.mirror.contains_key(&key.num)
+        && !input.urgent.contains(&key.num)
+        && key.last_pushed.is_some_and(|t| t >= since)
+}
+
+/// 2.8: keysync's favourites to give back after their push has served: past the hold, not
+/// pinned, and a favourite nothing else protects.
+fn served(input: &PlanInput<'_>) -> Vec<u32> {
+    let keys: HashMap<u32, &TrustedKey> = input.trusted.iter().map(|k| (k.num, k)).collect();
+    input
+        .ours
+        .iter()
+        .copied()
+        .filter(|n| {
+            keys.get(n)
+                .is_none_or(|k| !k.pinned && k.last_pushed.is_none_or(|t| t < input.hold_since))
+                && !input.urgent.contains(n)
+        })
+        .filter(|n| {
+            input
+                .mirror
+                .get(n)
+                .is_some_and(|m| m.favourite && !m.verified && !m.ignored)
+        })
+        .collect()
+}
+
 /// Counts where the trusted keys stand and returns those the radio lacks (or holds
 /// differently) that may be pushed.
 fn classify<'a>(input: &PlanInput<'a>, plan: &mut Plan) -> Vec<&'a TrustedKey> {
@@ -669,6 +721,8 @@ fn classify<'a>(input: &PlanInput<'a>, plan: &mut Plan) -> Vec<&'a TrustedKey> {
             Standing::Missing | Standing::Differs => {
                 if input.held_back.contains(&key.num) {
                     plan.held_back += 1;
+                } else if is_warm(key, input) {
+                    plan.warm += 1;
                 } else {
                     candidates.push(key);
                 }
@@ -738,6 +792,18 @@ impl Schedule {
         true
     }
 
+    /// 2.8: a release costs one flash write and the warm tier keeps an evicted node's key:
+    /// every favourite of keysync's that has served (past the hold), pinned nodes aside, goes
+    /// back, so keysync holds almost no slots.
+    fn give_back_served(&mut self, input: &PlanInput<'_>) {
+        let released: BTreeSet<u32> = self.ops.iter().map(Op::num).collect();
+        self.releasable = served(input)
+            .into_iter()
+            .filter(|n| !released.contains(n))
+            .collect();
+        while self.flash > 0 && self.release_one() {}
+    }
+
     /// Frees a slot for a push that protects its node (keeping a write for the push itself):
     /// within the budget, and within the invariant on what the radio holds.
     fn make_room(&mut self, adds: bool, new: bool) -> bool {
@@ -777,6 +843,10 @@ pub fn describe(plan: &Plan) -> String {
         plan.present,
         plan.stored_only
     );
+    if plan.warm > 0 {
+        use fmt::Write as _;
+        let _ = write!(s, "; in the radio's warm tier {}", plan.warm);
+    }
     if plan.deferred() > 0 {
         use fmt::Write as _;
         let _ = write!(
@@ -895,6 +965,7 @@ mod tests {
                 partner_since: SystemTime::UNIX_EPOCH,
                 releases_left: None,
                 hold_since: SystemTime::UNIX_EPOCH,
+                warm_since: None,
                 held: None,
             })
         }
@@ -1292,6 +1363,7 @@ mod invariant_tests {
                 partner_since: SystemTime::UNIX_EPOCH,
                 releases_left: None,
                 hold_since: SystemTime::UNIX_EPOCH,
+                warm_since: None,
                 held: None,
             };
             let plan = plan(&input);
@@ -1332,6 +1404,7 @@ mod invariant_tests {
                 partner_since: SystemTime::UNIX_EPOCH,
                 releases_left: None,
                 hold_since: SystemTime::UNIX_EPOCH,
+                warm_since: None,
                 held: None,
             };
             assert_eq!(plan(&input).pushes(), pushes, "{}", traits.capacity_source);
@@ -1361,6 +1434,7 @@ mod invariant_tests {
             partner_since: SystemTime::UNIX_EPOCH + Duration::from_secs(100),
             releases_left: None,
             hold_since: SystemTime::UNIX_EPOCH + Duration::from_secs(3600),
+            warm_since: None,
             held: None,
         }
     }
@@ -1438,6 +1512,63 @@ mod invariant_tests {
     }
 
     #[test]
+    fn on_2_8_served_favourites_go_back_and_warm_keys_are_not_pushed_again() {
+        let at = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let mut trusted: Vec<TrustedKey> =
+            (1..=5).map(|n| trusted(n, u64::from(n), false)).collect();
+        trusted[2].pinned = true;
+        for k in &mut trusted[..3] {
+            k.last_pushed = at(1000);
+        }
+        // Pushed after the last NodeDB reset, evicted since: in the warm tier.
+        trusted[3].last_pushed = at(5000);
+        let mut mirror = tests::full_radio(40);
+        for k in &trusted[..3] {
+            mirror.insert(
+                k.num,
+                RadioNode {
+                    key: Some(k.key),
+                    favourite: true,
+                    ..RadioNode::default()
+                },
+            );
+        }
+        let ours: BTreeSet<u32> = [1, 2, 3].into();
+        let traits = RadioTraits::new("2.8.0", 0, "", false, false, Some(40));
+        assert!(traits.warm_tier);
+        let mut i = input(&trusted, &mirror, &traits, &ours, &[]);
+        i.hold_since = SystemTime::UNIX_EPOCH + Duration::from_secs(2000);
+        i.warm_since = at(4000);
+        let p = plan(&i);
+        let released: Vec<u32> = p
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Release(_)))
+            .map(Op::num)
+            .collect();
+        assert_eq!(released, [1, 2], "served, not pinned: given back");
+        assert_eq!(p.warm, 1);
+        assert!(
+            !p.ops.iter().any(|o| o.num() == 4),
+            "warm: not pushed again"
+        );
+        // A need pushes it at once.
+        let urgent = [4];
+        let mut i = input(&trusted, &mirror, &traits, &ours, &urgent);
+        i.warm_since = at(4000);
+        assert!(
+            plan(&i)
+                .ops
+                .iter()
+                .any(|o| matches!(o, Op::Push(c) if c.num == 4))
+        );
+        // Within the hold, nothing goes back.
+        let mut i = input(&trusted, &mirror, &traits, &ours, &[]);
+        i.hold_since = SystemTime::UNIX_EPOCH + Duration::from_secs(500);
+        assert_eq!(plan(&i).releases(), 0);
+    }
+
+    #[test]
     fn a_node_the_radio_shows_verified_is_never_given_back() {
         let trusted: Vec<TrustedKey> = (1..=3).map(|n| trusted(n, u64::from(n), false)).collect();
         let mut mirror = tests::full_radio(10);
@@ -1471,6 +1602,7 @@ mod invariant_tests {
             partner_since: SystemTime::UNIX_EPOCH,
             releases_left: None,
             hold_since: SystemTime::UNIX_EPOCH,
+            warm_since: None,
             held: None,
         };
         let plan = plan(&input);
@@ -1529,6 +1661,7 @@ mod urgent_tests {
             partner_since: SystemTime::UNIX_EPOCH,
             releases_left: None,
             hold_since: SystemTime::UNIX_EPOCH,
+            warm_since: None,
             held: None,
             max_pushes: 1,
             pushes_ignored: None,

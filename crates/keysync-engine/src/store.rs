@@ -17,7 +17,7 @@ use super::radio::{
 };
 
 /// The schema version this keysync writes; databases from newer versions are refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// `PRAGMA application_id` of a keysync store ("KSYN"), so that keysync recognises its own
 /// files and leaves other programs' SQLite databases alone. (`file(1)` shows it too.)
 pub const APPLICATION_ID: i32 = 0x4b53_594e;
@@ -111,6 +111,12 @@ const MIGRATIONS: &[&str] = &[
     // push from the store sends them back). NULL: the node never said.
     "ALTER TABLE nodes ADD COLUMN is_unmessagable INTEGER;
      ALTER TABLE nodes ADD COLUMN is_licensed INTEGER NOT NULL DEFAULT 0;",
+    // 4: when the radio's NodeDB was last found reset (or new): on 2.8 every key pushed since
+    // is in its warm tier, evicted or not.
+    "CREATE TABLE radio_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reset_at INTEGER NOT NULL
+     );",
 ];
 
 /// A flash write keysync causes on the radio.
@@ -1186,6 +1192,29 @@ impl Store {
         )
         .map(drop)
         .map_err(|e| self.error(e))
+    }
+
+    /// The radio's NodeDB was found reset (or new) at `at`.
+    pub fn note_radio_reset(&mut self, at: SystemTime) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO radio_state (id, reset_at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET reset_at = ?1",
+                [millis(at)],
+            )
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    /// When the radio's NodeDB was last found reset, if ever.
+    pub fn radio_reset_at(&self) -> Result<Option<SystemTime>, StoreError> {
+        self.conn
+            .query_row("SELECT reset_at FROM radio_state WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|at| at.map(from_millis))
+            .map_err(|e| self.error(e))
     }
 
     /// Slots given back (remove_favorite_node) since `since`: below 2.8 each one restarted the

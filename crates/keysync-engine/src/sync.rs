@@ -536,6 +536,77 @@ pub async fn run(mut job: SyncJob) -> SyncReport {
     report
 }
 
+/// What a run reads from the store once it has the radio's node list.
+struct StoreView {
+    pending: BTreeSet<u32>,
+    ours: BTreeSet<u32>,
+    removed: BTreeSet<u32>,
+    /// Flash writes and releases in the last hour.
+    writes: usize,
+    releases: usize,
+    /// 2.8: when the radio's NodeDB was last found reset.
+    warm_since: Option<SystemTime>,
+}
+
+/// What the radio holds feeds the store first: new keys are trusted on first use, and a
+/// different key becomes pending before the plan is made, so it is never overwritten. Then
+/// what the plan needs is read in the same call.
+async fn learn_and_read(
+    job: &SyncJob,
+    fresh: Option<&[NodeInfo]>,
+    held: usize,
+    now: SystemTime,
+    report: &mut SyncReport,
+) -> Result<StoreView, SyncError> {
+    let own = job.session.my_node_num;
+    let seen: Vec<NodeSeen> = fresh
+        .into_iter()
+        .flatten()
+        .filter(|n| n.num != own)
+        .filter_map(|n| {
+            radio::node_seen(&FromRadio {
+                id: 0,
+                payload_variant: Some(from_radio::PayloadVariant::NodeInfo(n.clone())),
+            })
+        })
+        .collect();
+    let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+    // 2.8: a node list of a handful is a NodeDB reset (or a new radio): its warm tier is empty.
+    let warm = job.traits.warm_tier;
+    let reset = warm && held <= (job.traits.capacity / 10).max(2);
+    let (learned, (fp, known), view) = job
+        .store
+        .run(move |s| {
+            let learned = s.learn_all(&seen, now)?;
+            if reset {
+                s.note_radio_reset(now)?;
+            }
+            let warm_since = if warm {
+                Some(s.radio_reset_at()?.unwrap_or(SystemTime::UNIX_EPOCH))
+            } else {
+                None
+            };
+            let view = StoreView {
+                pending: s.pending_nodes()?.into_iter().collect(),
+                ours: s.our_favourites()?,
+                removed: s.removed()?,
+                writes: s.flash_writes_since(hour_ago)?,
+                releases: s.releases_since(hour_ago)?,
+                warm_since,
+            };
+            Ok((
+                seen.into_iter().zip(learned).collect::<Vec<_>>(),
+                s.trusted_fingerprint()?,
+                view,
+            ))
+        })
+        .await?;
+    super::log_learned_in_bulk(&learned);
+    report.fingerprint = fp;
+    report.known = count(known);
+    Ok(view)
+}
+
 async fn execute(
     job: &mut SyncJob,
     report: &mut SyncReport,
@@ -560,39 +631,9 @@ async fn execute(
     let own = job.session.my_node_num;
     let (mut mirror, fresh) = node_list(job, &mut state, report).await?;
 
-    // What the radio holds feeds the store first: new keys are trusted on first use, and a
-    // different key becomes pending before the plan is made, so it is never overwritten.
-    let seen: Vec<NodeSeen> = fresh
-        .iter()
-        .flatten()
-        .filter(|n| n.num != own)
-        .filter_map(|n| {
-            radio::node_seen(&FromRadio {
-                id: 0,
-                payload_variant: Some(from_radio::PayloadVariant::NodeInfo(n.clone())),
-            })
-        })
-        .collect();
     let now = SystemTime::now();
-    let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
-    let (learned, (fp, known), pending, ours, removed, (writes, releases)) = job
-        .store
-        .run(move |s| {
-            let learned = s.learn_all(&seen, now)?;
-            Ok((
-                seen.into_iter().zip(learned).collect::<Vec<_>>(),
-                s.trusted_fingerprint()?,
-                s.pending_nodes()?,
-                s.our_favourites()?,
-                s.removed()?,
-                (s.flash_writes_since(hour_ago)?, s.releases_since(hour_ago)?),
-            ))
-        })
-        .await?;
-    super::log_learned_in_bulk(&learned);
-    let pending: BTreeSet<u32> = pending.into_iter().collect();
-    report.fingerprint = fp;
-    report.known = count(known);
+    let view = learn_and_read(job, fresh.as_deref(), mirror.len(), now, report).await?;
+    let (pending, ours, removed) = (view.pending, view.ours, view.removed);
 
     let (mut ours, removed_now) = if fresh.is_some() {
         reconcile_favourites(job, &mirror, ours, now, report).await?
@@ -613,9 +654,10 @@ async fn execute(
         trusted: Vec::new(),
         pending,
         held_back,
-        writes,
+        writes: view.writes,
         pushes: 0,
-        releases,
+        releases: view.releases,
+        warm_since: view.warm_since,
         held: mirror.len(),
     };
     let (inputs, first) = first_plan(job, inputs, &mirror, &ours).await?;
@@ -641,7 +683,7 @@ async fn execute(
     applied?;
     if !trigger.is_lazy() {
         // A lazy push answers one need; the cache belongs to the full picture.
-        settle_cache(job, fp, report).await?;
+        settle_cache(job, report.fingerprint, report).await?;
     }
     report.duration = state.started.elapsed();
     Ok(())
@@ -753,6 +795,8 @@ struct Inputs {
     pushes: usize,
     /// Slots given back in the last hour, this run's included.
     releases: usize,
+    /// 2.8: when the radio's NodeDB was last found reset (keys pushed since are warm).
+    warm_since: Option<SystemTime>,
     /// Entries the radio surely holds: the node list's, plus the new nodes pushed while it
     /// surely had room (beyond that a new node evicts another).
     held: usize,
@@ -783,7 +827,14 @@ impl PlanParams {
                 .traits
                 .release_restarts_lora
                 .then_some(job.settings.max_releases as usize),
-            hold_since: ago(Duration::from_secs(3600)),
+            // No push and release within the hour below 2.8 (a release restarts the LoRa chip);
+            // on 2.8 a push serves a DM within seconds, so a short hold.
+            hold_since: ago(if job.traits.release_restarts_lora {
+                Duration::from_secs(3600)
+            } else {
+                WARM_HOLD
+            }),
+
             own: job.session.my_node_num,
             traits: job.traits.clone(),
             key_slots: job.settings.key_slots.map(|n| n as usize),
@@ -793,6 +844,10 @@ impl PlanParams {
         }
     }
 }
+
+/// 2.8: how long a pushed favourite is kept before it is given back (a DM waiting for the key
+/// goes within seconds; the warm tier keeps the key after).
+const WARM_HOLD: Duration = Duration::from_secs(10 * 60);
 
 /// Plans from where things stand now.
 fn plan_step(
@@ -819,6 +874,7 @@ fn plan_step(
             .max_releases
             .map(|max| max.saturating_sub(inputs.releases)),
         hold_since: params.hold_since,
+        warm_since: inputs.warm_since,
         held: Some(inputs.held),
     })
 }
@@ -1045,13 +1101,17 @@ async fn apply(
             && inputs.held < params.traits.capacity;
         inputs.held += usize::from(grows);
         let write = record_op(job, &op, mirror, ours, report);
+        let now = SystemTime::now();
         if matches!(op, Op::Push(_)) {
             inputs.pushes += 1;
             inputs.urgent.retain(|n| *n != num);
+            // The run's later steps see the push as the store will: just made, held.
+            if let Some(key) = inputs.trusted.iter_mut().find(|k| k.num == num) {
+                key.last_pushed = Some(now);
+            }
         } else {
             inputs.releases += 1;
         }
-        let now = SystemTime::now();
         let recorded = job
             .store
             .run(move |s| s.note_flash_write(num, write, now))
