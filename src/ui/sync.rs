@@ -189,16 +189,27 @@ fn outcome_lines<'a>(
     lines
 }
 
-/// The slot budget and what it left: slots, protected entries, keys stored only.
+/// What the radio protects of what it holds, the slot budget, and the keys stored only.
 fn plan_line<'a>(r: &SyncReport, width: usize, theme: &Theme) -> Line<'a> {
     let gave_back = if r.released > 0 {
         format!(" · gave back {}", r.released)
     } else {
         String::new()
     };
+    // Protected of held: the invariant keeps the first at most half of the second.
+    let held = if r.held_after > 0 {
+        format!("/{}", r.held_after)
+    } else {
+        String::new()
+    };
+    let router = if r.router_role {
+        " · router: partners only"
+    } else {
+        ""
+    };
     let text = format!(
-        "slots {} · protected {} · stored only {}{gave_back}",
-        r.slots, r.protected_after, r.stored_only
+        "protected {}{held} · slots {} · stored {}{gave_back}{router}",
+        r.protected_after, r.slots, r.stored_only
     );
     Line::from(Span::styled(fit(&text, width), theme.muted()))
 }

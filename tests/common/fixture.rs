@@ -71,6 +71,7 @@ pub fn report(
         stored_only: 3,
         slots: 40,
         protected_after: 12,
+        held_after: 60,
         plan: Some("slots 40 of capacity 100".into()),
         frames_sent: frames,
         duration: Duration::from_millis(740),

@@ -427,6 +427,8 @@ pub struct Plan {
     /// Entries the radio surely holds after the plan: the invariant keeps `protected_after`
     /// at most half of it.
     pub held_after: usize,
+    /// A router-role gateway: slots for pinned nodes, needs and DM partners only.
+    pub router_role: bool,
 }
 
 impl Plan {
@@ -549,6 +551,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .or_else(|| input.pushes_ignored.map(Blocked::PushesIgnored)),
         protected_after: protected_now,
         held_after: mirror.len(),
+        router_role: traits.router_role,
     };
 
     let mut candidates = classify(input, &mut plan);
@@ -843,6 +846,9 @@ pub fn describe(plan: &Plan) -> String {
         plan.present,
         plan.stored_only
     );
+    if plan.router_role {
+        s.push_str("; router role: slots for pinned nodes and DM partners only");
+    }
     if plan.warm > 0 {
         use fmt::Write as _;
         let _ = write!(s, "; in the radio's warm tier {}", plan.warm);

@@ -307,6 +307,11 @@ pub struct SyncReport {
     /// Slots keysync may fill, and protected entries on the radio after the run.
     pub slots: u32,
     pub protected_after: u32,
+    /// Entries the radio held after the run, as far as keysync can tell: the invariant keeps
+    /// `protected_after` at most half of it.
+    pub held_after: u32,
+    /// The gateway has a router role: slots for pinned nodes, needs and DM partners only.
+    pub router_role: bool,
 }
 
 impl SyncReport {
@@ -339,6 +344,8 @@ impl SyncReport {
             blocked: None,
             slots: 0,
             protected_after: 0,
+            held_after: 0,
+            router_role: false,
         }
     }
 
@@ -679,6 +686,7 @@ async fn execute(
             .filter(|(n, r)| **n != own && r.is_protected())
             .count(),
     );
+    report.held_after = count(mirror.len());
     report.mirror = Some(Arc::new(mirror));
     applied?;
     if !trigger.is_lazy() {
@@ -908,6 +916,7 @@ fn report_start(job: &SyncJob, first: &plan::Plan, writes: usize, report: &mut S
     report.stored_only = count(first.stored_only);
     report.conflicts = count(first.conflicts.len());
     report.slots = count(first.budget.slots);
+    report.router_role = first.router_role;
     report.blocked = first.blocked.as_ref().map(ToString::to_string);
     report.plan = Some(plan::describe(first));
     if let Some(clamped) = &first.budget.clamped {
