@@ -581,28 +581,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 
     let releasable = releasable(input, &ranked, &working);
-    let held = input.held.unwrap_or(mirror.len()).max(1);
-    let mut budget = Schedule {
-        ops: Vec::new(),
-        releasable: releasable.into(),
-        // keysync's favourites that the radio shows protected now (the list may be older).
-        ours: input
-            .ours
-            .iter()
-            .filter(|n| mirror.get(n).is_some_and(RadioNode::is_protected))
-            .count(),
-        protected: protected_now,
-        held,
-        room: if traits.capacity_sure {
-            traits.capacity.saturating_sub(held)
-        } else {
-            0
-        },
-        flash: input.flash_left,
-        releases: input.releases_left,
-        slots: plan.budget.slots,
-        ceiling: plan.budget.protected_ceiling(),
-    };
+    let mut budget = Schedule::new(input, &plan.budget, releasable, protected_now);
     // Over budget already (the operator protected more since): give back down to it.
     while budget.over(0) && budget.flash > 0 && budget.release_one() {}
     if traits.warm_tier {
@@ -764,6 +743,33 @@ pub fn within_invariant(protected: usize, held: usize) -> bool {
 }
 
 impl Schedule {
+    /// Nothing scheduled yet: the counts as the radio holds them now.
+    fn new(input: &PlanInput<'_>, budget: &Budget, releasable: Vec<u32>, protected: usize) -> Self {
+        let mirror = input.mirror;
+        let held = input.held.unwrap_or(mirror.len()).max(1);
+        Self {
+            ops: Vec::new(),
+            releasable: releasable.into(),
+            // keysync's favourites that the radio shows protected now (the list may be older).
+            ours: input
+                .ours
+                .iter()
+                .filter(|n| mirror.get(n).is_some_and(RadioNode::is_protected))
+                .count(),
+            protected,
+            held,
+            room: if input.traits.capacity_sure {
+                input.traits.capacity.saturating_sub(held)
+            } else {
+                0
+            },
+            flash: input.flash_left,
+            releases: input.releases_left,
+            slots: budget.slots,
+            ceiling: budget.protected_ceiling(),
+        }
+    }
+
     /// Whether `adding` more protected entries would pass a budget.
     fn over(&self, adding: usize) -> bool {
         self.ours + adding > self.slots || self.protected + adding > self.ceiling
