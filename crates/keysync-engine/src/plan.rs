@@ -254,9 +254,18 @@ fn capacity_of(hw_model: i32, pio_env: &str, develop: bool) -> (usize, String) {
         H::HeltecMeshSolar,
         H::Canaryone,
         H::Rak3401,
+        // src/platform/nrf52/architecture.h names these too.
+        H::Ppr,
+        H::TwcMeshV4,
+        H::Me25ls014y10td,
+        H::Ms24sf1,
+        H::Meshlink,
+        H::MuziBase,
+        H::MuziR1Neo,
+        H::ThinknodeM4,
+        H::ThinknodeM6,
     ];
     let esp32s3 = [
-        H::HeltecV3,
         H::HeltecWslV3,
         H::HeltecV4,
         H::TloraT3S3,
@@ -290,6 +299,14 @@ fn capacity_of(hw_model: i32, pio_env: &str, develop: bool) -> (usize, String) {
     if nrf52.contains(&model) || pio_env.starts_with("rak4631") || pio_env.contains("nrf52") {
         let n = if develop { 120 } else { 80 };
         return (n, format!("{name}: nRF52"));
+    }
+    // STM32WL (mesh-pb-constants.h): 10.
+    if [H::Rak3172, H::WioE5].contains(&model) {
+        return (10, format!("{name}: STM32WL"));
+    }
+    // An ESP32-S3 with 8 MB of flash: 200 (≥ 7 MB).
+    if model == H::HeltecV3 {
+        return (200, format!("{name}: ESP32-S3 with 8 MB of flash"));
     }
     if esp32s3.contains(&model) {
         return (
@@ -1198,6 +1215,10 @@ mod tests {
             ("2.8.0", HardwareModel::Rak4631, "", 120),
             ("2.7.4", HardwareModel::Tbeam, "tbeam", 100),
             ("2.7.26", HardwareModel::Portduino, "native", 200),
+            ("2.7.26", HardwareModel::HeltecV3, "", 200),
+            ("2.7.26", HardwareModel::HeltecV4, "", 100),
+            ("2.7.26", HardwareModel::ThinknodeM6, "", 80),
+            ("2.7.26", HardwareModel::Rak3172, "", 10),
         ];
         for (firmware, hw, pio_env, capacity) in cases {
             let t = RadioTraits::new(firmware, hw as i32, pio_env, false, false, None);
