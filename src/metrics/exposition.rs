@@ -313,6 +313,11 @@ impl Figures {
             "Flash writes keysync caused on the radio: add_contact and remove_favorite_node.",
             totals.flash_writes(),
         )?;
+        e.counter(
+            "lora_restarts",
+            "Slots given back (remove_favorite_node) on firmware 2.6.8 – 2.7.x, where each one restarts the radio's LoRa chip and loses the packets in flight.",
+            totals.lora_restarts,
+        )?;
         if let Some(n) = self.flash_last_hour {
             e.gauge(
                 "flash_writes_last_hour",

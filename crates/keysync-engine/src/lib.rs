@@ -1233,6 +1233,7 @@ impl EngineLoop {
         let clients = self.clients.as_ref().map(|c| c.borrow().clone());
         let pushes = self.writes.pushes.load(Ordering::Relaxed);
         let unfavourites = self.writes.unfavourites.load(Ordering::Relaxed);
+        let lora_restarts = self.writes.lora_restarts.load(Ordering::Relaxed);
         self.count_flash_writes(pushes + unfavourites).await;
         let mqtt = self.mqtt.as_ref().map(|m| {
             let mut status = m.status.borrow().clone();
@@ -1241,8 +1242,9 @@ impl EngineLoop {
         });
         self.snapshot.send_if_modified(|s| {
             let totals = &mut s.sync.totals;
-            let mut changed = (totals.pushes, totals.unfavourites) != (pushes, unfavourites);
-            (totals.pushes, totals.unfavourites) = (pushes, unfavourites);
+            let written = (pushes, unfavourites, lora_restarts);
+            let mut changed = (totals.pushes, totals.unfavourites, totals.lora_restarts) != written;
+            (totals.pushes, totals.unfavourites, totals.lora_restarts) = written;
             changed |= s.traffic != traffic || s.mqtt != mqtt;
             s.traffic = traffic;
             s.mqtt = mqtt;

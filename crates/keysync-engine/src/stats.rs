@@ -76,6 +76,8 @@ pub struct WriteCounters {
     pub pushes: AtomicU64,
     /// remove_favorite_node messages sent (slots given back).
     pub unfavourites: AtomicU64,
+    /// Of those, the ones that restarted the radio's LoRa chip (2.6.8 – 2.7.x).
+    pub lora_restarts: AtomicU64,
 }
 
 /// Sync runs since start, by trigger and outcome, with their durations and what they wrote.
@@ -85,6 +87,7 @@ pub struct SyncTotals {
     pub duration: Histogram,
     pub pushes: u64,
     pub unfavourites: u64,
+    pub lora_restarts: u64,
 }
 
 impl SyncTotals {

@@ -1132,6 +1132,11 @@ async fn apply(
             Op::Release(_) => &job.writes.unfavourites,
         };
         written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if matches!(op, Op::Release(_)) && job.traits.release_restarts_lora {
+            job.writes
+                .lora_restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         recorded?;
         wait_for_queue(job, id).await?;
         if let (Op::Push(_), Some(tx)) = (&op, &job.pushed_tx) {
