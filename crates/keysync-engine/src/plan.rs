@@ -944,6 +944,21 @@ mod tests {
         key_slots: Option<usize>,
     }
 
+    /// Puts `keys` on the radio as favourites keysync made; their numbers.
+    pub(super) fn ours_on_radio(mirror: &mut Mirror, keys: &[TrustedKey]) -> BTreeSet<u32> {
+        for k in keys {
+            mirror.insert(
+                k.num,
+                RadioNode {
+                    key: Some(k.key),
+                    favourite: true,
+                    ..RadioNode::default()
+                },
+            );
+        }
+        keys.iter().map(|k| k.num).collect()
+    }
+
     /// A full radio's node list: its own node (0) and `capacity − 1` nodes it heard, none
     /// protected, none of them trusted keys.
     pub(super) fn full_radio(capacity: usize) -> Mirror {
@@ -1511,18 +1526,7 @@ mod invariant_tests {
         // A full budget of keysync's favourites and two nodes that need a slot now.
         let trusted: Vec<TrustedKey> = (1..=8).map(|n| trusted(n, u64::from(n), false)).collect();
         let mut mirror = tests::full_radio(12);
-        let mut ours = BTreeSet::new();
-        for k in &trusted[..6] {
-            mirror.insert(
-                k.num,
-                RadioNode {
-                    key: Some(k.key),
-                    favourite: true,
-                    ..RadioNode::default()
-                },
-            );
-            ours.insert(k.num);
-        }
+        let ours = tests::ours_on_radio(&mut mirror, &trusted[..6]);
         let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(12));
         assert!(traits.release_restarts_lora);
         assert!(!RadioTraits::new("2.8.0", 0, "", false, false, Some(12)).release_restarts_lora);
@@ -1667,18 +1671,7 @@ mod urgent_tests {
         };
         let trusted: Vec<TrustedKey> = (1..=41).map(mk).collect();
         let mut mirror = tests::full_radio(40);
-        let mut ours = BTreeSet::new();
-        for k in &trusted[..40] {
-            mirror.insert(
-                k.num,
-                RadioNode {
-                    key: Some(k.key),
-                    favourite: true,
-                    ..RadioNode::default()
-                },
-            );
-            ours.insert(k.num);
-        }
+        let ours = tests::ours_on_radio(&mut mirror, &trusted[..40]);
         let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(80));
         let p = plan(&PlanInput {
             trusted: &trusted,

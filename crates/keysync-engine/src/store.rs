@@ -1220,23 +1220,24 @@ impl Store {
     /// Slots given back (remove_favorite_node) since `since`: below 2.8 each one restarted the
     /// radio's LoRa chip.
     pub fn releases_since(&self, since: SystemTime) -> Result<usize, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM flash_writes WHERE at >= ?1 AND kind = 'unfavourite'",
-                params![millis(since)],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.error(e))?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        self.writes_since(since, Some(FlashWrite::Unfavourite))
     }
 
     pub fn flash_writes_since(&self, since: SystemTime) -> Result<usize, StoreError> {
+        self.writes_since(since, None)
+    }
+
+    /// Flash writes since `since`, of one kind or all.
+    fn writes_since(
+        &self,
+        since: SystemTime,
+        kind: Option<FlashWrite>,
+    ) -> Result<usize, StoreError> {
         let n: i64 = self
             .conn
             .query_row(
-                "SELECT count(*) FROM flash_writes WHERE at >= ?1",
-                params![millis(since)],
+                "SELECT count(*) FROM flash_writes WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2)",
+                params![millis(since), kind.map(FlashWrite::as_str)],
                 |r| r.get(0),
             )
             .map_err(|e| self.error(e))?;
