@@ -944,6 +944,38 @@ mod tests {
         key_slots: Option<usize>,
     }
 
+    /// The plan's input with the tests' defaults: no pending, held-back or ignored nodes, a
+    /// flash budget of 60, DM partners since 100 s, a hold since 3600 s (Unix time).
+    pub(super) fn input<'a>(
+        trusted: &'a [TrustedKey],
+        mirror: &'a Mirror,
+        traits: &'a RadioTraits,
+        ours: &'a BTreeSet<u32>,
+        urgent: &'a [u32],
+    ) -> PlanInput<'a> {
+        PlanInput {
+            trusted,
+            pending: &EMPTY,
+            mirror,
+            own: 0,
+            traits,
+            key_slots: None,
+            ours,
+            held_back: &EMPTY,
+            urgent,
+            flash_left: 60,
+            max_pushes: 1000,
+            pushes_ignored: None,
+            partner_since: SystemTime::UNIX_EPOCH + Duration::from_secs(100),
+            releases_left: None,
+            hold_since: SystemTime::UNIX_EPOCH + Duration::from_secs(3600),
+            warm_since: None,
+            held: None,
+        }
+    }
+
+    static EMPTY: BTreeSet<u32> = BTreeSet::new();
+
     /// Puts `keys` on the radio as favourites keysync made; their numbers.
     pub(super) fn ours_on_radio(mirror: &mut Mirror, keys: &[TrustedKey]) -> BTreeSet<u32> {
         for k in keys {
@@ -994,23 +1026,17 @@ mod tests {
 
         fn plan(&self) -> Plan {
             plan(&PlanInput {
-                trusted: &self.trusted,
                 pending: &self.pending,
-                mirror: &self.mirror,
-                own: 0,
-                traits: &self.traits,
                 key_slots: self.key_slots,
-                ours: &self.ours,
                 held_back: &self.held_back,
-                urgent: &self.urgent,
                 flash_left: self.flash_left,
-                max_pushes: 1000,
-                pushes_ignored: None,
-                partner_since: SystemTime::UNIX_EPOCH,
-                releases_left: None,
-                hold_since: SystemTime::UNIX_EPOCH,
-                warm_since: None,
-                held: None,
+                ..input(
+                    &self.trusted,
+                    &self.mirror,
+                    &self.traits,
+                    &self.ours,
+                    &self.urgent,
+                )
             })
         }
     }
@@ -1396,23 +1422,9 @@ mod invariant_tests {
                 }
             }
             let input = PlanInput {
-                trusted: &trusted,
-                pending: &BTreeSet::new(),
-                mirror: &mirror,
-                own: 0,
-                traits: &traits,
                 key_slots,
-                ours: &ours,
-                held_back: &BTreeSet::new(),
-                urgent: &urgent,
                 flash_left,
-                max_pushes: 1000,
-                pushes_ignored: None,
-                partner_since: SystemTime::UNIX_EPOCH,
-                releases_left: None,
-                hold_since: SystemTime::UNIX_EPOCH,
-                warm_since: None,
-                held: None,
+                ..tests::input(&trusted, &mirror, &traits, &ours, &urgent)
             };
             let plan = plan(&input);
             check(&input, &plan)?;
@@ -1436,58 +1448,11 @@ mod invariant_tests {
         let unsure = RadioTraits::new("2.7.26", 0, "native", false, false, None);
         assert!(!unsure.capacity_sure, "Linux MaxNodes is not told");
         for (traits, pushes) in [(&sure, 1), (&unsure, 0)] {
-            let input = PlanInput {
-                trusted: &trusted,
-                pending: &BTreeSet::new(),
-                mirror: &mirror,
-                own: 0,
-                traits,
-                key_slots: None,
-                ours: &BTreeSet::new(),
-                held_back: &BTreeSet::new(),
-                urgent: &[],
-                flash_left: 60,
-                max_pushes: 1000,
-                pushes_ignored: None,
-                partner_since: SystemTime::UNIX_EPOCH,
-                releases_left: None,
-                hold_since: SystemTime::UNIX_EPOCH,
-                warm_since: None,
-                held: None,
-            };
+            let none = BTreeSet::new();
+            let input = tests::input(&trusted, &mirror, traits, &none, &[]);
             assert_eq!(plan(&input).pushes(), pushes, "{}", traits.capacity_source);
         }
     }
-
-    fn input<'a>(
-        trusted: &'a [TrustedKey],
-        mirror: &'a Mirror,
-        traits: &'a RadioTraits,
-        ours: &'a BTreeSet<u32>,
-        urgent: &'a [u32],
-    ) -> PlanInput<'a> {
-        PlanInput {
-            trusted,
-            pending: &EMPTY,
-            mirror,
-            own: 0,
-            traits,
-            key_slots: None,
-            ours,
-            held_back: &EMPTY,
-            urgent,
-            flash_left: 60,
-            max_pushes: 1000,
-            pushes_ignored: None,
-            partner_since: SystemTime::UNIX_EPOCH + Duration::from_secs(100),
-            releases_left: None,
-            hold_since: SystemTime::UNIX_EPOCH + Duration::from_secs(3600),
-            warm_since: None,
-            held: None,
-        }
-    }
-
-    static EMPTY: BTreeSet<u32> = BTreeSet::new();
 
     #[test]
     fn on_a_router_role_gateway_only_pinned_nodes_needs_and_dm_partners_get_slots() {
@@ -1508,7 +1473,7 @@ mod invariant_tests {
                 .router_role
         );
         let pushed = |traits: &RadioTraits, urgent: &[u32]| {
-            let mut p: Vec<u32> = plan(&input(&trusted, &mirror, traits, &ours, urgent))
+            let mut p: Vec<u32> = plan(&tests::input(&trusted, &mirror, traits, &ours, urgent))
                 .ops
                 .iter()
                 .map(Op::num)
@@ -1531,7 +1496,7 @@ mod invariant_tests {
         assert!(traits.release_restarts_lora);
         assert!(!RadioTraits::new("2.8.0", 0, "", false, false, Some(12)).release_restarts_lora);
         let urgent = [7, 8];
-        let mut i = input(&trusted, &mirror, &traits, &ours, &urgent);
+        let mut i = tests::input(&trusted, &mirror, &traits, &ours, &urgent);
         let released = |i: &PlanInput<'_>| plan(i).releases();
         assert_eq!(released(&i), 2, "two slots given back for two needs");
         i.releases_left = Some(1);
@@ -1544,7 +1509,7 @@ mod invariant_tests {
         for k in &mut recent[..6] {
             k.last_pushed = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4000));
         }
-        let i = input(&recent, &mirror, &traits, &ours, &urgent);
+        let i = tests::input(&recent, &mirror, &traits, &ours, &urgent);
         assert_eq!(released(&i), 0);
     }
 
@@ -1573,7 +1538,7 @@ mod invariant_tests {
         let ours: BTreeSet<u32> = [1, 2, 3].into();
         let traits = RadioTraits::new("2.8.0", 0, "", false, false, Some(40));
         assert!(traits.warm_tier);
-        let mut i = input(&trusted, &mirror, &traits, &ours, &[]);
+        let mut i = tests::input(&trusted, &mirror, &traits, &ours, &[]);
         i.hold_since = SystemTime::UNIX_EPOCH + Duration::from_secs(2000);
         i.warm_since = at(4000);
         let p = plan(&i);
@@ -1591,7 +1556,7 @@ mod invariant_tests {
         );
         // A need pushes it at once.
         let urgent = [4];
-        let mut i = input(&trusted, &mirror, &traits, &ours, &urgent);
+        let mut i = tests::input(&trusted, &mirror, &traits, &ours, &urgent);
         i.warm_since = at(4000);
         assert!(
             plan(&i)
@@ -1600,7 +1565,7 @@ mod invariant_tests {
                 .any(|o| matches!(o, Op::Push(c) if c.num == 4))
         );
         // Within the hold, nothing goes back.
-        let mut i = input(&trusted, &mirror, &traits, &ours, &[]);
+        let mut i = tests::input(&trusted, &mirror, &traits, &ours, &[]);
         i.hold_since = SystemTime::UNIX_EPOCH + Duration::from_secs(500);
         assert_eq!(plan(&i).releases(), 0);
     }
@@ -1624,23 +1589,8 @@ mod invariant_tests {
         let ours: BTreeSet<u32> = [1, 2].into();
         let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(10));
         let input = PlanInput {
-            trusted: &trusted,
-            pending: &BTreeSet::new(),
-            mirror: &mirror,
-            own: 0,
-            traits: &traits,
             key_slots: Some(2),
-            ours: &ours,
-            held_back: &BTreeSet::new(),
-            urgent: &[3],
-            flash_left: 60,
-            max_pushes: 1000,
-            pushes_ignored: None,
-            partner_since: SystemTime::UNIX_EPOCH,
-            releases_left: None,
-            hold_since: SystemTime::UNIX_EPOCH,
-            warm_since: None,
-            held: None,
+            ..tests::input(&trusted, &mirror, &traits, &ours, &[3])
         };
         let plan = plan(&input);
         assert_eq!(plan.releases(), 0, "{:?}", plan.ops);
@@ -1674,23 +1624,9 @@ mod urgent_tests {
         let ours = tests::ours_on_radio(&mut mirror, &trusted[..40]);
         let traits = RadioTraits::new("2.7.26", 0, "", false, false, Some(80));
         let p = plan(&PlanInput {
-            trusted: &trusted,
-            pending: &BTreeSet::new(),
-            mirror: &mirror,
-            own: 0,
-            traits: &traits,
-            key_slots: None,
-            ours: &ours,
-            held_back: &BTreeSet::new(),
-            urgent: &[41],
             flash_left: 10,
-            partner_since: SystemTime::UNIX_EPOCH,
-            releases_left: None,
-            hold_since: SystemTime::UNIX_EPOCH,
-            warm_since: None,
-            held: None,
             max_pushes: 1,
-            pushes_ignored: None,
+            ..tests::input(&trusted, &mirror, &traits, &ours, &[41])
         });
         assert_eq!(
             p.ops,
