@@ -904,7 +904,7 @@ mod tests {
 
     use super::*;
 
-    fn key(num: u32, heard: u64) -> TrustedKey {
+    pub(super) fn key(num: u32, heard: u64) -> TrustedKey {
         TrustedKey {
             num,
             key: [u8::try_from(num % 250).unwrap_or(1) + 1; 32],
@@ -1327,17 +1327,8 @@ mod invariant_tests {
 
     fn trusted(num: u32, heard: u64, pinned: bool) -> TrustedKey {
         TrustedKey {
-            num,
-            key: [u8::try_from(num % 250).unwrap_or(1) + 1; 32],
-            long_name: format!("n{num}"),
-            short_name: String::new(),
-            hw_model: 0,
-            role: 0,
-            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(heard),
             pinned,
-            last_dm: None,
-            last_pushed: None,
-            flags: crate::radio::UserFlags::default(),
+            ..tests::key(num, heard)
         }
     }
 
