@@ -59,11 +59,14 @@ fn main() -> std::process::ExitCode {
         a_small_radio_never_crashes_whatever_the_store_holds,
         a_node_number_is_the_crc32_of_its_key_from_2_8,
     ];
+    // What only develop (2.8) does.
+    let develop = scenarios![keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki];
     let trials = match &suite.builds {
         Ok(builds) => builds
             .iter()
             .flat_map(|fw| {
-                list.iter().map(move |(name, scenario)| {
+                let extra = if fw.is_develop() { &develop[..] } else { &[] };
+                list.iter().chain(extra).map(move |(name, scenario)| {
                     let fw = fw.clone();
                     let scenario = *scenario;
                     Trial::test(format!("{}::{name}", fw.version), move || run(scenario, fw))
@@ -546,6 +549,63 @@ async fn a_node_number_is_the_crc32_of_its_key_from_2_8(fw: Firmware) {
     } else {
         assert_eq!(my, hwid, "2.7: the number -h gives");
     }
+}
+
+async fn keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki(fw: Firmware) {
+    // develop: push, then give the favourite back once it has served; the warm tier keeps an
+    // evicted node's key, so a DM to it is still encrypted ("Use PKI!").
+    let radio = Radio::start(&fw, Setup::nodes(20)).await;
+    heard_nodes(&radio, 12).await;
+    let known = mesh(16, 3);
+    let mut ks = Keysync::start(&radio, &known, |c| {
+        c.sync.release_hold = Duration::from_millis(500);
+    });
+    let first = ks.report(1).await;
+    assert_eq!(first.pushed, 3, "{}", first.summary());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mark = radio.mark();
+    ks.command(EngineCommand::ForceSync).await;
+    let second = ks.report(2).await;
+    assert_eq!(second.released, 3, "{}", second.summary());
+    ks.quit().await;
+    assert_eq!(
+        radio.count_since(mark, "Client received remove_favorite_node"),
+        3
+    );
+    assert_eq!(
+        radio.count_since(mark, "Set radio:"),
+        0,
+        "no LoRa restart on 2.8"
+    );
+    let nodes = node_list(&radio).await;
+    for k in &known {
+        let held = find(&nodes, k.num).expect("still listed");
+        assert!(!held.is_favorite, "given back");
+        assert_eq!(key_of(held), key_of(k), "key kept");
+    }
+
+    // Newcomers push the three out of the NodeDB (into the warm tier)…
+    let (mut client, my) = client(&radio).await;
+    for num in 0x7100..0x7100 + 24 {
+        assert_eq!(push(&mut client, my, &contact_node(num)).await, 0);
+        let id = client.admin(my, Admin::RemoveFavoriteNode(num)).await;
+        let _ = client.queue_status(id).await;
+    }
+    let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
+    let evicted = known[0].num;
+    assert!(find(&nodes, evicted).is_none(), "evicted from the NodeDB");
+    // …and a DM to one of them still goes out encrypted with its key.
+    let mark = radio.mark();
+    let dm = MeshPacket {
+        from: my,
+        ..common::proto::text_packet(evicted, 0x7300, "still encrypted")
+    };
+    client
+        .send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(dm)),
+        })
+        .await;
+    radio.wait_log(mark, "Use PKI!", 1).await;
 }
 
 /// Protected entries (own node aside) and entries in all, in a node list.

@@ -428,6 +428,9 @@ pub struct SyncSettings {
     /// `--dm-window`: a node that exchanged a DM with the gateway within it is a DM partner
     /// (its key goes to the radio at once when it is heard without one).
     pub dm_window: Duration,
+    /// 2.8: how long a favourite keysync made is kept before it goes back (a DM waiting for
+    /// the key goes within seconds; the warm tier keeps the key after).
+    pub release_hold: Duration,
 }
 
 impl Default for SyncSettings {
@@ -443,6 +446,7 @@ impl Default for SyncSettings {
             radio_capacity: None,
             max_releases: 4,
             dm_window: Duration::from_secs(7 * 24 * 3600),
+            release_hold: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -840,7 +844,7 @@ impl PlanParams {
             hold_since: ago(if job.traits.release_restarts_lora {
                 Duration::from_secs(3600)
             } else {
-                WARM_HOLD
+                job.settings.release_hold
             }),
 
             own: job.session.my_node_num,
@@ -852,10 +856,6 @@ impl PlanParams {
         }
     }
 }
-
-/// 2.8: how long a pushed favourite is kept before it is given back (a DM waiting for the key
-/// goes within seconds; the warm tier keeps the key after).
-const WARM_HOLD: Duration = Duration::from_secs(10 * 60);
 
 /// Plans from where things stand now.
 fn plan_step(
