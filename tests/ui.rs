@@ -314,3 +314,24 @@ fn the_log_pane_title_carries_no_unreadable_rate() {
         assert_eq!(title.contains("targets"), show_targets, "{screen}");
     }
 }
+
+#[test]
+fn a_run_that_restarted_the_lora_chip_shows_on_the_timeline_before_anything_else() {
+    // Below 2.8 a slot given back restarts the radio's LoRa chip: the operator sees each one.
+    let mut snap = fixture::snapshot();
+    let mut r = fixture::report(
+        Outcome::Synced,
+        Trigger::Check,
+        10,
+        2,
+        4,
+        "last full sync 30m00s ago ≥ TTL 30m00s",
+    );
+    r.released = 1;
+    r.lora_restarts = 1;
+    assert_eq!(ui::sync::outcome_glyph(&r), '↻');
+    snap.sync.history.push_back(r.clone());
+    snap.sync.last = Some(r);
+    let screen = render(&App::default(), &snap, 80, 24);
+    assert!(screen.contains('↻'), "{screen}");
+}

@@ -133,6 +133,7 @@ fn column(t: SystemTime, now: SystemTime, window: Duration, width: usize) -> Opt
 /// One glyph per sync run at its column; a run that pushed outranks one that failed, and so on.
 fn marks(reports: &[&SyncReport], now: SystemTime, window: Duration, width: usize) -> String {
     let rank = |c: char| match c {
+        '↻' => 5,
         '▲' => 4,
         '✗' => 3,
         '●' | '○' => 2,

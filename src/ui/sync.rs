@@ -22,6 +22,8 @@ use crate::engine::sync::{Outcome, SyncReport, short_hex};
 pub fn outcome_glyph(r: &SyncReport) -> char {
     match r.outcome {
         Outcome::Skipped => '·',
+        // A slot given back restarted the radio's LoRa chip (below 2.8): it shows first.
+        _ if r.lora_restarts > 0 => '↻',
         Outcome::Failed => '✗',
         _ if r.pushed > 0 => '▲',
         Outcome::Synced => '○',

@@ -312,6 +312,8 @@ pub struct SyncReport {
     pub held_after: u32,
     /// The gateway has a router role: slots for pinned nodes, needs and DM partners only.
     pub router_role: bool,
+    /// Slots given back in this run that restarted the radio's LoRa chip (2.6.8 – 2.7.x).
+    pub lora_restarts: u32,
 }
 
 impl SyncReport {
@@ -346,6 +348,7 @@ impl SyncReport {
             protected_after: 0,
             held_after: 0,
             router_role: false,
+            lora_restarts: 0,
         }
     }
 
@@ -1208,6 +1211,7 @@ fn record_op(
             }
             ours.remove(&num);
             if job.traits.release_restarts_lora {
+                report.lora_restarts += 1;
                 log::warn!(target: "keysync::sync",
                     "remove_favorite_node {} sent: slot given back; firmware {} restarts its LoRa chip for it (packets in flight are lost)",
                     radio::node_id(num), job.traits.firmware);
