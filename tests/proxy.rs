@@ -1458,3 +1458,64 @@ async fn a_dm_waiting_for_its_key_lets_other_clients_packets_go_first() {
 fn sent_index(sim: &SimHandle, id: u32) -> Option<usize> {
     sim.sent().iter().position(|p| p.id == id)
 }
+
+#[tokio::test]
+async fn a_dm_the_radio_cannot_encrypt_is_sent_again_once_its_key_is_pushed() {
+    // The radio removed a node keysync still pictures with its key (nothing tells a client):
+    // the client's DM fails with PKI_SEND_FAIL_PUBLIC_KEY (Router.cpp, ≥ 2.7.19). keysync pushes
+    // the key and sends the DM again under a new id; the client sees its own id answered and no
+    // routing error.
+    let p = started(6, |_| {}).await;
+    let target = p.sim.mesh()[2].num;
+    assert!(p.sim.operator(keysync::sim::OperatorAction::Remove, target));
+    let mut client = connect(&p.engine).await;
+    download(&mut client, 1).await;
+    let dm = ToRadio {
+        payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
+            meshtastic::protobufs::MeshPacket {
+                want_ack: true,
+                ..text_packet(target, 7101, "a DM")
+            },
+        )),
+    };
+    client.send(dm).await.expect("sends");
+    wait_until("the DM sent again after the push", || {
+        p.sim.sent().iter().any(|s| s.to == target && s.id != 7101)
+    })
+    .await;
+    let pushed_at = p
+        .sim
+        .contacts()
+        .iter()
+        .position(|c| c.node_num == target)
+        .map(|i| p.sim.contact_times()[i])
+        .expect("the key pushed");
+    let resent = p
+        .sim
+        .sent()
+        .iter()
+        .position(|s| s.to == target && s.id != 7101)
+        .map(|i| p.sim.sent_times()[i])
+        .expect("resent");
+    assert!(pushed_at < resent, "the key went before the second try");
+    // What the client saw for its id: QueueStatus answers, never the routing error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut statuses = 0;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, client.next()).await {
+        match frame.payload_variant {
+            Some(meshtastic::protobufs::from_radio::PayloadVariant::QueueStatus(q)) => {
+                assert_eq!(q.mesh_packet_id, 7101, "answers come under the client's id");
+                statuses += 1;
+            }
+            Some(meshtastic::protobufs::from_radio::PayloadVariant::Packet(ref packet)) => {
+                assert!(
+                    keysync::engine::radio::pki_send_failed(packet).is_none(),
+                    "the client saw the routing error"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(statuses >= 1, "the client's DM was answered");
+    p.engine.quit().await;
+}

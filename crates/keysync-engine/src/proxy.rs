@@ -317,6 +317,8 @@ struct Shared {
     live: broadcast::Sender<Arc<RadioFrame>>,
     /// Packet id → the client that sent it, for routing QueueStatus.
     pending_ids: Mutex<HashMap<u32, mpsc::Sender<ToClient>>>,
+    /// Clients' DMs sent once, and those sent again after the radio lacked the key.
+    retries: Mutex<DmRetries>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
     views: watch::Sender<Vec<ClientView>>,
     learned: mpsc::Sender<NodeSeen>,
@@ -340,6 +342,59 @@ struct Shared {
 struct Held {
     queues: fair::HeldQueues<Upward>,
     overflow: OverflowLog,
+}
+
+/// How many DMs are remembered for a second try, and how many second tries are followed.
+const DM_RETRIES_KEPT: usize = 32;
+
+/// A client's DM that failed for lack of its destination's key goes again, once: keysync
+/// pushes the key (the engine answers the same failure), then sends the DM under a new id (the
+/// radio ignores a repeated one) and maps the answers back to the client's id. The client
+/// sees the routing error only when the second try fails too.
+#[derive(Debug, Default)]
+struct DmRetries {
+    /// DMs sent once: their id, the client's queue, the frame and the port it was paced by.
+    first: VecDeque<FirstTry>,
+    /// DMs sent again: the new id → the client's id and where its answers go.
+    again: VecDeque<(u32, u32, mpsc::Sender<ToClient>)>,
+}
+
+#[derive(Debug)]
+struct FirstTry {
+    id: u32,
+    client: u64,
+    msg: ToRadio,
+    portnum: Option<i32>,
+    reply: mpsc::Sender<ToClient>,
+}
+
+impl DmRetries {
+    fn sent(&mut self, first: FirstTry) {
+        if self.first.len() == DM_RETRIES_KEPT {
+            self.first.pop_front();
+        }
+        self.first.push_back(first);
+    }
+
+    fn take_first(&mut self, id: u32) -> Option<FirstTry> {
+        let i = self.first.iter().position(|f| f.id == id)?;
+        self.first.remove(i)
+    }
+
+    fn sent_again(&mut self, new_id: u32, id: u32, reply: mpsc::Sender<ToClient>) {
+        if self.again.len() == DM_RETRIES_KEPT {
+            self.again.pop_front();
+        }
+        self.again.push_back((new_id, id, reply));
+    }
+
+    /// The client's id and channel for an answer to `new_id`, if it was a second try.
+    fn again_of(&self, new_id: u32) -> Option<(u32, mpsc::Sender<ToClient>)> {
+        self.again
+            .iter()
+            .find(|(n, _, _)| *n == new_id)
+            .map(|(_, id, reply)| (*id, reply.clone()))
+    }
 }
 
 /// A client's frame on its way to the radio.
@@ -477,6 +532,7 @@ impl Bound {
             session_ready: watch::channel(false).0,
             live: broadcast::channel(CLIENT_QUEUE).0,
             pending_ids: Mutex::new(HashMap::new()),
+            retries: Mutex::new(DmRetries::default()),
             clients: Mutex::new(Vec::new()),
             views,
             learned,
@@ -596,11 +652,24 @@ fn on_frame(shared: &Shared, frame: Arc<RadioFrame>) -> bool {
             // Only answers to a client's packet go back, to that client alone.
             let client = lock(&shared.pending_ids).remove(&q.mesh_packet_id);
             if let Some(client) = client {
-                let _ = client.try_send(ToClient::Frame(frame.payload.clone()));
+                let again = lock(&shared.retries).again_of(q.mesh_packet_id);
+                let bytes = match again {
+                    // A second try is answered under the client's own id.
+                    Some((id, _)) => {
+                        let mut q = *q;
+                        q.mesh_packet_id = id;
+                        composed(V::QueueStatus(q))
+                    }
+                    None => frame.payload.clone(),
+                };
+                let _ = client.try_send(ToClient::Frame(bytes));
             }
         }
         Some(V::ConfigCompleteId(_)) => {}
         Some(V::Packet(packet)) => {
+            if retry_dm(shared, packet) {
+                return false;
+            }
             let stale = admin_answer_differs(shared, packet);
             if let Some(seen) = crate::radio::node_seen(&frame) {
                 let mut up = lock(&shared.upstream);
@@ -654,6 +723,68 @@ fn on_contact(shared: &Shared, contact: &SharedContact) {
             ..NodeInfo::default()
         });
     }
+}
+
+/// The bytes of a frame keysync composes.
+fn composed(variant: from_radio::PayloadVariant) -> Bytes {
+    RadioFrame::composed(FromRadio {
+        id: 0,
+        payload_variant: Some(variant),
+    })
+    .payload
+}
+
+/// Follows the radio's answers to clients' DMs: a first try that failed for lack of the key
+/// goes back into its client's queue under a new id (the writer asks the engine for the key
+/// first, as for any DM); an answer to a second try goes to its client alone, under the
+/// client's id. True when the frame was handled here and goes to no other client.
+fn retry_dm(shared: &Shared, packet: &MeshPacket) -> bool {
+    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
+        return false;
+    };
+    if data.request_id == 0 {
+        return false;
+    }
+    let again = lock(&shared.retries).again_of(data.request_id);
+    if let Some((id, reply)) = again {
+        let mut answer = packet.clone();
+        if let Some(mesh_packet::PayloadVariant::Decoded(d)) = answer.payload_variant.as_mut() {
+            d.request_id = id;
+        }
+        let _ = reply.try_send(ToClient::Frame(composed(
+            from_radio::PayloadVariant::Packet(answer),
+        )));
+        return true;
+    }
+    if crate::radio::pki_send_failed(packet).is_none() {
+        return false;
+    }
+    let Some(first) = lock(&shared.retries).take_first(data.request_id) else {
+        return false;
+    };
+    let Some(to_radio::PayloadVariant::Packet(mut dm)) = first.msg.payload_variant else {
+        return false;
+    };
+    let new_id = loop {
+        let id = rand::rng().random_range(1..u32::MAX);
+        if id != first.id {
+            break id;
+        }
+    };
+    log::info!(target: "keysync::engine::proxy",
+        "the radio lacked the key for a client's DM to {}: sending it again once its key is pushed",
+        crate::radio::node_id(dm.to));
+    dm.id = new_id;
+    let msg = ToRadio {
+        payload_variant: Some(to_radio::PayloadVariant::Packet(dm)),
+    };
+    lock(&shared.retries).sent_again(new_id, first.id, first.reply.clone());
+    lock(&shared.held).queues.put_back(
+        first.client,
+        Upward::new(msg, new_id, first.portnum, first.reply),
+    );
+    shared.held_more.notify_one();
+    true
 }
 
 fn upsert(nodes: &mut Vec<NodeInfo>, node: NodeInfo) {
@@ -970,12 +1101,22 @@ async fn write_upstream(
             .session
             .as_ref()
             .map_or(0, |s| s.my_node_num);
+        let dm = dm_to(&up.msg, own).is_some();
         if up.key.is_none()
             && let Some(to) = dm_to(&up.msg, own)
         {
             up.key = Some(ask_for_key(&shared, &needs, to, up.id).await);
             lock(&shared.held).queues.put_back(client, up);
             continue;
+        }
+        if dm && up.id != 0 && lock(&shared.retries).again_of(up.id).is_none() {
+            lock(&shared.retries).sent(FirstTry {
+                id: up.id,
+                client,
+                msg: up.msg.clone(),
+                portnum: up.portnum,
+                reply: up.reply.clone(),
+            });
         }
         if up.id != 0 {
             let mut pending = lock(&shared.pending_ids);
