@@ -59,13 +59,18 @@ fn main() -> std::process::ExitCode {
         a_small_radio_never_crashes_whatever_the_store_holds,
         a_node_number_is_the_crc32_of_its_key_from_2_8,
     ];
-    // What only develop (2.8) does.
+    // What only develop (2.8) does, and what only firmware before it does.
     let develop = scenarios![keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki];
+    let before_develop = scenarios![a_release_restarts_the_lora_chip_and_releases_are_rationed];
     let trials = match &suite.builds {
         Ok(builds) => builds
             .iter()
             .flat_map(|fw| {
-                let extra = if fw.is_develop() { &develop[..] } else { &[] };
+                let extra = if fw.is_develop() {
+                    &develop[..]
+                } else {
+                    &before_develop[..]
+                };
                 list.iter().chain(extra).map(move |(name, scenario)| {
                     let fw = fw.clone();
                     let scenario = *scenario;
@@ -551,6 +556,60 @@ async fn a_node_number_is_the_crc32_of_its_key_from_2_8(fw: Firmware) {
     }
 }
 
+async fn a_release_restarts_the_lora_chip_and_releases_are_rationed(fw: Firmware) {
+    // Below 2.8 remove_favorite_node goes through saveChanges → reloadConfig → the radio
+    // reconfigures its LoRa chip ("[Router] Set radio:"): keysync gives slots back rarely.
+    let mut radio = Radio::start(&fw, Setup::nodes(20)).await;
+    heard_nodes(&radio, 9).await;
+    let known = mesh(17, 12);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &known);
+    drop(store);
+    // Slots for the nine heard nodes and five of the twelve keys.
+    let slots = ["--key-slots", "14"];
+    sync_once_with(&radio, &db, &slots);
+    let ours = node_list(&radio)
+        .await
+        .iter()
+        .filter(|n| n.is_favorite && known.iter().any(|k| k.num == n.num))
+        .count();
+    assert_eq!(ours, 5, "half of the 10 entries the radio held");
+    // Two hours later (the store's clock set back): the seven keys left out are pinned now.
+    // The radio holds 15 entries: two fit beside keysync's five, each further one needs a slot
+    // given back first — two at most this hour.
+    {
+        let conn = rusqlite::Connection::open(&db).expect("opens the store");
+        conn.execute_batch(
+            "UPDATE nodes SET last_pushed = last_pushed - 7200000 WHERE last_pushed IS NOT NULL;
+             UPDATE flash_writes SET at = at - 7200000;",
+        )
+        .expect("sets the clock back");
+        let mut store = keysync::engine::store::Store::open(&db).expect("store opens");
+        let on_radio: Vec<u32> = node_list(&radio).await.iter().map(|n| n.num).collect();
+        for k in known.iter().filter(|k| !on_radio.contains(&k.num)) {
+            store.set_pinned(k.num, true).expect("pins");
+        }
+    }
+    let mark = radio.mark();
+    sync_once_with(
+        &radio,
+        &db,
+        &[&slots[..], &["--max-releases", "2"]].concat(),
+    );
+    let released = radio.count_since(mark, "Client received remove_favorite_node");
+    assert_eq!(released, 2, "--max-releases 2");
+    assert_eq!(
+        radio.count_since(mark, "[Router] Set radio:"),
+        2,
+        "each release restarted the LoRa chip:\n{}",
+        radio.tail(40)
+    );
+    assert!(radio.is_running());
+    let nodes = node_list(&radio).await;
+    let (protected, held) = protected_of(&nodes, nodes.first().map_or(0, |n| n.num));
+    assert!(2 * protected <= held, "{protected} protected of {held}");
+}
+
 async fn keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki(fw: Firmware) {
     // develop: push, then give the favourite back once it has served; the warm tier keeps an
     // evicted node's key, so a DM to it is still encrypted ("Use PKI!").
@@ -620,11 +679,17 @@ fn protected_of(nodes: &[NodeInfo], my: u32) -> (usize, usize) {
 /// `keysync sync --once` against `radio` with the store at `db`; its stdout, after asserting
 /// that it succeeded.
 fn sync_once(radio: &Radio, db: &Path) -> String {
+    sync_once_with(radio, db, &[])
+}
+
+/// [`sync_once`] with more options.
+fn sync_once_with(radio: &Radio, db: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_keysync"))
         .args(["sync", "--once", "--host", &radio.host()])
         .arg("--db")
         .arg(db)
         .args(["--push-gap", "100ms"])
+        .args(args)
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .output()
         .expect("keysync runs");
