@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
         heartbeats_queue_status_and_the_text_limit_as_the_firmware_does_them,
         the_simulator_answers_a_scripted_session_as_the_firmware_does,
         a_small_radio_never_crashes_whatever_the_store_holds,
+        a_radio_of_60_with_300_trusted_keys_never_crashes,
         a_node_number_is_the_crc32_of_its_key_from_2_8,
     ];
     // What only develop (2.8) does, and what only firmware before it does.
@@ -703,18 +704,30 @@ fn sync_once_with(radio: &Radio, db: &Path, args: &[&str]) -> String {
 }
 
 async fn a_small_radio_never_crashes_whatever_the_store_holds(fw: Firmware) {
-    // MaxNodes 20 (not told over the API), full of nodes it heard (here: contacts given back,
-    // so they are neither favourite nor verified), one of them the operator's favourite; the
-    // store holds 60 other trusted keys. keysync at 46f6436 pushed 20 and crashed this radio.
+    // MaxNodes 20 (not told over the API) and 60 trusted keys: keysync at 46f6436 pushed 20
+    // and crashed this radio.
+    radio_full_of_heard_nodes(fw, 20, 60).await;
+}
+
+async fn a_radio_of_60_with_300_trusted_keys_never_crashes(fw: Firmware) {
+    radio_full_of_heard_nodes(fw, 60, 300).await;
+}
+
+/// A radio of `max_nodes` full of nodes it heard (here: contacts given back, so neither
+/// favourite nor verified), one of them the operator's favourite, and a store of `keys` other
+/// trusted keys: sync, an unknown node speaking, a restart, sync again — no crash, at most half
+/// protected, the operator's favourite kept.
+async fn radio_full_of_heard_nodes(fw: Firmware, max_nodes: usize, keys: usize) {
     let cli = common::python::required_cli();
     let _mesh = common::firmware::mesh_lock().await;
-    let mut radio = Radio::start(&fw, Setup::nodes(20)).await;
+    let mut radio = Radio::start(&fw, Setup::nodes(max_nodes)).await;
     let mesh_node = Radio::start(&fw, Setup::nodes(40)).await;
     tokio::join!(radio.join_mesh(&cli), mesh_node.join_mesh(&cli));
     let operators = contact_node(0x6000);
     {
         let (mut client, my) = client(&radio).await;
-        for num in 0x6000..0x6000 + 19 {
+        let heard = u32::try_from(max_nodes - 1).expect("a small NodeDB");
+        for num in 0x6000..0x6000 + heard {
             assert_eq!(push(&mut client, my, &contact_node(num)).await, 0);
             let id = client.admin(my, Admin::RemoveFavoriteNode(num)).await;
             let _ = client.queue_status(id).await;
@@ -724,7 +737,7 @@ async fn a_small_radio_never_crashes_whatever_the_store_holds(fw: Firmware) {
             .await;
         let _ = client.queue_status(id).await;
         let nodes = node_infos(&client.download(NODES_ONLY_NONCE).await);
-        assert_eq!(nodes.len(), 20, "full");
+        assert_eq!(nodes.len(), max_nodes, "full");
         assert_eq!(
             protected_of(&nodes, my).0,
             1,
@@ -732,7 +745,7 @@ async fn a_small_radio_never_crashes_whatever_the_store_holds(fw: Firmware) {
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, store) = seeded_store(&dir, &mesh(21, 60));
+    let (db, store) = seeded_store(&dir, &mesh(21, keys));
     drop(store);
 
     let mark = radio.mark();
