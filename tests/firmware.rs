@@ -314,20 +314,7 @@ async fn a_push_lands_with_its_key_names_and_favourite(fw: Firmware) {
     let (db, store) = seeded_store(&dir, &known);
     drop(store);
     // The binary, as an operator runs it once.
-    let out = Command::new(env!("CARGO_BIN_EXE_keysync"))
-        .args(["sync", "--once", "--host", &radio.host()])
-        .arg("--db")
-        .arg(&db)
-        .args(["--push-gap", "100ms"])
-        .env("XDG_CONFIG_HOME", "/nonexistent")
-        .output()
-        .expect("keysync runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "sync --once failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync_once(&radio, &db);
     radio
         .wait_log(mark, "Client received add_contact command", 5)
         .await;

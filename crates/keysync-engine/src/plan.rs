@@ -1516,17 +1516,7 @@ mod invariant_tests {
         // Pushed after the last NodeDB reset, evicted since: in the warm tier.
         trusted[3].last_pushed = at(5000);
         let mut mirror = tests::full_radio(40);
-        for k in &trusted[..3] {
-            mirror.insert(
-                k.num,
-                RadioNode {
-                    key: Some(k.key),
-                    favourite: true,
-                    ..RadioNode::default()
-                },
-            );
-        }
-        let ours: BTreeSet<u32> = [1, 2, 3].into();
+        let ours = tests::ours_on_radio(&mut mirror, &trusted[..3]);
         let traits = RadioTraits::new("2.8.0", 0, "", false, false, Some(40));
         assert!(traits.warm_tier);
         let mut i = tests::input(&trusted, &mirror, &traits, &ours, &[]);
