@@ -12,6 +12,7 @@ pub mod mqtt;
 pub mod plan;
 pub mod proxy;
 pub mod radio;
+pub mod repeat;
 pub mod stats;
 pub mod store;
 pub mod sync;
@@ -568,7 +569,7 @@ impl EngineLoop {
             match step {
                 Step::Notice(Ok(notice)) => self.on_notice(notice).await,
                 Step::Notice(Err(broadcast::error::RecvError::Lagged(n))) => {
-                    log::warn!(target: "keysync::engine", "fell {n} frames behind the radio; some node announcements were not learned");
+                    crate::log_limited!(warn, "engine-behind", target: "keysync::engine", "fell {n} frames behind the radio; some node announcements were not learned");
                 }
                 Step::Notice(Err(broadcast::error::RecvError::Closed))
                 | Step::LinkChanged(false)
@@ -782,7 +783,7 @@ impl EngineLoop {
             .map(|(_, to)| *to)
         {
             Some(to) => {
-                log::warn!(target: "keysync::sync", "the radio could not encrypt a DM to {}: it lacks the key", node_id(to));
+                crate::log_limited!(warn, "dm-failed", burst 10, target: "keysync::sync", "the radio could not encrypt a DM to {}: it lacks the key", node_id(to));
                 if let Some(m) = self.mirror.as_mut()
                     && let Some(node) = Arc::make_mut(m).get_mut(&to)
                 {
@@ -791,7 +792,7 @@ impl EngineLoop {
                 self.lazy_asked.remove(&to);
                 self.need(to, Trigger::DmFailed).await;
             }
-            None => log::warn!(target: "keysync::sync",
+            None => crate::log_limited!(warn, "dm-failed-unknown", target: "keysync::sync",
                 "a DM sent by another client (packet {request:08x}) failed for lack of a key; keysync cannot tell to whom"),
         }
     }
@@ -1513,18 +1514,25 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
         radio::Source::Fleet { gateway } => format!("the fleet ({})", node_id(gateway)),
     };
     match learned {
-        Learned::FirstUse => {
+        Learned::FirstUse if first_use >= log::Level::Debug => {
             log::log!(target: "keysync::store", first_use, "learned the key of {who} from {from} (trusted on first use)");
         }
-        Learned::Pending { old, new } => log::warn!(target: "keysync::store",
+        Learned::FirstUse => {
+            crate::log_limited!(info, "learned", burst 20, target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
+        }
+        Learned::Pending { old, new } => {
+            crate::log_limited!(warn, "pending", burst 20, target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            sync::key_fingerprint(&old), sync::key_fingerprint(&new)),
+            sync::key_fingerprint(&old), sync::key_fingerprint(&new))
+        }
         Learned::Renumbered { from } => log::info!(target: "keysync::store",
             "{who} is {} under the number firmware 2.8 derives from its key: trust, pin and DM history carried over; the old number is retired",
             node_id(from)),
-        Learned::Claimed { owner } => log::warn!(target: "keysync::store",
+        Learned::Claimed { owner } => {
+            crate::log_limited!(warn, "claimed", burst 20, target: "keysync::store",
             "{who} presents via {from} the key {} holds trusted — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            node_id(owner)),
+            node_id(owner))
+        }
         Learned::Same
         | Learned::KnownOther(_)
         | Learned::NamesOnly

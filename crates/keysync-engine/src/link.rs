@@ -973,7 +973,7 @@ impl DownloadGate {
         if self.waiting.len() == Self::WAITING
             && let Some(dropped) = self.waiting.pop_front()
         {
-            log::warn!(target: "keysync::link",
+            crate::log_limited!(warn, "downloads-waiting", target: "keysync::link",
                 "{} config downloads waiting: dropped the request {dropped}", Self::WAITING);
         }
         self.waiting.push_back(nonce);

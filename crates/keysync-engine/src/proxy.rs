@@ -592,7 +592,7 @@ async fn follow_upstream(
         };
         match notice {
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                log::warn!(target: "keysync::engine::proxy", "fell {n} frames behind the radio");
+                crate::log_limited!(warn, "proxy-behind", target: "keysync::engine::proxy", "fell {n} frames behind the radio");
             }
             Err(broadcast::error::RecvError::Closed) => return,
             Ok(LinkNotice::Up(session)) => {
@@ -1274,7 +1274,7 @@ async fn ask_for_key(
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         if tokio::time::timeout(KEY_WAIT, answered).await.is_err() {
-            log::warn!(target: "keysync::engine::proxy",
+            crate::log_limited!(warn, "key-wait", burst 10, target: "keysync::engine::proxy",
                 "the key of {} was not pushed within {}: the DM goes as it is",
                 crate::radio::node_id(to), humantime::format_duration(KEY_WAIT));
         }
@@ -1289,14 +1289,14 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                log::warn!(target: "keysync::engine::proxy", "accept failed: {e}");
+                crate::log_limited!(warn, "accept-failed", target: "keysync::engine::proxy", "accept failed: {e}");
                 sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let count = lock(&shared.clients).len();
         if count >= shared.config.max_clients {
-            log::warn!(target: "keysync::engine::proxy", "refused {peer}: already {count} clients (--max-clients)");
+            crate::log_limited!(warn, "client-refused", target: "keysync::engine::proxy", "refused {peer}: already {count} clients (--max-clients)");
             tokio::spawn(refuse(stream, shared.config.max_clients));
             continue;
         }
@@ -1311,14 +1311,14 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         });
         lock(&shared.clients).push(stats.clone());
         shared.publish_views();
-        log::info!(target: "keysync::engine::proxy", "client {peer} connected");
+        crate::log_limited!(info, "client-connected", burst 20, target: "keysync::engine::proxy", "client {peer} connected");
         let shared = shared.clone();
         tokio::spawn(async move {
             let why = serve(&shared, stream, stats.clone()).await;
             lock(&shared.clients).retain(|c| !Arc::ptr_eq(c, &stats));
             shared.publish_views();
             let v = stats.view();
-            log::info!(target: "keysync::engine::proxy",
+            crate::log_limited!(info, "client-left", burst 20, target: "keysync::engine::proxy",
                 "client {peer} left ({why}); {} frames in, {} out, {} dropped", v.frames_in, v.frames_out, v.dropped);
         });
     }
@@ -1474,7 +1474,7 @@ fn take_packet(
             return;
         }
         fair::Judgement::Over(limit) => {
-            log::info!(target: "keysync::engine::proxy",
+            crate::log_limited!(info, "over-limit", target: "keysync::engine::proxy",
                 "{}: packet {:08x} on port {} is over the firmware's limit of one per {} for a client: answered as the radio would",
                 stats.addr, packet.id, portnum.unwrap_or_default(), humantime::format_duration(limit.gap));
             let room = room_for(shared, stats.id);
@@ -1825,7 +1825,7 @@ fn admit(shared: &Shared, verdict: Verdict) -> bool {
 /// Queues a config-only download behind what the client just sent, so that the next replay
 /// shows the change; counted in [`Shared::refreshes`] already.
 fn queue_refresh(shared: &Shared, stats: &ClientStats, reply: &mpsc::Sender<ToClient>) {
-    log::info!(target: "keysync::engine::proxy",
+    crate::log_limited!(info, "config-refresh", burst 5, target: "keysync::engine::proxy",
         "{} changes the radio's configuration: refreshing it before the next replay", stats.addr);
     let want = Upward::new(
         crate::radio::want_config(CONFIG_ONLY_NONCE),

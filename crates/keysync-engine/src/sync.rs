@@ -1157,7 +1157,7 @@ async fn take_urgent(job: &mut SyncJob, inputs: &mut Inputs) -> Result<(), SyncE
     let mut fresh = Vec::new();
     while let Ok(num) = rx.try_recv() {
         if !inputs.urgent.contains(&num) && !fresh.contains(&num) {
-            log::info!(target: "keysync::sync", "{} needs its key now: ahead of the rest", radio::node_id(num));
+            crate::log_limited!(info, "urgent", burst 10, target: "keysync::sync", "{} needs its key now: ahead of the rest", radio::node_id(num));
             fresh.push(num);
         }
     }
