@@ -1523,7 +1523,7 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
         Learned::Pending { old, new } => {
             crate::log_limited!(warn, "pending", burst 20, target: "keysync::store",
             "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            sync::key_fingerprint(&old), sync::key_fingerprint(&new))
+            sync::key_fingerprint(&old), sync::key_fingerprint(&new));
         }
         Learned::Renumbered { from } => log::info!(target: "keysync::store",
             "{who} is {} under the number firmware 2.8 derives from its key: trust, pin and DM history carried over; the old number is retired",
@@ -1531,7 +1531,7 @@ pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
         Learned::Claimed { owner } => {
             crate::log_limited!(warn, "claimed", burst 20, target: "keysync::store",
             "{who} presents via {from} the key {} holds trusted — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            node_id(owner))
+            node_id(owner));
         }
         Learned::Same
         | Learned::KnownOther(_)
