@@ -15,7 +15,7 @@ use crate::engine::files::{read_small, read_text};
 use crate::engine::mqtt::MqttConfig;
 use crate::engine::mqtt::broker::BrokerUrl;
 use crate::engine::mqtt::crypto::ChannelKey;
-use crate::engine::proxy::{DestructiveAdmin, ProxyConfig};
+use crate::engine::proxy::{AdminDenial, ProxyConfig};
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
 
 mod file;
@@ -153,8 +153,9 @@ pub struct EngineArgs {
     #[arg(long, env = "KEYSYNC_ALLOW_REMOTE_ADMIN")]
     pub allow_remote_admin: bool,
 
-    /// Drop these destructive admin messages from downstream clients, loopback ones included
-    /// (reboot, factory-reset, nodedb-reset, remove-node, ignore-node; comma-separated).
+    /// Drop these destructive admin messages from downstream clients, loopback ones included:
+    /// `destructive` for every kind, or some of reboot, factory-reset, nodedb-reset,
+    /// remove-node, ignore-node, firmware, files, exit-simulator, unknown (comma-separated).
     #[arg(
         long,
         env = "KEYSYNC_DENY_ADMIN",
@@ -162,7 +163,7 @@ pub struct EngineArgs {
         value_name = "KINDS"
     )]
     #[serde(deserialize_with = "from_strs")]
-    pub deny_admin: Vec<DestructiveAdmin>,
+    pub deny_admin: Vec<AdminDenial>,
 
     /// Serve Prometheus metrics on http://ADDR/metrics and the status as JSON on /status
     /// (e.g. 127.0.0.1:9464).
@@ -609,7 +610,11 @@ impl Settings {
             set(&mut proxy.max_clients, e.max_clients);
             set(&mut proxy.downstream_grace, e.downstream_grace);
             proxy.allow_remote_admin = e.allow_remote_admin;
-            proxy.deny_admin.clone_from(&e.deny_admin);
+            for kind in e.deny_admin.iter().flat_map(|d| d.kinds()) {
+                if !proxy.deny_admin.contains(&kind) {
+                    proxy.deny_admin.push(kind);
+                }
+            }
             proxy
         });
         engine.mqtt = mqtt_config(&e).map_err(SettingsError::Invalid)?;
@@ -814,6 +819,7 @@ fn parse_channel_key(s: &str) -> Result<ChannelKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::proxy::DestructiveAdmin;
 
     fn resolve(args: &GlobalArgs, file: Option<FileConfig>) -> Result<Settings, SettingsError> {
         Settings::resolve(
@@ -880,6 +886,14 @@ mod tests {
         assert!(!proxy.allow_remote_admin);
         let err = FileConfig::parse("deny-admin = [\"reboot\", \"everything\"]").unwrap_err();
         assert!(err.contains("everything"), "{err}");
+        let all = with_file(
+            "listen = \"127.0.0.1:4404\"\ndeny-admin = [\"reboot\", \"destructive\"]",
+            EngineArgs::default(),
+        )
+        .engine
+        .proxy
+        .expect("--listen from the file");
+        assert_eq!(all.deny_admin, DestructiveAdmin::ALL);
     }
 
     #[test]

@@ -53,6 +53,11 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::codec::{Decoder, Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+mod admin;
+
+pub use admin::{AdminDenial, DestructiveAdmin};
+use admin::{AdminRead, Carried};
+
 use crate::codec::{CodecError, RadioCodec, RadioFrame, encode_raw};
 use crate::link::{LinkNotice, LinkSender, Session, is_config_part};
 use crate::radio::{
@@ -140,82 +145,6 @@ fn admin_policy(config: &ProxyConfig) -> String {
         format!("; {who}")
     } else {
         format!("; {who}, {} dropped from every client", denied.join(", "))
-    }
-}
-
-/// Admin messages that destroy state on the radio: always logged at WARN with the sender,
-/// and blocked when named in `--deny-admin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DestructiveAdmin {
-    /// reboot_seconds, reboot_ota_seconds, shutdown_seconds.
-    Reboot,
-    /// factory_reset_device, factory_reset_config.
-    FactoryReset,
-    NodedbReset,
-    /// remove_by_nodenum.
-    RemoveNode,
-    /// set_ignored_node, add_contact with should_ignore.
-    IgnoreNode,
-}
-
-impl DestructiveAdmin {
-    pub const ALL: [Self; 5] = [
-        Self::Reboot,
-        Self::FactoryReset,
-        Self::NodedbReset,
-        Self::RemoveNode,
-        Self::IgnoreNode,
-    ];
-
-    /// The name `--deny-admin` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Reboot => "reboot",
-            Self::FactoryReset => "factory-reset",
-            Self::NodedbReset => "nodedb-reset",
-            Self::RemoveNode => "remove-node",
-            Self::IgnoreNode => "ignore-node",
-        }
-    }
-
-    /// The kind of `admin`, when it is destructive.
-    #[expect(
-        deprecated,
-        reason = "old clients still send reboot_ota_seconds; it reboots"
-    )]
-    pub fn of(admin: &AdminMessage) -> Option<Self> {
-        use admin_message::PayloadVariant as A;
-        match admin.payload_variant.as_ref()? {
-            A::RebootSeconds(_) | A::RebootOtaSeconds(_) | A::ShutdownSeconds(_) => {
-                Some(Self::Reboot)
-            }
-            A::FactoryResetDevice(_) | A::FactoryResetConfig(_) => Some(Self::FactoryReset),
-            A::NodedbReset(_) => Some(Self::NodedbReset),
-            A::RemoveByNodenum(_) => Some(Self::RemoveNode),
-            A::SetIgnoredNode(_) => Some(Self::IgnoreNode),
-            A::AddContact(c) if c.should_ignore => Some(Self::IgnoreNode),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for DestructiveAdmin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for DestructiveAdmin {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown admin kind {s:?}: one of {}", names.join(", "))
-            })
     }
 }
 
@@ -1019,15 +948,15 @@ impl ReplayEffect {
 /// AdminModule.cpp), the configuration through a config-only refresh queued behind the packet,
 /// so the radio has applied it first.
 fn replay_effect(shared: &Shared, packet: &MeshPacket) -> ReplayEffect {
-    let AdminPayload::Admin(admin) = admin_payload(packet) else {
+    let (own, carried) = carried_by(shared, packet);
+    let Carried::Admin { payload, .. } = carried else {
         return ReplayEffect::None;
     };
-    let own = lock(&shared.upstream)
-        .session
-        .as_ref()
-        .map_or(0, |s| s.my_node_num);
+    let AdminRead::Known(admin) = admin::read_admin(&payload) else {
+        return ReplayEffect::None;
+    };
     // Admin for another node goes over the mesh and changes nothing here.
-    if packet.to != own && packet.to != 0 {
+    if packet.to != own.unwrap_or(0) && packet.to != 0 {
         return ReplayEffect::None;
     }
     ReplayEffect::of(&admin)
@@ -1838,113 +1767,137 @@ fn queue_refresh(shared: &Shared, stats: &ClientStats, reply: &mpsc::Sender<ToCl
     }
 }
 
-/// Whether a downstream packet may go to the radio; learns nothing itself.
-fn filter(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> Verdict {
-    let admin = match admin_payload(packet) {
-        AdminPayload::None => return Verdict::Pass,
-        AdminPayload::Undecodable => {
-            // The firmware may decode what prost refuses (nanopb does not check UTF-8), and an
-            // add_contact it decodes with an empty key erases a key: what cannot be read is
-            // not passed on.
-            log::warn!(target: "keysync::engine::proxy",
-                "dropped an admin message from {peer}: its payload does not decode");
-            return Verdict::Drop;
-        }
-        AdminPayload::Admin(admin) => admin,
+/// The radio's number, and what `packet` carries to its admin module.
+fn carried_by(shared: &Shared, packet: &MeshPacket) -> (Option<u32>, Carried) {
+    let up = lock(&shared.upstream);
+    let own = up.session.as_ref().map(|s| s.my_node_num);
+    let channels = if matches!(
+        packet.payload_variant,
+        Some(mesh_packet::PayloadVariant::Encrypted(_))
+    ) {
+        crate::mqtt::crypto::radio_channel_table(up.config.iter().map(|f| &f.msg))
+    } else {
+        Vec::new()
     };
-    if let Some(admin_message::PayloadVariant::AddContact(contact)) = &admin.payload_variant {
-        if contact.should_ignore {
-            // The firmware ignores the node and erases its key: an operator's decision about
-            // the radio, not a key to learn.
-            let allowed = (loopback || shared.config.allow_remote_admin)
-                && !shared
-                    .config
-                    .deny_admin
-                    .contains(&DestructiveAdmin::IgnoreNode);
-            log::warn!(target: "keysync::engine::proxy",
-                "{peer} asks the radio to ignore {} (add_contact with should_ignore): {}",
-                node_id(contact.node_num),
-                if allowed { "forwarded, not learned" } else { "dropped: --deny-admin ignore-node, or admin from a remote client" });
-            return if allowed {
-                Verdict::Pass
-            } else {
-                Verdict::Drop
-            };
-        }
-        let user = contact.user.clone().unwrap_or_default();
-        if !is_node_num(contact.node_num) {
-            log::warn!(target: "keysync::engine::proxy",
-                "dropped add_contact for {} from {peer}: that is no node (0 is nobody, !ffffffff is broadcast)",
-                node_id(contact.node_num));
+    drop(up);
+    (own, admin::carried(packet, own, &channels))
+}
+
+/// Whether a downstream packet may go to the radio; learns nothing itself. It judges what the
+/// radio will run: an encrypted packet for the radio is opened first ([`admin::carried`]).
+fn filter(shared: &Shared, packet: &MeshPacket, loopback: bool, peer: SocketAddr) -> Verdict {
+    let (own, carried) = carried_by(shared, packet);
+    let (payload, sealed) = match carried {
+        Carried::Nothing => return Verdict::Pass,
+        Carried::Unjudgeable => {
+            crate::log_limited!(warn, "unjudgeable", burst 10, target: "keysync::engine::proxy",
+                "dropped an encrypted packet from {peer} to {}: the radio would open it, and no channel key it holds opens it here (channel hash {}, {}), so keysync cannot judge it",
+                node_id(packet.to), packet.channel, if packet.pki_encrypted { "PKI" } else { "AES" });
             return Verdict::Drop;
         }
-        let Some(key) = valid_key(&user.public_key) else {
-            log::warn!(target: "keysync::engine::proxy",
-                "dropped add_contact for {} from {peer}: its key is empty or invalid ({} bytes) and would erase the key on the radio",
-                node_id(contact.node_num), user.public_key.len());
+        Carried::Admin { payload, sealed } => (payload, sealed),
+    };
+    let how = if sealed {
+        " (encrypted with a channel key)"
+    } else {
+        ""
+    };
+    let admin = match admin::read_admin(&payload) {
+        // The firmware may decode what prost refuses (nanopb does not check UTF-8), and an
+        // add_contact it decodes with an empty key erases a key: what cannot be read is not
+        // passed on.
+        AdminRead::Undecodable => {
+            crate::log_limited!(warn, "admin-undecodable", burst 10, target: "keysync::engine::proxy",
+                "dropped an admin message{how} from {peer}: its payload does not decode");
             return Verdict::Drop;
-        };
-        let trusted = trusted_key(&shared.engine.borrow(), contact.node_num);
-        let forward = contact_may_pass(trusted, key);
-        if !forward {
-            log::warn!(target: "keysync::engine::proxy",
-                "held back add_contact for {} from {peer}: its key differs from the trusted one; learned as pending for the operator to decide",
-                node_id(contact.node_num));
         }
-        let seen = Box::new(NodeSeen {
-            num: contact.node_num,
-            long_name: user.long_name,
-            short_name: user.short_name,
-            hw_model: user.hw_model,
-            role: user.role,
-            public_key: user.public_key,
-            source: Source::Downstream,
-            is_favorite: true,
-            flags: crate::radio::UserFlags::default(),
-        });
-        return Verdict::Contact {
-            seen,
-            pass: forward,
-        };
+        AdminRead::Unnamed => None,
+        AdminRead::Known(admin) => Some(admin),
+    };
+    if let Some(admin_message::PayloadVariant::AddContact(contact)) =
+        admin.as_ref().and_then(|a| a.payload_variant.as_ref())
+        && !contact.should_ignore
+    {
+        return judge_contact(shared, contact, own, peer);
     }
+    let kind = admin
+        .as_deref()
+        .map_or(Some(DestructiveAdmin::Unknown), DestructiveAdmin::of);
     let remote_denied = !loopback && !shared.config.allow_remote_admin;
-    if let Some(kind) = DestructiveAdmin::of(&admin) {
+    if let Some(kind) = kind {
         let denied = shared.config.deny_admin.contains(&kind);
-        log::warn!(target: "keysync::engine::proxy",
-            "{peer} sends the radio a destructive admin message ({kind}): {}",
+        crate::log_limited!(warn, "admin-destructive", burst 10, target: "keysync::engine::proxy",
+            "{peer} sends the radio a destructive admin message{how} ({kind}): {}",
             if denied { "dropped (--deny-admin)" } else if remote_denied { "dropped: admin is allowed from loopback clients only" } else { "forwarded" });
         if denied {
             return Verdict::Drop;
         }
     }
     if remote_denied {
-        log::warn!(target: "keysync::engine::proxy",
-            "dropped an admin message from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
+        crate::log_limited!(warn, "admin-remote", burst 10, target: "keysync::engine::proxy",
+            "dropped an admin message{how} from {peer}: admin is allowed from loopback clients only (--allow-remote-admin)");
         return Verdict::Drop;
     }
     Verdict::Pass
 }
 
-/// What the admin port of a client's packet carries.
-#[derive(Debug)]
-enum AdminPayload {
-    /// Not an admin packet (or an encrypted one, which the radio itself judges).
-    None,
-    /// On the admin port, but not an AdminMessage prost can read.
-    Undecodable,
-    Admin(Box<AdminMessage>),
-}
-
-fn admin_payload(packet: &MeshPacket) -> AdminPayload {
-    let Some(mesh_packet::PayloadVariant::Decoded(data)) = &packet.payload_variant else {
-        return AdminPayload::None;
+/// A client's add_contact (not one that ignores): dropped when it would erase a key, name the
+/// gateway itself or name two nodes; otherwise learned, and forwarded unless it replaces a
+/// trusted key.
+fn judge_contact(
+    shared: &Shared,
+    contact: &SharedContact,
+    own: Option<u32>,
+    peer: SocketAddr,
+) -> Verdict {
+    let user = contact.user.clone().unwrap_or_default();
+    let refused = if !is_node_num(contact.node_num) {
+        Some("that is no node (0 is nobody, !ffffffff is broadcast)".to_owned())
+    } else if own == Some(contact.node_num) {
+        Some("that is the gateway's own node, whose key only the radio itself sets".to_owned())
+    } else if !user.id.is_empty() && !user.id.eq_ignore_ascii_case(&node_id(contact.node_num)) {
+        Some(format!(
+            "its user names another node ({})",
+            crate::radio::printable(&user.id)
+        ))
+    } else if valid_key(&user.public_key).is_none() {
+        Some(format!(
+            "its key is empty or invalid ({} bytes) and would erase the key on the radio",
+            user.public_key.len()
+        ))
+    } else {
+        None
     };
-    if data.portnum != PortNum::AdminApp as i32 {
-        return AdminPayload::None;
+    if let Some(why) = refused {
+        crate::log_limited!(warn, "contact-refused", burst 10, target: "keysync::engine::proxy",
+            "dropped add_contact for {} from {peer}: {why}", node_id(contact.node_num));
+        return Verdict::Drop;
     }
-    admin_of(packet).map_or(AdminPayload::Undecodable, |a| {
-        AdminPayload::Admin(Box::new(a))
-    })
+    let Some(key) = valid_key(&user.public_key) else {
+        return Verdict::Drop;
+    };
+    let trusted = trusted_key(&shared.engine.borrow(), contact.node_num);
+    let forward = contact_may_pass(trusted, key);
+    if !forward {
+        crate::log_limited!(warn, "contact-held", burst 10, target: "keysync::engine::proxy",
+            "held back add_contact for {} from {peer}: its key differs from the trusted one; learned as pending for the operator to decide",
+            node_id(contact.node_num));
+    }
+    let seen = Box::new(NodeSeen {
+        num: contact.node_num,
+        long_name: user.long_name,
+        short_name: user.short_name,
+        hw_model: user.hw_model,
+        role: user.role,
+        public_key: user.public_key,
+        source: Source::Downstream,
+        is_favorite: true,
+        flags: crate::radio::UserFlags::default(),
+    });
+    Verdict::Contact {
+        seen,
+        pass: forward,
+    }
 }
 
 /// The key the operator trusts for `num`, from the engine's view.
@@ -2206,13 +2159,19 @@ mod tests {
         };
         // add_contact (field 66) whose user (2) has a long_name (2) that is not UTF-8.
         let bad = vec![0x92, 0x04, 6, 0x12, 4, 0x12, 2, 0xff, 0xfe];
+        let Carried::Admin { payload, sealed } =
+            admin::carried(&packet(PortNum::AdminApp, bad.clone()), Some(1), &[])
+        else {
+            panic!("an admin packet");
+        };
+        assert!(!sealed);
         assert!(matches!(
-            admin_payload(&packet(PortNum::AdminApp, bad.clone())),
-            AdminPayload::Undecodable
+            admin::read_admin(&payload),
+            AdminRead::Undecodable
         ));
         assert!(matches!(
-            admin_payload(&packet(PortNum::TextMessageApp, bad)),
-            AdminPayload::None
+            admin::carried(&packet(PortNum::TextMessageApp, bad), Some(1), &[]),
+            Carried::Nothing
         ));
     }
 

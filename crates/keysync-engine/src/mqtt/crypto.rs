@@ -120,9 +120,28 @@ fn preset_name(preset: i32) -> &'static str {
     }
 }
 
+/// One channel of a radio as the firmware matches a packet to it: the hash a packet names it by,
+/// and its key unless it sends in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadioChannel {
+    pub hash: u8,
+    pub key: Option<ChannelKey>,
+}
+
 /// The channels a radio's configuration download describes, with their keys: the primary and
 /// the secondaries that encrypt (a secondary without a PSK borrows the primary's key).
 pub fn radio_channels<'a>(frames: impl IntoIterator<Item = &'a FromRadio>) -> Vec<ChannelKey> {
+    radio_channel_table(frames)
+        .into_iter()
+        .filter_map(|c| c.key)
+        .collect()
+}
+
+/// Every enabled channel of a radio's configuration download, those in clear included (their
+/// hash is their name's alone, Channels.cpp `generateHash` over an empty key).
+pub fn radio_channel_table<'a>(
+    frames: impl IntoIterator<Item = &'a FromRadio>,
+) -> Vec<RadioChannel> {
     let mut channels: Vec<&Channel> = Vec::new();
     let mut preset = None;
     for frame in frames {
@@ -162,7 +181,19 @@ pub fn radio_channels<'a>(frames: impl IntoIterator<Item = &'a FromRadio>) -> Ve
             } else {
                 &settings.psk
             };
-            ChannelKey::new(name, psk)
+            if psk.len() > 32 {
+                return None;
+            }
+            Some(match ChannelKey::new(name, psk) {
+                Some(key) => RadioChannel {
+                    hash: key.hash(),
+                    key: Some(key),
+                },
+                None => RadioChannel {
+                    hash: xor(super::super::radio::truncate_utf8(name, NAME_MAX).as_bytes()),
+                    key: None,
+                },
+            })
         })
         .collect()
 }
@@ -267,6 +298,10 @@ mod tests {
             channel(3, channel::Role::Secondary, "clear", &[0]),
             lora,
         ];
+        let table = radio_channel_table(&frames);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table[2].key, None);
+        assert_eq!(table[2].hash, xor(b"clear"));
         let keys = radio_channels(&frames);
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].name, "MediumFast");
