@@ -1519,3 +1519,145 @@ async fn a_dm_the_radio_cannot_encrypt_is_sent_again_once_its_key_is_pushed() {
     assert!(statuses >= 1, "the client's DM was answered");
     p.engine.quit().await;
 }
+
+/// Which of `ids` reached the radio.
+fn at_radio(sim: &SimHandle, ids: &[u32]) -> Vec<u32> {
+    let sent: BTreeSet<u32> = sim.counters().packet_ids().into_iter().collect();
+    ids.iter().copied().filter(|id| sent.contains(id)).collect()
+}
+
+#[tokio::test]
+async fn an_encrypted_admin_message_for_the_radio_is_opened_and_judged_as_the_clear_one() {
+    use meshtastic::protobufs::admin_message::PayloadVariant as A;
+    // Reboots are denied (the proxy tests' default); set_owner is an app's kind and passes.
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let my = p.sim.my_node_num();
+    let long_fast = keysync::engine::mqtt::crypto::ChannelKey::default_channel();
+    let owner = meshtastic::protobufs::User {
+        long_name: "PWNED-ENC".into(),
+        ..meshtastic::protobufs::User::default()
+    };
+    let reboot = client
+        .sealed_admin(my, A::RebootSeconds(60), &long_fast)
+        .await;
+    let to_zero = client
+        .sealed_admin(0, A::RebootSeconds(60), &long_fast)
+        .await;
+    let to_all = client
+        .sealed_admin(radio::BROADCAST, A::ShutdownSeconds(1), &long_fast)
+        .await;
+    let set_owner = client
+        .sealed_admin(my, A::SetOwner(owner), &long_fast)
+        .await;
+    let text = client
+        .sealed(
+            radio::BROADCAST,
+            meshtastic::protobufs::PortNum::TextMessageApp,
+            b"sealed hello".to_vec(),
+            &long_fast,
+        )
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(
+        at_radio(&p.sim, &[reboot, to_zero, to_all, set_owner, text]),
+        [set_owner, text],
+        "the encrypted reboots stay out, the owner and the text go"
+    );
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn an_encrypted_packet_for_the_radio_that_no_held_key_opens_is_dropped() {
+    use meshtastic::protobufs::admin_message::PayloadVariant as A;
+    let p = started(3, |c| c.deny_admin.clear()).await;
+    let mut client = configured_client(p.addr).await;
+    let my = p.sim.my_node_num();
+    let theirs = keysync::engine::mqtt::crypto::ChannelKey::new("secret", &[9; 32]).expect("key");
+    let unjudged = client.sealed_admin(my, A::RebootSeconds(60), &theirs).await;
+    // For another node the radio passes it on unopened: nothing to judge.
+    let elsewhere = client
+        .sealed_admin(0x0bad_0003, A::RebootSeconds(60), &theirs)
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(at_radio(&p.sim, &[unjudged, elsewhere]), [elsewhere]);
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn deny_admin_destructive_drops_everything_off_the_allowlist_unknown_fields_included() {
+    use meshtastic::Message as _;
+    use meshtastic::protobufs::admin_message::PayloadVariant as A;
+    let p = started(3, |c| {
+        c.deny_admin = keysync::engine::proxy::DestructiveAdmin::ALL.to_vec();
+    })
+    .await;
+    let mut client = configured_client(p.addr).await;
+    let my = p.sim.my_node_num();
+    let delete = client
+        .admin(my, A::DeleteFileRequest("/prefs/db.proto".into()))
+        .await;
+    let dfu = client.admin(my, A::EnterDfuModeRequest(true)).await;
+    let exit = client.admin(my, A::ExitSimulator(true)).await;
+    // set_time_only, then a field (200) this build cannot name: a later firmware may run it.
+    let mut unnamed = meshtastic::protobufs::AdminMessage {
+        payload_variant: Some(A::SetTimeOnly(1_700_000_000)),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    unnamed.extend([0xc2, 0x0c, 1, 0]);
+    let unknown = client
+        .packet(my, meshtastic::protobufs::PortNum::AdminApp, unnamed)
+        .await;
+    let favourite = client.admin(my, A::SetFavoriteNode(0x0bad_0002)).await;
+    let getter = client.admin(my, A::GetOwnerRequest(true)).await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(
+        at_radio(&p.sim, &[delete, dfu, exit, unknown, favourite, getter]),
+        [favourite, getter]
+    );
+    p.engine.quit().await;
+}
+
+#[tokio::test]
+async fn add_contact_for_the_gateway_itself_or_naming_another_node_is_dropped_and_never_learned() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let my = p.sim.my_node_num();
+    let snap = p.engine.snapshot.clone();
+    let forged = [0x66; 32];
+    let own = client
+        .contact(
+            my,
+            &common::proto::node_info(my, "PWNED", "PW", forged.to_vec()),
+        )
+        .await;
+    let mut other = common::proto::node_info(0x0bad_7001, "Other", "OT", forged.to_vec());
+    if let Some(user) = other.user.as_mut() {
+        user.id = radio::node_id(0x0bad_7002);
+    }
+    let misnamed = client.contact(my, &other).await;
+    let fine = client
+        .contact(
+            my,
+            &common::proto::node_info(0x0bad_7003, "Fine", "FI", [0x67; 32].to_vec()),
+        )
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(at_radio(&p.sim, &[own, misnamed, fine]), [fine]);
+    wait_until("the fine contact learned", || {
+        snap.borrow()
+            .nodes
+            .iter()
+            .any(|n| n.record.num == 0x0bad_7003)
+    })
+    .await;
+    let view = snap.borrow().clone();
+    assert!(
+        view.nodes
+            .iter()
+            .all(|n| n.record.trusted != Some(forged) && n.record.num != 0x0bad_7001),
+        "neither forged contact was learned"
+    );
+    p.engine.quit().await;
+}

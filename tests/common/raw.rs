@@ -148,6 +148,57 @@ impl RawClient {
         self.packet(my, PortNum::AdminApp, payload).await
     }
 
+    /// Sends `admin` to `to` as an attacker would slip it past a filter that reads only clear
+    /// packets: a Data encrypted with the channel `key` (from 0, as clients send), `channel`
+    /// naming the key's hash; returns the packet id.
+    pub async fn sealed_admin(
+        &mut self,
+        to: u32,
+        admin: admin_message::PayloadVariant,
+        key: &keysync::engine::mqtt::crypto::ChannelKey,
+    ) -> u32 {
+        let payload = AdminMessage {
+            payload_variant: Some(admin),
+            ..AdminMessage::default()
+        }
+        .encode_to_vec();
+        self.sealed(to, PortNum::AdminApp, payload, key).await
+    }
+
+    /// Sends `payload` on `portnum` to `to`, encrypted with the channel `key`; the packet id.
+    pub async fn sealed(
+        &mut self,
+        to: u32,
+        portnum: PortNum,
+        payload: Vec<u8>,
+        key: &keysync::engine::mqtt::crypto::ChannelKey,
+    ) -> u32 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut bytes = meshtastic::protobufs::Data {
+            portnum: portnum as i32,
+            payload,
+            ..meshtastic::protobufs::Data::default()
+        }
+        .encode_to_vec();
+        key.apply(id, 0, &mut bytes);
+        self.send(ToRadio {
+            payload_variant: Some(to_radio::PayloadVariant::Packet(
+                meshtastic::protobufs::MeshPacket {
+                    to,
+                    id,
+                    channel: u32::from(key.hash()),
+                    payload_variant: Some(
+                        meshtastic::protobufs::mesh_packet::PayloadVariant::Encrypted(bytes),
+                    ),
+                    ..meshtastic::protobufs::MeshPacket::default()
+                },
+            )),
+        })
+        .await;
+        id
+    }
+
     /// add_contact with the node's own user record, as a careless client pushes; the packet id.
     pub async fn contact(&mut self, my: u32, node: &NodeInfo) -> u32 {
         let contact = SharedContact {

@@ -99,6 +99,8 @@ impl Default for SimConfig {
 #[derive(Debug, Default)]
 pub struct SimCounters {
     received: Mutex<BTreeMap<&'static str, u64>>,
+    /// The ids of the last packets received from clients, whatever became of them.
+    packet_ids: Mutex<std::collections::VecDeque<u32>>,
     pub connections: AtomicU64,
     /// Bytes of complete frames received from clients (header included).
     pub bytes_received: AtomicU64,
@@ -152,6 +154,19 @@ impl SimCounters {
 
     fn count(&self, kind: &'static str) {
         *lock(&self.received).entry(kind).or_default() += 1;
+    }
+
+    /// The ids of the last 1024 packets received from clients, oldest first.
+    pub fn packet_ids(&self) -> Vec<u32> {
+        lock(&self.packet_ids).iter().copied().collect()
+    }
+
+    fn note_packet(&self, id: u32) {
+        let mut ids = lock(&self.packet_ids);
+        if ids.len() == 1024 {
+            ids.pop_front();
+        }
+        ids.push_back(id);
     }
 
     fn get(counter: &AtomicU64) -> u64 {

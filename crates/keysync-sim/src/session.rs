@@ -187,6 +187,9 @@ impl Client {
     async fn handle(&mut self, msg: ToRadio, conn: &mut Conn) -> bool {
         let kind = to_radio_kind(&msg);
         self.shared.counters.count(kind);
+        if let Some(to_radio::PayloadVariant::Packet(p)) = &msg.payload_variant {
+            self.shared.counters.note_packet(p.id);
+        }
         let bytes = msg.encoded_len() as u64 + 4;
         let counters = &self.shared.counters;
         counters.bytes_received.fetch_add(bytes, Ordering::Relaxed);
