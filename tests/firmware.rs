@@ -59,6 +59,7 @@ fn main() -> std::process::ExitCode {
         a_small_radio_never_crashes_whatever_the_store_holds,
         a_radio_of_60_with_300_trusted_keys_never_crashes,
         a_node_number_is_the_crc32_of_its_key_from_2_8,
+        encrypted_admin_through_keysync_changes_nothing,
     ];
     // What only develop (2.8) does, and what only firmware before it does.
     let develop = scenarios![keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki];
@@ -458,6 +459,115 @@ async fn clients_share_the_firmware_through_the_proxy_on_one_connection(fw: Firm
         0,
         "one TCP connection on the firmware's side:\n{}",
         radio.tail(30)
+    );
+}
+
+/// An address on the namespace's loopback device that is not 127/8: a client connecting to it
+/// comes from it, so keysync sees a remote client.
+fn remote_address() -> std::net::Ipv4Addr {
+    let addr = std::net::Ipv4Addr::new(10, 77, 0, 1);
+    let out = Command::new("ip")
+        .args(["addr", "add", "10.77.0.1/32", "dev", "lo"])
+        .output()
+        .expect("ip runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || said.contains("File exists") || said.contains("already assigned"),
+        "cannot add {addr} to lo: {said}"
+    );
+    addr
+}
+
+async fn encrypted_admin_through_keysync_changes_nothing(fw: Firmware) {
+    use keysync::engine::mqtt::crypto::ChannelKey;
+    let radio = Radio::start(&fw, Setup::nodes(20)).await;
+    let long_fast = ChannelKey::default_channel();
+    let owner = |name: &str| {
+        Admin::SetOwner(User {
+            long_name: name.into(),
+            short_name: "PW".into(),
+            ..User::default()
+        })
+    };
+    // Straight to the firmware, the encrypted set_owner is run as local admin: the attack is
+    // real on this binary.
+    let mark = radio.mark();
+    let (mut direct, my) = client(&radio).await;
+    let id = direct
+        .sealed_admin(my, owner("DIRECT-ENC"), &long_fast)
+        .await;
+    let _ = direct.queue_status(id).await;
+    radio.wait_log(mark, "DIRECT-ENC", 1).await;
+    drop(direct);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, store) = seeded_store(&dir, &[]);
+    drop(store);
+    let (mut keysync, listen, log) = common::python::spawn_logged(
+        Command::new(env!("CARGO_BIN_EXE_keysync"))
+            .args(["--headless", "--host", &radio.host()])
+            .args(["--listen", "0.0.0.0:0", "--deny-admin", "reboot"])
+            .arg("--db")
+            .arg(&db),
+        "serving downstream clients on ",
+    );
+    let port: u16 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    let mark = radio.mark();
+    // A remote client: set_owner is admin, allowed from loopback only; the reboot is denied.
+    let remote = std::net::SocketAddr::from((remote_address(), port));
+    let mut attacker = RawClient::connect(remote).await;
+    let my = my_node_num(&attacker.download(7).await);
+    attacker.number_from(0x5100);
+    attacker
+        .sealed_admin(my, owner("PWNED-ENC"), &long_fast)
+        .await;
+    attacker
+        .sealed_admin(my, Admin::RebootSeconds(60), &long_fast)
+        .await;
+    // A loopback client: its encrypted reboot is denied as a clear one would be.
+    let mut local = RawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    local.download(8).await;
+    local.number_from(0x5200);
+    local
+        .sealed_admin(my, Admin::RebootSeconds(60), &long_fast)
+        .await;
+    // Each client's packets reach the radio in order: once its text is answered, what it sent
+    // before has reached the radio or never will.
+    for client in [&mut attacker, &mut local] {
+        let text = client
+            .packet(u32::MAX, PortNum::TextMessageApp, b"after".to_vec())
+            .await;
+        assert_eq!(client.queue_status(text).await.res, 0);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = keysync.kill();
+    let _ = keysync.wait();
+    let log = log.lock().expect("log").join("\n");
+    assert_eq!(
+        (
+            radio.count_since(mark, "PWNED-ENC"),
+            radio.count_since(mark, "Reboot in")
+        ),
+        (0, 0),
+        "the firmware ran none of it:\n{}",
+        radio.tail(40)
+    );
+    let owner = node_list(&radio)
+        .await
+        .into_iter()
+        .find(|n| n.num == my)
+        .and_then(|n| n.user)
+        .map(|u| u.long_name);
+    assert_eq!(owner.as_deref(), Some("DIRECT-ENC"));
+    assert!(log.contains("(encrypted with a channel key)"), "{log}");
+    assert!(log.contains("dropped (--deny-admin)"), "{log}");
+    assert!(
+        log.contains("admin is allowed from loopback clients only"),
+        "{log}"
     );
 }
 
