@@ -183,7 +183,7 @@ async fn a_client_sending_texts_nonstop_gets_one_over_the_limit_line_a_minute() 
             .await;
         texts += 1;
         // Its answers are read now and then, so the proxy does not close it as stuck.
-        if texts % 64 == 0 {
+        if texts.is_multiple_of(64) {
             while tokio::time::timeout(Duration::ZERO, client.recv())
                 .await
                 .is_ok_and(|f| f.is_some())
