@@ -1661,3 +1661,16 @@ async fn add_contact_for_the_gateway_itself_or_naming_another_node_is_dropped_an
     );
     p.engine.quit().await;
 }
+
+#[tokio::test]
+async fn after_quit_the_clients_are_closed_and_the_listening_port_is_free() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let addr = p.addr;
+    p.engine.quit().await;
+    // Bound again at once, by another process's listener as much as by a restarted keysync.
+    let again = std::net::TcpListener::bind(addr);
+    assert!(again.is_ok(), "{addr} is still bound: {again:?}");
+    // Returns once the proxy closed it; a client left open would fail the wait.
+    client.closed().await;
+}

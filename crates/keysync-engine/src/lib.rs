@@ -341,7 +341,8 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         link_changes_recorded: 0,
         own_num: 0,
         learned,
-        clients: proxy.map(|p| p.clients),
+        clients: proxy.as_ref().map(|p| p.clients.clone()),
+        proxy,
         traits: None,
         urgent_tx: None,
         lazy_queue: Vec::new(),
@@ -509,6 +510,8 @@ struct EngineLoop {
     learned: mpsc::Receiver<NodeSeen>,
     clients: Option<watch::Receiver<Vec<crate::proxy::ClientView>>>,
     mqtt: Option<mqtt::MqttHandle>,
+    /// The proxy's tasks, stopped when the engine stops (its port is free then).
+    proxy: Option<crate::proxy::Proxy>,
     /// Keys the MQTT side read from the broker.
     mqtt_learned: Option<mpsc::Receiver<NodeSeen>>,
     /// The radio's channels, for reading the uplink.
@@ -630,6 +633,9 @@ impl EngineLoop {
         }
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop();
+        }
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop().await;
         }
         if let Some(running) = self.running.take() {
             running.abort();

@@ -264,6 +264,8 @@ struct Shared {
     next_client: AtomicU64,
     /// Cancelled to close every client (a long radio outage).
     close_all: Mutex<CancellationToken>,
+    /// Cancelled when the proxy stops: every client closes.
+    stop: CancellationToken,
 }
 
 /// The clients' packets waiting for the radio.
@@ -412,11 +414,24 @@ impl Shared {
     }
 }
 
-/// The running proxy.
+/// The running proxy: its tasks, and the token that stops them and its clients.
 #[derive(Debug)]
 pub struct Proxy {
     pub addr: SocketAddr,
     pub clients: watch::Receiver<Vec<ClientView>>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Closes every client and stops serving; when it returns the listening port is free.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 /// The proxy's address, bound but not serving yet: bound before the radio is dialled, so that
@@ -474,14 +489,23 @@ impl Bound {
             radio_queue: Mutex::new(QueueRoom::default()),
             next_client: AtomicU64::new(1),
             close_all: Mutex::new(CancellationToken::new()),
+            stop: CancellationToken::new(),
         });
         log::info!(target: "keysync::engine::proxy", "serving downstream clients on {addr}{}", admin_policy(&shared.config));
         let answers = notices.resubscribe();
-        tokio::spawn(follow_upstream(shared.clone(), notices, sender.clone()));
-        tokio::spawn(write_upstream(shared.clone(), answers, sender, needs));
-        tokio::spawn(accept(shared.clone(), listener));
-        tokio::spawn(refresh_views(shared));
-        Ok(Proxy { addr, clients })
+        let stop = shared.stop.clone();
+        let tasks = vec![
+            tokio::spawn(follow_upstream(shared.clone(), notices, sender.clone())),
+            tokio::spawn(write_upstream(shared.clone(), answers, sender, needs)),
+            tokio::spawn(accept(shared.clone(), listener)),
+            tokio::spawn(refresh_views(shared)),
+        ];
+        Ok(Proxy {
+            addr,
+            clients,
+            stop,
+            tasks,
+        })
     }
 }
 
@@ -1314,6 +1338,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream, stats: Arc<ClientStats>)
     let why = loop {
         let item = tokio::select! {
             () = close.cancelled() => break "the radio stayed away past the grace period",
+            () = shared.stop.cancelled() => break "keysync is stopping",
             item = source.next() => item,
             _ = tick.tick() => {
                 let partial = source.decoder().partial_since;
