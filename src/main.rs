@@ -104,25 +104,20 @@ fn emit(text: &str) -> anyhow::Result<()> {
 /// glibc's malloc gives each thread that allocates an arena of its own, and each arena keeps
 /// the high-water mark of what was built on it: with 10 000 keys the node lists built on the
 /// store's thread and dropped on the others held about 3 MB of the monitor's RSS for good. One
-/// arena serves keysync's few threads well. glibc reads the setting only from the environment
-/// at start, so keysync starts itself once more with it; a value the operator set is kept,
-/// and when the restart cannot happen keysync goes on with glibc's default.
+/// arena serves keysync's few threads well. Set first thing, before any thread exists; a
+/// `MALLOC_ARENA_MAX` the operator set is kept.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn one_malloc_arena() {
-    const ARENAS: &str = "MALLOC_ARENA_MAX";
-    if std::env::var_os(ARENAS).is_some() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let mut again = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        std::os::unix::process::CommandExt::arg0(&mut again, arg0);
-    }
-    // Returns only when the exec failed.
-    let _ = std::os::unix::process::CommandExt::exec(again.args(args).env(ARENAS, "1"));
+    // SAFETY: mallopt only sets one of malloc's tunables; no thread has allocated yet, and it
+    // fails (returns 0) rather than misbehave on a value it does not take.
+    #[expect(
+        unsafe_code,
+        reason = "glibc's one way to set M_ARENA_MAX from inside the process"
+    )]
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
