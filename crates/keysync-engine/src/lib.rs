@@ -32,6 +32,8 @@ use plan::{Mirror, RadioTraits};
 use radio::{NodeSeen, PublicKey, node_id, valid_key};
 use stats::{Histogram, SyncTotals, WriteCounters};
 use store::{Learned, NodeRecord, Store, SyncCache};
+use sync::needs::Needs;
+use sync::schedule::{Asked, NeedRoute, Schedule, Start};
 use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
 
 /// How many sync reports the snapshot keeps.
@@ -208,20 +210,6 @@ pub struct KeyNeed {
     pub done: oneshot::Sender<()>,
 }
 
-/// A node whose push the radio lost: it is not pushed again until `until`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Backoff {
-    until: SystemTime,
-    times: u32,
-}
-
-/// How long a lost push backs off, the first time; it doubles up to a day.
-const BACKOFF_BASE: Duration = Duration::from_secs(30 * 60);
-const BACKOFF_CAP: Duration = Duration::from_secs(24 * 3600);
-/// A node that triggered a lazy push does not trigger another for this long.
-const LAZY_AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
-/// DMs through the proxy remembered to map a PKI_SEND_FAIL_PUBLIC_KEY back to its node.
-const DM_IDS_KEPT: usize = 64;
 /// Pushes in one run that all never landed: the radio ignores add_contact.
 const IGNORED_AFTER: usize = 3;
 /// Keys from the broker waiting for the store; learned in batches of up to this many.
@@ -333,7 +321,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         session: None,
         sessions_seen: 0,
         running: None,
-        queued: None,
+        schedule: Schedule::default(),
         mirror: None,
         pushed_last: Vec::new(),
         nodes_dirty: true,
@@ -345,14 +333,9 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         proxy,
         traits: None,
         urgent_tx: None,
-        lazy_queue: Vec::new(),
-        lazy_asked: HashMap::new(),
-        backoff: HashMap::new(),
+        needs_state: Needs::default(),
         pushes_ignored: None,
         trusted: HashSet::new(),
-        partners: HashSet::new(),
-        dm_ids: VecDeque::new(),
-        waiters: Vec::new(),
         needs,
         pushed_tx,
         pushed,
@@ -465,30 +448,18 @@ struct EngineLoop {
     session: Option<Arc<Session>>,
     sessions_seen: u64,
     running: Option<JoinHandle<SyncReport>>,
-    /// A forced run asked for while another ran, and whether it may use the handshake list.
-    queued: Option<(Trigger, bool)>,
+    /// Which run goes next.
+    schedule: Schedule,
     /// What the radio's firmware and hardware allow, from the last handshake.
     traits: Option<RadioTraits>,
     /// Hands urgent nodes to the running job, so they go ahead of its bulk fill.
     urgent_tx: Option<mpsc::Sender<u32>>,
-    /// Needs that showed while a run that cannot take them was running.
-    lazy_queue: Vec<(u32, Trigger)>,
-    /// When each node last triggered a lazy push.
-    lazy_asked: HashMap<u32, SystemTime>,
-    backoff: HashMap<u32, Backoff>,
+    /// Push-on-need: who needs a key now, back-offs, client DMs waiting.
+    needs_state: Needs,
     /// Pushing stopped: the radio ignored this many pushes in a row.
     pushes_ignored: Option<usize>,
     /// Nodes with a trusted key.
     trusted: HashSet<u32>,
-    /// Trusted nodes that are pinned or exchanged a DM with the gateway within `--dm-window`:
-    /// heard without a key, theirs goes to the radio at once. Others wait for a need (a DM to
-    /// the gateway heals itself: the firmware's PKI_UNKNOWN_PUBKEY NAK makes the sender send
-    /// its NodeInfo).
-    partners: HashSet<u32>,
-    /// Recent DMs from proxy clients: packet id → destination.
-    dm_ids: VecDeque<(u32, u32)>,
-    /// Proxy DMs waiting for their key to be pushed.
-    waiters: Vec<(u32, oneshot::Sender<()>)>,
     needs: mpsc::Receiver<KeyNeed>,
     /// The running job says which keys it pushed, as it goes.
     pushed_tx: mpsc::UnboundedSender<u32>,
@@ -582,8 +553,8 @@ impl EngineLoop {
                     let next = SystemTime::now() + interval;
                     self.snapshot
                         .send_modify(|s| s.sync.next_check = Some(next));
-                    if self.running.is_none() && self.session.is_some() {
-                        self.start_run(Trigger::Check, false, Vec::new()).await;
+                    if let Some(start) = self.schedule.check(self.session.is_some()) {
+                        self.start_run(start).await;
                     } else {
                         log::debug!(target: "keysync::engine", "check skipped: {}",
                             if self.session.is_none() { "link down" } else { "a sync is running" });
@@ -610,25 +581,17 @@ impl EngineLoop {
                         }
                         Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
                     }
-                    self.answer_waiters(|_| true);
-                    if let Some((trigger, handshake)) = self.queued.take() {
-                        self.start_run(trigger, handshake, Vec::new()).await;
-                    } else if !self.lazy_queue.is_empty() {
-                        let queued = std::mem::take(&mut self.lazy_queue);
-                        let trigger = queued[0].1;
-                        let nums = queued.into_iter().map(|(n, _)| n).collect();
-                        self.start_run(trigger, false, nums).await;
+                    self.needs_state.answer(|_| true);
+                    if let Some(start) = self.schedule.finished() {
+                        self.start_run(start).await;
                     }
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
                 Step::Learned(seen) => self.learn(seen).await,
                 Step::FromBroker(batch) => self.learn_from_broker(batch).await,
                 Step::Need(need) => self.on_need(need).await,
-                Step::Pushed(num) => {
-                    // Its need is met: a later loss of the key is a new need.
-                    self.lazy_asked.remove(&num);
-                    self.answer_waiters(|n| n == num);
-                }
+                // Its need is met: a later loss of the key is a new need.
+                Step::Pushed(num) => self.needs_state.met(num),
             }
         }
         if let Some(mqtt) = self.mqtt.take() {
@@ -670,15 +633,13 @@ impl EngineLoop {
                     changed
                 });
                 self.session = Some(session);
-                if self.running.is_some() {
-                    self.queued = Some((trigger, true));
-                } else {
-                    self.start_run(trigger, true, Vec::new()).await;
+                if let Asked::Start(start) = self.schedule.ask(trigger, true, true) {
+                    self.start_run(start).await;
                 }
             }
             LinkNotice::Down(_) => {
                 self.session = None;
-                self.answer_waiters(|_| true);
+                self.needs_state.answer(|_| true);
             }
             LinkNotice::Download(_) | LinkNotice::Contact(_) => {}
             LinkNotice::Frame(frame) => {
@@ -749,7 +710,7 @@ impl EngineLoop {
         if packet.to == self.own_num {
             // A DM to the gateway: the sender is a partner that deserves a slot.
             let _ = self.store.call(move |s| s.note_dm(from, now)).await;
-            self.partners.insert(from);
+            self.needs_state.partner(from);
         }
         let heard = radio::heard_key(packet);
         let Some(mirror) = self.mirror.as_mut() else {
@@ -772,7 +733,7 @@ impl EngineLoop {
             Err(e) => self.store_failed(&e),
         }
         if lacks_key && self.trusted.contains(&from) {
-            if self.partners.contains(&from) {
+            if self.needs_state.is_partner(from) {
                 self.need(from, Trigger::Heard).await;
             } else {
                 log::debug!(target: "keysync::sync",
@@ -782,12 +743,7 @@ impl EngineLoop {
     }
 
     async fn on_dm_failed(&mut self, request: u32) {
-        match self
-            .dm_ids
-            .iter()
-            .find(|(id, _)| *id == request)
-            .map(|(_, to)| *to)
-        {
+        match self.needs_state.dm_to(request) {
             Some(to) => {
                 crate::log_limited!(warn, "dm-failed", burst 10, target: "keysync::sync", "the radio could not encrypt a DM to {}: it lacks the key", node_id(to));
                 if let Some(m) = self.mirror.as_mut()
@@ -795,7 +751,7 @@ impl EngineLoop {
                 {
                     node.key = None;
                 }
-                self.lazy_asked.remove(&to);
+                self.needs_state.lost(to);
                 self.need(to, Trigger::DmFailed).await;
             }
             None => crate::log_limited!(warn, "dm-failed-unknown", target: "keysync::sync",
@@ -805,14 +761,10 @@ impl EngineLoop {
 
     /// A proxy client's DM: push the destination's key first when the radio lacks it.
     async fn on_need(&mut self, need: KeyNeed) {
-        if self.dm_ids.len() == DM_IDS_KEPT {
-            self.dm_ids.pop_front();
-        }
-        self.dm_ids.push_back((need.packet_id, need.num));
+        self.needs_state.client_dm(need.packet_id, need.num);
         let now = SystemTime::now();
         let num = need.num;
         let _ = self.store.call(move |s| s.note_dm(num, now)).await;
-        self.partners.insert(num);
         let lacks = match (&self.mirror, &self.session) {
             (Some(m), _) => m.get(&num).is_none_or(|n| n.key.is_none() && !n.ignored),
             // The first run has not pictured the radio yet: its handshake's node list says.
@@ -829,49 +781,32 @@ impl EngineLoop {
             let _ = need.done.send(());
             return;
         }
-        self.waiters.push((num, need.done));
-        self.lazy_asked.remove(&num);
+        self.needs_state.wait(num, need.done);
+        self.needs_state.lost(num);
         if !self.need(num, Trigger::ClientDm).await {
             // Backing off: no push is coming, so the DM need not wait for one.
-            self.answer_waiters(|n| n == num);
-        }
-    }
-
-    /// Answers the proxy DMs waiting for nodes that `pick` selects.
-    fn answer_waiters(&mut self, pick: impl Fn(u32) -> bool) {
-        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|(n, _)| pick(*n));
-        self.waiters = wait;
-        for (_, done) in ready {
-            let _ = done.send(());
+            self.needs_state.answer(|n| n == num);
         }
     }
 
     /// A node needs its key on the radio now: ahead of any bulk fill in progress. Returns
     /// whether a push was asked for (not when the node backs off or was asked for lately).
     async fn need(&mut self, num: u32, trigger: Trigger) -> bool {
-        let now = SystemTime::now();
-        if self.backoff.get(&num).is_some_and(|b| b.until > now) {
+        if !self.needs_state.ask(num, SystemTime::now()) {
             return false;
         }
-        if self
-            .lazy_asked
-            .get(&num)
-            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < LAZY_AGAIN_AFTER)
-        {
-            return false;
-        }
-        self.lazy_asked.insert(num, now);
-        if let Some(tx) = &self.urgent_tx
-            && tx.try_send(num).is_ok()
-        {
-            return true;
-        }
-        if self.running.is_some() {
-            self.lazy_queue.push((num, trigger));
-        } else {
-            self.start_run(trigger, false, vec![num]).await;
+        match self.schedule.need(num, trigger, self.session.is_some()) {
+            NeedRoute::Running => {
+                let taken = self
+                    .urgent_tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.try_send(num).is_ok());
+                if !taken {
+                    self.schedule.defer(num, trigger);
+                }
+            }
+            NeedRoute::Start(start) => self.start_run(start).await,
+            NeedRoute::LinkDown => {}
         }
         true
     }
@@ -971,8 +906,14 @@ impl EngineLoop {
         }
     }
 
-    async fn start_run(&mut self, trigger: Trigger, use_handshake: bool, urgent: Vec<u32>) {
+    async fn start_run(&mut self, start: Start) {
+        let Start {
+            trigger,
+            use_handshake,
+            urgent,
+        } = start;
         let Some(session) = self.session.clone() else {
+            self.schedule.not_started();
             if trigger == Trigger::Operator {
                 let report = link_down_report(trigger, &self.status.borrow().state.to_string());
                 self.finish(report).await;
@@ -1078,52 +1019,44 @@ impl EngineLoop {
 
     /// Nodes whose push the radio lost, still backing off.
     fn backing_off(&self) -> BTreeSet<u32> {
-        let now = SystemTime::now();
-        self.backoff
-            .iter()
-            .filter(|(_, b)| b.until > now)
-            .map(|(n, _)| *n)
-            .collect()
+        self.needs_state.backing_off(SystemTime::now())
     }
 
     /// Pushes the radio lost back off; a run whose pushes all vanished stops pushing.
     fn note_lost(&mut self, report: &SyncReport) {
         let now = SystemTime::now();
-        for num in &report.lost {
-            let times = self.backoff.get(num).map_or(0, |b| b.times);
-            let wait = BACKOFF_BASE
-                .saturating_mul(1 << times.min(6))
-                .min(BACKOFF_CAP);
-            self.backoff.insert(
-                *num,
-                Backoff {
-                    until: now + wait,
-                    times: times + 1,
-                },
-            );
+        for (num, wait) in self.needs_state.pushes_lost(&report.lost, now) {
             log::warn!(target: "keysync::sync",
-                "the radio cannot keep the key of {}: not pushed again for {}", node_id(*num), humantime::format_duration(wait));
+                "the radio cannot keep the key of {}: not pushed again for {}", node_id(num), humantime::format_duration(wait));
         }
         if pushes_never_land(report.verified_pushes, report.lost.len()) {
             self.pushes_ignored = Some(report.lost.len());
             log::error!(target: "keysync::sync", "{}", plan::Blocked::PushesIgnored(report.lost.len()));
         } else {
-            self.backoff.retain(|_, b| b.until > now);
+            self.needs_state.forget_ended(now);
         }
     }
 
     async fn on_command(&mut self, cmd: Command) {
         let message = match cmd {
-            Command::ForceSync if self.running.is_some() => {
-                self.queued = Some((Trigger::Operator, false));
-                "force sync queued behind the running sync".to_string()
-            }
             Command::ForceSync => {
-                self.start_run(Trigger::Operator, false, Vec::new()).await;
-                if self.session.is_some() {
-                    "force sync requested".to_string()
-                } else {
-                    "force sync failed: the radio link is down".to_string()
+                match self
+                    .schedule
+                    .ask(Trigger::Operator, false, self.session.is_some())
+                {
+                    Asked::Queued => "force sync queued behind the running sync".to_string(),
+                    Asked::Start(start) => {
+                        self.start_run(start).await;
+                        "force sync requested".to_string()
+                    }
+                    Asked::LinkDown => {
+                        let report = link_down_report(
+                            Trigger::Operator,
+                            &self.status.borrow().state.to_string(),
+                        );
+                        self.finish(report).await;
+                        "force sync failed: the radio link is down".to_string()
+                    }
                 }
             }
             Command::ResetCache => match self.store.call(Store::clear_cache).await {
@@ -1366,7 +1299,7 @@ impl EngineLoop {
             }
         };
         self.trusted = trusted;
-        self.partners = partners;
+        self.needs_state.set_partners(partners);
         self.snapshot.send_modify(|s| {
             s.nodes = Arc::new(nodes);
             s.sync.cache = cache;

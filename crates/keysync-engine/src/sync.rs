@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, timeout_at};
 
+pub mod needs;
+pub mod schedule;
+
 use super::codec::RadioFrame;
 use super::link::{LinkNotice, LinkSender, Session};
 use super::plan::{self, Mirror, Op, PlanInput, RadioNode, RadioTraits};
