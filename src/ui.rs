@@ -199,10 +199,28 @@ fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     if !right.is_empty() {
         spans.push(Span::styled(right, theme.warn()));
     }
-    if let Some(err) = &snap.store_error {
-        spans.push(Span::styled(format!("  store: {err}"), theme.bad()));
+    if let Some(fault) = &snap.store_error {
+        spans.push(Span::styled(
+            format!("  store: {}", store_fault(fault)),
+            theme.bad(),
+        ));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// A store fault in the few words the header has room for; the log has the whole message.
+fn store_fault(fault: &crate::engine::sync::StoreCallError) -> String {
+    use crate::engine::store::StoreError as E;
+    use crate::engine::sync::StoreCallError as F;
+    match fault {
+        F::Store(E::Locked { .. }) => "locked by another process".into(),
+        F::Store(E::DiskFull { .. }) => "disk full, nothing lost".into(),
+        F::Store(E::ReadOnly { .. }) => "read-only".into(),
+        F::Store(E::Corrupt { .. } | E::NotADatabase { .. }) => "corrupt, left untouched".into(),
+        F::Store(E::Missing { .. }) => "missing".into(),
+        F::Store(other) => other.to_string(),
+        F::Join(_) => "its task failed (see the log)".into(),
+    }
 }
 
 fn draw_footer(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {

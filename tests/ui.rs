@@ -335,3 +335,23 @@ fn a_run_that_restarted_the_lora_chip_shows_on_the_timeline_before_anything_else
     let screen = render(&App::default(), &snap, 80, 24);
     assert!(screen.contains('↻'), "{screen}");
 }
+
+#[test]
+fn a_store_fault_is_worded_in_the_header_and_the_screen_goes_on() {
+    use keysync::engine::store::StoreError;
+    use keysync::engine::sync::StoreCallError;
+    let mut snap = fixture::snapshot();
+    snap.store_error = Some(StoreCallError::Store(StoreError::Locked {
+        path: "/var/lib/keysync/keysync.db".into(),
+        holders: " (pid 4242)".into(),
+    }));
+    let screen = render(&App::default(), &snap, 120, 40);
+    assert!(
+        screen.contains("store: locked by another process"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("Nodes"),
+        "the panes are still drawn:\n{screen}"
+    );
+}

@@ -233,7 +233,7 @@ impl Status {
                     })
                     .collect(),
             }),
-            store_error: s.store_error.clone(),
+            store_error: s.store_error.as_ref().map(ToString::to_string),
             notice: s.notice.as_ref().map(|(at, text)| Notice {
                 at: time(*at),
                 text: printable(text).into_owned(),

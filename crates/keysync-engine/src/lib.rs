@@ -189,7 +189,8 @@ pub struct Snapshot {
     pub sync: SyncStatus,
     pub nodes: Arc<Vec<NodeView>>,
     /// The last store failure (locked, disk full), if the latest store call failed.
-    pub store_error: Option<String>,
+    /// Why the last store call failed, until one succeeds again.
+    pub store_error: Option<sync::StoreCallError>,
     pub db_path: PathBuf,
     /// The answer to the operator's last command, with when.
     pub notice: Option<(SystemTime, String)>,
@@ -1306,10 +1307,10 @@ impl EngineLoop {
         });
     }
 
-    fn store_failed(&self, e: &str) {
+    fn store_failed(&self, e: &sync::StoreCallError) {
         log::error!(target: "keysync::store", "{e}");
-        let message = e.to_string();
-        self.snapshot.send_modify(|s| s.store_error = Some(message));
+        let fault = e.clone();
+        self.snapshot.send_modify(|s| s.store_error = Some(fault));
     }
 
     fn clear_store_error(&self) {

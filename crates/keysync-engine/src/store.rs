@@ -139,7 +139,7 @@ impl FlashWrite {
 }
 
 /// Why the store cannot be used. Each names the file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("{path} is not a keysync database (not SQLite); keysync left it untouched")]
     NotADatabase { path: PathBuf },

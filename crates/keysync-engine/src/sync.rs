@@ -242,8 +242,8 @@ impl fmt::Display for Outcome {
 /// Why a run failed: a typed value inside the engine, words only in the report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreCallError),
     #[error("the node list download timed out after {after} ({received} nodes received)")]
     DownloadTimeout { after: String, received: usize },
     #[error("fell {0} frames behind the link during the download")]
@@ -471,16 +471,16 @@ impl StoreHandle {
     pub async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, String> {
+    ) -> Result<R, StoreCallError> {
         let inner = self.0.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let mut store = inner
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut store).map_err(|e| e.to_string())
+            f(&mut store)
         })
-        .await
-        .map_err(|e| format!("store task failed: {e}"))?
+        .await?;
+        Ok(done?)
     }
 
     /// [`call`](Self::call) for the sync runner: a store failure as a [`SyncError`].
@@ -488,7 +488,23 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, SyncError> {
-        self.call(f).await.map_err(SyncError::Store)
+        Ok(self.call(f).await?)
+    }
+}
+
+/// A store call that failed: the store said why, or the task that ran it failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreCallError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task panicked or was cancelled (its message: a `JoinError` is not `Clone`).
+    #[error("the store's task failed: {0}")]
+    Join(String),
+}
+
+impl From<tokio::task::JoinError> for StoreCallError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Join(e.to_string())
     }
 }
 
