@@ -550,41 +550,17 @@ impl EngineLoop {
                 | Step::LinkChanged(false)
                 | Step::Command(None | Some(Command::Quit)) => break,
                 Step::LinkChanged(true) => self.on_link_change().await,
-                Step::Check => {
-                    let next = SystemTime::now() + interval;
-                    self.snapshot
-                        .send_modify(|s| s.sync.next_check = Some(next));
-                    if let Some(start) = self.schedule.check(self.session.is_some()) {
-                        self.start_run(start).await;
-                    } else {
-                        log::debug!(target: "keysync::engine", "check skipped: {}",
-                            if self.session.is_none() { "link down" } else { "a sync is running" });
-                    }
-                }
+                Step::Check => self.on_check().await,
                 Step::Refresh => self.refresh().await,
                 Step::Share => {
                     self.share_at = None;
                     self.refresh_store_view().await;
                 }
                 Step::Finished(result) => {
-                    self.running = None;
-                    match *result {
-                        Ok(report) => {
-                            if matches!(report.outcome, Outcome::Synced | Outcome::Forced) {
-                                // Count checks from the last full sync, so that a TTL of k
-                                // intervals expires exactly at the k-th check after it.
-                                check.reset();
-                                let next = SystemTime::now() + interval;
-                                self.snapshot
-                                    .send_modify(|s| s.sync.next_check = Some(next));
-                            }
-                            self.finish(report).await;
-                        }
-                        Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
-                    }
-                    self.needs_state.answer(|_| true);
-                    if let Some(start) = self.schedule.finished() {
-                        self.start_run(start).await;
+                    if self.on_finished(*result).await {
+                        // Count checks from the last full sync, so that a TTL of k intervals
+                        // expires exactly at the k-th check after it.
+                        check.reset();
                     }
                 }
                 Step::Command(Some(cmd)) => self.on_command(cmd).await,
@@ -595,6 +571,49 @@ impl EngineLoop {
                 Step::Pushed(num) => self.needs_state.met(num),
             }
         }
+        self.stop().await;
+    }
+
+    /// The periodic check: a run, unless one runs or the link is down.
+    async fn on_check(&mut self) {
+        let next = SystemTime::now() + self.config.sync_interval;
+        self.snapshot
+            .send_modify(|s| s.sync.next_check = Some(next));
+        if let Some(start) = self.schedule.check(self.session.is_some()) {
+            self.start_run(start).await;
+        } else {
+            log::debug!(target: "keysync::engine", "check skipped: {}",
+                if self.session.is_none() { "link down" } else { "a sync is running" });
+        }
+    }
+
+    /// The running sync ended: its report recorded, the DMs waiting let go, the next run
+    /// started. True when it was a full sync, from which the next check counts.
+    async fn on_finished(&mut self, result: Result<SyncReport, tokio::task::JoinError>) -> bool {
+        self.running = None;
+        let mut full = false;
+        match result {
+            Ok(report) => {
+                full = matches!(report.outcome, Outcome::Synced | Outcome::Forced);
+                if full {
+                    let next = SystemTime::now() + self.config.sync_interval;
+                    self.snapshot
+                        .send_modify(|s| s.sync.next_check = Some(next));
+                }
+                self.finish(report).await;
+            }
+            Err(e) => log::error!(target: "keysync::engine", "sync task failed: {e}"),
+        }
+        self.needs_state.answer(|_| true);
+        if let Some(start) = self.schedule.finished() {
+            self.start_run(start).await;
+        }
+        full
+    }
+
+    /// Stops the broker side, the proxy, a run under way (recorded as interrupted) and the
+    /// link, and publishes the final state.
+    async fn stop(&mut self) {
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop();
         }
