@@ -48,6 +48,7 @@ fn node(
             removed: false,
             source: Some(keysync::engine::radio::Source::Mesh),
             last_dm: None,
+            flags: keysync::engine::radio::UserFlags::default(),
         },
         radio,
     }

@@ -15,6 +15,7 @@ pub mod radio;
 pub mod stats;
 pub mod store;
 pub mod sync;
+pub mod transfer;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;

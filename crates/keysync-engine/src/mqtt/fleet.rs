@@ -232,6 +232,7 @@ mod tests {
                 removed: false,
                 source: Some(source),
                 last_dm: None,
+                flags: crate::radio::UserFlags::default(),
             },
             radio: RadioKey::Unknown,
         }
