@@ -335,3 +335,55 @@ fn a_run_that_restarted_the_lora_chip_shows_on_the_timeline_before_anything_else
     let screen = render(&App::default(), &snap, 80, 24);
     assert!(screen.contains('↻'), "{screen}");
 }
+
+/// The first node of the table with its contact overlay open (`Q` on the Nodes pane).
+fn contact_screen(snap: &Snapshot, w: u16, h: u16) -> (App, String) {
+    let mut app = App::default();
+    key(&mut app, snap, KeyCode::Char('Q'));
+    let screen = render(&app, snap, w, h);
+    (app, screen)
+}
+
+#[test]
+fn contact_qr_overlay_at_80x24() {
+    let snap = fixture::snapshot();
+    let (app, screen) = contact_screen(&snap, 80, 24);
+    let Some(keysync::app::Overlay::Contact(contact)) = &app.overlay else {
+        panic!("Q opens the contact: {:?}", app.overlay);
+    };
+    let seen = keysync::engine::transfer::parse_contact_url(&contact.url).expect("a contact");
+    let node = app.selected(&snap).expect("a selected node");
+    assert_eq!(seen.num, node.record.num);
+    assert_eq!(
+        Some(seen.public_key.as_slice()),
+        node.record.trusted.as_ref().map(|k| &k[..])
+    );
+    // Every line of the code is on the screen whole, in order.
+    let code = keysync::qr::qr_text(&contact.url, 1).expect("encodes");
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows
+        .iter()
+        .position(|r| r.contains(code.lines[0].as_str()))
+        .unwrap_or_else(|| panic!("the code's first line is drawn:\n{screen}"));
+    for (i, line) in code.lines.iter().enumerate() {
+        assert!(
+            rows[first + i].contains(line.as_str()),
+            "line {i}:\n{screen}"
+        );
+    }
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn a_contact_whose_code_does_not_fit_says_so_instead_of_drawing_it_cut() {
+    let mut snap = fixture::snapshot();
+    for n in std::sync::Arc::make_mut(&mut snap.nodes) {
+        n.record.long_name = "A name as long as the firmware allows..".into();
+    }
+    let (_, screen) = contact_screen(&snap, 80, 24);
+    assert!(screen.contains("this terminal gives 80×24"), "{screen}");
+    assert!(!screen.contains("▀▀▀▀▀▀▀"), "no code drawn:\n{screen}");
+    // A larger terminal draws it.
+    let (_, screen) = contact_screen(&snap, 120, 40);
+    assert!(screen.contains("█▀▀▀▀▀▀▀█"), "{screen}");
+}
