@@ -162,8 +162,8 @@ pub fn contact_of(record: &NodeRecord) -> Option<Contact> {
     })
 }
 
-/// `https://meshtastic.org/v/#` and the SharedContact in unpadded base64url, byte for byte as
-/// the Python client's `getContactURL` writes it.
+/// `https://meshtastic.org/v/#` and the SharedContact in unpadded base64url, as the Python
+/// client's `getContactURL` writes it (which adds the radio's `macaddr`, unknown to the store).
 pub fn contact_url(contact: &Contact) -> String {
     let shared = SharedContact {
         node_num: contact.num,
