@@ -297,6 +297,8 @@ pub struct NodeRecord {
     pub last_dm: Option<SystemTime>,
     /// The user record's other flags, as the node last said them.
     pub flags: crate::radio::UserFlags,
+    /// When the pending key was first offered.
+    pub pending_since: Option<SystemTime>,
 }
 
 impl NodeRecord {
@@ -870,7 +872,9 @@ impl Store {
                         (SELECT source FROM keys WHERE node_num = n.num
                             AND state IN ('trusted', 'pending')
                          ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1),
-                        n.last_dm, n.is_unmessagable, n.is_licensed
+                        n.last_dm, n.is_unmessagable, n.is_licensed,
+                        (SELECT first_seen FROM keys WHERE node_num = n.num AND state = 'pending'
+                         ORDER BY last_seen DESC LIMIT 1)
                  FROM nodes n ORDER BY n.num",
             )
             .map_err(|e| E::from(self.error(e)))?;
@@ -1583,6 +1587,7 @@ fn node_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
             is_unmessagable: r.get(17)?,
             is_licensed: r.get(18)?,
         },
+        pending_since: r.get::<_, Option<i64>>(19)?.map(from_millis),
     })
 }
 
@@ -1614,6 +1619,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn a_pending_key_waits_since_it_was_first_offered_and_each_node_streams_in_order() {
+        let (_dir, mut s) = open();
+        let t = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        s.learn(&seen(9, Some(1), "a"), t(1_000)).expect("learns");
+        s.learn(&seen(3, Some(5), "b"), t(1_000)).expect("learns");
+        s.learn(&seen(9, Some(2), "a"), t(2_000)).expect("learns");
+        s.learn(&seen(9, Some(2), "a"), t(3_000)).expect("learns");
+        let mut streamed = Vec::new();
+        s.each_node(|n| {
+            streamed.push((n.num, n.pending_since));
+            Ok::<_, StoreError>(())
+        })
+        .expect("streams");
+        assert_eq!(streamed, [(3, None), (9, Some(t(2_000)))]);
     }
 
     #[test]

@@ -233,6 +233,7 @@ mod tests {
                 source: Some(source),
                 last_dm: None,
                 flags: crate::radio::UserFlags::default(),
+                pending_since: None,
             },
             radio: RadioKey::Unknown,
         }
