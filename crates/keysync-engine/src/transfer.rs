@@ -292,15 +292,32 @@ fn not_ours() -> String {
 /// The sightings an export file's entries make, trusted key before pending key, and the
 /// entries skipped; `Err` when the file is not a keysync export (nothing is learned then).
 fn json_sightings(text: &str) -> Result<(Vec<NodeSeen>, TransferReport), String> {
-    let doc: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let serde_json::Value::Object(mut doc) = doc else {
-        return Err(not_ours());
-    };
-    if doc.get("format").and_then(serde_json::Value::as_str) != Some(EXPORT_FORMAT) {
+    /// Entries are read one at a time into what they will become, not into a tree of the
+    /// whole file: a 16 MiB export costs about twice its size, not ten times.
+    #[derive(Deserialize)]
+    struct Document {
+        format: Option<String>,
+        version: Option<u64>,
+        nodes: Option<Vec<Entry>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Node(ExportedNode),
+        Invalid(serde_json::Value),
+    }
+    // An array would fill the struct's fields by position: only an object can be ours.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => not_ours(),
+            Err(e) => format!("not JSON: {e}"),
+        });
+    }
+    let doc: Document = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if doc.format.as_deref() != Some(EXPORT_FORMAT) {
         return Err(not_ours());
     }
-    match doc.get("version").and_then(serde_json::Value::as_u64) {
+    match doc.version {
         Some(v) if v > u64::from(EXPORT_VERSION) => {
             return Err(format!(
                 "export version {v} is newer than this keysync reads ({EXPORT_VERSION})"
@@ -309,19 +326,20 @@ fn json_sightings(text: &str) -> Result<(Vec<NodeSeen>, TransferReport), String>
         Some(1..) => {}
         _ => return Err("no valid \"version\"".into()),
     }
-    let Some(serde_json::Value::Array(nodes)) = doc.remove("nodes") else {
-        return Err("no \"nodes\" list".into());
-    };
+    let nodes = doc.nodes.ok_or("no \"nodes\" list")?;
     let mut report = TransferReport::default();
     let mut seen = Vec::with_capacity(nodes.len());
-    for (i, value) in nodes.into_iter().enumerate() {
+    for (i, entry) in nodes.into_iter().enumerate() {
         let place = format!("node {}", i + 1);
-        match serde_json::from_value::<ExportedNode>(value) {
-            Ok(node) => match entry_sightings(&node) {
+        match entry {
+            Entry::Node(node) => match entry_sightings(&node) {
                 Ok(more) => seen.extend(more),
                 Err(why) => report.skip(&format!("{place} ({})", node_id(node.num)), &why),
             },
-            Err(e) => report.skip(&place, &e),
+            Entry::Invalid(value) => match serde_json::from_value::<ExportedNode>(value) {
+                Err(e) => report.skip(&place, &e),
+                Ok(_) => report.skip(&place, &"not a node"),
+            },
         }
     }
     Ok((seen, report))
