@@ -387,3 +387,69 @@ fn a_contact_whose_code_does_not_fit_says_so_instead_of_drawing_it_cut() {
     let (_, screen) = contact_screen(&snap, 120, 40);
     assert!(screen.contains("█▀▀▀▀▀▀▀█"), "{screen}");
 }
+
+/// The modules drawn at `(x0, y0)`, `width` cells across and `rows` down: `true` for light,
+/// two a cell (upper and lower half).
+fn modules_on_screen(
+    buffer: &ratatui::buffer::Buffer,
+    (x0, y0): (u16, u16),
+    width: u16,
+    rows: u16,
+) -> Vec<Vec<bool>> {
+    let mut grid = Vec::new();
+    for y in y0..y0 + rows {
+        let (mut top, mut bottom) = (Vec::new(), Vec::new());
+        for x in x0..x0 + width {
+            let (t, b) = match buffer[(x, y)].symbol() {
+                "█" => (true, true),
+                "▀" => (true, false),
+                "▄" => (false, true),
+                " " => (false, false),
+                other => panic!("{other:?} at {x},{y} is not a half block"),
+            };
+            top.push(t);
+            bottom.push(b);
+        }
+        grid.push(top);
+        grid.push(bottom);
+    }
+    grid
+}
+
+#[test]
+fn the_code_drawn_at_80x24_scans_back_to_the_contact_url() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('Q'));
+    let Some(keysync::app::Overlay::Contact(contact)) = &app.overlay else {
+        panic!("Q opens the contact");
+    };
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
+    terminal
+        .draw(|f| ui::draw(f, &app, &snap, now(), &Theme { no_color: true }, None))
+        .expect("draws");
+    let code = keysync::qr::qr_text(&contact.url, 1).expect("encodes");
+    let (width, rows) = (
+        u16::try_from(code.width).expect("narrow"),
+        u16::try_from(code.lines.len()).expect("short"),
+    );
+    // Inside the overlay's border, at the top left.
+    let grid = modules_on_screen(terminal.backend().buffer(), (1, 1), width, rows);
+    // As a camera sees it: 4 pixels a module, light around it, dark modules black.
+    let (scale, margin) = (4, 4);
+    let side = (grid[0].len() + 2 * margin) * scale;
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(side, side, |x, y| {
+        let (mx, my) = (
+            (x / scale).checked_sub(margin),
+            (y / scale).checked_sub(margin),
+        );
+        match (mx, my) {
+            (Some(mx), Some(my)) if my < grid.len() && mx < grid[my].len() && !grid[my][mx] => 0,
+            _ => 255,
+        }
+    });
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one code found on the screen");
+    let (_, decoded) = grids[0].decode().expect("the drawn code decodes");
+    assert_eq!(decoded, contact.url);
+}
