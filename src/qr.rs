@@ -54,13 +54,13 @@ mod tests {
     #[test]
     fn two_modules_a_line_and_the_quiet_zone_is_light() {
         let qr = qr_text("https://meshtastic.org/v/#CgQIARIA", 1).expect("encodes");
-        // Version 2 at level L: 25 modules, one on each side.
-        assert_eq!(qr.width, 27);
-        assert_eq!(qr.lines.len(), 14);
-        assert!(qr.lines.iter().all(|l| l.chars().count() == 27));
+        // 34 bytes: version 3 at level L, 29 modules, and one on each side.
+        assert_eq!(qr.width, 31);
+        assert_eq!(qr.lines.len(), 16);
+        assert!(qr.lines.iter().all(|l| l.chars().count() == 31));
         assert!(qr.lines[0].starts_with("█▀▀▀▀▀▀▀█"), "{}", qr.lines[0]);
         // The last line holds the last module row on top and the page below it.
-        assert!(qr.lines[13].chars().all(|c| c == '▀' || c == '█'));
+        assert!(qr.lines[15].chars().all(|c| c == '█'));
     }
 
     #[test]
