@@ -93,6 +93,7 @@ pub enum Action {
     Reject,
     TogglePin,
     OpenHistory,
+    ShowContact,
     ZoomIn,
     ZoomOut,
     LogTargets,
@@ -341,6 +342,15 @@ pub const KEYMAP: &[Binding] = &[
         ..BIND
     },
     Binding {
+        keys: &[Char('Q')],
+        label: "Q",
+        short: "QR",
+        help: "the node's contact QR code",
+        scope: Scope::In(Pane::Nodes),
+        action: Action::ShowContact,
+        ..BIND
+    },
+    Binding {
         keys: &[Char('t')],
         label: "t",
         short: "targets",
@@ -444,6 +454,31 @@ pub struct HistoryView {
     pub events: Result<Vec<KeyHistoryEvent>, String>,
 }
 
+/// A node's contact (its trusted key) as a URL and a QR code, for a phone app to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactView {
+    pub num: u32,
+    pub title: String,
+    pub url: String,
+    /// The code with a one-module quiet zone, or why there is none.
+    pub code: Result<crate::qr::QrText, String>,
+}
+
+impl ContactView {
+    /// The contact of `node`, if it has a trusted key to share.
+    pub fn of(node: &NodeView) -> Option<Self> {
+        let contact = crate::engine::transfer::contact_of(&node.record)?;
+        let url = crate::engine::transfer::contact_url(&contact);
+        let name = crate::engine::radio::printable(&node.record.long_name).into_owned();
+        Some(Self {
+            num: node.record.num,
+            title: format!("{} {name}", node.record.id()).trim_end().to_owned(),
+            code: crate::qr::qr_text(&url, 1).map_err(|e| e.to_string()),
+            url,
+        })
+    }
+}
+
 /// What covers the panes and takes the keys before them; there is at most one.
 ///
 /// Their priority, written once ([`Overlay::rank`]): a question waiting for y/n is never
@@ -457,6 +492,8 @@ pub enum Overlay {
     Help,
     /// A node's key history: Esc, Enter or q closes it.
     History(HistoryView),
+    /// A node's contact as a QR code: Esc, Enter, q or Q closes it.
+    Contact(ContactView),
     /// A y/n question: anything but y cancels.
     Confirm(Confirm),
 }
@@ -466,7 +503,7 @@ impl Overlay {
         match self {
             Self::Filter => 0,
             Self::Help => 1,
-            Self::History(_) => 2,
+            Self::History(_) | Self::Contact(_) => 2,
             Self::Confirm(_) => 3,
         }
     }
@@ -639,6 +676,15 @@ impl App {
             Some(Overlay::History(view)) => {
                 if !matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
                     self.overlay = Some(Overlay::History(view));
+                }
+                return None;
+            }
+            Some(Overlay::Contact(view)) => {
+                if !matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q' | 'Q')
+                ) {
+                    self.overlay = Some(Overlay::Contact(view));
                 }
                 return None;
             }
@@ -815,6 +861,16 @@ impl App {
                     return Some(Effect::LoadHistory(node.record.num));
                 }
             }
+            Action::ShowContact => match self.selected(snapshot) {
+                Some(node) => match ContactView::of(node) {
+                    Some(view) => self.open(Overlay::Contact(view)),
+                    None => self.say(
+                        now,
+                        format!("{} has no trusted key to share", node.record.id()),
+                    ),
+                },
+                None => self.say(now, "no node selected".into()),
+            },
             Action::LogTargets => {
                 self.show_log_targets = !self.show_log_targets;
                 return Some(Effect::Log(tui_logger::TuiWidgetEvent::HideKey));

@@ -403,12 +403,45 @@ pub enum KeysAction {
         #[arg(value_parser = parse_node)]
         node: NodeArg,
     },
+    /// Write every node's public key, names, role, trust state, source and dates to stdout
+    /// (nothing private): keysync's JSON, or one Meshtastic contact URL a line.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+        /// Only trusted keys (pending ones are left out; contact URLs never carry them).
+        #[arg(long)]
+        trusted_only: bool,
+    },
+    /// Show NODE's contact (its trusted key) as a QR code and URL, for a phone app to scan.
+    Qr {
+        #[arg(value_parser = parse_node)]
+        node: NodeArg,
+    },
+}
+
+/// What `keys export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// keysync's own format, read back by `import json`.
+    Json,
+    /// One https://meshtastic.org/v/#… contact URL a line, as the apps share contacts.
+    Urls,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImportSource {
     /// meshbot's SQLite database (table meshtastic_nodes); the file is only read.
     Meshbot { path: PathBuf },
+    /// A file written by `keysync keys export` (format json).
+    Json { path: PathBuf },
+    /// Meshtastic contact URLs (https://meshtastic.org/v/#…), given here or one a line in a file.
+    Url {
+        #[arg(required_unless_present = "file")]
+        urls: Vec<String>,
+        /// A file of contact URLs, one a line (blank lines and # comments skipped).
+        #[arg(long, conflicts_with = "urls")]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,15 +1,16 @@
-//! The one-shot subcommands that work on the key store: `keys`, `keys accept|reject`,
-//! `import meshbot`.
+//! The one-shot subcommands that work on the key store: `keys`, `keys accept|reject|pin|unpin`,
+//! `keys export|qr`, `import meshbot|json|url`.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::cli::{ImportSource, KeysAction, KeysArgs, Settings, UsageError};
-use crate::engine::import::import_meshbot;
+use crate::cli::{ExportFormat, ImportSource, KeysAction, KeysArgs, Settings, UsageError};
+use crate::engine::import::{ImportReport, import_meshbot};
 use crate::engine::radio::{Source, node_id, printable};
-use crate::engine::store::{NodeArg, NodeRecord, Store, key_base64};
+use crate::engine::store::{NodeArg, NodeRecord, Store, StoreError, key_base64};
+use crate::engine::transfer::{self, TransferReport};
 
 /// A stored node as `keys --json` and `/status` show it.
 #[derive(Debug, Serialize)]
@@ -77,6 +78,10 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
                 format!("unpinned {id}\n")
             })
         }
+        Some(KeysAction::Qr { node }) => qr(&store, *node),
+        Some(KeysAction::Export { .. }) => Err(anyhow::anyhow!(
+            "keys export writes to a stream: call commands::export"
+        )),
         Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
             let num = resolve_node(&store, *node)?;
             let id = node_id(num);
@@ -153,13 +158,111 @@ fn table(rows: &[KeyRow]) -> String {
     out
 }
 
-/// `import meshbot PATH`.
+/// `keys export`: the store written to `out` row by row, whatever it holds; the count.
+pub fn export(
+    settings: &Settings,
+    format: ExportFormat,
+    trusted_only: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<usize> {
+    let store = Store::open_existing(settings.db())?;
+    let count = match format {
+        ExportFormat::Json => transfer::write_json(&store, out, trusted_only, SystemTime::now())?,
+        ExportFormat::Urls => transfer::write_urls(&store, out)?,
+    };
+    out.flush().map_err(transfer::ExportError::Io)?;
+    Ok(count)
+}
+
+/// `keys qr NODE`: the node's contact URL and its QR code.
+fn qr(store: &Store, node: NodeArg) -> anyhow::Result<String> {
+    let num = resolve_node(store, node)?;
+    let id = node_id(num);
+    let mut found = None;
+    store.each_node(|record| {
+        if record.num == num {
+            found = Some(record);
+        }
+        Ok::<_, StoreError>(())
+    })?;
+    let record = found.ok_or_else(|| anyhow::anyhow!("{id} is not a stored node"))?;
+    let contact = transfer::contact_of(&record)
+        .ok_or_else(|| anyhow::anyhow!("{id} has no trusted key to share"))?;
+    let url = transfer::contact_url(&contact);
+    let code = crate::qr::qr_text(&url, 2)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{id} {}: scan with the Meshtastic app (light on dark)\n",
+        printable(&record.long_name)
+    );
+    for line in &code.lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out, "\n{url}");
+    Ok(out)
+}
+
+/// `import meshbot PATH`, `import json PATH`, `import url URL…|--file PATH`.
 pub fn import(settings: &Settings, from: &ImportSource) -> anyhow::Result<String> {
-    let ImportSource::Meshbot { path } = from;
-    let mut store = settings.open_store()?;
-    let r = import_meshbot(&mut store, path)?;
-    Ok(format!(
-        "imported {}, unchanged {}, conflicting (pending your decision) {}, skipped-invalid {}\n",
-        r.imported, r.unchanged, r.conflicting, r.skipped_invalid
-    ))
+    let report = match from {
+        ImportSource::Meshbot { path } => {
+            let mut store = settings.open_store()?;
+            TransferReport {
+                counts: import_meshbot(&mut store, path)?,
+                invalid: Vec::new(),
+            }
+        }
+        ImportSource::Json { path } => {
+            let mut store = settings.open_store()?;
+            transfer::import_json(&mut store, path)?
+        }
+        ImportSource::Url { urls, file } => {
+            let urls = match file {
+                Some(path) => transfer::read_url_file(path)?,
+                None => url_args(urls)?,
+            };
+            let mut store = settings.open_store()?;
+            transfer::import_urls(&mut store, &urls)?
+        }
+    };
+    Ok(summary(&report))
+}
+
+/// URLs given on the command line, each named by its place; an argument that is not a contact
+/// URL at all is a usage error, and nothing is learned.
+fn url_args(urls: &[String]) -> Result<Vec<(String, String)>, UsageError> {
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            if transfer::looks_like_contact_url(url) {
+                Ok((format!("URL {}", i + 1), url.clone()))
+            } else {
+                Err(UsageError(format!(
+                    "argument {} is not a Meshtastic contact URL (https://meshtastic.org/v/#…); nothing imported",
+                    i + 1
+                )))
+            }
+        })
+        .collect()
+}
+
+fn summary(report: &TransferReport) -> String {
+    let ImportReport {
+        imported,
+        unchanged,
+        conflicting,
+        skipped_invalid,
+    } = report.counts;
+    let mut out = format!(
+        "imported {imported}, unchanged {unchanged}, conflicting (pending your decision) {conflicting}, skipped-invalid {skipped_invalid}\n"
+    );
+    for why in &report.invalid {
+        let _ = writeln!(out, "  skipped {}", printable(why));
+    }
+    let unnamed = skipped_invalid as usize - report.invalid.len().min(skipped_invalid as usize);
+    if unnamed > 0 && !report.invalid.is_empty() {
+        let _ = writeln!(out, "  and {unnamed} more");
+    }
+    out
 }

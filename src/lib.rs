@@ -21,6 +21,7 @@ pub mod demo;
 pub mod headless;
 pub mod logging;
 pub mod metrics;
+pub mod qr;
 #[cfg(feature = "tui")]
 pub mod tui;
 #[cfg(feature = "tui")]

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use keysync::cli::{self, Command, Settings, UsageError};
+use keysync::cli::{self, Command, ExportFormat, KeysAction, Settings, UsageError};
 #[cfg(feature = "tui")]
 use keysync::tui;
 use keysync::{commands, headless, logging};
@@ -47,7 +47,15 @@ fn main() -> ExitCode {
             }
             Some(Command::Keys(args)) => {
                 init_logs(&settings)?;
-                emit(&commands::keys(&settings, &args)?)
+                if let Some(KeysAction::Export {
+                    format,
+                    trusted_only,
+                }) = args.action
+                {
+                    export(&settings, format, trusted_only)
+                } else {
+                    emit(&commands::keys(&settings, &args)?)
+                }
             }
             Some(Command::Import { from, .. }) => {
                 init_logs(&settings)?;
@@ -99,6 +107,28 @@ fn emit(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `keys export` to stdout as the store is read; a closed pipe ends it without an error.
+fn export(settings: &Settings, format: ExportFormat, trusted_only: bool) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match commands::export(settings, format, trusted_only, &mut out) {
+        Ok(count) => {
+            eprintln!("keysync: exported {count} nodes");
+            Ok(())
+        }
+        Err(e) if broken_pipe(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// glibc's malloc gives each thread that allocates an arena of its own, and each arena keeps

@@ -15,7 +15,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
-use crate::app::{App, HistoryView, KEYMAP, Overlay, Pane, Scope, hints};
+use crate::app::{App, ContactView, HistoryView, KEYMAP, Overlay, Pane, Scope, hints};
 use crate::duration::compact;
 use crate::engine::Snapshot;
 use theme::{LinkKind, Theme};
@@ -148,6 +148,7 @@ pub fn draw(
     draw_footer(frame, a.footer, &view);
     match &app.overlay {
         Some(Overlay::History(history)) => draw_history(frame, area, history, &view),
+        Some(Overlay::Contact(contact)) => draw_contact(frame, area, contact, theme),
         Some(Overlay::Help) => draw_help(frame, area, theme),
         // Drawn in the footer.
         Some(Overlay::Confirm(_) | Overlay::Filter) | None => {}
@@ -423,4 +424,85 @@ fn draw_history(frame: &mut Frame<'_>, area: Rect, history: &HistoryView, view: 
         ),
         rect,
     );
+}
+
+/// A node's contact over the whole screen: the QR code on the left, what it holds on the
+/// right. A code that does not fit is not drawn cut (a phone would read a wrong contact or
+/// nothing): the overlay says so and gives the URL and the command that prints the code.
+fn draw_contact(frame: &mut Frame<'_>, area: Rect, contact: &ContactView, theme: &Theme) {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border(true))
+        .title(Span::styled(
+            format!(" Contact · {} ", fit(&contact.title, 50)),
+            theme.title(true),
+        ))
+        .title_bottom(Span::styled(" Esc closes ", theme.muted()));
+    let inner = block.inner(area);
+    frame.render_widget(Clear, area);
+    frame.render_widget(block, area);
+    let id = crate::engine::radio::node_id(contact.num);
+    let command = format!("keysync keys qr {id}");
+    let fits = contact.code.as_ref().ok().filter(|code| {
+        code.width + 2 <= usize::from(inner.width) && code.lines.len() <= usize::from(inner.height)
+    });
+    let Some(code) = fits else {
+        let why = match &contact.code {
+            Ok(code) => format!(
+                "Its QR code needs {}×{} cells and this terminal gives {}×{}: make it larger, or run",
+                code.width + 2,
+                code.lines.len() + 2,
+                area.width,
+                area.height
+            ),
+            Err(e) => format!("No QR code for this contact ({e}). Run"),
+        };
+        let lines = vec![
+            Line::from(Span::styled(why, theme.warn())),
+            Line::from(Span::styled(command, theme.key())),
+            Line::default(),
+            Line::from("Contact URL:"),
+            Line::from(contact.url.clone()),
+        ];
+        frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+        return;
+    };
+    let width = u16::try_from(code.width).unwrap_or(u16::MAX);
+    let [qr, _, text] = Layout::horizontal([
+        Constraint::Length(width),
+        Constraint::Length(2),
+        Constraint::Min(0),
+    ])
+    .areas(inner);
+    let top = (inner.height - u16::try_from(code.lines.len()).unwrap_or(0)) / 2;
+    let qr = Rect::new(qr.x, qr.y + top, qr.width, qr.height - top);
+    let lines: Vec<Line<'_>> = code
+        .lines
+        .iter()
+        .map(|l| Line::from(Span::styled(l.as_str(), theme.qr())))
+        .collect();
+    frame.render_widget(Paragraph::new(lines), qr);
+    let about = vec![
+        Line::from(Span::styled(id, theme.key())),
+        Line::from(
+            contact
+                .title
+                .split_once(' ')
+                .map_or("", |(_, n)| n)
+                .to_owned(),
+        ),
+        Line::default(),
+        Line::from("Scan it with the Meshtastic app"),
+        Line::from("(Add contact / QR scanner):"),
+        Line::from("the node and its public key"),
+        Line::from("are added to the phone's radio."),
+        Line::default(),
+        Line::from(Span::styled("The same from a shell:", theme.muted())),
+        Line::from(Span::styled(command, theme.muted())),
+        Line::from(Span::styled(
+            "keysync keys export --format urls",
+            theme.muted(),
+        )),
+    ];
+    frame.render_widget(Paragraph::new(about).wrap(Wrap { trim: false }), text);
 }

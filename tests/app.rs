@@ -378,3 +378,39 @@ fn every_binding_is_in_the_help_unless_marked_hidden() {
         }
     }
 }
+
+#[test]
+fn shift_q_shows_the_selected_nodes_contact_and_q_closes_it_without_quitting() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    let num = selected_num(&app, &snap);
+    assert_eq!(press(&mut app, &snap, KeyCode::Char('Q')), None);
+    let Some(Overlay::Contact(contact)) = &app.overlay else {
+        panic!("the contact overlay: {:?}", app.overlay);
+    };
+    assert_eq!(contact.num, num);
+    assert!(contact.code.is_ok());
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('f')),
+        None,
+        "keys do not act under it"
+    );
+    assert!(app.overlay.is_some());
+    assert_eq!(
+        press(&mut app, &snap, KeyCode::Char('q')),
+        None,
+        "q closes, not quits"
+    );
+    assert_eq!((app.overlay.clone(), app.quit), (None, false));
+
+    // A node without a trusted key has no contact to give.
+    let mut keyless = fixture::snapshot();
+    for n in std::sync::Arc::make_mut(&mut keyless.nodes) {
+        n.record.trusted = None;
+    }
+    let mut app = App::default();
+    press(&mut app, &keyless, KeyCode::Char('Q'));
+    assert_eq!(app.overlay, None);
+    let said = app.message.as_ref().map_or("", |(_, m)| m.as_str());
+    assert!(said.ends_with("has no trusted key to share"), "{said}");
+}

@@ -60,6 +60,8 @@ fn main() -> std::process::ExitCode {
         a_radio_of_60_with_300_trusted_keys_never_crashes,
         a_node_number_is_the_crc32_of_its_key_from_2_8,
         encrypted_admin_through_keysync_changes_nothing,
+        the_firmwares_contact_url_imports_with_its_key,
+        a_contact_url_keysync_exports_lands_in_the_nodedb_through_the_python_cli,
     ];
     // What only develop (2.8) does, and what only firmware before it does.
     let develop = scenarios![keysync_gives_its_slots_back_and_an_evicted_node_still_gets_pki];
@@ -1260,5 +1262,119 @@ async fn the_simulator_answers_a_scripted_session_as_the_firmware_does(fw: Firmw
         "the simulator differs from meshtasticd {}:\n{}",
         fw.version,
         differences.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contact URLs between keysync, the Python CLI and the firmware
+
+/// `keysync` with a store of its own and no config file.
+fn keysync_cmd(db: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keysync"));
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent")
+        .arg("--db")
+        .arg(db);
+    cmd
+}
+
+fn keysync_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("keysync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "keysync failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+async fn the_firmwares_contact_url_imports_with_its_key(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    // A node the radio holds with its key (2.7.26's own node has none here; 2.8's has one).
+    let other = contact_node(0x7abc);
+    {
+        let (mut client, my) = client(&radio).await;
+        assert_eq!(push(&mut client, my, &other).await, 0);
+    }
+    radio
+        .wait_log(0, "Client received add_contact command", 1)
+        .await;
+    let nodes = node_list(&radio).await;
+    let own = nodes.first().expect("the radio's own node first");
+    let mut expected = vec![find(&nodes, other.num).expect("held").clone()];
+    if key_of(own).len() == 32 {
+        expected.push(own.clone());
+    }
+
+    let cli = common::python::required_cli();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    for node in &expected {
+        let id = keysync::engine::radio::node_id(node.num);
+        let said = common::python::run_client_args(&cli, &radio.host(), &["--contact-qr", &id]);
+        let url = said
+            .lines()
+            .find_map(|l| l.strip_prefix("Contact URL: "))
+            .unwrap_or_else(|| panic!("the CLI prints the URL:\n{said}"))
+            .trim()
+            .to_owned();
+        let summary = keysync_ok(keysync_cmd(&db).args(["import", "url", &url]));
+        assert!(summary.starts_with("imported 1,"), "{url}: {summary}");
+    }
+
+    let json = keysync_ok(keysync_cmd(&db).args(["keys", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("keys --json");
+    let rows = rows.as_array().expect("a list");
+    assert_eq!(rows.len(), expected.len(), "{json}");
+    for node in &expected {
+        let id = keysync::engine::radio::node_id(node.num);
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} imported: {json}"));
+        let user = node.user.as_ref().expect("a user");
+        assert_eq!(
+            (&row["state"], &row["source"]),
+            (&"trusted".into(), &"import".into())
+        );
+        assert_eq!(row["long_name"], user.long_name.as_str());
+        let key = row["key"]
+            .as_str()
+            .and_then(keysync::engine::store::parse_key);
+        assert_eq!(
+            key.map(|k| k.to_vec()),
+            Some(user.public_key.clone()),
+            "{id}: the same key"
+        );
+    }
+}
+
+async fn a_contact_url_keysync_exports_lands_in_the_nodedb_through_the_python_cli(fw: Firmware) {
+    let radio = Radio::start(&fw, Setup::nodes(40)).await;
+    heard_nodes(&radio, 6).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = mesh(25, 1).remove(0);
+    let (db, store) = seeded_store(&dir, std::slice::from_ref(&node));
+    drop(store);
+    let url = keysync_ok(keysync_cmd(&db).args(["keys", "export", "--format", "urls"]));
+    let url = url.trim();
+    assert!(url.starts_with("https://meshtastic.org/v/#"), "{url}");
+
+    let mark = radio.mark();
+    let cli = common::python::required_cli();
+    common::python::run_client_args(&cli, &radio.host(), &["--add-contact", url]);
+    radio
+        .wait_log(mark, "Client received add_contact command", 1)
+        .await;
+    let nodes = node_list(&radio).await;
+    let held = find(&nodes, node.num).expect("the contact is in the radio's NodeDB");
+    let (sent, got) = (
+        node.user.as_ref().expect("user"),
+        held.user.as_ref().expect("the radio keeps the user"),
+    );
+    assert_eq!(got.public_key, sent.public_key, "the key");
+    assert_eq!(
+        (&got.long_name, &got.short_name, got.hw_model),
+        (&sent.long_name, &sent.short_name, sent.hw_model)
     );
 }

@@ -355,3 +355,121 @@ fn a_store_fault_is_worded_in_the_header_and_the_screen_goes_on() {
         "the panes are still drawn:\n{screen}"
     );
 }
+
+/// The first node of the table with its contact overlay open (`Q` on the Nodes pane).
+fn contact_screen(snap: &Snapshot, w: u16, h: u16) -> (App, String) {
+    let mut app = App::default();
+    key(&mut app, snap, KeyCode::Char('Q'));
+    let screen = render(&app, snap, w, h);
+    (app, screen)
+}
+
+#[test]
+fn contact_qr_overlay_at_80x24() {
+    let snap = fixture::snapshot();
+    let (app, screen) = contact_screen(&snap, 80, 24);
+    let Some(keysync::app::Overlay::Contact(contact)) = &app.overlay else {
+        panic!("Q opens the contact: {:?}", app.overlay);
+    };
+    let seen = keysync::engine::transfer::parse_contact_url(&contact.url).expect("a contact");
+    let node = app.selected(&snap).expect("a selected node");
+    assert_eq!(seen.num, node.record.num);
+    assert_eq!(
+        Some(seen.public_key.as_slice()),
+        node.record.trusted.as_ref().map(|k| &k[..])
+    );
+    // Every line of the code is on the screen whole, in order.
+    let code = keysync::qr::qr_text(&contact.url, 1).expect("encodes");
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows
+        .iter()
+        .position(|r| r.contains(code.lines[0].as_str()))
+        .unwrap_or_else(|| panic!("the code's first line is drawn:\n{screen}"));
+    for (i, line) in code.lines.iter().enumerate() {
+        assert!(
+            rows[first + i].contains(line.as_str()),
+            "line {i}:\n{screen}"
+        );
+    }
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn a_contact_whose_code_does_not_fit_says_so_instead_of_drawing_it_cut() {
+    let mut snap = fixture::snapshot();
+    for n in std::sync::Arc::make_mut(&mut snap.nodes) {
+        n.record.long_name = "A name as long as the firmware allows..".into();
+    }
+    let (_, screen) = contact_screen(&snap, 80, 24);
+    assert!(screen.contains("this terminal gives 80×24"), "{screen}");
+    assert!(!screen.contains("▀▀▀▀▀▀▀"), "no code drawn:\n{screen}");
+    // A larger terminal draws it.
+    let (_, screen) = contact_screen(&snap, 120, 40);
+    assert!(screen.contains("█▀▀▀▀▀▀▀█"), "{screen}");
+}
+
+/// The modules drawn at `(x0, y0)`, `width` cells across and `rows` down: `true` for light,
+/// two a cell (upper and lower half).
+fn modules_on_screen(
+    buffer: &ratatui::buffer::Buffer,
+    (x0, y0): (u16, u16),
+    width: u16,
+    rows: u16,
+) -> Vec<Vec<bool>> {
+    let mut grid = Vec::new();
+    for y in y0..y0 + rows {
+        let (mut top, mut bottom) = (Vec::new(), Vec::new());
+        for x in x0..x0 + width {
+            let (t, b) = match buffer[(x, y)].symbol() {
+                "█" => (true, true),
+                "▀" => (true, false),
+                "▄" => (false, true),
+                " " => (false, false),
+                other => panic!("{other:?} at {x},{y} is not a half block"),
+            };
+            top.push(t);
+            bottom.push(b);
+        }
+        grid.push(top);
+        grid.push(bottom);
+    }
+    grid
+}
+
+#[test]
+fn the_code_drawn_at_80x24_scans_back_to_the_contact_url() {
+    let snap = fixture::snapshot();
+    let mut app = App::default();
+    key(&mut app, &snap, KeyCode::Char('Q'));
+    let Some(keysync::app::Overlay::Contact(contact)) = &app.overlay else {
+        panic!("Q opens the contact");
+    };
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
+    terminal
+        .draw(|f| ui::draw(f, &app, &snap, now(), &Theme { no_color: true }, None))
+        .expect("draws");
+    let code = keysync::qr::qr_text(&contact.url, 1).expect("encodes");
+    let (width, rows) = (
+        u16::try_from(code.width).expect("narrow"),
+        u16::try_from(code.lines.len()).expect("short"),
+    );
+    // Inside the overlay's border, at the top left.
+    let grid = modules_on_screen(terminal.backend().buffer(), (1, 1), width, rows);
+    // As a camera sees it: 4 pixels a module, light around it, dark modules black.
+    let (scale, margin) = (4, 4);
+    let side = (grid[0].len() + 2 * margin) * scale;
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(side, side, |x, y| {
+        let (mx, my) = (
+            (x / scale).checked_sub(margin),
+            (y / scale).checked_sub(margin),
+        );
+        match (mx, my) {
+            (Some(mx), Some(my)) if my < grid.len() && mx < grid[my].len() && !grid[my][mx] => 0,
+            _ => 255,
+        }
+    });
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one code found on the screen");
+    let (_, decoded) = grids[0].decode().expect("the drawn code decodes");
+    assert_eq!(decoded, contact.url);
+}

@@ -108,6 +108,9 @@ struct Figures {
     last_full_sync: Option<SystemTime>,
     flash_last_hour: Option<u64>,
     flash_budget: u32,
+    release_budget: u32,
+    /// When the longest-waiting pending key was first offered.
+    oldest_pending: Option<SystemTime>,
     capacity: Option<u32>,
     /// Slot budget and protected entries, from the last run that planned.
     slots: Option<(u32, u32)>,
@@ -156,6 +159,8 @@ impl Figures {
             last_full_sync: s.sync.cache.map(|c| c.synced_at),
             flash_last_hour: s.sync.flash_writes_last_hour,
             flash_budget: s.sync.flash_budget,
+            release_budget: s.sync.release_budget,
+            oldest_pending: s.nodes.iter().filter_map(|n| n.record.pending_since).min(),
             capacity: s.sync.capacity,
             slots: planned.map(|r| (r.slots, r.protected_after)),
             keys,
@@ -329,6 +334,11 @@ impl Figures {
             "flash_writes_budget_per_hour",
             "--max-flash-writes: at most this many flash writes per hour.",
             self.flash_budget,
+        )?;
+        e.gauge(
+            "lora_restarts_budget_per_hour",
+            "--max-releases: at most this many slots given back (LoRa restarts on 2.6.8 – 2.7.x) per hour.",
+            self.release_budget,
         )
     }
 
@@ -366,7 +376,15 @@ impl Figures {
             "keys_stored_only",
             "Trusted keys stored but not on the radio: normal for nodes outside the working set.",
             count(RadioKey::Missing),
-        )
+        )?;
+        if let Some(at) = self.oldest_pending {
+            e.seconds(
+                "keys_pending_oldest_timestamp",
+                "When the longest-waiting pending key was first offered (Unix time); absent when none waits.",
+                unix(at),
+            )?;
+        }
+        Ok(())
     }
 
     fn encode_radio(&self, e: &mut Out) -> Result<(), fmt::Error> {

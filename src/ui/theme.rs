@@ -124,6 +124,16 @@ impl Theme {
         self.fg(Color::Red).add_modifier(Modifier::BOLD)
     }
 
+    /// A QR code's cells: light modules drawn in the foreground on a dark background, forced
+    /// so that the code keeps its contrast on a light terminal too.
+    pub fn qr(&self) -> Style {
+        if self.no_color {
+            Style::default()
+        } else {
+            Style::default().fg(Color::White).bg(Color::Black)
+        }
+    }
+
     pub fn key(&self) -> Style {
         self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
     }

@@ -48,6 +48,8 @@ fn node(
             removed: false,
             source: Some(keysync::engine::radio::Source::Mesh),
             last_dm: None,
+            flags: keysync::engine::radio::UserFlags::default(),
+            pending_since: pending.map(|_| ago(26 * 3600)),
         },
         radio,
     }
@@ -230,6 +232,7 @@ pub fn snapshot() -> Snapshot {
             totals: keysync::engine::stats::SyncTotals::default(),
             flash_writes_last_hour: Some(3),
             flash_budget: 60,
+            release_budget: 4,
             capacity: Some(80),
         },
         nodes: Arc::new(nodes),

@@ -1,4 +1,5 @@
-//! Importing keys from other tools' databases. The source is opened read-only and never
+//! Importing keys from other tools' databases (keysync's own export and contact URLs are in
+//! `transfer`). The source is opened read-only and never
 //! changed; every key goes through the same trust rules as a key heard on the mesh.
 
 use std::path::Path;
@@ -99,7 +100,19 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
         });
     }
     // One transaction: an import that cannot finish (a full disk) leaves the store as it was.
-    for learned in store.learn_all(&sightings, SystemTime::now())? {
+    let learned = store.learn_all(&sightings, SystemTime::now())?;
+    let counts = tally(&learned);
+    report.imported = counts.imported;
+    report.unchanged = counts.unchanged;
+    report.conflicting = counts.conflicting;
+    report.skipped_invalid += counts.skipped_invalid;
+    Ok(report)
+}
+
+/// What learning an import's sightings did, counted.
+pub fn tally(learned: &[Learned]) -> ImportReport {
+    let mut report = ImportReport::default();
+    for learned in learned {
         match learned {
             Learned::FirstUse | Learned::Renumbered { .. } => report.imported += 1,
             Learned::Same => report.unchanged += 1,
@@ -110,5 +123,5 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
             Learned::NamesOnly | Learned::NotANode | Learned::NoRoom => report.skipped_invalid += 1,
         }
     }
-    Ok(report)
+    report
 }

@@ -16,6 +16,7 @@ pub mod repeat;
 pub mod stats;
 pub mod store;
 pub mod sync;
+pub mod transfer;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -177,6 +178,9 @@ pub struct SyncStatus {
     pub flash_writes_last_hour: Option<u64>,
     /// `--max-flash-writes`: the hourly budget.
     pub flash_budget: u32,
+    /// `--max-releases`: slots given back per hour, on firmware where each restarts the LoRa
+    /// chip.
+    pub release_budget: u32,
     /// The radio's NodeDB capacity, as of the last handshake.
     pub capacity: Option<u32>,
 }
@@ -287,6 +291,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
             totals: SyncTotals::default(),
             flash_writes_last_hour: None,
             flash_budget: config.sync.max_flash_writes,
+            release_budget: config.sync.max_releases,
             capacity: None,
         },
         nodes: Arc::new(Vec::new()),

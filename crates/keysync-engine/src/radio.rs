@@ -159,7 +159,7 @@ pub fn add_contact(my_node_num: u32, packet_id: u32, contact: &Contact) -> ToRad
     deprecated,
     reason = "macaddr is still stored by the firmware; a push keeps it"
 )]
-fn contact_user(contact: &Contact) -> User {
+pub fn contact_user(contact: &Contact) -> User {
     User {
         id: node_id(contact.num),
         long_name: truncate_utf8(&contact.long_name, LONG_NAME_MAX).to_owned(),

@@ -295,6 +295,10 @@ pub struct NodeRecord {
     pub source: Option<Source>,
     /// When it last exchanged a direct message with the gateway.
     pub last_dm: Option<SystemTime>,
+    /// The user record's other flags, as the node last said them.
+    pub flags: crate::radio::UserFlags,
+    /// When the pending key was first offered.
+    pub pending_since: Option<SystemTime>,
 }
 
 impl NodeRecord {
@@ -840,7 +844,20 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
             .map_err(|e| self.error(e))?;
-        let count = usize::try_from(count).unwrap_or(0);
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        self.each_node(|record| {
+            out.push(view(record));
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every node to `each`, one row at a time in node order, and stops at its first
+    /// error: an export of 10 000 nodes holds one record, not a list of them.
+    pub fn each_node<E: From<StoreError>>(
+        &self,
+        mut each: impl FnMut(NodeRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -855,42 +872,17 @@ impl Store {
                         (SELECT source FROM keys WHERE node_num = n.num
                             AND state IN ('trusted', 'pending')
                          ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1),
-                        n.last_dm
+                        n.last_dm, n.is_unmessagable, n.is_licensed,
+                        (SELECT first_seen FROM keys WHERE node_num = n.num AND state = 'pending'
+                         ORDER BY last_seen DESC LIMIT 1)
                  FROM nodes n ORDER BY n.num",
             )
-            .map_err(|e| self.error(e))?;
-        stmt.query_map([], |r| {
-            Ok(NodeRecord {
-                num: r.get(0)?,
-                long_name: r.get(1)?,
-                short_name: r.get(2)?,
-                hw_model: r.get(3)?,
-                first_seen: from_millis(r.get(4)?),
-                last_seen: from_millis(r.get(5)?),
-                pushes: r.get(6)?,
-                last_pushed: r.get::<_, Option<i64>>(7)?.map(from_millis),
-                trusted: r.get(8)?,
-                pending: r.get(9)?,
-                rejected: r.get(10)?,
-                pinned: r.get(11)?,
-                our_favourite: r.get(12)?,
-                removed: r.get(13)?,
-                role: r.get(14)?,
-                source: r
-                    .get::<_, Option<String>>(15)?
-                    .as_deref()
-                    .and_then(Source::parse),
-                last_dm: r.get::<_, Option<i64>>(16)?.map(from_millis),
-            })
-        })
-        .and_then(|rows| {
-            let mut out = Vec::with_capacity(count);
-            for row in rows {
-                out.push(view(row?));
-            }
-            Ok(out)
-        })
-        .map_err(|e| self.error(e))
+            .map_err(|e| E::from(self.error(e)))?;
+        let mut rows = stmt.query([]).map_err(|e| E::from(self.error(e)))?;
+        while let Some(row) = rows.next().map_err(|e| E::from(self.error(e)))? {
+            each(node_record(row).map_err(|e| E::from(self.error(e)))?)?;
+        }
+        Ok(())
     }
 
     /// Every key event of a node, oldest first.
@@ -1568,6 +1560,37 @@ pub fn parse_key(s: &str) -> Option<PublicKey> {
     valid_key(&bytes)
 }
 
+/// One row of [`Store::each_node`]'s query.
+fn node_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
+    Ok(NodeRecord {
+        num: r.get(0)?,
+        long_name: r.get(1)?,
+        short_name: r.get(2)?,
+        hw_model: r.get(3)?,
+        first_seen: from_millis(r.get(4)?),
+        last_seen: from_millis(r.get(5)?),
+        pushes: r.get(6)?,
+        last_pushed: r.get::<_, Option<i64>>(7)?.map(from_millis),
+        trusted: r.get(8)?,
+        pending: r.get(9)?,
+        rejected: r.get(10)?,
+        pinned: r.get(11)?,
+        our_favourite: r.get(12)?,
+        removed: r.get(13)?,
+        role: r.get(14)?,
+        source: r
+            .get::<_, Option<String>>(15)?
+            .as_deref()
+            .and_then(Source::parse),
+        last_dm: r.get::<_, Option<i64>>(16)?.map(from_millis),
+        flags: crate::radio::UserFlags {
+            is_unmessagable: r.get(17)?,
+            is_licensed: r.get(18)?,
+        },
+        pending_since: r.get::<_, Option<i64>>(19)?.map(from_millis),
+    })
+}
+
 /// A key as people see it: base64.
 pub fn key_base64(key: &PublicKey) -> String {
     use base64::Engine as _;
@@ -1596,6 +1619,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("k.db")).expect("opens");
         (dir, store)
+    }
+
+    #[test]
+    fn a_pending_key_waits_since_it_was_first_offered_and_each_node_streams_in_order() {
+        let (_dir, mut s) = open();
+        let t = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        s.learn(&seen(9, Some(1), "a"), t(1_000)).expect("learns");
+        s.learn(&seen(3, Some(5), "b"), t(1_000)).expect("learns");
+        s.learn(&seen(9, Some(2), "a"), t(2_000)).expect("learns");
+        s.learn(&seen(9, Some(2), "a"), t(3_000)).expect("learns");
+        let mut streamed = Vec::new();
+        s.each_node(|n| {
+            streamed.push((n.num, n.pending_since));
+            Ok::<_, StoreError>(())
+        })
+        .expect("streams");
+        assert_eq!(streamed, [(3, None), (9, Some(t(2_000)))]);
     }
 
     #[test]

@@ -232,6 +232,8 @@ mod tests {
                 removed: false,
                 source: Some(source),
                 last_dm: None,
+                flags: crate::radio::UserFlags::default(),
+                pending_since: None,
             },
             radio: RadioKey::Unknown,
         }
