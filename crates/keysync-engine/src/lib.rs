@@ -192,8 +192,7 @@ pub struct Snapshot {
     pub traffic: Traffic,
     pub sync: SyncStatus,
     pub nodes: Arc<Vec<NodeView>>,
-    /// The last store failure (locked, disk full), if the latest store call failed.
-    /// Why the last store call failed, until one succeeds again.
+    /// Why the last store call failed (locked, disk full...), until one succeeds again.
     pub store_error: Option<sync::StoreCallError>,
     pub db_path: PathBuf,
     /// The answer to the operator's last command, with when.

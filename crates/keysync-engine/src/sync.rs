@@ -640,6 +640,37 @@ async fn learn_and_read(
     Ok(view)
 }
 
+/// Nodes this run does not push: backing off, removed by the radio's operator (before, or
+/// found removed by this very run) unless urgent, and pushes lost this run.
+fn held_back(
+    job: &SyncJob,
+    removed: &BTreeSet<u32>,
+    removed_now: &[u32],
+    report: &SyncReport,
+) -> BTreeSet<u32> {
+    let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
+    held_back.extend(
+        removed
+            .iter()
+            .chain(removed_now)
+            .filter(|n| !job.urgent.contains(n)),
+    );
+    held_back.extend(report.lost.iter().copied());
+    held_back
+}
+
+/// What the radio holds after the run, as the report tells it; the picture goes with it.
+fn report_after(own: u32, mirror: Mirror, report: &mut SyncReport) {
+    report.protected_after = count(
+        mirror
+            .iter()
+            .filter(|(n, r)| **n != own && r.is_protected())
+            .count(),
+    );
+    report.held_after = count(mirror.len());
+    report.mirror = Some(Arc::new(mirror));
+}
+
 async fn execute(
     job: &mut SyncJob,
     report: &mut SyncReport,
@@ -673,15 +704,7 @@ async fn execute(
     } else {
         (ours, Vec::new())
     };
-    let mut held_back: BTreeSet<u32> = job.backing_off.iter().copied().collect();
-    // Removed before, or found removed by this very run: not pushed back until heard.
-    held_back.extend(
-        removed
-            .iter()
-            .chain(&removed_now)
-            .filter(|n| !job.urgent.contains(n)),
-    );
-    held_back.extend(report.lost.iter().copied());
+    let held_back = held_back(job, &removed, &removed_now, report);
     let inputs = Inputs {
         urgent: job.urgent.clone(),
         trusted: Vec::new(),
@@ -706,14 +729,7 @@ async fn execute(
     )
     .await;
     report.frames_sent = state.frames_sent;
-    report.protected_after = count(
-        mirror
-            .iter()
-            .filter(|(n, r)| **n != own && r.is_protected())
-            .count(),
-    );
-    report.held_after = count(mirror.len());
-    report.mirror = Some(Arc::new(mirror));
+    report_after(own, mirror, report);
     applied?;
     if !trigger.is_lazy() {
         // A lazy push answers one need; the cache belongs to the full picture.
@@ -1084,7 +1100,6 @@ async fn apply(
     state: &mut RunState,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let own = job.session.my_node_num;
     let params = PlanParams::of(job);
     let mut recent_ids: Vec<u32> = Vec::new();
     let mut done = 0;
@@ -1103,68 +1118,94 @@ async fn apply(
         if done > 0 {
             tokio::time::sleep(job.settings.push_gap).await;
         }
-        let id = loop {
-            let id = rand::rng().random_range(1..u32::MAX);
-            if !recent_ids.contains(&id) {
-                break id;
-            }
-        };
-        recent_ids.push(id);
-        let msg = match &op {
-            Op::Push(contact) => radio::add_contact(own, id, contact),
-            Op::Release(num) => radio::remove_favorite(own, id, *num),
-        };
-        job.sender
-            .send(job.session.id, msg)
-            .await
-            .map_err(|e| SyncError::Send {
-                cause: e.to_string(),
-                done,
-                total: done + 1,
-            })?;
+        let id = send_op(job, &op, &mut recent_ids, done).await?;
         state.frames_sent += 1;
         done += 1;
-        inputs.writes += 1;
-        let num = op.num();
-        let grows = matches!(op, Op::Push(_))
-            && !mirror.contains_key(&num)
-            && params.traits.capacity_sure
-            && inputs.held < params.traits.capacity;
-        inputs.held += usize::from(grows);
-        let write = record_op(job, &op, mirror, ours, report);
-        let now = SystemTime::now();
-        if matches!(op, Op::Push(_)) {
-            inputs.pushes += 1;
-            inputs.urgent.retain(|n| *n != num);
-            // The run's later steps see the push as the store will: just made, held.
-            if let Some(key) = inputs.trusted.iter_mut().find(|k| k.num == num) {
-                key.last_pushed = Some(now);
-            }
-        } else {
-            inputs.releases += 1;
-        }
-        let recorded = job
-            .store
-            .run(move |s| s.note_flash_write(num, write, now))
-            .await;
-        // Counted once the store holds it too (or failed to), so that a reader who sees the
-        // count finds the write in the store's last hour.
-        let written = match op {
-            Op::Push(_) => &job.writes.pushes,
-            Op::Release(_) => &job.writes.unfavourites,
-        };
-        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if matches!(op, Op::Release(_)) && job.traits.release_restarts_lora {
-            job.writes
-                .lora_restarts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        recorded?;
+        account(job, &op, &params, &mut inputs, mirror, ours, report).await?;
         wait_for_queue(job, id).await?;
         if let (Op::Push(_), Some(tx)) = (&op, &job.pushed_tx) {
-            let _ = tx.send(num);
+            let _ = tx.send(op.num());
         }
     }
+}
+
+/// Sends `op` to the radio under a packet id not used in this run; the id. `done` ops went
+/// before it.
+async fn send_op(
+    job: &SyncJob,
+    op: &Op,
+    recent_ids: &mut Vec<u32>,
+    done: usize,
+) -> Result<u32, SyncError> {
+    let own = job.session.my_node_num;
+    let id = loop {
+        let id = rand::rng().random_range(1..u32::MAX);
+        if !recent_ids.contains(&id) {
+            break id;
+        }
+    };
+    recent_ids.push(id);
+    let msg = match op {
+        Op::Push(contact) => radio::add_contact(own, id, contact),
+        Op::Release(num) => radio::remove_favorite(own, id, *num),
+    };
+    job.sender
+        .send(job.session.id, msg)
+        .await
+        .map_err(|e| SyncError::Send {
+            cause: e.to_string(),
+            done,
+            total: done + 1,
+        })?;
+    Ok(id)
+}
+
+/// What a sent `op` changes: the run's inputs and picture of the radio, the report, the
+/// store's flash-write record and the counters (counted once the store holds the write, or
+/// failed to, so that a reader who sees the count finds the write in the store's last hour).
+async fn account(
+    job: &SyncJob,
+    op: &Op,
+    params: &PlanParams,
+    inputs: &mut Inputs,
+    mirror: &mut Mirror,
+    ours: &mut BTreeSet<u32>,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    inputs.writes += 1;
+    let num = op.num();
+    let grows = matches!(op, Op::Push(_))
+        && !mirror.contains_key(&num)
+        && params.traits.capacity_sure
+        && inputs.held < params.traits.capacity;
+    inputs.held += usize::from(grows);
+    let write = record_op(job, op, mirror, ours, report);
+    let now = SystemTime::now();
+    if matches!(op, Op::Push(_)) {
+        inputs.pushes += 1;
+        inputs.urgent.retain(|n| *n != num);
+        // The run's later steps see the push as the store will: just made, held.
+        if let Some(key) = inputs.trusted.iter_mut().find(|k| k.num == num) {
+            key.last_pushed = Some(now);
+        }
+    } else {
+        inputs.releases += 1;
+    }
+    let recorded = job
+        .store
+        .run(move |s| s.note_flash_write(num, write, now))
+        .await;
+    let written = match op {
+        Op::Push(_) => &job.writes.pushes,
+        Op::Release(_) => &job.writes.unfavourites,
+    };
+    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if matches!(op, Op::Release(_)) && job.traits.release_restarts_lora {
+        job.writes
+            .lora_restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    recorded
 }
 
 /// Nodes that became urgent while the run went on go first; their keys are read from the store
