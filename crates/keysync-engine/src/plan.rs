@@ -542,50 +542,14 @@ pub fn contact_for(key: &TrustedKey, radio: Option<&RadioNode>) -> Contact {
 
 /// Plans one sync: the working set, the slot budget, what to give back and what to push.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let traits = input.traits;
-    let mirror = input.mirror;
-    let protected_now = mirror
+    let protected_now = input
+        .mirror
         .iter()
         .filter(|(num, n)| **num != input.own && n.is_protected())
         .count();
-    let others_protected = protected_now.saturating_sub(input.ours.len());
-    let budget = Budget::new(traits.capacity, others_protected, input.key_slots);
-    let mut plan = Plan {
-        budget,
-        ops: Vec::new(),
-        working: Vec::new(),
-        present: 0,
-        stored_only: 0,
-        conflicts: Vec::new(),
-        ignored: 0,
-        warm: 0,
-        held_back: 0,
-        deferred_flash: 0,
-        deferred_max: 0,
-        deferred_slots: 0,
-        blocked: traits
-            .blocked()
-            .or_else(|| input.pushes_ignored.map(Blocked::PushesIgnored)),
-        protected_after: protected_now,
-        held_after: mirror.len(),
-        router_role: traits.router_role,
-    };
-
+    let mut plan = Plan::start(input, protected_now);
     let mut candidates = classify(input, &mut plan);
-    // The working set ranks every trusted key, present ones included: a present key of a
-    // needed node holds its place without costing a write.
-    let mut ranked: Vec<&TrustedKey> = input
-        .trusted
-        .iter()
-        .filter(|k| k.num != input.own && standing(k, mirror) != Standing::Ignored)
-        .filter(|k| has_claim(k, input))
-        .collect();
-    ranked.sort_by_key(|k| rank(k, input.urgent));
-    plan.working = ranked
-        .iter()
-        .take(plan.budget.slots)
-        .map(|k| k.num)
-        .collect();
+    let ranked = working_set(input, &mut plan);
     let working: BTreeSet<u32> = plan.working.iter().copied().collect();
     candidates.sort_by_key(|k| rank(k, input.urgent));
     let (wanted, outside): (Vec<&TrustedKey>, Vec<&TrustedKey>) = candidates
@@ -601,9 +565,68 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut budget = Schedule::new(input, &plan.budget, releasable, protected_now);
     // Over budget already (the operator protected more since): give back down to it.
     while budget.over(0) && budget.flash > 0 && budget.release_one() {}
-    if traits.warm_tier {
+    if input.traits.warm_tier {
         budget.give_back_served(input);
     }
+    fill(input, wanted, &mut budget, &mut plan);
+    plan.protected_after = budget.protected;
+    plan.held_after = budget.held;
+    plan.ops = budget.ops;
+    plan
+}
+
+impl Plan {
+    /// A plan with nothing in it yet: the budget, and what blocks pushing, if anything.
+    fn start(input: &PlanInput<'_>, protected_now: usize) -> Self {
+        let traits = input.traits;
+        let others_protected = protected_now.saturating_sub(input.ours.len());
+        Self {
+            budget: Budget::new(traits.capacity, others_protected, input.key_slots),
+            ops: Vec::new(),
+            working: Vec::new(),
+            present: 0,
+            stored_only: 0,
+            conflicts: Vec::new(),
+            ignored: 0,
+            warm: 0,
+            held_back: 0,
+            deferred_flash: 0,
+            deferred_max: 0,
+            deferred_slots: 0,
+            blocked: traits
+                .blocked()
+                .or_else(|| input.pushes_ignored.map(Blocked::PushesIgnored)),
+            protected_after: protected_now,
+            held_after: input.mirror.len(),
+            router_role: traits.router_role,
+        }
+    }
+}
+
+/// The working set: every trusted key ranked, present ones included (a present key of a
+/// needed node holds its place without costing a write), the best `slots` of them in
+/// `plan.working`; the ranking.
+fn working_set<'a>(input: &PlanInput<'a>, plan: &mut Plan) -> Vec<&'a TrustedKey> {
+    let mut ranked: Vec<&TrustedKey> = input
+        .trusted
+        .iter()
+        .filter(|k| k.num != input.own && standing(k, input.mirror) != Standing::Ignored)
+        .filter(|k| has_claim(k, input))
+        .collect();
+    ranked.sort_by_key(|k| rank(k, input.urgent));
+    plan.working = ranked
+        .iter()
+        .take(plan.budget.slots)
+        .map(|k| k.num)
+        .collect();
+    ranked
+}
+
+/// Pushes the `wanted` keys the budget has room for, in rank order; what it cannot take is
+/// counted as deferred (flash budget, pushes per run, slots).
+fn fill(input: &PlanInput<'_>, wanted: Vec<&TrustedKey>, budget: &mut Schedule, plan: &mut Plan) {
+    let traits = input.traits;
+    let mirror = input.mirror;
     let protects = traits.favourites || traits.marks_verified;
     let mut pushes = 0;
     for key in wanted {
@@ -625,10 +648,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
     }
-    plan.protected_after = budget.protected;
-    plan.held_after = budget.held;
-    plan.ops = budget.ops;
-    plan
 }
 
 /// Keysync's favourites outside the working set, least needed first: what can be given back.
