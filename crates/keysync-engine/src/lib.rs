@@ -264,6 +264,43 @@ impl EngineHandle {
     }
 }
 
+impl Snapshot {
+    /// What the views see before anything happened: the link as it starts, no run yet, the
+    /// first check an interval away.
+    fn initial(
+        config: &EngineConfig,
+        link: LinkStatus,
+        counters: &LinkCounters,
+        proxy_addr: Option<std::net::SocketAddr>,
+    ) -> Self {
+        Self {
+            link,
+            traffic: Traffic::read(counters),
+            sync: SyncStatus {
+                last: None,
+                history: VecDeque::new(),
+                running: None,
+                next_check: Some(SystemTime::now() + config.sync_interval),
+                cache: None,
+                interval: config.sync_interval,
+                ttl: config.sync.cache_ttl,
+                totals: SyncTotals::default(),
+                flash_writes_last_hour: None,
+                flash_budget: config.sync.max_flash_writes,
+                release_budget: config.sync.max_releases,
+                capacity: None,
+            },
+            nodes: Arc::new(Vec::new()),
+            store_error: None,
+            db_path: config.db_path.clone(),
+            notice: None,
+            proxy_addr,
+            clients: Vec::new(),
+            mqtt: None,
+        }
+    }
+}
+
 /// Starts the engine; fails when the proxy's listen address cannot be bound.
 pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHandle> {
     // The proxy's port first: the radio is not dialled when it cannot be served.
@@ -276,31 +313,12 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
     let status = link.status();
     let counters = link.counters();
     let store = StoreHandle::new(store);
-    let (snapshot_tx, snapshot) = watch::channel(Snapshot {
-        link: status.borrow().clone(),
-        traffic: Traffic::read(&counters),
-        sync: SyncStatus {
-            last: None,
-            history: VecDeque::new(),
-            running: None,
-            next_check: Some(SystemTime::now() + config.sync_interval),
-            cache: None,
-            interval: config.sync_interval,
-            ttl: config.sync.cache_ttl,
-            totals: SyncTotals::default(),
-            flash_writes_last_hour: None,
-            flash_budget: config.sync.max_flash_writes,
-            release_budget: config.sync.max_releases,
-            capacity: None,
-        },
-        nodes: Arc::new(Vec::new()),
-        store_error: None,
-        db_path: config.db_path.clone(),
-        notice: None,
+    let (snapshot_tx, snapshot) = watch::channel(Snapshot::initial(
+        &config,
+        status.borrow().clone(),
+        &counters,
         proxy_addr,
-        clients: Vec::new(),
-        mqtt: None,
-    });
+    ));
     // The proxy reads the trusted keys from the snapshot (a client may not replace one).
     let proxy = match bound {
         Some(bound) => Some(bound.serve(
