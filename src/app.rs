@@ -751,13 +751,8 @@ impl App {
         self.message = Some((now, text));
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one arm per action reads best as one table"
-    )]
     fn act(&mut self, action: Action, snapshot: &Snapshot, now: SystemTime) -> Option<Effect> {
         let rows = self.visible_nodes(snapshot).len();
-        let page = 10;
         match action {
             Action::Quit => {
                 self.quit = true;
@@ -780,28 +775,17 @@ impl App {
             Action::ToggleHelp => self.open(Overlay::Help),
             Action::ZoomIn => self.zoom = self.zoom.saturating_sub(1),
             Action::ZoomOut => self.zoom = (self.zoom + 1).min(ZOOMS.len() - 1),
-            Action::Up if self.focus == Pane::Log => {
-                return Some(Effect::Log(tui_logger::TuiWidgetEvent::UpKey));
+            Action::Up | Action::Down | Action::PageUp | Action::PageDown
+                if self.focus == Pane::Log =>
+            {
+                return Some(Effect::Log(log_scroll(action)));
             }
-            Action::Down if self.focus == Pane::Log => {
-                return Some(Effect::Log(tui_logger::TuiWidgetEvent::DownKey));
-            }
-            Action::PageUp if self.focus == Pane::Log => {
-                return Some(Effect::Log(tui_logger::TuiWidgetEvent::PrevPageKey));
-            }
-            Action::PageDown if self.focus == Pane::Log => {
-                return Some(Effect::Log(tui_logger::TuiWidgetEvent::NextPageKey));
-            }
-            Action::Up => self.nodes.selected = self.nodes.selected.saturating_sub(1),
-            Action::Down => {
-                self.nodes.selected = (self.nodes.selected + 1).min(rows.saturating_sub(1));
-            }
-            Action::PageUp => self.nodes.selected = self.nodes.selected.saturating_sub(page),
-            Action::PageDown => {
-                self.nodes.selected = (self.nodes.selected + page).min(rows.saturating_sub(1));
-            }
-            Action::Home => self.nodes.selected = 0,
-            Action::End => self.nodes.selected = rows.saturating_sub(1),
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Home
+            | Action::End => self.nodes.selected = moved(self.nodes.selected, action, rows),
             Action::StartFilter => {
                 self.open(Overlay::Filter);
                 self.nodes.selected = 0;
@@ -813,39 +797,7 @@ impl App {
                 self.say(now, format!("nodes sorted by {}", next.label()));
             }
             Action::Accept | Action::Reject => {
-                let accept = action == Action::Accept;
-                match self.selected(snapshot) {
-                    Some(node) if node.record.pending.is_some() => {
-                        let key = node
-                            .record
-                            .pending
-                            .map(|k| crate::engine::sync::key_fingerprint(&k))
-                            .unwrap_or_default();
-                        let name = if node.record.long_name.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", node.record.long_name)
-                        };
-                        let question = if accept {
-                            format!(
-                                "accept new key {key} for {}{name}? it becomes trusted [y/n]",
-                                node.record.id()
-                            )
-                        } else {
-                            format!(
-                                "reject new key {key} for {}{name}? the trusted key goes back to the radio [y/n]",
-                                node.record.id()
-                            )
-                        };
-                        self.open(Overlay::Confirm(Confirm {
-                            accept,
-                            num: node.record.num,
-                            question,
-                        }));
-                    }
-                    Some(node) => self.say(now, format!("{} has no pending key", node.record.id())),
-                    None => self.say(now, "no node selected".into()),
-                }
+                self.ask_key_decision(action == Action::Accept, snapshot, now);
             }
             Action::TogglePin => match self.selected(snapshot) {
                 Some(node) => {
@@ -887,11 +839,75 @@ impl App {
         None
     }
 
+    /// `a` or `r` on the selected node: asks to accept or reject its pending key.
+    fn ask_key_decision(&mut self, accept: bool, snapshot: &Snapshot, now: SystemTime) {
+        let node = match self.selected(snapshot) {
+            Some(node) if node.record.pending.is_some() => node,
+            Some(node) => {
+                return self.say(now, format!("{} has no pending key", node.record.id()));
+            }
+            None => return self.say(now, "no node selected".into()),
+        };
+        let key = node
+            .record
+            .pending
+            .map(|k| crate::engine::sync::key_fingerprint(&k))
+            .unwrap_or_default();
+        let name = if node.record.long_name.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                crate::engine::radio::printable(&node.record.long_name)
+            )
+        };
+        let question = if accept {
+            format!(
+                "accept new key {key} for {}{name}? it becomes trusted [y/n]",
+                node.record.id()
+            )
+        } else {
+            format!(
+                "reject new key {key} for {}{name}? the trusted key goes back to the radio [y/n]",
+                node.record.id()
+            )
+        };
+        self.open(Overlay::Confirm(Confirm {
+            accept,
+            num: node.record.num,
+            question,
+        }));
+    }
+
     /// Keeps the selection inside the rows after the node list changed.
     pub fn clamp(&mut self, snapshot: &Snapshot) {
         let rows = self.visible_nodes(snapshot).len();
         if self.nodes.selected >= rows {
             self.nodes.selected = rows.saturating_sub(1);
         }
+    }
+}
+/// Where a movement `action` takes the selection among `rows` nodes.
+fn moved(selected: usize, action: Action, rows: usize) -> usize {
+    const PAGE: usize = 10;
+    let last = rows.saturating_sub(1);
+    match action {
+        Action::Up => selected.saturating_sub(1),
+        Action::Down => (selected + 1).min(last),
+        Action::PageUp => selected.saturating_sub(PAGE),
+        Action::PageDown => (selected + PAGE).min(last),
+        Action::Home => 0,
+        Action::End => last,
+        _ => selected,
+    }
+}
+
+/// The log pane's scroll for a movement `action`.
+fn log_scroll(action: Action) -> tui_logger::TuiWidgetEvent {
+    match action {
+        Action::Up => tui_logger::TuiWidgetEvent::UpKey,
+        Action::Down => tui_logger::TuiWidgetEvent::DownKey,
+        Action::PageUp => tui_logger::TuiWidgetEvent::PrevPageKey,
+        _ => tui_logger::TuiWidgetEvent::NextPageKey,
     }
 }
