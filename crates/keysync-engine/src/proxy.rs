@@ -32,6 +32,14 @@
 //!   usual trust rules and forwarded unless it replaces a trusted key. Destructive admin
 //!   messages are logged and can be denied (`--deny-admin`); other admin messages pass from
 //!   loopback clients only, unless `--allow-remote-admin`.
+//!
+//! The parts, each owning its state behind its methods: `upstream` follows the radio link (the
+//! task that owns the download under way); `replay` keeps what the radio holds and builds a
+//! client's replay from it (`replay::Cache`); `writer` holds the clients' packets and is the one
+//! writer towards the radio (`writer::Queues`, limits in `fair`); `answers` routes the radio's
+//! answers back to the client that asked (`answers::Routes`); `client` accepts, reads and writes
+//! the downstream clients (`client::Registry`); `filter` decides which packets may pass
+//! (`filter::Filter`, admin kinds and encrypted admin in `admin`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -13,13 +13,12 @@ use rand::RngExt;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 
+use super::replay::{MAX_CONFIG_FRAMES, MAX_NODES};
 use super::writer::Upward;
 use super::{Shared, ToClient, composed};
 use crate::codec::RadioFrame;
 use crate::link::{LinkNotice, LinkSender, is_config_part};
 use crate::radio::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of};
-
-use super::replay::{MAX_CONFIG_FRAMES, MAX_NODES};
 
 /// The task that follows the radio, and the one thing only it knows: the download keysync
 /// asked for that is under way.
