@@ -556,4 +556,55 @@ mod tests {
         let err = "everything".parse::<AdminDenial>().unwrap_err();
         assert!(err.contains("destructive, reboot"), "{err}");
     }
+
+    #[test]
+    fn destructive_admin_kinds_are_named_as_deny_admin_takes_them() {
+        use admin_message::PayloadVariant as A;
+        let admin = |v: A| AdminMessage {
+            payload_variant: Some(v),
+            ..AdminMessage::default()
+        };
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RebootSeconds(5))),
+            Some(DestructiveAdmin::Reboot)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::FactoryResetConfig(1))),
+            Some(DestructiveAdmin::FactoryReset)
+        );
+        assert_eq!(
+            DestructiveAdmin::of(&admin(A::RemoveByNodenum(7))),
+            Some(DestructiveAdmin::RemoveNode)
+        );
+        assert_eq!(DestructiveAdmin::of(&admin(A::GetOwnerRequest(true))), None);
+        for kind in DestructiveAdmin::ALL {
+            assert_eq!(kind.name().parse(), Ok(kind));
+        }
+        assert!("erase".parse::<DestructiveAdmin>().is_err());
+    }
+
+    #[test]
+    fn an_admin_payload_that_does_not_decode_is_told_apart_from_no_admin() {
+        let packet = |portnum: PortNum, payload: Vec<u8>| MeshPacket {
+            payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
+                portnum: portnum as i32,
+                payload,
+                ..Data::default()
+            })),
+            ..MeshPacket::default()
+        };
+        // add_contact (field 66) whose user (2) has a long_name (2) that is not UTF-8.
+        let bad = vec![0x92, 0x04, 6, 0x12, 4, 0x12, 2, 0xff, 0xfe];
+        let Carried::Admin { payload, sealed } =
+            carried(&packet(PortNum::AdminApp, bad.clone()), Some(1), &[])
+        else {
+            panic!("an admin packet");
+        };
+        assert!(!sealed);
+        assert!(matches!(read_admin(&payload), AdminRead::Undecodable));
+        assert!(matches!(
+            carried(&packet(PortNum::TextMessageApp, bad), Some(1), &[]),
+            Carried::Nothing
+        ));
+    }
 }
