@@ -32,8 +32,13 @@ pub fn fast_link(sim: &SimHandle) -> LinkConfig {
 
 /// [`fast_link`] to a radio at `host`.
 pub fn fast_link_to(host: &str) -> LinkConfig {
+    fast_link_at(host.into())
+}
+
+/// [`fast_link`] to a radio at `endpoint` (TCP or serial).
+pub fn fast_link_at(endpoint: keysync::engine::transport::Endpoint) -> LinkConfig {
     LinkConfig {
-        host: host.to_owned(),
+        endpoint,
         connect_timeout: Duration::from_secs(2),
         heartbeat: Duration::from_millis(200),
         config_timeout: Duration::from_secs(5),
