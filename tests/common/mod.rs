@@ -27,7 +27,18 @@ pub fn start_sim(config: SimConfig) -> SimHandle {
 
 /// Short timings so that faults play out in a second or two.
 pub fn fast_link(sim: &SimHandle) -> LinkConfig {
-    fast_link_to(&sim.addr().to_string())
+    fast_link_at(endpoint_of(sim))
+}
+
+/// Where `sim` is: its serial port when it is on one, else its TCP address.
+pub fn endpoint_of(sim: &SimHandle) -> keysync::engine::transport::Endpoint {
+    match sim.serial_path() {
+        Some(path) => keysync::engine::transport::Endpoint::Serial {
+            path: path.to_owned(),
+            baud: keysync::engine::transport::DEFAULT_BAUD,
+        },
+        None => sim.addr().to_string().into(),
+    }
 }
 
 /// [`fast_link`] to a radio at `host`.
@@ -162,7 +173,9 @@ pub fn fast_engine(
     interval: Duration,
     ttl: Duration,
 ) -> keysync::engine::EngineConfig {
-    fast_engine_to(&sim.addr().to_string(), db, interval, ttl)
+    let mut config = fast_engine_to(&sim.addr().to_string(), db, interval, ttl);
+    config.link = fast_link(sim);
+    config
 }
 
 /// [`fast_engine`] against a radio at `host`.

@@ -31,8 +31,8 @@ pub(super) struct Device {
 impl Device {
     /// A new pty, and `link` pointing at it (replacing what the link pointed at before).
     pub(super) fn plug(link: &Path) -> io::Result<Self> {
-        let (master, mut slave) = SerialStream::pair().map_err(io::Error::from)?;
-        slave.set_exclusive(false).map_err(io::Error::from)?;
+        // Neither side is locked: the client's open takes the port's exclusive lock.
+        let (master, slave) = SerialStream::pair().map_err(io::Error::from)?;
         let tty = slave
             .name()
             .ok_or_else(|| io::Error::other("the pseudo-terminal has no name"))?;
