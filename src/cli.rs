@@ -17,6 +17,7 @@ use crate::engine::mqtt::broker::BrokerUrl;
 use crate::engine::mqtt::crypto::ChannelKey;
 use crate::engine::proxy::{AdminDenial, ProxyConfig};
 use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
+use crate::engine::transport::{DEFAULT_BAUD, Endpoint};
 
 mod file;
 pub use file::FileConfig;
@@ -85,6 +86,15 @@ pub struct EngineArgs {
     /// Radio address, HOST[:PORT] (port 4403 when omitted).
     #[arg(long, env = "KEYSYNC_HOST", value_parser = normalize_host, value_name = "HOST[:PORT]")]
     pub host: Option<String>,
+
+    /// A radio on USB instead: its serial port, e.g. /dev/ttyACM0 or a stable
+    /// /dev/serial/by-id/… name.
+    #[arg(long, env = "KEYSYNC_SERIAL", value_name = "PATH")]
+    pub serial: Option<PathBuf>,
+
+    /// The serial port's speed [default: 115200].
+    #[arg(long, env = "KEYSYNC_BAUD", value_name = "BAUD")]
+    pub baud: Option<u32>,
 
     /// How often to check whether a sync is needed.
     #[arg(long, env = "KEYSYNC_SYNC_INTERVAL", value_parser = duration::parse, value_name = "DURATION")]
@@ -221,8 +231,16 @@ impl StoreArgs {
 impl EngineArgs {
     /// These options, given after the subcommand, over `before` it.
     fn over(self, before: Self) -> Self {
+        // The radio is named once: a name given here replaces the other kind of name too.
+        let (host, serial) = if self.host.is_some() || self.serial.is_some() {
+            (self.host, self.serial)
+        } else {
+            (before.host, before.serial)
+        };
         Self {
-            host: self.host.or(before.host),
+            host,
+            serial,
+            baud: self.baud.or(before.baud),
             sync_interval: self.sync_interval.or(before.sync_interval),
             cache_ttl: self.cache_ttl.or(before.cache_ttl),
             heartbeat: self.heartbeat.or(before.heartbeat),
@@ -484,6 +502,10 @@ pub struct SimArgs {
     /// Faults and mesh events on a timeline (TOML).
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+    /// Be a radio on USB instead of on TCP: behind a pseudo-terminal, reached through a symlink
+    /// made at PATH (for `keysync --serial PATH`); the `unplug` fault takes it away.
+    #[arg(long, value_name = "PATH")]
+    pub serial_pty: Option<PathBuf>,
 }
 
 fn parse_firmware(s: &str) -> Result<String, String> {
@@ -505,6 +527,44 @@ fn parse_optional_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `HOST[:PORT]` with the default port filled in; IPv6 literals may be bare or bracketed.
+/// `--host` and `--serial` both name the radio: one place may give only one of them.
+fn one_radio(e: &EngineArgs, place: &str) -> Result<(), SettingsError> {
+    match (&e.host, &e.serial) {
+        (Some(host), Some(serial)) => Err(SettingsError::Invalid(format!(
+            "--host {host} and --serial {} both name the radio {place}: give one (a radio on \
+             USB is --serial, one on the network --host)",
+            serial.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The radio's endpoint from the merged options: a serial port, or a host (localhost by
+/// default).
+fn endpoint(e: &EngineArgs) -> Result<Endpoint, String> {
+    if let Some(path) = &e.serial {
+        if path.as_os_str().is_empty() {
+            return Err("the serial port path is empty".into());
+        }
+        let baud = e.baud.unwrap_or(DEFAULT_BAUD);
+        if baud == 0 {
+            return Err("--baud 0 is not a serial speed".into());
+        }
+        return Ok(Endpoint::Serial {
+            path: path.clone(),
+            baud,
+        });
+    }
+    if e.baud.is_some() {
+        return Err("--baud applies to a serial radio: give --serial too".into());
+    }
+    let host = e
+        .host
+        .clone()
+        .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
+    normalize_host(&host).map(Endpoint::Tcp)
+}
+
 pub fn normalize_host(host: &str) -> Result<String, String> {
     let host = host.trim();
     if host.is_empty() {
@@ -608,12 +668,10 @@ impl Settings {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
+        one_radio(&args.engine, "on the command line")?;
+        one_radio(&file.engine, "in the config file")?;
         let e = args.engine.clone().over(file.engine);
-        let host = e
-            .host
-            .clone()
-            .unwrap_or_else(|| format!("localhost:{DEFAULT_PORT}"));
-        let host = normalize_host(&host).map_err(SettingsError::Invalid)?;
+        let radio = endpoint(&e).map_err(SettingsError::Invalid)?;
         let log_level = match (args.common.log_level, file.common.log_level) {
             (Some(l), _) => l,
             (None, Some(s)) => parse_level(&s).map_err(SettingsError::Invalid)?,
@@ -626,7 +684,7 @@ impl Settings {
             ));
         }
         let db = args.store.db.clone().or(file.common.db);
-        let mut engine = EngineConfig::new(host, db.clone().unwrap_or(default_db));
+        let mut engine = EngineConfig::new(radio, db.clone().unwrap_or(default_db));
         set(&mut engine.link.heartbeat, e.heartbeat);
         set(&mut engine.sync_interval, e.sync_interval);
         let sync = &mut engine.sync;
@@ -663,9 +721,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// `host:port` of the radio.
-    pub fn host(&self) -> &str {
-        &self.engine.link.host
+    /// Where the radio is: `host:port`, or its serial port.
+    pub fn host(&self) -> String {
+        self.engine.link.endpoint.to_string()
     }
 
     /// The key store's file.
@@ -897,6 +955,71 @@ mod tests {
             (Duration::from_secs(300), Duration::from_secs(1800))
         );
         assert!(s.engine.proxy.is_none());
+    }
+
+    #[test]
+    fn a_serial_radio_comes_from_the_flags_or_the_file_and_replaces_the_files_host() {
+        let s = with_file(
+            "serial = \"/dev/ttyACM0\"\nbaud = 9600",
+            EngineArgs::default(),
+        );
+        assert_eq!(
+            s.engine.link.endpoint,
+            Endpoint::Serial {
+                path: "/dev/ttyACM0".into(),
+                baud: 9600
+            }
+        );
+        assert_eq!(s.host(), "/dev/ttyACM0");
+        let flags = EngineArgs {
+            serial: Some("/dev/serial/by-id/usb-RAK4631".into()),
+            ..EngineArgs::default()
+        };
+        let s = with_file("host = \"radio.lan\"", flags);
+        assert_eq!(
+            s.engine.link.endpoint,
+            Endpoint::Serial {
+                path: "/dev/serial/by-id/usb-RAK4631".into(),
+                baud: DEFAULT_BAUD
+            },
+            "the command line names the radio; the file's host is not a conflict"
+        );
+        let flags = EngineArgs {
+            host: Some("10.0.0.5:4403".into()),
+            ..EngineArgs::default()
+        };
+        let s = with_file("serial = \"/dev/ttyACM0\"", flags);
+        assert_eq!(s.host(), "10.0.0.5:4403");
+    }
+
+    #[test]
+    fn host_and_serial_together_or_a_baud_without_serial_are_refused() {
+        let both = EngineArgs {
+            host: Some("radio.lan:4403".into()),
+            serial: Some("/dev/ttyACM0".into()),
+            ..EngineArgs::default()
+        };
+        let args = GlobalArgs {
+            engine: both,
+            ..GlobalArgs::default()
+        };
+        let err = resolve(&args, None).expect_err("two radios").to_string();
+        assert!(
+            err.contains("both name the radio on the command line"),
+            "{err}"
+        );
+        let file = FileConfig::parse("host = \"a\"\nserial = \"/dev/ttyUSB0\"").expect("parses");
+        let err = resolve(&GlobalArgs::default(), Some(file)).expect_err("two radios");
+        assert!(err.to_string().contains("in the config file"), "{err}");
+        let baud_only = GlobalArgs {
+            engine: EngineArgs {
+                baud: Some(9600),
+                ..EngineArgs::default()
+            },
+            ..GlobalArgs::default()
+        };
+        let err = resolve(&baud_only, None).expect_err("baud without serial");
+        assert!(err.to_string().contains("--serial"), "{err}");
     }
 
     #[test]

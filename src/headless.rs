@@ -115,8 +115,19 @@ pub async fn run_sim(args: &crate::cli::SimArgs) -> anyhow::Result<()> {
         managed: args.managed,
         ..sim::SimConfig::default()
     };
-    let radio = sim::SimHandle::start(config)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let radio = match &args.serial_pty {
+        Some(link) => {
+            let radio = sim::SimHandle::start_serial(config, link.clone()).map_err(|e| {
+                anyhow::anyhow!("cannot make a serial port at {}: {e}", link.display())
+            })?;
+            // The path is the sim's output: a script reads it to point keysync at the radio.
+            let tty = std::fs::read_link(link).unwrap_or_default();
+            println!("serial port {} -> {}", link.display(), tty.display());
+            radio
+        }
+        None => sim::SimHandle::start(config)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?,
+    };
     shutdown_signal().await?;
     let counters = radio.counters();
     let protected = radio.protected();

@@ -96,6 +96,62 @@ fn garbage_before_between_and_after_frames_is_skipped_and_counted() {
 }
 
 #[test]
+fn a_serial_console_s_coloured_log_text_with_stray_magic_is_skipped_between_frames() {
+    let a = node_with_key(1, key_with_magic(), "a");
+    let b = queue_status(3);
+    // A debug line as the firmware prints it before the API is active: colour codes, and a
+    // byte pair that looks like the magic followed by text (an oversize "length").
+    let text = b"\x1b[34mDEBUG\x1b[0m | 00:00:01 7 [Power] \x94\xC3ok batMv=4190\r\n";
+    let mut bytes = text.to_vec();
+    bytes.extend(bytes_of(&a));
+    bytes.extend(text);
+    bytes.extend(text);
+    bytes.extend(bytes_of(&b));
+    let mut codec = ClientCodec::new();
+    assert_eq!(decode_all(&mut codec, &bytes), vec![a, b]);
+    let stats = codec.stats();
+    assert_eq!(stats.garbage_bytes, 3 * text.len() as u64);
+    assert_eq!(stats.oversize_headers, 3);
+}
+
+#[test]
+fn the_wake_up_bytes_flush_a_stale_half_frame_so_the_first_want_config_is_read() {
+    use keysync::engine::transport::WAKE_UP;
+    let want = bytes_of_to_radio(&radio::want_config(69_420));
+    // The radio's parser still waits for 20 bytes of a frame its last client never finished.
+    let stale = [0x94, 0xC3, 0x00, 0x14];
+    let mut woken = stale.to_vec();
+    woken.extend(WAKE_UP);
+    woken.extend(&want);
+    let mut codec = RadioCodec::new();
+    let got = decode_to_radio(&mut codec, &woken);
+    assert_eq!(got, vec![radio::want_config(69_420)]);
+    assert_eq!(
+        codec.stats().undecodable,
+        1,
+        "the stale frame, filled with wake-up bytes"
+    );
+    // Without the wake-up the want_config is eaten by the stale frame.
+    let mut unwoken = stale.to_vec();
+    unwoken.extend(&want);
+    let mut codec = RadioCodec::new();
+    assert_eq!(decode_to_radio(&mut codec, &unwoken), vec![]);
+}
+
+fn bytes_of_to_radio(msg: &meshtastic::protobufs::ToRadio) -> Vec<u8> {
+    frame_bytes(msg).expect("fits")
+}
+
+fn decode_to_radio(codec: &mut RadioCodec, bytes: &[u8]) -> Vec<meshtastic::protobufs::ToRadio> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = codec.decode(&mut buf).expect("decoding never fails") {
+        out.push(f);
+    }
+    out
+}
+
+#[test]
 fn oversize_header_is_rejected_and_the_hunt_resumes_at_the_next_byte() {
     let frame = queue_status(4);
     // 94 C3 02 58 announces 600 bytes; a real frame starts right after the bogus header.

@@ -90,6 +90,7 @@ fn severity(kind: LinkKind) -> u8 {
         LinkKind::Backoff => 3,
         LinkKind::Stalled => 4,
         LinkKind::Down => 5,
+        LinkKind::Gone => 6,
     }
 }
 

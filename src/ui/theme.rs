@@ -3,7 +3,7 @@
 
 use ratatui::style::{Color, Modifier, Style};
 
-use crate::engine::link::LinkState;
+use crate::engine::link::{CloseCause, LinkState};
 use crate::engine::sync::Outcome;
 
 /// A link state's family, for the timeline's colours and glyphs.
@@ -13,6 +13,8 @@ pub enum LinkKind {
     Connecting,
     Stalled,
     Down,
+    /// The serial device went away (unplugged).
+    Gone,
     Backoff,
     None,
 }
@@ -23,6 +25,7 @@ impl LinkKind {
             LinkState::Up => Self::Up,
             LinkState::Connecting { .. } | LinkState::Configuring => Self::Connecting,
             LinkState::Stalled => Self::Stalled,
+            LinkState::Closed(CloseCause::DeviceGone) => Self::Gone,
             LinkState::Closed(_) | LinkState::Stopped => Self::Down,
             LinkState::Backoff { .. } | LinkState::Contended { .. } => Self::Backoff,
         }
@@ -35,6 +38,7 @@ impl LinkKind {
             Self::Connecting => '▒',
             Self::Stalled => '!',
             Self::Down => '×',
+            Self::Gone => '∅',
             Self::Backoff => '░',
             Self::None => ' ',
         }
@@ -157,7 +161,7 @@ impl Theme {
             LinkKind::Up => self.fg(Color::Green),
             LinkKind::Connecting => self.fg(Color::Yellow),
             LinkKind::Stalled => self.fg(Color::Magenta).add_modifier(Modifier::BOLD),
-            LinkKind::Down => self.fg(Color::Red).add_modifier(Modifier::BOLD),
+            LinkKind::Down | LinkKind::Gone => self.fg(Color::Red).add_modifier(Modifier::BOLD),
             LinkKind::Backoff => self.fg(Color::Red),
             LinkKind::None => self.muted(),
         }

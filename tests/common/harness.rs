@@ -28,6 +28,19 @@ impl Rig {
     pub fn new(sim: SimConfig, known: &[NodeInfo]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let sim = start_sim(sim);
+        Self::with(dir, sim, known)
+    }
+
+    /// [`Rig::new`] with the radio on a serial port: a pty linked from the temporary
+    /// directory's `radio`.
+    pub fn new_serial(sim: SimConfig, known: &[NodeInfo]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sim =
+            SimHandle::start_serial(sim, dir.path().join("radio")).expect("the sim opens a pty");
+        Self::with(dir, sim, known)
+    }
+
+    fn with(dir: tempfile::TempDir, sim: SimHandle, known: &[NodeInfo]) -> Self {
         let (db, store) = seeded_store(&dir, known);
         drop(store);
         Self { dir, db, sim }
@@ -95,6 +108,15 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// [`Rig::new_serial`] then [`Rig::start`].
+    pub fn start_serial(
+        sim: SimConfig,
+        known: &[NodeInfo],
+        edit: impl FnOnce(&mut EngineConfig),
+    ) -> Self {
+        Rig::new_serial(sim, known).start(edit)
+    }
+
     /// [`Rig::new`] then [`Rig::start`].
     pub fn start(sim: SimConfig, known: &[NodeInfo], edit: impl FnOnce(&mut EngineConfig)) -> Self {
         Rig::new(sim, known).start(edit)
@@ -173,7 +195,11 @@ impl Linked {
     /// A radio set up as `sim` says and a link to it with [`fast_link`] timings changed by
     /// `edit`, once the link is up.
     pub async fn up(sim: SimConfig, edit: impl FnOnce(&mut LinkConfig)) -> Self {
-        let sim = start_sim(sim);
+        Self::to(start_sim(sim), edit).await
+    }
+
+    /// [`Linked::up`] to a radio already started.
+    pub async fn to(sim: SimHandle, edit: impl FnOnce(&mut LinkConfig)) -> Self {
         let mut config = fast_link(&sim);
         edit(&mut config);
         let link = Link::spawn(config.clone());

@@ -27,13 +27,29 @@ pub fn start_sim(config: SimConfig) -> SimHandle {
 
 /// Short timings so that faults play out in a second or two.
 pub fn fast_link(sim: &SimHandle) -> LinkConfig {
-    fast_link_to(&sim.addr().to_string())
+    fast_link_at(endpoint_of(sim))
+}
+
+/// Where `sim` is: its serial port when it is on one, else its TCP address.
+pub fn endpoint_of(sim: &SimHandle) -> keysync::engine::transport::Endpoint {
+    match sim.serial_path() {
+        Some(path) => keysync::engine::transport::Endpoint::Serial {
+            path: path.to_owned(),
+            baud: keysync::engine::transport::DEFAULT_BAUD,
+        },
+        None => sim.addr().to_string().into(),
+    }
 }
 
 /// [`fast_link`] to a radio at `host`.
 pub fn fast_link_to(host: &str) -> LinkConfig {
+    fast_link_at(host.into())
+}
+
+/// [`fast_link`] to a radio at `endpoint` (TCP or serial).
+pub fn fast_link_at(endpoint: keysync::engine::transport::Endpoint) -> LinkConfig {
     LinkConfig {
-        host: host.to_owned(),
+        endpoint,
         connect_timeout: Duration::from_secs(2),
         heartbeat: Duration::from_millis(200),
         config_timeout: Duration::from_secs(5),
@@ -157,7 +173,9 @@ pub fn fast_engine(
     interval: Duration,
     ttl: Duration,
 ) -> keysync::engine::EngineConfig {
-    fast_engine_to(&sim.addr().to_string(), db, interval, ttl)
+    let mut config = fast_engine_to(&sim.addr().to_string(), db, interval, ttl);
+    config.link = fast_link(sim);
+    config
 }
 
 /// [`fast_engine`] against a radio at `host`.

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod transfer;
+pub mod transport;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -56,11 +57,11 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
-    /// The radio at `host`, the store at `db_path`; a check every five minutes, the link's and
-    /// the sync's defaults, no proxy, no broker.
-    pub fn new(host: impl Into<String>, db_path: PathBuf) -> Self {
+    /// The radio at `radio` (`host:port` or a serial port), the store at `db_path`; a check
+    /// every five minutes, the link's and the sync's defaults, no proxy, no broker.
+    pub fn new(radio: impl Into<transport::Endpoint>, db_path: PathBuf) -> Self {
         Self {
-            link: LinkConfig::new(host),
+            link: LinkConfig::new(radio),
             sync_interval: Self::DEFAULT_SYNC_INTERVAL,
             sync: SyncSettings::default(),
             db_path,

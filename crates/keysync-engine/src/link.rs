@@ -1,6 +1,7 @@
-//! The link supervisor: one TCP connection to the radio, kept alive and honest.
+//! The link supervisor: one connection to the radio (TCP or serial, see [`super::transport`]),
+//! kept alive and honest.
 //!
-//! It connects with a timeout and TCP keepalive, downloads the configuration with a random
+//! It connects with a timeout (and TCP keepalive), downloads the configuration with a random
 //! nonce, then heartbeats and watches for silence. When the link dies it names the cause, backs
 //! off with full jitter, and reconnects. Every state change is stamped with the wall clock and
 //! kept in a bounded timeline. Decoded frames, session starts and ends go out on one ordered
@@ -18,7 +19,6 @@ use std::time::{Duration, SystemTime};
 use futures::{SinkExt, StreamExt};
 use meshtastic::protobufs::{NodeInfo, SharedContact, ToRadio, from_radio, to_radio};
 use rand::RngExt;
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -27,6 +27,7 @@ use tokio_util::codec::Framed;
 use super::codec::{CodecError, RadioFrame, RelayCodec};
 use super::radio;
 use super::stats::AtomicHistogram;
+use super::transport::{self, Endpoint, RadioStream};
 
 /// How many state changes the timeline keeps.
 pub const TIMELINE_LEN: usize = 256;
@@ -66,8 +67,8 @@ impl BackoffPolicy {
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// `host:port` of the radio.
-    pub host: String,
+    /// Where the radio is.
+    pub endpoint: Endpoint,
     pub connect_timeout: Duration,
     pub heartbeat: Duration,
     pub config_timeout: Duration,
@@ -77,9 +78,10 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    pub fn new(host: impl Into<String>) -> Self {
+    /// The radio at `endpoint` (a `host:port` string is a TCP endpoint).
+    pub fn new(endpoint: impl Into<Endpoint>) -> Self {
         Self {
-            host: host.into(),
+            endpoint: endpoint.into(),
             connect_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(60),
             config_timeout: Duration::from_secs(30),
@@ -112,6 +114,8 @@ pub enum CloseCause {
     Requested,
     /// keysync is shutting down.
     Shutdown,
+    /// The serial device went away (a USB unplug) or is not there to open.
+    DeviceGone,
 }
 
 impl fmt::Display for CloseCause {
@@ -127,13 +131,14 @@ impl fmt::Display for CloseCause {
             Self::Io(why) => write!(f, "i/o error: {why}"),
             Self::Requested => f.write_str("reconnect requested"),
             Self::Shutdown => f.write_str("shut down"),
+            Self::DeviceGone => f.write_str("device gone"),
         }
     }
 }
 
 impl CloseCause {
     /// One snake_case word per kind of cause, in [`Self::index`] order (metrics labels, JSON).
-    pub const IDS: [&'static str; 10] = [
+    pub const IDS: [&'static str; 11] = [
         "refused",
         "connect_timeout",
         "closed_by_radio",
@@ -144,6 +149,7 @@ impl CloseCause {
         "io",
         "requested",
         "shutdown",
+        "device_gone",
     ];
 
     /// This cause's kind, an index into [`Self::IDS`].
@@ -159,6 +165,7 @@ impl CloseCause {
             Self::Io(_) => 7,
             Self::Requested => 8,
             Self::Shutdown => 9,
+            Self::DeviceGone => 10,
         }
     }
 
@@ -166,7 +173,7 @@ impl CloseCause {
         Self::IDS[self.index()]
     }
 
-    fn from_io(err: &io::Error) -> Self {
+    pub(crate) fn from_io(err: &io::Error) -> Self {
         match err.kind() {
             io::ErrorKind::ConnectionRefused => Self::Refused,
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,
@@ -176,9 +183,9 @@ impl CloseCause {
         }
     }
 
-    fn from_codec(err: &CodecError) -> Self {
+    fn from_codec(err: &CodecError, stream: &RadioStream) -> Self {
         match err {
-            CodecError::Io(e) => Self::from_io(e),
+            CodecError::Io(e) => stream.cause_of(e),
             CodecError::TooLarge(_) => Self::Protocol(err.to_string()),
         }
     }
@@ -416,7 +423,7 @@ impl Link {
         config: LinkConfig,
     ) -> (Self, [broadcast::Receiver<LinkNotice>; N]) {
         let (status_tx, status) = watch::channel(LinkStatus {
-            host: config.host.clone(),
+            host: config.endpoint.to_string(),
             state: LinkState::Connecting { attempt: 1 },
             since: SystemTime::now(),
             timeline: VecDeque::new(),
@@ -517,8 +524,12 @@ impl TakeoverWatch {
         let early = matches!(cause, CloseCause::ClosedByRadio)
             && connected_for.is_some_and(|d| d < EARLY_CLOSE);
         if !early {
-            // A refused connect (radio rebooting) says nothing about other clients either way.
-            if !matches!(cause, CloseCause::Refused | CloseCause::ConnectTimeout) {
+            // A refused connect (radio rebooting) or a missing device says nothing about other
+            // clients either way.
+            if !matches!(
+                cause,
+                CloseCause::Refused | CloseCause::ConnectTimeout | CloseCause::DeviceGone
+            ) {
                 self.early_closes = 0;
             }
             return false;
@@ -617,29 +628,21 @@ impl Supervisor {
         }
     }
 
-    async fn connect(&mut self) -> Result<TcpStream, CloseCause> {
+    async fn connect(&mut self) -> Result<RadioStream, CloseCause> {
         let connect = timeout(
             self.config.connect_timeout,
-            TcpStream::connect(self.config.host.as_str()),
+            transport::open(&self.config.endpoint),
         );
-        let stream = tokio::select! {
-            r = connect => match r {
-                Err(_) => return Err(CloseCause::ConnectTimeout),
-                Ok(Err(e)) => return Err(CloseCause::from_io(&e)),
-                Ok(Ok(stream)) => stream,
-            },
-            c = self.control.recv() => return Err(match c {
+        tokio::select! {
+            r = connect => r.unwrap_or(Err(CloseCause::ConnectTimeout)),
+            c = self.control.recv() => Err(match c {
                 Some(Control::Reconnect) => CloseCause::Requested,
                 Some(Control::Shutdown) | None => CloseCause::Shutdown,
             }),
-        };
-        if let Err(e) = tune_socket(&stream) {
-            log::debug!(target: "keysync::link", "could not set TCP keepalive: {e}");
         }
-        Ok(stream)
     }
 
-    async fn session(&mut self, stream: TcpStream) -> SessionEnd {
+    async fn session(&mut self, stream: RadioStream) -> SessionEnd {
         let connected = Instant::now();
         self.next_session += 1;
         let id = self.next_session;
@@ -660,6 +663,7 @@ impl Supervisor {
             let _ = framed.send(radio::disconnect()).await;
         }
         let _ = framed.close().await;
+        framed.get_mut().release();
         SessionEnd {
             cause,
             connected_for: Some(connected.elapsed()),
@@ -670,12 +674,15 @@ impl Supervisor {
     /// Sends `want_config_id` and collects the download until its `config_complete_id`.
     async fn handshake(
         &mut self,
-        framed: &mut Framed<TcpStream, RelayCodec>,
+        framed: &mut Framed<RadioStream, RelayCodec>,
         id: u64,
         seen: &mut (u64, u64),
     ) -> Result<Arc<Session>, CloseCause> {
         use from_radio::PayloadVariant as V;
         self.set_state(LinkState::Configuring);
+        if let Err(e) = framed.get_mut().wake().await {
+            return Err(framed.get_ref().cause_of(&e));
+        }
         let nonce = radio::config_nonce(|| rand::rng().random());
         self.write(framed, radio::want_config(nonce)).await?;
         let asked = Instant::now();
@@ -756,7 +763,7 @@ impl Supervisor {
     /// The up phase: forward frames, heartbeat, watch for silence, write what consumers send.
     async fn serve(
         &mut self,
-        framed: &mut Framed<TcpStream, RelayCodec>,
+        framed: &mut Framed<RadioStream, RelayCodec>,
         session: Arc<Session>,
         seen: &mut (u64, u64),
     ) -> CloseCause {
@@ -785,6 +792,12 @@ impl Supervisor {
                             Some(from_radio::PayloadVariant::ConfigCompleteId(n)) => Some(*n),
                             _ => None,
                         };
+                        if matches!(frame.payload_variant, Some(from_radio::PayloadVariant::Rebooted(true))) {
+                            // On serial the port outlives a reboot: the radio forgot this
+                            // session and sends nothing until asked for a download again.
+                            log::warn!(target: "keysync::link", "the radio says it rebooted");
+                            return CloseCause::ClosedByRadio;
+                        }
                         if radio::answers_heartbeat(&frame)
                             && let Some(sent) = heartbeat_sent.take()
                         {
@@ -848,7 +861,7 @@ impl Supervisor {
     /// Sends the `want_config_id` the gate let through, if any, and tells the consumers.
     async fn ask_download(
         &self,
-        framed: &mut Framed<TcpStream, RelayCodec>,
+        framed: &mut Framed<RadioStream, RelayCodec>,
         nonce: Option<u32>,
     ) -> Result<(), CloseCause> {
         let Some(nonce) = nonce else {
@@ -864,7 +877,7 @@ impl Supervisor {
     fn received(
         &self,
         item: Option<Result<RadioFrame, io::Error>>,
-        framed: &Framed<TcpStream, RelayCodec>,
+        framed: &Framed<RadioStream, RelayCodec>,
         seen: &mut (u64, u64),
     ) -> Result<RadioFrame, CloseCause> {
         let stats = framed.codec().stats();
@@ -880,10 +893,14 @@ impl Supervisor {
             .fetch_add(undecodable - seen.1, Ordering::Relaxed);
         *seen = (garbage, undecodable);
         match item {
-            None => Err(CloseCause::ClosedByRadio),
-            Some(Err(e)) => Err(CloseCause::from_io(&e)),
+            None => Err(framed.get_ref().eof_cause()),
+            Some(Err(e)) => Err(framed.get_ref().cause_of(&e)),
             Some(Ok(frame)) => {
                 self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+                if let Some(from_radio::PayloadVariant::LogRecord(record)) = &frame.payload_variant
+                {
+                    log_record(record);
+                }
                 Ok(frame)
             }
         }
@@ -891,13 +908,13 @@ impl Supervisor {
 
     async fn write(
         &self,
-        framed: &mut Framed<TcpStream, RelayCodec>,
+        framed: &mut Framed<RadioStream, RelayCodec>,
         msg: ToRadio,
     ) -> Result<(), CloseCause> {
         framed
             .send(msg)
             .await
-            .map_err(|e| CloseCause::from_codec(&e))?;
+            .map_err(|e| CloseCause::from_codec(&e, framed.get_ref()))?;
         self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -1002,6 +1019,29 @@ impl DownloadGate {
     }
 }
 
+/// The radio's own log line (a serial radio sends its log as `LogRecord` frames once a client
+/// talks to it, with `security.debug_log_api_enabled`), into keysync's log under its own target.
+fn log_record(record: &meshtastic::protobufs::LogRecord) {
+    use meshtastic::protobufs::log_record::Level;
+    let level = match Level::try_from(record.level) {
+        Ok(Level::Critical | Level::Error) => log::Level::Error,
+        Ok(Level::Warning) => log::Level::Warn,
+        Ok(Level::Debug) => log::Level::Debug,
+        Ok(Level::Trace) => log::Level::Trace,
+        Ok(Level::Info | Level::Unset) | Err(_) => log::Level::Info,
+    };
+    let message: String = radio::printable(&record.message)
+        .chars()
+        .take(240)
+        .collect();
+    let source = radio::printable(&record.source);
+    if source.is_empty() {
+        log::log!(target: "keysync::radio", level, "{message}");
+    } else {
+        log::log!(target: "keysync::radio", level, "[{source}] {message}");
+    }
+}
+
 fn control_cause(c: Option<Control>) -> CloseCause {
     match c {
         Some(Control::Reconnect) => CloseCause::Requested,
@@ -1020,16 +1060,6 @@ fn drop_stale(out: &Outbound) {
 pub(crate) fn jittered(ceiling: Duration) -> Duration {
     let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=ms))
-}
-
-fn tune_socket(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-    let keepalive = keepalive.with_retries(3);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 impl LinkStatus {

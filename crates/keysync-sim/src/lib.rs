@@ -8,11 +8,13 @@ pub mod nodedb;
 pub mod population;
 pub mod profile;
 pub mod scenario;
+mod serial;
 mod session;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -255,6 +257,17 @@ enum Sighting {
 }
 
 impl Shared {
+    /// The radio reboots (or its USB device goes away): down, forgetting what `forget` says.
+    fn go_down(&self, forget: Forget) {
+        let mut radio = self.radio();
+        radio.down = true;
+        match forget {
+            Forget::Nothing => {}
+            Forget::Keys => radio.db.forget_keys(),
+            Forget::Nodes => radio.db.forget_nodes(),
+        }
+    }
+
     fn radio(&self) -> MutexGuard<'_, Radio> {
         lock(&self.radio)
     }
@@ -675,7 +688,10 @@ enum ClientCmd {
 /// A running simulated radio.
 #[derive(Debug)]
 pub struct SimHandle {
+    /// The TCP listener's address; unspecified for a radio on a serial port.
     addr: SocketAddr,
+    /// The link to the pseudo-terminal of a radio on a serial port.
+    serial: Option<PathBuf>,
     shared: Arc<Shared>,
     control: mpsc::Sender<ListenerCmd>,
     tasks: Vec<JoinHandle<()>>,
@@ -687,6 +703,74 @@ impl SimHandle {
     pub fn start(config: SimConfig) -> io::Result<Self> {
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
+        let shared = Shared::start(config);
+        log::info!(target: "keysync::sim",
+            "simulated radio {} listening on {addr}: {} nodes on the mesh, {}",
+            node_id(shared.radio().db.my_node_num()), shared.config.nodes,
+            shared.config.profile.describe(shared.config.capacity()));
+        let (control, control_rx) = mpsc::channel(16);
+        let device = tokio::spawn(listen(listener, shared.clone(), control_rx));
+        Ok(Self::run(addr, None, shared, control, device))
+    }
+
+    /// Starts the radio behind a pseudo-terminal, as a radio on USB, reachable at `link` (a
+    /// symlink to the pty, made anew at each plug-in; the TCP listen address is not used).
+    pub fn start_serial(config: SimConfig, link: PathBuf) -> io::Result<Self> {
+        let device = serial::Device::plug(&link)?;
+        let shared = Shared::start(config);
+        log::info!(target: "keysync::sim",
+            "simulated radio {} on serial port {} ({}): {} nodes on the mesh, {}",
+            node_id(shared.radio().db.my_node_num()), link.display(), device.tty,
+            shared.config.nodes, shared.config.profile.describe(shared.config.capacity()));
+        let (control, control_rx) = mpsc::channel(16);
+        let task = tokio::spawn(serial::run(
+            device,
+            link.clone(),
+            shared.clone(),
+            control_rx,
+        ));
+        let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        Ok(Self::run(addr, Some(link), shared, control, task))
+    }
+
+    /// Starts the mesh and the scenario beside the task that serves the radio's port.
+    fn run(
+        addr: SocketAddr,
+        serial: Option<PathBuf>,
+        shared: Arc<Shared>,
+        control: mpsc::Sender<ListenerCmd>,
+        device: JoinHandle<()>,
+    ) -> Self {
+        let mut tasks = vec![device];
+        if let Some(every) = shared.config.announce_every {
+            tasks.push(tokio::spawn(announce_loop(shared.clone(), every)));
+        }
+        let scenario = shared.config.scenario.clone();
+        if !scenario.events.is_empty() {
+            tasks.push(tokio::spawn(run_scenario(
+                scenario,
+                shared.clone(),
+                control.clone(),
+            )));
+        }
+        Self {
+            addr,
+            serial,
+            shared,
+            control,
+            tasks,
+        }
+    }
+
+    /// The serial port's path (the link given to [`Self::start_serial`]), if the radio is on one.
+    pub fn serial_path(&self) -> Option<&Path> {
+        self.serial.as_deref()
+    }
+}
+
+impl Shared {
+    /// The radio's state at power-on, from its configuration.
+    fn start(config: SimConfig) -> Arc<Self> {
         let profile = config.profile.clone();
         let capacity = config.capacity();
         let mut population = Population::new(config.seed);
@@ -706,15 +790,13 @@ impl SimHandle {
         }
         db.save_to_flash();
         let (live, _) = broadcast::channel(profile.client_queue());
-        let announce_every = config.announce_every;
         let nodeinfo_sent = if config.nodeinfo_sent_at_start {
             let now = Instant::now();
             mesh.iter().map(|n| (n.num, now)).collect()
         } else {
             std::collections::HashMap::new()
         };
-        let scenario = config.scenario.clone();
-        let shared = Arc::new(Shared {
+        Arc::new(Self {
             config,
             radio: Mutex::new(Radio {
                 db,
@@ -732,31 +814,11 @@ impl SimHandle {
             counters: Arc::new(SimCounters::default()),
             live,
             crashed: Notify::new(),
-        });
-        log::info!(target: "keysync::sim",
-            "simulated radio {} listening on {addr}: {} nodes on the mesh, {}",
-            node_id(shared.radio().db.my_node_num()), shared.config.nodes,
-            profile.describe(capacity));
-        let (control, control_rx) = mpsc::channel(16);
-        let mut tasks = vec![tokio::spawn(listen(listener, shared.clone(), control_rx))];
-        if let Some(every) = announce_every {
-            tasks.push(tokio::spawn(announce_loop(shared.clone(), every)));
-        }
-        if !scenario.events.is_empty() {
-            tasks.push(tokio::spawn(run_scenario(
-                scenario,
-                shared.clone(),
-                control.clone(),
-            )));
-        }
-        Ok(Self {
-            addr,
-            shared,
-            control,
-            tasks,
         })
     }
+}
 
+impl SimHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -1034,9 +1096,11 @@ async fn listen(
                 log::info!(target: "keysync::sim", "client {peer} connected");
                 let kick = CancellationToken::new();
                 let (cmds, cmd_rx) = mpsc::channel(8);
+                let _ = stream.set_nodelay(true);
                 let task = tokio::spawn(session::serve(
-                    stream,
-                    peer,
+                    Box::new(stream),
+                    peer.to_string(),
+                    session::Port::Tcp,
                     shared.clone(),
                     kick.clone(),
                     cmd_rx,
@@ -1119,19 +1183,16 @@ async fn apply_to_listener(
             *listener = None;
             *back_at = Some(Instant::now() + duration);
         }
-        Fault::Reboot { down, forget } => {
+        Fault::Reboot { down, .. } | Fault::Unplug { down } => {
+            let forget = match fault {
+                Fault::Reboot { forget, .. } => forget,
+                _ => Forget::Nothing,
+            };
             log::info!(target: "keysync::sim", "fault: rebooting (down {}, forgetting {forget:?})", humantime::format_duration(down));
             if let Some(old) = current.take() {
                 old.kick.cancel();
             }
-            let mut radio = shared.radio();
-            radio.down = true;
-            match forget {
-                Forget::Nothing => {}
-                Forget::Keys => radio.db.forget_keys(),
-                Forget::Nodes => radio.db.forget_nodes(),
-            }
-            drop(radio);
+            shared.go_down(forget);
             *listener = None;
             *back_at = Some(Instant::now() + down);
         }

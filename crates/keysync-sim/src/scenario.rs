@@ -18,7 +18,8 @@
 //! down = "5s"
 //! forget = "keys"
 //! ```
-//! Other kinds: `refuse` (`for`), `garbage` (`bytes`), `key-change` (`node`, an index into
+//! Other kinds: `refuse` (`for`), `unplug` (`down`: a serial radio's device goes away and
+//! comes back), `garbage` (`bytes`), `key-change` (`node`, an index into
 //! the generated nodes), `new-nodes` (`count`, optional `portnum`: they arrive as plain packets
 //! on that port instead of NodeInfo), `announce` (`node`), `heard` (`node`, `portnum`: a packet
 //! that creates the node if the radio does not know it), `bad-utf8-name` (`node` announces
@@ -95,6 +96,9 @@ impl RawEvent {
                 down: self.need(self.down, "down")?,
                 forget: self.forget.unwrap_or_default(),
             },
+            "unplug" => Fault::Unplug {
+                down: self.need(self.down, "down")?,
+            },
             "garbage" => self
                 .need(self.bytes, "bytes")
                 .map(|bytes| Fault::Garbage { bytes })?,
@@ -119,7 +123,7 @@ impl RawEvent {
                 },
                 None => {
                     return Err(format!(
-                        "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, garbage, key-change, new-nodes, announce, heard, bad-utf8-name, dm-fail, ignore, remove, favorite, unfavorite, queue-full, silent-queue)",
+                        "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, unplug, garbage, key-change, new-nodes, announce, heard, bad-utf8-name, dm-fail, ignore, remove, favorite, unfavorite, queue-full, silent-queue)",
                         humantime::format_duration(at)
                     ));
                 }
@@ -221,6 +225,9 @@ pub enum Fault {
     Refuse { duration: Duration },
     /// Drop the client, be unreachable for `down`, come back having forgotten what `forget` says.
     Reboot { down: Duration, forget: Forget },
+    /// The radio's USB device disappears for `down` and comes back under the same name (a
+    /// serial radio; a TCP radio reboots without forgetting anything).
+    Unplug { down: Duration },
     /// Send random bytes (with a bogus oversize header) to the client between frames.
     Garbage { bytes: usize },
     /// Send the client one frame with this payload, as it is (newer firmware's fields).

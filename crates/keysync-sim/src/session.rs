@@ -4,7 +4,6 @@
 //! faults aimed at the client. What each firmware version does comes from its [`Profile`].
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,8 +15,7 @@ use meshtastic::protobufs::{
     MeshPacket, ModuleConfig, MyNodeInfo, NodeInfo, PortNum, SharedContact, ToRadio, admin_message,
     channel, config, from_radio, mesh_packet, module_config, to_radio,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::codec::Framed;
@@ -42,10 +40,32 @@ const POSITION_GAP: Duration = Duration::from_secs(10);
 /// PhoneAPI.cpp: one traceroute per 30 s per connection.
 const TRACEROUTE_GAP: Duration = Duration::from_secs(30);
 
-type Conn = Framed<TcpStream, RadioCodec>;
+/// A client's byte stream: a TCP connection, or the master side of the simulated USB port.
+pub(super) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+pub(super) type SimStream = Box<dyn ByteStream>;
+
+type Conn = Framed<SimStream, RadioCodec>;
+
+/// What the radio does differently on its serial console (SerialConsole.cpp, StreamAPI.cpp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Port {
+    Tcp,
+    /// Debug log text until the first frame makes the API active, a frame parser that may
+    /// hold a half-read header from before (which the client's wake-up bytes flush), the log
+    /// as `LogRecord` frames once active, and no idle close: a serial port has no connection
+    /// to time out, and a `disconnect` only ends the client's session, not the device.
+    Serial,
+}
+
+/// StreamAPI.cpp keeps its parser state across clients: a radio whose last client went away
+/// in the middle of a frame still waits for that frame's remaining bytes.
+const STALE_HEADER: [u8; 4] = [0x94, 0xC3, 0x00, 0x14];
+/// How often a serial radio prints a debug line while no client has talked to it.
+const DEBUG_TEXT_EVERY: Duration = Duration::from_millis(500);
 
 struct Client {
-    peer: SocketAddr,
+    peer: String,
     shared: Arc<Shared>,
     recent_ids: VecDeque<u32>,
     /// Live traffic flows only after a full or config-only download completed.
@@ -53,6 +73,9 @@ struct Client {
     /// When this connection last had a packet accepted on each rate-limited port
     /// (`lastPortNumToRadio`, per connection and per port).
     last_sent: HashMap<i32, Instant>,
+    port: Port,
+    /// A frame arrived: a serial radio stops printing its debug log as text.
+    api_active: bool,
 }
 
 /// The per-connection rate limits of PhoneAPI.cpp handleToRadioPacket, by kind of packet.
@@ -107,14 +130,17 @@ enum Verdict {
 }
 
 pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: SimStream,
+    peer: String,
+    port: Port,
     shared: Arc<Shared>,
     kick: CancellationToken,
     mut cmds: mpsc::Receiver<ClientCmd>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, RadioCodec::new());
+    if port == Port::Serial {
+        conn.read_buffer_mut().extend_from_slice(&STALE_HEADER);
+    }
     let mut live = shared.live.subscribe();
     let idle = shared.config.idle_timeout;
     let mut client = Client {
@@ -123,29 +149,45 @@ pub(super) async fn serve(
         recent_ids: VecDeque::new(),
         configured: false,
         last_sent: HashMap::new(),
+        port,
+        api_active: false,
     };
-    // Only firmware ≥ 2.7.21 closes an idle client.
-    let idle = if shared.config.profile.has(Rule::IdleClose) {
+    // Only firmware ≥ 2.7.21 closes an idle client, and only on TCP.
+    let idle = if port == Port::Tcp && shared.config.profile.has(Rule::IdleClose) {
         idle
     } else {
         Duration::MAX / 4
     };
     let mut last_rx = Instant::now();
+    let mut debug_text = tokio::time::interval(DEBUG_TEXT_EVERY);
+    let mut lines = 0u64;
     let why = loop {
         tokio::select! {
+            _ = debug_text.tick(), if port == Port::Serial && !client.api_active => {
+                lines += 1;
+                if conn.get_mut().write_all(debug_line(lines).as_bytes()).await.is_err() {
+                    break "write failed";
+                }
+            }
             () = kick.cancelled() => break "replaced or dropped",
             item = conn.next() => match item {
                 None => break "client closed",
                 Some(Err(_)) => break "socket error",
                 Some(Ok(msg)) => {
                     last_rx = Instant::now();
+                    client.api_active = true;
                     if !client.handle(msg, &mut conn).await {
+                        if port == Port::Serial {
+                            // The device stays: the next client starts with a download.
+                            client.configured = false;
+                            continue;
+                        }
                         break "client said disconnect or the write failed";
                     }
                 }
             },
             () = sleep_until(last_rx + idle) => {
-                log::info!(target: "keysync::sim", "TCP connection timeout, no data for {} from {peer}", humantime::format_duration(idle));
+                log::info!(target: "keysync::sim", "TCP connection timeout, no data for {} from {}", humantime::format_duration(idle), client.peer);
                 shared.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
                 break "idle";
             }
@@ -178,8 +220,31 @@ pub(super) async fn serve(
     };
     let stats = conn.codec().stats();
     log::info!(target: "keysync::sim",
-        "client {peer} gone ({why}); {} frames in, {} garbage bytes skipped",
+        "client {} gone ({why}); {} frames in, {} garbage bytes skipped", client.peer,
         stats.frames, stats.garbage_bytes);
+}
+
+/// A line of the firmware's debug log as a serial console prints it before the API is active
+/// (RedirectablePrint.cpp: level, uptime, thread, message; colour codes included).
+fn debug_line(n: u64) -> String {
+    format!(
+        "\x1b[34mDEBUG\x1b[0m | ??:??:?? {n} [Power] Battery: usbPower=1, isCharging=0, batMv=4190, batPct=100\r\n"
+    )
+}
+
+/// The radio's log line as a frame, once a client made the serial API active.
+fn log_record(message: &str) -> FromRadio {
+    FromRadio {
+        payload_variant: Some(from_radio::PayloadVariant::LogRecord(
+            meshtastic::protobufs::LogRecord {
+                message: message.to_owned(),
+                time: now_secs(),
+                source: "PhoneAPI".into(),
+                level: meshtastic::protobufs::log_record::Level::Info as i32,
+            },
+        )),
+        ..FromRadio::default()
+    }
 }
 
 impl Client {
@@ -200,6 +265,14 @@ impl Client {
         }
         match msg.payload_variant {
             Some(to_radio::PayloadVariant::WantConfigId(nonce)) => {
+                if self.port == Port::Serial
+                    && conn
+                        .feed(log_record(&format!("Client wants config, nonce={nonce}")))
+                        .await
+                        .is_err()
+                {
+                    return false;
+                }
                 let frames = self.download(nonce);
                 log::debug!(target: "keysync::sim", "{}: config download {nonce} ({} frames)", self.peer, frames.len());
                 for frame in frames {
