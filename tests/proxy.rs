@@ -1674,3 +1674,36 @@ async fn after_quit_the_clients_are_closed_and_the_listening_port_is_free() {
     // Returns once the proxy closed it; a client left open would fail the wait.
     client.closed().await;
 }
+
+#[tokio::test]
+async fn a_key_trusted_a_moment_ago_already_holds_back_a_client_s_different_one() {
+    let p = started(3, |_| {}).await;
+    let mut client = configured_client(p.addr).await;
+    let my = p.sim.my_node_num();
+    let num = 0x0bad_7101;
+    let first = client
+        .contact(
+            my,
+            &common::proto::node_info(num, "New", "NW", [0x31; 32].to_vec()),
+        )
+        .await;
+    // The engine publishes the trust the moment the store has it, not at the views' next
+    // refresh: the proxy judges the next add_contact by it.
+    let mut trusted = p.engine.trusted.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        trusted.wait_for(|t| t.key(num) == Some([0x31; 32])),
+    )
+    .await
+    .expect("trusted within 5 s")
+    .expect("the engine runs");
+    let second = client
+        .contact(
+            my,
+            &common::proto::node_info(num, "New", "NW", [0x32; 32].to_vec()),
+        )
+        .await;
+    text_through(&mut client, &p.sim).await;
+    assert_eq!(at_radio(&p.sim, &[first, second]), [first]);
+    p.engine.quit().await;
+}

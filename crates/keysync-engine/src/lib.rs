@@ -8,6 +8,7 @@ pub mod files;
 pub mod import;
 pub mod lenient;
 pub mod link;
+pub mod model;
 pub mod mqtt;
 pub mod plan;
 pub mod proxy;
@@ -19,7 +20,7 @@ pub mod sync;
 pub mod transfer;
 pub mod transport;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,8 @@ use store::{Learned, NodeRecord, Store, SyncCache};
 use sync::needs::Needs;
 use sync::schedule::{Asked, NeedRoute, Schedule, Start};
 use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
+
+pub use model::{TrustedKeys, TrustedNode};
 
 /// How many sync reports the snapshot keeps.
 pub const HISTORY_LEN: usize = 100;
@@ -248,6 +251,9 @@ pub enum Command {
 #[derive(Debug)]
 pub struct EngineHandle {
     pub snapshot: watch::Receiver<Snapshot>,
+    /// The keys the operator trusts, published as soon as the store learns one (the views'
+    /// snapshot follows at its next refresh).
+    pub trusted: watch::Receiver<TrustedKeys>,
     pub commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
 }
@@ -320,14 +326,16 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         &counters,
         proxy_addr,
     ));
-    // The proxy reads the trusted keys from the snapshot (a client may not replace one).
+    // The proxy reads the trusted keys as the engine learns them (a client may not replace one).
+    let (trusted, trusted_rx) = watch::channel(TrustedKeys::default());
+    let trusted_out = trusted_rx.clone();
     let proxy = match bound {
         Some(bound) => Some(bound.serve(
             proxy_notices,
             link.sender(),
             learned_tx,
             needs_tx,
-            snapshot.clone(),
+            trusted_rx,
         )?),
         None => None,
     };
@@ -359,7 +367,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         urgent_tx: None,
         needs_state: Needs::default(),
         pushes_ignored: None,
-        trusted: HashSet::new(),
+        trusted,
         needs,
         pushed_tx,
         pushed,
@@ -375,6 +383,7 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
         snapshot,
+        trusted: trusted_out,
         commands,
         task,
     })
@@ -482,8 +491,8 @@ struct EngineLoop {
     needs_state: Needs,
     /// Pushing stopped: the radio ignored this many pushes in a row.
     pushes_ignored: Option<usize>,
-    /// Nodes with a trusted key.
-    trusted: HashSet<u32>,
+    /// The keys the operator trusts, published the moment the store learns one.
+    trusted: watch::Sender<TrustedKeys>,
     needs: mpsc::Receiver<KeyNeed>,
     /// The running job says which keys it pushed, as it goes.
     pushed_tx: mpsc::UnboundedSender<u32>,
@@ -775,7 +784,7 @@ impl EngineLoop {
             Ok(false) => {}
             Err(e) => self.store_failed(&e),
         }
-        if lacks_key && self.trusted.contains(&from) {
+        if lacks_key && self.trusted.borrow().contains(from) {
             if self.needs_state.is_partner(from) {
                 self.need(from, Trigger::Heard).await;
             } else {
@@ -820,7 +829,7 @@ impl EngineLoop {
             }),
             (None, None) => false,
         };
-        if !(lacks && self.trusted.contains(&num) && self.session.is_some()) {
+        if !(lacks && self.trusted.borrow().contains(num) && self.session.is_some()) {
             let _ = need.done.send(());
             return;
         }
@@ -869,6 +878,7 @@ impl EngineLoop {
                 if learned == Learned::FirstUse {
                     self.share_soon(seen.source);
                 }
+                self.publish_trust(&seen, learned, now);
                 self.clear_store_error();
             }
             Err(e) => self.store_failed(&e),
@@ -924,6 +934,9 @@ impl EngineLoop {
             }
             log_learned(seen, *outcome, log::Level::Debug);
         }
+        for (seen, outcome) in batch.iter().zip(&learned) {
+            self.publish_trust(seen, *outcome, now);
+        }
         if learned
             .iter()
             .any(|l| matches!(l, Learned::FirstUse | Learned::Pending { .. }))
@@ -938,6 +951,24 @@ impl EngineLoop {
             self.share_soon(seen.source);
         }
         self.mqtt_log.flush(self.max_unheard());
+    }
+
+    /// What `learned` changed in the trusted keys, published at once: a key trusted on first
+    /// use, or moved to the number firmware 2.8 derives from it.
+    fn publish_trust(&self, seen: &NodeSeen, learned: Learned, now: SystemTime) {
+        let Some(node) = TrustedNode::of_seen(seen, now) else {
+            return;
+        };
+        match learned {
+            Learned::FirstUse => {
+                self.trusted.send_if_modified(|t| t.trust(seen.num, node));
+            }
+            Learned::Renumbered { from } => {
+                self.trusted
+                    .send_if_modified(|t| t.forget(from) | t.trust(seen.num, node));
+            }
+            _ => {}
+        }
     }
 
     /// A new trusted key from `source`: with a fleet, the snapshot the MQTT side shares from
@@ -1161,11 +1192,14 @@ impl EngineLoop {
             .await;
         self.nodes_dirty = true;
         match result {
-            Ok(Ok(key)) if accept => format!(
-                "accepted the new key of {} ({}): it is trusted now",
-                node_id(num),
-                sync::key_fingerprint(&key)
-            ),
+            Ok(Ok(key)) if accept => {
+                self.trusted.send_if_modified(|t| t.rekey(num, key));
+                format!(
+                    "accepted the new key of {} ({}): it is trusted now",
+                    node_id(num),
+                    sync::key_fingerprint(&key)
+                )
+            }
             Ok(Ok(key)) => {
                 self.snapshot.send_modify(|s| s.sync.cache = None);
                 format!(
@@ -1312,11 +1346,11 @@ impl EngineLoop {
         let loaded = self
             .store
             .call(move |s| {
-                let mut trusted = HashSet::new();
+                let mut trusted = BTreeMap::new();
                 let mut partners = HashSet::new();
                 let nodes = s.nodes_as(|record| {
-                    if record.trusted.is_some() {
-                        trusted.insert(record.num);
+                    if let Some(node) = TrustedNode::of_record(&record) {
+                        trusted.insert(record.num, node);
                         if record.pinned || record.last_dm.is_some_and(|t| t >= partner_since) {
                             partners.insert(record.num);
                         }
@@ -1341,7 +1375,12 @@ impl EngineLoop {
                 return;
             }
         };
-        self.trusted = trusted;
+        let trusted = TrustedKeys::new(trusted);
+        self.trusted.send_if_modified(|t| {
+            let changed = *t != trusted;
+            *t = trusted;
+            changed
+        });
         self.needs_state.set_partners(partners);
         self.snapshot.send_modify(|s| {
             s.nodes = Arc::new(nodes);

@@ -227,7 +227,7 @@ impl Bound {
         sender: LinkSender,
         learned: mpsc::Sender<NodeSeen>,
         needs: mpsc::Sender<crate::KeyNeed>,
-        engine: watch::Receiver<crate::Snapshot>,
+        trusted: watch::Receiver<crate::TrustedKeys>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;
         let addr = listener.local_addr()?;
@@ -236,7 +236,7 @@ impl Bound {
             config.allow_remote_admin,
             config.deny_admin.clone(),
             learned,
-            engine,
+            trusted,
         );
         let shared = Arc::new(Shared {
             config,

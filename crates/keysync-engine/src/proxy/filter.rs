@@ -18,10 +18,9 @@ pub(super) struct Filter {
     /// Destructive admin messages dropped whoever sends them (`--deny-admin`).
     deny_admin: Vec<DestructiveAdmin>,
     learned: mpsc::Sender<NodeSeen>,
-    /// The engine's view, read for the keys the operator trusts (add_contact may not replace
-    /// one). Read-only, and as fresh as the engine's last publish: a key learned a moment ago
-    /// may not be there yet.
-    engine: watch::Receiver<crate::Snapshot>,
+    /// The keys the operator trusts (add_contact may not replace one), as the engine
+    /// publishes them the moment the store learns one.
+    trusted: watch::Receiver<crate::TrustedKeys>,
 }
 
 /// What the packet filter decided for a client's packet.
@@ -55,13 +54,13 @@ impl Filter {
         allow_remote_admin: bool,
         deny_admin: Vec<DestructiveAdmin>,
         learned: mpsc::Sender<NodeSeen>,
-        engine: watch::Receiver<crate::Snapshot>,
+        trusted: watch::Receiver<crate::TrustedKeys>,
     ) -> Self {
         Self {
             allow_remote_admin,
             deny_admin,
             learned,
-            engine,
+            trusted,
         }
     }
 
@@ -184,7 +183,7 @@ impl Filter {
         let Some(key) = valid_key(&user.public_key) else {
             return Verdict::Drop;
         };
-        let trusted = trusted_key(&self.engine.borrow(), contact.node_num);
+        let trusted = self.trusted.borrow().key(contact.node_num);
         let forward = contact_may_pass(trusted, key);
         if !forward {
             crate::log_limited!(warn, "contact-held", burst 10, target: "keysync::engine::proxy",
@@ -207,14 +206,6 @@ impl Filter {
             pass: forward,
         }
     }
-}
-
-/// The key the operator trusts for `num`, from the engine's view.
-fn trusted_key(view: &crate::Snapshot, num: u32) -> Option<PublicKey> {
-    view.nodes
-        .iter()
-        .find(|n| n.record.num == num)
-        .and_then(|n| n.record.trusted)
 }
 
 /// Whether a client's add_contact carrying `key` may reach the radio: only with the trusted
