@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -37,9 +37,11 @@ use stats::{Histogram, SyncTotals, WriteCounters};
 use store::{Learned, NodeRecord, Store, SyncCache};
 use sync::needs::Needs;
 use sync::schedule::{Asked, NeedRoute, Schedule, Start};
-use sync::{NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger};
+use sync::{
+    NodeSource, Outcome, StoreHandle, SyncJob, SyncReport, SyncSettings, Trigger, log_learned,
+};
 
-pub use model::{TrustedKeys, TrustedNode};
+pub use model::{KeyNeed, TrustedKeys, TrustedNode};
 
 /// How many sync reports the snapshot keeps.
 pub const HISTORY_LEN: usize = 100;
@@ -207,15 +209,6 @@ pub struct Snapshot {
     pub clients: Vec<crate::proxy::ClientView>,
     /// The MQTT broker connection, with `--mqtt`.
     pub mqtt: Option<mqtt::MqttStatus>,
-}
-
-/// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
-/// lacks it, and answers on `done` when the DM may go (at once when nothing is needed).
-#[derive(Debug)]
-pub struct KeyNeed {
-    pub num: u32,
-    pub packet_id: u32,
-    pub done: oneshot::Sender<()>,
 }
 
 /// Pushes in one run that all never landed: the radio ignores add_contact.
@@ -1349,7 +1342,7 @@ impl EngineLoop {
                 let mut trusted = BTreeMap::new();
                 let mut partners = HashSet::new();
                 let nodes = s.nodes_as(|record| {
-                    if let Some(node) = TrustedNode::of_record(&record) {
+                    if let Some(node) = record.trusted_node() {
                         trusted.insert(record.num, node);
                         if record.pinned || record.last_dm.is_some_and(|t| t >= partner_since) {
                             partners.insert(record.num);
@@ -1518,63 +1511,6 @@ fn link_down_report(trigger: Trigger, state: &str) -> SyncReport {
         reason: format!("forced: {}", trigger.label()),
         error: Some(format!("the radio link is down ({state})")),
         ..SyncReport::new(trigger, SystemTime::now())
-    }
-}
-
-/// Logs what learning a sighting did, when it is news. A key trusted on first use is logged at
-/// `first_use` level: info for one heard on the mesh, debug inside a bulk learn that logs its own
-/// summary.
-pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
-    let who = radio::node_label(seen.num, &seen.long_name);
-    let from = match seen.source {
-        radio::Source::NodeDb => "the radio's NodeDB".to_string(),
-        radio::Source::Mesh => "the mesh".to_string(),
-        radio::Source::Import => "an import".to_string(),
-        radio::Source::Downstream => "a downstream client".to_string(),
-        radio::Source::Mqtt { gateway } => format!("the MQTT uplink of {}", node_id(gateway)),
-        radio::Source::Fleet { gateway } => format!("the fleet ({})", node_id(gateway)),
-    };
-    match learned {
-        Learned::FirstUse if first_use >= log::Level::Debug => {
-            log::log!(target: "keysync::store", first_use, "learned the key of {who} from {from} (trusted on first use)");
-        }
-        Learned::FirstUse => {
-            crate::log_limited!(info, "learned", burst 20, target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
-        }
-        Learned::Pending { old, new } => {
-            crate::log_limited!(warn, "pending", burst 20, target: "keysync::store",
-            "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            sync::key_fingerprint(&old), sync::key_fingerprint(&new));
-        }
-        Learned::Renumbered { from } => log::info!(target: "keysync::store",
-            "{who} is {} under the number firmware 2.8 derives from its key: trust, pin and DM history carried over; the old number is retired",
-            node_id(from)),
-        Learned::Claimed { owner } => {
-            crate::log_limited!(warn, "claimed", burst 20, target: "keysync::store",
-            "{who} presents via {from} the key {} holds trusted — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
-            node_id(owner));
-        }
-        Learned::Same
-        | Learned::KnownOther(_)
-        | Learned::NamesOnly
-        | Learned::NotANode
-        | Learned::NoRoom => {}
-    }
-}
-
-/// Logs a bulk learn (the radio's node list): each node at debug, one summary at info.
-pub fn log_learned_in_bulk(learned: &[(NodeSeen, Learned)]) {
-    for (seen, outcome) in learned {
-        log_learned(seen, *outcome, log::Level::Debug);
-    }
-    let first_use = learned
-        .iter()
-        .filter(|(_, l)| *l == Learned::FirstUse)
-        .count();
-    if first_use > 0 {
-        log::info!(target: "keysync::store",
-            "learned {first_use} {} from the radio's NodeDB (trusted on first use)",
-            if first_use == 1 { "key" } else { "keys" });
     }
 }
 

@@ -1,12 +1,155 @@
-//! Types the engine's parts share and that import none of them: what the engine publishes to
-//! the proxy and the broker side besides the views' snapshot.
+//! Types the engine's parts share, importing none of them but `radio`: what starts a run and
+//! how it ends, the keys' fingerprint, a client's key need, and the trusted keys the engine
+//! publishes to the proxy and the broker side besides the views' snapshot.
 
 use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
 use crate::radio::{NodeSeen, PublicKey, Source, valid_key};
-use crate::store::NodeRecord;
+
+/// SHA-256 over the trusted `(node number, key)` pairs, sorted by node number.
+pub type Fingerprint = [u8; 32];
+
+/// The fingerprint of `(node number, key)` pairs already sorted by node number, as the store streams them: no list
+/// of keys is built.
+pub fn fingerprint_sorted(pairs: impl IntoIterator<Item = (u32, PublicKey)>) -> Fingerprint {
+    let mut hash = Sha256::new();
+    for (num, key) in pairs {
+        hash.update(num.to_be_bytes());
+        hash.update(key);
+    }
+    hash.finalize().into()
+}
+
+/// The first bytes of a fingerprint or key hash, for people.
+pub fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(4).fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// SHA-256 of one key, shortened: how a key is named in warnings.
+pub fn key_fingerprint(key: &PublicKey) -> String {
+    short_hex(&Sha256::digest(key))
+}
+
+/// What started a sync decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first connection after keysync started.
+    Startup,
+    /// A connection after the link was lost.
+    Reconnect,
+    /// The operator asked (`f`, `keysync sync --once`).
+    Operator,
+    /// The periodic check.
+    Check,
+    /// A packet from a node whose key the radio lacks (the firmware created it keyless).
+    Heard,
+    /// The radio refused a DM with PKI_SEND_FAIL_PUBLIC_KEY.
+    DmFailed,
+    /// A proxy client is about to send a DM to a node whose key the radio lacks.
+    ClientDm,
+}
+
+impl Trigger {
+    pub const ALL: [Self; 7] = [
+        Self::Startup,
+        Self::Reconnect,
+        Self::Operator,
+        Self::Check,
+        Self::Heard,
+        Self::DmFailed,
+        Self::ClientDm,
+    ];
+
+    /// Ignores the cache: startup, reconnect, operator.
+    pub fn is_forced(self) -> bool {
+        matches!(self, Self::Startup | Self::Reconnect | Self::Operator)
+    }
+
+    /// A push for a need that showed now, ahead of any bulk fill.
+    pub fn is_lazy(self) -> bool {
+        matches!(self, Self::Heard | Self::DmFailed | Self::ClientDm)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Reconnect => "reconnect",
+            Self::Operator => "operator request",
+            Self::Check => "periodic check",
+            Self::Heard => "heard without its key",
+            Self::DmFailed => "DM failed for lack of a key",
+            Self::ClientDm => "a client's DM needs the key",
+        }
+    }
+
+    /// One snake_case word, for machines (metrics labels, JSON).
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Reconnect => "reconnect",
+            Self::Operator => "operator",
+            Self::Check => "check",
+            Self::Heard => "heard",
+            Self::DmFailed => "dm_failed",
+            Self::ClientDm => "client_dm",
+        }
+    }
+
+    /// One word, for narrow panes.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::DmFailed => "dm-fail",
+            Self::ClientDm => "client dm",
+            other => other.id(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Skipped,
+    Synced,
+    Forced,
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 4] = [Self::Skipped, Self::Synced, Self::Forced, Self::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Synced => "synced",
+            Self::Forced => "forced",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
+/// lacks it, and answers on `done` when the DM may go (at once when nothing is needed).
+#[derive(Debug)]
+pub struct KeyNeed {
+    pub num: u32,
+    pub packet_id: u32,
+    pub done: oneshot::Sender<()>,
+}
 
 /// A node whose key the operator trusts, with what a peer needs to learn it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,19 +165,6 @@ pub struct TrustedNode {
 }
 
 impl TrustedNode {
-    /// The stored node, when it has a trusted key.
-    pub fn of_record(record: &NodeRecord) -> Option<Self> {
-        Some(Self {
-            key: record.trusted?,
-            long_name: record.long_name.clone(),
-            short_name: record.short_name.clone(),
-            hw_model: record.hw_model,
-            role: record.role,
-            source: record.source,
-            first_seen: record.first_seen,
-        })
-    }
-
     /// A node just trusted on first use, as it was seen at `now`.
     pub fn of_seen(seen: &NodeSeen, now: SystemTime) -> Option<Self> {
         Some(Self {

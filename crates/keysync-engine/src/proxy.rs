@@ -226,7 +226,7 @@ impl Bound {
         notices: broadcast::Receiver<LinkNotice>,
         sender: LinkSender,
         learned: mpsc::Sender<NodeSeen>,
-        needs: mpsc::Sender<crate::KeyNeed>,
+        needs: mpsc::Sender<crate::model::KeyNeed>,
         trusted: watch::Receiver<crate::TrustedKeys>,
     ) -> std::io::Result<Proxy> {
         let Self { config, listener } = self;

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::sync::{Outcome, Trigger};
+use crate::model::{Outcome, Trigger};
 
 /// Upper bounds (seconds) of the duration buckets, shared by every histogram: from a heartbeat's
 /// round trip on a LAN (milliseconds) to a slow sync of a full radio (minutes).

@@ -302,6 +302,19 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// This node as the trusted keys list it, when it has a trusted key.
+    pub fn trusted_node(&self) -> Option<crate::model::TrustedNode> {
+        Some(crate::model::TrustedNode {
+            key: self.trusted?,
+            long_name: self.long_name.clone(),
+            short_name: self.short_name.clone(),
+            hw_model: self.hw_model,
+            role: self.role,
+            source: self.source,
+            first_seen: self.first_seen,
+        })
+    }
+
     pub fn id(&self) -> String {
         node_id(self.num)
     }
@@ -741,7 +754,7 @@ impl Store {
 
     /// The fingerprint of the trusted keys and their count, streamed from SQLite in node order:
     /// no list of 10 000 keys is built for a check that only compares fingerprints.
-    pub fn trusted_fingerprint(&self) -> Result<(crate::sync::Fingerprint, usize), StoreError> {
+    pub fn trusted_fingerprint(&self) -> Result<(crate::model::Fingerprint, usize), StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -752,7 +765,7 @@ impl Store {
         let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
         let mut count = 0;
         let mut failed = None;
-        let fp = crate::sync::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
+        let fp = crate::model::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
             Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
                 (Ok(num), Ok(key)) => {
                     count += 1;

@@ -7,13 +7,12 @@
 //! QueueStatus and a gap, and reports.
 
 use std::collections::BTreeSet;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use meshtastic::protobufs::{FromRadio, NodeInfo, from_radio};
 use rand::RngExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, timeout_at};
 
@@ -23,117 +22,18 @@ pub mod schedule;
 use super::codec::RadioFrame;
 use super::link::{LinkNotice, LinkSender, Session};
 use super::plan::{self, Mirror, Op, PlanInput, RadioNode, RadioTraits};
-use super::radio::{self, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, valid_key};
-use super::store::{FlashWrite, RunRecord, Store, StoreError, SyncCache, TrustedKey};
+use super::radio::{self, NODES_ONLY_NONCE, NodeSeen, PublicKey, Source, node_id, valid_key};
+use super::store::{FlashWrite, Learned, RunRecord, Store, StoreError, SyncCache, TrustedKey};
 use crate::duration::compact;
-
-/// SHA-256 over the trusted `(node number, key)` pairs, sorted by node number.
-pub type Fingerprint = [u8; 32];
+pub use crate::model::{
+    Fingerprint, Outcome, Trigger, fingerprint_sorted, key_fingerprint, short_hex,
+};
 
 /// Fingerprint of trusted keys (in any order).
 pub fn fingerprint(keys: &[TrustedKey]) -> Fingerprint {
     let mut pairs: Vec<(u32, &PublicKey)> = keys.iter().map(|k| (k.num, &k.key)).collect();
     pairs.sort_unstable_by_key(|(num, _)| *num);
     fingerprint_sorted(pairs.into_iter().map(|(num, key)| (num, *key)))
-}
-
-/// [`fingerprint`] of pairs already sorted by node number, as the store streams them: no list
-/// of keys is built.
-pub fn fingerprint_sorted(pairs: impl IntoIterator<Item = (u32, PublicKey)>) -> Fingerprint {
-    let mut hash = Sha256::new();
-    for (num, key) in pairs {
-        hash.update(num.to_be_bytes());
-        hash.update(key);
-    }
-    hash.finalize().into()
-}
-
-/// The first bytes of a fingerprint or key hash, for people.
-pub fn short_hex(bytes: &[u8]) -> String {
-    bytes.iter().take(4).fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// SHA-256 of one key, shortened: how a key is named in warnings.
-pub fn key_fingerprint(key: &PublicKey) -> String {
-    short_hex(&Sha256::digest(key))
-}
-
-/// What started a sync decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The first connection after keysync started.
-    Startup,
-    /// A connection after the link was lost.
-    Reconnect,
-    /// The operator asked (`f`, `keysync sync --once`).
-    Operator,
-    /// The periodic check.
-    Check,
-    /// A packet from a node whose key the radio lacks (the firmware created it keyless).
-    Heard,
-    /// The radio refused a DM with PKI_SEND_FAIL_PUBLIC_KEY.
-    DmFailed,
-    /// A proxy client is about to send a DM to a node whose key the radio lacks.
-    ClientDm,
-}
-
-impl Trigger {
-    pub const ALL: [Self; 7] = [
-        Self::Startup,
-        Self::Reconnect,
-        Self::Operator,
-        Self::Check,
-        Self::Heard,
-        Self::DmFailed,
-        Self::ClientDm,
-    ];
-
-    /// Ignores the cache: startup, reconnect, operator.
-    pub fn is_forced(self) -> bool {
-        matches!(self, Self::Startup | Self::Reconnect | Self::Operator)
-    }
-
-    /// A push for a need that showed now, ahead of any bulk fill.
-    pub fn is_lazy(self) -> bool {
-        matches!(self, Self::Heard | Self::DmFailed | Self::ClientDm)
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Startup => "startup",
-            Self::Reconnect => "reconnect",
-            Self::Operator => "operator request",
-            Self::Check => "periodic check",
-            Self::Heard => "heard without its key",
-            Self::DmFailed => "DM failed for lack of a key",
-            Self::ClientDm => "a client's DM needs the key",
-        }
-    }
-
-    /// One snake_case word, for machines (metrics labels, JSON).
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::Startup => "startup",
-            Self::Reconnect => "reconnect",
-            Self::Operator => "operator",
-            Self::Check => "check",
-            Self::Heard => "heard",
-            Self::DmFailed => "dm_failed",
-            Self::ClientDm => "client_dm",
-        }
-    }
-
-    /// One word, for narrow panes.
-    pub fn short(self) -> &'static str {
-        match self {
-            Self::DmFailed => "dm-fail",
-            Self::ClientDm => "client dm",
-            other => other.id(),
-        }
-    }
 }
 
 /// Skip or sync, and why in words.
@@ -209,34 +109,6 @@ pub fn mirror_of<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>) -> Mirror {
             )
         })
         .collect()
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Skipped,
-    Synced,
-    Forced,
-    Failed,
-}
-
-impl Outcome {
-    pub const ALL: [Self; 4] = [Self::Skipped, Self::Synced, Self::Forced, Self::Failed];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Skipped => "skipped",
-            Self::Synced => "synced",
-            Self::Forced => "forced",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
 }
 
 /// Why a run failed: a typed value inside the engine, words only in the report.
@@ -634,7 +506,7 @@ async fn learn_and_read(
             ))
         })
         .await?;
-    super::log_learned_in_bulk(&learned);
+    log_learned_in_bulk(&learned);
     report.fingerprint = fp;
     report.known = count(known);
     Ok(view)
@@ -1356,6 +1228,63 @@ async fn wait_for_queue(job: &mut SyncJob, id: u32) -> Result<(), SyncError> {
 /// for a download (or took the handshake's list) learns them all in one transaction.
 pub fn learnable(frame: &FromRadio) -> Option<NodeSeen> {
     radio::node_seen(frame).filter(|s| s.source == Source::Mesh)
+}
+
+/// Logs what learning a sighting did, when it is news. A key trusted on first use is logged at
+/// `first_use` level: info for one heard on the mesh, debug inside a bulk learn that logs its own
+/// summary.
+pub fn log_learned(seen: &NodeSeen, learned: Learned, first_use: log::Level) {
+    let who = radio::node_label(seen.num, &seen.long_name);
+    let from = match seen.source {
+        radio::Source::NodeDb => "the radio's NodeDB".to_string(),
+        radio::Source::Mesh => "the mesh".to_string(),
+        radio::Source::Import => "an import".to_string(),
+        radio::Source::Downstream => "a downstream client".to_string(),
+        radio::Source::Mqtt { gateway } => format!("the MQTT uplink of {}", node_id(gateway)),
+        radio::Source::Fleet { gateway } => format!("the fleet ({})", node_id(gateway)),
+    };
+    match learned {
+        Learned::FirstUse if first_use >= log::Level::Debug => {
+            log::log!(target: "keysync::store", first_use, "learned the key of {who} from {from} (trusted on first use)");
+        }
+        Learned::FirstUse => {
+            crate::log_limited!(info, "learned", burst 20, target: "keysync::store", "learned the key of {who} from {from} (trusted on first use)");
+        }
+        Learned::Pending { old, new } => {
+            crate::log_limited!(warn, "pending", burst 20, target: "keysync::store",
+            "{who} presents a different key via {from}: trusted {} vs new {} — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
+            key_fingerprint(&old), key_fingerprint(&new));
+        }
+        Learned::Renumbered { from } => log::info!(target: "keysync::store",
+            "{who} is {} under the number firmware 2.8 derives from its key: trust, pin and DM history carried over; the old number is retired",
+            node_id(from)),
+        Learned::Claimed { owner } => {
+            crate::log_limited!(warn, "claimed", burst 20, target: "keysync::store",
+            "{who} presents via {from} the key {} holds trusted — pending your decision (a: accept, r: reject); nothing is pushed for it meanwhile",
+            node_id(owner));
+        }
+        Learned::Same
+        | Learned::KnownOther(_)
+        | Learned::NamesOnly
+        | Learned::NotANode
+        | Learned::NoRoom => {}
+    }
+}
+
+/// Logs a bulk learn (the radio's node list): each node at debug, one summary at info.
+pub fn log_learned_in_bulk(learned: &[(NodeSeen, Learned)]) {
+    for (seen, outcome) in learned {
+        log_learned(seen, *outcome, log::Level::Debug);
+    }
+    let first_use = learned
+        .iter()
+        .filter(|(_, l)| *l == Learned::FirstUse)
+        .count();
+    if first_use > 0 {
+        log::info!(target: "keysync::store",
+            "learned {first_use} {} from the radio's NodeDB (trusted on first use)",
+            if first_use == 1 { "key" } else { "keys" });
+    }
 }
 
 #[cfg(test)]

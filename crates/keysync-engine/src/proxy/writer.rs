@@ -252,7 +252,7 @@ pub(super) async fn write_upstream(
     shared: Arc<Shared>,
     answers: broadcast::Receiver<LinkNotice>,
     sender: LinkSender,
-    needs: mpsc::Sender<crate::KeyNeed>,
+    needs: mpsc::Sender<crate::model::KeyNeed>,
 ) {
     // keysync's connection as the radio judges it; a new connection starts afresh.
     let mut radio = fair::Connection::default();
@@ -368,7 +368,7 @@ fn dm_to(msg: &ToRadio, own: u32) -> Option<u32> {
 /// and the client's later packets behind it; other clients' packets go meanwhile.
 async fn ask_for_key(
     shared: &Arc<Shared>,
-    needs: &mpsc::Sender<crate::KeyNeed>,
+    needs: &mpsc::Sender<crate::model::KeyNeed>,
     to: u32,
     packet_id: u32,
 ) -> KeyWait {
@@ -378,7 +378,7 @@ async fn ask_for_key(
         done: Arc::clone(&done),
     };
     let (answer, answered) = tokio::sync::oneshot::channel();
-    let need = crate::KeyNeed {
+    let need = crate::model::KeyNeed {
         num: to,
         packet_id,
         done: answer,
