@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use super::codec::MAGIC_2;
-use super::link::CloseCause;
 
 /// The firmware's serial console speed (`SERIAL_BAUD`).
 pub const DEFAULT_BAUD: u32 = 115_200;
@@ -215,6 +214,99 @@ impl AsyncWrite for RadioStream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Self::Serial(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// Nothing listens at the address (the radio is rebooting, or the port is wrong).
+    Refused,
+    /// The TCP connect did not finish in time.
+    ConnectTimeout,
+    /// The radio closed the socket (EOF): another client, idle close, reboot.
+    ClosedByRadio,
+    /// The connection was reset.
+    Reset,
+    /// No frame for three heartbeat intervals on firmware that always answers heartbeats.
+    Stalled,
+    /// `config_complete_id` did not arrive in time.
+    ConfigTimeout,
+    /// The radio said something the protocol does not allow.
+    Protocol(String),
+    /// Any other socket error.
+    Io(String),
+    /// The operator asked for a fresh connection.
+    Requested,
+    /// keysync is shutting down.
+    Shutdown,
+    /// The serial device went away (a USB unplug) or is not there to open.
+    DeviceGone,
+}
+
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused => f.write_str("connection refused"),
+            Self::ConnectTimeout => f.write_str("connect timed out"),
+            Self::ClosedByRadio => f.write_str("closed by radio"),
+            Self::Reset => f.write_str("connection reset"),
+            Self::Stalled => f.write_str("stalled (no frame for 3 heartbeats)"),
+            Self::ConfigTimeout => f.write_str("config download timed out"),
+            Self::Protocol(why) => write!(f, "protocol error: {why}"),
+            Self::Io(why) => write!(f, "i/o error: {why}"),
+            Self::Requested => f.write_str("reconnect requested"),
+            Self::Shutdown => f.write_str("shut down"),
+            Self::DeviceGone => f.write_str("device gone"),
+        }
+    }
+}
+
+impl CloseCause {
+    /// One snake_case word per kind of cause, in [`Self::index`] order (metrics labels, JSON).
+    pub const IDS: [&'static str; 11] = [
+        "refused",
+        "connect_timeout",
+        "closed_by_radio",
+        "reset",
+        "stalled",
+        "config_timeout",
+        "protocol",
+        "io",
+        "requested",
+        "shutdown",
+        "device_gone",
+    ];
+
+    /// This cause's kind, an index into [`Self::IDS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Refused => 0,
+            Self::ConnectTimeout => 1,
+            Self::ClosedByRadio => 2,
+            Self::Reset => 3,
+            Self::Stalled => 4,
+            Self::ConfigTimeout => 5,
+            Self::Protocol(_) => 6,
+            Self::Io(_) => 7,
+            Self::Requested => 8,
+            Self::Shutdown => 9,
+            Self::DeviceGone => 10,
+        }
+    }
+
+    pub fn id(&self) -> &'static str {
+        Self::IDS[self.index()]
+    }
+
+    pub(crate) fn from_io(err: &io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,
+            io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof => Self::ClosedByRadio,
+            io::ErrorKind::TimedOut => Self::ConnectTimeout,
+            _ => Self::Io(err.to_string()),
         }
     }
 }
