@@ -10,10 +10,10 @@ use ratatui::widgets::{Cell, Row, Table, TableState};
 use super::View;
 use super::theme::Theme;
 use super::{fit, pane_block};
-use crate::app::Pane;
+use crate::app::{App, Pane};
 use crate::duration::compact;
 use crate::engine::store::{KeyState, key_base64};
-use crate::engine::{NodeView, RadioKey};
+use crate::engine::{NodeView, RadioKey, Snapshot};
 
 pub fn radio_label(r: RadioKey) -> &'static str {
     match r {
@@ -32,39 +32,8 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     let (app, snap, now, theme) = (view.app, view.snap, view.now, view.theme);
     let focused = app.focus == Pane::Nodes;
     let rows = app.visible_nodes(snap);
-    let pending = snap
-        .nodes
-        .iter()
-        .filter(|n| n.record.pending.is_some())
-        .count();
-    let mut title = vec![Span::styled(" Nodes ", theme.title(focused))];
-    title.push(Span::raw(format!("{} ", snap.nodes.len())));
-    if rows.len() > usize::from(area.height.saturating_sub(3)) {
-        title.push(Span::styled(
-            format!("· {}/{} ", app.nodes.selected + 1, rows.len()),
-            theme.muted(),
-        ));
-    }
-    if pending > 0 {
-        title.push(Span::styled(
-            format!("· {pending} pending "),
-            theme.pending(),
-        ));
-    }
-    title.push(Span::styled(
-        format!(
-            "· sort {} ",
-            app.nodes.sort.map_or("attention", |s| s.label())
-        ),
-        theme.muted(),
-    ));
-    if !app.nodes.filter.is_empty() {
-        title.push(Span::styled(
-            format!("· /{} ({} shown) ", app.nodes.filter, rows.len()),
-            theme.key(),
-        ));
-    }
-    let mut block = pane_block(Line::from(title), focused, theme);
+    let title = title(app, snap, rows.len(), area, focused, theme);
+    let mut block = pane_block(title, focused, theme);
     if let Some(n) = rows.get(app.nodes.selected) {
         let width = usize::from(area.width.saturating_sub(4));
         block = block.title_bottom(Span::styled(fit(&detail(n, now), width), theme.muted()));
@@ -90,18 +59,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
         .take(visible)
         .map(|n| row(n, now, theme, name_width, wide))
         .collect();
-    let mut widths = vec![
-        Constraint::Length(9),
-        Constraint::Min(8),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(4),
-    ];
-    if wide {
-        widths.push(Constraint::Length(12));
-    }
+    let widths = column_widths(wide);
     let empty = body.is_empty();
     let table = Table::new(body, widths)
         .header(header)
@@ -120,6 +78,68 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
         };
         frame.render_widget(Line::from(Span::styled(text, theme.muted())), inner);
     }
+}
+
+/// The pane's title: how many nodes, where the selection is when they do not fit, pending
+/// keys, the sort and the filter.
+fn title<'a>(
+    app: &App,
+    snap: &Snapshot,
+    shown: usize,
+    area: Rect,
+    focused: bool,
+    theme: &Theme,
+) -> Line<'a> {
+    let pending = snap
+        .nodes
+        .iter()
+        .filter(|n| n.record.pending.is_some())
+        .count();
+    let mut title = vec![Span::styled(" Nodes ", theme.title(focused))];
+    title.push(Span::raw(format!("{} ", snap.nodes.len())));
+    if shown > usize::from(area.height.saturating_sub(3)) {
+        title.push(Span::styled(
+            format!("· {}/{} ", app.nodes.selected + 1, shown),
+            theme.muted(),
+        ));
+    }
+    if pending > 0 {
+        title.push(Span::styled(
+            format!("· {pending} pending "),
+            theme.pending(),
+        ));
+    }
+    title.push(Span::styled(
+        format!(
+            "· sort {} ",
+            app.nodes.sort.map_or("attention", |s| s.label())
+        ),
+        theme.muted(),
+    ));
+    if !app.nodes.filter.is_empty() {
+        title.push(Span::styled(
+            format!("· /{} ({} shown) ", app.nodes.filter, shown),
+            theme.key(),
+        ));
+    }
+    Line::from(title)
+}
+
+/// The table's columns: ID, NAME, KEY, TRUST, RADIO, SEEN, PUSH, and HW when `wide`.
+fn column_widths(wide: bool) -> Vec<Constraint> {
+    let mut widths = vec![
+        Constraint::Length(9),
+        Constraint::Min(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(4),
+    ];
+    if wide {
+        widths.push(Constraint::Length(12));
+    }
+    widths
 }
 
 /// The selected node in a sentence: where its key came from and since when.
