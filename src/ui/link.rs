@@ -15,8 +15,9 @@ use super::theme::{LinkKind, Theme};
 use super::{ago, fit, pane_block};
 use crate::app::Pane;
 use crate::duration::compact;
-use crate::engine::link::{CloseCause, LinkEvent, LinkState};
+use crate::engine::link::{CloseCause, LinkEvent, LinkState, LinkStatus};
 use crate::engine::mqtt::{MqttState, MqttStatus};
+use crate::engine::proxy::ClientView;
 use crate::engine::sync::SyncReport;
 
 /// A drop within this long after a sync that sent frames counts as following it.
@@ -204,24 +205,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     let width = usize::from(area.width.saturating_sub(2));
     let mut lines = Vec::new();
 
-    let kind = LinkKind::of(&link.state);
-    let since = now.duration_since(link.since).unwrap_or_default();
-    let reconnects = link.sessions.saturating_sub(1);
-    let mut head = vec![
-        Span::styled(
-            fit(&link.state.to_string().to_uppercase(), width / 2),
-            theme.link(kind),
-        ),
-        Span::raw(format!(
-            " {} · {reconnects} reconnect{}",
-            compact(since),
-            if reconnects == 1 { "" } else { "s" }
-        )),
-    ];
-    if let Some(cause) = &link.last_cause {
-        head.push(Span::styled(format!(" · last: {cause}"), theme.muted()));
-    }
-    lines.push(Line::from(head));
+    lines.push(head_line(link, now, width, theme));
 
     let events: Vec<&LinkEvent> = link.timeline.iter().collect();
     let reports: Vec<&SyncReport> = snap.sync.history.iter().collect();
@@ -240,28 +224,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     lines.push(Line::from(Span::styled(fit(&sentence, width), style)));
 
     if let Some(addr) = snap.proxy_addr {
-        let n = snap.clients.len();
-        lines.push(Line::from(vec![
-            Span::styled(format!("proxy {addr}"), theme.key()),
-            Span::raw(format!(" · {n} client{}", if n == 1 { "" } else { "s" })),
-        ]));
-        for c in &snap.clients {
-            let detail = format!(
-                " ⇄ {} {} in {} out {} drop {} · {}",
-                c.addr,
-                compact(now.duration_since(c.since).unwrap_or_default()),
-                c.frames_in,
-                c.frames_out,
-                c.dropped,
-                ago(c.last_activity, now)
-            );
-            let style = if c.dropped > 0 {
-                theme.warn()
-            } else {
-                theme.text()
-            };
-            lines.push(Line::from(Span::styled(fit(&detail, width), style)));
-        }
+        lines.extend(proxy_lines(addr, &snap.clients, now, width, theme));
     }
     if let Some(m) = &snap.mqtt {
         lines.push(mqtt_line(m, now, width, theme));
@@ -283,6 +246,62 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
         ]));
     }
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// The link's state, how long it has held, the reconnects and the last cause.
+fn head_line<'a>(link: &LinkStatus, now: SystemTime, width: usize, theme: &Theme) -> Line<'a> {
+    let kind = LinkKind::of(&link.state);
+    let since = now.duration_since(link.since).unwrap_or_default();
+    let reconnects = link.sessions.saturating_sub(1);
+    let mut head = vec![
+        Span::styled(
+            fit(&link.state.to_string().to_uppercase(), width / 2),
+            theme.link(kind),
+        ),
+        Span::raw(format!(
+            " {} · {reconnects} reconnect{}",
+            compact(since),
+            if reconnects == 1 { "" } else { "s" }
+        )),
+    ];
+    if let Some(cause) = &link.last_cause {
+        head.push(Span::styled(format!(" · last: {cause}"), theme.muted()));
+    }
+    Line::from(head)
+}
+
+/// The proxy's address and one line per client: how long, frames in and out, drops, when
+/// last active.
+fn proxy_lines<'a>(
+    addr: std::net::SocketAddr,
+    clients: &[ClientView],
+    now: SystemTime,
+    width: usize,
+    theme: &Theme,
+) -> Vec<Line<'a>> {
+    let n = clients.len();
+    let mut lines = vec![Line::from(vec![
+        Span::styled(format!("proxy {addr}"), theme.key()),
+        Span::raw(format!(" · {n} client{}", if n == 1 { "" } else { "s" })),
+    ])];
+    for c in clients {
+        let detail = format!(
+            " ⇄ {} {} in {} out {} drop {} · {}",
+            c.addr,
+            compact(now.duration_since(c.since).unwrap_or_default()),
+            c.frames_in,
+            c.frames_out,
+            c.dropped,
+            ago(c.last_activity, now)
+        );
+        let style = if c.dropped > 0 {
+            theme.warn()
+        } else {
+            theme.text()
+        };
+        lines.push(Line::from(Span::styled(fit(&detail, width), style)));
+    }
+    lines
 }
 
 /// The broker in one line: its state, what it taught, and the last error while it is down.
