@@ -137,29 +137,7 @@ fn outcome_lines<'a>(
                     )),
                 ]));
             }
-            if r.outcome == Outcome::Skipped {
-                lines.push(Line::from(vec![
-                    Span::raw(format!("known {} · ", r.known)),
-                    Span::styled("nothing sent", theme.good()),
-                ]));
-            } else {
-                lines.push(Line::from(vec![
-                    count("pushed ", r.pushed, theme.warn(), theme),
-                    Span::raw(format!(" · known {} · in radio {}", r.known, r.in_radio)),
-                ]));
-                if r.plan.is_some() {
-                    lines.push(plan_line(r, inner_width, theme));
-                }
-                lines.push(Line::from(vec![
-                    count("conflicts ", r.conflicts, theme.pending(), theme),
-                    count(" · deferred ", r.deferred, theme.warn(), theme),
-                    Span::raw(format!(
-                        " · {} frame{}",
-                        r.frames_sent,
-                        if r.frames_sent == 1 { "" } else { "s" }
-                    )),
-                ]));
-            }
+            lines.extend(count_lines(r, theme, inner_width));
             if let Some(err) = &r.error {
                 lines.push(Line::from(Span::styled(fit(err, inner_width), theme.bad())));
             }
@@ -188,6 +166,34 @@ fn outcome_lines<'a>(
         }
     }
 
+    lines
+}
+
+/// What a run counted: nothing sent for a skip; pushes, the plan, conflicts, deferrals and
+/// frames otherwise.
+fn count_lines<'a>(r: &SyncReport, theme: &Theme, inner_width: usize) -> Vec<Line<'a>> {
+    if r.outcome == Outcome::Skipped {
+        return vec![Line::from(vec![
+            Span::raw(format!("known {} · ", r.known)),
+            Span::styled("nothing sent", theme.good()),
+        ])];
+    }
+    let mut lines = vec![Line::from(vec![
+        count("pushed ", r.pushed, theme.warn(), theme),
+        Span::raw(format!(" · known {} · in radio {}", r.known, r.in_radio)),
+    ])];
+    if r.plan.is_some() {
+        lines.push(plan_line(r, inner_width, theme));
+    }
+    lines.push(Line::from(vec![
+        count("conflicts ", r.conflicts, theme.pending(), theme),
+        count(" · deferred ", r.deferred, theme.warn(), theme),
+        Span::raw(format!(
+            " · {} frame{}",
+            r.frames_sent,
+            if r.frames_sent == 1 { "" } else { "s" }
+        )),
+    ]));
     lines
 }
 
