@@ -603,50 +603,10 @@ impl Client {
         } else {
             0
         };
-        let own_key = own
-            .user
-            .as_ref()
-            .map(|u| u.public_key.clone())
-            .unwrap_or_default();
-        out.push(frame(V::MyInfo(MyNodeInfo {
-            my_node_num: own.num,
-            reboot_count: 3,
-            min_app_version: 30_200,
-            pio_env: profile.hw.pio_env().into(),
-            nodedb_count,
-            ..MyNodeInfo::default()
-        })));
-        out.push(frame(V::DeviceuiConfig(DeviceUiConfig::default())));
-        out.push(frame(V::NodeInfo(own.clone())));
-        out.push(frame(V::Metadata(DeviceMetadata {
-            firmware_version: profile.firmware.reported.clone(),
-            device_state_version: 24,
-            has_wifi: true,
-            has_pkc: true,
-            hw_model: profile.hw.hw_model() as i32,
-            role: profile.role.role() as i32,
-            ..DeviceMetadata::default()
-        })));
-        let channels = self.shared.radio().channels.clone();
-        out.extend(channels.into_iter().map(|c| frame(V::Channel(c))));
-        // The firmware hands its private key to a connected client; a stand-in here (the sim
-        // has no key pair), so that tests can see who gets it.
-        let private_key = own_key.iter().map(|b| b ^ 0x5a).collect();
-        let security = config::SecurityConfig {
-            public_key: own_key,
-            private_key,
-            is_managed: self.shared.config.managed,
-            ..config::SecurityConfig::default()
-        };
         out.extend(
-            configs(profile, security)
+            self.config_frames(&own, nodedb_count)
                 .into_iter()
-                .map(|c| frame(V::Config(c))),
-        );
-        out.extend(
-            module_configs()
-                .into_iter()
-                .map(|m| frame(V::ModuleConfig(m))),
+                .map(frame),
         );
         if with_nodes {
             out.extend(others);
@@ -656,6 +616,53 @@ impl Client {
             size_bytes: u32::try_from(total * 180).unwrap_or(u32::MAX),
         })));
         out.push(frame(V::ConfigCompleteId(nonce)));
+        out
+    }
+
+    /// What a config download says before the node list: my_info, the UI config, the own
+    /// node, the metadata, the channels, the configs and the module configs.
+    fn config_frames(&self, own: &NodeInfo, nodedb_count: u32) -> Vec<from_radio::PayloadVariant> {
+        use from_radio::PayloadVariant as V;
+        let profile = self.profile();
+        let own_key = own
+            .user
+            .as_ref()
+            .map(|u| u.public_key.clone())
+            .unwrap_or_default();
+        let mut out = vec![
+            V::MyInfo(MyNodeInfo {
+                my_node_num: own.num,
+                reboot_count: 3,
+                min_app_version: 30_200,
+                pio_env: profile.hw.pio_env().into(),
+                nodedb_count,
+                ..MyNodeInfo::default()
+            }),
+            V::DeviceuiConfig(DeviceUiConfig::default()),
+            V::NodeInfo(own.clone()),
+            V::Metadata(DeviceMetadata {
+                firmware_version: profile.firmware.reported.clone(),
+                device_state_version: 24,
+                has_wifi: true,
+                has_pkc: true,
+                hw_model: profile.hw.hw_model() as i32,
+                role: profile.role.role() as i32,
+                ..DeviceMetadata::default()
+            }),
+        ];
+        let channels = self.shared.radio().channels.clone();
+        out.extend(channels.into_iter().map(V::Channel));
+        // The firmware hands its private key to a connected client; a stand-in here (the sim
+        // has no key pair), so that tests can see who gets it.
+        let private_key = own_key.iter().map(|b| b ^ 0x5a).collect();
+        let security = config::SecurityConfig {
+            public_key: own_key,
+            private_key,
+            is_managed: self.shared.config.managed,
+            ..config::SecurityConfig::default()
+        };
+        out.extend(configs(profile, security).into_iter().map(V::Config));
+        out.extend(module_configs().into_iter().map(V::ModuleConfig));
         out
     }
 }
