@@ -295,31 +295,8 @@ impl Shared {
             return;
         }
         let user = node.user.clone().unwrap_or_default();
-        let (portnum, payload, outcome) = match how {
-            Sighting::NodeInfo => {
-                radio.nodeinfo_sent.insert(num, Instant::now());
-                let outcome = radio.db.heard(num, &user, None, now_secs());
-                (PortNum::NodeinfoApp, user.encode_to_vec(), outcome)
-            }
-            Sighting::BadUtf8 => {
-                let raw = bad_utf8_names(&user);
-                let payload = user_with_raw_names(&user, &raw);
-                // Stored with each invalid byte as `?`: sanitized for good from 2.7.23
-                // (meshUtils.cpp sanitizeUtf8); before that the raw bytes are kept and sent.
-                let sanitized = User {
-                    long_name: sanitize_utf8(&raw.long_name),
-                    short_name: sanitize_utf8(&raw.short_name),
-                    ..user.clone()
-                };
-                let keep_raw = (!self.profile().has(Rule::Utf8Validated)).then_some(raw);
-                let outcome = radio.db.heard(num, &sanitized, keep_raw, now_secs());
-                (PortNum::NodeinfoApp, payload, outcome)
-            }
-            Sighting::Packet(portnum) => {
-                let outcome = radio.db.heard_packet(num, now_secs(), Instant::now());
-                (*portnum, portnum_payload(*portnum), outcome)
-            }
-        };
+        let utf8_validated = self.profile().has(Rule::Utf8Validated);
+        let (portnum, payload, outcome) = sighted(&mut radio, num, &user, how, utf8_validated);
         if outcome == Heard::NoRoom && self.no_room(&mut radio, num) == WhenFull::Crash {
             return;
         }
@@ -347,18 +324,7 @@ impl Shared {
             log::info!(target: "keysync::sim", "Heard new node {}, send NodeInfo and ask for response", node_id(num));
             self.hear(index, &Sighting::NodeInfo);
         }
-        match outcome {
-            Heard::KeyMismatch | Heard::KeylessDropped => {
-                log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
-            }
-            Heard::KeyKept => {
-                log::info!(target: "keysync::sim", "Public Key set for node {}, not updating!", node_id(num));
-            }
-            Heard::KeyErased => {
-                log::info!(target: "keysync::sim", "keyless NodeInfo of {} erased its stored key (updateUser before #6372)", node_id(num));
-            }
-            _ => {}
-        }
+        log_key_outcome(num, outcome);
     }
 
     /// A new node arrived and nothing can be evicted (NodeDB.cpp getOrCreateMeshNode): 2.7.x
@@ -1299,6 +1265,58 @@ pub fn snapshot(c: &SimCounters) -> BTreeMap<&'static str, u64> {
         deferred_nodes,
     ]);
     m
+}
+
+/// What the radio does with `num` heard `how`: the packet it passes on (port and payload) and
+/// what its NodeDB made of it.
+fn sighted(
+    radio: &mut Radio,
+    num: u32,
+    user: &User,
+    how: &Sighting,
+    utf8_validated: bool,
+) -> (PortNum, Vec<u8>, Heard) {
+    match how {
+        Sighting::NodeInfo => {
+            radio.nodeinfo_sent.insert(num, Instant::now());
+            let outcome = radio.db.heard(num, user, None, now_secs());
+            (PortNum::NodeinfoApp, user.encode_to_vec(), outcome)
+        }
+        Sighting::BadUtf8 => {
+            let raw = bad_utf8_names(user);
+            let payload = user_with_raw_names(user, &raw);
+            // Stored with each invalid byte as `?`: sanitized for good from 2.7.23
+            // (meshUtils.cpp sanitizeUtf8); before that the raw bytes are kept and sent.
+            let sanitized = User {
+                long_name: sanitize_utf8(&raw.long_name),
+                short_name: sanitize_utf8(&raw.short_name),
+                ..user.clone()
+            };
+            let keep_raw = (!utf8_validated).then_some(raw);
+            let outcome = radio.db.heard(num, &sanitized, keep_raw, now_secs());
+            (PortNum::NodeinfoApp, payload, outcome)
+        }
+        Sighting::Packet(portnum) => {
+            let outcome = radio.db.heard_packet(num, now_secs(), Instant::now());
+            (*portnum, portnum_payload(*portnum), outcome)
+        }
+    }
+}
+
+/// The firmware's log line for what a NodeInfo did to a stored key.
+fn log_key_outcome(num: u32, outcome: Heard) {
+    match outcome {
+        Heard::KeyMismatch | Heard::KeylessDropped => {
+            log::info!(target: "keysync::sim", "Public Key mismatch, dropping NodeInfo of {}", node_id(num));
+        }
+        Heard::KeyKept => {
+            log::info!(target: "keysync::sim", "Public Key set for node {}, not updating!", node_id(num));
+        }
+        Heard::KeyErased => {
+            log::info!(target: "keysync::sim", "keyless NodeInfo of {} erased its stored key (updateUser before #6372)", node_id(num));
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
