@@ -778,7 +778,10 @@ impl App {
                         let name = if node.record.long_name.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({})", node.record.long_name)
+                            format!(
+                                " ({})",
+                                crate::engine::radio::printable(&node.record.long_name)
+                            )
                         };
                         let question = if accept {
                             format!(
