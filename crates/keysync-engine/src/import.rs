@@ -54,9 +54,11 @@ pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, 
         path: source.display().to_string(),
         detail,
     };
-    if !source.is_file() {
+    if !source.exists() {
         return Err(fail("no such file".into()));
     }
+    // SQLite would open a FIFO and wait on it forever.
+    super::files::regular_or_absent(source).map_err(|e| fail(e.to_string()))?;
     let conn = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
