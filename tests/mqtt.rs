@@ -664,3 +664,120 @@ async fn ten_seconds_of_refused_messages_and_reconnects_write_a_few_log_lines() 
     // A line per kind (connected, down, and four kinds refused), a few connects in a burst.
     assert!(mqtt.len() <= 12, "{} lines: {mqtt:#?}", mqtt.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn an_uplink_from_this_gateway_is_not_learned_as_mqtt_via_itself() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
+    let own = gw.sim.my_node_num();
+    let uplink = broker.client("gateway").await;
+    let channel = ChannelKey::default_channel();
+    let own_topic = format!(
+        "msh/EU_868/2/e/LongFast/{}",
+        keysync::engine::radio::node_id(own)
+    );
+    let from_us = envelope(FAR_NODE, 41, &far_user(7), Some(&channel), own);
+    uplink.publish(&own_topic, from_us).await;
+    // In order after it: once this one is learned, ours was read.
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE + 1, 42, 8),
+        "the other learned",
+        || stored(&gw.db, FAR_NODE + 1).is_some(),
+    )
+    .await;
+    assert_eq!(node(&gw.db, FAR_NODE).map(|n| n.source), None);
+    gw.engine.quit().await;
+}
+
+/// An MQTT 3.1.1 broker that accepts one client and its subscriptions, acknowledges only its
+/// first publish and counts those that arrive.
+async fn broker_that_acks_one_publish(
+    listener: tokio::net::TcpListener,
+    published: std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok((mut stream, _)) = listener.accept().await else {
+        return;
+    };
+    loop {
+        let mut kind = [0u8; 1];
+        if stream.read_exact(&mut kind).await.is_err() {
+            return;
+        }
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            if stream.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let reply = match kind[0] >> 4 {
+            1 => vec![0x20, 2, 0, 0],
+            8 => {
+                // The packet id, then (filter, QoS) pairs: one granted QoS 1 each.
+                let (mut at, mut granted) = (2, 0u8);
+                while at + 2 <= body.len() {
+                    at += 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]])) + 1;
+                    granted += 1;
+                }
+                let mut r = vec![0x90, 2 + granted, body[0], body[1]];
+                r.extend(std::iter::repeat_n(1, usize::from(granted)));
+                r
+            }
+            3 => {
+                let n = published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let id = &body[2 + topic_len..4 + topic_len];
+                if n == 0 {
+                    vec![0x40, 2, id[0], id[1]]
+                } else {
+                    Vec::new()
+                }
+            }
+            12 => vec![0xd0, 0],
+            _ => Vec::new(),
+        };
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_published_counts_the_records_the_broker_acknowledged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("mqtt://{}", listener.local_addr().expect("addr"));
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let broker = tokio::spawn(broker_that_acks_one_publish(listener, published.clone()));
+    let mut config = MqttConfig::new(BrokerUrl::parse(&url).expect("url"));
+    config.fleet = Some("north".into());
+    let gw = gateway(1, 5, config).await;
+    wait_until("the broker received records", || {
+        published.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    wait_until("the acknowledged one counted", || {
+        mqtt_status(&gw.engine).is_some_and(|m| m.counts.fleet_out >= 1)
+    })
+    .await;
+    let status = mqtt_status(&gw.engine).expect("mqtt");
+    assert_eq!(status.counts.fleet_out, 1, "{status:?}");
+    gw.engine.quit().await;
+    broker.abort();
+}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::Snapshot;
 use super::link::{BackoffPolicy, jittered};
-use super::radio::{NodeSeen, printable, truncate_utf8};
+use super::radio::{NodeSeen, Source, printable, truncate_utf8};
 use broker::BrokerUrl;
 use crypto::ChannelKey;
 use fleet::{FleetBook, FleetRecord};
@@ -505,7 +505,11 @@ impl Reader {
                     .map_or(Some(k.seen), |()| None)
             })
         } else {
-            uplink::read_uplink(topic, payload, &self.keyring).map(Some)
+            let own = self.own();
+            uplink::read_uplink(topic, payload, &self.keyring).and_then(|seen| match seen.source {
+                Source::Mqtt { gateway } if gateway == own => Err(Reject::OwnGateway),
+                _ => Ok(Some(seen)),
+            })
         };
         match read {
             Ok(Some(seen)) => {
@@ -541,8 +545,8 @@ impl Reader {
 
     fn log_reject(topic: &str, len: usize, why: Reject) {
         let kind = match why {
-            // Most uplink traffic is not NodeInfo: that is no news.
-            Reject::NotNodeInfo | Reject::NoChannelKey => return,
+            // Most uplink traffic is not NodeInfo: that is no news; nor is our own radio's.
+            Reject::NotNodeInfo | Reject::NoChannelKey | Reject::OwnGateway => return,
             Reject::Oversized => "mqtt-oversized",
             Reject::Garbage => "mqtt-garbage",
             Reject::WrongKey => "mqtt-wrong-key",
