@@ -13,7 +13,7 @@ use crate::engine::link::CloseCause;
 use crate::engine::radio::{node_id, printable};
 use crate::engine::stats::Histogram;
 use crate::engine::sync::{Outcome, SyncReport, Trigger};
-use crate::engine::{RadioKey, Snapshot};
+use crate::engine::{NodeView, RadioKey, Snapshot};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -22,7 +22,8 @@ pub struct Status {
     pub link: Link,
     pub sync: Sync,
     pub keys: Keys,
-    pub nodes: Vec<Node>,
+    /// Stored nodes; the list itself only with `?nodes=N` (see [`Page`]).
+    pub nodes_total: usize,
     pub proxy: Option<Proxy>,
     pub store_error: Option<String>,
     pub notice: Option<Notice>,
@@ -194,30 +195,19 @@ impl Status {
         let mut by_state = BTreeMap::new();
         let mut on_radio: BTreeMap<&'static str, u64> =
             RadioKey::ALL.iter().map(|k| (k.id(), 0)).collect();
-        let nodes = s
-            .nodes
-            .iter()
-            .map(|n| {
-                if let Some(state) = n.record.state() {
-                    *by_state.entry(state.as_str()).or_default() += 1;
-                }
-                *on_radio.entry(n.radio.id()).or_default() += 1;
-                let mut row = KeyRow::from(&n.record);
-                row.long_name = printable(&row.long_name).into_owned();
-                row.short_name = printable(&row.short_name).into_owned();
-                Node {
-                    row,
-                    radio: n.radio.id(),
-                }
-            })
-            .collect();
+        for n in s.nodes.iter() {
+            if let Some(state) = n.record.state() {
+                *by_state.entry(state.as_str()).or_default() += 1;
+            }
+            *on_radio.entry(n.radio.id()).or_default() += 1;
+        }
         Self {
             version: env!("CARGO_PKG_VERSION"),
             at: time(now),
             link,
             sync,
             keys: Keys { by_state, on_radio },
-            nodes,
+            nodes_total: s.nodes.len(),
             proxy: s.proxy_addr.map(|addr| Proxy {
                 listen: addr.to_string(),
                 clients: s
@@ -240,6 +230,80 @@ impl Status {
             }),
             db_path: s.db_path.display().to_string(),
         }
+    }
+}
+
+impl Node {
+    pub fn of(n: &NodeView) -> Self {
+        let mut row = KeyRow::from(&n.record);
+        row.long_name = printable(&row.long_name).into_owned();
+        row.short_name = printable(&row.short_name).into_owned();
+        Self {
+            row,
+            radio: n.radio.id(),
+        }
+    }
+}
+
+/// Which stored nodes a `/status?nodes=N&after=NUM` lists: at most `limit`, in node number
+/// order, those numbered above `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: usize,
+    pub after: Option<u32>,
+}
+
+impl Page {
+    /// The page a query string asks for: `None` without `nodes=`, an error naming the bad
+    /// parameter.
+    pub fn of_query(query: Option<&str>) -> Result<Option<Self>, String> {
+        let (mut limit, mut after) = (None, None);
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "nodes" => {
+                    limit = Some(value.parse::<usize>().map_err(|_| {
+                        format!(
+                            "nodes={}: a count of nodes, e.g. nodes=100",
+                            printable(value)
+                        )
+                    })?);
+                }
+                "after" => {
+                    let num = match value
+                        .strip_prefix('!')
+                        .or_else(|| value.strip_prefix("%21"))
+                    {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => value.parse::<u32>().ok(),
+                    };
+                    after = Some(num.ok_or_else(|| {
+                        format!("after={}: a node number or !hex id", printable(value))
+                    })?);
+                }
+                other => return Err(format!("unknown parameter {}", printable(other))),
+            }
+        }
+        match (limit, after) {
+            (Some(limit), after) => Ok(Some(Self { limit, after })),
+            (None, Some(_)) => Err("after= needs nodes=N".into()),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The index range of `nodes` (sorted by number, as the store lists them) on this page,
+    /// and the number to ask `after=` for the next page, when there is one.
+    pub fn range(self, nodes: &[NodeView]) -> (std::ops::Range<usize>, Option<u32>) {
+        let start = self
+            .after
+            .map_or(0, |a| nodes.partition_point(|n| n.record.num <= a));
+        let end = start.saturating_add(self.limit).min(nodes.len());
+        let next = (end < nodes.len() && end > start).then(|| nodes[end - 1].record.num);
+        (start..end, next)
     }
 }
 
