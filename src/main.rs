@@ -47,7 +47,11 @@ fn main() -> ExitCode {
             }
             Some(Command::Keys(args)) => {
                 init_logs(&settings)?;
-                emit(&commands::keys(&settings, &args)?)
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let written = commands::keys(&settings, &args, &mut out)
+                    .and_then(|()| Ok(std::io::Write::flush(&mut out)?));
+                quiet_broken_pipe(written)
             }
             Some(Command::Import { from, .. }) => {
                 init_logs(&settings)?;
@@ -90,6 +94,19 @@ fn init_logs(settings: &Settings) -> anyhow::Result<()> {
                 .unwrap_or_default()
         )
     })
+}
+
+/// A closed pipe (`keysync keys | head`) is not an error.
+fn quiet_broken_pipe(written: anyhow::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Writes command output to stdout; a closed pipe (`keysync keys | head`) is not an error.

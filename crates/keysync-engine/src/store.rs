@@ -847,57 +847,29 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
             .map_err(|e| self.error(e))?;
-        let count = usize::try_from(count).unwrap_or(0);
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        self.each_node(|record| {
+            out.push(view(record));
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands every node to `each` in node number order, one row at a time: an export of a
+    /// million nodes holds one of them, not the list. Stops at the first error `each` returns.
+    pub fn each_node<E: From<StoreError>>(
+        &self,
+        mut each: impl FnMut(NodeRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT n.num, n.long_name, n.short_name, n.hw_model, n.first_seen, n.last_seen,
-                        n.pushes, n.last_pushed,
-                        (SELECT key FROM keys WHERE node_num = n.num AND state = 'trusted'),
-                        (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
-                         ORDER BY last_seen DESC LIMIT 1),
-                        (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
-                        n.pinned, n.our_favourite, n.removed_at IS NOT NULL,
-                        n.role,
-                        (SELECT source FROM keys WHERE node_num = n.num
-                            AND state IN ('trusted', 'pending')
-                         ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1),
-                        n.last_dm
-                 FROM nodes n ORDER BY n.num",
-            )
+            .prepare_cached(NODES_QUERY)
             .map_err(|e| self.error(e))?;
-        stmt.query_map([], |r| {
-            Ok(NodeRecord {
-                num: r.get(0)?,
-                long_name: r.get(1)?,
-                short_name: r.get(2)?,
-                hw_model: r.get(3)?,
-                first_seen: from_millis(r.get(4)?),
-                last_seen: from_millis(r.get(5)?),
-                pushes: r.get(6)?,
-                last_pushed: r.get::<_, Option<i64>>(7)?.map(from_millis),
-                trusted: r.get(8)?,
-                pending: r.get(9)?,
-                rejected: r.get(10)?,
-                pinned: r.get(11)?,
-                our_favourite: r.get(12)?,
-                removed: r.get(13)?,
-                role: r.get(14)?,
-                source: r
-                    .get::<_, Option<String>>(15)?
-                    .as_deref()
-                    .and_then(Source::parse),
-                last_dm: r.get::<_, Option<i64>>(16)?.map(from_millis),
-            })
-        })
-        .and_then(|rows| {
-            let mut out = Vec::with_capacity(count);
-            for row in rows {
-                out.push(view(row?));
-            }
-            Ok(out)
-        })
-        .map_err(|e| self.error(e))
+        let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            each(node_of(row).map_err(|e| self.error(e))?)?;
+        }
+        Ok(())
     }
 
     /// Every key event of a node, oldest first.
@@ -1410,6 +1382,47 @@ fn ownership(app_id: i32, version: i64, tables: &[String]) -> Ownership {
         names = format!("{}…", names.chars().take(80).collect::<String>());
     }
     Ownership::Foreign(format!("tables {names}"))
+}
+
+/// Every stored node with its keys, in node number order: one row per node.
+const NODES_QUERY: &str =
+    "SELECT n.num, n.long_name, n.short_name, n.hw_model, n.first_seen, n.last_seen,
+         n.pushes, n.last_pushed,
+         (SELECT key FROM keys WHERE node_num = n.num AND state = 'trusted'),
+         (SELECT key FROM keys WHERE node_num = n.num AND state = 'pending'
+          ORDER BY last_seen DESC LIMIT 1),
+         (SELECT count(*) FROM keys WHERE node_num = n.num AND state = 'rejected'),
+         n.pinned, n.our_favourite, n.removed_at IS NOT NULL,
+         n.role,
+         (SELECT source FROM keys WHERE node_num = n.num
+             AND state IN ('trusted', 'pending')
+          ORDER BY state = 'trusted' DESC, last_seen DESC LIMIT 1),
+         n.last_dm
+  FROM nodes n ORDER BY n.num";
+
+fn node_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
+    Ok(NodeRecord {
+        num: r.get(0)?,
+        long_name: r.get(1)?,
+        short_name: r.get(2)?,
+        hw_model: r.get(3)?,
+        first_seen: from_millis(r.get(4)?),
+        last_seen: from_millis(r.get(5)?),
+        pushes: r.get(6)?,
+        last_pushed: r.get::<_, Option<i64>>(7)?.map(from_millis),
+        trusted: r.get(8)?,
+        pending: r.get(9)?,
+        rejected: r.get(10)?,
+        pinned: r.get(11)?,
+        our_favourite: r.get(12)?,
+        removed: r.get(13)?,
+        role: r.get(14)?,
+        source: r
+            .get::<_, Option<String>>(15)?
+            .as_deref()
+            .and_then(Source::parse),
+        last_dm: r.get::<_, Option<i64>>(16)?.map(from_millis),
+    })
 }
 
 /// Restricts the store and its WAL files to their owner, saying so when they were wider: a file
