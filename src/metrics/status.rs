@@ -368,3 +368,76 @@ fn report(r: &SyncReport) -> Report {
         protected_after: r.protected_after,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(nums: &[u32]) -> Vec<NodeView> {
+        nums.iter()
+            .map(|&num| NodeView {
+                record: crate::engine::store::NodeRecord {
+                    num,
+                    long_name: String::new(),
+                    short_name: String::new(),
+                    hw_model: 0,
+                    role: 0,
+                    first_seen: SystemTime::UNIX_EPOCH,
+                    last_seen: SystemTime::UNIX_EPOCH,
+                    pushes: 0,
+                    last_pushed: None,
+                    trusted: None,
+                    pending: None,
+                    rejected: 0,
+                    pinned: false,
+                    our_favourite: false,
+                    removed: false,
+                    source: None,
+                    last_dm: None,
+                },
+                radio: RadioKey::Unknown,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_read_from_the_query_and_bad_parameters_are_named() {
+        assert_eq!(Page::of_query(None), Ok(None));
+        assert_eq!(Page::of_query(Some("")), Ok(None));
+        assert_eq!(
+            Page::of_query(Some("nodes=50&after=!0000beef")),
+            Ok(Some(Page {
+                limit: 50,
+                after: Some(0xbeef)
+            }))
+        );
+        assert_eq!(
+            Page::of_query(Some("after=48879&nodes=5")),
+            Ok(Some(Page {
+                limit: 5,
+                after: Some(48879)
+            }))
+        );
+        assert!(Page::of_query(Some("nodes=-1")).is_err());
+        assert!(Page::of_query(Some("after=1")).is_err());
+        let err = Page::of_query(Some("nodes=1&x\u{1b}[2J=1")).unwrap_err();
+        assert_eq!(err, "unknown parameter x[2J");
+    }
+
+    #[test]
+    fn pages_follow_node_numbers_and_say_where_the_next_one_starts() {
+        let list = nodes(&[2, 5, 9, 12, 40]);
+        let page = |limit, after| Page { limit, after }.range(&list);
+        assert_eq!(page(2, None), (0..2, Some(5)));
+        assert_eq!(page(2, Some(5)), (2..4, Some(12)));
+        assert_eq!(page(2, Some(12)), (4..5, None));
+        assert_eq!(
+            page(2, Some(6)),
+            (2..4, Some(12)),
+            "after a number not stored"
+        );
+        assert_eq!(page(10, Some(40)), (5..5, None));
+        assert_eq!(page(0, None), (0..0, None));
+        assert_eq!(page(usize::MAX, None), (0..5, None));
+    }
+}
