@@ -319,7 +319,7 @@ impl Routes {
     }
 
     /// `/status` in chunks: the summary, then the page of nodes asked for, a few hundred at a
-    /// time, written only as the client reads. The snapshot's node list is shared, not copied.
+    /// time, written only as the client reads.
     fn status(&self, page: Option<status::Page>) -> Option<Box<dyn Iterator<Item = Bytes> + Send>> {
         let snapshot = self.snapshot.borrow().clone();
         let mut summary =
@@ -335,16 +335,12 @@ impl Routes {
         // The object stays open for the list.
         head.pop();
         head.extend_from_slice(b",\"nodes\":[");
-        let nodes = snapshot.nodes.clone();
-        let starts = range.clone().step_by(NODES_PER_CHUNK);
-        let end = range.end;
-        let list = starts.map(move |from| {
-            node_chunk(
-                &nodes,
-                from..(from + NODES_PER_CHUNK).min(end),
-                from == range.start,
-            )
-        });
+        let list = NodeChunks {
+            snapshot: self.snapshot.clone(),
+            after: page.after,
+            left: range.len(),
+            first: true,
+        };
         let tail = std::iter::once(Bytes::from_static(b"]}\n"));
         Some(Box::new(
             std::iter::once(head.into()).chain(list).chain(tail),
@@ -352,11 +348,45 @@ impl Routes {
     }
 }
 
-/// Nodes `range` of the list as JSON array elements, with the comma before them unless they
-/// are the first.
-fn node_chunk(nodes: &[NodeView], range: std::ops::Range<usize>, first: bool) -> Bytes {
-    let mut out = Vec::with_capacity(range.len() * 400);
-    for (i, n) in nodes[range].iter().enumerate() {
+/// The nodes of a `/status` page, [`NODES_PER_CHUNK`] at a time, each chunk read from the
+/// engine's latest node list after the last number written. A client that reads slowly holds
+/// no old copy of the list while the engine publishes new ones.
+struct NodeChunks {
+    snapshot: watch::Receiver<Snapshot>,
+    after: Option<u32>,
+    left: usize,
+    first: bool,
+}
+
+impl Iterator for NodeChunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if self.left == 0 {
+            return None;
+        }
+        let nodes = self.snapshot.borrow().nodes.clone();
+        let start = self
+            .after
+            .map_or(0, |a| nodes.partition_point(|n| n.record.num <= a));
+        let end = start
+            .saturating_add(NODES_PER_CHUNK.min(self.left))
+            .min(nodes.len());
+        if start >= end {
+            return None;
+        }
+        let chunk = node_chunk(&nodes[start..end], self.first);
+        self.first = false;
+        self.left -= end - start;
+        self.after = Some(nodes[end - 1].record.num);
+        Some(chunk)
+    }
+}
+
+/// `nodes` as JSON array elements, with the comma before them unless they are the first.
+fn node_chunk(nodes: &[NodeView], first: bool) -> Bytes {
+    let mut out = Vec::with_capacity(nodes.len() * 400);
+    for (i, n) in nodes.iter().enumerate() {
         if i > 0 || !first {
             out.push(b',');
         }

@@ -572,6 +572,16 @@ async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
     gw.engine.quit().await;
 }
 
+/// A child process killed when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     no_mosquitto,
@@ -622,6 +632,8 @@ async fn ten_seconds_of_refused_messages_and_reconnects_write_a_few_log_lines() 
         .spawn()
         .expect("keysync starts");
     let stderr = child.stderr.take().expect("piped");
+    // Killed however the test ends, so a failed assertion leaves no keysync behind.
+    let mut child = Reaped(child);
     let reader = std::thread::spawn(move || {
         BufReader::new(stderr)
             .lines()
@@ -647,9 +659,9 @@ async fn ten_seconds_of_refused_messages_and_reconnects_write_a_few_log_lines() 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let log = reader.join().expect("log read");
     let mqtt: Vec<&String> = log.iter().filter(|l| l.contains("keysync::mqtt")).collect();
     assert!(sent > 1000, "the flood was {sent} messages");
