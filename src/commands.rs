@@ -1,7 +1,7 @@
 //! The one-shot subcommands that work on the key store: `keys`, `keys accept|reject|pin|unpin`,
 //! `keys export|qr`, `import meshbot|json|url`.
 
-use std::fmt::Write as _;
+use std::io::Write;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -53,18 +53,13 @@ impl From<&NodeRecord> for KeyRow {
     }
 }
 
-/// `keys [--json]` and `keys accept|reject NODE`.
-pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
+/// `keys [--json]` and `keys accept|reject NODE`, written to `out`. The list is written a
+/// node at a time as the store reads it: a million stored nodes cost one row of memory.
+pub fn keys(settings: &Settings, args: &KeysArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut store = Store::open_existing(settings.db())?;
-    match &args.action {
-        None => {
-            let rows: Vec<KeyRow> = store.nodes()?.iter().map(KeyRow::from).collect();
-            if args.json {
-                Ok(serde_json::to_string_pretty(&rows)? + "\n")
-            } else {
-                Ok(table(&rows))
-            }
-        }
+    let text = match &args.action {
+        None if args.json => return json_list(&store, out),
+        None => return table(&store, out),
         Some(KeysAction::Pin { node } | KeysAction::Unpin { node }) => {
             let num = resolve_node(&store, *node)?;
             let id = node_id(num);
@@ -72,16 +67,16 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
             if !store.set_pinned(num, pin)? {
                 anyhow::bail!("{id} is not a stored node");
             }
-            Ok(if pin {
+            if pin {
                 format!("pinned {id}: it keeps a slot on the radio\n")
             } else {
                 format!("unpinned {id}\n")
-            })
+            }
         }
-        Some(KeysAction::Qr { node }) => qr(&store, *node),
-        Some(KeysAction::Export { .. }) => Err(anyhow::anyhow!(
-            "keys export writes to a stream: call commands::export"
-        )),
+        Some(KeysAction::Qr { node }) => qr(&store, *node)?,
+        Some(KeysAction::Export { .. }) => {
+            anyhow::bail!("keys export writes to a stream: call commands::export")
+        }
         Some(KeysAction::Accept { node } | KeysAction::Reject { node }) => {
             let num = resolve_node(&store, *node)?;
             let id = node_id(num);
@@ -97,7 +92,7 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
                 r
             };
             let key = result?;
-            Ok(if accept {
+            if accept {
                 format!(
                     "accepted {} for {id}: it is the trusted key now\n",
                     key_base64(&key)
@@ -107,9 +102,32 @@ pub fn keys(settings: &Settings, args: &KeysArgs) -> anyhow::Result<String> {
                     "rejected {} for {id}: the trusted key goes back to the radio at the next sync\n",
                     key_base64(&key)
                 )
-            })
+            }
         }
-    }
+    };
+    Ok(out.write_all(text.as_bytes())?)
+}
+
+/// The stored nodes as a JSON array, laid out as `serde_json`'s pretty printer would.
+fn json_list(store: &Store, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut first = true;
+    let mut buf = Vec::new();
+    out.write_all(b"[")?;
+    store.each_node(|n| {
+        buf.clear();
+        serde_json::to_writer_pretty(&mut buf, &KeyRow::from(&n))?;
+        out.write_all(if first { b"\n  " } else { b",\n  " })?;
+        first = false;
+        for (i, line) in buf.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                out.write_all(b"\n  ")?;
+            }
+            out.write_all(line)?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
+    Ok(())
 }
 
 /// The node an operator meant; an id that reads two ways is resolved by which node the store
@@ -130,16 +148,18 @@ fn resolve_node(store: &Store, node: NodeArg) -> anyhow::Result<u32> {
     Ok(node.resolve(|n| known.contains(&n)).map_err(UsageError)?)
 }
 
-fn table(rows: &[KeyRow]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
+fn table(store: &Store, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(
         out,
         "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}  SOURCE",
         "ID", "NAME", "STATE", "KEY", "LAST SEEN", "PUSHES"
-    );
-    for r in rows {
+    )?;
+    let mut count = 0u64;
+    store.each_node(|n| {
+        let r = KeyRow::from(&n);
+        count += 1;
         let name: String = printable(&r.long_name).chars().take(24).collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "{:<10} {:<24} {:<8} {:<44} {:<20} {:>6}  {}",
             r.id,
@@ -149,13 +169,14 @@ fn table(rows: &[KeyRow]) -> String {
             r.last_seen,
             r.pushes,
             r.source.as_deref().unwrap_or("-")
-        );
+        )?;
         if let Some(p) = &r.pending_key {
-            let _ = writeln!(out, "{:<10} {:<24} {:<8} {p}", "", "  ↳ offered", "pending");
+            writeln!(out, "{:<10} {:<24} {:<8} {p}", "", "  ↳ offered", "pending")?;
         }
-    }
-    let _ = writeln!(out, "{} nodes", rows.len());
-    out
+        Ok::<_, anyhow::Error>(())
+    })?;
+    writeln!(out, "{count} nodes")?;
+    Ok(())
 }
 
 /// `keys export`: the store written to `out` row by row, whatever it holds; the count.
@@ -176,6 +197,7 @@ pub fn export(
 
 /// `keys qr NODE`: the node's contact URL and its QR code.
 fn qr(store: &Store, node: NodeArg) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
     let num = resolve_node(store, node)?;
     let id = node_id(num);
     let mut found = None;
@@ -248,6 +270,7 @@ fn url_args(urls: &[String]) -> Result<Vec<(String, String)>, UsageError> {
 }
 
 fn summary(report: &TransferReport) -> String {
+    use std::fmt::Write as _;
     let ImportReport {
         imported,
         unchanged,

@@ -54,7 +54,11 @@ fn main() -> ExitCode {
                 {
                     export(&settings, format, trusted_only)
                 } else {
-                    emit(&commands::keys(&settings, &args)?)
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let written = commands::keys(&settings, &args, &mut out)
+                        .and_then(|()| Ok(std::io::Write::flush(&mut out)?));
+                    quiet_broken_pipe(written)
                 }
             }
             Some(Command::Import { from, .. }) => {
@@ -98,6 +102,14 @@ fn init_logs(settings: &Settings) -> anyhow::Result<()> {
                 .unwrap_or_default()
         )
     })
+}
+
+/// A closed pipe (`keysync keys | head`) is not an error.
+fn quiet_broken_pipe(written: anyhow::Result<()>) -> anyhow::Result<()> {
+    match written {
+        Err(e) if broken_pipe(&e) => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes command output to stdout; a closed pipe (`keysync keys | head`) is not an error.

@@ -41,10 +41,12 @@ pub fn ago(t: SystemTime, now: SystemTime) -> String {
     }
 }
 
-/// Cuts `s` to `width` characters, with `…` where it was cut.
+/// `s` made [`printable`](crate::engine::radio::printable) and cut to `width` characters, with
+/// `…` where it was cut: every name on screen goes through here.
 pub fn fit(s: &str, width: usize) -> String {
+    let s = crate::engine::radio::printable(s);
     if s.chars().count() <= width {
-        return s.to_string();
+        return s.into_owned();
     }
     let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
     out.push('…');

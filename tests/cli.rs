@@ -130,7 +130,44 @@ fn missing_or_invalid_config_file_is_a_usage_error_naming_the_file() {
     // A path that never ends is read only so far.
     let (code, err) = stderr_of(keysync().args(["--headless", "--config", "/dev/zero"]));
     assert_eq!(code, 2);
-    assert!(err.contains("larger than 64 KiB"), "{err}");
+    assert!(err.contains("not a regular file (it is a device)"), "{err}");
+}
+
+#[test]
+fn a_fifo_named_on_the_command_line_is_refused_at_once_instead_of_blocking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let db = dir.path().join("keys.db");
+    let runs: [&[&std::ffi::OsStr]; 3] = [
+        &["--headless".as_ref(), "--config".as_ref(), fifo.as_os_str()],
+        &["keys".as_ref(), "--db".as_ref(), fifo.as_os_str()],
+        &[
+            "import".as_ref(),
+            "meshbot".as_ref(),
+            fifo.as_os_str(),
+            "--db".as_ref(),
+            db.as_os_str(),
+        ],
+    ];
+    for args in runs {
+        // Nobody writes to the FIFO: a keysync that waited on it is killed and fails the test.
+        let (code, err) = stderr_of(
+            keysync()
+                .args(args)
+                .timeout(std::time::Duration::from_secs(20)),
+        );
+        assert!(code == 1 || code == 2, "{args:?}: exit {code}: {err}");
+        assert!(
+            err.contains("not a regular file (it is a FIFO)"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(&*fifo.to_string_lossy()), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -313,3 +313,76 @@ async fn garbage_on_the_wire_never_breaks_the_stream() {
     assert!(linked.status.now().state.is_up());
     linked.link.shutdown().await;
 }
+
+/// A radio that answers each config request with `my_node_num` as its own number and
+/// nothing else: enough for keysync to judge the handshake.
+async fn radio_numbered(listener: tokio::net::TcpListener, my_node_num: u32) {
+    use meshtastic::Message as _;
+    use meshtastic::protobufs::{
+        DeviceMetadata, FromRadio, MyNodeInfo, ToRadio, from_radio, to_radio,
+    };
+    use tokio::io::AsyncReadExt as _;
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let mut header = [0u8; 4];
+        while stream.read_exact(&mut header).await.is_ok() {
+            let mut body = vec![0; usize::from(u16::from_be_bytes([header[2], header[3]]))];
+            if stream.read_exact(&mut body).await.is_err() {
+                break;
+            }
+            let Ok(ToRadio {
+                payload_variant: Some(to_radio::PayloadVariant::WantConfigId(nonce)),
+            }) = ToRadio::decode(body.as_slice())
+            else {
+                continue;
+            };
+            let answers = [
+                from_radio::PayloadVariant::MyInfo(MyNodeInfo {
+                    my_node_num,
+                    ..MyNodeInfo::default()
+                }),
+                from_radio::PayloadVariant::Metadata(DeviceMetadata {
+                    firmware_version: "2.7.15".into(),
+                    ..DeviceMetadata::default()
+                }),
+                from_radio::PayloadVariant::ConfigCompleteId(nonce),
+            ];
+            for answer in answers {
+                let frame = FromRadio {
+                    id: 1,
+                    payload_variant: Some(answer),
+                };
+                let bytes = frame_bytes(&frame).expect("encodes");
+                if stream.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_radio_numbered_broadcast_or_zero_is_refused_with_the_reason() {
+    for (num, id) in [(0xffff_ffff, "!ffffffff"), (0, "no my_info")] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let radio = tokio::spawn(radio_numbered(listener, num));
+        let mut link = keysync::engine::link::Link::spawn(fast_link_to(&addr.to_string()));
+        let mut status = StateWatch::new(link.status());
+        status
+            .next("closed after the handshake", |s| {
+                matches!(s, LinkState::Backoff { .. } | LinkState::Closed(_))
+            })
+            .await;
+        let now = status.now();
+        assert_eq!(now.sessions, 0, "never up: {now:?}");
+        assert!(now.radio.is_none(), "{now:?}");
+        match &now.last_cause {
+            Some(CloseCause::Protocol(why)) => assert!(why.contains(id), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        link.shutdown().await;
+        radio.abort();
+    }
+}

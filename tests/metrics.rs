@@ -133,10 +133,12 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
     })
     .await;
 
-    let (code, content_type, body) = http_get(metrics.addr(), "/status").await;
+    let (code, content_type, body) = http_get(metrics.addr(), "/status?nodes=1000").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(content_type, "application/json");
     let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["nodes_total"], KNOWN);
+    assert!(status["next_after"].is_null(), "all on one page");
     assert_eq!(status["link"]["state"], "up");
     assert_eq!(
         status["link"]["radio"]["node_id"],
@@ -172,4 +174,109 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
     assert_eq!(code, 404);
     drop(metrics);
     h.quit().await;
+}
+
+/// `/status` as JSON, asserting it answered 200.
+async fn status_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let (code, _, body) = http_get(addr, path).await;
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+#[tokio::test]
+async fn status_is_summary_first_and_lists_nodes_only_a_page_at_a_time() {
+    let (h, metrics) = started().await;
+    let summary = status_json(metrics.addr(), "/status").await;
+    assert_eq!(summary["nodes_total"], KNOWN);
+    assert_eq!(summary["keys"]["by_state"]["trusted"], KNOWN);
+    assert!(summary.get("nodes").is_none(), "no list without ?nodes");
+    let mut listed = Vec::new();
+    let mut path = "/status?nodes=10".to_string();
+    loop {
+        let page = status_json(metrics.addr(), &path).await;
+        let nodes = page["nodes"].as_array().expect("a node list");
+        assert!(nodes.len() <= 10, "{}", nodes.len());
+        listed.extend(nodes.iter().map(|n| n["num"].as_u64().expect("num")));
+        match page["next_after"].as_u64() {
+            Some(after) => path = format!("/status?nodes=10&after={after}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<u64> = population(1, KNOWN)
+        .iter()
+        .map(|n| u64::from(n.num))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(
+        listed, expected,
+        "every node once, in number order, over four pages"
+    );
+    let empty = status_json(metrics.addr(), "/status?nodes=0").await;
+    assert_eq!(empty["nodes"], serde_json::json!([]));
+    for bad in [
+        "/status?nodes=many",
+        "/status?after=5",
+        "/status?nodes=1&after=x",
+        "/status?all",
+    ] {
+        let (code, _, body) = http_get(metrics.addr(), bad).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    drop(metrics);
+    h.quit().await;
+}
+
+#[tokio::test]
+async fn scrapes_are_served_beside_64_idle_connections() {
+    let (h, metrics) = started().await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(
+            tokio::net::TcpStream::connect(metrics.addr())
+                .await
+                .expect("connects"),
+        );
+    }
+    for _ in 0..10 {
+        let m = scrape(metrics.addr()).await;
+        assert_eq!(
+            sample(
+                &m,
+                "keysync_link_reconnects_total",
+                &[("cause", "closed_by_radio")]
+            ),
+            0
+        );
+        // Another idle one between scrapes, as an attacker reopens them.
+        idle.push(
+            tokio::net::TcpStream::connect(metrics.addr())
+                .await
+                .expect("connects"),
+        );
+    }
+    drop(idle);
+    drop(metrics);
+    h.quit().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_no_request_is_closed_after_five_seconds() {
+    use tokio::io::AsyncReadExt as _;
+    let (_keep, snapshot) = tokio::sync::watch::channel(fixture::snapshot());
+    let metrics =
+        keysync::metrics::serve("127.0.0.1:0".parse().expect("addr"), snapshot).expect("binds");
+    let mut idle = tokio::net::TcpStream::connect(metrics.addr())
+        .await
+        .expect("connects");
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), idle.read(&mut buf))
+        .await
+        .expect("closed by the server before a minute");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(5) && waited < std::time::Duration::from_secs(11),
+        "{waited:?}"
+    );
 }

@@ -407,7 +407,7 @@ async fn hostile_traffic_teaches_nothing_new_nodes_stop_at_the_bound_and_the_lin
         mqtt_status(&gw.engine).is_some_and(|m| m.counts.ignored >= flood)
     })
     .await;
-    // Larger than any MQTT packet keysync accepts: the broker connection drops and comes back.
+    // Far larger than any message keysync reads: dropped unread, the connection stays.
     hostile.publish(TOPIC, vec![0x42; 100 * 1024]).await;
     // A last good message proves the flood was read through, and the side still learns.
     let good = long_fast(FAR_NODE + 1, 9, 5);
@@ -437,14 +437,9 @@ async fn hostile_traffic_teaches_nothing_new_nodes_stop_at_the_bound_and_the_lin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(count(), before + 3, "the store grows only to its bound");
-    wait_until("the huge packet dropped the broker connection", || {
-        mqtt_status(&gw.engine)
-            .and_then(|m| m.last_error)
-            .is_some_and(|e| e.contains("size"))
-    })
-    .await;
     let snap = gw.engine.snapshot.borrow().clone();
     let counts = snap.mqtt.as_ref().expect("mqtt").counts;
+    assert_eq!(counts.connects, 1, "the broker connection never dropped");
     assert!(counts.ignored >= flood, "{counts:?}");
     assert!(
         counts.oversized >= flood / 5 && counts.undecryptable >= flood / 5,
@@ -452,6 +447,62 @@ async fn hostile_traffic_teaches_nothing_new_nodes_stop_at_the_bound_and_the_lin
     );
     assert_eq!(snap.link.sessions, sessions, "the radio link never dropped");
     assert_eq!(snap.link.state, keysync::engine::link::LinkState::Up);
+    gw.engine.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn huge_retained_and_uplink_messages_are_dropped_unread_without_a_reconnect_loop() {
+    let broker = Broker::start();
+    let hostile = broker.client("hostile").await;
+    // Retained: every connection that subscribes to the fleet gets it first.
+    let record = format!(
+        r#"{{"node":"!7a110009","key":"{}","gateway":"!1","origin":"!00000001"}}"#,
+        "A".repeat(300 * 1024)
+    );
+    hostile
+        .client
+        .publish(
+            "keysync/north/!7a110009",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            record.into_bytes(),
+        )
+        .await
+        .expect("publish queued");
+    let gw = gateway(1, 5, mqtt_config(&broker, Some("north"))).await;
+    hostile.publish(TOPIC, vec![0x42; 270 * 1024]).await;
+    let good = long_fast(FAR_NODE, 9, 5);
+    let learned_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stored(&gw.db, FAR_NODE).is_none() {
+        assert!(
+            tokio::time::Instant::now() < learned_by,
+            "no key learned within 5 s: {:?}",
+            mqtt_status(&gw.engine)
+        );
+        hostile.publish(TOPIC, good.clone()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("both huge messages counted", || {
+        mqtt_status(&gw.engine).is_some_and(|m| m.counts.oversized >= 2)
+    })
+    .await;
+    let status = mqtt_status(&gw.engine).expect("mqtt");
+    assert_eq!(status.counts.oversized, 2, "{status:?}");
+    assert_eq!(status.counts.connects, 1, "no reconnect: {status:?}");
+    assert_eq!(status.state, keysync::engine::mqtt::MqttState::Connected);
+    assert_eq!(status.last_error, None, "{status:?}");
+    let scrape = keysync::metrics::exposition::render(&keysync::metrics::exposition::registry(
+        gw.engine.snapshot.clone(),
+    ))
+    .expect("renders");
+    assert!(
+        scrape.contains("keysync_mqtt_messages_refused_total{why=\"oversized\"} 2"),
+        "{scrape}"
+    );
     gw.engine.quit().await;
 }
 
@@ -519,4 +570,226 @@ async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
         status.broker
     );
     gw.engine.quit().await;
+}
+
+/// A child process killed when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn ten_seconds_of_refused_messages_and_reconnects_write_a_few_log_lines() {
+    use std::io::{BufRead as _, BufReader};
+    let broker = Broker::start();
+    let hostile = broker.client("hostile").await;
+    // Above even keysync's packet bound, retained: every connection fails on it.
+    let mut options = rumqttc::MqttOptions::new("huge", "127.0.0.1", broker.addr.port());
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    let (huge, mut events) = rumqttc::AsyncClient::new(options, 4);
+    huge.publish(
+        "keysync/north/!7a110009",
+        rumqttc::QoS::AtLeastOnce,
+        true,
+        vec![b'{'; 2 << 20],
+    )
+    .await
+    .expect("publish queued");
+    let stored_by = tokio::time::Instant::now() + WAIT;
+    loop {
+        let polled = tokio::time::timeout_at(stored_by, events.poll()).await;
+        match polled.expect("the broker took the huge record") {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("huge publisher: {e}"),
+        }
+    }
+    let sim = start_sim(sim_config(3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keysync"))
+        .args([
+            "--headless",
+            "--fleet",
+            "north",
+            "--mqtt",
+            &broker.url(),
+            "--host",
+        ])
+        .arg(sim.addr().to_string())
+        .arg("--db")
+        .arg(dir.path().join("k.db"))
+        .env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("keysync starts");
+    let stderr = child.stderr.take().expect("piped");
+    // Killed however the test ends, so a failed assertion leaves no keysync behind.
+    let mut child = Reaped(child);
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut other = keysync::engine::mqtt::crypto::DEFAULT_PSK;
+    other[0] ^= 0x55;
+    let secret = ChannelKey::new("LongFast", &other).expect("key");
+    let flood: [Vec<u8>; 4] = [
+        b"\x08\x96\x01 garbage".to_vec(),
+        envelope(FAR_NODE, 1, &far_user(7), Some(&secret), GATEWAY),
+        vec![0x42; 4096],
+        envelope(0, 1, &far_user(7), None, GATEWAY),
+    ];
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut sent = 0u32;
+    while tokio::time::Instant::now() < until {
+        for payload in &flood {
+            hostile.publish(TOPIC, payload.clone()).await;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
+    let log = reader.join().expect("log read");
+    let mqtt: Vec<&String> = log.iter().filter(|l| l.contains("keysync::mqtt")).collect();
+    assert!(sent > 1000, "the flood was {sent} messages");
+    assert!(
+        mqtt.iter().any(|l| l.contains("attempt")),
+        "the failing connection is logged: {log:#?}"
+    );
+    assert!(
+        mqtt.iter().any(|l| l.contains("ignored a")),
+        "a refused message is logged: {log:#?}"
+    );
+    // A line per kind (connected, down, and four kinds refused), a few connects in a burst.
+    assert!(mqtt.len() <= 12, "{} lines: {mqtt:#?}", mqtt.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install mosquitto)"
+)]
+async fn an_uplink_from_this_gateway_is_not_learned_as_mqtt_via_itself() {
+    let broker = Broker::start();
+    let gw = gateway(1, 5, mqtt_config(&broker, None)).await;
+    let own = gw.sim.my_node_num();
+    let uplink = broker.client("gateway").await;
+    let channel = ChannelKey::default_channel();
+    let own_topic = format!(
+        "msh/EU_868/2/e/LongFast/{}",
+        keysync::engine::radio::node_id(own)
+    );
+    let from_us = envelope(FAR_NODE, 41, &far_user(7), Some(&channel), own);
+    uplink.publish(&own_topic, from_us).await;
+    // In order after it: once this one is learned, ours was read.
+    publish_until(
+        &uplink,
+        &long_fast(FAR_NODE + 1, 42, 8),
+        "the other learned",
+        || stored(&gw.db, FAR_NODE + 1).is_some(),
+    )
+    .await;
+    assert_eq!(node(&gw.db, FAR_NODE).map(|n| n.source), None);
+    gw.engine.quit().await;
+}
+
+/// An MQTT 3.1.1 broker that accepts one client and its subscriptions, acknowledges only its
+/// first publish and counts those that arrive.
+async fn broker_that_acks_one_publish(
+    listener: tokio::net::TcpListener,
+    published: std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok((mut stream, _)) = listener.accept().await else {
+        return;
+    };
+    loop {
+        let mut kind = [0u8; 1];
+        if stream.read_exact(&mut kind).await.is_err() {
+            return;
+        }
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            if stream.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        if stream.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let reply = match kind[0] >> 4 {
+            1 => vec![0x20, 2, 0, 0],
+            8 => {
+                // The packet id, then (filter, QoS) pairs: one granted QoS 1 each.
+                let (mut at, mut granted) = (2, 0u8);
+                while at + 2 <= body.len() {
+                    at += 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]])) + 1;
+                    granted += 1;
+                }
+                let mut r = vec![0x90, 2 + granted, body[0], body[1]];
+                r.extend(std::iter::repeat_n(1, usize::from(granted)));
+                r
+            }
+            3 => {
+                let n = published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let id = &body[2 + topic_len..4 + topic_len];
+                if n == 0 {
+                    vec![0x40, 2, id[0], id[1]]
+                } else {
+                    Vec::new()
+                }
+            }
+            12 => vec![0xd0, 0],
+            _ => Vec::new(),
+        };
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_published_counts_the_records_the_broker_acknowledged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("mqtt://{}", listener.local_addr().expect("addr"));
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let broker = tokio::spawn(broker_that_acks_one_publish(listener, published.clone()));
+    let mut config = MqttConfig::new(BrokerUrl::parse(&url).expect("url"));
+    config.fleet = Some("north".into());
+    let gw = gateway(1, 5, config).await;
+    wait_until("the broker received records", || {
+        published.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    wait_until("the acknowledged one counted", || {
+        mqtt_status(&gw.engine).is_some_and(|m| m.counts.fleet_out >= 1)
+    })
+    .await;
+    let status = mqtt_status(&gw.engine).expect("mqtt");
+    assert_eq!(status.counts.fleet_out, 1, "{status:?}");
+    gw.engine.quit().await;
+    broker.abort();
 }

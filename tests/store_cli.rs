@@ -872,3 +872,74 @@ async fn a_sync_interrupted_by_sigterm_is_recorded_in_the_history() {
         "{runs:#?}"
     );
 }
+
+#[test]
+fn keys_json_lists_every_node_as_one_json_array() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    drop(Store::open(&db).expect("opens"));
+    let (code, out, err) = run(keysync(&db).args(["keys", "--json"]));
+    assert_eq!((code, out.as_str()), (0, "[]\n"), "{err}");
+    {
+        let mut s = Store::open(&db).expect("opens");
+        for num in 1..=300u32 {
+            let key = u8::try_from(num % 250).expect("small") + 1;
+            s.learn(
+                &node_seen(num << 8, key, "Node \"quoted\"\n"),
+                SystemTime::now(),
+            )
+            .expect("learns");
+        }
+    }
+    let (code, out, err) = run(keysync(&db).args(["keys", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("one JSON array");
+    assert_eq!(rows.len(), 300);
+    for (i, row) in (1u32..).zip(&rows) {
+        assert_eq!(row["num"], i << 8, "in node number order");
+        assert_eq!(row["long_name"], "Node \"quoted\"\n");
+    }
+    assert!(
+        out.starts_with("[\n  {\n    \"num\": 256,"),
+        "{}",
+        &out[..40]
+    );
+    let (code, out, err) = run(keysync(&db).arg("keys"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("300 nodes\n"), "{out}");
+}
+
+#[test]
+fn an_import_larger_than_one_run_takes_is_refused_whole_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("k.db");
+    let src = dir.path().join("meshbot.db");
+    let mut c = Connection::open(&src).expect("creates");
+    c.execute_batch(
+        "CREATE TABLE meshtastic_nodes (node_id TEXT PRIMARY KEY, name TEXT, shortName TEXT,
+            hwModel INTEGER, publicKey BLOB)",
+    )
+    .expect("schema");
+    let max = keysync::engine::import::IMPORT_MAX;
+    let tx = c.transaction().expect("transaction");
+    for num in 1..=max + 1 {
+        tx.execute(
+            "INSERT INTO meshtastic_nodes VALUES (?1, 'Imported', 'IM', 9, ?2)",
+            rusqlite::params![format!("!{num:08x}"), vec![0x5au8; 32]],
+        )
+        .expect("row");
+    }
+    tx.commit().expect("committed");
+    drop(c);
+    let (code, _, err) = run(keysync(&db).args(["import", "meshbot"]).arg(&src));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "holds {} nodes, more than the {max} one import takes: nothing was imported",
+            max + 1
+        )),
+        "{err}"
+    );
+    let stored = Store::open(&db).expect("opens").nodes().expect("nodes");
+    assert!(stored.is_empty(), "{} imported", stored.len());
+}

@@ -473,3 +473,32 @@ fn the_code_drawn_at_80x24_scans_back_to_the_contact_url() {
     let (_, decoded) = grids[0].decode().expect("the drawn code decodes");
     assert_eq!(decoded, contact.url);
 }
+
+#[test]
+fn bidi_and_zero_width_characters_in_a_name_are_dropped_and_the_key_column_stays_put() {
+    let mut snap = fixture::snapshot();
+    let mut nodes = (*snap.nodes).clone();
+    nodes[1].record.long_name = "ab\u{202e}gnp.exe".into();
+    nodes[2].record.long_name = "Ce\u{200b}dar\u{2066}\u{200f}\u{feff} Base".into();
+    snap.nodes = std::sync::Arc::new(nodes);
+    let screen = render_pane(ui::nodes::draw, &snap, 80, 10);
+    let lines: Vec<&str> = screen.lines().collect();
+    let column = |line: &str, text: &str| {
+        let at = line.find(text).expect("text in the line");
+        line[..at].chars().count()
+    };
+    let header = lines.iter().find(|l| l.contains("NAME")).expect("header");
+    let key_column = column(header, "KEY");
+    for (id, name, key) in [
+        ("!6b30d848", "abgnp.exe", "BQUFBQUF"),
+        ("!7e3bf686", "Cedar Base", "BgYGBgYG"),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(id))
+            .expect("the node's row");
+        assert!(line.contains(&format!("{name} ")), "{line}");
+        assert_eq!(column(line, key), key_column, "{screen}");
+    }
+    assert!(!screen.contains(['\u{202e}', '\u{200b}', '\u{2066}', '\u{feff}']));
+}

@@ -487,7 +487,7 @@ impl Figures {
         )?;
         e.counter(
             "mqtt_fleet_published",
-            "Key records this keysync published to its fleet.",
+            "Key records this keysync published to its fleet that the broker acknowledged.",
             c.fleet_out,
         )?;
         e.family(

@@ -13,7 +13,7 @@ use crate::engine::link::CloseCause;
 use crate::engine::radio::{node_id, printable};
 use crate::engine::stats::Histogram;
 use crate::engine::sync::{Outcome, SyncReport, Trigger};
-use crate::engine::{RadioKey, Snapshot};
+use crate::engine::{NodeView, RadioKey, Snapshot};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -22,7 +22,8 @@ pub struct Status {
     pub link: Link,
     pub sync: Sync,
     pub keys: Keys,
-    pub nodes: Vec<Node>,
+    /// Stored nodes; the list itself only with `?nodes=N` (see [`Page`]).
+    pub nodes_total: usize,
     pub proxy: Option<Proxy>,
     pub store_error: Option<String>,
     pub notice: Option<Notice>,
@@ -194,30 +195,19 @@ impl Status {
         let mut by_state = BTreeMap::new();
         let mut on_radio: BTreeMap<&'static str, u64> =
             RadioKey::ALL.iter().map(|k| (k.id(), 0)).collect();
-        let nodes = s
-            .nodes
-            .iter()
-            .map(|n| {
-                if let Some(state) = n.record.state() {
-                    *by_state.entry(state.as_str()).or_default() += 1;
-                }
-                *on_radio.entry(n.radio.id()).or_default() += 1;
-                let mut row = KeyRow::from(&n.record);
-                row.long_name = printable(&row.long_name).into_owned();
-                row.short_name = printable(&row.short_name).into_owned();
-                Node {
-                    row,
-                    radio: n.radio.id(),
-                }
-            })
-            .collect();
+        for n in s.nodes.iter() {
+            if let Some(state) = n.record.state() {
+                *by_state.entry(state.as_str()).or_default() += 1;
+            }
+            *on_radio.entry(n.radio.id()).or_default() += 1;
+        }
         Self {
             version: env!("CARGO_PKG_VERSION"),
             at: time(now),
             link,
             sync,
             keys: Keys { by_state, on_radio },
-            nodes,
+            nodes_total: s.nodes.len(),
             proxy: s.proxy_addr.map(|addr| Proxy {
                 listen: addr.to_string(),
                 clients: s
@@ -240,6 +230,80 @@ impl Status {
             }),
             db_path: s.db_path.display().to_string(),
         }
+    }
+}
+
+impl Node {
+    pub fn of(n: &NodeView) -> Self {
+        let mut row = KeyRow::from(&n.record);
+        row.long_name = printable(&row.long_name).into_owned();
+        row.short_name = printable(&row.short_name).into_owned();
+        Self {
+            row,
+            radio: n.radio.id(),
+        }
+    }
+}
+
+/// Which stored nodes a `/status?nodes=N&after=NUM` lists: at most `limit`, in node number
+/// order, those numbered above `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: usize,
+    pub after: Option<u32>,
+}
+
+impl Page {
+    /// The page a query string asks for: `None` without `nodes=`, an error naming the bad
+    /// parameter.
+    pub fn of_query(query: Option<&str>) -> Result<Option<Self>, String> {
+        let (mut limit, mut after) = (None, None);
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "nodes" => {
+                    limit = Some(value.parse::<usize>().map_err(|_| {
+                        format!(
+                            "nodes={}: a count of nodes, e.g. nodes=100",
+                            printable(value)
+                        )
+                    })?);
+                }
+                "after" => {
+                    let num = match value
+                        .strip_prefix('!')
+                        .or_else(|| value.strip_prefix("%21"))
+                    {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => value.parse::<u32>().ok(),
+                    };
+                    after = Some(num.ok_or_else(|| {
+                        format!("after={}: a node number or !hex id", printable(value))
+                    })?);
+                }
+                other => return Err(format!("unknown parameter {}", printable(other))),
+            }
+        }
+        match (limit, after) {
+            (Some(limit), after) => Ok(Some(Self { limit, after })),
+            (None, Some(_)) => Err("after= needs nodes=N".into()),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The index range of `nodes` (sorted by number, as the store lists them) on this page,
+    /// and the number to ask `after=` for the next page, when there is one.
+    pub fn range(self, nodes: &[NodeView]) -> (std::ops::Range<usize>, Option<u32>) {
+        let start = self
+            .after
+            .map_or(0, |a| nodes.partition_point(|n| n.record.num <= a));
+        let end = start.saturating_add(self.limit).min(nodes.len());
+        let next = (end < nodes.len() && end > start).then(|| nodes[end - 1].record.num);
+        (start..end, next)
     }
 }
 
@@ -302,5 +366,80 @@ fn report(r: &SyncReport) -> Report {
         error: r.error.as_deref().map(|e| printable(e).into_owned()),
         slots: r.slots,
         protected_after: r.protected_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(nums: &[u32]) -> Vec<NodeView> {
+        nums.iter()
+            .map(|&num| NodeView {
+                record: crate::engine::store::NodeRecord {
+                    num,
+                    long_name: String::new(),
+                    short_name: String::new(),
+                    hw_model: 0,
+                    role: 0,
+                    first_seen: SystemTime::UNIX_EPOCH,
+                    last_seen: SystemTime::UNIX_EPOCH,
+                    pushes: 0,
+                    last_pushed: None,
+                    trusted: None,
+                    pending: None,
+                    rejected: 0,
+                    pinned: false,
+                    our_favourite: false,
+                    removed: false,
+                    source: None,
+                    last_dm: None,
+                    flags: crate::engine::radio::UserFlags::default(),
+                    pending_since: None,
+                },
+                radio: RadioKey::Unknown,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_read_from_the_query_and_bad_parameters_are_named() {
+        assert_eq!(Page::of_query(None), Ok(None));
+        assert_eq!(Page::of_query(Some("")), Ok(None));
+        assert_eq!(
+            Page::of_query(Some("nodes=50&after=!0000beef")),
+            Ok(Some(Page {
+                limit: 50,
+                after: Some(0xbeef)
+            }))
+        );
+        assert_eq!(
+            Page::of_query(Some("after=48879&nodes=5")),
+            Ok(Some(Page {
+                limit: 5,
+                after: Some(48879)
+            }))
+        );
+        assert!(Page::of_query(Some("nodes=-1")).is_err());
+        assert!(Page::of_query(Some("after=1")).is_err());
+        let err = Page::of_query(Some("nodes=1&x\u{1b}[2J=1")).unwrap_err();
+        assert_eq!(err, "unknown parameter x[2J");
+    }
+
+    #[test]
+    fn pages_follow_node_numbers_and_say_where_the_next_one_starts() {
+        let list = nodes(&[2, 5, 9, 12, 40]);
+        let page = |limit, after| Page { limit, after }.range(&list);
+        assert_eq!(page(2, None), (0..2, Some(5)));
+        assert_eq!(page(2, Some(5)), (2..4, Some(12)));
+        assert_eq!(page(2, Some(12)), (4..5, None));
+        assert_eq!(
+            page(2, Some(6)),
+            (2..4, Some(12)),
+            "after a number not stored"
+        );
+        assert_eq!(page(10, Some(40)), (5..5, None));
+        assert_eq!(page(0, None), (0..0, None));
+        assert_eq!(page(usize::MAX, None), (0..5, None));
     }
 }

@@ -301,7 +301,31 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, S
         .find_map(|l| l.strip_prefix("content-type: "))
         .unwrap_or_default()
         .to_string();
-    (code, content_type, body.to_string())
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, content_type, body)
+}
+
+/// An HTTP/1.1 chunked body as the bytes it carries.
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .expect("CRLF after a chunk");
+    }
 }
 
 /// Scrapes `/metrics` over HTTP and parses it with a Prometheus text-format parser.

@@ -1,39 +1,71 @@
 //! Files named on the command line: read only so far, since a path can name a device that
-//! never ends (`/dev/zero`) or a file far larger than any real one.
+//! never ends (`/dev/zero`), a FIFO that blocks the open and every read, or a file far larger
+//! than any real one.
 
+use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::Path;
 
-/// The file's bytes, or an error if it holds more than `max`.
-pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::other(format!("larger than {} KiB", max / 1024)));
+/// Opens `path` for reading if it is a regular file. The open does not wait (`O_NONBLOCK`:
+/// opening a FIFO nobody writes to would block forever); a FIFO, a device, a socket or a
+/// directory is refused, by what it is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
     }
-    Ok(bytes)
-}
-
-/// The bytes of a regular file, or an error if it is anything else or holds more than `max`.
-///
-/// Opened without blocking: opening a FIFO for reading waits for a writer, so a plain `open`
-/// of `mkfifo x` would hang the command before it could say what is wrong.
-pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file (a FIFO, device or directory)",
+            format!("not a regular file (it is {})", kind_of(kind)),
         ));
     }
-    if meta.len() > max {
+    Ok(file)
+}
+
+/// `path` is absent or a regular file: anything else is refused before it is opened.
+pub fn regular_or_absent(path: &Path) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file (it is {})", kind_of(meta.file_type())),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn kind_of(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+/// The file's bytes, or an error if it is not a regular file or holds more than `max`.
+pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    if file.metadata()?.len() > max {
         return Err(io::Error::other(format!("larger than {} KiB", max / 1024)));
     }
     let mut bytes = Vec::new();
@@ -43,12 +75,6 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         return Err(io::Error::other(format!("larger than {} KiB", max / 1024)));
     }
     Ok(bytes)
-}
-
-/// [`read_regular`] as UTF-8 text.
-pub fn read_regular_text(path: &Path, max: u64) -> io::Result<String> {
-    String::from_utf8(read_regular(path, max)?)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
 }
 
 /// The file as text, or an error if it holds more than `max` bytes or is not UTF-8.
@@ -74,24 +100,31 @@ mod tests {
         assert!(err.starts_with("not UTF-8 text"), "{err}");
     }
 
+    #[cfg(unix)]
     #[test]
-    fn a_regular_file_is_read_and_a_fifo_or_directory_refused_at_once() {
+    fn a_fifo_or_a_device_is_refused_at_once_by_what_it_is() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, "keys").expect("written");
-        assert_eq!(read_regular_text(&path, 16).expect("read"), "keys");
-        let err = read_regular_text(&path, 3).unwrap_err().to_string();
-        assert_eq!(err, "larger than 0 KiB");
-        // No writer ever opens this FIFO: a blocking open would never return.
         let fifo = dir.path().join("fifo");
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
             .expect("mkfifo runs");
-        assert!(made.success());
-        let err = read_regular(&fifo, 16).unwrap_err().to_string();
-        assert!(err.starts_with("not a regular file"), "{err}");
-        let err = read_regular(dir.path(), 16).unwrap_err().to_string();
-        assert!(err.starts_with("not a regular file"), "{err}");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        // Nobody writes to the FIFO: an open that waited would hang this test, so it runs on
+        // a thread and a bounded wait fails instead.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_text(&fifo, 1024).map_err(|e| e.to_string()));
+        });
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the read returned instead of blocking");
+        assert_eq!(read, Err("not a regular file (it is a FIFO)".to_string()));
+        let err = read_small(Path::new("/dev/zero"), 1024)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "not a regular file (it is a device)");
+        let err = read_small(dir.path(), 1024).unwrap_err().to_string();
+        assert_eq!(err, "not a regular file (it is a directory)");
     }
 }

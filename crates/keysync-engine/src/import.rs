@@ -23,10 +23,18 @@ pub struct ImportReport {
     pub skipped_invalid: u32,
 }
 
+/// Rows one import reads at most: they are learned in one transaction (all or nothing), so
+/// they are held at once. A gateway's bot knows thousands of nodes; a million is not a mesh.
+pub const IMPORT_MAX: u64 = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("cannot read {path}: {detail}")]
     Source { path: String, detail: String },
+    #[error(
+        "{path} holds {rows} nodes, more than the {max} one import takes: nothing was imported"
+    )]
+    TooLarge { path: String, rows: u64, max: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -49,20 +57,44 @@ fn text_of(value: ValueRef<'_>) -> String {
     }
 }
 
-/// Imports meshbot's `meshtastic_nodes(node_id, name, shortName, hwModel, publicKey, ...)`.
+/// Imports meshbot's `meshtastic_nodes(node_id, name, shortName, hwModel, publicKey, ...)`,
+/// at most [`IMPORT_MAX`] rows.
 pub fn import_meshbot(store: &mut Store, source: &Path) -> Result<ImportReport, ImportError> {
+    import_meshbot_at_most(store, source, IMPORT_MAX)
+}
+
+/// [`import_meshbot`] of a source with at most `max` rows; a larger one is refused before
+/// anything is read.
+pub fn import_meshbot_at_most(
+    store: &mut Store,
+    source: &Path,
+    max: u64,
+) -> Result<ImportReport, ImportError> {
     let fail = |detail: String| ImportError::Source {
         path: source.display().to_string(),
         detail,
     };
-    if !source.is_file() {
+    if !source.exists() {
         return Err(fail("no such file".into()));
     }
+    // SQLite would open a FIFO and wait on it forever.
+    super::files::regular_or_absent(source).map_err(|e| fail(e.to_string()))?;
     let conn = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| fail(e.to_string()))?;
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM meshtastic_nodes", [], |r| r.get(0))
+        .map_err(|e| fail(format!("{e} (expected meshbot's meshtastic_nodes table)")))?;
+    let rows = u64::try_from(rows).unwrap_or(0);
+    if rows > max {
+        return Err(ImportError::TooLarge {
+            path: source.display().to_string(),
+            rows,
+            max,
+        });
+    }
     let mut stmt = conn
         .prepare("SELECT node_id, name, shortName, hwModel, publicKey FROM meshtastic_nodes")
         .map_err(|e| fail(format!("{e} (expected meshbot's meshtastic_nodes table)")))?;

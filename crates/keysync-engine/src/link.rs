@@ -631,6 +631,13 @@ impl Supervisor {
                 "config download carried no my_info".into(),
             ));
         }
+        // Every key the store holds would be judged against a node that cannot exist.
+        if !radio::is_node_num(session.my_node_num) {
+            return Err(CloseCause::Protocol(format!(
+                "the radio calls itself {}, the broadcast address, not a node",
+                radio::node_id(session.my_node_num)
+            )));
+        }
         let own_name = session
             .nodes
             .iter()

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::Snapshot;
 use super::link::{BackoffPolicy, jittered};
-use super::radio::{NodeSeen, printable, truncate_utf8};
+use super::radio::{NodeSeen, Source, printable, truncate_utf8};
 use broker::BrokerUrl;
 use crypto::ChannelKey;
 use fleet::{FleetBook, FleetRecord};
@@ -33,9 +33,14 @@ use uplink::{Keyring, Reject};
 
 /// The topic root of the Meshtastic uplink by default: every region under `msh/`.
 pub const DEFAULT_ROOT: &str = "msh/+";
-/// The largest MQTT packet rumqttc accepts from the broker; larger ones drop the connection.
-/// Ours are far smaller ([`uplink::PAYLOAD_MAX`]); this only bounds what is buffered.
-const PACKET_MAX: usize = 16 * 1024;
+/// The largest MQTT packet rumqttc accepts from the broker; a larger one fails the connection,
+/// and a retained one would fail every connection after it. So the bound sits above what
+/// brokers usually let through (1 MiB on most; mosquitto has none): such a message is read and
+/// dropped unread ([`uplink::PAYLOAD_MAX`]), the connection stays. rumqttc holds at most ten
+/// packets at once, so this bounds memory to about 10 MiB.
+const PACKET_MAX: usize = 1024 * 1024;
+/// The largest packet keysync sends: a fleet record with its topic is far smaller.
+const PACKET_OUT_MAX: usize = 16 * 1024;
 /// Messages between the connection task and the reader.
 const DRIVEN_QUEUE: usize = 256;
 /// Requests (subscribes, publishes) waiting for the connection task.
@@ -43,8 +48,6 @@ const REQUEST_QUEUE: usize = 64;
 /// How long after subscribing to the fleet keysync waits for the retained records before it
 /// publishes: what the fleet already holds is not published again.
 const FLEET_SETTLE: Duration = Duration::from_secs(1);
-/// At most one log line per reason in this window; the rest are counted.
-const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the MQTT side needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +112,13 @@ impl std::fmt::Display for MqttState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MqttCounts {
     pub messages: u64,
+    /// Connections the broker accepted since start: more than a few means a loop.
+    pub connects: u64,
     /// Keys read from the uplink and handed to the store.
     pub uplink_keys: u64,
     /// Keys read from other keysyncs of the fleet.
     pub fleet_in: u64,
-    /// Records this keysync published to the fleet.
+    /// Records this keysync published to the fleet that the broker acknowledged.
     pub fleet_out: u64,
     /// Messages that taught nothing (not a NodeInfo, no key, garbage, wrong key, …).
     pub ignored: u64,
@@ -170,7 +175,7 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
     options
         .set_keep_alive(config.keep_alive)
         .set_clean_session(true)
-        .set_max_packet_size(PACKET_MAX, PACKET_MAX)
+        .set_max_packet_size(PACKET_MAX, PACKET_OUT_MAX)
         .set_request_channel_capacity(REQUEST_QUEUE);
     if let Some(user) = &config.broker.user {
         options.set_credentials(
@@ -204,7 +209,6 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
         queued: HashSet::new(),
         settle_at: None,
         shared_nodes: None,
-        logs: LogBudget::default(),
         status: status_tx,
         client,
         config,
@@ -279,19 +283,26 @@ enum Driven {
         error: String,
         attempt: u32,
         retry_at: SystemTime,
+        /// The connection failed on a packet larger than [`PACKET_MAX`], of this size.
+        oversized: Option<usize>,
     },
     Connecting,
 }
 
 /// Polls rumqttc's event loop (which reconnects when polled again) and backs off after
 /// failures. The reader's queue is bounded: when it is full this task waits, and so does the
-/// broker's TCP stream.
+/// broker's TCP stream. A connection that failed on a packet too large to read is not counted
+/// as a success when the next one is accepted: a retained one comes back each time, and the
+/// backoff grows instead of a reconnect loop.
 async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Driven>, backoff: BackoffPolicy) {
     let mut attempt = 0u32;
+    let mut failed_on_size = false;
     loop {
         let driven = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                attempt = 0;
+                if !failed_on_size {
+                    attempt = 0;
+                }
                 Driven::Connected
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => Driven::Subscribed,
@@ -303,11 +314,14 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Driven>, backoff: Back
             Ok(_) => continue,
             Err(e) => {
                 attempt = attempt.saturating_add(1);
+                let oversized = too_large(&e);
+                failed_on_size = oversized.is_some();
                 let wait = jittered(backoff.ceiling(attempt)).max(Duration::from_millis(100));
                 let down = Driven::Down {
                     error: e.to_string(),
                     attempt,
                     retry_at: SystemTime::now() + wait,
+                    oversized,
                 };
                 if tx.send(down).await.is_err() {
                     return;
@@ -322,29 +336,13 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Driven>, backoff: Back
     }
 }
 
-/// One log line per reason and window; the rest are counted and summed up in the next line.
-#[derive(Debug, Default)]
-struct LogBudget {
-    windows: std::collections::HashMap<Reject, (Instant, u64)>,
-}
-
-impl LogBudget {
-    /// `Some(suppressed since the last line)` when a line may be written now.
-    fn allow(&mut self, reason: Reject, now: Instant) -> Option<u64> {
-        match self.windows.get_mut(&reason) {
-            Some((start, skipped)) if now.duration_since(*start) < LOG_WINDOW => {
-                *skipped += 1;
-                None
-            }
-            Some((start, skipped)) => {
-                *start = now;
-                Some(std::mem::take(skipped))
-            }
-            None => {
-                self.windows.insert(reason, (now, 0));
-                Some(0)
-            }
-        }
+/// The size of the packet a connection failed on, when that is why it failed.
+fn too_large(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
     }
 }
 
@@ -362,7 +360,6 @@ struct Reader {
     settle_at: Option<Instant>,
     /// The node list last looked at for sharing.
     shared_nodes: Option<Arc<Vec<super::NodeView>>>,
-    logs: LogBudget,
 }
 
 impl Reader {
@@ -413,7 +410,9 @@ impl Reader {
     async fn on_driven(&mut self, d: Driven) -> bool {
         match d {
             Driven::Connected => {
-                log::info!(target: "keysync::mqtt", "connected to {}", self.config.broker);
+                crate::log_limited!(info, "mqtt-connected", burst 5, target: "keysync::mqtt",
+                    "connected to {}", self.config.broker);
+                self.status.send_modify(|s| s.counts.connects += 1);
                 self.set_state(MqttState::Connected, None);
                 self.subscribe();
             }
@@ -422,17 +421,22 @@ impl Reader {
                     self.settle_at = Some(Instant::now() + FLEET_SETTLE);
                 }
             }
-            Driven::Acked => {}
+            // Only fleet records are published with QoS 1: one acknowledged is one delivered.
+            Driven::Acked => self.status.send_modify(|s| s.counts.fleet_out += 1),
             Driven::Connecting => self.set_state(MqttState::Connecting, None),
             Driven::Down {
                 error,
                 attempt,
                 retry_at,
+                oversized,
             } => {
                 let error = printable(&error).into_owned();
-                if attempt == 1 || attempt.is_power_of_two() {
-                    log::warn!(target: "keysync::mqtt", "{}: {error} (attempt {attempt})", self.config.broker);
+                if let Some(len) = oversized {
+                    self.status.send_modify(|s| s.counts.messages += 1);
+                    self.rejected("(a packet too large to read)", len, Reject::Oversized);
                 }
+                crate::log_limited!(warn, "mqtt-down", target: "keysync::mqtt",
+                    "{}: {error} (attempt {attempt})", self.config.broker);
                 self.settle_at = None;
                 self.set_state(MqttState::Backoff { attempt, retry_at }, Some(error));
             }
@@ -470,7 +474,8 @@ impl Reader {
                 QoS::AtLeastOnce
             };
             if let Err(e) = self.client.try_subscribe(filter.clone(), qos) {
-                log::warn!(target: "keysync::mqtt", "could not subscribe to {filter}: {e}");
+                crate::log_limited!(warn, "mqtt-subscribe", target: "keysync::mqtt",
+                    "could not subscribe to {filter}: {e}");
             }
         }
     }
@@ -500,7 +505,11 @@ impl Reader {
                     .map_or(Some(k.seen), |()| None)
             })
         } else {
-            uplink::read_uplink(topic, payload, &self.keyring).map(Some)
+            let own = self.own();
+            uplink::read_uplink(topic, payload, &self.keyring).and_then(|seen| match seen.source {
+                Source::Mqtt { gateway } if gateway == own => Err(Reject::OwnGateway),
+                _ => Ok(Some(seen)),
+            })
         };
         match read {
             Ok(Some(seen)) => {
@@ -522,7 +531,7 @@ impl Reader {
         }
     }
 
-    fn rejected(&mut self, topic: &str, len: usize, why: Reject) {
+    fn rejected(&self, topic: &str, len: usize, why: Reject) {
         self.status.send_modify(|s| {
             s.counts.ignored += 1;
             match why {
@@ -531,25 +540,22 @@ impl Reader {
                 _ => {}
             }
         });
-        self.log_reject(topic, len, why);
+        Self::log_reject(topic, len, why);
     }
 
-    fn log_reject(&mut self, topic: &str, len: usize, why: Reject) {
-        // Most uplink traffic is not NodeInfo: that is no news.
-        if matches!(why, Reject::NotNodeInfo | Reject::NoChannelKey) {
-            return;
-        }
-        let Some(skipped) = self.logs.allow(why, Instant::now()) else {
-            return;
+    fn log_reject(topic: &str, len: usize, why: Reject) {
+        let kind = match why {
+            // Most uplink traffic is not NodeInfo: that is no news; nor is our own radio's.
+            Reject::NotNodeInfo | Reject::NoChannelKey | Reject::OwnGateway => return,
+            Reject::Oversized => "mqtt-oversized",
+            Reject::Garbage => "mqtt-garbage",
+            Reject::WrongKey => "mqtt-wrong-key",
+            Reject::NoKey => "mqtt-no-key",
+            Reject::NotANode => "mqtt-not-a-node",
         };
-        let topic = printable(truncate_utf8(topic, 120)).into_owned();
-        let more = if skipped > 0 {
-            format!(" ({skipped} more like it in the last minute)")
-        } else {
-            String::new()
-        };
-        log::warn!(target: "keysync::mqtt",
-            "ignored a {len}-byte broker message on {topic}: {}{more}", why.label());
+        crate::log_limited!(warn, kind, target: "keysync::mqtt",
+            "ignored a {len}-byte broker message on {}: {}",
+            printable(truncate_utf8(topic, 120)), why.label());
     }
 
     fn own(&self) -> u32 {
@@ -609,7 +615,6 @@ impl Reader {
                     }
                     self.queued.remove(&num);
                     self.outbox.pop_front();
-                    self.status.send_modify(|s| s.counts.fleet_out += 1);
                 }
                 Err(_) => break,
             }
@@ -621,28 +626,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_flood_of_one_reason_logs_one_line_a_minute_with_the_count() {
-        let mut budget = LogBudget::default();
-        let start = Instant::now();
-        assert_eq!(budget.allow(Reject::Garbage, start), Some(0));
-        for _ in 0..1000 {
-            assert_eq!(budget.allow(Reject::Garbage, start), None);
-        }
-        assert_eq!(
-            budget.allow(Reject::Oversized, start),
-            Some(0),
-            "its own budget"
-        );
-        let later = start + LOG_WINDOW;
-        assert_eq!(budget.allow(Reject::Garbage, later), Some(1000));
-        assert_eq!(budget.allow(Reject::Garbage, later), None);
     }
 }

@@ -41,9 +41,11 @@ pub fn node_id(num: u32) -> String {
 }
 
 /// Text from outside (a node's name, a radio's firmware string) as it may reach a terminal or
-/// a log line: control characters — C0 (ESC, BEL, CR, LF, …), DEL, C1 — and the bidirectional
-/// overrides that reorder what follows are dropped. A name is data; it must not retitle or
-/// clear a terminal, nor start a forged log line.
+/// a log line: control characters — C0 (ESC, BEL, CR, LF, …), DEL, C1 —, the bidirectional
+/// controls that reorder what follows and the zero-width characters that hide between letters
+/// are dropped. A name is data; it must not retitle or clear a terminal, start a forged log
+/// line, show `abexe.png` for `ab\u{202e}gnp.exe` nor shift the columns after it. The one
+/// function for a screen (the TUI, `keys`), a log line and `/status`.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     if s.chars().any(is_hostile) {
         s.chars()
@@ -56,7 +58,14 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn is_hostile(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            // Bidi embeddings, overrides and isolates; the marks LRM, RLM and ALM.
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            // Zero width space, non-joiner, joiner; word joiner; the byte order mark.
+            | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}'
+        )
 }
 
 /// A node as a log line names it: `!1a2b3c4d (Ridge Relay)`, its name made [`printable`].
@@ -585,6 +594,18 @@ pub fn is_pki_dm(packet: &MeshPacket, own: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_controls_and_zero_width_characters_are_dropped_from_names() {
+        assert_eq!(printable("ab\u{202e}gnp.exe"), "abgnp.exe");
+        assert_eq!(
+            printable(
+                "a\u{200b}b\u{200c}c\u{200d}d\u{2060}e\u{feff}f\u{200e}g\u{200f}h\u{61c}i\u{2067}j"
+            ),
+            "abcdefghij"
+        );
+        assert_eq!(printable("🦊 Fox Den"), "🦊 Fox Den");
+    }
 
     #[test]
     fn rejects_keys_of_wrong_length_or_all_zero() {

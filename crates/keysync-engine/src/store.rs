@@ -422,6 +422,13 @@ impl Store {
                 detail: "it is a directory".into(),
             });
         }
+        // SQLite would open a FIFO and wait on it forever.
+        if let Err(e) = super::files::regular_or_absent(&path) {
+            return Err(StoreError::Open {
+                path,
+                detail: e.to_string(),
+            });
+        }
         if !path.exists() {
             let why = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(dir) if !dir.is_dir() => Some(format!("no such directory {}", dir.display())),

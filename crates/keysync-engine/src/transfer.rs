@@ -387,8 +387,7 @@ pub fn import_json(store: &mut Store, path: &Path) -> Result<TransferReport, Imp
         path: path.display().to_string(),
         detail,
     };
-    let text =
-        crate::files::read_regular_text(path, MAX_IMPORT_BYTES).map_err(|e| fail(e.to_string()))?;
+    let text = crate::files::read_text(path, MAX_IMPORT_BYTES).map_err(|e| fail(e.to_string()))?;
     let (seen, mut report) = json_sightings(&text).map_err(fail)?;
     report.counts = learn(store, &seen, report.counts.skipped_invalid)?;
     Ok(report)
@@ -401,8 +400,7 @@ pub fn read_url_file(path: &Path) -> Result<Vec<(String, String)>, ImportError> 
         path: path.display().to_string(),
         detail,
     };
-    let text =
-        crate::files::read_regular_text(path, MAX_IMPORT_BYTES).map_err(|e| fail(e.to_string()))?;
+    let text = crate::files::read_text(path, MAX_IMPORT_BYTES).map_err(|e| fail(e.to_string()))?;
     let mut urls = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

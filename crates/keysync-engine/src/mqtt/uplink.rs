@@ -37,6 +37,8 @@ pub enum Reject {
     NoKey,
     /// From node 0 or the broadcast address.
     NotANode,
+    /// Uploaded by this keysync's own radio: it heard the packet, and keysync with it.
+    OwnGateway,
 }
 
 impl Reject {
@@ -49,6 +51,7 @@ impl Reject {
             Self::NotNodeInfo => "not a NodeInfo",
             Self::NoKey => "a NodeInfo without a key",
             Self::NotANode => "not from a node",
+            Self::OwnGateway => "uploaded by this gateway",
         }
     }
 }
