@@ -215,9 +215,6 @@ pub struct Snapshot {
 const IGNORED_AFTER: usize = 3;
 /// Keys from the broker waiting for the store; learned in batches of up to this many.
 const MQTT_BATCH: usize = 256;
-/// A new key the fleet should hear of reaches the snapshot (which the MQTT side shares from)
-/// this soon, rather than at the next one-second refresh; keys learned meanwhile go together.
-const SHARE_SOON: Duration = Duration::from_millis(50);
 /// At most one summary of keys learned over MQTT in this long.
 const MQTT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -332,7 +329,8 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         )?),
         None => None,
     };
-    let (channels_tx, mqtt, mqtt_learned) = start_mqtt(config.mqtt.clone(), &snapshot)?;
+    let (channels_tx, mqtt, mqtt_learned) =
+        start_mqtt(config.mqtt.clone(), trusted_out.clone(), status.clone())?;
     let (commands, command_rx) = mpsc::channel(16);
     let engine = EngineLoop {
         config,
@@ -371,7 +369,6 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
         radio_channels: channels_tx,
         mqtt_log: MqttLearnLog::default(),
         mqtt_no_room: 0,
-        share_at: None,
     };
     let task = tokio::spawn(engine.run());
     Ok(EngineHandle {
@@ -390,7 +387,8 @@ pub fn try_start(config: EngineConfig, store: Store) -> std::io::Result<EngineHa
 )]
 fn start_mqtt(
     config: Option<mqtt::MqttConfig>,
-    snapshot: &watch::Receiver<Snapshot>,
+    trusted: watch::Receiver<TrustedKeys>,
+    link: watch::Receiver<LinkStatus>,
 ) -> std::io::Result<(
     watch::Sender<Vec<mqtt::crypto::ChannelKey>>,
     Option<mqtt::MqttHandle>,
@@ -404,7 +402,8 @@ fn start_mqtt(
     let links = mqtt::MqttLinks {
         learned,
         channels,
-        snapshot: snapshot.clone(),
+        trusted,
+        link,
     };
     let handle = mqtt::spawn(config, links).map_err(std::io::Error::other)?;
     Ok((channels_tx, Some(handle), Some(learned_rx)))
@@ -415,7 +414,6 @@ enum Step {
     LinkChanged(bool),
     Check,
     Refresh,
-    Share,
     Finished(Box<Result<SyncReport, tokio::task::JoinError>>),
     Command(Option<Command>),
     Learned(NodeSeen),
@@ -516,15 +514,6 @@ struct EngineLoop {
     mqtt_log: MqttLearnLog,
     /// New nodes from the broker the store had no room for, since start.
     mqtt_no_room: u64,
-    /// When to publish the store view early, for the fleet.
-    share_at: Option<Instant>,
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn recv_batch(rx: Option<&mut mpsc::Receiver<NodeSeen>>) -> Option<Vec<NodeSeen>> {
@@ -558,7 +547,6 @@ impl EngineLoop {
                 c = self.status.changed() => Step::LinkChanged(c.is_ok()),
                 _ = check.tick() => Step::Check,
                 _ = refresh.tick() => Step::Refresh,
-                () = sleep_until(self.share_at) => Step::Share,
                 r = join_running(self.running.as_mut()) => Step::Finished(Box::new(r)),
                 c = self.commands.recv() => Step::Command(c),
                 Some(seen) = self.learned.recv() => Step::Learned(seen),
@@ -577,10 +565,6 @@ impl EngineLoop {
                 Step::LinkChanged(true) => self.on_link_change().await,
                 Step::Check => self.on_check().await,
                 Step::Refresh => self.refresh().await,
-                Step::Share => {
-                    self.share_at = None;
-                    self.refresh_store_view().await;
-                }
                 Step::Finished(result) => {
                     if self.on_finished(*result).await {
                         // Count checks from the last full sync, so that a TTL of k intervals
@@ -868,9 +852,6 @@ impl EngineLoop {
                     }
                     _ => self.nodes_dirty = true,
                 }
-                if learned == Learned::FirstUse {
-                    self.share_soon(seen.source);
-                }
                 self.publish_trust(&seen, learned, now);
                 self.clear_store_error();
             }
@@ -936,13 +917,6 @@ impl EngineLoop {
         {
             self.nodes_dirty = true;
         }
-        if let Some((seen, _)) = batch
-            .iter()
-            .zip(&learned)
-            .find(|(s, l)| **l == Learned::FirstUse && !s.source.is_fleet())
-        {
-            self.share_soon(seen.source);
-        }
         self.mqtt_log.flush(self.max_unheard());
     }
 
@@ -961,15 +935,6 @@ impl EngineLoop {
                     .send_if_modified(|t| t.forget(from) | t.trust(seen.num, node));
             }
             _ => {}
-        }
-    }
-
-    /// A new trusted key from `source`: with a fleet, the snapshot the MQTT side shares from
-    /// is refreshed within [`SHARE_SOON`] (keys from the fleet itself are not shared again).
-    fn share_soon(&mut self, source: radio::Source) {
-        let fleet = self.config.mqtt.as_ref().is_some_and(|m| m.fleet.is_some());
-        if fleet && !source.is_fleet() && self.share_at.is_none() {
-            self.share_at = Some(Instant::now() + SHARE_SOON);
         }
     }
 

@@ -196,6 +196,11 @@ impl TrustedKeys {
         self.0.get(&num).map(|n| n.key)
     }
 
+    /// Whether `other` is this very list, not a copy that changed since: nothing to look at.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     pub fn contains(&self, num: u32) -> bool {
         self.0.contains_key(&num)
     }

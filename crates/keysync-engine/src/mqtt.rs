@@ -4,7 +4,8 @@
 //! Runs on its own tasks: one drives the MQTT connection (rumqttc's event loop, with backoff),
 //! one reads what arrives and hands learned keys to the engine over a bounded channel. The
 //! radio link never waits on the broker: the engine only reads this side's status and the
-//! keys it sends, and the MQTT side reads the engine's snapshot. A slow store slows the
+//! keys it sends, and the MQTT side reads the trusted keys the engine publishes and the link's
+//! status (the radio's number). A slow store slows the
 //! reading of the broker (backpressure down to TCP), never the radio.
 
 pub mod broker;
@@ -23,9 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::Snapshot;
 use super::link::{BackoffPolicy, jittered};
 use super::radio::{NodeSeen, Source, printable, truncate_utf8};
+use crate::link::LinkStatus;
+use crate::model::TrustedKeys;
 use broker::BrokerUrl;
 use crypto::ChannelKey;
 use fleet::{FleetBook, FleetRecord};
@@ -164,8 +166,11 @@ pub struct MqttLinks {
     pub learned: mpsc::Sender<NodeSeen>,
     /// The radio's channels, from its last configuration download.
     pub channels: watch::Receiver<Vec<ChannelKey>>,
-    /// The engine's view: the stored keys to share and the radio's own node number.
-    pub snapshot: watch::Receiver<Snapshot>,
+    /// The keys the operator trusts, as the engine publishes them the moment the store
+    /// learns one: what the fleet is told.
+    pub trusted: watch::Receiver<TrustedKeys>,
+    /// The link's status: the radio's own node number.
+    pub link: watch::Receiver<LinkStatus>,
 }
 
 /// Starts the MQTT side; it runs until [`MqttHandle::stop`] or until the engine goes away.
@@ -359,7 +364,7 @@ struct Reader {
     /// When the fleet's retained records have had time to arrive.
     settle_at: Option<Instant>,
     /// The node list last looked at for sharing.
-    shared_nodes: Option<Arc<Vec<super::NodeView>>>,
+    shared_nodes: Option<TrustedKeys>,
 }
 
 impl Reader {
@@ -380,7 +385,7 @@ impl Reader {
                     }
                     self.rebuild_keyring();
                 }
-                changed = self.links.snapshot.changed() => {
+                changed = self.links.trusted.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -560,9 +565,8 @@ impl Reader {
 
     fn own(&self) -> u32 {
         self.links
-            .snapshot
-            .borrow()
             .link
+            .borrow()
             .radio
             .as_ref()
             .map_or(0, |r| r.my_node_num)
@@ -573,17 +577,9 @@ impl Reader {
         if self.config.fleet.is_none() || self.settle_at.is_some() {
             return;
         }
-        let (nodes, own) = {
-            let snap = self.links.snapshot.borrow_and_update();
-            let own = snap.link.radio.as_ref().map_or(0, |r| r.my_node_num);
-            (snap.nodes.clone(), own)
-        };
-        if own == 0
-            || self
-                .shared_nodes
-                .as_ref()
-                .is_some_and(|n| Arc::ptr_eq(n, &nodes))
-        {
+        let nodes = self.links.trusted.borrow_and_update().clone();
+        let own = self.own();
+        if own == 0 || self.shared_nodes.as_ref().is_some_and(|n| n.same(&nodes)) {
             return;
         }
         for (num, record) in fleet::to_publish(&nodes, own, &self.book) {

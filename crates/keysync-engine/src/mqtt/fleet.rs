@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::uplink::{PAYLOAD_MAX, Reject, clean_name, parse_node_id};
-use crate::NodeView;
+use crate::model::{TrustedKeys, TrustedNode};
 use crate::radio::{
     LONG_NAME_MAX, NodeSeen, PublicKey, SHORT_NAME_MAX, Source, is_node_num, node_id,
 };
@@ -74,13 +74,11 @@ pub struct FleetRecord {
 }
 
 impl FleetRecord {
-    /// The record keysync publishes for a stored node, as the keysync of radio `own`; `None`
-    /// for nodes it must not share (no trusted key, learned from the fleet, its own radio).
-    pub fn of(view: &NodeView, own: u32) -> Option<Self> {
-        let r = &view.record;
-        let key = r.trusted?;
-        let source = r.source?;
-        if source.is_fleet() || r.num == own || !is_node_num(r.num) {
+    /// The record keysync publishes for trusted node `num`, as the keysync of radio `own`;
+    /// `None` for nodes it must not share (learned from the fleet, its own radio).
+    pub fn of(num: u32, node: &TrustedNode, own: u32) -> Option<Self> {
+        let source = node.source?;
+        if source.is_fleet() || num == own || !is_node_num(num) {
             return None;
         }
         let gateway = match source {
@@ -88,13 +86,13 @@ impl FleetRecord {
             _ => own,
         };
         Some(Self {
-            node: node_id(r.num),
-            key: key_base64(&key),
-            long_name: r.long_name.clone(),
-            short_name: r.short_name.clone(),
-            hw_model: r.hw_model,
-            role: r.role,
-            first_seen: r
+            node: node_id(num),
+            key: key_base64(&node.key),
+            long_name: node.long_name.clone(),
+            short_name: node.short_name.clone(),
+            hw_model: node.hw_model,
+            role: node.role,
+            first_seen: node
                 .first_seen
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -192,61 +190,48 @@ impl FleetBook {
 }
 
 /// The records keysync of radio `own` should publish now, given what the broker holds.
-pub fn to_publish(nodes: &[NodeView], own: u32, book: &FleetBook) -> Vec<(u32, FleetRecord)> {
+pub fn to_publish(nodes: &TrustedKeys, own: u32, book: &FleetBook) -> Vec<(u32, FleetRecord)> {
     nodes
         .iter()
-        .filter(|v| {
-            v.record
-                .trusted
-                .is_some_and(|k| book.should_publish(v.record.num, &k, own))
-        })
-        .filter_map(|v| FleetRecord::of(v, own).map(|r| (v.record.num, r)))
+        .filter(|(num, node)| book.should_publish(*num, &node.key, own))
+        .filter_map(|(num, node)| FleetRecord::of(num, node, own).map(|r| (num, r)))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RadioKey;
-    use crate::store::NodeRecord;
-
     const OWN: u32 = 0xa;
 
-    fn view(num: u32, key: u8, source: Source) -> NodeView {
-        NodeView {
-            record: NodeRecord {
-                num,
-                long_name: "Ridge".into(),
-                short_name: "R".into(),
-                hw_model: 9,
-                role: 0,
-                first_seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-                last_seen: UNIX_EPOCH,
-                pushes: 0,
-                last_pushed: None,
-                trusted: Some([key; 32]),
-                pending: None,
-                rejected: 0,
-                pinned: false,
-                our_favourite: false,
-                removed: false,
-                source: Some(source),
-                last_dm: None,
-                flags: crate::radio::UserFlags::default(),
-                pending_since: None,
-            },
-            radio: RadioKey::Unknown,
+    fn node(key: u8, source: Source) -> TrustedNode {
+        TrustedNode {
+            key: [key; 32],
+            long_name: "Ridge".into(),
+            short_name: "R".into(),
+            hw_model: 9,
+            role: 0,
+            source: Some(source),
+            first_seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         }
+    }
+
+    fn trusted(nodes: &[(u32, u8, Source)]) -> TrustedKeys {
+        TrustedKeys::new(
+            nodes
+                .iter()
+                .map(|(num, key, source)| (*num, node(*key, *source)))
+                .collect(),
+        )
     }
 
     #[test]
     fn shares_what_it_heard_but_never_what_the_fleet_told_it() {
-        let nodes = [
-            view(1, 1, Source::Mesh),
-            view(2, 2, Source::Fleet { gateway: 0xb }),
-            view(3, 3, Source::Mqtt { gateway: 0xc }),
-            view(OWN, 4, Source::NodeDb),
-        ];
+        let nodes = trusted(&[
+            (1, 1, Source::Mesh),
+            (2, 2, Source::Fleet { gateway: 0xb }),
+            (3, 3, Source::Mqtt { gateway: 0xc }),
+            (OWN, 4, Source::NodeDb),
+        ]);
         let out = to_publish(&nodes, OWN, &FleetBook::default());
         let nums: Vec<u32> = out.iter().map(|(n, _)| *n).collect();
         assert_eq!(nums, [1, 3]);
@@ -262,11 +247,11 @@ mod tests {
         book.note(1, [9; 32], 0xb);
         book.note(3, [9; 32], OWN);
         book.note(4, [4; 32], OWN);
-        let nodes = [
-            view(1, 1, Source::Mesh),
-            view(3, 3, Source::Mesh),
-            view(4, 4, Source::Mesh),
-        ];
+        let nodes = trusted(&[
+            (1, 1, Source::Mesh),
+            (3, 3, Source::Mesh),
+            (4, 4, Source::Mesh),
+        ]);
         let nums: Vec<u32> = to_publish(&nodes, OWN, &book)
             .into_iter()
             .map(|(n, _)| n)
@@ -276,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_and_must_match_its_topic() {
-        let record = FleetRecord::of(&view(0x1234_5678, 7, Source::Mesh), OWN).expect("shared");
+        let record = FleetRecord::of(0x1234_5678, &node(7, Source::Mesh), OWN).expect("shared");
         let json = record.to_json();
         let back = read("keysync/f/!12345678", &json).expect("read");
         assert_eq!(back.key, [7; 32]);
