@@ -693,32 +693,17 @@ impl Supervisor {
             let stall_at = last_rx + every * 3;
             let download_due = downloads.deadline(self.config.config_timeout);
             tokio::select! {
-                f = framed.next() => match self.received(f, framed, seen) {
-                    Ok(frame) => {
-                        last_rx = Instant::now();
-                        let complete = match &frame.payload_variant {
-                            Some(from_radio::PayloadVariant::ConfigCompleteId(n)) => Some(*n),
-                            _ => None,
-                        };
-                        if matches!(frame.payload_variant, Some(from_radio::PayloadVariant::Rebooted(true))) {
-                            // On serial the port outlives a reboot: the radio forgot this
-                            // session and sends nothing until asked for a download again.
-                            log::warn!(target: "keysync::link", "the radio says it rebooted");
-                            return CloseCause::ClosedByRadio;
-                        }
-                        if radio::answers_heartbeat(&frame)
-                            && let Some(sent) = heartbeat_sent.take()
-                        {
-                            self.counters.heartbeat_rtt.observe(sent.elapsed());
-                        }
-                        let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
-                        let next = complete.and_then(|n| downloads.completed(n, Instant::now()));
-                        if let Err(cause) = self.ask_download(framed, next).await {
-                            return cause;
-                        }
+                f = framed.next() => {
+                    let frame = match self.received(f, framed, seen) {
+                        Ok(frame) => frame,
+                        Err(cause) => return cause,
+                    };
+                    last_rx = Instant::now();
+                    let on = self.on_frame(frame, framed, &mut downloads, &mut heartbeat_sent);
+                    if let Err(cause) = on.await {
+                        return cause;
                     }
-                    Err(cause) => return cause,
-                },
+                }
                 () = sleep_until(download_due.unwrap_or(stall_at)), if download_due.is_some() => {
                     log::warn!(target: "keysync::link",
                         "the radio did not complete a config download within {}; asking for the next one",
@@ -744,26 +729,70 @@ impl Supervisor {
                     return CloseCause::Stalled;
                 }
                 Some(out) = self.outbound.recv() => {
-                    if out.session != session.id {
-                        drop_stale(&out);
-                    } else if let Some(nonce) = want_config_of(&out.msg) {
-                        let now = downloads.ask(nonce, Instant::now());
-                        if let Err(cause) = self.ask_download(framed, now).await {
-                            return cause;
-                        }
-                    } else {
-                        let contact = radio::contact_of(&out.msg, session.my_node_num);
-                        if let Err(cause) = self.write(framed, out.msg).await {
-                            return cause;
-                        }
-                        if let Some(contact) = contact {
-                            let _ = self.notices.send(LinkNotice::Contact(Arc::new(contact)));
-                        }
+                    if let Err(cause) = self.on_outbound(out, framed, &session, &mut downloads).await {
+                        return cause;
                     }
                 }
                 c = self.control.recv() => return control_cause(c),
             }
         }
+    }
+
+    /// A frame from the radio: a reboot ends the session, a heartbeat's answer is timed, the
+    /// consumers are told, and a completed download lets the next one go.
+    async fn on_frame(
+        &mut self,
+        frame: RadioFrame,
+        framed: &mut Framed<RadioStream, RelayCodec>,
+        downloads: &mut DownloadGate,
+        heartbeat_sent: &mut Option<Instant>,
+    ) -> Result<(), CloseCause> {
+        let complete = match &frame.payload_variant {
+            Some(from_radio::PayloadVariant::ConfigCompleteId(n)) => Some(*n),
+            _ => None,
+        };
+        if matches!(
+            frame.payload_variant,
+            Some(from_radio::PayloadVariant::Rebooted(true))
+        ) {
+            // On serial the port outlives a reboot: the radio forgot this session and sends
+            // nothing until asked for a download again.
+            log::warn!(target: "keysync::link", "the radio says it rebooted");
+            return Err(CloseCause::ClosedByRadio);
+        }
+        if radio::answers_heartbeat(&frame)
+            && let Some(sent) = heartbeat_sent.take()
+        {
+            self.counters.heartbeat_rtt.observe(sent.elapsed());
+        }
+        let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
+        let next = complete.and_then(|n| downloads.completed(n, Instant::now()));
+        self.ask_download(framed, next).await
+    }
+
+    /// A frame a consumer sends: a stale session's is dropped, a download request waits at
+    /// the gate, a contact written is announced.
+    async fn on_outbound(
+        &mut self,
+        out: Outbound,
+        framed: &mut Framed<RadioStream, RelayCodec>,
+        session: &Session,
+        downloads: &mut DownloadGate,
+    ) -> Result<(), CloseCause> {
+        if out.session != session.id {
+            drop_stale(&out);
+            return Ok(());
+        }
+        if let Some(nonce) = want_config_of(&out.msg) {
+            let now = downloads.ask(nonce, Instant::now());
+            return self.ask_download(framed, now).await;
+        }
+        let contact = radio::contact_of(&out.msg, session.my_node_num);
+        self.write(framed, out.msg).await?;
+        if let Some(contact) = contact {
+            let _ = self.notices.send(LinkNotice::Contact(Arc::new(contact)));
+        }
+        Ok(())
     }
 
     /// Sends the `want_config_id` the gate let through, if any, and tells the consumers.
