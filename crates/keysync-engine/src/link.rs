@@ -234,6 +234,61 @@ pub struct Session {
     pub nodes: Vec<NodeInfo>,
 }
 
+impl Session {
+    /// Keeps what a handshake frame tells: the radio's number, its firmware, its configuration
+    /// and its node list.
+    fn collect(&mut self, frame: &RadioFrame) {
+        use from_radio::PayloadVariant as V;
+        match &frame.payload_variant {
+            Some(V::MyInfo(info)) => {
+                self.my_node_num = info.my_node_num;
+                self.config.push(frame.clone());
+            }
+            Some(V::Metadata(meta)) => {
+                self.firmware.clone_from(&meta.firmware_version);
+                self.config.push(frame.clone());
+            }
+            Some(V::NodeInfo(node)) => {
+                if node.num == self.my_node_num {
+                    self.config.push(frame.clone());
+                }
+                self.nodes.push(node.clone());
+            }
+            Some(v) if is_config_part(v, self.my_node_num) => self.config.push(frame.clone()),
+            _ => {}
+        }
+    }
+
+    /// The radio as the handshake showed it; an error when it named no node to be.
+    fn radio_info(&self) -> Result<RadioInfo, CloseCause> {
+        if self.my_node_num == 0 {
+            return Err(CloseCause::Protocol(
+                "config download carried no my_info".into(),
+            ));
+        }
+        // Every key the store holds would be judged against a node that cannot exist.
+        if !radio::is_node_num(self.my_node_num) {
+            return Err(CloseCause::Protocol(format!(
+                "the radio calls itself {}, the broadcast address, not a node",
+                radio::node_id(self.my_node_num)
+            )));
+        }
+        let long_name = self
+            .nodes
+            .iter()
+            .find(|n| n.num == self.my_node_num)
+            .and_then(|n| n.user.as_ref())
+            .map(|u| u.long_name.clone())
+            .unwrap_or_default();
+        Ok(RadioInfo {
+            my_node_num: self.my_node_num,
+            firmware: self.firmware.clone(),
+            long_name,
+            nodes_in_db: self.nodes.len(),
+        })
+    }
+}
+
 /// What the link tells its consumers, in order.
 #[derive(Debug, Clone)]
 pub enum LinkNotice {
@@ -602,55 +657,14 @@ impl Supervisor {
                 c = self.control.recv() => return Err(control_cause(c)),
                 Some(stale) = self.outbound.recv() => { drop_stale(&stale); continue; }
             };
-            match &frame.payload_variant {
-                Some(V::ConfigCompleteId(n)) if *n == nonce => break,
-                Some(V::MyInfo(info)) => {
-                    session.my_node_num = info.my_node_num;
-                    session.config.push(frame.clone());
-                }
-                Some(V::Metadata(meta)) => {
-                    session.firmware.clone_from(&meta.firmware_version);
-                    session.config.push(frame.clone());
-                }
-                Some(V::NodeInfo(node)) => {
-                    if node.num == session.my_node_num {
-                        session.config.push(frame.clone());
-                    }
-                    session.nodes.push(node.clone());
-                }
-                Some(v) if is_config_part(v, session.my_node_num) => {
-                    session.config.push(frame.clone());
-                }
-                _ => {}
+            if matches!(&frame.payload_variant, Some(V::ConfigCompleteId(n)) if *n == nonce) {
+                break;
             }
+            session.collect(&frame);
             let _ = self.notices.send(LinkNotice::Frame(Arc::new(frame)));
         }
         self.counters.config_download.observe(asked.elapsed());
-        if session.my_node_num == 0 {
-            return Err(CloseCause::Protocol(
-                "config download carried no my_info".into(),
-            ));
-        }
-        // Every key the store holds would be judged against a node that cannot exist.
-        if !radio::is_node_num(session.my_node_num) {
-            return Err(CloseCause::Protocol(format!(
-                "the radio calls itself {}, the broadcast address, not a node",
-                radio::node_id(session.my_node_num)
-            )));
-        }
-        let own_name = session
-            .nodes
-            .iter()
-            .find(|n| n.num == session.my_node_num)
-            .and_then(|n| n.user.as_ref())
-            .map(|u| u.long_name.clone())
-            .unwrap_or_default();
-        let info = RadioInfo {
-            my_node_num: session.my_node_num,
-            firmware: session.firmware.clone(),
-            long_name: own_name,
-            nodes_in_db: session.nodes.len(),
-        };
+        let info = session.radio_info()?;
         log::info!(target: "keysync::link",
             "connected to {} ({}, firmware {}, {} nodes in its NodeDB)",
             radio::node_id(info.my_node_num),
