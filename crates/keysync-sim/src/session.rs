@@ -142,7 +142,7 @@ pub(super) async fn serve(
         conn.read_buffer_mut().extend_from_slice(&STALE_HEADER);
     }
     let mut live = shared.live.subscribe();
-    let idle = shared.config.idle_timeout;
+    let idle = idle_close(port, &shared);
     let mut client = Client {
         peer,
         shared: shared.clone(),
@@ -151,12 +151,6 @@ pub(super) async fn serve(
         last_sent: HashMap::new(),
         port,
         api_active: false,
-    };
-    // Only firmware ≥ 2.7.21 closes an idle client, and only on TCP.
-    let idle = if port == Port::Tcp && shared.config.profile.has(Rule::IdleClose) {
-        idle
-    } else {
-        Duration::MAX / 4
     };
     let mut last_rx = Instant::now();
     let mut debug_text = tokio::time::interval(DEBUG_TEXT_EVERY);
@@ -191,19 +185,14 @@ pub(super) async fn serve(
                 shared.counters.idle_closes.fetch_add(1, Ordering::Relaxed);
                 break "idle";
             }
-            cmd = cmds.recv() => match cmd {
-                Some(ClientCmd::Stall(d)) => {
-                    tokio::select! {
-                        () = sleep(d) => {}
-                        () = kick.cancelled() => break "replaced or dropped",
-                    }
+            cmd = cmds.recv() => match fault(cmd, &mut conn, &kick).await {
+                Err(why) => break why,
+                Ok(AfterFault::Stalled) => {
                     // The stall swallowed nothing: the client's bytes wait in the socket.
                     last_rx = Instant::now();
                     live = live.resubscribe();
                 }
-                Some(ClientCmd::Garbage(noise)) if conn.flush().await.is_err()
-                    || conn.get_mut().write_all(&noise).await.is_err() => break "write failed",
-                Some(ClientCmd::Garbage(_)) | None => {}
+                Ok(AfterFault::Sent) => {}
             },
             frame = live.recv(), if client.configured => match frame {
                 Ok(frame) => {
@@ -222,6 +211,44 @@ pub(super) async fn serve(
     log::info!(target: "keysync::sim",
         "client {} gone ({why}); {} frames in, {} garbage bytes skipped", client.peer,
         stats.frames, stats.garbage_bytes);
+}
+
+/// How long a silent client stays: only firmware ≥ 2.7.21 closes an idle client, and only on
+/// TCP.
+fn idle_close(port: Port, shared: &Shared) -> Duration {
+    if port == Port::Tcp && shared.config.profile.has(Rule::IdleClose) {
+        shared.config.idle_timeout
+    } else {
+        Duration::MAX / 4
+    }
+}
+
+/// What a fault did to a client that is still there.
+enum AfterFault {
+    Stalled,
+    Sent,
+}
+
+/// A fault the test asked for on this client: a stall, or garbage on the wire. Why the client
+/// is gone, when it is.
+async fn fault(
+    cmd: Option<ClientCmd>,
+    conn: &mut Framed<SimStream, RadioCodec>,
+    kick: &CancellationToken,
+) -> Result<AfterFault, &'static str> {
+    match cmd {
+        Some(ClientCmd::Stall(d)) => tokio::select! {
+            () = sleep(d) => Ok(AfterFault::Stalled),
+            () = kick.cancelled() => Err("replaced or dropped"),
+        },
+        Some(ClientCmd::Garbage(noise)) => {
+            if conn.flush().await.is_err() || conn.get_mut().write_all(&noise).await.is_err() {
+                return Err("write failed");
+            }
+            Ok(AfterFault::Sent)
+        }
+        None => Ok(AfterFault::Sent),
+    }
 }
 
 /// A line of the firmware's debug log as a serial console prints it before the API is active
