@@ -758,17 +758,16 @@ impl App {
                 self.quit = true;
                 return Some(Effect::Quit);
             }
-            Action::ForceSync => {
-                self.say(now, "force sync requested".into());
-                return Some(Effect::Engine(Command::ForceSync));
-            }
-            Action::ResetCache => {
-                self.say(now, "cache cleared: next check will sync".into());
-                return Some(Effect::Engine(Command::ResetCache));
-            }
-            Action::Reconnect => {
-                self.say(now, "reconnecting to the radio".into());
-                return Some(Effect::Engine(Command::Reconnect));
+            Action::ForceSync | Action::ResetCache | Action::Reconnect => {
+                let (said, command) = match action {
+                    Action::ForceSync => ("force sync requested", Command::ForceSync),
+                    Action::ResetCache => {
+                        ("cache cleared: next check will sync", Command::ResetCache)
+                    }
+                    _ => ("reconnecting to the radio", Command::Reconnect),
+                };
+                self.say(now, said.into());
+                return Some(Effect::Engine(command));
             }
             Action::FocusNext => self.focus = self.focus.next(),
             Action::FocusPrev => self.focus = self.focus.prev(),
@@ -796,39 +795,18 @@ impl App {
                 self.nodes.selected = 0;
                 self.say(now, format!("nodes sorted by {}", next.label()));
             }
-            Action::Accept | Action::Reject => {
-                self.ask_key_decision(action == Action::Accept, snapshot, now);
-            }
-            Action::TogglePin => match self.selected(snapshot) {
-                Some(node) => {
-                    return Some(Effect::Engine(Command::Pin(
-                        node.record.num,
-                        !node.record.pinned,
-                    )));
-                }
-                None => self.say(now, "no node selected".into()),
-            },
-            Action::OpenHistory => {
-                if let Some(node) = self.selected(snapshot) {
-                    return Some(Effect::LoadHistory(node.record.num));
-                }
-            }
-            Action::ShowContact => match self.selected(snapshot) {
-                Some(node) => match ContactView::of(node) {
-                    Some(view) => self.open(Overlay::Contact(view)),
-                    None => self.say(
-                        now,
-                        format!("{} has no trusted key to share", node.record.id()),
-                    ),
-                },
-                None => self.say(now, "no node selected".into()),
-            },
+            Action::Accept
+            | Action::Reject
+            | Action::TogglePin
+            | Action::OpenHistory
+            | Action::ShowContact => return self.on_selected(action, snapshot, now),
             Action::LogTargets => {
                 self.show_log_targets = !self.show_log_targets;
                 return Some(Effect::Log(tui_logger::TuiWidgetEvent::HideKey));
             }
-            Action::LogLevelUp => return Some(Effect::Log(tui_logger::TuiWidgetEvent::RightKey)),
-            Action::LogLevelDown => return Some(Effect::Log(tui_logger::TuiWidgetEvent::LeftKey)),
+            Action::LogLevelUp | Action::LogLevelDown => {
+                return Some(Effect::Log(log_scroll(action)));
+            }
             Action::Escape => {
                 if self.focus == Pane::Log {
                     return Some(Effect::Log(tui_logger::TuiWidgetEvent::EscapeKey));
@@ -837,6 +815,43 @@ impl App {
             }
         }
         None
+    }
+
+    /// An action on the selected node: accept or reject its pending key, pin it, open its
+    /// key history, show its contact.
+    fn on_selected(
+        &mut self,
+        action: Action,
+        snapshot: &Snapshot,
+        now: SystemTime,
+    ) -> Option<Effect> {
+        if matches!(action, Action::Accept | Action::Reject) {
+            self.ask_key_decision(action == Action::Accept, snapshot, now);
+            return None;
+        }
+        let Some(node) = self.selected(snapshot) else {
+            if action != Action::OpenHistory {
+                self.say(now, "no node selected".into());
+            }
+            return None;
+        };
+        match action {
+            Action::TogglePin => Some(Effect::Engine(Command::Pin(
+                node.record.num,
+                !node.record.pinned,
+            ))),
+            Action::OpenHistory => Some(Effect::LoadHistory(node.record.num)),
+            _ => {
+                match ContactView::of(node) {
+                    Some(view) => self.open(Overlay::Contact(view)),
+                    None => self.say(
+                        now,
+                        format!("{} has no trusted key to share", node.record.id()),
+                    ),
+                }
+                None
+            }
+        }
     }
 
     /// `a` or `r` on the selected node: asks to accept or reject its pending key.
@@ -902,12 +917,14 @@ fn moved(selected: usize, action: Action, rows: usize) -> usize {
     }
 }
 
-/// The log pane's scroll for a movement `action`.
+/// The log pane's event for a movement or level `action`.
 fn log_scroll(action: Action) -> tui_logger::TuiWidgetEvent {
     match action {
         Action::Up => tui_logger::TuiWidgetEvent::UpKey,
         Action::Down => tui_logger::TuiWidgetEvent::DownKey,
         Action::PageUp => tui_logger::TuiWidgetEvent::PrevPageKey,
+        Action::LogLevelUp => tui_logger::TuiWidgetEvent::RightKey,
+        Action::LogLevelDown => tui_logger::TuiWidgetEvent::LeftKey,
         _ => tui_logger::TuiWidgetEvent::NextPageKey,
     }
 }
