@@ -143,15 +143,7 @@ pub(super) async fn serve(
     }
     let mut live = shared.live.subscribe();
     let idle = idle_close(port, &shared);
-    let mut client = Client {
-        peer,
-        shared: shared.clone(),
-        recent_ids: VecDeque::new(),
-        configured: false,
-        last_sent: HashMap::new(),
-        port,
-        api_active: false,
-    };
+    let mut client = Client::new(peer, shared.clone(), port);
     let mut last_rx = Instant::now();
     let mut debug_text = tokio::time::interval(DEBUG_TEXT_EVERY);
     let mut lines = 0u64;
@@ -275,6 +267,18 @@ fn log_record(message: &str) -> FromRadio {
 }
 
 impl Client {
+    fn new(peer: String, shared: Arc<Shared>, port: Port) -> Self {
+        Self {
+            peer,
+            shared,
+            recent_ids: VecDeque::new(),
+            configured: false,
+            last_sent: HashMap::new(),
+            port,
+            api_active: false,
+        }
+    }
+
     /// Handles one frame; false when the connection should close.
     async fn handle(&mut self, msg: ToRadio, conn: &mut Conn) -> bool {
         let kind = to_radio_kind(&msg);
