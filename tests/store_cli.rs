@@ -10,32 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use assert_cmd::Command as Cmd;
+use common::cli::{keysync, run};
 use common::proto::node_seen;
 use common::*;
 use keysync::engine::store::{Store, key_base64};
 use rusqlite::Connection;
-
-fn keysync(db: &Path) -> Cmd {
-    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_keysync"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYSYNC_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
-        .arg("--db")
-        .arg(db);
-    cmd
-}
-
-fn run(cmd: &mut Cmd) -> (i32, String, String) {
-    let out = cmd.output().expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A store at `db` where each of `nums` has a trusted key (1…) and a pending one (2…).
 fn store_with_pending(db: &Path, nums: &[u32]) {

@@ -8,32 +8,11 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use assert_cmd::Command as Cmd;
+use common::cli::{keysync, run};
 use common::proto::node_seen;
 use keysync::engine::radio::{NodeSeen, Source, UserFlags};
 use keysync::engine::store::{Store, key_base64};
 use keysync::engine::transfer::{CONTACT_URL_PREFIX, parse_contact_url};
-
-fn keysync(db: &Path) -> Cmd {
-    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_keysync"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYSYNC_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("XDG_CONFIG_HOME", "/nonexistent-keysync-test")
-        .arg("--db")
-        .arg(db);
-    cmd
-}
-
-fn run(cmd: &mut Cmd) -> (i32, String, String) {
-    let out = cmd.output().expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn ok(cmd: &mut Cmd) -> String {
     let (code, out, err) = run(cmd);

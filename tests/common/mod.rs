@@ -262,6 +262,7 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
     }
 }
 pub mod broker;
+pub mod cli;
 pub mod firmware;
 pub mod fixture;
 pub mod harness;
