@@ -1453,27 +1453,47 @@ pub enum NodeArg {
 impl NodeArg {
     /// The node meant: the only candidate, or of two the only one `known`; both or neither
     /// known is ambiguous, and the message names both.
-    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, String> {
+    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, AmbiguousNode> {
         match self {
             Self::One(num) => Ok(num),
             Self::Either { hex, decimal } => match (known(hex), known(decimal)) {
                 (true, false) => Ok(hex),
                 (false, true) => Ok(decimal),
-                _ => Err(format!(
-                    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
-                    node_id(hex),
-                    node_id(decimal),
-                    node_id(hex),
-                    node_id(decimal)
-                )),
+                _ => Err(AmbiguousNode { hex, decimal }),
             },
         }
     }
 }
 
+/// Eight digits that name a node read as hex and as decimal, and the store cannot tell which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
+    node_id(*hex),
+    node_id(*decimal),
+    node_id(*hex),
+    node_id(*decimal)
+)]
+pub struct AmbiguousNode {
+    pub hex: u32,
+    pub decimal: u32,
+}
+
+/// Why a text an operator wrote is not a node. Each quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeArgError {
+    #[error("{text:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)")]
+    NotANode { text: String },
+    #[error(
+        "{text:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
+        node_id(*num)
+    )]
+    Nobody { text: String, num: u32 },
+}
+
 /// Parses a node given by an operator: `!1a2b3c4d` and `0x1a2b3c4d` (always hex), eight hex
 /// digits, or a decimal number. Node 0 and the broadcast address are nobody's.
-pub fn parse_node(s: &str) -> Result<NodeArg, String> {
+pub fn parse_node(s: &str) -> Result<NodeArg, NodeArgError> {
     let t = s.trim();
     let hex = t
         .strip_prefix('!')
@@ -1495,14 +1515,13 @@ pub fn parse_node(s: &str) -> Result<NodeArg, String> {
         None if t.len() == 8 => u32::from_str_radix(t, 16).ok().map(NodeArg::One),
         None => None,
     };
-    let bad = || format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)");
     match parsed {
-        Some(NodeArg::One(n)) if !is_node_num(n) => Err(format!(
-            "{s:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
-            node_id(n)
-        )),
+        Some(NodeArg::One(num)) if !is_node_num(num) => Err(NodeArgError::Nobody {
+            text: s.to_owned(),
+            num,
+        }),
         Some(arg) => Ok(arg),
-        None => Err(bad()),
+        None => Err(NodeArgError::NotANode { text: s.to_owned() }),
     }
 }
 
@@ -1929,7 +1948,7 @@ mod tests {
         assert_eq!(arg.resolve(|n| n == 0x00bc_614e), Ok(0x00bc_614e));
         assert_eq!(arg.resolve(|n| n == 0x1234_5678), Ok(0x1234_5678));
         for known in [|_| true, |_| false] as [fn(u32) -> bool; 2] {
-            let err = arg.resolve(known).unwrap_err();
+            let err = arg.resolve(known).unwrap_err().to_string();
             assert!(
                 err.contains("!12345678") && err.contains("!00bc614e"),
                 "{err}"
