@@ -508,7 +508,7 @@ pub struct SimArgs {
     pub serial_pty: Option<PathBuf>,
 }
 
-fn parse_firmware(s: &str) -> Result<String, String> {
+fn parse_firmware(s: &str) -> Result<String, crate::sim::ProfileError> {
     s.parse::<crate::sim::profile::Firmware>()?;
     Ok(s.to_owned())
 }
