@@ -1111,9 +1111,6 @@ impl Store {
 
 /// Learns one sighting. `room`: how many more nodes known only from the broker may be
 /// stored, when that is bounded.
-///
-/// The user record's flags are taken only from a record that says who the node is (names):
-/// a bare update carries none and must not reset them.
 fn learn_in(
     tx: &rusqlite::Transaction<'_>,
     seen: &NodeSeen,
@@ -1124,11 +1121,29 @@ fn learn_in(
         return Ok(Learned::NotANode);
     }
     let now_ms = millis(now);
+    if !learn_node(tx, seen, now_ms, room)? {
+        return Ok(Learned::NoRoom);
+    }
+    let Some(key) = seen.key() else {
+        return Ok(Learned::NamesOnly);
+    };
+    learn_key(tx, seen.num, &key, now_ms, &seen.source.label())
+}
+
+/// Stores or updates the node of a sighting; false when it is new and there is no `room`.
+///
+/// The user record's flags are taken only from a record that says who the node is (names):
+/// a bare update carries none and must not reset them.
+fn learn_node(
+    tx: &rusqlite::Transaction<'_>,
+    seen: &NodeSeen,
+    now_ms: i64,
+    room: Option<&mut usize>,
+) -> rusqlite::Result<bool> {
     // Cut to the firmware's field limits where they are learned: what keysync stores is
     // what a push can carry.
     let long_name = truncate_utf8(&seen.long_name, LONG_NAME_MAX);
     let short_name = truncate_utf8(&seen.short_name, SHORT_NAME_MAX);
-    let source = seen.source.label();
     let exists: bool = tx
         .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
         .optional()?
@@ -1157,7 +1172,7 @@ fn learn_in(
     } else {
         if let Some(room) = room.filter(|_| !seen.source.heard_here()) {
             if *room == 0 {
-                return Ok(Learned::NoRoom);
+                return Ok(false);
             }
             *room -= 1;
         }
@@ -1169,23 +1184,30 @@ fn learn_in(
                 // A node only the broker told of was never heard here.
                 if seen.source.heard_here() { now_ms } else { 0 },
                 seen.flags.is_unmessagable, seen.flags.is_licensed],
-        )
-        ?;
+        )?;
     }
-    let Some(key) = seen.key() else {
-        return Ok(Learned::NamesOnly);
-    };
+    Ok(true)
+}
+
+/// Learns node `num`'s `key` under trust on first use.
+fn learn_key(
+    tx: &rusqlite::Transaction<'_>,
+    num: u32,
+    key: &PublicKey,
+    now_ms: i64,
+    source: &str,
+) -> rusqlite::Result<Learned> {
     let known: Option<String> = tx
         .query_row(
             "SELECT state FROM keys WHERE node_num = ?1 AND key = ?2",
-            params![seen.num, key],
+            params![num, key],
             |r| r.get(0),
         )
         .optional()?;
     let trusted: Option<PublicKey> = tx
         .query_row(
             "SELECT key FROM keys WHERE node_num = ?1 AND state = 'trusted'",
-            [seen.num],
+            [num],
             |r| r.get(0),
         )
         .optional()?;
@@ -1193,7 +1215,7 @@ fn learn_in(
         (Some(state), _) => {
             tx.execute(
                 "UPDATE keys SET last_seen = max(last_seen, ?3) WHERE node_num = ?1 AND key = ?2",
-                params![seen.num, key, now_ms],
+                params![num, key, now_ms],
             )?;
             if state == KeyState::Trusted {
                 Learned::Same
@@ -1202,16 +1224,16 @@ fn learn_in(
             }
         }
         (None, None) => {
-            if let Some(owner) = owner_of(tx, seen.num, &key)? {
-                claimed(tx, seen.num, &key, owner, now_ms, &source)?
+            if let Some(owner) = owner_of(tx, num, key)? {
+                claimed(tx, num, key, owner, now_ms, source)?
             } else {
-                insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")?;
+                insert_key(tx, num, key, "trusted", now_ms, source, "first-use")?;
                 Learned::FirstUse
             }
         }
         (None, Some(old)) => {
-            insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")?;
-            Learned::Pending { old, new: key }
+            insert_key(tx, num, key, "pending", now_ms, source, "changed")?;
+            Learned::Pending { old, new: *key }
         }
     };
     Ok(learned)
