@@ -508,7 +508,7 @@ pub struct SimArgs {
     pub serial_pty: Option<PathBuf>,
 }
 
-fn parse_firmware(s: &str) -> Result<String, String> {
+fn parse_firmware(s: &str) -> Result<String, crate::sim::ProfileError> {
     s.parse::<crate::sim::profile::Firmware>()?;
     Ok(s.to_owned())
 }
@@ -519,7 +519,7 @@ fn parse_level(s: &str) -> Result<LevelFilter, String> {
 }
 
 /// A duration, or `off` (zero).
-fn parse_optional_duration(s: &str) -> Result<Duration, String> {
+fn parse_optional_duration(s: &str) -> Result<Duration, duration::DurationError> {
     match s {
         "off" | "never" | "0" => Ok(Duration::ZERO),
         _ => duration::parse(s),
@@ -596,7 +596,8 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 fn from_strs<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: std::str::FromStr<Err = String>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
 {
     Vec::<String>::deserialize(d)?
         .iter()
@@ -847,7 +848,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
             None => Ok(None),
         };
     };
-    let mut broker = BrokerUrl::parse(url)?;
+    let mut broker = BrokerUrl::parse(url).map_err(|e| e.to_string())?;
     if broker.password.is_none() {
         broker.password.clone_from(&args.mqtt_password);
     }

@@ -145,7 +145,9 @@ fn resolve_node(store: &Store, node: NodeArg) -> anyhow::Result<u32> {
             known
         }
     };
-    Ok(node.resolve(|n| known.contains(&n)).map_err(UsageError)?)
+    Ok(node
+        .resolve(|n| known.contains(&n))
+        .map_err(|e| UsageError(e.to_string()))?)
 }
 
 fn table(store: &Store, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -43,8 +43,7 @@ impl Demo {
                 "2.7.26",
                 crate::sim::Hw::Nrf52,
                 crate::sim::SimRole::Client,
-            )
-            .map_err(anyhow::Error::msg)?,
+            )?,
             // The last few nodes are on the mesh but not in the radio: keysync knows them.
             nodes: MESH_NODES + REMEMBERED,
             in_radio: Some(MESH_NODES),

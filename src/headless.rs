@@ -100,8 +100,7 @@ pub async fn run_sim(args: &crate::cli::SimArgs) -> anyhow::Result<()> {
         Some(path) => sim::Scenario::load(path)?,
         None => sim::Scenario::default(),
     };
-    let profile =
-        sim::Profile::new(&args.firmware, args.hw, args.role).map_err(anyhow::Error::msg)?;
+    let profile = sim::Profile::new(&args.firmware, args.hw, args.role)?;
     let config = sim::SimConfig {
         listen: args.listen,
         nodes: args.nodes,

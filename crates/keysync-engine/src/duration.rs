@@ -8,15 +8,30 @@ use serde::{Deserialize, Deserializer};
 /// far beyond it overflow when added to the clock.
 pub const MAX: Duration = Duration::from_secs(30 * 86_400);
 
+/// Why a text is not a duration keysync takes. Each quotes the text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    /// `why` is humantime's words once: as the error's source it would be said twice.
+    #[error("{text:?} is not a duration ({why}); try 90s, 5m or 1h")]
+    NotADuration {
+        text: String,
+        why: humantime::DurationError,
+    },
+    #[error(
+        "{text:?} is too long: at most {} (30 days)",
+        humantime::format_duration(MAX)
+    )]
+    TooLong { text: String },
+}
+
 /// Parses a humantime duration such as `5m` or `250ms`, at most [`MAX`].
-pub fn parse(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); try 90s, 5m or 1h"))?;
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|why| DurationError::NotADuration {
+        text: s.to_owned(),
+        why,
+    })?;
     if d > MAX {
-        return Err(format!(
-            "{s:?} is too long: at most {} (30 days)",
-            humantime::format_duration(MAX)
-        ));
+        return Err(DurationError::TooLong { text: s.to_owned() });
     }
     Ok(d)
 }
@@ -54,7 +69,7 @@ mod tests {
     fn parses_human_durations_and_explains_bad_ones() {
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse(" 250ms "), Ok(Duration::from_millis(250)));
-        let err = parse("five minutes").unwrap_err();
+        let err = parse("five minutes").unwrap_err().to_string();
         assert!(err.contains("try 90s"), "{err}");
     }
 
@@ -62,7 +77,7 @@ mod tests {
     fn durations_longer_than_thirty_days_are_refused_not_overflowed() {
         assert_eq!(parse("30days"), Ok(MAX));
         for huge in ["31d", "500000000000y", "18446744073709551615s"] {
-            let err = parse(huge).unwrap_err();
+            let err = parse(huge).unwrap_err().to_string();
             assert!(
                 err.contains("at most 30days") || err.contains("not a duration"),
                 "{huge}: {err}"

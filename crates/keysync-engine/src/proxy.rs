@@ -60,7 +60,7 @@ mod replay;
 mod upstream;
 mod writer;
 
-pub use admin::{AdminDenial, DestructiveAdmin};
+pub use admin::{AdminDenial, DestructiveAdmin, UnknownAdminKind};
 pub use client::ClientView;
 
 use crate::codec::RadioFrame;

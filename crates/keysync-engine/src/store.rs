@@ -449,10 +449,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         let store = Self { conn, path };
-        store
-            .conn
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| store.error(e))?;
+        store.sql(|c| c.busy_timeout(BUSY_TIMEOUT))?;
         let (version, ownership) = store.ownership()?;
         if let Ownership::Foreign(why) = ownership {
             return Err(StoreError::Foreign {
@@ -467,40 +464,24 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        let check: String = store
-            .conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| store.error(e))?;
+        let check: String = store.sql(|c| c.query_row("PRAGMA quick_check", [], |r| r.get(0)))?;
         if check != "ok" {
             return Err(StoreError::Corrupt {
                 path: store.path.clone(),
                 detail: check,
             });
         }
-        store
-            .conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| store.error(e))?;
-        store
-            .conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| store.error(e))?;
-        store
-            .conn
-            .pragma_update(None, "foreign_keys", true)
-            .map_err(|e| store.error(e))?;
-        // The whole store of 10 000 nodes is a few MB that the OS caches anyway; SQLite's own
-        // page cache (2 MB per connection by default) only doubles it in our RSS.
-        store
-            .conn
-            .pragma_update(None, "cache_size", PAGE_CACHE_KIB)
-            .map_err(|e| store.error(e))?;
+        store.sql(|c| {
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.pragma_update(None, "foreign_keys", true)?;
+            // The whole store of 10 000 nodes is a few MB that the OS caches anyway; SQLite's
+            // own page cache (2 MB per connection by default) only doubles it in our RSS.
+            c.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
+        })?;
         store.migrate(version)?;
         if ownership == Ownership::Adopt {
-            store
-                .conn
-                .pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(|e| store.error(e))?;
+            store.sql(|c| c.pragma_update(None, "application_id", APPLICATION_ID))?;
             log::info!(target: "keysync::store", "{}: marked as a keysync store (application_id)", store.path.display());
         }
         make_private(&store.path);
@@ -509,22 +490,17 @@ impl Store {
 
     /// Reads, without writing, whose file this is: its schema version and what to do with it.
     fn ownership(&self) -> Result<(i64, Ownership), StoreError> {
-        let read = || -> rusqlite::Result<(i32, i64, Vec<String>)> {
-            let app_id = self
-                .conn
-                .pragma_query_value(None, "application_id", |r| r.get(0))?;
-            let version = self
-                .conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))?;
-            let mut stmt = self.conn.prepare(
+        let (app_id, version, tables): (i32, i64, Vec<String>) = self.sql(|c| {
+            let app_id = c.pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let version = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let mut stmt = c.prepare(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
             )?;
             let tables = stmt
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             Ok((app_id, version, tables))
-        };
-        let (app_id, version, tables) = read().map_err(|e| self.error(e))?;
+        })?;
         Ok((version, ownership(app_id, version, &tables)))
     }
 
@@ -538,31 +514,44 @@ impl Store {
             if version <= from {
                 continue;
             }
-            let tx = self.write_transaction()?;
-            tx.execute_batch(sql).map_err(|e| self.error(e))?;
-            tx.pragma_update(None, "user_version", version)
-                .map_err(|e| self.error(e))?;
-            tx.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(|e| self.error(e))?;
-            tx.commit().map_err(|e| self.error(e))?;
+            self.write(|tx| {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version)?;
+                tx.pragma_update(None, "application_id", APPLICATION_ID)
+            })?;
             log::info!(target: "keysync::store", "{}: schema migrated to version {version}", self.path.display());
         }
         Ok(())
     }
 
-    /// A transaction that takes the write lock at `BEGIN`, waiting up to [`BUSY_TIMEOUT`] for
-    /// it. A deferred one would read first and then, upgrading to write while another process
+    /// Runs `f` on the connection: the one place where SQLite's error becomes the store's
+    /// (see [`Store::error`]), so that a method says only what it asks of SQLite.
+    fn sql<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        f(&self.conn).map_err(|e| self.error(e))
+    }
+
+    /// Runs `f` in a transaction and commits it; if `f` fails, nothing it did is kept.
+    ///
+    /// The transaction takes the write lock at `BEGIN`, waiting up to [`BUSY_TIMEOUT`] for it.
+    /// A deferred one would read first and then, upgrading to write while another process
     /// writes, fail at once with SQLITE_BUSY: SQLite cannot wait there without breaking the
     /// snapshot it read.
-    fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
-            .map_err(|e| self.error(e))
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.sql(|conn| {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Maps a SQLite error to one that names the file and, for locks, who holds it.
     #[expect(
         clippy::needless_pass_by_value,
-        reason = "it is called as map_err(|e| self.error(e))"
+        reason = "it is `sql`'s map_err(|e| self.error(e))"
     )]
     fn error(&self, e: rusqlite::Error) -> StoreError {
         let path = self.path.clone();
@@ -587,10 +576,7 @@ impl Store {
 
     /// Records what a sighting says about a node and its key, under trust on first use.
     pub fn learn(&mut self, seen: &NodeSeen, now: SystemTime) -> Result<Learned, StoreError> {
-        let tx = self.write_transaction()?;
-        let learned = self.learn_in(&tx, seen, now, None)?;
-        tx.commit().map_err(|e| self.error(e))?;
-        Ok(learned)
+        self.write(|tx| learn_in(tx, seen, now, None))
     }
 
     /// Learns many sightings in one transaction: all of them or, on failure (a full disk),
@@ -621,140 +607,21 @@ impl Store {
         now: SystemTime,
         max_unheard: Option<usize>,
     ) -> Result<Vec<Learned>, StoreError> {
-        let tx = self.write_transaction()?;
-        let mut room = match max_unheard {
-            Some(max) => {
-                let unheard: i64 = tx
-                    .query_row("SELECT count(*) FROM nodes WHERE last_seen = 0", [], |r| {
-                        r.get(0)
-                    })
-                    .map_err(|e| self.error(e))?;
-                Some(max.saturating_sub(usize::try_from(unheard).unwrap_or(usize::MAX)))
-            }
-            None => None,
-        };
-        let learned = seen
-            .iter()
-            .map(|s| self.learn_in(&tx, s, now, room.as_mut()))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().map_err(|e| self.error(e))?;
-        Ok(learned)
-    }
-
-    /// Learns one sighting. `room`: how many more nodes known only from the broker may be
-    /// stored, when that is bounded.
-    ///
-    /// The user record's flags are taken only from a record that says who the node is (names):
-    /// a bare update carries none and must not reset them.
-    fn learn_in(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        seen: &NodeSeen,
-        now: SystemTime,
-        room: Option<&mut usize>,
-    ) -> Result<Learned, StoreError> {
-        if !is_node_num(seen.num) {
-            return Ok(Learned::NotANode);
-        }
-        let now_ms = millis(now);
-        // Cut to the firmware's field limits where they are learned: what keysync stores is
-        // what a push can carry.
-        let long_name = truncate_utf8(&seen.long_name, LONG_NAME_MAX);
-        let short_name = truncate_utf8(&seen.short_name, SHORT_NAME_MAX);
-        let source = seen.source.label();
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
-            .optional()
-            .map_err(|e| self.error(e))?
-            .is_some();
-        if exists {
-            self.note_flags(tx, seen)?;
-            // Names only from messages that carry them: a bare update must not blank them.
-            tx.execute(
-                "UPDATE nodes SET
-                    long_name = CASE WHEN ?2 <> '' THEN ?2 ELSE long_name END,
-                    short_name = CASE WHEN ?3 <> '' THEN ?3 ELSE short_name END,
-                    hw_model = CASE WHEN ?4 <> 0 THEN ?4 ELSE hw_model END,
-                    role = ?5,
-                    last_seen = CASE WHEN ?7 THEN max(last_seen, ?6) ELSE last_seen END
-                 WHERE num = ?1",
-                params![
-                    seen.num,
-                    long_name,
-                    short_name,
-                    seen.hw_model,
-                    seen.role,
-                    now_ms,
-                    seen.source.heard_here()
-                ],
-            )
-            .map_err(|e| self.error(e))?;
-        } else {
-            if let Some(room) = room.filter(|_| !seen.source.heard_here()) {
-                if *room == 0 {
-                    return Ok(Learned::NoRoom);
+        self.write(|tx| {
+            let mut room = match max_unheard {
+                Some(max) => {
+                    let unheard: i64 =
+                        tx.query_row("SELECT count(*) FROM nodes WHERE last_seen = 0", [], |r| {
+                            r.get(0)
+                        })?;
+                    Some(max.saturating_sub(usize::try_from(unheard).unwrap_or(usize::MAX)))
                 }
-                *room -= 1;
-            }
-            tx.execute(
-                "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen,
-                                    is_unmessagable, is_licensed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms,
-                    // A node only the broker told of was never heard here.
-                    if seen.source.heard_here() { now_ms } else { 0 },
-                    seen.flags.is_unmessagable, seen.flags.is_licensed],
-            )
-            .map_err(|e| self.error(e))?;
-        }
-        let Some(key) = seen.key() else {
-            return Ok(Learned::NamesOnly);
-        };
-        let known: Option<String> = tx
-            .query_row(
-                "SELECT state FROM keys WHERE node_num = ?1 AND key = ?2",
-                params![seen.num, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        let trusted: Option<PublicKey> = tx
-            .query_row(
-                "SELECT key FROM keys WHERE node_num = ?1 AND state = 'trusted'",
-                [seen.num],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        let learned = match (known.as_deref().map(KeyState::parse), trusted) {
-            (Some(state), _) => {
-                tx.execute(
-                    "UPDATE keys SET last_seen = max(last_seen, ?3) WHERE node_num = ?1 AND key = ?2",
-                    params![seen.num, key, now_ms],
-                )
-                .map_err(|e| self.error(e))?;
-                if state == KeyState::Trusted {
-                    Learned::Same
-                } else {
-                    Learned::KnownOther(state)
-                }
-            }
-            (None, None) => {
-                if let Some(owner) = self.owner_of(tx, seen.num, &key)? {
-                    self.claimed(tx, seen.num, &key, owner, now_ms, &source)?
-                } else {
-                    insert_key(tx, seen.num, &key, "trusted", now_ms, &source, "first-use")
-                        .map_err(|e| self.error(e))?;
-                    Learned::FirstUse
-                }
-            }
-            (None, Some(old)) => {
-                insert_key(tx, seen.num, &key, "pending", now_ms, &source, "changed")
-                    .map_err(|e| self.error(e))?;
-                Learned::Pending { old, new: key }
-            }
-        };
-        Ok(learned)
+                None => None,
+            };
+            seen.iter()
+                .map(|s| learn_in(tx, s, now, room.as_mut()))
+                .collect()
+        })
     }
 
     /// Every trusted key, by node number.
@@ -765,37 +632,33 @@ impl Store {
     /// The fingerprint of the trusted keys and their count, streamed from SQLite in node order:
     /// no list of 10 000 keys is built for a check that only compares fingerprints.
     pub fn trusted_fingerprint(&self) -> Result<(crate::model::Fingerprint, usize), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        self.sql(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT n.num, k.key FROM keys k JOIN nodes n ON n.num = k.node_num
                  WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) ORDER BY n.num",
-            )
-            .map_err(|e| self.error(e))?;
-        let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
-        let mut count = 0;
-        let mut failed = None;
-        let fp = crate::model::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
-            Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
-                (Ok(num), Ok(key)) => {
-                    count += 1;
-                    Some((num, key))
-                }
-                (Err(e), _) | (_, Err(e)) => {
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut count = 0;
+            let mut failed = None;
+            let fp = crate::model::fingerprint_sorted(std::iter::from_fn(|| match rows.next() {
+                Ok(Some(row)) => match (row.get::<_, u32>(0), row.get::<_, PublicKey>(1)) {
+                    (Ok(num), Ok(key)) => {
+                        count += 1;
+                        Some((num, key))
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        failed = Some(e);
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
                     failed = Some(e);
                     None
                 }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        }));
-        match failed {
-            Some(e) => Err(self.error(e)),
-            None => Ok((fp, count)),
-        }
+            }));
+            failed.map_or(Ok((fp, count)), Err)
+        })
     }
 
     /// The trusted keys of `nums` (those that have one).
@@ -813,27 +676,28 @@ impl Store {
              WHERE k.state = 'trusted' AND n.num NOT IN (0, 4294967295) AND ({filter})
              ORDER BY n.num"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
-        stmt.query_map([], |r| {
-            Ok(TrustedKey {
-                num: r.get(0)?,
-                key: r.get(1)?,
-                long_name: r.get(2)?,
-                short_name: r.get(3)?,
-                hw_model: r.get(4)?,
-                role: r.get(5)?,
-                last_seen: from_millis(r.get(6)?),
-                pinned: r.get(7)?,
-                last_dm: r.get::<_, Option<i64>>(8)?.map(from_millis),
-                last_pushed: r.get::<_, Option<i64>>(9)?.map(from_millis),
-                flags: crate::radio::UserFlags {
-                    is_unmessagable: r.get(10)?,
-                    is_licensed: r.get(11)?,
-                },
-            })
+        self.sql(|c| {
+            c.prepare(&sql)?
+                .query_map([], |r| {
+                    Ok(TrustedKey {
+                        num: r.get(0)?,
+                        key: r.get(1)?,
+                        long_name: r.get(2)?,
+                        short_name: r.get(3)?,
+                        hw_model: r.get(4)?,
+                        role: r.get(5)?,
+                        last_seen: from_millis(r.get(6)?),
+                        pinned: r.get(7)?,
+                        last_dm: r.get::<_, Option<i64>>(8)?.map(from_millis),
+                        last_pushed: r.get::<_, Option<i64>>(9)?.map(from_millis),
+                        flags: crate::radio::UserFlags {
+                            is_unmessagable: r.get(10)?,
+                            is_licensed: r.get(11)?,
+                        },
+                    })
+                })?
+                .collect()
         })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.error(e))
     }
 
     /// Nodes with a pending key (their keys wait for the operator and are not pushed).
@@ -847,11 +711,11 @@ impl Store {
 
     /// Whether the store has heard of node `num`.
     pub fn knows(&self, num: u32) -> Result<bool, StoreError> {
-        self.conn
-            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
-            .optional()
-            .map(|found| found.is_some())
-            .map_err(|e| self.error(e))
+        self.sql(|c| {
+            c.query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_some())
+        })
     }
 
     /// Every node with its keys, for listings and the monitor.
@@ -863,10 +727,8 @@ impl Store {
     /// with 10 000 nodes the monitor would otherwise hold the records, their views and the
     /// growth slack of both at once.
     pub fn nodes_as<T>(&self, mut view: impl FnMut(NodeRecord) -> T) -> Result<Vec<T>, StoreError> {
-        let count: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
-            .map_err(|e| self.error(e))?;
+        let count: i64 =
+            self.sql(|c| c.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0)))?;
         let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         self.each_node(|record| {
             out.push(view(record));
@@ -881,9 +743,9 @@ impl Store {
         &self,
         mut each: impl FnMut(NodeRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let mut failed = None;
+        self.sql(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT n.num, n.long_name, n.short_name, n.hw_model, n.first_seen, n.last_seen,
                         n.pushes, n.last_pushed,
                         (SELECT key FROM keys WHERE node_num = n.num AND state = 'trusted'),
@@ -899,13 +761,17 @@ impl Store {
                         (SELECT first_seen FROM keys WHERE node_num = n.num AND state = 'pending'
                          ORDER BY last_seen DESC LIMIT 1)
                  FROM nodes n ORDER BY n.num",
-            )
-            .map_err(|e| E::from(self.error(e)))?;
-        let mut rows = stmt.query([]).map_err(|e| E::from(self.error(e)))?;
-        while let Some(row) = rows.next().map_err(|e| E::from(self.error(e)))? {
-            each(node_record(row).map_err(|e| E::from(self.error(e)))?)?;
-        }
-        Ok(())
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Err(e) = each(node_record(row)?) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Every key event of a node, oldest first.
@@ -949,27 +815,25 @@ impl Store {
         accept: bool,
     ) -> Result<Result<PublicKey, DecisionError>, StoreError> {
         let now_ms = millis(now);
-        let tx = self.write_transaction()?;
-        let exists = tx
-            .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
-            .optional()
-            .map_err(|e| self.error(e))?
-            .is_some();
-        if !exists {
-            return Ok(Err(DecisionError::UnknownNode(node_id(num))));
-        }
-        let pending: Option<PublicKey> = tx
-            .query_row(
-                "SELECT key FROM keys WHERE node_num = ?1 AND state = 'pending' ORDER BY last_seen DESC LIMIT 1",
-                [num],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.error(e))?;
-        let Some(key) = pending else {
-            return Ok(Err(DecisionError::NothingPending(node_id(num))));
-        };
-        let step = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<()> {
+        // A decision that does not apply commits an empty transaction: nothing was written.
+        self.write(|tx| {
+            let exists = tx
+                .query_row("SELECT 1 FROM nodes WHERE num = ?1", [num], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(Err(DecisionError::UnknownNode(node_id(num))));
+            }
+            let pending: Option<PublicKey> = tx
+                .query_row(
+                    "SELECT key FROM keys WHERE node_num = ?1 AND state = 'pending' ORDER BY last_seen DESC LIMIT 1",
+                    [num],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(key) = pending else {
+                return Ok(Err(DecisionError::NothingPending(node_id(num))));
+            };
             if accept {
                 tx.execute(
                     "UPDATE keys SET state = 'retired' WHERE node_num = ?1 AND state = 'trusted'",
@@ -994,46 +858,41 @@ impl Store {
                 "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, 'operator', ?4)",
                 params![num, key, now_ms, if accept { "accepted" } else { "rejected" }],
             )?;
-            Ok(())
-        };
-        step(&tx).map_err(|e| self.error(e))?;
-        tx.commit().map_err(|e| self.error(e))?;
-        Ok(Ok(key))
+            Ok(Ok(key))
+        })
     }
 
     /// Pins or unpins a node (it always gets a slot on the radio); false when unknown.
     pub fn set_pinned(&mut self, num: u32, pinned: bool) -> Result<bool, StoreError> {
-        let changed = self
-            .conn
-            .execute(
+        let changed = self.sql(|c| {
+            c.execute(
                 "UPDATE nodes SET pinned = ?2 WHERE num = ?1",
                 params![num, pinned],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(changed > 0)
     }
 
     /// A direct message went between the gateway and `num`.
     pub fn note_dm(&mut self, num: u32, now: SystemTime) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "UPDATE nodes SET last_dm = ?2 WHERE num = ?1",
                 params![num, millis(now)],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(())
     }
 
     /// `num` was heard (any packet): it is recent again, and no longer held back as removed.
     /// False when the store does not know the node.
     pub fn note_heard(&mut self, num: u32, now: SystemTime) -> Result<bool, StoreError> {
-        let changed = self
-            .conn
-            .execute(
+        let changed = self.sql(|c| {
+            c.execute(
                 "UPDATE nodes SET last_seen = max(last_seen, ?2), removed_at = NULL WHERE num = ?1",
                 params![num, millis(now)],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(changed > 0)
     }
 
@@ -1059,10 +918,7 @@ impl Store {
         params: impl rusqlite::Params,
         row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<C, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.error(e))?;
-        stmt.query_map(params, row)
-            .and_then(Iterator::collect)
-            .map_err(|e| self.error(e))
+        self.sql(|c| c.prepare_cached(sql)?.query_map(params, row)?.collect())
     }
 
     /// Records that keysync's favourite `num` is no longer one: given back, unfavourited by
@@ -1072,12 +928,10 @@ impl Store {
         num: u32,
         removed: Option<SystemTime>,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| c.execute(
                 "UPDATE nodes SET our_favourite = 0, removed_at = coalesce(?2, removed_at) WHERE num = ?1",
                 params![num, removed.map(millis)],
-            )
-            .map_err(|e| self.error(e))?;
+            ))?;
         Ok(())
     }
 
@@ -1089,147 +943,52 @@ impl Store {
         kind: FlashWrite,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.error(e))?;
-        tx.execute(
-            "INSERT INTO flash_writes (at, node_num, kind) VALUES (?1, ?2, ?3)",
-            params![millis(now), num, kind.as_str()],
-        )
-        .map_err(|e| self.error(e))?;
-        match kind {
-            FlashWrite::Push { favourite } => tx.execute(
-                "UPDATE nodes SET pushes = pushes + 1, last_pushed = ?2,
-                    our_favourite = (our_favourite OR ?3) WHERE num = ?1",
-                params![num, millis(now), favourite],
-            ),
-            FlashWrite::Unfavourite => tx.execute(
-                "UPDATE nodes SET our_favourite = 0 WHERE num = ?1",
-                params![num],
-            ),
-        }
-        .map_err(|e| self.error(e))?;
-        // A day of history is plenty for an hourly budget.
-        tx.execute(
-            "DELETE FROM flash_writes WHERE at < ?1",
-            params![millis(now) - 86_400_000],
-        )
-        .map_err(|e| self.error(e))?;
-        tx.commit().map_err(|e| self.error(e))
-    }
-
-    /// Flash writes keysync caused since `since`.
-    /// Another node that holds `key` trusted.
-    fn owner_of(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        num: u32,
-        key: &PublicKey,
-    ) -> Result<Option<u32>, StoreError> {
-        tx.query_row(
-            "SELECT node_num FROM keys WHERE key = ?1 AND state = 'trusted' AND node_num <> ?2
-             LIMIT 1",
-            params![key, num],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| self.error(e))
-    }
-
-    /// Node `num` presents the key `owner` holds trusted. Under the number 2.8 derives from
-    /// that key it is the same node, upgraded: it takes over the trust, pin, DM history and
-    /// first sighting, and the old number is retired (kept in the history, never pushed
-    /// again). Any other number is a different node claiming the key: pending, for the
-    /// operator.
-    fn claimed(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        num: u32,
-        key: &PublicKey,
-        owner: u32,
-        now_ms: i64,
-        source: &str,
-    ) -> Result<Learned, StoreError> {
-        if num != crate::radio::num_of_key(key) {
-            let event = format!("claims the trusted key of {}", node_id(owner));
-            insert_key(tx, num, key, "pending", now_ms, source, &event)
-                .map_err(|e| self.error(e))?;
-            return Ok(Learned::Claimed { owner });
-        }
-        let renumbered = || -> rusqlite::Result<()> {
+        self.write(|tx| {
             tx.execute(
-                "UPDATE keys SET state = 'retired' WHERE node_num = ?1 AND key = ?2",
-                params![owner, key],
+                "INSERT INTO flash_writes (at, node_num, kind) VALUES (?1, ?2, ?3)",
+                params![millis(now), num, kind.as_str()],
             )?;
+            match kind {
+                FlashWrite::Push { favourite } => tx.execute(
+                    "UPDATE nodes SET pushes = pushes + 1, last_pushed = ?2,
+                        our_favourite = (our_favourite OR ?3) WHERE num = ?1",
+                    params![num, millis(now), favourite],
+                ),
+                FlashWrite::Unfavourite => tx.execute(
+                    "UPDATE nodes SET our_favourite = 0 WHERE num = ?1",
+                    params![num],
+                ),
+            }?;
+            // A day of history is plenty for an hourly budget.
             tx.execute(
-                "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![owner, key, now_ms, source, format!("renumbered to {}", node_id(num))],
+                "DELETE FROM flash_writes WHERE at < ?1",
+                params![millis(now) - 86_400_000],
             )?;
-            insert_key(
-                tx,
-                num,
-                key,
-                "trusted",
-                now_ms,
-                source,
-                &format!("renumbered from {}", node_id(owner)),
-            )?;
-            tx.execute(
-                "UPDATE nodes SET
-                    pinned = (SELECT pinned FROM nodes WHERE num = ?2),
-                    last_dm = coalesce(last_dm, (SELECT last_dm FROM nodes WHERE num = ?2)),
-                    first_seen = min(first_seen, (SELECT first_seen FROM nodes WHERE num = ?2)),
-                    long_name = CASE WHEN long_name = '' THEN (SELECT long_name FROM nodes WHERE num = ?2) ELSE long_name END,
-                    short_name = CASE WHEN short_name = '' THEN (SELECT short_name FROM nodes WHERE num = ?2) ELSE short_name END
-                 WHERE num = ?1",
-                params![num, owner],
-            )?;
-            tx.execute("UPDATE nodes SET pinned = 0 WHERE num = ?1", [owner])?;
             Ok(())
-        };
-        renumbered().map_err(|e| self.error(e))?;
-        Ok(Learned::Renumbered { from: owner })
-    }
-
-    /// Stores the flags of a known node's user record, when `seen` is a whole record.
-    fn note_flags(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        seen: &NodeSeen,
-    ) -> Result<(), StoreError> {
-        if seen.long_name.is_empty() {
-            return Ok(());
-        }
-        tx.execute(
-            "UPDATE nodes SET is_unmessagable = ?2, is_licensed = ?3 WHERE num = ?1",
-            params![seen.num, seen.flags.is_unmessagable, seen.flags.is_licensed],
-        )
-        .map(drop)
-        .map_err(|e| self.error(e))
+        })
     }
 
     /// The radio's NodeDB was found reset (or new) at `at`.
     pub fn note_radio_reset(&mut self, at: SystemTime) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "INSERT INTO radio_state (id, reset_at) VALUES (1, ?1)
                  ON CONFLICT (id) DO UPDATE SET reset_at = ?1",
                 [millis(at)],
             )
             .map(drop)
-            .map_err(|e| self.error(e))
+        })
     }
 
     /// When the radio's NodeDB was last found reset, if ever.
     pub fn radio_reset_at(&self) -> Result<Option<SystemTime>, StoreError> {
-        self.conn
-            .query_row("SELECT reset_at FROM radio_state WHERE id = 1", [], |r| {
+        self.sql(|c| {
+            c.query_row("SELECT reset_at FROM radio_state WHERE id = 1", [], |r| {
                 r.get::<_, i64>(0)
             })
             .optional()
             .map(|at| at.map(from_millis))
-            .map_err(|e| self.error(e))
+        })
     }
 
     /// Slots given back (remove_favorite_node) since `since`: below 2.8 each one restarted the
@@ -1248,20 +1007,19 @@ impl Store {
         since: SystemTime,
         kind: Option<FlashWrite>,
     ) -> Result<usize, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row(
+        let n: i64 = self.sql(|c| {
+            c.query_row(
                 "SELECT count(*) FROM flash_writes WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2)",
                 params![millis(since), kind.map(FlashWrite::as_str)],
                 |r| r.get(0),
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     pub fn cache(&self) -> Result<Option<SyncCache>, StoreError> {
-        self.conn
-            .query_row(
+        self.sql(|c| {
+            c.query_row(
                 "SELECT fingerprint, synced_at FROM sync_cache WHERE id = 1",
                 [],
                 |r| {
@@ -1272,30 +1030,28 @@ impl Store {
                 },
             )
             .optional()
-            .map_err(|e| self.error(e))
+        })
     }
 
     pub fn set_cache(&mut self, cache: SyncCache) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "INSERT INTO sync_cache (id, fingerprint, synced_at) VALUES (1, ?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET fingerprint = ?1, synced_at = ?2",
                 params![cache.fingerprint, millis(cache.synced_at)],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(())
     }
 
     pub fn clear_cache(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM sync_cache", [])
-            .map_err(|e| self.error(e))?;
+        self.sql(|c| c.execute("DELETE FROM sync_cache", []))?;
         Ok(())
     }
 
     pub fn record_run(&mut self, run: &RunRecord) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "INSERT INTO sync_runs (started_at, outcome, reason, fingerprint, known, in_radio,
                     pushed, conflicts, deferred, duration_ms, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -1313,7 +1069,7 @@ impl Store {
                     run.error
                 ],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(())
     }
 
@@ -1345,21 +1101,231 @@ impl Store {
         state: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
+        self.sql(|c| {
+            c.execute(
                 "INSERT INTO link_events (at, state, detail) VALUES (?1, ?2, ?3)",
                 params![millis(at), state, detail],
             )
-            .map_err(|e| self.error(e))?;
+        })?;
         Ok(())
     }
 
     /// `PRAGMA integrity_check`: "ok" for a sound file.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
-        self.conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(|e| self.error(e))
+        self.sql(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
     }
+}
+
+/// Learns one sighting. `room`: how many more nodes known only from the broker may be
+/// stored, when that is bounded.
+fn learn_in(
+    tx: &rusqlite::Transaction<'_>,
+    seen: &NodeSeen,
+    now: SystemTime,
+    room: Option<&mut usize>,
+) -> rusqlite::Result<Learned> {
+    if !is_node_num(seen.num) {
+        return Ok(Learned::NotANode);
+    }
+    let now_ms = millis(now);
+    if !learn_node(tx, seen, now_ms, room)? {
+        return Ok(Learned::NoRoom);
+    }
+    let Some(key) = seen.key() else {
+        return Ok(Learned::NamesOnly);
+    };
+    learn_key(tx, seen.num, &key, now_ms, &seen.source.label())
+}
+
+/// Stores or updates the node of a sighting; false when it is new and there is no `room`.
+///
+/// The user record's flags are taken only from a record that says who the node is (names):
+/// a bare update carries none and must not reset them.
+fn learn_node(
+    tx: &rusqlite::Transaction<'_>,
+    seen: &NodeSeen,
+    now_ms: i64,
+    room: Option<&mut usize>,
+) -> rusqlite::Result<bool> {
+    // Cut to the firmware's field limits where they are learned: what keysync stores is
+    // what a push can carry.
+    let long_name = truncate_utf8(&seen.long_name, LONG_NAME_MAX);
+    let short_name = truncate_utf8(&seen.short_name, SHORT_NAME_MAX);
+    let exists: bool = tx
+        .query_row("SELECT 1 FROM nodes WHERE num = ?1", [seen.num], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        note_flags(tx, seen)?;
+        // Names only from messages that carry them: a bare update must not blank them.
+        tx.execute(
+            "UPDATE nodes SET
+                long_name = CASE WHEN ?2 <> '' THEN ?2 ELSE long_name END,
+                short_name = CASE WHEN ?3 <> '' THEN ?3 ELSE short_name END,
+                hw_model = CASE WHEN ?4 <> 0 THEN ?4 ELSE hw_model END,
+                role = ?5,
+                last_seen = CASE WHEN ?7 THEN max(last_seen, ?6) ELSE last_seen END
+             WHERE num = ?1",
+            params![
+                seen.num,
+                long_name,
+                short_name,
+                seen.hw_model,
+                seen.role,
+                now_ms,
+                seen.source.heard_here()
+            ],
+        )?;
+    } else {
+        if let Some(room) = room.filter(|_| !seen.source.heard_here()) {
+            if *room == 0 {
+                return Ok(false);
+            }
+            *room -= 1;
+        }
+        tx.execute(
+            "INSERT INTO nodes (num, id, long_name, short_name, hw_model, role, first_seen, last_seen,
+                                is_unmessagable, is_licensed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![seen.num, node_id(seen.num), long_name, short_name, seen.hw_model, seen.role, now_ms,
+                // A node only the broker told of was never heard here.
+                if seen.source.heard_here() { now_ms } else { 0 },
+                seen.flags.is_unmessagable, seen.flags.is_licensed],
+        )?;
+    }
+    Ok(true)
+}
+
+/// Learns node `num`'s `key` under trust on first use.
+fn learn_key(
+    tx: &rusqlite::Transaction<'_>,
+    num: u32,
+    key: &PublicKey,
+    now_ms: i64,
+    source: &str,
+) -> rusqlite::Result<Learned> {
+    let known: Option<String> = tx
+        .query_row(
+            "SELECT state FROM keys WHERE node_num = ?1 AND key = ?2",
+            params![num, key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let trusted: Option<PublicKey> = tx
+        .query_row(
+            "SELECT key FROM keys WHERE node_num = ?1 AND state = 'trusted'",
+            [num],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let learned = match (known.as_deref().map(KeyState::parse), trusted) {
+        (Some(state), _) => {
+            tx.execute(
+                "UPDATE keys SET last_seen = max(last_seen, ?3) WHERE node_num = ?1 AND key = ?2",
+                params![num, key, now_ms],
+            )?;
+            if state == KeyState::Trusted {
+                Learned::Same
+            } else {
+                Learned::KnownOther(state)
+            }
+        }
+        (None, None) => {
+            if let Some(owner) = owner_of(tx, num, key)? {
+                claimed(tx, num, key, owner, now_ms, source)?
+            } else {
+                insert_key(tx, num, key, "trusted", now_ms, source, "first-use")?;
+                Learned::FirstUse
+            }
+        }
+        (None, Some(old)) => {
+            insert_key(tx, num, key, "pending", now_ms, source, "changed")?;
+            Learned::Pending { old, new: *key }
+        }
+    };
+    Ok(learned)
+}
+
+/// Another node that holds `key` trusted.
+fn owner_of(
+    tx: &rusqlite::Transaction<'_>,
+    num: u32,
+    key: &PublicKey,
+) -> rusqlite::Result<Option<u32>> {
+    tx.query_row(
+        "SELECT node_num FROM keys WHERE key = ?1 AND state = 'trusted' AND node_num <> ?2
+         LIMIT 1",
+        params![key, num],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Node `num` presents the key `owner` holds trusted. Under the number 2.8 derives from
+/// that key it is the same node, upgraded: it takes over the trust, pin, DM history and
+/// first sighting, and the old number is retired (kept in the history, never pushed
+/// again). Any other number is a different node claiming the key: pending, for the
+/// operator.
+fn claimed(
+    tx: &rusqlite::Transaction<'_>,
+    num: u32,
+    key: &PublicKey,
+    owner: u32,
+    now_ms: i64,
+    source: &str,
+) -> rusqlite::Result<Learned> {
+    if num != crate::radio::num_of_key(key) {
+        let event = format!("claims the trusted key of {}", node_id(owner));
+        insert_key(tx, num, key, "pending", now_ms, source, &event)?;
+        return Ok(Learned::Claimed { owner });
+    }
+    tx.execute(
+        "UPDATE keys SET state = 'retired' WHERE node_num = ?1 AND key = ?2",
+        params![owner, key],
+    )?;
+    tx.execute(
+        "INSERT INTO key_history (node_num, key, at, source, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            owner,
+            key,
+            now_ms,
+            source,
+            format!("renumbered to {}", node_id(num))
+        ],
+    )?;
+    insert_key(
+        tx,
+        num,
+        key,
+        "trusted",
+        now_ms,
+        source,
+        &format!("renumbered from {}", node_id(owner)),
+    )?;
+    tx.execute(
+        "UPDATE nodes SET
+            pinned = (SELECT pinned FROM nodes WHERE num = ?2),
+            last_dm = coalesce(last_dm, (SELECT last_dm FROM nodes WHERE num = ?2)),
+            first_seen = min(first_seen, (SELECT first_seen FROM nodes WHERE num = ?2)),
+            long_name = CASE WHEN long_name = '' THEN (SELECT long_name FROM nodes WHERE num = ?2) ELSE long_name END,
+            short_name = CASE WHEN short_name = '' THEN (SELECT short_name FROM nodes WHERE num = ?2) ELSE short_name END
+         WHERE num = ?1",
+        params![num, owner],
+    )?;
+    tx.execute("UPDATE nodes SET pinned = 0 WHERE num = ?1", [owner])?;
+    Ok(Learned::Renumbered { from: owner })
+}
+
+/// Stores the flags of a known node's user record, when `seen` is a whole record.
+fn note_flags(tx: &rusqlite::Transaction<'_>, seen: &NodeSeen) -> rusqlite::Result<()> {
+    if seen.long_name.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE nodes SET is_unmessagable = ?2, is_licensed = ?3 WHERE num = ?1",
+        params![seen.num, seen.flags.is_unmessagable, seen.flags.is_licensed],
+    )
+    .map(drop)
 }
 
 fn insert_key(
@@ -1516,27 +1482,47 @@ pub enum NodeArg {
 impl NodeArg {
     /// The node meant: the only candidate, or of two the only one `known`; both or neither
     /// known is ambiguous, and the message names both.
-    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, String> {
+    pub fn resolve(self, known: impl Fn(u32) -> bool) -> Result<u32, AmbiguousNode> {
         match self {
             Self::One(num) => Ok(num),
             Self::Either { hex, decimal } => match (known(hex), known(decimal)) {
                 (true, false) => Ok(hex),
                 (false, true) => Ok(decimal),
-                _ => Err(format!(
-                    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
-                    node_id(hex),
-                    node_id(decimal),
-                    node_id(hex),
-                    node_id(decimal)
-                )),
+                _ => Err(AmbiguousNode { hex, decimal }),
             },
         }
     }
 }
 
+/// Eight digits that name a node read as hex and as decimal, and the store cannot tell which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{decimal} is ambiguous: {} (hex) or {} (decimal); write it as {} or {}",
+    node_id(*hex),
+    node_id(*decimal),
+    node_id(*hex),
+    node_id(*decimal)
+)]
+pub struct AmbiguousNode {
+    pub hex: u32,
+    pub decimal: u32,
+}
+
+/// Why a text an operator wrote is not a node. Each quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeArgError {
+    #[error("{text:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)")]
+    NotANode { text: String },
+    #[error(
+        "{text:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
+        node_id(*num)
+    )]
+    Nobody { text: String, num: u32 },
+}
+
 /// Parses a node given by an operator: `!1a2b3c4d` and `0x1a2b3c4d` (always hex), eight hex
 /// digits, or a decimal number. Node 0 and the broadcast address are nobody's.
-pub fn parse_node(s: &str) -> Result<NodeArg, String> {
+pub fn parse_node(s: &str) -> Result<NodeArg, NodeArgError> {
     let t = s.trim();
     let hex = t
         .strip_prefix('!')
@@ -1558,14 +1544,13 @@ pub fn parse_node(s: &str) -> Result<NodeArg, String> {
         None if t.len() == 8 => u32::from_str_radix(t, 16).ok().map(NodeArg::One),
         None => None,
     };
-    let bad = || format!("{s:?} is not a node (use !1a2b3c4d, 0x1a2b3c4d or a decimal number)");
     match parsed {
-        Some(NodeArg::One(n)) if !is_node_num(n) => Err(format!(
-            "{s:?} is {}, which is no node (0 is nobody, !ffffffff is broadcast)",
-            node_id(n)
-        )),
+        Some(NodeArg::One(num)) if !is_node_num(num) => Err(NodeArgError::Nobody {
+            text: s.to_owned(),
+            num,
+        }),
         Some(arg) => Ok(arg),
-        None => Err(bad()),
+        None => Err(NodeArgError::NotANode { text: s.to_owned() }),
     }
 }
 
@@ -1992,7 +1977,7 @@ mod tests {
         assert_eq!(arg.resolve(|n| n == 0x00bc_614e), Ok(0x00bc_614e));
         assert_eq!(arg.resolve(|n| n == 0x1234_5678), Ok(0x1234_5678));
         for known in [|_| true, |_| false] as [fn(u32) -> bool; 2] {
-            let err = arg.resolve(known).unwrap_err();
+            let err = arg.resolve(known).unwrap_err().to_string();
             assert!(
                 err.contains("!12345678") && err.contains("!00bc614e"),
                 "{err}"

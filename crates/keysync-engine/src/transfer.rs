@@ -285,13 +285,24 @@ impl TransferReport {
     }
 }
 
-fn not_ours() -> String {
-    format!("not a keysync key export (no \"format\": \"{EXPORT_FORMAT}\")")
+/// Why a file is not a keysync export: nothing is learned from it.
+#[derive(Debug, thiserror::Error)]
+enum NotAnExport {
+    #[error("not JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("not a keysync key export (no \"format\": \"{}\")", EXPORT_FORMAT)]
+    Format,
+    #[error("export version {0} is newer than this keysync reads ({ours})", ours = EXPORT_VERSION)]
+    Newer(u64),
+    #[error("no valid \"version\"")]
+    NoVersion,
+    #[error("no \"nodes\" list")]
+    NoNodes,
 }
 
 /// The sightings an export file's entries make, trusted key before pending key, and the
 /// entries skipped; `Err` when the file is not a keysync export (nothing is learned then).
-fn json_sightings(text: &str) -> Result<(Vec<NodeSeen>, TransferReport), String> {
+fn json_sightings(text: &str) -> Result<(Vec<NodeSeen>, TransferReport), NotAnExport> {
     /// Entries are read one at a time into what they will become, not into a tree of the
     /// whole file: a 16 MiB export costs about twice its size, not ten times.
     #[derive(Deserialize)]
@@ -309,24 +320,20 @@ fn json_sightings(text: &str) -> Result<(Vec<NodeSeen>, TransferReport), String>
     // An array would fill the struct's fields by position: only an object can be ours.
     if !text.trim_start().starts_with('{') {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => not_ours(),
-            Err(e) => format!("not JSON: {e}"),
+            Ok(_) => NotAnExport::Format,
+            Err(e) => NotAnExport::Json(e),
         });
     }
-    let doc: Document = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let doc: Document = serde_json::from_str(text).map_err(NotAnExport::Json)?;
     if doc.format.as_deref() != Some(EXPORT_FORMAT) {
-        return Err(not_ours());
+        return Err(NotAnExport::Format);
     }
     match doc.version {
-        Some(v) if v > u64::from(EXPORT_VERSION) => {
-            return Err(format!(
-                "export version {v} is newer than this keysync reads ({EXPORT_VERSION})"
-            ));
-        }
+        Some(v) if v > u64::from(EXPORT_VERSION) => return Err(NotAnExport::Newer(v)),
         Some(1..) => {}
-        _ => return Err("no valid \"version\"".into()),
+        _ => return Err(NotAnExport::NoVersion),
     }
-    let nodes = doc.nodes.ok_or("no \"nodes\" list")?;
+    let nodes = doc.nodes.ok_or(NotAnExport::NoNodes)?;
     let mut report = TransferReport::default();
     let mut seen = Vec::with_capacity(nodes.len());
     for (i, entry) in nodes.into_iter().enumerate() {
@@ -388,7 +395,7 @@ pub fn import_json(store: &mut Store, path: &Path) -> Result<TransferReport, Imp
         detail,
     };
     let text = crate::files::read_text(path, MAX_IMPORT_BYTES).map_err(|e| fail(e.to_string()))?;
-    let (seen, mut report) = json_sightings(&text).map_err(fail)?;
+    let (seen, mut report) = json_sightings(&text).map_err(|e| fail(e.to_string()))?;
     report.counts = learn(store, &seen, report.counts.skipped_invalid)?;
     Ok(report)
 }
@@ -547,7 +554,7 @@ mod tests {
                 "no \"nodes\" list",
             ),
         ] {
-            let err = json_sightings(text).expect_err(text);
+            let err = json_sightings(text).expect_err(text).to_string();
             assert!(err.starts_with(why), "{text}: {err}");
         }
     }

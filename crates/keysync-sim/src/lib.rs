@@ -36,8 +36,10 @@ use keysync_engine::radio::{BROADCAST, node_id, valid_key};
 pub use nodedb::Protected;
 use nodedb::{Flagged, Heard, NodeDb, RawNames};
 use population::{Population, now_secs};
-pub use profile::{Hw, Profile, Rule, SimRole, WhenFull};
-pub use scenario::{Fault, Forget, OperatorAction, Scenario, ScenarioEvent};
+pub use profile::{Hw, Profile, ProfileError, Rule, SimRole, WhenFull};
+pub use scenario::{
+    Fault, Forget, InvalidScenario, OperatorAction, Scenario, ScenarioError, ScenarioEvent,
+};
 
 /// How the simulated radio is set up.
 #[derive(Debug, Clone)]

@@ -357,13 +357,25 @@ impl Hw {
     }
 }
 
+/// A word for a profile (firmware, hardware, role) the simulated radio does not know; each
+/// quotes it and says what would do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{0:?} is not a hardware family (nrf52, esp32, esp32s3, linux)")]
+    Hw(String),
+    #[error("{0:?} is not a role (client, client_base, router)")]
+    Role(String),
+    #[error("{0:?} is not a firmware version (like 2.7.26 or 2.8)")]
+    Firmware(String),
+}
+
 impl FromStr for Hw {
-    type Err = String;
+    type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Hw::ALL
             .into_iter()
             .find(|h| h.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("{s:?} is not a hardware family (nrf52, esp32, esp32s3, linux)"))
+            .ok_or_else(|| ProfileError::Hw(s.to_owned()))
     }
 }
 
@@ -393,13 +405,13 @@ impl SimRole {
 }
 
 impl FromStr for SimRole {
-    type Err = String;
+    type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "client" => Ok(SimRole::Client),
             "client_base" => Ok(SimRole::ClientBase),
             "router" => Ok(SimRole::Router),
-            _ => Err(format!("{s:?} is not a role (client, client_base, router)")),
+            _ => Err(ProfileError::Role(s.to_owned())),
         }
     }
 }
@@ -413,11 +425,11 @@ pub struct Firmware {
 }
 
 impl FromStr for Firmware {
-    type Err = String;
+    type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a firmware version (like 2.7.26 or 2.8)");
+        let bad = || ProfileError::Firmware(s.to_owned());
         let mut parts = s.trim().split('.');
-        let mut number = || -> Result<Option<u32>, String> {
+        let mut number = || -> Result<Option<u32>, ProfileError> {
             match parts.next() {
                 None => Ok(None),
                 Some(p) => p.parse().map(Some).map_err(|_| bad()),
@@ -463,7 +475,7 @@ impl Default for Profile {
 }
 
 impl Profile {
-    pub fn new(firmware: &str, hw: Hw, role: SimRole) -> Result<Self, String> {
+    pub fn new(firmware: &str, hw: Hw, role: SimRole) -> Result<Self, ProfileError> {
         Ok(Self {
             firmware: firmware.parse()?,
             hw,

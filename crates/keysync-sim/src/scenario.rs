@@ -82,8 +82,31 @@ struct RawEvent {
     portnum: Option<String>,
 }
 
+/// What is wrong in a scenario's text: which event, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidScenario {
+    /// toml's words carry the line and the field.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error(
+        "event at {}: unknown kind {kind:?} (drop, stall, refuse, reboot, unplug, garbage, key-change, new-nodes, announce, heard, bad-utf8-name, dm-fail, ignore, remove, favorite, unfavorite, queue-full, silent-queue)",
+        humantime::format_duration(*at)
+    )]
+    UnknownKind { at: Duration, kind: String },
+    #[error("event at {}: {kind} needs `{field}`", humantime::format_duration(*at))]
+    Missing {
+        at: Duration,
+        kind: String,
+        field: &'static str,
+    },
+    #[error(
+        "{0:?} is not a port (text, position, nodeinfo, telemetry, waypoint, alert, traceroute, or a name like POSITION_APP)"
+    )]
+    Port(String),
+}
+
 impl RawEvent {
-    fn into_event(self) -> Result<ScenarioEvent, String> {
+    fn into_event(self) -> Result<ScenarioEvent, InvalidScenario> {
         let at = self.at;
         // The fields a kind needs: each one missing is an error naming it.
         let duration = || self.need(self.duration, "for");
@@ -122,10 +145,10 @@ impl RawEvent {
                     node: node()?,
                 },
                 None => {
-                    return Err(format!(
-                        "event at {}: unknown kind {other:?} (drop, stall, refuse, reboot, unplug, garbage, key-change, new-nodes, announce, heard, bad-utf8-name, dm-fail, ignore, remove, favorite, unfavorite, queue-full, silent-queue)",
-                        humantime::format_duration(at)
-                    ));
+                    return Err(InvalidScenario::UnknownKind {
+                        at,
+                        kind: other.to_owned(),
+                    });
                 }
             },
         };
@@ -133,19 +156,17 @@ impl RawEvent {
     }
 
     /// `value`, or an error saying this event's kind needs `field`.
-    fn need<T>(&self, value: Option<T>, field: &str) -> Result<T, String> {
-        value.ok_or_else(|| {
-            format!(
-                "event at {}: {} needs `{field}`",
-                humantime::format_duration(self.at),
-                self.kind
-            )
+    fn need<T>(&self, value: Option<T>, field: &'static str) -> Result<T, InvalidScenario> {
+        value.ok_or_else(|| InvalidScenario::Missing {
+            at: self.at,
+            kind: self.kind.clone(),
+            field,
         })
     }
 }
 
 /// A port by its short name (`position`) or protobuf name (`POSITION_APP`).
-fn parse_portnum(s: &str) -> Result<PortNum, String> {
+fn parse_portnum(s: &str) -> Result<PortNum, InvalidScenario> {
     let short = match s {
         "text" => Some(PortNum::TextMessageApp),
         "position" => Some(PortNum::PositionApp),
@@ -158,7 +179,7 @@ fn parse_portnum(s: &str) -> Result<PortNum, String> {
     };
     short
         .or_else(|| PortNum::from_str_name(s))
-        .ok_or_else(|| format!("{s:?} is not a port (text, position, nodeinfo, telemetry, waypoint, alert, traceroute, or a name like POSITION_APP)"))
+        .ok_or_else(|| InvalidScenario::Port(s.to_owned()))
 }
 
 /// What the radio's operator decides about a node (AdminModule.cpp).
@@ -277,9 +298,9 @@ impl Fault {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error("cannot read scenario {path}: {why}")]
-    Read { path: String, why: String },
+    Read { path: String, why: std::io::Error },
     #[error("scenario {path} is not valid: {why}")]
-    Parse { path: String, why: String },
+    Parse { path: String, why: InvalidScenario },
 }
 
 /// The most a scenario file may hold: a long one is a few KiB.
@@ -287,9 +308,9 @@ const SCENARIO_FILE_MAX: u64 = 1 << 20;
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = read_text(path, SCENARIO_FILE_MAX).map_err(|e| ScenarioError::Read {
+        let text = read_text(path, SCENARIO_FILE_MAX).map_err(|why| ScenarioError::Read {
             path: path.display().to_string(),
-            why: e.to_string(),
+            why,
         })?;
         Self::parse(&text).map_err(|why| ScenarioError::Parse {
             path: path.display().to_string(),
@@ -298,8 +319,8 @@ impl Scenario {
     }
 
     /// Parses a scenario; the error says which event is wrong and why.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawScenario = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, InvalidScenario> {
+        let raw: RawScenario = toml::from_str(text)?;
         let mut events = raw
             .event
             .into_iter()
@@ -414,15 +435,20 @@ mod tests {
         let err = Scenario::parse(
             "[[event]]\nat = \"1s\"\nkind = \"heard\"\nnode = 1\nportnum = \"smoke\"",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("not a port"), "{err}");
     }
 
     #[test]
     fn rejects_unknown_kinds_and_fields() {
-        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"explode\"").unwrap_err();
+        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"explode\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown kind \"explode\""), "{err}");
-        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"stall\"").unwrap_err();
+        let err = Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"stall\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stall needs `for`"), "{err}");
         assert!(Scenario::parse("[[event]]\nat = \"1s\"\nkind = \"drop\"\nbogus = 1").is_err());
         assert!(Scenario::parse("[[event]]\nat = \"soon\"\nkind = \"drop\"").is_err());

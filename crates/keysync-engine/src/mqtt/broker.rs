@@ -35,21 +35,40 @@ impl std::fmt::Display for BrokerUrl {
     }
 }
 
+/// Why a text is not a broker URL, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} is not a broker URL: use mqtt://host[:port] or mqtts://host[:port]")]
+    Scheme(String),
+    #[error("a broker URL has no path: the topic root is --mqtt-root")]
+    Path,
+    #[error("unclosed [ in {0:?}")]
+    UnclosedBracket(String),
+    #[error("unexpected {0:?} after the address")]
+    AfterAddress(String),
+    #[error("{0:?} is not a port")]
+    Port(String),
+    #[error("the broker URL names no host")]
+    NoHost,
+    #[error("a % in the URL's credentials is not followed by two hex digits")]
+    Escape,
+    #[error("the URL's credentials are not UTF-8")]
+    NotUtf8,
+}
+
 impl BrokerUrl {
     /// Reads a broker URL; the error says what is wrong in words.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, BrokerUrlError> {
         let (tls, rest) = if let Some(rest) = s.strip_prefix("mqtts://") {
             (true, rest)
         } else if let Some(rest) = s.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "{s:?} is not a broker URL: use mqtt://host[:port] or mqtts://host[:port]"
-            ));
+            return Err(BrokerUrlError::Scheme(s.to_owned()));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
-            return Err("a broker URL has no path: the topic root is --mqtt-root".into());
+            return Err(BrokerUrlError::Path);
         }
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -66,11 +85,11 @@ impl BrokerUrl {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("unclosed [ in {hostport:?}"))?;
+                .ok_or_else(|| BrokerUrlError::UnclosedBracket(hostport.to_owned()))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => port(p)?,
                 None if after.is_empty() => default_port,
-                None => return Err(format!("unexpected {after:?} after the address")),
+                None => return Err(BrokerUrlError::AfterAddress(after.to_owned())),
             };
             (host.to_owned(), port)
         } else {
@@ -80,7 +99,7 @@ impl BrokerUrl {
             }
         };
         if host.is_empty() {
-            return Err("the broker URL names no host".into());
+            return Err(BrokerUrlError::NoHost);
         }
         Ok(Self {
             host,
@@ -92,15 +111,15 @@ impl BrokerUrl {
     }
 }
 
-fn port(p: &str) -> Result<u16, String> {
+fn port(p: &str) -> Result<u16, BrokerUrlError> {
     p.parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{p:?} is not a port"))
+        .ok_or_else(|| BrokerUrlError::Port(p.to_owned()))
 }
 
 /// Undoes the `%XX` escapes a user or password needs in a URL (`@`, `:`, `/`).
-fn decode(s: &str) -> Result<String, String> {
+fn decode(s: &str) -> Result<String, BrokerUrlError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -109,7 +128,7 @@ fn decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a % in the URL's credentials is not followed by two hex digits")?;
+                .ok_or(BrokerUrlError::Escape)?;
             out.push(hex);
             i += 3;
         } else {
@@ -117,7 +136,7 @@ fn decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the URL's credentials are not UTF-8".into())
+    String::from_utf8(out).map_err(|_| BrokerUrlError::NotUtf8)
 }
 
 #[cfg(test)]

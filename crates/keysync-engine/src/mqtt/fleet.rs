@@ -21,19 +21,28 @@ pub const PREFIX: &str = "keysync";
 /// is learned (the store decides) but not remembered here.
 pub const BOOK_MAX: usize = 100_000;
 
+/// Why a name cannot be a fleet's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetNameError {
+    #[error("a fleet name has 1 to 64 characters")]
+    Length,
+    /// `name` is printable: control characters are what made it wrong.
+    #[error("{name:?} cannot be a fleet name: no '/', '+', '#' or control characters")]
+    Forbidden { name: String },
+}
+
 /// A fleet name: one topic level, no wildcards, printable, at most 64 bytes.
-pub fn valid_name(name: &str) -> Result<(), String> {
+pub fn valid_name(name: &str) -> Result<(), FleetNameError> {
     if name.is_empty() || name.len() > 64 {
-        return Err("a fleet name has 1 to 64 characters".into());
+        return Err(FleetNameError::Length);
     }
     if name
         .chars()
         .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
     {
-        return Err(format!(
-            "{:?} cannot be a fleet name: no '/', '+', '#' or control characters",
-            crate::radio::printable(name)
-        ));
+        return Err(FleetNameError::Forbidden {
+            name: crate::radio::printable(name).into_owned(),
+        });
     }
     Ok(())
 }

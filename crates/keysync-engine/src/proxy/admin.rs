@@ -148,14 +148,19 @@ impl std::fmt::Display for DestructiveAdmin {
     }
 }
 
-impl std::str::FromStr for DestructiveAdmin {
-    type Err = String;
+/// A `--deny-admin` entry that names no kind; the message lists the ones there are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown admin kind {0:?}: one of {names}", names = denial_names())]
+pub struct UnknownAdminKind(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for DestructiveAdmin {
+    type Err = UnknownAdminKind;
+
+    fn from_str(s: &str) -> Result<Self, UnknownAdminKind> {
         Self::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown admin kind {s:?}: one of {}", denial_names()))
+            .ok_or_else(|| UnknownAdminKind(s.to_owned()))
     }
 }
 
@@ -177,9 +182,9 @@ impl AdminDenial {
 }
 
 impl std::str::FromStr for AdminDenial {
-    type Err = String;
+    type Err = UnknownAdminKind;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownAdminKind> {
         if s == "destructive" {
             return Ok(Self::Destructive);
         }
@@ -553,7 +558,7 @@ mod tests {
             "files".parse::<AdminDenial>(),
             Ok(AdminDenial::Kind(DestructiveAdmin::Files))
         );
-        let err = "everything".parse::<AdminDenial>().unwrap_err();
+        let err = "everything".parse::<AdminDenial>().unwrap_err().to_string();
         assert!(err.contains("destructive, reboot"), "{err}");
     }
 
