@@ -174,7 +174,7 @@ pub struct MqttLinks {
 }
 
 /// Starts the MQTT side; it runs until [`MqttHandle::stop`] or until the engine goes away.
-pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String> {
+pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, TlsError> {
     let client_id = format!("keysync-{:08x}", rand::random::<u32>());
     let mut options = MqttOptions::new(client_id, config.broker.host.clone(), config.broker.port);
     options
@@ -226,40 +226,55 @@ pub fn spawn(config: MqttConfig, links: MqttLinks) -> Result<MqttHandle, String>
     Ok(MqttHandle { status, task })
 }
 
+/// Why `mqtts://` cannot be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("not a PEM certificate: {0}")]
+    NotPem(String),
+    #[error("not a usable certificate: {0}")]
+    Unusable(String),
+    #[error("no PEM certificate in it")]
+    Empty,
+    #[error("mqtts: no root certificates found on this system (give --mqtt-ca)")]
+    NoSystemRoots,
+    #[error("mqtts: {0}")]
+    Config(String),
+}
+
 /// The authorities in a PEM file (`--mqtt-ca`), or why they cannot be used.
-pub fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+pub fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        let cert = cert.map_err(|e| TlsError::NotPem(e.to_string()))?;
         roots
             .add(cert)
-            .map_err(|e| format!("not a usable certificate: {e}"))?;
+            .map_err(|e| TlsError::Unusable(e.to_string()))?;
     }
     if roots.is_empty() {
-        return Err("no PEM certificate in it".into());
+        return Err(TlsError::Empty);
     }
     Ok(roots)
 }
 
-fn system_roots() -> Result<rustls::RootCertStore, String> {
+fn system_roots() -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err("mqtts: no root certificates found on this system (give --mqtt-ca)".into());
+        return Err(TlsError::NoSystemRoots);
     }
     Ok(roots)
 }
 
 /// TLS trusting `roots`, with the ring provider.
-fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| format!("mqtts: {e}"))?
+    .map_err(|e| TlsError::Config(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
