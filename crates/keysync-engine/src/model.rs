@@ -142,6 +142,25 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// What the operator (or a test) can ask of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Sync now, ignoring the cache.
+    ForceSync,
+    /// Forget the last full sync, so the next check syncs.
+    ResetCache,
+    /// Trust the pending key of a node.
+    AcceptKey(u32),
+    /// Refuse the pending key of a node; the trusted key is pushed back at the next sync.
+    RejectKey(u32),
+    /// Pin a node (it always has a slot on the radio), or unpin it.
+    Pin(u32, bool),
+    /// Drop the connection and connect again now.
+    Reconnect,
+    /// Close the link cleanly and stop.
+    Quit,
+}
+
 /// A proxy client is about to send a DM to `num`: the engine pushes the key first if the radio
 /// lacks it, and answers on `done` when the DM may go (at once when nothing is needed).
 #[derive(Debug)]
