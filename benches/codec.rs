@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use keysync::engine::codec::{ClientCodec, frame_bytes};
+use keysync::engine::{ClientCodec, frame_bytes};
 use keysync::sim::population::Population;
 use meshtastic::protobufs::{
     Data, FromRadio, MeshPacket, PortNum, QueueStatus, from_radio, mesh_packet,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use keysync::engine::store::Store;
+use keysync::engine::Store;
 
 /// Clients that ask for `/status` and never read the answer.
 const CLIENTS: usize = 8;
@@ -51,7 +51,7 @@ fn fill(db: &Path, n: u32) -> anyhow::Result<()> {
             k[..4].copy_from_slice(&i.to_le_bytes());
             node.execute(rusqlite::params![
                 num,
-                keysync::engine::radio::node_id(num),
+                keysync::engine::node_id(num),
                 format!("Imported node {i}"),
                 now
             ])?;

@@ -1,8 +1,8 @@
 //! Fingerprint of 1k / 10k / 100k trusted keys (goal: 10k under 1 ms in release).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use keysync::engine::store::TrustedKey;
-use keysync::engine::sync::fingerprint;
+use keysync::engine::TrustedKey;
+use keysync::engine::fingerprint;
 
 fn keys(n: u32) -> Vec<TrustedKey> {
     (0..n)
@@ -22,7 +22,7 @@ fn keys(n: u32) -> Vec<TrustedKey> {
                 pinned: false,
                 last_dm: None,
                 last_pushed: None,
-                flags: keysync::engine::radio::UserFlags::default(),
+                flags: keysync::engine::UserFlags::default(),
             }
         })
         .collect()

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 mod common;
 
-use keysync::engine::link::{BackoffPolicy, LinkConfig};
-use keysync::engine::sync::SyncSettings;
+use keysync::engine::SyncSettings;
 use keysync::engine::{self, EngineConfig};
+use keysync::engine::{BackoffPolicy, LinkConfig};
 use keysync::sim::{Fault, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::PortNum;
 

@@ -19,12 +19,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keysync::engine::mqtt::MqttConfig;
-use keysync::engine::mqtt::broker::BrokerUrl;
-use keysync::engine::mqtt::crypto::ChannelKey;
-use keysync::engine::mqtt::uplink::envelope;
-use keysync::engine::store::Store;
-use keysync::engine::sync::SyncSettings;
+use keysync::engine::BrokerUrl;
+use keysync::engine::ChannelKey;
+use keysync::engine::MqttConfig;
+use keysync::engine::Store;
+use keysync::engine::SyncSettings;
+use keysync::engine::envelope;
 use keysync::engine::{self, EngineConfig};
 use keysync::sim::{SimConfig, SimHandle};
 use meshtastic::protobufs::User;
@@ -167,7 +167,7 @@ async fn fleet(broker: &broker::Broker, rounds: u32) -> anyhow::Result<()> {
             mqtt.channel_keys.push(secret.clone());
         }
         let config = EngineConfig {
-            link: keysync::engine::link::LinkConfig::new(radio.addr().to_string()),
+            link: keysync::engine::LinkConfig::new(radio.addr().to_string()),
             sync_interval: Duration::from_secs(3600),
             sync: SyncSettings {
                 cache_ttl: Duration::from_secs(3600),

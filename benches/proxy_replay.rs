@@ -8,12 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use keysync::engine::codec::ClientCodec;
-use keysync::engine::link::LinkConfig;
-use keysync::engine::proxy::ProxyConfig;
-use keysync::engine::radio;
-use keysync::engine::store::Store;
-use keysync::engine::sync::SyncSettings;
+use keysync::engine::ClientCodec;
+use keysync::engine::LinkConfig;
+use keysync::engine::ProxyConfig;
+use keysync::engine::Store;
+use keysync::engine::SyncSettings;
 use keysync::engine::{self, EngineConfig};
 use keysync::sim::{SimConfig, SimHandle};
 use meshtastic::protobufs::{
@@ -28,7 +27,7 @@ const NODES: usize = 250;
 async fn download(addr: std::net::SocketAddr, nonce: u32) -> anyhow::Result<(Duration, usize)> {
     let mut conn = Framed::new(TcpStream::connect(addr).await?, ClientCodec::new());
     let start = Instant::now();
-    conn.send(radio::want_config(nonce)).await?;
+    conn.send(engine::want_config(nonce)).await?;
     let mut frames = 0;
     while let Some(frame) = conn.next().await {
         frames += 1;
@@ -74,7 +73,7 @@ async fn next_frame(conn: &mut Conn) -> anyhow::Result<FromRadio> {
 fn private_packet(id: u32) -> ToRadio {
     ToRadio {
         payload_variant: Some(to_radio::PayloadVariant::Packet(MeshPacket {
-            to: radio::BROADCAST,
+            to: engine::BROADCAST,
             id,
             payload_variant: Some(mesh_packet::PayloadVariant::Decoded(Data {
                 // A port without a firmware rate limit.
@@ -91,7 +90,7 @@ fn private_packet(id: u32) -> ToRadio {
 /// after the answer to the last) and [`RELAYED`] packets the radio hears and the client reads.
 async fn relay_latency(addr: std::net::SocketAddr, sim: &SimHandle) -> anyhow::Result<Latency> {
     let mut conn = Framed::new(TcpStream::connect(addr).await?, ClientCodec::new());
-    conn.send(radio::want_config(77)).await?;
+    conn.send(engine::want_config(77)).await?;
     while !matches!(
         next_frame(&mut conn).await?.payload_variant,
         Some(from_radio::PayloadVariant::ConfigCompleteId(77))

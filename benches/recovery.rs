@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keysync::engine::link::{LinkConfig, LinkState};
-use keysync::engine::store::Store;
-use keysync::engine::sync::{SyncSettings, Trigger};
+use keysync::engine::Store;
 use keysync::engine::{self, EngineConfig};
+use keysync::engine::{LinkConfig, LinkState};
+use keysync::engine::{SyncSettings, Trigger};
 use keysync::sim::{Fault, Forget, SimConfig, SimHandle};
 
 fn python_client() -> Option<PathBuf> {

@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use keysync::engine::link::{Link, LinkConfig, LinkNotice};
-use keysync::engine::radio;
-use keysync::engine::transport::{DEFAULT_BAUD, Endpoint};
+use keysync::engine;
+use keysync::engine::{DEFAULT_BAUD, Endpoint};
+use keysync::engine::{Link, LinkConfig, LinkNotice};
 use keysync::sim::{Fault, SimConfig, SimHandle};
 use meshtastic::protobufs::from_radio;
 use tokio::sync::broadcast;
@@ -46,7 +46,7 @@ async fn download(
     let session = up(link).await?;
     let start = Instant::now();
     link.sender()
-        .send(session, radio::want_config(nonce))
+        .send(session, engine::want_config(nonce))
         .await?;
     let mut frames = 0u64;
     loop {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 mod common;
 
-use keysync::engine::link::{BackoffPolicy, LinkConfig};
-use keysync::engine::sync::SyncSettings;
+use keysync::engine::SyncSettings;
 use keysync::engine::{self, Command, EngineConfig};
+use keysync::engine::{BackoffPolicy, LinkConfig};
 use keysync::sim::{SimConfig, SimCounters, SimHandle};
 
 const KNOWN: usize = 100;

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use crate::engine::store::KeyEvent as KeyHistoryEvent;
+use crate::engine::KeyEvent as KeyHistoryEvent;
 use crate::engine::{Command, NodeView, RadioKey, Snapshot};
 
 /// The four panes, in focus order.
@@ -467,9 +467,9 @@ pub struct ContactView {
 impl ContactView {
     /// The contact of `node`, if it has a trusted key to share.
     pub fn of(node: &NodeView) -> Option<Self> {
-        let contact = crate::engine::transfer::contact_of(&node.record)?;
-        let url = crate::engine::transfer::contact_url(&contact);
-        let name = crate::engine::radio::printable(&node.record.long_name).into_owned();
+        let contact = crate::engine::contact_of(&node.record)?;
+        let url = crate::engine::contact_url(&contact);
+        let name = crate::engine::printable(&node.record.long_name).into_owned();
         Some(Self {
             num: node.record.num,
             title: format!("{} {name}", node.record.id()).trim_end().to_owned(),
@@ -715,7 +715,7 @@ impl App {
         } else {
             "rejecting"
         };
-        let id = crate::engine::radio::node_id(confirm.num);
+        let id = crate::engine::node_id(confirm.num);
         self.say(now, format!("{verb} the new key of {id}"));
         Some(Effect::Engine(if confirm.accept {
             Command::AcceptKey(confirm.num)
@@ -866,15 +866,12 @@ impl App {
         let key = node
             .record
             .pending
-            .map(|k| crate::engine::sync::key_fingerprint(&k))
+            .map(|k| crate::engine::key_fingerprint(&k))
             .unwrap_or_default();
         let name = if node.record.long_name.is_empty() {
             String::new()
         } else {
-            format!(
-                " ({})",
-                crate::engine::radio::printable(&node.record.long_name)
-            )
+            format!(" ({})", crate::engine::printable(&node.record.long_name))
         };
         let question = if accept {
             format!(

@@ -10,14 +10,14 @@ use log::LevelFilter;
 use serde::Deserialize;
 
 use crate::duration;
+use crate::engine::BrokerUrl;
+use crate::engine::ChannelKey;
 use crate::engine::EngineConfig;
-use crate::engine::files::{read_small, read_text};
-use crate::engine::mqtt::MqttConfig;
-use crate::engine::mqtt::broker::BrokerUrl;
-use crate::engine::mqtt::crypto::ChannelKey;
-use crate::engine::proxy::{AdminDenial, ProxyConfig};
-use crate::engine::store::{NodeArg, Store, StoreError, parse_node};
-use crate::engine::transport::{DEFAULT_BAUD, Endpoint};
+use crate::engine::MqttConfig;
+use crate::engine::{AdminDenial, ProxyConfig};
+use crate::engine::{DEFAULT_BAUD, Endpoint};
+use crate::engine::{NodeArg, Store, StoreError, parse_node};
+use crate::engine::{read_small, read_text};
 
 mod file;
 pub use file::FileConfig;
@@ -867,7 +867,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
         .map(|s| parse_channel_key(s))
         .collect::<Result<_, _>>()?;
     if let Some(fleet) = fleet {
-        crate::engine::mqtt::fleet::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
+        crate::engine::valid_name(fleet).map_err(|e| format!("--fleet: {e}"))?;
     }
     config.fleet = fleet.cloned();
     if let Some(n) = args.mqtt_max_nodes {
@@ -882,8 +882,7 @@ fn mqtt_config(args: &EngineArgs) -> Result<Option<MqttConfig>, String> {
         }
         let pem = read_small(path, CA_FILE_MAX)
             .map_err(|e| format!("cannot read --mqtt-ca {}: {e}", path.display()))?;
-        crate::engine::mqtt::ca_roots(&pem)
-            .map_err(|e| format!("--mqtt-ca {}: {e}", path.display()))?;
+        crate::engine::ca_roots(&pem).map_err(|e| format!("--mqtt-ca {}: {e}", path.display()))?;
         config.ca = Some(pem);
     }
     Ok(Some(config))
@@ -911,7 +910,7 @@ fn parse_channel_key(s: &str) -> Result<ChannelKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::proxy::DestructiveAdmin;
+    use crate::engine::DestructiveAdmin;
 
     fn resolve(args: &GlobalArgs, file: Option<FileConfig>) -> Result<Settings, SettingsError> {
         Settings::resolve(

@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::cli::{ExportFormat, ImportSource, KeysAction, KeysArgs, Settings, UsageError};
-use crate::engine::import::{ImportReport, import_meshbot};
-use crate::engine::radio::{Source, node_id, printable};
-use crate::engine::store::{NodeArg, NodeRecord, Store, StoreError, key_base64};
-use crate::engine::transfer::{self, TransferReport};
+use crate::engine::{self, TransferReport};
+use crate::engine::{ImportReport, import_meshbot};
+use crate::engine::{NodeArg, NodeRecord, Store, StoreError, key_base64};
+use crate::engine::{Source, node_id, printable};
 
 /// A stored node as `keys --json` and `/status` show it.
 #[derive(Debug, Serialize)]
@@ -190,10 +190,10 @@ pub fn export(
 ) -> anyhow::Result<usize> {
     let store = Store::open_existing(settings.db())?;
     let count = match format {
-        ExportFormat::Json => transfer::write_json(&store, out, trusted_only, SystemTime::now())?,
-        ExportFormat::Urls => transfer::write_urls(&store, out)?,
+        ExportFormat::Json => engine::write_json(&store, out, trusted_only, SystemTime::now())?,
+        ExportFormat::Urls => engine::write_urls(&store, out)?,
     };
-    out.flush().map_err(transfer::ExportError::Io)?;
+    out.flush().map_err(engine::ExportError::Io)?;
     Ok(count)
 }
 
@@ -210,9 +210,9 @@ fn qr(store: &Store, node: NodeArg) -> anyhow::Result<String> {
         Ok::<_, StoreError>(())
     })?;
     let record = found.ok_or_else(|| anyhow::anyhow!("{id} is not a stored node"))?;
-    let contact = transfer::contact_of(&record)
+    let contact = engine::contact_of(&record)
         .ok_or_else(|| anyhow::anyhow!("{id} has no trusted key to share"))?;
-    let url = transfer::contact_url(&contact);
+    let url = engine::contact_url(&contact);
     let code = crate::qr::qr_text(&url, 2)?;
     let mut out = String::new();
     let _ = writeln!(
@@ -239,15 +239,15 @@ pub fn import(settings: &Settings, from: &ImportSource) -> anyhow::Result<String
         }
         ImportSource::Json { path } => {
             let mut store = settings.open_store()?;
-            transfer::import_json(&mut store, path)?
+            engine::import_json(&mut store, path)?
         }
         ImportSource::Url { urls, file } => {
             let urls = match file {
-                Some(path) => transfer::read_url_file(path)?,
+                Some(path) => engine::read_url_file(path)?,
                 None => url_args(urls)?,
             };
             let mut store = settings.open_store()?;
-            transfer::import_urls(&mut store, &urls)?
+            engine::import_urls(&mut store, &urls)?
         }
     };
     Ok(summary(&report))
@@ -259,7 +259,7 @@ fn url_args(urls: &[String]) -> Result<Vec<(String, String)>, UsageError> {
     urls.iter()
         .enumerate()
         .map(|(i, url)| {
-            if transfer::looks_like_contact_url(url) {
+            if engine::looks_like_contact_url(url) {
                 Ok((format!("URL {}", i + 1), url.clone()))
             } else {
                 Err(UsageError(format!(

@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime};
 
 use crate::engine::EngineConfig;
-use crate::engine::link::LinkConfig;
-use crate::engine::radio::{NodeSeen, Source};
-use crate::engine::store::Store;
-use crate::engine::sync::SyncSettings;
+use crate::engine::LinkConfig;
+use crate::engine::Store;
+use crate::engine::SyncSettings;
+use crate::engine::{NodeSeen, Source};
 use crate::sim::population::Population;
 use crate::sim::{Scenario, SimConfig, SimHandle};
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::cli::Settings;
-use crate::engine::store::Store;
-use crate::engine::sync::Outcome;
+use crate::engine::Outcome;
+use crate::engine::Store;
 use crate::engine::{self, EngineConfig};
 use crate::sim;
 

@@ -9,7 +9,14 @@
 //! - [`metrics`]: `--metrics ADDR`, Prometheus metrics and JSON status over HTTP.
 
 pub use keysync_engine as engine;
-pub use keysync_engine::duration;
+/// Durations as people write them (`90s`, `5m`, `1h 30m`), in flags, config files and scenarios.
+pub mod duration {
+    pub use keysync_engine::{
+        DurationError, MAX_DURATION as MAX, compact_duration as compact,
+        deserialize_duration as deserialize, deserialize_duration_opt as deserialize_opt,
+        parse_duration as parse,
+    };
+}
 pub use keysync_sim as sim;
 
 #[cfg(feature = "tui")]

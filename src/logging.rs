@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
-use crate::engine::radio::printable;
+use crate::engine::printable;
 
 struct LineLogger {
     level: LevelFilter,

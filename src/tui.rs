@@ -15,7 +15,7 @@ use crate::app::{App, Effect, HistoryView, Input};
 use crate::cli::Settings;
 use crate::demo::Demo;
 use crate::engine::EngineHandle;
-use crate::engine::store::Store;
+use crate::engine::Store;
 use crate::ui::{self, theme::Theme};
 
 /// How many log records the log pane keeps to scroll back through.
@@ -169,7 +169,7 @@ fn apply(
         }
         Effect::LoadHistory(num) => {
             let num = *num;
-            let title = crate::engine::radio::node_id(num);
+            let title = crate::engine::node_id(num);
             let events = reader.history(num).map_err(|e| e.to_string());
             let snap = engine.snapshot.borrow().clone();
             let _ = app.update(

@@ -41,10 +41,10 @@ pub fn ago(t: SystemTime, now: SystemTime) -> String {
     }
 }
 
-/// `s` made [`printable`](crate::engine::radio::printable) and cut to `width` characters, with
+/// `s` made [`printable`](crate::engine::printable) and cut to `width` characters, with
 /// `…` where it was cut: every name on screen goes through here.
 pub fn fit(s: &str, width: usize) -> String {
-    let s = crate::engine::radio::printable(s);
+    let s = crate::engine::printable(s);
     if s.chars().count() <= width {
         return s.into_owned();
     }
@@ -212,9 +212,9 @@ fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
 }
 
 /// A store fault in the few words the header has room for; the log has the whole message.
-fn store_fault(fault: &crate::engine::sync::StoreCallError) -> String {
-    use crate::engine::store::StoreError as E;
-    use crate::engine::sync::StoreCallError as F;
+fn store_fault(fault: &crate::engine::StoreCallError) -> String {
+    use crate::engine::StoreCallError as F;
+    use crate::engine::StoreError as E;
     match fault {
         F::Store(E::Locked { .. }) => "locked by another process".into(),
         F::Store(E::DiskFull { .. }) => "disk full, nothing lost".into(),
@@ -400,11 +400,8 @@ fn draw_history(frame: &mut Frame<'_>, area: Rect, history: &HistoryView, view: 
                 lines.push(Line::from(vec![
                     Span::styled(format!("{:>12} ", ago(e.at, now)), theme.muted()),
                     Span::styled(format!("{:<9} ", e.event), style),
-                    Span::raw(format!("{} ", crate::engine::sync::key_fingerprint(&e.key))),
-                    Span::styled(
-                        fit(&crate::engine::store::key_base64(&e.key), 20),
-                        theme.muted(),
-                    ),
+                    Span::raw(format!("{} ", crate::engine::key_fingerprint(&e.key))),
+                    Span::styled(fit(&crate::engine::key_base64(&e.key), 20), theme.muted()),
                     Span::raw(format!(" via {}", e.source)),
                 ]));
             }
@@ -443,7 +440,7 @@ fn draw_contact(frame: &mut Frame<'_>, area: Rect, contact: &ContactView, theme:
     let inner = block.inner(area);
     frame.render_widget(Clear, area);
     frame.render_widget(block, area);
-    let id = crate::engine::radio::node_id(contact.num);
+    let id = crate::engine::node_id(contact.num);
     let command = format!("keysync keys qr {id}");
     let fits = contact.code.as_ref().ok().filter(|code| {
         code.width + 2 <= usize::from(inner.width) && code.lines.len() <= usize::from(inner.height)

@@ -189,14 +189,14 @@ fn samples(text: &str) -> Vec<(String, Vec<(String, String)>)> {
 /// pending key, the hour's flash writes.
 fn full_snapshot() -> keysync::engine::Snapshot {
     let mut snap = common::fixture::snapshot();
-    snap.mqtt = Some(keysync::engine::mqtt::MqttStatus {
+    snap.mqtt = Some(keysync::engine::MqttStatus {
         broker: "mqtt://mqtt.example.net:1883".into(),
-        state: keysync::engine::mqtt::MqttState::Connected,
+        state: keysync::engine::MqttState::Connected,
         since: common::fixture::ago(60),
         last_error: None,
         fleet: None,
         channels: 1,
-        counts: keysync::engine::mqtt::MqttCounts::default(),
+        counts: keysync::engine::MqttCounts::default(),
     });
     snap.sync.flash_writes_last_hour = Some(3);
     snap

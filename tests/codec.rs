@@ -4,8 +4,8 @@ mod common;
 
 use bytes::BytesMut;
 use common::proto;
-use keysync::engine::codec::{ClientCodec, RadioCodec, frame_bytes};
-use keysync::engine::radio::{self, Contact};
+use keysync::engine::{self, Contact};
+use keysync::engine::{ClientCodec, RadioCodec, frame_bytes};
 use meshtastic::Message;
 use meshtastic::protobufs::{FromRadio, MeshPacket, QueueStatus, from_radio};
 use proptest::prelude::*;
@@ -18,7 +18,7 @@ fn node_with_key(num: u32, key: Vec<u8>, name: &str) -> FromRadio {
 fn text_packet(text: &str) -> FromRadio {
     let packet = MeshPacket {
         from: 0x94C3_94C3,
-        ..proto::text_packet(radio::BROADCAST, 0xC394_C394, text)
+        ..proto::text_packet(engine::BROADCAST, 0xC394_C394, text)
     };
     proto::packet_frame(0, packet)
 }
@@ -116,8 +116,8 @@ fn a_serial_console_s_coloured_log_text_with_stray_magic_is_skipped_between_fram
 
 #[test]
 fn the_wake_up_bytes_flush_a_stale_half_frame_so_the_first_want_config_is_read() {
-    use keysync::engine::transport::WAKE_UP;
-    let want = bytes_of_to_radio(&radio::want_config(69_420));
+    use keysync::engine::WAKE_UP;
+    let want = bytes_of_to_radio(&engine::want_config(69_420));
     // The radio's parser still waits for 20 bytes of a frame its last client never finished.
     let stale = [0x94, 0xC3, 0x00, 0x14];
     let mut woken = stale.to_vec();
@@ -125,7 +125,7 @@ fn the_wake_up_bytes_flush_a_stale_half_frame_so_the_first_want_config_is_read()
     woken.extend(&want);
     let mut codec = RadioCodec::new();
     let got = decode_to_radio(&mut codec, &woken);
-    assert_eq!(got, vec![radio::want_config(69_420)]);
+    assert_eq!(got, vec![engine::want_config(69_420)]);
     assert_eq!(
         codec.stats().undecodable,
         1,
@@ -244,9 +244,9 @@ fn radio_side_decodes_what_the_client_side_encodes() {
         macaddr: Vec::new(),
     };
     let msgs = vec![
-        radio::want_config(12345),
-        radio::heartbeat(7),
-        radio::add_contact(0xC394_C394, 0x94C3, &contact),
+        engine::want_config(12345),
+        engine::heartbeat(7),
+        engine::add_contact(0xC394_C394, 0x94C3, &contact),
     ];
     let mut bytes = vec![0xC3; 32]; // the Python client's wake-up bytes
     for m in &msgs {

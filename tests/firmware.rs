@@ -22,9 +22,9 @@ use std::time::Duration;
 use common::firmware::{Firmware, Radio, Setup, Suite};
 use common::raw::{RawClient, my_node_num, node_infos, routing_error};
 use common::{fast_engine_to, population, seeded_store};
-use keysync::engine::radio::{NODES_ONLY_NONCE, heartbeat};
-use keysync::engine::sync::{Outcome, SyncReport, Trigger};
 use keysync::engine::{self, Command as EngineCommand, EngineConfig, EngineHandle};
+use keysync::engine::{NODES_ONLY_NONCE, heartbeat};
+use keysync::engine::{Outcome, SyncReport, Trigger};
 use libtest_mimic::{Arguments, Failed, Trial};
 use meshtastic::protobufs::{
     FromRadio, MeshPacket, NodeInfo, PortNum, SharedContact, ToRadio, User,
@@ -190,7 +190,7 @@ fn contact_node(num: u32) -> NodeInfo {
     NodeInfo {
         num,
         user: Some(User {
-            id: keysync::engine::radio::node_id(num),
+            id: keysync::engine::node_id(num),
             long_name: format!("Contact {num:x}"),
             short_name: "CT".into(),
             hw_model: 9,
@@ -451,7 +451,7 @@ async fn clients_share_the_firmware_through_the_proxy_on_one_connection(fw: Firm
         "the bot kept its link: {said}"
     );
     assert!(
-        nodes.contains(&keysync::engine::radio::node_id(mesh(14, 1)[0].num)),
+        nodes.contains(&keysync::engine::node_id(mesh(14, 1)[0].num)),
         "{nodes}"
     );
     assert!(info.contains("2.7.26") || fw.is_develop(), "{info}");
@@ -481,7 +481,7 @@ fn remote_address() -> std::net::Ipv4Addr {
 }
 
 async fn encrypted_admin_through_keysync_changes_nothing(fw: Firmware) {
-    use keysync::engine::mqtt::crypto::ChannelKey;
+    use keysync::engine::ChannelKey;
     let radio = Radio::start(&fw, Setup::nodes(20)).await;
     let long_fast = ChannelKey::default_channel();
     let owner = |name: &str| {
@@ -648,8 +648,8 @@ async fn a_node_number_is_the_crc32_of_its_key_from_2_8(fw: Firmware) {
         .cloned()
         .expect("own node_info");
     if fw.is_develop() {
-        let key = keysync::engine::radio::valid_key(key_of(&own)).expect("2.8 makes a key at boot");
-        assert_eq!(my, keysync::engine::radio::num_of_key(&key));
+        let key = keysync::engine::valid_key(key_of(&own)).expect("2.8 makes a key at boot");
+        assert_eq!(my, keysync::engine::num_of_key(&key));
         assert_ne!(my, hwid, "-h sets the MAC only");
     } else {
         assert_eq!(my, hwid, "2.7: the number -h gives");
@@ -684,7 +684,7 @@ async fn a_release_restarts_the_lora_chip_and_releases_are_rationed(fw: Firmware
              UPDATE flash_writes SET at = at - 7200000;",
         )
         .expect("sets the clock back");
-        let mut store = keysync::engine::store::Store::open(&db).expect("store opens");
+        let mut store = keysync::engine::Store::open(&db).expect("store opens");
         let on_radio: Vec<u32> = node_list(&radio).await.iter().map(|n| n.num).collect();
         for k in known.iter().filter(|k| !on_radio.contains(&k.num)) {
             store.set_pinned(k.num, true).expect("pins");
@@ -1310,7 +1310,7 @@ async fn the_firmwares_contact_url_imports_with_its_key(fw: Firmware) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("k.db");
     for node in &expected {
-        let id = keysync::engine::radio::node_id(node.num);
+        let id = keysync::engine::node_id(node.num);
         let said = common::python::run_client_args(&cli, &radio.host(), &["--contact-qr", &id]);
         let url = said
             .lines()
@@ -1327,7 +1327,7 @@ async fn the_firmwares_contact_url_imports_with_its_key(fw: Firmware) {
     let rows = rows.as_array().expect("a list");
     assert_eq!(rows.len(), expected.len(), "{json}");
     for node in &expected {
-        let id = keysync::engine::radio::node_id(node.num);
+        let id = keysync::engine::node_id(node.num);
         let row = rows
             .iter()
             .find(|r| r["id"] == id.as_str())
@@ -1338,9 +1338,7 @@ async fn the_firmwares_contact_url_imports_with_its_key(fw: Firmware) {
             (&"trusted".into(), &"import".into())
         );
         assert_eq!(row["long_name"], user.long_name.as_str());
-        let key = row["key"]
-            .as_str()
-            .and_then(keysync::engine::store::parse_key);
+        let key = row["key"].as_str().and_then(keysync::engine::parse_key);
         assert_eq!(
             key.map(|k| k.to_vec()),
             Some(user.public_key.clone()),

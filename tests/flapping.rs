@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use keysync::engine::radio::valid_key;
-use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::valid_key;
+use keysync::engine::{Outcome, Trigger};
 use keysync::sim::{Fault, Forget};
 
 fn open_fds() -> usize {
@@ -75,7 +75,7 @@ async fn flap(cycles: usize) {
     }
     assert_eq!(reconnect_syncs, cycles);
     // Every key is in the store and back in the radio.
-    let store = keysync::engine::store::Store::open(&h.db).expect("opens");
+    let store = keysync::engine::Store::open(&h.db).expect("opens");
     assert_eq!(store.trusted().expect("reads").len(), 30);
     for n in &known {
         let key = valid_key(&n.user.as_ref().expect("user").public_key);

@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use keysync::engine::proxy::ProxyConfig;
-use keysync::engine::radio;
+use keysync::engine;
+use keysync::engine::ProxyConfig;
 use meshtastic::Message as _;
 use meshtastic::protobufs::PortNum;
 
@@ -66,7 +66,7 @@ fn proxied(config: &mut keysync::engine::EngineConfig) {
 /// frames as fast as the socket takes them for `flood`; then only answers. Its address, and the count of frames it flooded when done.
 async fn flooding_radio(flood: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<u64>) {
     use futures::StreamExt;
-    use keysync::engine::codec::{RadioCodec, encode_raw};
+    use keysync::engine::{RadioCodec, encode_raw};
     use meshtastic::protobufs::{FromRadio, MyNodeInfo, from_radio, to_radio};
     use tokio::io::AsyncWriteExt;
 
@@ -107,7 +107,7 @@ async fn flooding_radio(flood: Duration) -> (std::net::SocketAddr, tokio::task::
         let mut chunk = bytes::BytesMut::new();
         for _ in 0..1000 {
             encode_raw(
-                &radio::queue_status(0, 16, 16, 0).encode_to_vec(),
+                &engine::queue_status(0, 16, 16, 0).encode_to_vec(),
                 &mut chunk,
             )
             .expect("encodes");
@@ -186,7 +186,7 @@ async fn a_client_sending_texts_nonstop_gets_one_over_the_limit_line_a_minute() 
     let mut texts = 0u64;
     while tokio::time::Instant::now() < until {
         client
-            .packet(radio::BROADCAST, PortNum::TextMessageApp, b"spam".to_vec())
+            .packet(engine::BROADCAST, PortNum::TextMessageApp, b"spam".to_vec())
             .await;
         texts += 1;
         // Its answers are read now and then, so the proxy does not close it as stuck.

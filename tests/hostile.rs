@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use common::*;
 use keysync::engine::Command;
-use keysync::engine::radio::valid_key;
-use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::valid_key;
+use keysync::engine::{Outcome, Trigger};
 use keysync::sim::{Fault, Forget};
 
 const SEC: Duration = Duration::from_secs(1);

@@ -594,12 +594,9 @@ fn messages_on(screen: &str) -> String {
 
 /// Trusts every node of `mesh` in a store at `db`, as if heard on the mesh.
 fn trust_all(db: &std::path::Path, mesh: &[meshtastic::protobufs::NodeInfo]) {
-    let mut store = keysync::engine::store::Store::open(db).expect("store");
+    let mut store = keysync::engine::Store::open(db).expect("store");
     for n in mesh {
-        let seen = keysync::engine::radio::NodeSeen::from_node_info(
-            n,
-            keysync::engine::radio::Source::Mesh,
-        );
+        let seen = keysync::engine::NodeSeen::from_node_info(n, keysync::engine::Source::Mesh);
         store
             .learn(&seen, std::time::SystemTime::now())
             .expect("learns");

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use keysync::engine::codec::{ClientCodec, frame_bytes};
-use keysync::engine::link::{CloseCause, LinkNotice, LinkState};
-use keysync::engine::radio;
+use keysync::engine;
+use keysync::engine::{ClientCodec, frame_bytes};
+use keysync::engine::{CloseCause, LinkNotice, LinkState};
 use keysync::sim::{Fault, Forget};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -185,7 +185,7 @@ async fn a_rebooting_radio_is_reconnected_once_it_is_back() {
         .filter(|n| {
             n.user
                 .as_ref()
-                .is_some_and(|u| radio::valid_key(&u.public_key).is_some())
+                .is_some_and(|u| engine::valid_key(&u.public_key).is_some())
         })
         .count();
     assert_eq!(keyed, 1, "only the own node keeps its key");
@@ -199,7 +199,7 @@ async fn rival_client(addr: std::net::SocketAddr, stop: tokio_util::sync::Cancel
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let hello = frame_bytes(&radio::want_config(4242)).expect("fits");
+        let hello = frame_bytes(&engine::want_config(4242)).expect("fits");
         if stream.write_all(&hello).await.is_err() {
             continue;
         }
@@ -368,7 +368,7 @@ async fn a_radio_numbered_broadcast_or_zero_is_refused_with_the_reason() {
             .expect("binds");
         let addr = listener.local_addr().expect("addr");
         let radio = tokio::spawn(radio_numbered(listener, num));
-        let mut link = keysync::engine::link::Link::spawn(fast_link_to(&addr.to_string()));
+        let mut link = keysync::engine::Link::spawn(fast_link_to(&addr.to_string()));
         let mut status = StateWatch::new(link.status());
         status
             .next("closed after the handshake", |s| {

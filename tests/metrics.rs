@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::*;
-use keysync::engine::link::CloseCause;
+use keysync::engine::CloseCause;
 use keysync::sim::Fault;
 
 /// Nodes keysync knows; the radio holds the first [`IN_RADIO`] of them.
@@ -142,7 +142,7 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
     assert_eq!(status["link"]["state"], "up");
     assert_eq!(
         status["link"]["radio"]["node_id"],
-        keysync::engine::radio::node_id(h.sim.my_node_num())
+        keysync::engine::node_id(h.sim.my_node_num())
     );
     assert_eq!(status["link"]["radio"]["capacity"], h.sim.capacity());
     assert_eq!(status["sync"]["last"]["trigger"], "startup");
@@ -162,8 +162,8 @@ async fn status_is_the_snapshot_as_json_without_the_radio_s_secrets() {
             .find(|n| n["num"] == node.num)
             .expect("every stored node");
         let key = node.user.as_ref().expect("user").public_key.as_slice();
-        let key = keysync::engine::radio::valid_key(key).expect("valid");
-        assert_eq!(shown["key"], keysync::engine::store::key_base64(&key));
+        let key = keysync::engine::valid_key(key).expect("valid");
+        assert_eq!(shown["key"], keysync::engine::key_base64(&key));
         assert!(["in_radio", "pushed"].contains(&shown["radio"].as_str().expect("a standing")));
     }
     // The snapshot never holds the radio's configuration: no private key can leak.

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use common::broker::{Broker, Pki};
 use common::{WAIT, fast_engine, population, seeded_store, sim_config, start_sim, wait_until};
-use keysync::engine::mqtt::broker::BrokerUrl;
-use keysync::engine::mqtt::crypto::ChannelKey;
-use keysync::engine::mqtt::uplink::envelope;
-use keysync::engine::mqtt::{MqttConfig, MqttStatus};
-use keysync::engine::radio::Source;
-use keysync::engine::store::{NodeRecord, Store};
+use keysync::engine::BrokerUrl;
+use keysync::engine::ChannelKey;
+use keysync::engine::Source;
+use keysync::engine::envelope;
 use keysync::engine::{self, EngineHandle, Snapshot};
+use keysync::engine::{MqttConfig, MqttStatus};
+use keysync::engine::{NodeRecord, Store};
 use keysync::sim::SimHandle;
 use meshtastic::protobufs::User;
 use tokio::sync::watch;
@@ -88,7 +88,7 @@ async fn connected(snap: &mut watch::Receiver<Snapshot>) {
         snap.wait_for(|s| {
             s.mqtt
                 .as_ref()
-                .is_some_and(|m| m.state == keysync::engine::mqtt::MqttState::Connected)
+                .is_some_and(|m| m.state == keysync::engine::MqttState::Connected)
                 && !s.sync.history.is_empty()
         }),
     )
@@ -376,7 +376,7 @@ async fn hostile_traffic_teaches_nothing_new_nodes_stop_at_the_bound_and_the_lin
     let sessions = gw.engine.snapshot.borrow().link.sessions;
     let hostile = broker.client("hostile").await;
     // Another key with LongFast's hash: the packet claims the channel, the key does not fit.
-    let mut other = keysync::engine::mqtt::crypto::DEFAULT_PSK;
+    let mut other = keysync::engine::DEFAULT_PSK;
     other[0] ^= 0x55;
     other[1] ^= 0x55;
     let secret = ChannelKey::new("LongFast", &other).expect("key");
@@ -446,7 +446,7 @@ async fn hostile_traffic_teaches_nothing_new_nodes_stop_at_the_bound_and_the_lin
         "{counts:?}"
     );
     assert_eq!(snap.link.sessions, sessions, "the radio link never dropped");
-    assert_eq!(snap.link.state, keysync::engine::link::LinkState::Up);
+    assert_eq!(snap.link.state, keysync::engine::LinkState::Up);
     gw.engine.quit().await;
 }
 
@@ -493,7 +493,7 @@ async fn huge_retained_and_uplink_messages_are_dropped_unread_without_a_reconnec
     let status = mqtt_status(&gw.engine).expect("mqtt");
     assert_eq!(status.counts.oversized, 2, "{status:?}");
     assert_eq!(status.counts.connects, 1, "no reconnect: {status:?}");
-    assert_eq!(status.state, keysync::engine::mqtt::MqttState::Connected);
+    assert_eq!(status.state, keysync::engine::MqttState::Connected);
     assert_eq!(status.last_error, None, "{status:?}");
     let scrape = keysync::metrics::exposition::render(&keysync::metrics::exposition::registry(
         gw.engine.snapshot.clone(),
@@ -520,7 +520,7 @@ async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason(
     let gw = start_gateway(1, 3, config);
     wait_until("the broker in backoff with the TLS error", || {
         mqtt_status(&gw.engine).is_some_and(|m| {
-            matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
+            matches!(m.state, keysync::engine::MqttState::Backoff { .. })
                 && m.last_error.is_some_and(|e| e.starts_with("TLS"))
         })
     })
@@ -528,7 +528,7 @@ async fn a_broker_that_fails_the_tls_handshake_shows_as_backoff_with_the_reason(
     let snap = gw.engine.snapshot.borrow().clone();
     assert_eq!(
         snap.link.state,
-        keysync::engine::link::LinkState::Up,
+        keysync::engine::LinkState::Up,
         "the radio link is up"
     );
     assert_eq!(snap.mqtt.expect("mqtt").broker, url);
@@ -554,7 +554,7 @@ async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
     let stranger = start_gateway(2, 3, over_tls(&Pki::new("another CA").ca));
     wait_until("the broker refused for its certificate", || {
         mqtt_status(&stranger.engine).is_some_and(|m| {
-            matches!(m.state, keysync::engine::mqtt::MqttState::Backoff { .. })
+            matches!(m.state, keysync::engine::MqttState::Backoff { .. })
                 && m.last_error.is_some_and(|e| e.contains("certificate"))
         })
     })
@@ -563,7 +563,7 @@ async fn a_tls_broker_is_trusted_through_the_authority_given_and_no_other() {
     // With the broker's own authority: connected, and keys arrive over TLS.
     let (gw, _uplink) = gateway_that_learned_far_node(&broker, over_tls(&pki.ca)).await;
     let status = mqtt_status(&gw.engine).expect("mqtt");
-    assert_eq!(status.state, keysync::engine::mqtt::MqttState::Connected);
+    assert_eq!(status.state, keysync::engine::MqttState::Connected);
     assert!(
         status.broker.starts_with("mqtts://localhost:"),
         "{}",
@@ -640,7 +640,7 @@ async fn ten_seconds_of_refused_messages_and_reconnects_write_a_few_log_lines() 
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    let mut other = keysync::engine::mqtt::crypto::DEFAULT_PSK;
+    let mut other = keysync::engine::DEFAULT_PSK;
     other[0] ^= 0x55;
     let secret = ChannelKey::new("LongFast", &other).expect("key");
     let flood: [Vec<u8>; 4] = [
@@ -688,10 +688,7 @@ async fn an_uplink_from_this_gateway_is_not_learned_as_mqtt_via_itself() {
     let own = gw.sim.my_node_num();
     let uplink = broker.client("gateway").await;
     let channel = ChannelKey::default_channel();
-    let own_topic = format!(
-        "msh/EU_868/2/e/LongFast/{}",
-        keysync::engine::radio::node_id(own)
-    );
+    let own_topic = format!("msh/EU_868/2/e/LongFast/{}", keysync::engine::node_id(own));
     let from_us = envelope(FAR_NODE, 41, &far_user(7), Some(&channel), own);
     uplink.publish(&own_topic, from_us).await;
     // In order after it: once this one is learned, ours was read.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use keysync::engine::Command;
-use keysync::engine::radio::valid_key;
-use keysync::engine::sync::Outcome;
+use keysync::engine::Outcome;
+use keysync::engine::valid_key;
 use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::{NodeInfo, PortNum};
 use tokio::time::Instant;

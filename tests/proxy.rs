@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use keysync::engine::proxy::ProxyConfig;
-use keysync::engine::radio::{self, Contact};
-use keysync::engine::{self, EngineHandle};
+use keysync::engine::EngineHandle;
+use keysync::engine::ProxyConfig;
+use keysync::engine::{self, Contact};
 use keysync::sim::{Fault, SimHandle};
 use meshtastic::protobufs::{FromRadio, ToRadio, from_radio};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 /// The client side of a raw connection: writes ToRadio, reads FromRadio.
-type Client = Framed<TcpStream, keysync::engine::codec::ClientCodec>;
+type Client = Framed<TcpStream, keysync::engine::ClientCodec>;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -82,7 +82,7 @@ async fn connect(engine: &EngineHandle) -> Client {
     let stream = TcpStream::connect(addr)
         .await
         .expect("connects to the proxy");
-    Framed::new(stream, keysync::engine::codec::ClientCodec::new())
+    Framed::new(stream, keysync::engine::ClientCodec::new())
 }
 
 /// Changes the contact inside an encoded add_contact, as a client could send it.
@@ -92,7 +92,7 @@ fn edit_contact(msg: &mut ToRadio, edit: impl FnOnce(&mut meshtastic::protobufs:
     else {
         panic!("not a packet");
     };
-    let mut admin = radio::admin_of(p).expect("admin");
+    let mut admin = engine::admin_of(p).expect("admin");
     if let Some(meshtastic::protobufs::admin_message::PayloadVariant::AddContact(c)) =
         admin.payload_variant.as_mut()
     {
@@ -107,7 +107,10 @@ fn edit_contact(msg: &mut ToRadio, edit: impl FnOnce(&mut meshtastic::protobufs:
 
 /// Sends want_config and collects the download up to its config_complete_id.
 async fn download(client: &mut Client, nonce: u32) -> Vec<FromRadio> {
-    client.send(radio::want_config(nonce)).await.expect("sends");
+    client
+        .send(engine::want_config(nonce))
+        .await
+        .expect("sends");
     let mut frames = Vec::new();
     loop {
         let frame = tokio::time::timeout(WAIT, client.next())
@@ -134,7 +137,7 @@ async fn config_replay_answers_downstream_without_asking_the_radio() {
     assert!(
         matches!(full[0].payload_variant, Some(from_radio::PayloadVariant::MyInfo(ref m)) if m.nodedb_count == 26)
     );
-    let config_only = download(&mut client, radio::CONFIG_ONLY_NONCE).await;
+    let config_only = download(&mut client, engine::CONFIG_ONLY_NONCE).await;
     let nodes = raw::node_infos(&config_only).len();
     assert_eq!(nodes, 1, "69420: own node only");
     assert!(
@@ -142,7 +145,7 @@ async fn config_replay_answers_downstream_without_asking_the_radio() {
         "69420 reports the NodeDB's total, as PhoneAPI.cpp does: {:?}",
         config_only[0]
     );
-    let nodes_only = download(&mut client, radio::NODES_ONLY_NONCE).await;
+    let nodes_only = download(&mut client, engine::NODES_ONLY_NONCE).await;
     assert_eq!(
         nodes_only.len(),
         27,
@@ -164,7 +167,7 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
     let mut client = connect(&p.engine).await;
     download(&mut client, 99).await;
     let own = p.sim.my_node_num();
-    let mut erase = radio::add_contact(
+    let mut erase = engine::add_contact(
         own,
         4001,
         &Contact {
@@ -184,7 +187,7 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
         }
     });
     client.send(erase).await.expect("sends");
-    let good = radio::add_contact(
+    let good = engine::add_contact(
         own,
         4002,
         &Contact {
@@ -230,7 +233,7 @@ async fn an_add_contact_with_an_empty_key_never_reaches_the_radio_but_a_valid_on
 async fn a_client_that_never_reads_does_not_delay_the_others() {
     let mut p = started(40, |_| {}).await;
     // The stuck client asks for everything and never reads a byte (with a tiny receive window).
-    let hello = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
+    let hello = keysync::engine::frame_bytes(&engine::want_config(5)).expect("fits");
     let _stuck = never_reading(p.addr, &hello).await;
     let mut live = connect(&p.engine).await;
     download(&mut live, 6).await;
@@ -275,7 +278,7 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
     let p = started(3, |_| {}).await;
     let mut client = connect(&p.engine).await;
     download(&mut client, 11).await;
-    client.send(radio::heartbeat(5)).await.expect("sends");
+    client.send(engine::heartbeat(5)).await.expect("sends");
     let answer = tokio::time::timeout(WAIT, client.next()).await;
     assert!(matches!(
         answer,
@@ -286,7 +289,7 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
     ));
     reboot(&p.sim, Duration::from_secs(3)).await;
     wait_until("the link down", || !p.snap.borrow().link.state.is_up()).await;
-    client.send(radio::heartbeat(6)).await.expect("sends");
+    client.send(engine::heartbeat(6)).await.expect("sends");
     let silence = tokio::time::timeout(Duration::from_millis(800), async {
         loop {
             match client.next().await {
@@ -305,10 +308,10 @@ async fn heartbeats_are_answered_only_while_the_radio_is_there() {
         "no heartbeat answer while the radio is away"
     );
     // The client stays connected through the short outage.
-    let _: ToRadio = radio::heartbeat(7);
+    let _: ToRadio = engine::heartbeat(7);
     wait_until("the link back", || p.snap.borrow().link.state.is_up()).await;
     client
-        .send(radio::heartbeat(8))
+        .send(engine::heartbeat(8))
         .await
         .expect("still connected");
     p.engine.quit().await;
@@ -330,7 +333,7 @@ fn proxied_engine(
         downstream_grace: Duration::from_secs(30),
         allow_remote_admin: false,
         // Every proxy test runs with reboots denied: the radio stays up unless a test says so.
-        deny_admin: vec![keysync::engine::proxy::DestructiveAdmin::Reboot],
+        deny_admin: vec![keysync::engine::DestructiveAdmin::Reboot],
         idle_close: ProxyConfig::IDLE_CLOSE,
         partial_frame: ProxyConfig::PARTIAL_FRAME,
     };
@@ -366,7 +369,7 @@ async fn a_client_beyond_max_clients_is_told_why_and_closed() {
     assert!(closed.is_none(), "the refused client is closed");
     // The first client is unaffected.
     first
-        .send(radio::heartbeat(3))
+        .send(engine::heartbeat(3))
         .await
         .expect("still connected");
     p.engine.quit().await;
@@ -386,7 +389,7 @@ async fn packets_sent_during_a_short_outage_are_held_and_delivered_after_the_rec
         .get("packet")
         .copied()
         .unwrap_or(0);
-    let text = text_packet(radio::BROADCAST, 5151, "sent while the radio was away");
+    let text = text_packet(engine::BROADCAST, 5151, "sent while the radio was away");
     client
         .send(ToRadio {
             payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
@@ -442,7 +445,7 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
     download(&mut client, 99).await;
     let target = p.sim.nodedb()[2].clone();
     let stranger_key = [0x42; 32];
-    let mut ignore = radio::add_contact(
+    let mut ignore = engine::add_contact(
         p.sim.my_node_num(),
         4100,
         &Contact {
@@ -468,7 +471,7 @@ async fn an_add_contact_with_should_ignore_is_an_ignore_not_a_key_to_learn() {
         .iter()
         .find(|n| n.record.num == target.num)
         .map(|n| (n.record.trusted, n.record.pending));
-    let original = radio::valid_key(&target.user.expect("user").public_key);
+    let original = engine::valid_key(&target.user.expect("user").public_key);
     assert_eq!(
         stored,
         Some((original, None)),
@@ -530,7 +533,7 @@ async fn configured_client(addr: std::net::SocketAddr) -> raw::RawClient {
 async fn text_through(client: &mut raw::RawClient, sim: &SimHandle) {
     let text = client
         .packet(
-            radio::BROADCAST,
+            engine::BROADCAST,
             meshtastic::protobufs::PortNum::TextMessageApp,
             b"after".to_vec(),
         )
@@ -578,7 +581,7 @@ async fn an_add_contact_replacing_a_trusted_key_is_learned_as_pending_and_not_fo
     let mut client = configured_client(p.addr).await;
     let snap = p.engine.snapshot.clone();
     let target = p.sim.nodedb()[2].clone();
-    let original = radio::valid_key(&target.user.clone().expect("user").public_key);
+    let original = engine::valid_key(&target.user.clone().expect("user").public_key);
     wait_until("the target trusted", || {
         snap.borrow()
             .nodes
@@ -642,7 +645,7 @@ fn rss() -> u64 {
 async fn want_config_from_a_client_that_never_reads_keeps_one_replay_in_memory() {
     const REQUESTS: u64 = 20_000;
     let p = started(10, |_| {}).await;
-    let one = keysync::engine::codec::frame_bytes(&radio::want_config(5)).expect("fits");
+    let one = keysync::engine::frame_bytes(&engine::want_config(5)).expect("fits");
     let flood: Vec<u8> = (0..REQUESTS).flat_map(|_| one.iter().copied()).collect();
     let before = rss();
     let stuck = never_reading(p.addr, &flood).await;
@@ -758,7 +761,7 @@ async fn live_packets_reach_a_client_only_after_its_config_complete_and_none_fro
         !download.iter().any(is_packet),
         "no packet before config_complete_id"
     );
-    late.send(radio::heartbeat(1)).await;
+    late.send(engine::heartbeat(1)).await;
     late.recv_until("the heartbeat's answer", |f| {
         matches!(
             f.payload_variant,
@@ -784,7 +787,7 @@ async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back(
     client
         .send(ToRadio {
             payload_variant: Some(meshtastic::protobufs::to_radio::PayloadVariant::Packet(
-                text_packet(radio::BROADCAST, 0, "no id"),
+                text_packet(engine::BROADCAST, 0, "no id"),
             )),
         })
         .await;
@@ -805,7 +808,7 @@ async fn a_client_packet_without_an_id_gets_one_and_its_queue_status_comes_back(
 
 #[tokio::test]
 async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknown_to_keysync() {
-    use keysync::engine::codec::{RadioFrame, RelayCodec};
+    use keysync::engine::{RadioFrame, RelayCodec};
     let p = started(3, |_| {}).await;
     let stream = TcpStream::connect(p.addr).await.expect("connects");
     let (read, mut write) = stream.into_split();
@@ -817,7 +820,7 @@ async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknow
             .expect("open")
             .expect("decodes")
     };
-    let hello = keysync::engine::codec::frame_bytes(&radio::want_config(31)).expect("fits");
+    let hello = keysync::engine::frame_bytes(&engine::want_config(31)).expect("fits");
     tokio::io::AsyncWriteExt::write_all(&mut write, &hello)
         .await
         .expect("writes");
@@ -830,7 +833,7 @@ async fn frames_from_the_radio_reach_the_client_byte_for_byte_with_fields_unknow
         payload_variant: Some(from_radio::PayloadVariant::Packet(
             meshtastic::protobufs::MeshPacket {
                 from: 0x0bad_cafe,
-                ..text_packet(radio::BROADCAST, 0x5eed, "from a newer firmware")
+                ..text_packet(engine::BROADCAST, 0x5eed, "from a newer firmware")
             },
         )),
     };
@@ -1170,7 +1173,7 @@ async fn a_channel_changed_behind_keysync_is_refreshed_when_the_radio_answers_a_
         .await;
     let answer = client
         .recv_until("the get_channel answer", |f| match &f.payload_variant {
-            Some(from_radio::PayloadVariant::Packet(pk)) => radio::admin_of(pk).is_some(),
+            Some(from_radio::PayloadVariant::Packet(pk)) => engine::admin_of(pk).is_some(),
             _ => false,
         })
         .await;
@@ -1178,7 +1181,7 @@ async fn a_channel_changed_behind_keysync_is_refreshed_when_the_radio_answers_a_
         unreachable!("picked a packet");
     };
     assert!(matches!(
-        radio::admin_of(&pk).and_then(|a| a.payload_variant),
+        engine::admin_of(&pk).and_then(|a| a.payload_variant),
         Some(meshtastic::protobufs::admin_message::PayloadVariant::GetChannelResponse(ref c)) if c.index == 1
     ));
     wait_until("the config-only refresh", || {
@@ -1215,7 +1218,7 @@ async fn a_client_flooding_the_radio_fills_only_its_own_queue_and_anothers_ten_t
         for i in 0..400 {
             flooder
                 .packet(
-                    radio::BROADCAST,
+                    engine::BROADCAST,
                     meshtastic::protobufs::PortNum::TextMessageApp,
                     b"flood".to_vec(),
                 )
@@ -1234,7 +1237,7 @@ async fn a_client_flooding_the_radio_fills_only_its_own_queue_and_anothers_ten_t
         ids.push(
             other
                 .packet(
-                    radio::BROADCAST,
+                    engine::BROADCAST,
                     meshtastic::protobufs::PortNum::TextMessageApp,
                     body.into_bytes(),
                 )
@@ -1275,10 +1278,10 @@ async fn a_client_over_the_text_limit_is_answered_by_keysync_and_anothers_text_w
     let mut second = configured_client(p.addr).await;
     second.number_from(0x0020_0000);
     let text = meshtastic::protobufs::PortNum::TextMessageApp;
-    let accepted = first.packet(radio::BROADCAST, text, b"one".to_vec()).await;
-    let too_soon = first.packet(radio::BROADCAST, text, b"two".to_vec()).await;
+    let accepted = first.packet(engine::BROADCAST, text, b"one".to_vec()).await;
+    let too_soon = first.packet(engine::BROADCAST, text, b"two".to_vec()).await;
     let waits = second
-        .packet(radio::BROADCAST, text, b"three".to_vec())
+        .packet(engine::BROADCAST, text, b"three".to_vec())
         .await;
     // As the firmware answers: QueueStatus res = 0, then RATE_LIMIT_EXCEEDED for that packet.
     first
@@ -1360,7 +1363,7 @@ async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_
         .find(|n| n.record.num == stranger.num)
         .map(|n| (n.record.long_name.clone(), n.record.short_name.clone()))
         .expect("the stranger");
-    assert_eq!(learned.0.len(), radio::LONG_NAME_MAX, "{learned:?}");
+    assert_eq!(learned.0.len(), engine::LONG_NAME_MAX, "{learned:?}");
     assert_eq!(learned.1, "LONG");
     // The radio forgets its keys: keysync pushes what it needs, the stranger among them when
     // it is in the working set, and every push is a frame the radio takes.
@@ -1384,7 +1387,7 @@ async fn a_long_name_a_client_sends_is_cut_where_keysync_learns_it_and_its_push_
     for contact in p.sim.contacts().into_iter().skip(before) {
         let user = contact.user.expect("user");
         assert!(
-            user.long_name.len() <= radio::LONG_NAME_MAX,
+            user.long_name.len() <= engine::LONG_NAME_MAX,
             "{}",
             user.long_name
         );
@@ -1427,12 +1430,12 @@ async fn a_dm_waiting_for_its_key_lets_other_clients_packets_go_first() {
     a.send(send(7001, target, "a DM")).await.expect("sends");
     // The proxy asked for the key once it took the DM: the store notes the DM.
     let dm_noted = || {
-        let store = keysync::engine::store::Store::open_existing(&db).expect("store opens");
+        let store = keysync::engine::Store::open_existing(&db).expect("store opens");
         let key = store.trusted_of(&[target]).expect("reads");
         key.first().is_some_and(|k| k.last_dm.is_some())
     };
     wait_until("the DM taken and its key asked for", dm_noted).await;
-    b.send(send(7002, radio::BROADCAST, "meanwhile"))
+    b.send(send(7002, engine::BROADCAST, "meanwhile"))
         .await
         .expect("sends");
     let position = |id: u32| sent_index(&sim, id);
@@ -1509,7 +1512,7 @@ async fn a_dm_the_radio_cannot_encrypt_is_sent_again_once_its_key_is_pushed() {
             }
             Some(meshtastic::protobufs::from_radio::PayloadVariant::Packet(ref packet)) => {
                 assert!(
-                    keysync::engine::radio::pki_send_failed(packet).is_none(),
+                    keysync::engine::pki_send_failed(packet).is_none(),
                     "the client saw the routing error"
                 );
             }
@@ -1533,7 +1536,7 @@ async fn an_encrypted_admin_message_for_the_radio_is_opened_and_judged_as_the_cl
     let p = started(3, |_| {}).await;
     let mut client = configured_client(p.addr).await;
     let my = p.sim.my_node_num();
-    let long_fast = keysync::engine::mqtt::crypto::ChannelKey::default_channel();
+    let long_fast = keysync::engine::ChannelKey::default_channel();
     let owner = meshtastic::protobufs::User {
         long_name: "PWNED-ENC".into(),
         ..meshtastic::protobufs::User::default()
@@ -1545,14 +1548,14 @@ async fn an_encrypted_admin_message_for_the_radio_is_opened_and_judged_as_the_cl
         .sealed_admin(0, A::RebootSeconds(60), &long_fast)
         .await;
     let to_all = client
-        .sealed_admin(radio::BROADCAST, A::ShutdownSeconds(1), &long_fast)
+        .sealed_admin(engine::BROADCAST, A::ShutdownSeconds(1), &long_fast)
         .await;
     let set_owner = client
         .sealed_admin(my, A::SetOwner(owner), &long_fast)
         .await;
     let text = client
         .sealed(
-            radio::BROADCAST,
+            engine::BROADCAST,
             meshtastic::protobufs::PortNum::TextMessageApp,
             b"sealed hello".to_vec(),
             &long_fast,
@@ -1573,7 +1576,7 @@ async fn an_encrypted_packet_for_the_radio_that_no_held_key_opens_is_dropped() {
     let p = started(3, |c| c.deny_admin.clear()).await;
     let mut client = configured_client(p.addr).await;
     let my = p.sim.my_node_num();
-    let theirs = keysync::engine::mqtt::crypto::ChannelKey::new("secret", &[9; 32]).expect("key");
+    let theirs = keysync::engine::ChannelKey::new("secret", &[9; 32]).expect("key");
     let unjudged = client.sealed_admin(my, A::RebootSeconds(60), &theirs).await;
     // For another node the radio passes it on unopened: nothing to judge.
     let elsewhere = client
@@ -1589,7 +1592,7 @@ async fn deny_admin_destructive_drops_everything_off_the_allowlist_unknown_field
     use meshtastic::Message as _;
     use meshtastic::protobufs::admin_message::PayloadVariant as A;
     let p = started(3, |c| {
-        c.deny_admin = keysync::engine::proxy::DestructiveAdmin::ALL.to_vec();
+        c.deny_admin = keysync::engine::DestructiveAdmin::ALL.to_vec();
     })
     .await;
     let mut client = configured_client(p.addr).await;
@@ -1634,7 +1637,7 @@ async fn add_contact_for_the_gateway_itself_or_naming_another_node_is_dropped_an
         .await;
     let mut other = common::proto::node_info(0x0bad_7001, "Other", "OT", forged.to_vec());
     if let Some(user) = other.user.as_mut() {
-        user.id = radio::node_id(0x0bad_7002);
+        user.id = engine::node_id(0x0bad_7002);
     }
     let misnamed = client.contact(my, &other).await;
     let fine = client

@@ -14,9 +14,9 @@ use std::time::Duration;
 use common::python::{required_cli, run_client, run_client_args, spawn_logged};
 use common::raw::{RawClient, node_infos};
 use common::*;
-use keysync::engine::link::{CloseCause, LinkNotice, LinkState};
-use keysync::engine::proxy::ProxyConfig;
-use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::ProxyConfig;
+use keysync::engine::{CloseCause, LinkNotice, LinkState};
+use keysync::engine::{Outcome, Trigger};
 use keysync::sim::{Fault, SimHandle};
 use meshtastic::protobufs::{PortNum, from_radio};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::raw::{RawClient, my_node_num, node_infos, nodedb_count, routing_error};
 use common::{sim_config, start_sim, wait_until};
-use keysync::engine::radio::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, heartbeat};
+use keysync::engine::{CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, heartbeat};
 use keysync::sim::{Fault, Hw, OperatorAction, Profile, SimConfig, SimHandle, SimRole};
 use meshtastic::protobufs::{
     FromRadio, MeshPacket, PortNum, SharedContact, ToRadio, admin_message::PayloadVariant as Admin,

@@ -13,7 +13,7 @@ use assert_cmd::Command as Cmd;
 use common::cli::{keysync, run};
 use common::proto::node_seen;
 use common::*;
-use keysync::engine::store::{Store, key_base64};
+use keysync::engine::{Store, key_base64};
 use rusqlite::Connection;
 
 /// A store at `db` where each of `nums` has a trusted key (1…) and a pending one (2…).
@@ -506,8 +506,7 @@ fn keys_prints_hostile_node_names_without_their_escape_sequences() {
     let (code, out, _) = run(keysync(&db).args(["keys", "--json"]));
     assert_eq!(code, 0);
     let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let stored =
-        keysync::engine::radio::truncate_utf8(HOSTILE_NAME, keysync::engine::radio::LONG_NAME_MAX);
+    let stored = keysync::engine::truncate_utf8(HOSTILE_NAME, keysync::engine::LONG_NAME_MAX);
     assert_eq!(rows[0]["long_name"], stored);
 }
 
@@ -684,7 +683,7 @@ fn a_store_written_before_the_application_id_is_adopted_and_marked() {
     let id: i32 = Connection::open(&db)
         .and_then(|c| c.pragma_query_value(None, "application_id", |r| r.get(0)))
         .expect("reads");
-    assert_eq!(id, keysync::engine::store::APPLICATION_ID);
+    assert_eq!(id, keysync::engine::APPLICATION_ID);
 }
 
 #[cfg(unix)]
@@ -780,7 +779,7 @@ fn node_zero_and_the_broadcast_address_are_refused_by_the_cli_the_import_and_the
             assert_eq!(
                 s.learn(&node_seen(num, 1, "nobody"), SystemTime::now())
                     .expect("learns"),
-                keysync::engine::store::Learned::NotANode
+                keysync::engine::Learned::NotANode
             );
         }
     }
@@ -899,7 +898,7 @@ fn an_import_larger_than_one_run_takes_is_refused_whole_with_the_reason() {
             hwModel INTEGER, publicKey BLOB)",
     )
     .expect("schema");
-    let max = keysync::engine::import::IMPORT_MAX;
+    let max = keysync::engine::IMPORT_MAX;
     let tx = c.transaction().expect("transaction");
     for num in 1..=max + 1 {
         tx.execute(

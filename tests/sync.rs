@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use keysync::engine::Command;
-use keysync::engine::radio::valid_key;
-use keysync::engine::store::Store;
-use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::Store;
+use keysync::engine::valid_key;
+use keysync::engine::{Outcome, Trigger};
 use keysync::sim::{Fault, Forget, OperatorAction};
 
 const SEC: Duration = Duration::from_secs(1);

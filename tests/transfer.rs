@@ -10,9 +10,9 @@ use std::time::SystemTime;
 use assert_cmd::Command as Cmd;
 use common::cli::{keysync, run};
 use common::proto::node_seen;
-use keysync::engine::radio::{NodeSeen, Source, UserFlags};
-use keysync::engine::store::{Store, key_base64};
-use keysync::engine::transfer::{CONTACT_URL_PREFIX, parse_contact_url};
+use keysync::engine::{CONTACT_URL_PREFIX, parse_contact_url};
+use keysync::engine::{NodeSeen, Source, UserFlags};
+use keysync::engine::{Store, key_base64};
 
 fn ok(cmd: &mut Cmd) -> String {
     let (code, out, err) = run(cmd);

@@ -6,9 +6,9 @@ mod common;
 use common::fixture::{self, now};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use keysync::app::{App, HistoryView, Input, Pane};
+use keysync::engine::KeyEvent as KeyHistoryEvent;
 use keysync::engine::Snapshot;
-use keysync::engine::store::KeyEvent as KeyHistoryEvent;
-use keysync::engine::sync::{Outcome, Trigger};
+use keysync::engine::{Outcome, Trigger};
 use keysync::ui::{self, theme::Theme};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -231,19 +231,19 @@ fn each_pane_on_its_own() {
     insta::assert_snapshot!("pane_sync", render_pane(ui::sync::draw, &snap, 44, 12));
     insta::assert_snapshot!("pane_link", render_pane(ui::link::draw, &snap, 60, 12));
     let mut with_broker = fixture::snapshot();
-    with_broker.mqtt = Some(keysync::engine::mqtt::MqttStatus {
+    with_broker.mqtt = Some(keysync::engine::MqttStatus {
         broker: "mqtt://gw@mqtt.example.net:1883".into(),
-        state: keysync::engine::mqtt::MqttState::Connected,
+        state: keysync::engine::MqttState::Connected,
         since: fixture::ago(125),
         last_error: None,
         fleet: Some("north".into()),
         channels: 2,
-        counts: keysync::engine::mqtt::MqttCounts {
+        counts: keysync::engine::MqttCounts {
             uplink_keys: 42,
             fleet_in: 7,
             fleet_out: 12,
             ignored: 3,
-            ..keysync::engine::mqtt::MqttCounts::default()
+            ..keysync::engine::MqttCounts::default()
         },
     });
     insta::assert_snapshot!(
@@ -270,7 +270,7 @@ fn each_pane_on_its_own() {
 fn link_pane_lists_proxy_clients() {
     let mut snap = fixture::snapshot();
     snap.proxy_addr = Some("127.0.0.1:4404".parse().expect("addr"));
-    snap.clients = vec![keysync::engine::proxy::ClientView {
+    snap.clients = vec![keysync::engine::ClientView {
         addr: "127.0.0.1:51234".parse().expect("addr"),
         since: fixture::ago(300),
         frames_in: 12,
@@ -338,8 +338,8 @@ fn a_run_that_restarted_the_lora_chip_shows_on_the_timeline_before_anything_else
 
 #[test]
 fn a_store_fault_is_worded_in_the_header_and_the_screen_goes_on() {
-    use keysync::engine::store::StoreError;
-    use keysync::engine::sync::StoreCallError;
+    use keysync::engine::StoreCallError;
+    use keysync::engine::StoreError;
     let mut snap = fixture::snapshot();
     snap.store_error = Some(StoreCallError::Store(StoreError::Locked {
         path: "/var/lib/keysync/keysync.db".into(),
@@ -371,7 +371,7 @@ fn contact_qr_overlay_at_80x24() {
     let Some(keysync::app::Overlay::Contact(contact)) = &app.overlay else {
         panic!("Q opens the contact: {:?}", app.overlay);
     };
-    let seen = keysync::engine::transfer::parse_contact_url(&contact.url).expect("a contact");
+    let seen = keysync::engine::parse_contact_url(&contact.url).expect("a contact");
     let node = app.selected(&snap).expect("a selected node");
     assert_eq!(seen.num, node.record.num);
     assert_eq!(

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use keysync::engine::radio::{NodeSeen, Source};
-use keysync::engine::store::Store;
+use keysync::engine::Store;
+use keysync::engine::{NodeSeen, Source};
 use keysync::sim::population::Population;
 
 /// A store at `db` that trusts the first `n` nodes the sim generates for seed 1, as if heard on

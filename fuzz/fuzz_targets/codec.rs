@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use keysync::engine::codec::{ClientCodec, MAX_PAYLOAD, frame_bytes};
+use keysync::engine::{ClientCodec, MAX_PAYLOAD, frame_bytes};
 use libfuzzer_sys::fuzz_target;
 use meshtastic::protobufs::{FromRadio, QueueStatus, from_radio};
 use tokio_util::codec::Decoder;

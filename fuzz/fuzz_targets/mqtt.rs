@@ -2,9 +2,9 @@
 //! what they accept must be a node with a valid key and printable names of bounded length.
 #![no_main]
 
-use keysync::engine::mqtt::crypto::ChannelKey;
-use keysync::engine::mqtt::{fleet, uplink};
-use keysync::engine::radio::{LONG_NAME_MAX, SHORT_NAME_MAX, is_node_num};
+use keysync::engine::ChannelKey;
+use keysync::engine::{Keyring, read_fleet_record, read_uplink};
+use keysync::engine::{LONG_NAME_MAX, SHORT_NAME_MAX, is_node_num};
 use libfuzzer_sys::fuzz_target;
 
 const TOPICS: [&str; 3] = [
@@ -14,13 +14,13 @@ const TOPICS: [&str; 3] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let keys = uplink::Keyring::new([ChannelKey::default_channel()]);
+    let keys = Keyring::new([ChannelKey::default_channel()]);
     let topic = TOPICS[usize::from(data.first().copied().unwrap_or(0)) % TOPICS.len()];
     let payload = data.get(1..).unwrap_or_default();
     let seen = if topic.starts_with("keysync/") {
-        fleet::read(topic, payload).ok().map(|k| k.seen)
+        read_fleet_record(topic, payload).ok().map(|k| k.seen)
     } else {
-        uplink::read_uplink(topic, payload, &keys).ok()
+        read_uplink(topic, payload, &keys).ok()
     };
     if let Some(seen) = seen {
         assert!(is_node_num(seen.num));

@@ -14,11 +14,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
-use crate::engine::link::{CloseCause, LinkState};
-use crate::engine::proxy::ClientView;
-use crate::engine::stats::{DURATION_BOUNDS, Histogram};
-use crate::engine::store::KeyState;
-use crate::engine::sync::{Outcome, Trigger};
+use crate::engine::ClientView;
+use crate::engine::KeyState;
+use crate::engine::{CloseCause, LinkState};
+use crate::engine::{DURATION_BOUNDS, Histogram};
+use crate::engine::{Outcome, Trigger};
 use crate::engine::{RadioKey, Snapshot};
 
 /// Downstream clients that get series of their own; the rest are summed under `other`, so a
@@ -102,7 +102,7 @@ struct Figures {
     sessions: u64,
     radio_nodes: Option<usize>,
     traffic: crate::engine::Traffic,
-    totals: crate::engine::stats::SyncTotals,
+    totals: crate::engine::SyncTotals,
     running: bool,
     last_run: Option<SystemTime>,
     last_full_sync: Option<SystemTime>,
@@ -117,7 +117,7 @@ struct Figures {
     keys: [u64; 4],
     standing: [u64; RadioKey::ALL.len()],
     proxy: Option<(usize, Vec<ClientSeries>)>,
-    mqtt: Option<crate::engine::mqtt::MqttStatus>,
+    mqtt: Option<crate::engine::MqttStatus>,
     store_error: bool,
 }
 
@@ -453,7 +453,7 @@ impl Figures {
 impl Figures {
     /// The broker (`--mqtt`): its state and what it taught.
     fn encode_mqtt(&self, e: &mut Out) -> Result<(), fmt::Error> {
-        use crate::engine::mqtt::MqttState;
+        use crate::engine::MqttState;
         let Some(mqtt) = &self.mqtt else {
             return Ok(());
         };

@@ -9,11 +9,11 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::commands::KeyRow;
-use crate::engine::link::CloseCause;
-use crate::engine::radio::{node_id, printable};
-use crate::engine::stats::Histogram;
-use crate::engine::sync::{Outcome, SyncReport, Trigger};
+use crate::engine::CloseCause;
+use crate::engine::Histogram;
 use crate::engine::{NodeView, RadioKey, Snapshot};
+use crate::engine::{Outcome, SyncReport, Trigger};
+use crate::engine::{node_id, printable};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -376,7 +376,7 @@ mod tests {
     fn nodes(nums: &[u32]) -> Vec<NodeView> {
         nums.iter()
             .map(|&num| NodeView {
-                record: crate::engine::store::NodeRecord {
+                record: crate::engine::NodeRecord {
                     num,
                     long_name: String::new(),
                     short_name: String::new(),
@@ -394,7 +394,7 @@ mod tests {
                     removed: false,
                     source: None,
                     last_dm: None,
-                    flags: crate::engine::radio::UserFlags::default(),
+                    flags: crate::engine::UserFlags::default(),
                     pending_since: None,
                 },
                 radio: RadioKey::Unknown,

@@ -15,10 +15,10 @@ use super::theme::{LinkKind, Theme};
 use super::{ago, fit, pane_block};
 use crate::app::Pane;
 use crate::duration::compact;
-use crate::engine::link::{CloseCause, LinkEvent, LinkState, LinkStatus};
-use crate::engine::mqtt::{MqttState, MqttStatus};
-use crate::engine::proxy::ClientView;
-use crate::engine::sync::SyncReport;
+use crate::engine::ClientView;
+use crate::engine::SyncReport;
+use crate::engine::{CloseCause, LinkEvent, LinkState, LinkStatus};
+use crate::engine::{MqttState, MqttStatus};
 
 /// A drop within this long after a sync that sent frames counts as following it.
 pub const FOLLOWS_WITHIN: Duration = Duration::from_secs(30);
@@ -352,7 +352,7 @@ fn mqtt_line<'a>(m: &MqttStatus, now: SystemTime, width: usize, theme: &Theme) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::sync::{Outcome, Trigger};
+    use crate::engine::{Outcome, Trigger};
 
     fn refs<T>(items: &[T]) -> Vec<&T> {
         items.iter().collect()
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn the_mqtt_line_says_the_state_what_it_taught_and_why_it_is_down() {
-        use crate::engine::mqtt::MqttCounts;
+        use crate::engine::MqttCounts;
         let mut m = MqttStatus {
             broker: "mqtt://gw@broker:1883".into(),
             state: MqttState::Connected,

@@ -12,7 +12,7 @@ use super::theme::Theme;
 use super::{fit, pane_block};
 use crate::app::{App, Pane};
 use crate::duration::compact;
-use crate::engine::store::{KeyState, key_base64};
+use crate::engine::{KeyState, key_base64};
 use crate::engine::{NodeView, RadioKey, Snapshot};
 
 pub fn radio_label(r: RadioKey) -> &'static str {
@@ -147,7 +147,7 @@ pub fn detail(n: &NodeView, now: SystemTime) -> String {
     let r = &n.record;
     let from = r.source.map_or_else(
         || "an unknown source".to_string(),
-        crate::engine::radio::Source::label,
+        crate::engine::Source::label,
     );
     let first = compact(now.duration_since(r.first_seen).unwrap_or_default());
     if r.trusted.is_none() && r.pending.is_none() {

@@ -16,7 +16,7 @@ use super::{ago, fit, pane_block};
 use crate::app::Pane;
 use crate::duration::compact;
 use crate::engine::Snapshot;
-use crate::engine::sync::{Outcome, SyncReport, short_hex};
+use crate::engine::{Outcome, SyncReport, short_hex};
 
 /// One character per run for the history strip.
 pub fn outcome_glyph(r: &SyncReport) -> char {

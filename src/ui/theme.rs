@@ -3,8 +3,8 @@
 
 use ratatui::style::{Color, Modifier, Style};
 
-use crate::engine::link::{CloseCause, LinkState};
-use crate::engine::sync::Outcome;
+use crate::engine::Outcome;
+use crate::engine::{CloseCause, LinkState};
 
 /// A link state's family, for the timeline's colours and glyphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

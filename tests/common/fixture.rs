@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keysync::engine::link::{CloseCause, LinkEvent, LinkState, LinkStatus, RadioInfo};
-use keysync::engine::store::{NodeRecord, SyncCache};
-use keysync::engine::sync::{Outcome, SyncReport, Trigger};
+use keysync::engine::{CloseCause, LinkEvent, LinkState, LinkStatus, RadioInfo};
+use keysync::engine::{NodeRecord, SyncCache};
 use keysync::engine::{NodeView, RadioKey, Running, Snapshot, SyncStatus, Traffic};
+use keysync::engine::{Outcome, SyncReport, Trigger};
 
 /// 2027-01-15T08:00:00Z.
 pub fn now() -> SystemTime {
@@ -46,9 +46,9 @@ fn node(
             pinned: false,
             our_favourite: false,
             removed: false,
-            source: Some(keysync::engine::radio::Source::Mesh),
+            source: Some(keysync::engine::Source::Mesh),
             last_dm: None,
-            flags: keysync::engine::radio::UserFlags::default(),
+            flags: keysync::engine::UserFlags::default(),
             pending_since: pending.map(|_| ago(26 * 3600)),
         },
         radio,
@@ -229,7 +229,7 @@ pub fn snapshot() -> Snapshot {
             }),
             interval: Duration::from_secs(300),
             ttl: Duration::from_secs(1800),
-            totals: keysync::engine::stats::SyncTotals::default(),
+            totals: keysync::engine::SyncTotals::default(),
             flash_writes_last_hour: Some(3),
             flash_budget: 60,
             release_budget: 4,

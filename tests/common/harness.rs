@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keysync::engine::link::{Link, LinkConfig, LinkNotice, LinkState};
-use keysync::engine::store::Store;
-use keysync::engine::sync::SyncReport;
+use keysync::engine::Store;
+use keysync::engine::SyncReport;
 use keysync::engine::{self, Command, EngineConfig, EngineHandle, Snapshot};
+use keysync::engine::{Link, LinkConfig, LinkNotice, LinkState};
 use keysync::sim::{SimConfig, SimHandle};
 use meshtastic::protobufs::NodeInfo;
 use tokio::sync::{broadcast, watch};

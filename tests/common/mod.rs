@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keysync::engine::link::{BackoffPolicy, LinkConfig, LinkState, LinkStatus};
+use keysync::engine::{BackoffPolicy, LinkConfig, LinkState, LinkStatus};
 use keysync::sim::{SimConfig, SimHandle};
 use tokio::sync::watch;
 
@@ -31,11 +31,11 @@ pub fn fast_link(sim: &SimHandle) -> LinkConfig {
 }
 
 /// Where `sim` is: its serial port when it is on one, else its TCP address.
-pub fn endpoint_of(sim: &SimHandle) -> keysync::engine::transport::Endpoint {
+pub fn endpoint_of(sim: &SimHandle) -> keysync::engine::Endpoint {
     match sim.serial_path() {
-        Some(path) => keysync::engine::transport::Endpoint::Serial {
+        Some(path) => keysync::engine::Endpoint::Serial {
             path: path.to_owned(),
-            baud: keysync::engine::transport::DEFAULT_BAUD,
+            baud: keysync::engine::DEFAULT_BAUD,
         },
         None => sim.addr().to_string().into(),
     }
@@ -47,7 +47,7 @@ pub fn fast_link_to(host: &str) -> LinkConfig {
 }
 
 /// [`fast_link`] to a radio at `endpoint` (TCP or serial).
-pub fn fast_link_at(endpoint: keysync::engine::transport::Endpoint) -> LinkConfig {
+pub fn fast_link_at(endpoint: keysync::engine::Endpoint) -> LinkConfig {
     LinkConfig {
         endpoint,
         connect_timeout: Duration::from_secs(2),
@@ -146,10 +146,10 @@ pub async fn heard_keyless(sim: &SimHandle, n: usize) {
 pub fn seeded_store(
     dir: &tempfile::TempDir,
     nodes: &[meshtastic::protobufs::NodeInfo],
-) -> (std::path::PathBuf, keysync::engine::store::Store) {
-    use keysync::engine::radio::{NodeSeen, Source};
+) -> (std::path::PathBuf, keysync::engine::Store) {
+    use keysync::engine::{NodeSeen, Source};
     let path = dir.path().join("keysync.db");
-    let mut store = keysync::engine::store::Store::open(&path).expect("store opens");
+    let mut store = keysync::engine::Store::open(&path).expect("store opens");
     for n in nodes {
         let seen = NodeSeen::from_node_info(n, Source::Mesh);
         store
@@ -188,7 +188,7 @@ pub fn fast_engine_to(
     keysync::engine::EngineConfig {
         link: fast_link_to(host),
         sync_interval: interval,
-        sync: keysync::engine::sync::SyncSettings {
+        sync: keysync::engine::SyncSettings {
             cache_ttl: ttl,
             push_gap: Duration::from_millis(10),
             max_pushes: 32,
@@ -196,7 +196,7 @@ pub fn fast_engine_to(
             queue_timeout: Duration::from_secs(2),
             // Tests of the flash budget set their own; the rest must not run into it.
             max_flash_writes: 10_000,
-            ..keysync::engine::sync::SyncSettings::default()
+            ..keysync::engine::SyncSettings::default()
         },
         db_path: db,
         proxy: None,
@@ -221,7 +221,7 @@ pub async fn settled(
 pub async fn nth_report(
     snapshot: &mut watch::Receiver<keysync::engine::Snapshot>,
     n: usize,
-) -> keysync::engine::sync::SyncReport {
+) -> keysync::engine::SyncReport {
     let found = tokio::time::timeout(WAIT, snapshot.wait_for(|s| s.sync.history.len() >= n))
         .await
         .map(|r| r.map(|s| s.sync.history[n - 1].clone()));
@@ -233,7 +233,7 @@ pub async fn nth_report(
         .sync
         .history
         .iter()
-        .map(keysync::engine::sync::SyncReport::summary)
+        .map(keysync::engine::SyncReport::summary)
         .collect();
     let timeline: Vec<String> = snapshot
         .borrow()
@@ -258,7 +258,7 @@ pub fn assert_no_invalid_contacts(sim: &SimHandle) {
     );
     for c in sim.contacts() {
         let key = c.user.map(|u| u.public_key).unwrap_or_default();
-        assert!(keysync::engine::radio::valid_key(&key).is_some());
+        assert!(keysync::engine::valid_key(&key).is_some());
     }
 }
 pub mod broker;

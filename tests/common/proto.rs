@@ -1,7 +1,7 @@
 //! Builders for the protobuf messages and store records that tests otherwise write out field by
 //! field.
 
-use keysync::engine::radio::{NodeSeen, Source};
+use keysync::engine::{NodeSeen, Source};
 use meshtastic::protobufs::{
     Data, FromRadio, MeshPacket, NodeInfo, PortNum, User, from_radio, mesh_packet,
 };
@@ -11,7 +11,7 @@ pub fn node_info(num: u32, long_name: &str, short_name: &str, public_key: Vec<u8
     NodeInfo {
         num,
         user: Some(User {
-            id: keysync::engine::radio::node_id(num),
+            id: keysync::engine::node_id(num),
             long_name: long_name.into(),
             short_name: short_name.into(),
             public_key,
@@ -67,6 +67,6 @@ pub fn node_seen(num: u32, key: u8, long_name: &str) -> NodeSeen {
         public_key: vec![key; 32],
         source: Source::Mesh,
         is_favorite: false,
-        flags: keysync::engine::radio::UserFlags::default(),
+        flags: keysync::engine::UserFlags::default(),
     }
 }

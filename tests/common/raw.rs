@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use futures::{SinkExt, StreamExt};
-use keysync::engine::codec::ClientCodec;
-use keysync::engine::radio::{admin_of, want_config};
+use keysync::engine::ClientCodec;
+use keysync::engine::{admin_of, want_config};
 use meshtastic::Message;
 use meshtastic::protobufs::{
     AdminMessage, FromRadio, NodeInfo, PortNum, QueueStatus, Routing, SharedContact, ToRadio,
@@ -155,7 +155,7 @@ impl RawClient {
         &mut self,
         to: u32,
         admin: admin_message::PayloadVariant,
-        key: &keysync::engine::mqtt::crypto::ChannelKey,
+        key: &keysync::engine::ChannelKey,
     ) -> u32 {
         let payload = AdminMessage {
             payload_variant: Some(admin),
@@ -171,7 +171,7 @@ impl RawClient {
         to: u32,
         portnum: PortNum,
         payload: Vec<u8>,
-        key: &keysync::engine::mqtt::crypto::ChannelKey,
+        key: &keysync::engine::ChannelKey,
     ) -> u32 {
         self.next_id += 1;
         let id = self.next_id;

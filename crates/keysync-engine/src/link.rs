@@ -184,7 +184,7 @@ pub struct LinkStatus {
     pub host: String,
     pub state: LinkState,
     pub since: SystemTime,
-    /// The latest state changes, oldest first, at most [`TIMELINE_LEN`].
+    /// The latest state changes, oldest first, at most `TIMELINE_LEN`.
     pub timeline: VecDeque<LinkEvent>,
     /// State changes since start; the last timeline entry is change number `changes`.
     pub changes: u64,
@@ -296,7 +296,7 @@ pub enum LinkNotice {
     Up(Arc<Session>),
     /// A `want_config_id` with this nonce went to the radio within the session that is up:
     /// the frames of its download follow, then its `config_complete_id`. Downloads never
-    /// overlap (see [`DownloadGate`]), so every `node_info` up to that complete id belongs to
+    /// overlap (see `DownloadGate`), so every `node_info` up to that complete id belongs to
     /// this download or is a live update.
     Download(u32),
     /// A frame, decoded and as the radio sent it (including those of the handshake).

@@ -449,10 +449,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    #[cfg(test)]
     pub fn pushes(&self) -> usize {
         self.ops.iter().filter(|o| matches!(o, Op::Push(_))).count()
     }
 
+    #[cfg(test)]
     pub fn releases(&self) -> usize {
         self.ops.len() - self.pushes()
     }

@@ -180,7 +180,6 @@ fn queue_status(res: i32, free: u32, maxlen: u32, mesh_packet_id: u32) -> Bytes 
 /// The running proxy: its tasks, and the token that stops them and its clients.
 #[derive(Debug)]
 pub struct Proxy {
-    pub addr: SocketAddr,
     pub clients: watch::Receiver<Vec<ClientView>>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -267,7 +266,6 @@ impl Bound {
             tokio::spawn(refresh_views(shared)),
         ];
         Ok(Proxy {
-            addr,
             clients: views,
             stop,
             tasks,

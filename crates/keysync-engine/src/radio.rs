@@ -423,30 +423,6 @@ fn node_seen_any(frame: &FromRadio) -> Option<NodeSeen> {
     }
 }
 
-/// A short name for a frame's kind, for logs and counters.
-pub fn from_radio_kind(frame: &FromRadio) -> &'static str {
-    use from_radio::PayloadVariant as V;
-    match &frame.payload_variant {
-        None => "empty",
-        Some(V::Packet(_)) => "packet",
-        Some(V::MyInfo(_)) => "my_info",
-        Some(V::NodeInfo(_)) => "node_info",
-        Some(V::Config(_)) => "config",
-        Some(V::LogRecord(_)) => "log_record",
-        Some(V::ConfigCompleteId(_)) => "config_complete_id",
-        Some(V::Rebooted(_)) => "rebooted",
-        Some(V::ModuleConfig(_)) => "module_config",
-        Some(V::Channel(_)) => "channel",
-        Some(V::QueueStatus(_)) => "queue_status",
-        Some(V::XmodemPacket(_)) => "xmodem",
-        Some(V::Metadata(_)) => "metadata",
-        Some(V::MqttClientProxyMessage(_)) => "mqtt_proxy",
-        Some(V::FileInfo(_)) => "file_info",
-        Some(V::ClientNotification(_)) => "client_notification",
-        Some(V::DeviceuiConfig(_)) => "deviceui_config",
-    }
-}
-
 /// A short name for a `ToRadio`'s kind, for logs and the simulator's counters.
 pub fn to_radio_kind(msg: &ToRadio) -> &'static str {
     use to_radio::PayloadVariant as V;

@@ -87,13 +87,13 @@ impl fmt::Display for Held {
 #[macro_export]
 macro_rules! log_limited {
     ($level:ident, $kind:expr, burst $burst:expr, target: $target:expr, $($arg:tt)+) => {
-        if let Some(held) = $crate::repeat::admit($kind, $burst) {
-            log::$level!(target: $target, "{}{}", format_args!($($arg)+), $crate::repeat::Held(held));
+        if let Some(held) = $crate::__admit($kind, $burst) {
+            log::$level!(target: $target, "{}{}", format_args!($($arg)+), $crate::__Held(held));
         }
     };
     ($level:ident, $kind:expr, target: $target:expr, $($arg:tt)+) => {
-        if let Some(held) = $crate::repeat::admit($kind, 1) {
-            log::$level!(target: $target, "{}{}", format_args!($($arg)+), $crate::repeat::Held(held));
+        if let Some(held) = $crate::__admit($kind, 1) {
+            log::$level!(target: $target, "{}{}", format_args!($($arg)+), $crate::__Held(held));
         }
     };
 }

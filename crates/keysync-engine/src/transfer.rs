@@ -272,7 +272,7 @@ fn sighting(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransferReport {
     pub counts: ImportReport,
-    /// The first [`NAMED_INVALID`] invalid entries: where, and why.
+    /// The first `NAMED_INVALID` invalid entries: where, and why.
     pub invalid: Vec<String>,
 }
 

@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use keysync_engine::lenient::length_delimited;
-use keysync_engine::radio::{BROADCAST, node_id, valid_key};
+use keysync_engine::length_delimited;
+use keysync_engine::{BROADCAST, node_id, valid_key};
 pub use nodedb::Protected;
 use nodedb::{Flagged, Heard, NodeDb, RawNames};
 use population::{Population, now_secs};
@@ -1133,7 +1133,7 @@ async fn apply_to_listener(
         }
         Fault::Frame { payload } => {
             let mut framed = bytes::BytesMut::new();
-            if keysync_engine::codec::encode_raw(&payload, &mut framed).is_ok()
+            if keysync_engine::encode_raw(&payload, &mut framed).is_ok()
                 && let Some(c) = current.as_ref()
             {
                 let _ = c.cmds.send(ClientCmd::Garbage(framed.to_vec())).await;

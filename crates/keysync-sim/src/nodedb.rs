@@ -10,7 +10,7 @@ use meshtastic::protobufs::{NodeInfo, SharedContact, User};
 use tokio::time::Instant;
 
 use super::profile::{NodeDbRules, StoredKey};
-use keysync_engine::radio::{node_id, valid_key};
+use keysync_engine::{node_id, valid_key};
 pub use warm::{Absorbed, WarmEntry, WarmTier};
 
 /// NodeDB.cpp NODEDB_FULL_EVICTION_INTERVAL_MS (2.8): a full NodeDB admits a new node from a

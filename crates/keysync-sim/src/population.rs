@@ -5,7 +5,7 @@ use meshtastic::protobufs::{HardwareModel, NodeInfo, User, config::device_config
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use keysync_engine::radio::{BROADCAST, node_id};
+use keysync_engine::{BROADCAST, node_id};
 
 const PLACES: &[&str] = &[
     "Ridge", "Harbor", "Mill", "Quarry", "Beacon", "Orchard", "Summit", "Meadow", "Ferry", "Cedar",

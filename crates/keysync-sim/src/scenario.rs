@@ -35,8 +35,8 @@ use std::time::Duration;
 use meshtastic::protobufs::PortNum;
 use serde::Deserialize;
 
-use keysync_engine::duration;
-use keysync_engine::files::read_text;
+use keysync_engine::read_text;
+use keysync_engine::{deserialize_duration, deserialize_duration_opt};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scenario {
@@ -55,7 +55,7 @@ pub struct ScenarioEvent {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawScenario {
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    #[serde(default, deserialize_with = "deserialize_duration_opt")]
     repeat: Option<Duration>,
     #[serde(default)]
     event: Vec<RawEvent>,
@@ -64,16 +64,12 @@ struct RawScenario {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawEvent {
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(deserialize_with = "deserialize_duration")]
     at: Duration,
     kind: String,
-    #[serde(
-        default,
-        rename = "for",
-        deserialize_with = "duration::deserialize_opt"
-    )]
+    #[serde(default, rename = "for", deserialize_with = "deserialize_duration_opt")]
     duration: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::deserialize_opt")]
+    #[serde(default, deserialize_with = "deserialize_duration_opt")]
     down: Option<Duration>,
     forget: Option<Forget>,
     bytes: Option<usize>,

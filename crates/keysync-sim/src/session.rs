@@ -25,9 +25,9 @@ use super::nodedb::{ContactResult, RawNames};
 use super::population::now_secs;
 use super::profile::{Profile, Rule};
 use super::{ClientCmd, OperatorAction, RoutingError, Shared};
-use keysync_engine::codec::RadioCodec;
-use keysync_engine::lenient::length_delimited;
-use keysync_engine::radio::{
+use keysync_engine::RadioCodec;
+use keysync_engine::length_delimited;
+use keysync_engine::{
     BROADCAST, CONFIG_ONLY_NONCE, NODES_ONLY_NONCE, admin_of, node_id, to_radio_kind, valid_key,
 };
 
@@ -355,7 +355,7 @@ impl Client {
             .queue_full_until
             .is_some_and(|t| Instant::now() < t);
         let free = if full { 0 } else { maxlen };
-        keysync_engine::radio::queue_status(res, free, maxlen, mesh_packet_id)
+        keysync_engine::queue_status(res, free, maxlen, mesh_packet_id)
     }
 
     fn profile(&self) -> &Profile {

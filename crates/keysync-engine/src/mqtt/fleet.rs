@@ -4,7 +4,7 @@
 //! itself, so no key travels in a loop and two keysyncs never fight over a topic.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +115,9 @@ impl FleetRecord {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn first_seen(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.first_seen)
+    #[cfg(test)]
+    pub fn first_seen(&self) -> std::time::SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(self.first_seen)
     }
 }
 
@@ -179,12 +180,9 @@ impl FleetBook {
         self.held.remove(&num);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.held.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
     }
 
     /// Whether keysync of radio `own` should publish `key` for `num`: nobody has, or keysync
@@ -210,6 +208,8 @@ pub fn to_publish(nodes: &TrustedKeys, own: u32, book: &FleetBook) -> Vec<(u32, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     const OWN: u32 = 0xa;
 
     fn node(key: u8, source: Source) -> TrustedNode {

@@ -79,7 +79,7 @@ impl Keyring {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.len() == 0
     }
 
     fn for_hash(&self, hash: u8) -> &[ChannelKey] {

@@ -58,6 +58,7 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         matches!(self, Self::Running { .. })
     }
