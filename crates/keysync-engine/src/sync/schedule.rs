@@ -70,7 +70,7 @@ impl Schedule {
                 *queued = Some((trigger, use_handshake));
                 Asked::Queued
             }
-            Self::Idle if up => self.start(Start::new(trigger, use_handshake)),
+            Self::Idle if up => Asked::Start(self.start(Start::new(trigger, use_handshake))),
             Self::Idle => Asked::LinkDown,
         }
     }
@@ -78,10 +78,7 @@ impl Schedule {
     /// The periodic check: a run starts only when none runs and the link is up.
     pub fn check(&mut self, up: bool) -> Option<Start> {
         match self {
-            Self::Idle if up => match self.start(Start::new(super::Trigger::Check, false)) {
-                Asked::Start(start) => Some(start),
-                Asked::Queued | Asked::LinkDown => None,
-            },
+            Self::Idle if up => Some(self.start(Start::new(Trigger::Check, false))),
             _ => None,
         }
     }
@@ -95,10 +92,7 @@ impl Schedule {
                     urgent: vec![num],
                     ..Start::new(trigger, false)
                 };
-                match self.start(start) {
-                    Asked::Start(start) => NeedRoute::Start(start),
-                    Asked::Queued | Asked::LinkDown => NeedRoute::LinkDown,
-                }
+                NeedRoute::Start(self.start(start))
             }
             Self::Idle => NeedRoute::LinkDown,
         }
@@ -136,12 +130,13 @@ impl Schedule {
         *self = Self::Idle;
     }
 
-    fn start(&mut self, start: Start) -> Asked {
+    /// `start` runs now.
+    fn start(&mut self, start: Start) -> Start {
         *self = Self::Running {
             queued: None,
             lazy: Vec::new(),
         };
-        Asked::Start(start)
+        start
     }
 }
 
