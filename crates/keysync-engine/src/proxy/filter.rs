@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use meshtastic::protobufs::{MeshPacket, SharedContact, admin_message, mesh_packet};
+use meshtastic::protobufs::{MeshPacket, SharedContact, User, admin_message, mesh_packet};
 use tokio::sync::{mpsc, watch};
 
 use super::admin::{self, AdminRead, Carried, DestructiveAdmin};
@@ -158,30 +158,13 @@ impl Filter {
         peer: SocketAddr,
     ) -> Verdict {
         let user = contact.user.clone().unwrap_or_default();
-        let refused = if !is_node_num(contact.node_num) {
-            Some("that is no node (0 is nobody, !ffffffff is broadcast)".to_owned())
-        } else if own == Some(contact.node_num) {
-            Some("that is the gateway's own node, whose key only the radio itself sets".to_owned())
-        } else if !user.id.is_empty() && !user.id.eq_ignore_ascii_case(&node_id(contact.node_num)) {
-            Some(format!(
-                "its user names another node ({})",
-                crate::radio::printable(&user.id)
-            ))
-        } else if valid_key(&user.public_key).is_none() {
-            Some(format!(
-                "its key is empty or invalid ({} bytes) and would erase the key on the radio",
-                user.public_key.len()
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = refused {
-            crate::log_limited!(warn, "contact-refused", burst 10, target: "keysync::engine::proxy",
-                "dropped add_contact for {} from {peer}: {why}", node_id(contact.node_num));
-            return Verdict::Drop;
-        }
-        let Some(key) = valid_key(&user.public_key) else {
-            return Verdict::Drop;
+        let key = match contact_key(contact.node_num, &user, own) {
+            Ok(key) => key,
+            Err(why) => {
+                crate::log_limited!(warn, "contact-refused", burst 10, target: "keysync::engine::proxy",
+                    "dropped add_contact for {} from {peer}: {why}", node_id(contact.node_num));
+                return Verdict::Drop;
+            }
         };
         let trusted = self.trusted.borrow().key(contact.node_num);
         let forward = contact_may_pass(trusted, key);
@@ -206,6 +189,32 @@ impl Filter {
             pass: forward,
         }
     }
+}
+
+/// The key a client's add_contact for `num` carries, or why it may not reach the radio: no
+/// node, the gateway itself (radio `own`), a user naming another node, or a key that would
+/// erase the one on the radio.
+fn contact_key(num: u32, user: &User, own: Option<u32>) -> Result<PublicKey, String> {
+    if !is_node_num(num) {
+        return Err("that is no node (0 is nobody, !ffffffff is broadcast)".to_owned());
+    }
+    if own == Some(num) {
+        return Err(
+            "that is the gateway's own node, whose key only the radio itself sets".to_owned(),
+        );
+    }
+    if !user.id.is_empty() && !user.id.eq_ignore_ascii_case(&node_id(num)) {
+        return Err(format!(
+            "its user names another node ({})",
+            crate::radio::printable(&user.id)
+        ));
+    }
+    valid_key(&user.public_key).ok_or_else(|| {
+        format!(
+            "its key is empty or invalid ({} bytes) and would erase the key on the radio",
+            user.public_key.len()
+        )
+    })
 }
 
 /// Whether a client's add_contact carrying `key` may reach the radio: only with the trusted
