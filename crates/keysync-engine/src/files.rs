@@ -20,10 +20,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     let file = options.open(path)?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not a regular file (it is {})", kind_of(kind)),
-        ));
+        return Err(not_regular(kind));
     }
     Ok(file)
 }
@@ -31,14 +28,23 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// `path` is absent or a regular file: anything else is refused before it is opened.
 pub fn regular_or_absent(path: &Path) -> io::Result<()> {
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not a regular file (it is {})", kind_of(meta.file_type())),
-        )),
+        Ok(meta) if !meta.is_file() => Err(not_regular(meta.file_type())),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// A path that names something other than a regular file, said by what it is.
+fn not_regular(kind: std::fs::FileType) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file (it is {})", kind_of(kind)),
+    )
+}
+
+fn too_large(max: u64) -> io::Error {
+    io::Error::other(format!("larger than {} KiB", max / 1024))
 }
 
 fn kind_of(kind: std::fs::FileType) -> &'static str {
@@ -66,13 +72,13 @@ fn kind_of(kind: std::fs::FileType) -> &'static str {
 pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let file = open_regular(path)?;
     if file.metadata()?.len() > max {
-        return Err(io::Error::other(format!("larger than {} KiB", max / 1024)));
+        return Err(too_large(max));
     }
     let mut bytes = Vec::new();
     file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     // The file may have grown since it was measured.
     if bytes.len() as u64 > max {
-        return Err(io::Error::other(format!("larger than {} KiB", max / 1024)));
+        return Err(too_large(max));
     }
     Ok(bytes)
 }
