@@ -67,7 +67,7 @@ fn proxied(config: &mut keysync::engine::EngineConfig) {
 async fn flooding_radio(flood: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<u64>) {
     use futures::StreamExt;
     use keysync::engine::{RadioCodec, encode_raw};
-    use meshtastic::protobufs::{FromRadio, MyNodeInfo, from_radio, to_radio};
+    use meshtastic::protobufs::to_radio;
     use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -77,7 +77,7 @@ async fn flooding_radio(flood: Duration) -> (std::net::SocketAddr, tokio::task::
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("keysync connects");
         let (read, mut write) = stream.into_split();
-        let (answers, mut to_send) = tokio::sync::mpsc::unbounded_channel::<bytes::BytesMut>();
+        let (answers, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
             let mut frames = tokio_util::codec::FramedRead::new(read, RadioCodec::new());
             while let Some(Ok(msg)) = frames.next().await {
@@ -85,20 +85,7 @@ async fn flooding_radio(flood: Duration) -> (std::net::SocketAddr, tokio::task::
                 else {
                     continue;
                 };
-                let mut out = bytes::BytesMut::new();
-                for frame in [
-                    from_radio::PayloadVariant::MyInfo(MyNodeInfo {
-                        my_node_num: 0x0f00_d001,
-                        ..MyNodeInfo::default()
-                    }),
-                    from_radio::PayloadVariant::ConfigCompleteId(nonce),
-                ] {
-                    let msg = FromRadio {
-                        payload_variant: Some(frame),
-                        ..FromRadio::default()
-                    };
-                    encode_raw(&msg.encode_to_vec(), &mut out).expect("encodes");
-                }
+                let out = common::raw::handshake_reply(0x0f00_d001, nonce);
                 if answers.send(out).is_err() {
                     return;
                 }

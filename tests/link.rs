@@ -318,9 +318,7 @@ async fn garbage_on_the_wire_never_breaks_the_stream() {
 /// nothing else: enough for keysync to judge the handshake.
 async fn radio_numbered(listener: tokio::net::TcpListener, my_node_num: u32) {
     use meshtastic::Message as _;
-    use meshtastic::protobufs::{
-        DeviceMetadata, FromRadio, MyNodeInfo, ToRadio, from_radio, to_radio,
-    };
+    use meshtastic::protobufs::{ToRadio, to_radio};
     use tokio::io::AsyncReadExt as _;
     while let Ok((mut stream, _)) = listener.accept().await {
         let mut header = [0u8; 4];
@@ -335,26 +333,9 @@ async fn radio_numbered(listener: tokio::net::TcpListener, my_node_num: u32) {
             else {
                 continue;
             };
-            let answers = [
-                from_radio::PayloadVariant::MyInfo(MyNodeInfo {
-                    my_node_num,
-                    ..MyNodeInfo::default()
-                }),
-                from_radio::PayloadVariant::Metadata(DeviceMetadata {
-                    firmware_version: "2.7.15".into(),
-                    ..DeviceMetadata::default()
-                }),
-                from_radio::PayloadVariant::ConfigCompleteId(nonce),
-            ];
-            for answer in answers {
-                let frame = FromRadio {
-                    id: 1,
-                    payload_variant: Some(answer),
-                };
-                let bytes = frame_bytes(&frame).expect("encodes");
-                if stream.write_all(&bytes).await.is_err() {
-                    break;
-                }
+            let reply = common::raw::handshake_reply(my_node_num, nonce);
+            if stream.write_all(&reply).await.is_err() {
+                break;
             }
         }
     }

@@ -282,3 +282,30 @@ pub fn routing_error(frame: &FromRadio) -> Option<(routing::Error, u32)> {
 pub fn is_admin(frame: &ToRadio) -> bool {
     matches!(&frame.payload_variant, Some(to_radio::PayloadVariant::Packet(p)) if admin_of(p).is_some())
 }
+
+/// What a radio that knows nothing but its number answers a `want_config_id` of `nonce` with,
+/// framed: its my_info, its firmware (2.7.15) and the complete id — enough for keysync to
+/// judge a handshake.
+pub fn handshake_reply(my_node_num: u32, nonce: u32) -> Vec<u8> {
+    use meshtastic::protobufs::{DeviceMetadata, MyNodeInfo, from_radio};
+    [
+        from_radio::PayloadVariant::MyInfo(MyNodeInfo {
+            my_node_num,
+            ..MyNodeInfo::default()
+        }),
+        from_radio::PayloadVariant::Metadata(DeviceMetadata {
+            firmware_version: "2.7.15".into(),
+            ..DeviceMetadata::default()
+        }),
+        from_radio::PayloadVariant::ConfigCompleteId(nonce),
+    ]
+    .into_iter()
+    .flat_map(|answer| {
+        let frame = FromRadio {
+            id: 1,
+            payload_variant: Some(answer),
+        };
+        keysync::engine::frame_bytes(&frame).expect("encodes")
+    })
+    .collect()
+}
