@@ -284,20 +284,33 @@ async fn from_2_6_8_69421_sends_the_node_list_only() {
     assert!(first.is_favorite && first.num == sim.my_node_num());
 }
 
+/// Sends heartbeats with `nonces`, then a broadcast packet: the first frame the radio answers
+/// with, which must be a QueueStatus, and the packet's id.
+async fn first_queue_status_after(
+    client: &mut RawClient,
+    nonces: &[u32],
+    firmware: &str,
+) -> (meshtastic::protobufs::QueueStatus, u32) {
+    for nonce in nonces {
+        client.send(heartbeat(*nonce)).await;
+    }
+    let id = client
+        .packet(0xFFFF_FFFF, PortNum::RangeTestApp, b"x".to_vec())
+        .await;
+    let first = client.recv().await.expect("an answer");
+    let Some(from_radio::PayloadVariant::QueueStatus(q)) = first.payload_variant else {
+        panic!("{firmware}: expected a QueueStatus, got {first:?}");
+    };
+    (q, id)
+}
+
 #[tokio::test]
 async fn heartbeats_are_answered_from_2_7_6_and_not_by_2_7_4() {
     // PhoneAPI.cpp getFromRadio: heartbeatReceived checked first from 2.7.6 (#7506).
     for (firmware, answered) in [("2.7.4", false), ("2.7.6", true)] {
         let sim = start_sim(firmware_sim(firmware, Hw::Esp32, 3));
         let (mut client, _) = connected(&sim).await;
-        client.send(heartbeat(42)).await;
-        let id = client
-            .packet(0xFFFF_FFFF, PortNum::RangeTestApp, b"x".to_vec())
-            .await;
-        let first = client.recv().await.expect("an answer");
-        let Some(from_radio::PayloadVariant::QueueStatus(q)) = first.payload_variant else {
-            panic!("{firmware}: expected a QueueStatus, got {first:?}");
-        };
+        let (q, id) = first_queue_status_after(&mut client, &[42], firmware).await;
         let for_heartbeat = q.mesh_packet_id == 0;
         assert_eq!(for_heartbeat, answered, "{firmware}");
         assert!(for_heartbeat || q.mesh_packet_id == id);
@@ -311,15 +324,7 @@ async fn heartbeat_nonce_1_broadcasts_the_own_nodeinfo_from_2_7_23_once_per_minu
     for (firmware, pings) in [("2.7.26", true), ("2.7.22", false)] {
         let sim = start_sim(firmware_sim(firmware, Hw::Linux, 3));
         let (mut client, my) = connected(&sim).await;
-        client.send(heartbeat(1)).await;
-        client.send(heartbeat(1)).await;
-        let id = client
-            .packet(0xFFFF_FFFF, PortNum::RangeTestApp, b"x".to_vec())
-            .await;
-        let first = client.recv().await.expect("an answer");
-        let Some(from_radio::PayloadVariant::QueueStatus(q)) = first.payload_variant else {
-            panic!("{firmware}: expected a QueueStatus, got {first:?}");
-        };
+        let (q, id) = first_queue_status_after(&mut client, &[1, 1], firmware).await;
         assert_eq!(q.mesh_packet_id == id, pings, "{firmware}");
         let own_nodeinfos = sim
             .sent()
