@@ -541,7 +541,7 @@ impl EngineLoop {
                 {
                     node.key = None;
                 }
-                self.needs_state.lost(to);
+                self.needs_state.ask_again(to);
                 self.need(to, Trigger::DmFailed).await;
             }
             None => crate::log_limited!(warn, "dm-failed-unknown", target: "keysync::sync",
@@ -572,7 +572,7 @@ impl EngineLoop {
             return;
         }
         self.needs_state.wait(num, need.done);
-        self.needs_state.lost(num);
+        self.needs_state.ask_again(num);
         if !self.need(num, Trigger::ClientDm).await {
             // Backing off: no push is coming, so the DM need not wait for one.
             self.needs_state.answer(|n| n == num);

@@ -67,8 +67,9 @@ impl Needs {
         self.answer(|n| n == num);
     }
 
-    /// The radio lost `num`'s key (a DM to it failed): it may ask again at once.
-    pub fn lost(&mut self, num: u32) {
+    /// `num` may ask again at once: the radio lost its key (a DM failed), or a client's DM
+    /// waits for it.
+    pub fn ask_again(&mut self, num: u32) {
         self.asked.remove(&num);
     }
 
@@ -169,7 +170,7 @@ mod tests {
         assert!(needs.ask(7, t(0)));
         assert!(!needs.ask(7, t(60)));
         assert!(needs.ask(7, t(600)));
-        needs.lost(7);
+        needs.ask_again(7);
         assert!(needs.ask(7, t(601)), "a failed DM asks again at once");
         needs.met(7);
         assert!(needs.ask(7, t(602)), "a met need is forgotten");
